@@ -1,0 +1,38 @@
+# hccnode: `make run` starts the node on its embedded defaults; `make test` installs
+# everything the tests need (system packages included) and runs the suite.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+SYSTEM_TOOLS := storescu echoscu dsrdump dciodvfy Orthanc
+ORTHANC_PYTHON := /usr/share/orthanc/plugins/libOrthancPython.so
+
+.PHONY: run test venv system-deps bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+run: venv
+	$(VENV)/bin/hccnode serve
+
+# Installs dcmtk, dicom3tools and Orthanc (with its Python plugin) when any is missing.
+system-deps:
+	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	[ -f $(ORTHANC_PYTHON) ] || missing="$$missing orthanc-python"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages (missing:$$missing)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools orthanc orthanc-python >/dev/null; \
+	fi
+
+test: system-deps venv
+	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: venv
+	$(PY) bench/ingest.py
+
+clean:
+	rm -rf $(VENV) hccnode-data

@@ -1,0 +1,3 @@
+from hccnode.cli import main
+
+raise SystemExit(main())

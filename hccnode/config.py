@@ -1,0 +1,210 @@
+"""Node configuration: one TOML file, every key with a default.
+
+`load(path)` returns a `Config`; with no file the defaults apply, so `hccnode serve` runs
+on a fresh machine. Unknown sections or keys and wrong value types raise `ConfigError`
+naming the key, so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+DEFAULT_FILE = "hccnode.toml"
+AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE VR: no backslash, <= 16 chars
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names the key."""
+
+
+@dataclass
+class NodeSection:
+    """The DICOM listener (SCP)."""
+
+    ae_title: str = "HCCNODE"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    data_dir: str = "./hccnode-data"
+    max_associations: int = 8
+    # Calling AEs allowed to associate: "AE" (any host) or "AE@host". Empty: any AE.
+    allowed: list[str] = field(default_factory=list)
+    # Network timeouts in seconds (ACSE, DIMSE, network idle).
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    network_timeout: float = 60.0
+
+
+@dataclass
+class StudySection:
+    """When a study counts as complete."""
+
+    stable_seconds: float = 5.0
+
+
+@dataclass
+class WorkerSection:
+    """The analysis workers and their durable job queue."""
+
+    processes: int = 0  # 0: one per core
+    lease_seconds: float = 60.0
+    max_attempts: int = 3
+    poll_seconds: float = 0.5
+
+
+@dataclass
+class ForwardSection:
+    """The outbox and its C-STORE SCU."""
+
+    # Destinations, each "AE@host:port"; analysis outputs go to every one of them.
+    destinations: list[str] = field(default_factory=list)
+    ae_title: str = "HCCNODE"  # calling AE title when sending
+    retry_base_seconds: float = 5.0
+    retry_max_seconds: float = 600.0
+    max_attempts: int = 50
+    poll_seconds: float = 0.5
+
+
+@dataclass
+class HL7Section:
+    """The MLLP listener for HL7 v2 lab results."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 2575
+    allowed_hosts: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LogSection:
+    level: str = "INFO"
+    file: str = ""  # empty: standard error
+
+
+@dataclass
+class Config:
+    node: NodeSection = field(default_factory=NodeSection)
+    study: StudySection = field(default_factory=StudySection)
+    worker: WorkerSection = field(default_factory=WorkerSection)
+    forward: ForwardSection = field(default_factory=ForwardSection)
+    hl7: HL7Section = field(default_factory=HL7Section)
+    log: LogSection = field(default_factory=LogSection)
+    source: str = "defaults"  # where the values came from
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.node.data_dir).expanduser().resolve()
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "hccnode.db"
+
+    def worker_processes(self) -> int:
+        return self.worker.processes or (os.cpu_count() or 1)
+
+
+def _check_type(key: str, value: Any, hint: Any) -> Any:
+    """Return `value` converted to the type `hint`, or raise ConfigError naming `key`."""
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (str, int, float, bool):
+        if type(value) is not hint:
+            raise ConfigError(
+                f"{key}: expected {hint.__name__}, got {type(value).__name__} ({value!r})"
+            )
+        return value
+    if getattr(hint, "__origin__", None) is list:
+        (item,) = hint.__args__
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list of {item.__name__}, got {value!r}")
+        return [_check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover
+
+
+def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
+    """Build a Config from parsed TOML, checking every key and type."""
+    cfg = Config(source=source)
+    sections = {f.name: f for f in dataclasses.fields(Config) if f.name != "source"}
+    for name, values in data.items():
+        if name not in sections:
+            raise ConfigError(f"unknown section [{name}] (known: {', '.join(sections)})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{name}] must be a table")
+        section = getattr(cfg, name)
+        hints = get_type_hints(type(section))
+        for key, value in values.items():
+            if key not in hints:
+                known = ", ".join(hints)
+                raise ConfigError(f"unknown key {name}.{key} (known in [{name}]: {known})")
+            setattr(section, key, _check_type(f"{name}.{key}", value, hints[key]))
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: Config) -> None:
+    for key, ae in (("node.ae_title", cfg.node.ae_title), ("forward.ae_title", cfg.forward.ae_title)):
+        if not AE_RE.match(ae) or not ae.strip():
+            raise ConfigError(f"{key}: {ae!r} is not a valid AE title (1-16 characters, no backslash)")
+    for key, port in (("node.port", cfg.node.port), ("hl7.port", cfg.hl7.port)):
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{key}: {port} is not a TCP port")
+    for i, entry in enumerate(cfg.node.allowed):
+        ae = entry.split("@", 1)[0]
+        if not AE_RE.match(ae) or not ae.strip():
+            raise ConfigError(f"node.allowed[{i}]: {entry!r} is not 'AE' or 'AE@host'")
+    for i, dest in enumerate(cfg.forward.destinations):
+        try:
+            parse_destination(dest)
+        except ValueError as exc:
+            raise ConfigError(f"forward.destinations[{i}]: {exc}") from None
+    if cfg.node.max_associations < 1:
+        raise ConfigError("node.max_associations: must be at least 1")
+    if cfg.study.stable_seconds < 0:
+        raise ConfigError("study.stable_seconds: must not be negative")
+    if cfg.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"log.level: {cfg.log.level!r} is not DEBUG, INFO, WARNING or ERROR")
+
+
+@dataclass(frozen=True)
+class Destination:
+    ae_title: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+def parse_destination(text: str) -> Destination:
+    """Parse 'AE@host:port' (IPv6 hosts in brackets: 'AE@[::1]:104')."""
+    m = re.match(r"^(?P<ae>[^@]+)@(?P<host>\[[^\]]+\]|[^:]+):(?P<port>\d+)$", text.strip())
+    if not m or not AE_RE.match(m["ae"]):
+        raise ValueError(f"{text!r} is not AE@host:port")
+    port = int(m["port"])
+    if not 0 < port <= 65535:
+        raise ValueError(f"{text!r}: {port} is not a TCP port")
+    return Destination(m["ae"], m["host"].strip("[]"), port)
+
+
+def load(path: str | os.PathLike | None = None) -> Config:
+    """Load the configuration from `path`, else ./hccnode.toml if present, else defaults."""
+    if path is None:
+        path = os.environ.get("HCCNODE_CONFIG") or (DEFAULT_FILE if Path(DEFAULT_FILE).exists() else None)
+    if path is None:
+        return Config()
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such configuration file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    try:
+        return from_dict(data, source=str(p))
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from None

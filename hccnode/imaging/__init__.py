@@ -1,0 +1,1 @@
+"""Imaging: contrast phases, volumes, ROIs, registration and the papers' markers."""

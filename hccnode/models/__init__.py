@@ -1,0 +1,1 @@
+"""Published response models as model cards, one engine to evaluate them, validation and recalibration."""

@@ -1,0 +1,1 @@
+"""DICOM networking: the Storage SCP (receive) and the C-STORE/C-ECHO SCU (send)."""

@@ -1,0 +1,1 @@
+"""Synthetic liver studies with known truth, written as real DICOM."""

@@ -1,0 +1,1 @@
+"""DICOM outputs: TID 1500 SR, ECV Parametric Map, Segmentation and the one-page summary."""

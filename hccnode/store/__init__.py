@@ -1,0 +1,1 @@
+"""Durable state: the spool of received files, the SQLite index, jobs, outbox and audit."""

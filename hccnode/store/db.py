@@ -1,0 +1,209 @@
+"""The node's SQLite database: one file, WAL journal, one connection per thread.
+
+Every module that keeps state declares its tables as `CREATE ... IF NOT EXISTS` SQL and
+registers it with `schema()`; `Store` applies them all when it opens, so a fresh data
+directory needs no set-up step. `synchronous=FULL` because a C-STORE success is only
+sent after the index row is committed, and that commit must survive a power cut.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlite_utils
+
+_SCHEMAS: list[str] = []
+
+
+def schema(sql: str) -> str:
+    """Register table definitions to apply on open; returns `sql` unchanged."""
+    _SCHEMAS.append(sql)
+    return sql
+
+
+CORE = schema(
+    """
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid TEXT PRIMARY KEY,
+    patient_key TEXT,              -- keyed hash of issuer + patient ID, never the ID
+    study_date TEXT,
+    study_time TEXT,
+    study_description TEXT,
+    first_received REAL NOT NULL,
+    last_received REAL NOT NULL,
+    seq INTEGER NOT NULL DEFAULT 0  -- bumped on every new or changed instance
+);
+CREATE TABLE IF NOT EXISTS series (
+    series_uid TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL REFERENCES studies(study_uid),
+    modality TEXT,
+    series_number INTEGER,
+    series_description TEXT,
+    image_type TEXT,
+    manufacturer TEXT,
+    first_received REAL NOT NULL,
+    last_received REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS series_study ON series(study_uid);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_uid TEXT PRIMARY KEY,
+    series_uid TEXT NOT NULL REFERENCES series(series_uid),
+    study_uid TEXT NOT NULL REFERENCES studies(study_uid),
+    sop_class_uid TEXT NOT NULL,
+    transfer_syntax TEXT NOT NULL,
+    path TEXT NOT NULL,            -- relative to the data directory
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    calling_ae TEXT,
+    modality TEXT,
+    instance_number INTEGER,
+    image_type TEXT,               -- values joined with '\\' as in the header
+    series_description TEXT,
+    acquisition_date TEXT,
+    acquisition_time TEXT,
+    content_time TEXT,
+    contrast_agent TEXT,
+    contrast_start_time TEXT,
+    contrast_route TEXT,
+    image_position TEXT,           -- JSON [x, y, z] mm
+    image_orientation TEXT,        -- JSON, 6 direction cosines
+    slice_location REAL,
+    slice_thickness REAL,
+    pixel_spacing TEXT,            -- JSON [row, column] mm
+    rows INTEGER,
+    columns INTEGER,
+    number_of_frames INTEGER,
+    rescale_slope REAL,
+    rescale_intercept REAL,
+    kvp REAL,
+    diffusion_b_value REAL,
+    echo_time REAL,
+    repetition_time REAL,
+    manufacturer TEXT
+);
+CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);
+CREATE INDEX IF NOT EXISTS instances_study ON instances(study_uid);
+-- Every version of every instance ever received, including replaced and duplicate ones.
+CREATE TABLE IF NOT EXISTS instance_versions (
+    id INTEGER PRIMARY KEY,
+    sop_uid TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    received_at REAL NOT NULL,
+    calling_ae TEXT,
+    outcome TEXT NOT NULL          -- stored | duplicate | replaced (this one was superseded)
+);
+CREATE INDEX IF NOT EXISTS versions_sop ON instance_versions(sop_uid);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY,
+    received_at REAL NOT NULL,
+    calling_ae TEXT,
+    sop_uid TEXT,                  -- from the C-STORE request, the dataset may be unreadable
+    sop_class_uid TEXT,
+    path TEXT,                     -- raw bytes as received; NULL if even writing failed
+    size INTEGER,
+    status INTEGER NOT NULL,       -- the DIMSE status we answered
+    reason TEXT NOT NULL
+);
+"""
+)
+
+
+def now() -> float:
+    return time.time()
+
+
+class Store:
+    """The database of one data directory; safe to share between threads."""
+
+    def __init__(self, data_dir: str | os.PathLike):
+        self.data_dir = Path(data_dir).resolve()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.data_dir / "hccnode.db"
+        self._local = threading.local()
+        self._secret: bytes | None = None
+        conn = self.conn()
+        conn.execute("PRAGMA journal_mode=WAL")
+        for sql in _SCHEMAS:
+            conn.executescript(sql)
+
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection (autocommit; use `tx()` for transactions)."""
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            c = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=True)
+            c.row_factory = sqlite3.Row
+            c.execute("PRAGMA synchronous=FULL")
+            c.execute("PRAGMA foreign_keys=ON")
+            c.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = c
+        return c
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """sqlite-utils view of this thread's connection, for queries and tables."""
+        d = getattr(self._local, "db", None)
+        if d is None:
+            d = sqlite_utils.Database(self.conn())
+            self._local.db = d
+        return d
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction, taken at once (BEGIN IMMEDIATE) so it cannot deadlock on upgrade."""
+        c = self.conn()
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            yield c
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        c.execute("COMMIT")
+
+    def query(self, sql: str, params: tuple | dict = ()) -> list[dict]:
+        return [dict(r) for r in self.conn().execute(sql, params)]
+
+    def close(self) -> None:
+        c = getattr(self._local, "conn", None)
+        if c is not None:
+            c.close()
+            self._local.conn = None
+            self._local.db = None
+
+    def patient_key(self, patient_id: str | None, issuer: str | None = None) -> str | None:
+        """Keyed hash of issuer + patient ID: stable within this node, not reversible without its secret."""
+        if not patient_id:
+            return None
+        if self._secret is None:
+            self._secret = _load_secret(self.data_dir / "secret.key")
+        msg = f"{issuer or ''}\x00{patient_id}".encode()
+        return hmac.new(self._secret, msg, hashlib.sha256).hexdigest()[:16]
+
+
+_SECRET_LOCK = threading.Lock()
+
+
+def _load_secret(path: Path) -> bytes:
+    """The node's hashing key, created once (0600) on first use."""
+    with _SECRET_LOCK:
+        if not path.exists():
+            tmp = path.with_suffix(".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, secrets.token_bytes(32))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        return path.read_bytes()
