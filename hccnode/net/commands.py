@@ -36,19 +36,19 @@ def register(sub) -> None:
 
     p = sub.add_parser("studies", help="list received studies with series counts and job state",
                        description="One row per received study (patient identity is not shown).")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=int, default=50, help="most rows to show (default 50)")
     p.set_defaults(func=cmd_studies)
 
     p = sub.add_parser("jobs", help="list analysis jobs",
                        description="Jobs of the durable queue, newest first.")
-    p.add_argument("--state", choices=["queued", "running", "done", "failed"])
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--state", choices=["queued", "running", "done", "failed"], help="only jobs in this state")
+    p.add_argument("--limit", type=int, default=50, help="most rows to show (default 50)")
     p.set_defaults(func=cmd_jobs)
 
     p = sub.add_parser("outbox", help="list the outbox; retry failed rows",
                        description="Objects waiting to be sent, sent or failed, newest first.")
-    p.add_argument("--state", choices=["pending", "sending", "sent", "failed"])
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--state", choices=["pending", "sending", "sent", "failed"], help="only rows in this state")
+    p.add_argument("--limit", type=int, default=50, help="most rows to show (default 50)")
     p.add_argument("--retry-failed", action="store_true", help="queue failed rows again, due now")
     p.set_defaults(func=cmd_outbox)
 

@@ -6,6 +6,7 @@ syntax, so an output or a forwarded instance reaches the peer byte for byte.
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,11 +51,19 @@ def _associate(ae: AE, dest: Destination):
     if assoc.is_rejected:
         rj = assoc.acceptor.primitive
         why = f"rejected (result {rj.result}, source {rj.result_source}, reason {rj.diagnostic})" if rj else "rejected"
-    elif assoc.is_aborted:
-        why = "aborted by peer"
     else:
-        why = "connection refused or timed out"
+        why = _unreachable(dest) or "aborted by peer"
     raise AssociationFailed(f"{dest}: association {why}")
+
+
+def _unreachable(dest: Destination, timeout: float = 5.0) -> str | None:
+    """Why a TCP connection to `dest` fails, or None if it opens (pynetdicom reports both
+    a refused connection and a peer's abort as 'aborted'; an administrator needs to know which)."""
+    try:
+        with socket.create_connection((dest.host, dest.port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"failed: {exc.strerror or type(exc).__name__}".lower()
 
 
 def echo(dest: Destination, calling_ae: str = "HCCNODE", timeout: float = 10.0) -> int:
