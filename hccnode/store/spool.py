@@ -22,22 +22,21 @@ import json
 import os
 import re
 import sqlite3
+import struct
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
-from pydicom.dataset import FileMetaDataset
+from pydicom.datadict import dictionary_VR
 
 from hccnode import __version__, log
 from hccnode.net import status
 from hccnode.store.db import Store, now
 
 UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
-IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1513.1"  # not registered; see README
+IMPLEMENTATION_CLASS_UID = "2.25.293018322262423898304801851030077679834"  # UUID-derived (PS3.5 B.2), fixed for hccnode
 IMPLEMENTATION_VERSION = f"HCCNODE_{__version__}"[:16]
 
 
@@ -88,21 +87,35 @@ def _write_durably(path: Path, *chunks: bytes) -> int:
     return size
 
 
+def _meta_element(group_elem: int, vr: bytes, value: bytes) -> bytes:
+    """One explicit VR little endian element of group 0002 (PS3.5 7.1.2)."""
+    tag = struct.pack("<HH", 0x0002, group_elem)
+    if vr == b"OB":
+        return tag + vr + b"\0\0" + struct.pack("<I", len(value)) + value
+    return tag + vr + struct.pack("<H", len(value)) + value
+
+
+def _pad(text: str, pad: bytes) -> bytes:
+    b = text.encode("ascii")
+    return b + pad if len(b) % 2 else b
+
+
 def file_preamble(sop_class: str, sop_uid: str, transfer_syntax: str, calling_ae: str) -> bytes:
-    """Preamble, 'DICM' and File Meta Information for a received dataset (PS3.10 7.1)."""
-    meta = FileMetaDataset()
-    meta.FileMetaInformationVersion = b"\x00\x01"
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = transfer_syntax
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION
-    if calling_ae:
-        meta.SourceApplicationEntityTitle = calling_ae[:16]
-    buf = DicomBytesIO()
-    buf.is_little_endian, buf.is_implicit_VR = True, False
-    write_file_meta_info(buf, meta, enforce_standard=True)
-    return b"\x00" * 128 + b"DICM" + buf.getvalue()
+    """Preamble, 'DICM' and File Meta Information for a received dataset (PS3.10 7.1).
+
+    Encoded directly: eight fixed elements, and pydicom's general writer costs more than
+    the fsync of the whole instance.
+    """
+    body = b"".join((
+        _meta_element(0x0001, b"OB", b"\x00\x01"),
+        _meta_element(0x0002, b"UI", _pad(sop_class, b"\0")),
+        _meta_element(0x0003, b"UI", _pad(sop_uid, b"\0")),
+        _meta_element(0x0010, b"UI", _pad(transfer_syntax, b"\0")),
+        _meta_element(0x0012, b"UI", _pad(IMPLEMENTATION_CLASS_UID, b"\0")),
+        _meta_element(0x0013, b"SH", _pad(IMPLEMENTATION_VERSION, b" ")),
+        _meta_element(0x0016, b"AE", _pad(calling_ae[:16], b" ")) if calling_ae else b"",
+    ))
+    return b"\0" * 128 + b"DICM" + _meta_element(0x0000, b"UL", struct.pack("<I", len(body))) + body
 
 
 def _text(ds: pydicom.Dataset, keyword: str) -> str | None:
@@ -217,15 +230,29 @@ def _check_pixels(ds: pydicom.Dataset) -> None:
         raise RejectedDataset(status.CANNOT_UNDERSTAND, f"pixel data truncated ({actual} of {expected} bytes)")
 
 
+def _walk_sequences(ds: pydicom.Dataset) -> None:
+    """Parse every sequence item, so a broken nested length is found now. Leaf values stay
+    raw: an odd value format is the business of whoever reads it, not a reason to refuse."""
+    for tag in ds.keys():
+        raw = ds.get_item(tag)
+        vr = raw.VR
+        if vr is None:  # implicit VR: the dictionary says
+            try:
+                vr = dictionary_VR(tag)
+            except KeyError:
+                continue
+        if vr == "SQ":
+            for item in ds[tag].value:
+                _walk_sequences(item)
+
+
 def parse_header(path: Path) -> pydicom.Dataset:
-    """Read a spooled file, decode every header element, check the pixel data is whole;
-    raise RejectedDataset otherwise. Pixel values are not decoded.
+    """Read a spooled file, parse its structure (sequences included), check the pixel
+    data is whole; raise RejectedDataset otherwise. Pixel values are not decoded.
     """
     try:
         ds = pydicom.dcmread(path)
-        for elem in ds.iterall():
-            if elem.keyword not in PIXEL_KEYWORDS:
-                _ = elem.value
+        _walk_sequences(ds)
     except Exception as exc:  # pydicom raises many types for broken streams
         raise RejectedDataset(status.CANNOT_UNDERSTAND, f"unreadable header: {type(exc).__name__}") from exc
     for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
