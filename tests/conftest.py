@@ -88,9 +88,19 @@ class NodeProcess:
                                      start_new_session=True)
         log.close()
         if wait:
-            wait_until(lambda: port_open(self.port) or self.proc.poll() is not None, 30, what="node to listen")
+            # A C-ECHO, not a bare TCP probe: pynetdicom keeps a silent connection as an
+            # association until its ACSE timeout, and it would count against the limit.
+            wait_until(lambda: self.echo_ok() or self.proc.poll() is not None, 30, what="node to answer C-ECHO")
             assert self.proc.poll() is None, f"node exited: {self.log()}"
         return self
+
+    def echo_ok(self) -> bool:
+        from hccnode.config import Destination
+        from hccnode.net import scu
+        try:
+            return scu.echo(Destination("HCCNODE", "127.0.0.1", self.port), "TESTPROBE", timeout=2) == 0
+        except (scu.AssociationFailed, OSError):
+            return False
 
     def kill9(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -193,3 +193,18 @@ def test_need_fails_under_ci_and_skips_otherwise(monkeypatch):
     monkeypatch.setenv("CI", "false")
     with pytest.raises(pytest.skip.Exception):
         need("hccnode-no-such-tool")
+
+
+def test_eight_concurrent_associations_are_all_stored(node_factory, tmp_path):
+    node = node_factory().start()
+    series = [ct_series(tmp_path / f"s{i}", n=5, seed=100 + i) for i in range(8)]
+    senders = [subprocess.Popen([need("storescu"), "-aec", "HCCNODE", "127.0.0.1", str(node.port), *map(str, files)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for files in series]
+    codes = [p.wait(120) for p in senders]
+    assert codes == [0] * 8
+    store = node.store()
+    assert store.query("SELECT COUNT(*) AS n FROM instances")[0]["n"] == 40
+    assert store.query("SELECT COUNT(*) AS n FROM studies")[0]["n"] == 8
+    done = wait_until(lambda: (j := store.query("SELECT * FROM jobs WHERE state = 'done'")) and len(j) == 8 and j,
+                      30, what="eight stable jobs")
+    assert {j["study_uid"] for j in done} == {r["study_uid"] for r in store.query("SELECT study_uid FROM studies")}

@@ -75,6 +75,7 @@ class StorageSCP:
         handlers = [
             (evt.EVT_REQUESTED, self.on_requested),
             (evt.EVT_ACCEPTED, self.on_accepted),
+            (evt.EVT_REJECTED, self.on_rejected),
             (evt.EVT_RELEASED, self.on_closed, ["released"]),
             (evt.EVT_ABORTED, self.on_closed, ["aborted"]),
             (evt.EVT_C_ECHO, self.on_echo),
@@ -112,6 +113,14 @@ class StorageSCP:
         a = event.assoc
         log.event("association.accepted", calling_ae=a.requestor.ae_title, peer=a.requestor.address,
                   contexts=len(a.accepted_contexts))
+
+    def on_rejected(self, event) -> None:
+        """pynetdicom's own rejections (e.g. the association limit); ours are logged in on_requested."""
+        a = event.assoc
+        rj = a.acceptor.primitive
+        log.event("association.rejected", level=30, calling_ae=a.requestor.ae_title, peer=a.requestor.address,
+                  result=getattr(rj, "result", None), source=getattr(rj, "result_source", None),
+                  diagnostic=getattr(rj, "diagnostic", None))
 
     def on_closed(self, event, how: str) -> None:
         a = event.assoc
