@@ -327,11 +327,22 @@ def handle(store: Store, catalog: Catalog, raw: bytes, peer: str = "") -> tuple[
     return build_ack(header, "AA"), stored
 
 
-def _reject(store: Store, raw: bytes, peer: str, header: Header, code: str, problems: list[Problem]) -> bytes:
+def handle_oversized(store: Store, head: bytes, size: int, limit: int, peer: str = "") -> bytes:
+    """AR for a frame larger than `limit` bytes; its first `limit` bytes are kept."""
+    try:
+        header = read_header(head.decode("latin-1").replace("\n", "\r"))
+    except Exception:
+        header = Header()
+    problem = Problem(SEGMENT_SEQUENCE, f"message of {size} bytes exceeds the {limit}-byte limit; not processed")
+    return _reject(store, head, peer, header, "AR", [problem], size=size)
+
+
+def _reject(store: Store, raw: bytes, peer: str, header: Header, code: str, problems: list[Problem],
+            size: int | None = None) -> bytes:
     reason = "; ".join(p.text for p in problems)[:2000]
     try:
         save_raw(store, raw, source="hl7", outcome=code, reason=reason, peer=peer, control_id=header.control_id,
-                 facility=header.sending_facility, message_type=header.message_type)
+                 facility=header.sending_facility, message_type=header.message_type, size=size)
     except Exception as exc:  # the ACK still tells the sender; the log says the copy is missing
         log.event("hl7.raw_lost", level=logging.ERROR, error=type(exc).__name__, control_id=header.control_id)
     log.event("hl7.rejected", level=logging.WARNING, ack=code, control_id=header.control_id, reason=problems[0].text[:200])
