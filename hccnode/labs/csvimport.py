@@ -91,12 +91,13 @@ def parse_row(rec: dict[str, str], name: str, line: int, catalog: catalog_mod.Ca
     except ValueError as exc:
         err("time", str(exc) if get("time") else "empty")
     number = comparator = None
-    if test is not None and kind in (FINAL, PRELIMINARY):
+    if kind != WITHDRAW:  # a withdrawal needs no value; anything else does, also with a bad status
         try:
             v = parse_value(get("value"))
             number, comparator = v.number, v.comparator
-            number = catalog.normalise(test, number, get("unit")) if number is not None else number
-            if number is None:
+            if test is not None and number is not None:
+                number = catalog.normalise(test, number, get("unit"))
+            elif test is not None:
                 catalog.factor(test, get("unit"))
         except LabValueError as exc:
             err(exc.part, str(exc))

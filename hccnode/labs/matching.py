@@ -5,8 +5,9 @@ Rules (each `Match` says which one applied):
 - Usable: the current row of its slot (not superseded or withdrawn) with a final or corrected
   status. Preliminary results are never used; they are mentioned when nothing else is there.
 - Gap: signed time from scan to draw (negative: drawn before the scan). A time given only to
-  the day (or hour) covers that whole period, so its gap is taken at the far end of the period
-  and it counts as "before" only if the whole period is before the scan.
+  the day or the hour covers that whole period, so its gap is taken at the far end of the period
+  and it counts as "before" only if the whole period is before the scan (a time to the minute
+  or second is taken as a point).
 - Window: `Window.hours`, `side` and `limit` from labs.toml. An unpublished window is the site
   default and every match through it is flagged.
 - Choice: the smallest gap. Ties: the result drawn before the scan (the papers use pre-treatment,
@@ -53,7 +54,7 @@ def _gap_text(hours: float) -> str:
 def _evaluate(row: dict, scan: float, window: Window) -> tuple[bool, float, float]:
     """(inside the window, worst-case distance in hours, signed gap in hours) for one row."""
     lo = row["observed_start"] - scan
-    hi = row["observed_end"] - scan if row["observed_end"] - row["observed_start"] > 1 else lo
+    hi = row["observed_end"] - scan if row["observed_end"] - row["observed_start"] > 60 else lo
     worst = max(abs(lo), abs(hi)) / 3600
     side_ok = {"before": hi <= 0, "after": lo >= 0, "either": True}[window.side]
     within = worst <= window.hours if window.limit == "le" else worst < window.hours
