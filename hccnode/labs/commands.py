@@ -6,10 +6,12 @@ nothing here writes patient IDs to the log.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from datetime import datetime
 
 from hccnode.labs import catalog as catalog_mod
+from hccnode.labs import csvimport
 from hccnode.labs import requeue  # noqa: F401  (registers the lab_usage table before the Store opens)
 from hccnode.labs.csvimport import CsvImportError, import_csv
 from hccnode.labs.matching import match_lab
@@ -23,9 +25,7 @@ def register(sub) -> None:
     labs = p.add_subparsers(dest="labs_command", metavar="LABS_COMMAND", required=True)
 
     imp = labs.add_parser("import", help="import lab results from a CSV file",
-                          description="Import a CSV with columns patient_id, test, value, unit, time "
-                          "(ISO 8601) and optional issuer, status. A file with errors imports nothing "
-                          "unless --skip-bad-rows.")
+                          description=csvimport.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     imp.add_argument("file", help="CSV file")
     imp.add_argument("--skip-bad-rows", action="store_true", help="import the good rows and report the bad ones")
     imp.set_defaults(func=cmd_import)
