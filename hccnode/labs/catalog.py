@@ -144,6 +144,13 @@ class Catalog:
                 return found
         return self._by_synonym.get(code.upper())
 
+    def status_kind(self, status: str) -> str | None:
+        """final | preliminary | withdraw for an HL7 result status (labs.toml [hl7]); None if not listed."""
+        for kind in ("final", "preliminary", "withdraw"):
+            if status in self.hl7.get(kind, ()):
+                return kind
+        return None
+
     def test(self, key_or_code: str) -> Test | None:
         """A test by its key, LOINC code or synonym (for CSV files and the command line)."""
         return self.tests.get(key_or_code.strip().lower()) or self.resolve(key_or_code)

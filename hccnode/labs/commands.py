@@ -12,7 +12,6 @@ from datetime import datetime
 
 from hccnode.labs import catalog as catalog_mod
 from hccnode.labs import csvimport
-from hccnode.labs import requeue  # noqa: F401  (registers the lab_usage table before the Store opens)
 from hccnode.labs.csvimport import CsvImportError, import_csv
 from hccnode.labs.matching import match_lab
 from hccnode.labs.store import results_for

@@ -24,7 +24,7 @@ from pathlib import Path
 from hccnode import log
 from hccnode.labs import catalog as catalog_mod
 from hccnode.labs.catalog import LabValueError
-from hccnode.labs.store import FINAL, PRELIMINARY, WITHDRAW, Result, Stored, save_raw, store_results
+from hccnode.labs.store import WITHDRAW, Result, Stored, save_raw, store_results
 from hccnode.labs.values import parse_iso_time, parse_value
 from hccnode.store.db import Store
 
@@ -60,13 +60,6 @@ class ImportReport:
     stored: Stored | None = None
 
 
-def _kind(status: str, catalog: catalog_mod.Catalog) -> str | None:
-    for kind in (FINAL, PRELIMINARY, WITHDRAW):
-        if status in catalog.hl7.get(kind, ()):
-            return kind
-    return None
-
-
 def parse_row(rec: dict[str, str], name: str, line: int, catalog: catalog_mod.Catalog) -> tuple[Result | None, list[RowError]]:
     """One CSV record as a Result, or the errors found in it (every column checked)."""
     errs: list[RowError] = []
@@ -79,7 +72,7 @@ def parse_row(rec: dict[str, str], name: str, line: int, catalog: catalog_mod.Ca
     if not pid:
         err("patient_id", "empty")
     status = get("status").upper() or "F"
-    kind = _kind(status, catalog)
+    kind = catalog.status_kind(status)
     if kind is None:
         err("status", f"{status[:10]!r} is not a result status (F, C, P, R, S, X, D, W)")
     test = catalog.test(get("test")) if get("test") else None
@@ -159,7 +152,7 @@ def import_csv(store: Store, path: str | Path, catalog: catalog_mod.Catalog | No
         raise CsvImportError(errors)
     report.skipped = errors
     with store.tx():
-        raw_id = save_raw(store, raw, source="csv", outcome="imported", peer=name,
+        raw_id = save_raw(store, raw, source="csv", outcome="imported", origin=name,
                           reason=f"{len(errors)} bad row(s) skipped" if errors else "")
         report.stored = store_results(store, results, source="csv", raw_id=raw_id)
     report.imported = report.stored.rows

@@ -26,7 +26,7 @@ import hl7
 
 from hccnode import log
 from hccnode.labs.catalog import Catalog, LabValueError
-from hccnode.labs.store import FINAL, PRELIMINARY, WITHDRAW, Result, Stored, find_duplicate, save_raw, store_results
+from hccnode.labs.store import FINAL, PRELIMINARY, Result, Stored, find_duplicate, save_raw, store_results
 from hccnode.labs.values import parse_hl7_time, parse_value
 from hccnode.store.db import Store
 
@@ -149,14 +149,6 @@ def _patient(seg, catalog: Catalog) -> tuple[str, str | None]:
     return reps[0][0], issuer or None
 
 
-def _status_kind(status: str, catalog: Catalog) -> str:
-    h = catalog.hl7
-    for kind in (FINAL, PRELIMINARY, WITHDRAW):
-        if status in h.get(kind, ()):
-            return kind
-    return "other"
-
-
 def parse(text: str, catalog: Catalog) -> Parsed:
     """An ORU^R01 message as results; `Rejected` with every problem found otherwise."""
     header = read_header(text)
@@ -222,7 +214,7 @@ def _result(seg, n: int, pid: tuple[str, str | None], obr_time: str, catalog: Ca
     status = _get(seg, 11)
     if not status:
         raise Rejected("AE", [Problem(REQUIRED_MISSING, f"{label}: OBX-11 result status is empty", "OBX", n, 11)])
-    kind = _status_kind(status, catalog)
+    kind = catalog.status_kind(status) or "other"  # e.g. I (in process): stored, never used
     when_text = _get(seg, 14) or obr_time
     if not when_text:
         raise Rejected("AE", [Problem(REQUIRED_MISSING, f"{label}: no observation time (OBX-14 and OBR-7 empty)", "OBX", n, 14)])
@@ -308,7 +300,7 @@ def handle(store: Store, catalog: Catalog, raw: bytes, peer: str = "") -> tuple[
     except Exception as exc:  # a bug here must not cost the message or the listener
         log.event("hl7.error", level=logging.ERROR, error=type(exc).__name__)
         return _reject(store, raw, peer, header, "AE", [Problem(INTERNAL, "internal error while parsing")]), None
-    meta = dict(source="hl7", peer=peer, control_id=header.control_id, facility=header.sending_facility,
+    meta = dict(source="hl7", origin=peer, control_id=header.control_id, facility=header.sending_facility,
                 message_type=header.message_type)
     try:
         with store.tx():
@@ -341,7 +333,7 @@ def _reject(store: Store, raw: bytes, peer: str, header: Header, code: str, prob
             size: int | None = None) -> bytes:
     reason = "; ".join(p.text for p in problems)[:2000]
     try:
-        save_raw(store, raw, source="hl7", outcome=code, reason=reason, peer=peer, control_id=header.control_id,
+        save_raw(store, raw, source="hl7", outcome=code, reason=reason, origin=peer, control_id=header.control_id,
                  facility=header.sending_facility, message_type=header.message_type, size=size)
     except Exception as exc:  # the ACK still tells the sender; the log says the copy is missing
         log.event("hl7.raw_lost", level=logging.ERROR, error=type(exc).__name__, control_id=header.control_id)

@@ -256,7 +256,7 @@ class MllpListener:
 
     def _save_incomplete(self, payload: bytes, size: int, peer: str, reason: str) -> None:
         try:
-            save_raw(self.store, payload, source="hl7", outcome="incomplete", reason=reason, peer=peer, size=size)
+            save_raw(self.store, payload, source="hl7", outcome="incomplete", reason=reason, origin=peer, size=size)
         except Exception as exc:
             log.event("hl7.raw_lost", level=logging.ERROR, error=type(exc).__name__)
         log.event("hl7.incomplete", level=logging.WARNING, peer=peer, size=size, reason=reason)

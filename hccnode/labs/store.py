@@ -22,8 +22,8 @@ SCHEMA = schema(
 CREATE TABLE IF NOT EXISTS labs_raw (
     id INTEGER PRIMARY KEY,
     received_at REAL NOT NULL,
-    source TEXT NOT NULL,          -- hl7 (peer address) or csv (file name)
-    peer TEXT,
+    source TEXT NOT NULL,          -- hl7 | csv
+    origin TEXT,                   -- HL7: peer address:port; CSV: file name
     control_id TEXT,               -- MSH-10
     sending_facility TEXT,         -- MSH-4
     message_type TEXT,             -- MSH-9
@@ -122,13 +122,13 @@ class Stored:
     changes: list[Change] = field(default_factory=list)
 
 
-def save_raw(store: Store, raw: bytes, *, source: str, outcome: str, reason: str = "", peer: str = "",
+def save_raw(store: Store, raw: bytes, *, source: str, outcome: str, reason: str = "", origin: str = "",
              control_id: str = "", facility: str = "", message_type: str = "", size: int | None = None) -> int:
     """Keep a message or file as received; returns its id. Call inside a transaction or alone."""
     cur = store.conn().execute(
-        "INSERT INTO labs_raw (received_at, source, peer, control_id, sending_facility, message_type,"
+        "INSERT INTO labs_raw (received_at, source, origin, control_id, sending_facility, message_type,"
         " sha256, size, outcome, reason, raw) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-        (now(), source, peer, control_id, facility, message_type, hashlib.sha256(raw).hexdigest(),
+        (now(), source, origin, control_id, facility, message_type, hashlib.sha256(raw).hexdigest(),
          len(raw) if size is None else size, outcome, reason, raw),
     )
     return int(cur.lastrowid)
