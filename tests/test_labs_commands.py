@@ -52,3 +52,8 @@ def test_usage_errors_exit_2(run, tmp_path, capsys):
     assert run("import", str(tmp_path / "missing.csv")) == 2
     assert run("match", "P1", "--at", "yesterday", "--paper", "000") == 2
     assert run("show", "P1", "--test", "nonsense") == 2
+
+
+def test_reprocess_reports_what_it_retried(run, capsys):
+    assert run("reprocess") == 0
+    assert "0 message(s) retried, 0 accepted" in capsys.readouterr().out

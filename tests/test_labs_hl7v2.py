@@ -157,3 +157,16 @@ def test_lf_segment_separators_are_accepted(store):
 def test_handle_answers_any_bytes_with_an_ack(store, raw):
     ack, _ = hl7v2.handle(store, CAT, raw)
     assert ack_fields(ack)["code"] in ("AA", "AE", "AR")
+
+
+def test_reprocess_after_the_site_adds_a_unit(tmp_path):
+    store = Store(tmp_path)
+    a, _ = handle(store, oru(obx(1, "4544-3", "0.42", "frac")))
+    assert a["code"] == "AE"
+    assert hl7v2.reprocess(store, CAT) == [(1, None)]  # same catalog: rejected again, no copy kept
+    (tmp_path / "labs.toml").write_text('[tests.hct.units]\n"frac" = 1.0\n')
+    (raw_id, stored), = hl7v2.reprocess(store, catalog.load(tmp_path))
+    assert raw_id == 1 and stored.rows == 1 and labs(store)[0]["value"] == 0.42 and labs(store)[0]["raw_id"] == 1
+    assert store.query("SELECT id, outcome FROM labs_raw") == [{"id": 1, "outcome": "AA"}]
+    assert hl7v2.reprocess(store, CAT) == []
+    store.close()

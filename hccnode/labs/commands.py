@@ -1,4 +1,4 @@
-"""CLI: `hccnode labs import FILE.csv`, `hccnode labs show PATIENT_ID`, `hccnode labs match PATIENT_ID`.
+"""CLI: `hccnode labs import FILE.csv | show PATIENT_ID | match PATIENT_ID | reprocess [ID ...]`.
 
 `labs show` and `labs match` print a patient's results on the screen of the user who asked for them;
 nothing here writes patient IDs to the log.
@@ -11,7 +11,7 @@ import sys
 from datetime import datetime
 
 from hccnode.labs import catalog as catalog_mod
-from hccnode.labs import csvimport
+from hccnode.labs import csvimport, hl7v2
 from hccnode.labs.csvimport import CsvImportError, import_csv
 from hccnode.labs.matching import match_lab
 from hccnode.labs.store import results_for
@@ -34,6 +34,12 @@ def register(sub) -> None:
     show.add_argument("patient_id")
     show.add_argument("--test", help="only this test (key, LOINC code or synonym)")
     show.set_defaults(func=cmd_show)
+
+    rep = labs.add_parser("reprocess", help="retry HL7 messages answered AE, after fixing labs.toml",
+                          description="Run HL7 messages that were answered AE (unknown unit, implausible value ...) "
+                          "through the listener's processing again, e.g. after adding a unit to <data_dir>/labs.toml.")
+    rep.add_argument("ids", nargs="*", type=int, help="labs_raw ids (default: every AE message)")
+    rep.set_defaults(func=cmd_reprocess)
 
     match = labs.add_parser("match", help="the lab values a paper's model would use for a scan",
                             description="Match each test of a paper's window table to a scan time.")
@@ -88,6 +94,15 @@ def cmd_show(args) -> int:
         source = f"{r['source']} {r['control_id'] or r['source_ref'] or ''}".strip()
         print(f"{r['observed']:<20} {(r['test'] or r['code']):<12} {value:>10} {r['unit'] or '':<8} {received[:16]:<16} "
               f"{r['status']:<6} {r['state']:<11} {r['issuer'] or '':<10} {source}")
+    return 0
+
+
+def cmd_reprocess(args) -> int:
+    store, catalog = _store_and_catalog(args)
+    done = hl7v2.reprocess(store, catalog, args.ids or None)
+    for raw_id, stored in done:
+        print(f"message {raw_id}: {'stored ' + str(stored.rows) + ' result(s)' if stored else 'rejected again (AE)'}")
+    print(f"{len(done)} message(s) retried, {sum(s is not None for _, s in done)} accepted")
     return 0
 
 

@@ -288,32 +288,42 @@ def build_ack(header: Header, code: str, problems: list[Problem] = (), text: str
 # --- the application side of the listener --------------------------------------------------------
 
 
-def handle(store: Store, catalog: Catalog, raw: bytes, peer: str = "") -> tuple[bytes, Stored | None]:
-    """Process one de-framed message; returns the ACK and what was stored. Never raises."""
+def handle(store: Store, catalog: Catalog, raw: bytes, peer: str = "",
+           raw_id: int | None = None) -> tuple[bytes, Stored | None]:
+    """Process one de-framed message; returns the ACK and what was stored. Never raises.
+
+    `raw_id`: the message is already kept in that `labs_raw` row (a retry): update it, keep no copy.
+    """
     header = Header()
     try:
         text = decode(raw)
         header = read_header(text)
         parsed = parse(text, catalog)
     except Rejected as exc:
-        return _reject(store, raw, peer, header, exc.ack_code, exc.problems), None
+        return _reject(store, raw, peer, header, exc.ack_code, exc.problems, raw_id=raw_id), None
     except Exception as exc:  # a bug here must not cost the message or the listener
         log.event("hl7.error", level=logging.ERROR, error=type(exc).__name__)
-        return _reject(store, raw, peer, header, "AE", [Problem(INTERNAL, "internal error while parsing")]), None
+        problem = Problem(INTERNAL, "internal error while parsing")
+        return _reject(store, raw, peer, header, "AE", [problem], raw_id=raw_id), None
     meta = dict(source="hl7", origin=peer, control_id=header.control_id, facility=header.sending_facility,
                 message_type=header.message_type)
     try:
-        with store.tx():
-            if find_duplicate(store, header.sending_facility, header.control_id, raw):
+        with store.tx() as c:
+            if raw_id is None and find_duplicate(store, header.sending_facility, header.control_id, raw):
                 save_raw(store, raw, outcome="duplicate", reason="resend of an accepted message", **meta)
                 stored = Stored(None)
             else:
-                raw_id = save_raw(store, raw, outcome="AA", **meta)
+                if raw_id is None:
+                    raw_id = save_raw(store, raw, outcome="AA", **meta)
+                else:
+                    c.execute("UPDATE labs_raw SET outcome = 'AA', reason = 'accepted when reprocessed' WHERE id = ?",
+                              (raw_id,))
                 stored = store_results(store, parsed.results, source="hl7", raw_id=raw_id,
                                        control_id=header.control_id, facility=header.sending_facility)
     except Exception as exc:
         log.event("hl7.error", level=logging.ERROR, error=type(exc).__name__, control_id=header.control_id)
-        return _reject(store, raw, peer, header, "AE", [Problem(INTERNAL, "internal error while storing; not stored")]), None
+        problem = Problem(INTERNAL, "internal error while storing; not stored")
+        return _reject(store, raw, peer, header, "AE", [problem], raw_id=raw_id), None
     log.event("hl7.stored", control_id=header.control_id, results=stored.rows, changes=len(stored.changes),
               duplicate=stored.raw_id is None or None)
     return build_ack(header, "AA"), stored
@@ -330,12 +340,35 @@ def handle_oversized(store: Store, head: bytes, size: int, limit: int, peer: str
 
 
 def _reject(store: Store, raw: bytes, peer: str, header: Header, code: str, problems: list[Problem],
-            size: int | None = None) -> bytes:
+            size: int | None = None, raw_id: int | None = None) -> bytes:
     reason = "; ".join(p.text for p in problems)[:2000]
     try:
-        save_raw(store, raw, source="hl7", outcome=code, reason=reason, origin=peer, control_id=header.control_id,
-                 facility=header.sending_facility, message_type=header.message_type, size=size)
+        if raw_id is not None:
+            store.conn().execute("UPDATE labs_raw SET outcome = ?, reason = ? WHERE id = ?", (code, reason, raw_id))
+        else:
+            save_raw(store, raw, source="hl7", outcome=code, reason=reason, origin=peer, control_id=header.control_id,
+                     facility=header.sending_facility, message_type=header.message_type, size=size)
     except Exception as exc:  # the ACK still tells the sender; the log says the copy is missing
         log.event("hl7.raw_lost", level=logging.ERROR, error=type(exc).__name__, control_id=header.control_id)
     log.event("hl7.rejected", level=logging.WARNING, ack=code, control_id=header.control_id, reason=problems[0].text[:200])
     return build_ack(header, code, problems)
+
+
+def reprocess(store: Store, catalog: Catalog, raw_ids: list[int] | None = None) -> list[tuple[int, Stored | None]]:
+    """Run kept AE messages through `handle` again (e.g. after a site added a unit or a synonym).
+
+    The kept row is updated in place (AA and its results, or AE with the new reason). Returns
+    (row id, what was stored, or None if rejected again). AR messages are not retried: they
+    cannot become acceptable without being changed.
+    """
+    sql = "SELECT id, raw, origin FROM labs_raw WHERE source = 'hl7' AND outcome = 'AE'"
+    params: tuple = ()
+    if raw_ids:
+        sql += f" AND id IN ({','.join('?' * len(raw_ids))})"
+        params = tuple(raw_ids)
+    out = []
+    for row in store.query(sql + " ORDER BY id", params):
+        _, stored = handle(store, catalog, row["raw"], row["origin"] or "", raw_id=row["id"])
+        out.append((row["id"], stored))
+    log.event("hl7.reprocessed", messages=len(out), accepted=sum(s is not None for _, s in out))
+    return out

@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS labs_raw (
     message_type TEXT,             -- MSH-9
     sha256 TEXT NOT NULL,
     size INTEGER NOT NULL,         -- bytes received (raw may hold fewer when the frame was oversized)
-    outcome TEXT NOT NULL,         -- AA | AE | AR | duplicate | incomplete
+    outcome TEXT NOT NULL,         -- AA | AE | AR | duplicate | incomplete | imported (CSV)
     reason TEXT,                   -- why it was not accepted; never contains patient identifiers
     raw BLOB NOT NULL
 );
