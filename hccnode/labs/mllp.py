@@ -185,7 +185,7 @@ class MllpListener:
 
     def _serve(self, sock: socket.socket, address) -> None:
         peer = f"{address[0]}:{address[1]}"
-        if self.restricted and not any(ipaddress.ip_address(address[0]) in n for n in self.allowed):
+        if self.restricted and not self._allowed(address[0]):
             log.event("hl7.refused", level=logging.WARNING, peer=peer, reason="not in hl7.allowed_hosts")
             return
         if not self._slots.acquire(blocking=False):
@@ -206,6 +206,13 @@ class MllpListener:
             self._slots.release()
             self.store.close()  # this thread's database connection
             log.event("hl7.disconnected", peer=peer)
+
+    def _allowed(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip.split("%", 1)[0])
+        except ValueError:
+            return False
+        return any(addr in n for n in self.allowed if n.version == addr.version)
 
     def _converse(self, sock: socket.socket, peer: str) -> None:
         reader = FrameReader(self.max_bytes)
