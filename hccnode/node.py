@@ -7,6 +7,8 @@ import threading
 
 from hccnode import __version__, log
 from hccnode.config import Config
+from hccnode.labs import requeue
+from hccnode.labs.mllp import MllpListener
 from hccnode.net.forward import Forwarder
 from hccnode.net.scp import StorageSCP
 from hccnode.store.db import Store
@@ -24,12 +26,19 @@ class Node:
         self.workers = WorkerPool(cfg, self.stop_event)
         self.watcher = Watcher(cfg, self.stop_event)
         self.forwarder = Forwarder(cfg.data_dir, cfg.forward, self.stop_event)
+        self.mllp = MllpListener.from_config(cfg, self.store, on_stored=self.on_labs) if cfg.hl7.enabled else None
+
+    def on_labs(self, stored) -> None:
+        """A lab result arrived: re-analyse the studies whose matched value it changes."""
+        requeue.queue_jobs(self.store, stored.changes, self.cfg.worker.max_attempts)
 
     def start(self) -> None:
         cleaned = self.spool.clean_tmp()
         log.event("node.starting", version=__version__, data_dir=self.cfg.data_dir, config=self.cfg.source,
                   unacknowledged_tmp_removed=cleaned)
         self.scp.start()
+        if self.mllp:
+            self.mllp.start()
         self.watcher.start()
         self.workers.start()
         self.forwarder.start()
@@ -39,6 +48,8 @@ class Node:
         log.event("node.stopping")
         self.stop_event.set()
         self.scp.stop()
+        if self.mllp:
+            self.mllp.stop()
         self.watcher.join(5)
         self.forwarder.join(10)
         self.workers.join(10)

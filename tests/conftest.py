@@ -99,7 +99,9 @@ class NodeProcess:
         from hccnode.net import scu
         try:
             return scu.echo(Destination("HCCNODE", "127.0.0.1", self.port), "TESTPROBE", timeout=2) == 0
-        except (scu.AssociationFailed, OSError):
+        except scu.AssociationFailed as exc:
+            return "rejected" in str(exc)   # an allow-list rejection: the node is answering
+        except OSError:
             return False
 
     def kill9(self) -> None:

@@ -63,3 +63,15 @@ def test_failure_retries_then_fails(store):
     j = jobs.claim(store, "w", 30)
     assert jobs.fail(store, j.id, "w", "boom again") == "failed"
     assert jobs.get(store, j.id)["error"] == "boom again"
+
+
+def test_requeue_for_an_outside_input_moves_the_seq_and_queues_once(store):
+    add_study(store)
+    jobs.queue_stable_studies(store, 5)
+    j = jobs.claim(store, "w", 30)
+    jobs.complete(store, j.id, "w", {})
+    new = jobs.requeue(store, "1.2.3", "lab")
+    assert new != j.id and jobs.get(store, new)["reason"] == "lab"
+    assert jobs.get(store, new)["study_seq"] == 2
+    assert jobs.queue_stable_studies(store, 5) == []          # the watcher does not add another
+    assert jobs.requeue(store, "9.9.9", "lab") is None         # unknown study

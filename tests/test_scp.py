@@ -201,10 +201,31 @@ def test_eight_concurrent_associations_are_all_stored(node_factory, tmp_path):
     senders = [subprocess.Popen([need("storescu"), "-aec", "HCCNODE", "127.0.0.1", str(node.port), *map(str, files)],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for files in series]
     codes = [p.wait(120) for p in senders]
-    assert codes == [0] * 8
+    outputs = [p.stdout.read().decode(errors="replace") for p in senders]
+    assert codes == [0] * 8, [o for o, c in zip(outputs, codes) if c] + [node.log()[-3000:]]
     store = node.store()
     assert store.query("SELECT COUNT(*) AS n FROM instances")[0]["n"] == 40
     assert store.query("SELECT COUNT(*) AS n FROM studies")[0]["n"] == 8
     done = wait_until(lambda: (j := store.query("SELECT * FROM jobs WHERE state = 'done'")) and len(j) == 8 and j,
                       30, what="eight stable jobs")
     assert {j["study_uid"] for j in done} == {r["study_uid"] for r in store.query("SELECT study_uid FROM studies")}
+
+
+def test_a_ninth_association_gets_a_transient_rejection_until_one_closes(node_factory):
+    from pynetdicom.sop_class import Verification
+
+    node = node_factory().start()
+    held = []
+    for i in range(8):
+        ae = AE(ae_title=f"HOLD{i}")
+        ae.add_requested_context(Verification)
+        a = ae.associate("127.0.0.1", node.port, ae_title="HCCNODE")
+        assert a.is_established
+        held.append(a)
+    ninth = echoscu(node, "NINTH")
+    assert ninth.returncode != 0 and "Local Limit Exceeded" in ninth.stdout + ninth.stderr
+    held.pop().release()
+    wait_until(lambda: echoscu(node, "NINTH").returncode == 0, 10, what="a free slot")
+    for a in held:
+        a.release()
+    assert re.search(r"association\.rejected .*calling_ae=NINTH .*association limit \(8\)", node.log())

@@ -14,6 +14,7 @@ from hccnode.labs import catalog as catalog_mod
 from hccnode.labs import csvimport, hl7v2
 from hccnode.labs.csvimport import CsvImportError, import_csv
 from hccnode.labs.matching import match_lab
+from hccnode.labs.requeue import queue_jobs
 from hccnode.labs.store import results_for
 from hccnode.store.db import Store
 
@@ -31,7 +32,7 @@ def register(sub) -> None:
 
     show = labs.add_parser("show", help="print a patient's lab results (on screen only)",
                            description="Print every stored result of a patient, including superseded and withdrawn ones.")
-    show.add_argument("patient_id")
+    show.add_argument("patient_id", help="the Patient ID as in the DICOM studies and lab messages")
     show.add_argument("--test", help="only this test (key, LOINC code or synonym)")
     show.set_defaults(func=cmd_show)
 
@@ -43,7 +44,7 @@ def register(sub) -> None:
 
     match = labs.add_parser("match", help="the lab values a paper's model would use for a scan",
                             description="Match each test of a paper's window table to a scan time.")
-    match.add_argument("patient_id")
+    match.add_argument("patient_id", help="the Patient ID as in the DICOM studies and lab messages")
     match.add_argument("--issuer", help="issuer of the patient ID, if the study has one")
     match.add_argument("--at", required=True, help="scan time, ISO 8601 (local time unless an offset is given)")
     match.add_argument("--paper", required=True, help='paper number as in papers/, e.g. "000"')
@@ -68,6 +69,9 @@ def cmd_import(args) -> int:
         print(f"{exc}\nnothing imported (use --skip-bad-rows to import the good rows)", file=sys.stderr)
         return 1
     print(f"{report.file}: {report.rows} row(s) read, {report.imported} stored, {len(report.skipped)} skipped")
+    requeued = queue_jobs(store, report.stored.changes, args.cfg.worker.max_attempts)
+    if requeued:
+        print(f"re-queued {len(requeued)} analysed stud{'y' if len(requeued) == 1 else 'ies'} whose lab inputs changed")
     for e in report.skipped:
         print(f"skipped: {e}")
     return 0

@@ -106,3 +106,16 @@ def for_changes(store: Store, changes: list[Change], catalog: catalog_mod.Catalo
         for rq in studies_needing_requeue(store, pid, issuer, tests, catalog):
             merged.setdefault(rq.study_uid, []).extend(r for r in rq.reasons if r not in merged.get(rq.study_uid, []))
     return [Requeue(uid, tuple(reasons)) for uid, reasons in merged.items()]
+
+
+def queue_jobs(store: Store, changes: list[Change], max_attempts: int = 3) -> list[tuple[str, int | None]]:
+    """Re-queue the analysis of every study these lab changes affect; returns (study, job id)."""
+    from hccnode import log
+    from hccnode.store import jobs
+
+    out = []
+    for rq in for_changes(store, changes):
+        job = jobs.requeue(store, rq.study_uid, "lab", max_attempts)
+        log.event("study.requeued", study=rq.study_uid, job=job, why="; ".join(rq.reasons))
+        out.append((rq.study_uid, job))
+    return out

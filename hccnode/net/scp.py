@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
@@ -58,10 +59,14 @@ class StorageSCP:
         self.spool = spool
         self.allowed = parse_allowed(cfg.allowed)
         self.server: ThreadedAssociationServer | None = None
+        self._open: set[int] = set()          # connections now open (ids of their associations)
+        self._open_lock = threading.Lock()
 
     def _ae(self) -> AE:
         ae = AE(ae_title=self.cfg.ae_title)
-        ae.maximum_associations = self.cfg.max_associations
+        # The limit is enforced in on_requested on open connections; pynetdicom's own count
+        # includes threads of associations that have just ended, so it only gets a backstop.
+        ae.maximum_associations = self.cfg.max_associations + 8
         ae.maximum_pdu_size = MAX_PDU
         ae.acse_timeout = self.cfg.acse_timeout
         ae.dimse_timeout = self.cfg.dimse_timeout
@@ -73,6 +78,8 @@ class StorageSCP:
 
     def start(self) -> ThreadedAssociationServer:
         handlers = [
+            (evt.EVT_CONN_OPEN, self.on_conn_open),
+            (evt.EVT_CONN_CLOSE, self.on_conn_close),
             (evt.EVT_REQUESTED, self.on_requested),
             (evt.EVT_ACCEPTED, self.on_accepted),
             (evt.EVT_REJECTED, self.on_rejected),
@@ -97,11 +104,29 @@ class StorageSCP:
 
     # -- event handlers ------------------------------------------------------------------
 
+    def on_conn_open(self, event) -> None:
+        with self._open_lock:
+            self._open.add(id(event.assoc))
+
+    def on_conn_close(self, event) -> None:
+        with self._open_lock:
+            self._open.discard(id(event.assoc))
+
     def on_requested(self, event) -> None:
-        """Reject a calling AE (or AE@host) not on the allow-list, before negotiation."""
+        """Reject, before negotiation, a calling AE (or AE@host) not on the allow-list, and
+        any association beyond `max_associations` open at once (transient: try again later)."""
         assoc = event.assoc
         calling = assoc.requestor.primitive.calling_ae_title.strip()
         peer = assoc.requestor.address
+        with self._open_lock:
+            n_open = len(self._open)
+        if n_open > self.cfg.max_associations:
+            log.event("association.rejected", level=30, calling_ae=calling, peer=peer,
+                      reason=f"association limit ({self.cfg.max_associations}) reached")
+            assoc.acse.send_reject(status.REJECTED_TRANSIENT, status.SOURCE_PROVIDER_PRESENTATION,
+                                   status.DIAG_LOCAL_LIMIT_EXCEEDED)
+            assoc.kill()
+            return
         if not is_allowed(self.allowed, calling, peer):
             log.event("association.rejected", level=30, calling_ae=calling, peer=peer,
                       reason="calling AE title not on the allow-list for this host")

@@ -93,6 +93,15 @@ def _enqueue(c: sqlite3.Connection, study_uid: str, reason: str, max_attempts: i
     return job_id
 
 
+def requeue(store: Store, study_uid: str, reason: str, max_attempts: int = 3) -> int | None:
+    """Queue `study_uid` again because an input outside its instances changed (a lab
+    result, a reader's annotation): the study's seq moves on, so the change is analysed."""
+    with store.tx() as c:
+        if not c.execute("UPDATE studies SET seq = seq + 1 WHERE study_uid = ?", (study_uid,)).rowcount:
+            return None
+        return _enqueue(c, study_uid, reason, max_attempts, ANALYZE)
+
+
 def queue_stable_studies(store: Store, stable_seconds: float, max_attempts: int = 3) -> list[int]:
     """Queue every study quiet for `stable_seconds` whose current seq has no job yet."""
     cutoff = now() - stable_seconds
