@@ -371,6 +371,10 @@ def validate(card: Card, path: str) -> None:
                 _need(s, "label", str, f"{w}.scales[{j}]")
             for g in ("positive_group", "negative_group"):
                 _values(card, _need(check, g, dict, w), f"{w}.{g}", complete=True)
+            native = any(s["factor"] == 1 for s in check["scales"])
+            if native and not check["expect_consistent"] and card.logistic.probability == "reported":
+                raise CardError(f"{w}.expect_consistent: the constant fails in the card's own units, "
+                                "so logistic.probability must be 'withheld'")
         elif kind == "evaluate":
             _values(card, _need(check, "inputs", dict, w), f"{w}.inputs", complete=True)
             if not _need(check, "expect", dict, w):
