@@ -285,6 +285,10 @@ def run(card: Card) -> list[CheckResult]:
 
 def summary_line(card: Card, results: list[CheckResult]) -> str:
     """One line per card: id@version, paper file, result."""
+    if not results and card.status == "site-recalibrated":
+        return (f"{card.key} ({card.paper}): site version of {card.derived_from}, fitted on "
+                f"{card.recalibration.get('data_file', '?')} (n = {card.recalibration.get('n', '?')}); "
+                f"the paper's worked numbers are checked on {card.derived_from}")
     if not results:
         return f"{card.key} ({card.paper}): NO SELF-CHECK - the card states no worked numbers"
     failed = [r for r in results if not r.ok]
