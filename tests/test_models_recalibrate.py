@@ -75,7 +75,7 @@ def test_cutoff_recalibration_finds_the_known_threshold():
     new = recalibrate.recalibrated_card(card, "cutoff", y, ecv, "o.csv", "0" * 64, DATE)
     site = parse_card(new, "site.toml")
     assert abs(site.cutoff.threshold - 0.35) < 0.02 and site.cutoff.high_when == ">="
-    assert evaluate(site, {"tumor_ecv_iodine": InputValue(0.6, "1", "t")})["outputs"]["risk_group"].startswith("ECV > 0.45 (site cutoff")
+    assert evaluate(site, {"tumor_ecv_iodine": InputValue(0.6, "1", "t")})["outputs"]["risk_group"] == f"site high: tumor_ecv_iodine >= {site.cutoff.threshold:.4g}"
 
 
 def test_refusals():

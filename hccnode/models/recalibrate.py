@@ -100,9 +100,10 @@ def recalibrated_card(card: Card, method: str, y: np.ndarray, score: np.ndarray,
         thr, j = youden_cutoff(y, score)
         rec.update(youden_j=j, threshold=thr)
         if card.form == "cutoff":
+            name = card.cutoff.input
             new["cutoff"].update(threshold=thr, high_when=">=",
-                                 high_group=f"{card.cutoff.high_group} (site cutoff {thr:g})",
-                                 low_group=f"{card.cutoff.low_group} (site cutoff {thr:g})")
+                                 high_group=f"site high: {name} >= {thr:.4g}",
+                                 low_group=f"site low: {name} < {thr:.4g}")
             new["cutoff"].pop("reference_group", None)
             rec["note"] = f"Youden cutoff on {card.cutoff.input}; high group = value >= threshold"
         else:

@@ -162,10 +162,9 @@ def predictions_from_store(rows: Iterable[dict[str, Any]], cards: dict[str, Card
 
 def auc(y: np.ndarray, score: np.ndarray) -> float:
     """ROC AUC as the Mann-Whitney statistic (ties count one half); equals sklearn's roc_auc_score."""
-    from scipy.stats import rankdata
-
     y = np.asarray(y, bool)
-    ranks = rankdata(score)
+    values, inverse, counts = np.unique(np.asarray(score, float), return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]  # average rank of tied scores
     n1, n0 = int(y.sum()), int((~y).sum())
     return float((ranks[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
