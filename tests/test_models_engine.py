@@ -149,3 +149,8 @@ def test_engine_never_raises_on_garbage(key, raw):
     r = evaluate(CARDS[key], {k: {"value": v, "unit": u, "source": "fuzz"} for k, (v, u) in raw.items()})
     assert r["status"] in (EVALUATED, NOT_EVALUATED)
     assert (r["status"] == NOT_EVALUATED) == bool(r["reasons"])
+
+
+def test_yes_no_is_not_a_number():
+    r = evaluate(card("p002-nomogram"), {**P002, "ps": iv(True, "mL/min/100 g")})
+    assert r["reasons"] == ["input 'ps' (permeability surface area product) must be a number in mL/min/100 g, got yes/no"]

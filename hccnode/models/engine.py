@@ -72,6 +72,8 @@ def check_input(spec: Input, raw: InputValue | Mapping[str, Any] | None) -> tupl
         if isinstance(v, bool) or v in (0, 1):
             return float(bool(v)), None
         return None, f"input {spec.name!r} ({spec.label}) must be yes/no, got {iv.value!r}"
+    if isinstance(iv.value, bool):
+        return None, f"input {spec.name!r} ({spec.label}) must be a number in {spec.unit}, got yes/no"
     try:
         x = float(iv.value)
     except (TypeError, ValueError):
@@ -218,7 +220,7 @@ def _cutoff(card: Card, values: Mapping[str, float]) -> tuple[dict, dict]:
     if c.reference_group:
         outputs["reported_versus"] = (f"hazard ratios are for {c.high_group if c.reference_group == c.low_group else c.low_group} "
                                       f"against {c.reference_group} (reference)")
-    outputs["reported"] = card.performance
+    outputs["reported"] = [dict(p) for p in card.performance]
     return outputs, {}
 
 

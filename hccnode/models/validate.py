@@ -15,8 +15,8 @@ Outcomes CSV (one row per study; UTF-8, header required):
   os_months, os_event     optional: overall survival time (months) and 1 = death, 0 = censored
 Predictions CSV (instead of the database):
   study_uid, card_id, card_version, and at least one of:
-  score (the linear predictor or probability of a logistic card; the input value of a cutoff card),
-  probability, risk_group
+  score (a logistic card's linear_predictor output; a cutoff card's input value),
+  probability (where the card reports one), risk_group
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def predictions_from_store(rows: Iterable[dict[str, Any]], cards: dict[str, Card
     for r in rows:
         outputs = r["output"].get("outputs", {})
         card = cards.get(f"{r['card_id']}@{r['card_version']}")
-        score = outputs.get("probability", outputs.get("linear_predictor"))
+        score = outputs.get("linear_predictor")
         if card is not None and card.form == "cutoff":
             v = r["inputs"].get(card.cutoff.input, {}).get("value")
             score = float(v) if v is not None else None
