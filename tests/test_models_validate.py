@@ -3,7 +3,6 @@ recovered within their CIs; plots are real PNGs; the HTML parses and references 
 
 import csv
 import json
-import math
 from html.parser import HTMLParser
 from pathlib import Path
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from hccnode import RESEARCH_USE
-from hccnode.models.card import OPS, Card, Input, normalize_unit
+from hccnode.models.card import OPS, UNITS, Card, Input, normalize_unit
 
 NOT_EVALUATED = "not_evaluated"
 EVALUATED = "evaluated"
@@ -64,7 +64,7 @@ def check_input(spec: Input, raw: InputValue | Mapping[str, Any] | None) -> tupl
     unit = normalize_unit(iv.unit)
     if unit != spec.unit:
         return None, (f"input {spec.name!r} ({spec.label}) has unit {iv.unit!r}; "
-                      f"the card expects {spec.unit!r} ({_unit_text(spec.unit)}) and does not convert")
+                      f"the card expects {spec.unit!r} ({UNITS[spec.unit]}) and does not convert")
     if spec.kind == "binary":
         v = iv.value
         if isinstance(v, str):
@@ -91,12 +91,6 @@ def check_input(spec: Input, raw: InputValue | Mapping[str, Any] | None) -> tupl
         return None, (f"input {spec.name!r} ({spec.label}) = {_fmt(x)} {spec.unit} is outside the card's "
                       f"range {_fmt(spec.min)} to {_fmt(spec.max)} {spec.unit}{hint}")
     return x, None
-
-
-def _unit_text(unit: str) -> str:
-    from hccnode.models.card import UNITS
-
-    return UNITS.get(unit, unit)
 
 
 def _group(value: float, threshold: float, high_when: str) -> bool | None:
