@@ -356,7 +356,7 @@ def validate_card(card: Card, preds: list[Prediction], outcomes: dict[str, Outco
     groups = _high_group(card)
     crit = {o.criteria for _, o in joined if o.criteria}
     if crit and card.outcome.get("criteria") and any(c != card.outcome["criteria"] for c in crit):
-        res["notes"].append(f"site response criteria {sorted(crit)} differ from the card's {card.outcome['criteria']}")
+        res["notes"].append(f"site response criteria ({', '.join(sorted(crit))}) differ from the card's ({card.outcome['criteria']})")
 
     if card.outcome["kind"] == "binary":
         rows = [(p, o) for p, o in joined if o.best_response]
