@@ -277,57 +277,56 @@ def cox_continuous(time: np.ndarray, event: np.ndarray, score: np.ndarray) -> di
 # ------------------------------------------------------------------ plots
 
 
-def _plt():
+def _figure(size: tuple[float, float] = (4.5, 4.5)):
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only, never a display
     import matplotlib.pyplot as plt
 
-    return plt
+    return plt.subplots(figsize=size, dpi=100)
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
 
 
 def plot_roc(y, score, path: Path, title: str) -> None:
     from sklearn.metrics import roc_curve
 
-    plt = _plt()
     fpr, tpr, _ = roc_curve(y, score)
-    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
+    fig, ax = _figure()
     ax.plot(fpr, tpr, lw=2)
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1))
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_calibration(y, prob, path: Path, title: str, bins: int = 10) -> None:
-    plt = _plt()
     prob, y = np.asarray(prob, float), np.asarray(y, float)
     edges = np.unique(np.quantile(prob, np.linspace(0, 1, bins + 1)))
     which = np.clip(np.searchsorted(edges, prob, side="right") - 1, 0, len(edges) - 2)
     xs = [prob[which == i].mean() for i in range(len(edges) - 1) if np.any(which == i)]
     ys = [y[which == i].mean() for i in range(len(edges) - 1) if np.any(which == i)]
-    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
+    fig, ax = _figure()
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
     ax.plot(xs, ys, "o-")
     ax.set(xlabel="predicted probability", ylabel="observed proportion", title=title, xlim=(0, 1), ylim=(0, 1))
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_km(time, event, high, labels: tuple[str, str], path: Path, title: str) -> None:
     from lifelines import KaplanMeierFitter
 
-    plt = _plt()
     time, event, high = np.asarray(time, float), np.asarray(event, int), np.asarray(high, bool)
-    fig, ax = plt.subplots(figsize=(5.5, 4.2), dpi=100)
+    fig, ax = _figure((5.5, 4.2))
     for mask, label in ((high, labels[0]), (~high, labels[1])):
         KaplanMeierFitter().fit(time[mask], event[mask], label=f"{label} (n={int(mask.sum())})").plot_survival_function(ax=ax, ci_show=False)
     ax.set(xlabel="months", ylabel="survival probability", title=title, ylim=(0, 1.02))
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
+    _save(fig, path)
 
 
 # ------------------------------------------------------------------ report
