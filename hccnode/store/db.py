@@ -29,6 +29,7 @@ SCHEMA_MODULES = (
     "hccnode.store.outbox",
     "hccnode.labs.store",
     "hccnode.labs.requeue",
+    "hccnode.models.store",
 )
 
 
