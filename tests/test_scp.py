@@ -169,7 +169,7 @@ def test_kill9_while_receiving_loses_nothing_acknowledged_and_runs_the_job_once(
             current = line.split("Sending file:")[1].strip()
         elif "Received Store Response (Success)" in line and current:
             acked.append(sops[current])
-    assert 40 <= len(acked) < 200
+    assert 20 <= len(acked) < 200                         # a real cut: some acknowledged, not all
 
     node.start()
     store = node.store()

@@ -44,18 +44,21 @@ def register(sub) -> None:
     q = add("validate", cmd_validate, "validate model outputs against site outcomes",
             "Join model outputs (model_results table, or --predictions CSV) with a site's outcomes and write "
             "report.html, report.json and PNG plots to --out. Column definitions: hccnode.models.validate.")
-    q.add_argument("--outcomes", required=True, metavar="FILE.csv")
+    q.add_argument("--outcomes", required=True, metavar="FILE.csv",
+                   help="site outcomes: study_uid plus response and/or PFS/OS times and events")
     q.add_argument("--predictions", metavar="FILE.csv", help="predictions CSV instead of the model_results table")
-    q.add_argument("--out", required=True, metavar="DIR")
+    q.add_argument("--out", required=True, metavar="DIR", help="folder for report.html, report.json and the plots")
     q.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples for the AUC CI (default 1000)")
     q.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     q = add("recalibrate", cmd_recalibrate, "fit a site version of a card",
             "Fit logistic recalibration (intercept and slope) or a Youden cutoff on a site's outcomes and write "
             "a new card version; the original card is not changed.")
     q.add_argument("card", help="published card id or id@version")
-    q.add_argument("--outcomes", required=True, metavar="FILE.csv")
+    q.add_argument("--outcomes", required=True, metavar="FILE.csv",
+                   help="site outcomes with a binary response (see hccnode models validate)")
     q.add_argument("--predictions", metavar="FILE.csv", help="predictions CSV instead of the model_results table")
-    q.add_argument("--method", choices=("logistic", "cutoff"), default="logistic")
+    q.add_argument("--method", choices=("logistic", "cutoff"), default="logistic",
+                   help="logistic: new intercept and slope; cutoff: the Youden-optimal cutoff (default logistic)")
     q.add_argument("--out-dir", metavar="DIR", help="where to write the new card (default: DATA_DIR/models/site)")
     q.add_argument("--date", metavar="YYYY-MM-DD", help="date recorded in the card (default: today, UTC)")
 
