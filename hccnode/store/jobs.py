@@ -102,19 +102,23 @@ def requeue(store: Store, study_uid: str, reason: str, max_attempts: int = 3) ->
         return _enqueue(c, study_uid, reason, max_attempts, ANALYZE)
 
 
+_STABLE_SQL = """SELECT s.study_uid,
+       (SELECT COUNT(*) FROM jobs j WHERE j.kind = ? AND j.study_uid = s.study_uid) AS n_jobs
+FROM studies s
+WHERE s.last_received <= ?
+  AND s.seq > COALESCE((SELECT MAX(study_seq) FROM jobs j WHERE j.kind = ? AND j.study_uid = s.study_uid), 0)"""
+
+
 def queue_stable_studies(store: Store, stable_seconds: float, max_attempts: int = 3) -> list[int]:
     """Queue every study quiet for `stable_seconds` whose current seq has no job yet."""
     cutoff = now() - stable_seconds
     queued = []
+    # A plain read first: the write lock is taken only when there is work, so an idle
+    # watcher never makes an instance wait for the index.
+    if not store.conn().execute(_STABLE_SQL + " LIMIT 1", (ANALYZE, cutoff, ANALYZE)).fetchone():
+        return queued
     with store.tx() as c:
-        rows = c.execute(
-            """SELECT s.study_uid,
-                      (SELECT COUNT(*) FROM jobs j WHERE j.kind = ? AND j.study_uid = s.study_uid) AS n_jobs
-               FROM studies s
-               WHERE s.last_received <= ?
-                 AND s.seq > COALESCE((SELECT MAX(study_seq) FROM jobs j
-                                       WHERE j.kind = ? AND j.study_uid = s.study_uid), 0)""",
-            (ANALYZE, cutoff, ANALYZE)).fetchall()
+        rows = c.execute(_STABLE_SQL, (ANALYZE, cutoff, ANALYZE)).fetchall()
         for r in rows:
             job_id = _enqueue(c, r["study_uid"], "stable" if r["n_jobs"] == 0 else "requeue", max_attempts, ANALYZE)
             if job_id is not None:
@@ -122,14 +126,18 @@ def queue_stable_studies(store: Store, stable_seconds: float, max_attempts: int 
     return queued
 
 
+_CLAIMABLE_SQL = ("SELECT * FROM jobs WHERE state = 'queued' OR (state = 'running' AND lease_expires < ?)"
+                  " ORDER BY id LIMIT 1")
+
+
 def claim(store: Store, owner: str, lease_seconds: float) -> Job | None:
     """Take the oldest claimable job (queued, or running with an expired lease)."""
     t = now()
+    if not store.conn().execute(_CLAIMABLE_SQL, (t,)).fetchone():  # idle: no write lock taken
+        return None
     with store.tx() as c:
         while True:
-            r = c.execute(
-                "SELECT * FROM jobs WHERE state = 'queued' OR (state = 'running' AND lease_expires < ?)"
-                " ORDER BY id LIMIT 1", (t,)).fetchone()
+            r = c.execute(_CLAIMABLE_SQL, (t,)).fetchone()
             if r is None:
                 return None
             if r["state"] == "running" and r["attempts"] >= r["max_attempts"]:

@@ -89,6 +89,8 @@ def claim_due(store: Store, limit: int = 64, ids: list[int] | None = None) -> di
     sql += " ORDER BY id LIMIT ?"
     params.append(limit)
     groups: dict[str, list[Item]] = {}
+    if not store.conn().execute(sql, params).fetchone():  # idle: no write lock taken
+        return groups
     with store.tx() as c:
         for r in c.execute(sql, params).fetchall():
             c.execute("UPDATE outbox SET state = 'sending', lease_expires = ?, attempts = attempts + 1 WHERE id = ?",
