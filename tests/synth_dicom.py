@@ -30,6 +30,14 @@ def _base(sop_class, series_uid, for_uid, study_uid):
     ds.Modality = "CT"
     ds.PatientID = "TEST"
     ds.PatientName = "Test^Phantom"
+    ds.PatientBirthDate = ""
+    ds.PatientSex = "O"
+    ds.StudyDate = "20260101"
+    ds.StudyTime = "120000"
+    ds.StudyID = "1"
+    ds.AccessionNumber = ""
+    ds.ReferringPhysicianName = ""
+    ds.Manufacturer = "hccnode-test"
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.BitsAllocated = 16
