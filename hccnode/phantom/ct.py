@@ -8,7 +8,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage
 
-from hccnode.phantom import dicomio
+from hccnode.phantom import dicomio, multienergy
 from hccnode.phantom.anatomy import Tumor
 from hccnode.phantom.enhancement import (CONVENTIONAL_KEV, PHASES, Tissue, enhancement_hu,
                                          iodine_hu_per_mg_ml, lookup)
@@ -94,7 +94,7 @@ def _dect_plans(spec, style, phase, vals, thk, number, acquired, bolus, study_la
         description=style["desc"]["iodine"].format(thk=thk, phase=phase.capitalize()), acquired=acquired,
         content_delay_s=DERIVED_AFTER_S,
         header=_ct_header(spec, style, phase, bolus, style["image_type"]["iodine"], style["iodine_rescale_type"],
-                          intercept, slope, derived=True, window=(2.0, 8.0)),
+                          intercept, slope, derived=True, window=(2.0, 8.0), acquired=acquired),
         values=iodine, slope=slope, intercept=intercept, signed=True, extra={"units": "mg/mL"}, **common))
     for j, kev in enumerate(spec.vmi_kev):
         kk = iodine_hu_per_mg_ml(kev)
@@ -109,7 +109,7 @@ def _dect_plans(spec, style, phase, vals, thk, number, acquired, bolus, study_la
             description=style["desc"]["vmi"].format(thk=thk, kev=f"{kev:g}", phase=phase.capitalize()),
             acquired=acquired, content_delay_s=DERIVED_AFTER_S,
             header=_ct_header(spec, style, phase, bolus, style["image_type"]["vmi"], "HU",
-                              style["ct_rescale_intercept"], 1.0, derived=True, kev=kev),
+                              style["ct_rescale_intercept"], 1.0, derived=True, kev=kev, acquired=acquired),
             values=vmi, slope=1.0, intercept=style["ct_rescale_intercept"],
             signed=bool(style["ct_pixel_representation"]), extra={"kev": kev}, **common))
     if spec.vnc:
@@ -122,14 +122,15 @@ def _dect_plans(spec, style, phase, vals, thk, number, acquired, bolus, study_la
             description=style["desc"]["vnc"].format(thk=thk, phase=phase.capitalize()), acquired=acquired,
             content_delay_s=DERIVED_AFTER_S,
             header=_ct_header(spec, style, phase, bolus, style["image_type"]["vnc"], "HU",
-                              style["ct_rescale_intercept"], 1.0, derived=True),
+                              style["ct_rescale_intercept"], 1.0, derived=True, acquired=acquired),
             values=vnc, slope=1.0, intercept=style["ct_rescale_intercept"],
             signed=bool(style["ct_pixel_representation"]), **common))
     return plans
 
 
 def _ct_header(spec: StudySpec, style: dict, phase: str, bolus: datetime, image_type: list[str], rescale_type: str,
-               intercept: float, slope: float, derived: bool, window=(50.0, 400.0), kev: float | None = None):
+               intercept: float, slope: float, derived: bool, window=(50.0, 400.0), kev: float | None = None,
+               acquired: datetime | None = None):
     def header(ds: Dataset) -> None:
         ds.SOPClassUID = CTImageStorage
         ds.Modality = "CT"
@@ -148,8 +149,9 @@ def _ct_header(spec: StudySpec, style: dict, phase: str, bolus: datetime, image_
         ds.RescaleSlope = slope
         ds.RescaleType = rescale_type
         ds.WindowCenter, ds.WindowWidth = window
-        if spec.kind == "dect" and style.get("multienergy_tags"):
-            ds.MultienergyCTAcquisition = "YES"
+        if derived and style.get("multienergy_tags"):
+            multienergy.add_to_image(ds, image_type[3], rescale_type, slope, intercept,
+                                     bool(style["ct_pixel_representation"]) or rescale_type == "MGML", acquired, kev)
         if derived:
             ds.DerivationDescription = {"HU": "Dual-energy post-processing (phantom)",
                                         "MGML": "Iodine material density, mg/mL"}.get(rescale_type, "")
