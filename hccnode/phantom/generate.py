@@ -18,6 +18,10 @@ from hccnode.phantom.spec import SpecError, StudySpec
 
 # Tumor centres (body mm) in the right lobe, used in order for 1, 2, 3 ... tumors.
 TUMOR_CENTERS = [(-70.0, -5.0, 0.0), (-95.0, -45.0, 20.0), (-30.0, -50.0, -25.0), (-105.0, 25.0, -30.0)]
+# Reference ROI centres (body x, y in mm, on the tumor's central plane): three liver ROIs as in
+# paper 001 (anterior and posterior right lobe, left lateral part), aorta, both erector spinae.
+ROI_CENTERS = {"liver": [(-80.0, -60.0), (-100.0, 45.0), (-5.0, -50.0)], "aorta": [(22.0, 16.0)],
+               "erector_spinae": [(-36.0, 92.0), (36.0, 92.0)], "spleen": [(92.0, 48.0)], "fat": [(0.0, -105.0)]}
 ROI_LABELS = {"liver": Label.LIVER, "aorta": Label.AORTA, "erector_spinae": Label.ERECTOR_SPINAE,
               "spleen": Label.SPLEEN, "portal_vein": Label.PORTAL_VEIN, "fat": Label.FAT}
 
@@ -140,9 +144,12 @@ def ct_truth(spec: StudySpec, tissues: dict, tumors: list[Tumor]) -> dict:
                          "fill": t.fill(p), "vmi_hu": vmi,
                          "lambda_hu": (vmi["40"] - vmi["90"]) / 50.0, "vnc_hu": t.hu0}
         rois[name] = {"label": int(lab), "ecv": t.ecv, "hu_unenhanced": t.hu0, "phases": phases}
+        if name in ROI_CENTERS:
+            rois[name]["roi_centers_patient_mm"] = [[x, y, TABLE_Z_MM] for x, y in ROI_CENTERS[name]]
     for i, tm in enumerate(tumors):
         r = rois[tissues[Label.TUMOR + i].name]
-        r.update(diameter_mm=tm.diameter_mm, volume_ml=tm.volume_ml, center_body_mm=list(tm.center_mm))
+        r.update(diameter_mm=tm.diameter_mm, volume_ml=tm.volume_ml,
+                 center_patient_mm=[tm.center_mm[0], tm.center_mm[1], tm.center_mm[2] + TABLE_Z_MM])
         a = per_phase["arterial"]
         r["nic_arterial"] = a["iodine"][Label.TUMOR + i] / a["iodine"][Label.AORTA]
         eq = per_phase["equilibrium"]
