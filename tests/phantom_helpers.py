@@ -30,7 +30,7 @@ def read_series(folder: Path) -> list[pydicom.Dataset]:
 
 
 def real_values(ds: pydicom.Dataset) -> np.ndarray:
-    return ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    return ds.pixel_array.astype(np.float64) * float(ds.get("RescaleSlope", 1.0)) + float(ds.get("RescaleIntercept", 0.0))
 
 
 def slice_at(datasets: list[pydicom.Dataset], z_mm: float) -> pydicom.Dataset:
