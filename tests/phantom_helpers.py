@@ -11,8 +11,10 @@ import pydicom
 
 DCIODVFY = shutil.which("dciodvfy") or "/usr/bin/dciodvfy"
 # dicom3tools 2022 predates the Rescale Type term MGML (PS3.3 C.11.1.1.2) and cannot know
-# vendor-specific ImageType value 4 terms; everything else must be clean.
-ALLOWED_WARNINGS = ("Unrecognized defined term <MGML>", "for value 4 of attribute <Image Type>")
+# vendor-specific ImageType value 4 terms (nor, in Enhanced CT, the multi-energy ones); everything
+# else must be clean.
+ALLOWED_WARNINGS = ("Unrecognized defined term <MGML>", "for value 4 of attribute <Image Type>",
+                    "for value 4 of attribute <Frame Type>")
 
 
 def dciodvfy(path: Path) -> tuple[list[str], list[str]]:
