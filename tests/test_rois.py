@@ -207,3 +207,36 @@ def test_unknown_object_refused(study):
     ds.Modality = "CT"
     with pytest.raises(rois.AnnotationError, match="1.2.3"):
         rois.read_annotation(ds, study[1])
+
+
+def test_sr_volumetric_regions_on_two_slices(study):
+    slices, vol = study
+    by_z = {round(s.ImagePositionPatient[2]): s for s in slices}
+    regions = [
+        hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,  # closed polyline = polygon in 2-D SCOORD
+            # pixel-corner coordinates 10..14 -> pixels 10..13 (centres 10.5..13.5) on slices 1 and 2
+            graphic_data=np.array([[10.0, 10.0], [14.0, 10.0], [14.0, 14.0], [10.0, 14.0], [10.0, 10.0]]),
+            source_image=hd.sr.SourceImageForRegion.from_source_image(by_z[z]),
+        )
+        for z in (102, 104)
+    ]
+    group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="Aorta"),
+        referenced_regions=regions, finding_type=codes.SCT.Aorta,
+    )
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Person,
+        observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(name="Reader^A"),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_person_context=observer),
+        procedure_reported=codes.LN.CTUnspecifiedBodyRegion, imaging_measurements=[group],
+    )
+    sr = hd.sr.Comprehensive3DSR(evidence=slices, content=report, series_number=92, series_instance_uid=generate_uid(),
+                                 sop_instance_uid=generate_uid(), instance_number=1, manufacturer="test")
+    out = rois.read_annotation(sr, vol)
+    assert [r.role for r in out.rois] == ["aorta"]
+    m = sitk.GetArrayFromImage(out.rois[0].mask) > 0
+    # corners 10..14 enclose pixel centres 10.5..13.5: pixels 10..13 on slices 1 and 2, 32 in all
+    assert m[1, 10:14, 10:14].all() and m[2, 10:14, 10:14].all() and m.sum() == 32
