@@ -130,3 +130,15 @@ def test_ecv_map_image_keeps_geometry_and_refuses_other_grid():
     imgs[1].SetOrigin((0.0, 0.0, 0.0))
     with pytest.raises(ValueError, match="grid"):
         ecv.ecv_map_image(imgs[0], imgs[1], mask, 150.0, 0.4)
+
+
+def test_ecv_map_no_data_voxels_stay_nan_and_do_not_spread():
+    # NaN (no data after registration) outside the mask and in one corner of the liver
+    unenh, equil, liver, tumor = _synthetic_pair(0.0)
+    equil[:, :, :5] = np.nan  # outside the liver block (columns 5..34)
+    equil[2:4, 5:8, 5:8] = np.nan  # inside the liver
+    m = ecv.ecv_map_percent(unenh, equil, liver, 150.0, 0.40, (2.5, 1.0, 1.0), sigma_mm=1.5)
+    assert np.isnan(m[2:4, 5:8, 5:8]).all()
+    rest = liver.copy()
+    rest[2:4, 5:8, 5:8] = False
+    assert np.allclose(m[rest], 28.0, atol=1e-6)

@@ -154,12 +154,10 @@ def ecv_map_percent(
     `sigma_mm` restricted to the mask (normalised convolution: sum(w*I*m)/sum(w*m)) so that
     vessels, fat or air outside the mask do not bleed into edge voxels; sigma_mm=0 disables it.
     """
-    unenhanced_hu = np.asarray(unenhanced_hu, dtype=np.float64)
-    equilibrium_hu = np.asarray(equilibrium_hu, dtype=np.float64)
     mask = np.asarray(mask, dtype=bool)
-    if not (unenhanced_hu.shape == equilibrium_hu.shape == mask.shape):
+    if not (np.shape(unenhanced_hu) == np.shape(equilibrium_hu) == mask.shape):
         raise ValueError(
-            f"shapes differ: unenhanced {unenhanced_hu.shape}, equilibrium {equilibrium_hu.shape}, mask {mask.shape}"
+            f"shapes differ: unenhanced {np.shape(unenhanced_hu)}, equilibrium {np.shape(equilibrium_hu)}, mask {mask.shape}"
         )
     if len(spacing_mm) != mask.ndim:
         raise ValueError(f"spacing {tuple(spacing_mm)} does not match {mask.ndim} array axes")
@@ -168,15 +166,28 @@ def ecv_map_percent(
         raise ValueError(f"aortic enhancement must be > 0 HU, got {delta_hu_aorta} HU")
     if sigma_mm < 0:
         raise ValueError(f"sigma_mm must be >= 0, got {sigma_mm}")
+    out = np.full(mask.shape, np.nan, dtype=np.float32)
+    if not mask.any():
+        return out
+    # Work on the mask's bounding box only (a liver is a fraction of a 512 x 512 x 200 volume).
+    sigma_vox = [sigma_mm / float(s) for s in spacing_mm]
+    box = tuple(
+        slice(max(int(idx.min()) - pad, 0), int(idx.max()) + pad + 1)
+        for idx, pad in zip(np.nonzero(mask), (int(np.ceil(4 * sv)) + 1 for sv in sigma_vox))
+    )
+    un = np.asarray(unenhanced_hu[box], dtype=np.float64)
+    eq = np.asarray(equilibrium_hu[box], dtype=np.float64)
+    # Voxels without data (NaN, e.g. outside a registered phase's coverage) stay NaN and are
+    # left out of their neighbours' smoothing.
+    m = mask[box] & np.isfinite(un) & np.isfinite(eq)
     if sigma_mm > 0:
-        sigma_vox = [sigma_mm / float(s) for s in spacing_mm]
-        weight = ndimage.gaussian_filter(mask.astype(np.float64), sigma_vox, mode="nearest")
+        weight = ndimage.gaussian_filter(m.astype(np.float64), sigma_vox, mode="nearest")
         with np.errstate(invalid="ignore", divide="ignore"):
-            unenhanced_hu = ndimage.gaussian_filter(unenhanced_hu * mask, sigma_vox, mode="nearest") / weight
-            equilibrium_hu = ndimage.gaussian_filter(equilibrium_hu * mask, sigma_vox, mode="nearest") / weight
-    out = (1.0 - hct) * (equilibrium_hu - unenhanced_hu) / float(delta_hu_aorta) * 100.0
-    out[~mask] = np.nan
-    return out.astype(np.float32)
+            un = ndimage.gaussian_filter(np.where(m, un, 0.0), sigma_vox, mode="nearest") / weight
+            eq = ndimage.gaussian_filter(np.where(m, eq, 0.0), sigma_vox, mode="nearest") / weight
+    values = (1.0 - hct) * (eq - un) / float(delta_hu_aorta) * 100.0
+    out[box][m] = values[m]
+    return out
 
 
 def ecv_map_image(
