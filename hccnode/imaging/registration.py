@@ -27,6 +27,7 @@ RIGID_ITERATIONS = 100
 AFFINE_ITERATIONS = 60
 RIGID_STEP_MM = 2.0  # first optimiser step, as a physical shift
 AFFINE_STEP_MM = 0.5
+MIN_STEP_MM = 0.01  # stop refining below 1/200 of a work voxel
 MASK_MARGIN_MM = 10.0
 CLIP_PERCENTILES = (1.0, 99.0)
 RANDOM_SEED = 20240101  # fixed, so a re-run of a job gives the same transform and the same outputs
@@ -216,7 +217,7 @@ def _run(fixed, moving, mask, initial, iterations, shrink_factors, step_mm):
     reg.SetMetricFixedMask(mask)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=step_mm, minStep=1e-3, numberOfIterations=iterations, relaxationFactor=0.5,
+        learningRate=step_mm, minStep=MIN_STEP_MM, numberOfIterations=iterations, relaxationFactor=0.5,
         gradientMagnitudeTolerance=1e-6,
     )
     reg.SetOptimizerScalesFromPhysicalShift()
