@@ -240,3 +240,23 @@ def test_sr_volumetric_regions_on_two_slices(study):
     m = sitk.GetArrayFromImage(out.rois[0].mask) > 0
     # corners 10..14 enclose pixel centres 10.5..13.5: pixels 10..13 on slices 1 and 2, 32 in all
     assert m[1, 10:14, 10:14].all() and m[2, 10:14, 10:14].all() and m.sum() == 32
+
+
+def test_fractional_seg_thresholded_at_half(study):
+    slices, vol = study
+    frac = np.zeros((6, 32, 40), np.float32)
+    frac[1, 4:8, 4:8] = 0.8  # inside
+    frac[1, 8:10, 4:8] = 0.3  # below one half: outside
+    desc = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="Tumor", segmented_property_category=codes.SCT.Tissue,
+        segmented_property_type=codes.SCT.Neoplasm, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+    )
+    seg = hd.seg.Segmentation(
+        source_images=sorted(slices, key=lambda s: s.ImagePositionPatient[2]), pixel_array=frac,
+        segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL, segment_descriptions=[desc],
+        series_instance_uid=generate_uid(), series_number=93, sop_instance_uid=generate_uid(), instance_number=1,
+        manufacturer="test", manufacturer_model_name="test", software_versions="0", device_serial_number="0",
+    )
+    out = rois.read_annotation(seg, vol)
+    m = sitk.GetArrayFromImage(out.rois[0].mask) > 0
+    assert m[1, 4:8, 4:8].all() and m.sum() == 16

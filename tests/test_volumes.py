@@ -125,3 +125,10 @@ def test_mixed_series_refused_and_unreadable_file_named(tmp_path):
     bad.write_bytes(b"not dicom")
     with pytest.raises(SeriesError, match="broken.dcm"):
         read_series([bad])
+
+
+def test_truncated_pixel_data_named():
+    slices = ct_series(_ramp((3, 4, 4)))
+    slices[1].PixelData = slices[1].PixelData[:10]
+    with pytest.raises(SeriesError, match=f"cannot decode pixel data of {slices[1].SOPInstanceUID}"):
+        volume_from_datasets(slices)

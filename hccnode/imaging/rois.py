@@ -178,23 +178,16 @@ def _from_seg(ds: Dataset, reference: Volume, synonyms: Synonyms) -> AnnotationR
             out.ignored.append(f"{label}: label and code not in the ROI synonyms")
             continue
         try:
-            vol = seg.get_volume(segment_numbers=[number], combine_segments=True, relabel=True)
+            vol = seg.get_volume(segment_numbers=[number])  # one channel: this segment
         except Exception as exc:  # noqa: BLE001
             out.ignored.append(f"{label}: segment frames do not form a volume ({exc})")
             continue
-        img = vol.to_simpleitk() if vol is not None else None
-        if img is None:
+        if vol is None:
             out.ignored.append(f"{label}: empty segment")
             continue
-        if img.GetNumberOfComponentsPerPixel() != 1:
-            img = sitk.VectorIndexSelectionCast(img, 0)
-        # Fractional segments: inside where the value is at least half of the maximum.
-        arr = sitk.GetArrayViewFromImage(img)
-        threshold = 0.5 * float(arr.max()) if arr.dtype.kind == "f" else 0.5
-        binary = sitk.Cast(img > threshold, sitk.sitkUInt8) if arr.max() > 0 else None
-        if binary is None:
-            out.ignored.append(f"{label}: empty segment")
-            continue
+        img = vol.squeeze_channel().to_simpleitk() if vol.number_of_channel_dimensions else vol.to_simpleitk()
+        # Binary segments hold 1; fractional ones (rescaled to 0..1) count where >= 0.5.
+        binary = sitk.Cast(img >= 0.5, sitk.sitkUInt8)
         on_grid = sitk.Resample(binary, reference.image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
         if not sitk.GetArrayViewFromImage(on_grid).any():
             out.ignored.append(f"{label}: segment lies outside the reference volume")

@@ -119,16 +119,20 @@ def volume_from_datasets(datasets: Sequence[Dataset]) -> Volume:
     frames, z_spacing = _check_and_sort(frames, fail)
     f0 = frames[0]
     data = np.empty((len(frames), f0.rows, f0.columns), dtype=np.float32)
-    cache: dict[int, np.ndarray] = {}
+    decoded: tuple[int, np.ndarray] | None = None  # the last decoded source (one multi-frame object, or one slice)
     for k, fr in enumerate(frames):
-        try:
-            arr = cache.setdefault(id(fr.source), fr.source.pixel_array)
-        except Exception as exc:  # noqa: BLE001 - decoder errors come in many types
-            raise fail(f"cannot decode pixel data of {fr.sop_uid} "
-                       f"(transfer syntax {fr.source.file_meta.TransferSyntaxUID if hasattr(fr.source, 'file_meta') else '?'}): {exc}") from exc
+        if decoded is None or decoded[0] != id(fr.source):
+            try:
+                decoded = (id(fr.source), fr.source.pixel_array)
+            except Exception as exc:  # noqa: BLE001 - decoder errors come in many types
+                syntax = fr.source.file_meta.TransferSyntaxUID if "file_meta" in dir(fr.source) else "?"
+                raise fail(f"cannot decode pixel data of {fr.sop_uid} (transfer syntax {syntax}): {exc}") from exc
+        arr = decoded[1]
         plane = arr[fr.index] if arr.ndim == 3 else arr
+        if plane.shape != (f0.rows, f0.columns):
+            raise fail(f"image {fr.sop_uid}: pixel data is {plane.shape}, header says {f0.rows}x{f0.columns}")
         data[k] = plane.astype(np.float32) * np.float32(fr.slope) + np.float32(fr.intercept)
-    cache.clear()
+    del decoded
 
     row, col = f0.orientation[:3], f0.orientation[3:]
     normal = np.cross(row, col)
