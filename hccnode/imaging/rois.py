@@ -187,7 +187,7 @@ def _from_seg(ds: Dataset, reference: Volume, synonyms: Synonyms) -> AnnotationR
             continue
         img = vol.squeeze_channel().to_simpleitk() if vol.number_of_channel_dimensions else vol.to_simpleitk()
         # Binary segments hold 1; fractional ones (rescaled to 0..1) count where >= 0.5.
-        binary = sitk.Cast(img >= 0.5, sitk.sitkUInt8)
+        binary = sitk.Cast(sitk.Cast(img, sitk.sitkFloat32) >= 0.5, sitk.sitkUInt8)
         on_grid = sitk.Resample(binary, reference.image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
         if not sitk.GetArrayViewFromImage(on_grid).any():
             out.ignored.append(f"{label}: segment lies outside the reference volume")
