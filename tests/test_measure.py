@@ -38,3 +38,14 @@ def test_non_finite_value_refused_and_bad_source_refused():
         Measurement(marker="nic", value=float("nan"), unit="1", formula="paper000.nic")
     with pytest.raises(ValueError, match="source"):
         RoiRef("tumor", "guess")
+
+
+def test_known_formula_fixes_the_unit():
+    m = Measurement.of("paper002.nic_ap", "nic_ap_tumor", 17.42)
+    assert m.unit == "%"
+    with pytest.raises(ValueError, match="not '1'"):
+        Measurement(marker="nic_ap_tumor", value=17.42, unit="1", formula="paper002.nic_ap")
+    with pytest.raises(ValueError, match="unknown formula"):
+        Measurement.of("paper009.x", "x", 1.0)
+    dect = Measurement.of("paper000.ecv_dect", "ecv_tumor", None, reason="no hematocrit within 48 h")
+    assert dect.unit == "1" and dect.value is None

@@ -15,6 +15,22 @@ import hccnode
 READER = "reader"
 AUTOMATIC = "automatic"
 
+# Formula id -> (unit in UCUM, where it is defined). The id names the paper file and formula.
+FORMULAS: dict[str, tuple[str, str]] = {
+    "paper001.ecv_cect": ("%", "001_c4ba0269da651d59.txt, Methods: Extracellular volume fraction analysis"),
+    "paper000.nic": ("1", "000_1e01a252ba479b1c.txt, Methods 2.2 (equilibrium iodine map)"),
+    "paper000.ecv_dect": ("1", "000_1e01a252ba479b1c.txt, Methods 2.2 (ECV = NIC x (1 - HCT), a fraction)"),
+    "paper002.nic_ap": ("%", "002_d8ba87fc522cbbc2.txt, Methods: DECT and perfusion quantitative analysis"),
+    "paper002.lambda_hu": ("[hnsf'U]/keV", "002_d8ba87fc522cbbc2.txt, Methods: DECT and perfusion quantitative analysis"),
+    "paper003.t2_sir": ("1", "003_12b417b4b575f485.txt, Methods: Image analysis"),
+    "paper003.adc_mean": ("10*-3.mm2/s", "003_12b417b4b575f485.txt, Methods: Image analysis"),
+    "paper003.adc_max": ("10*-3.mm2/s", "003_12b417b4b575f485.txt, Methods: Image analysis"),
+    "paper003.adc_min": ("10*-3.mm2/s", "003_12b417b4b575f485.txt, Methods: Image analysis"),
+    "paper003.adc_heterogeneity": ("1", "003_12b417b4b575f485.txt, Methods: Image analysis"),
+    "size.max_inplane_diameter": ("mm", "papers 002/003: longest diameter on the slice of maximal extent"),
+    "size.volume": ("mL", "voxel count x voxel volume (not used by the papers' models)"),
+}
+
 
 @dataclass(frozen=True)
 class RoiRef:
@@ -73,12 +89,21 @@ class Measurement:
     software_version: str = field(default=hccnode.__version__)
 
     def __post_init__(self) -> None:
+        if self.formula in FORMULAS and FORMULAS[self.formula][0] != self.unit:
+            raise ValueError(f"{self.marker}: formula {self.formula} is in {FORMULAS[self.formula][0]!r}, not {self.unit!r}")
         if self.value is None and not self.reason:
             raise ValueError(f"{self.marker}: a missing value needs a reason")
         if self.value is not None:
             if not math.isfinite(self.value):
                 raise ValueError(f"{self.marker}: value {self.value!r} is not finite; record it as missing with a reason")
             object.__setattr__(self, "value", float(self.value))
+
+    @classmethod
+    def of(cls, formula: str, marker: str, value: float | None, **kw) -> "Measurement":
+        """A measurement of a known formula id, in that formula's unit."""
+        if formula not in FORMULAS:
+            raise ValueError(f"unknown formula id {formula!r}")
+        return cls(marker=marker, value=value, unit=FORMULAS[formula][0], formula=formula, **kw)
 
     @classmethod
     def missing(cls, marker: str, unit: str, formula: str, reason: str, **kw) -> "Measurement":

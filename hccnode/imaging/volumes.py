@@ -125,7 +125,7 @@ def volume_from_datasets(datasets: Sequence[Dataset]) -> Volume:
             try:
                 decoded = (id(fr.source), fr.source.pixel_array)
             except Exception as exc:  # noqa: BLE001 - decoder errors come in many types
-                syntax = fr.source.file_meta.TransferSyntaxUID if "file_meta" in dir(fr.source) else "?"
+                syntax = getattr(getattr(fr.source, "file_meta", None), "TransferSyntaxUID", "?")
                 raise fail(f"cannot decode pixel data of {fr.sop_uid} (transfer syntax {syntax}): {exc}") from exc
         arr = decoded[1]
         plane = arr[fr.index] if arr.ndim == 3 else arr
@@ -161,6 +161,13 @@ def _floats(value, n: int, what: str, where: str, fail) -> np.ndarray:
     return arr
 
 
+def _int(ds: Dataset, keyword: str, where: str, fail) -> int:
+    value = ds.get(keyword)
+    if value in (None, "") or int(value) <= 0:
+        raise fail(f"{where}: {keyword} is missing or not positive")
+    return int(value)
+
+
 def _single_frame(ds: Dataset, fail) -> _Frame:
     sop = str(ds.get("SOPInstanceUID", ""))
     where = f"image {sop}"
@@ -169,8 +176,8 @@ def _single_frame(ds: Dataset, fail) -> _Frame:
         position=_floats(ds.get("ImagePositionPatient"), 3, "Image Position (Patient)", where, fail),
         orientation=orientation,
         pixel_spacing=tuple(_floats(ds.get("PixelSpacing"), 2, "Pixel Spacing", where, fail)),
-        rows=int(ds.Rows),
-        columns=int(ds.Columns),
+        rows=_int(ds, "Rows", where, fail),
+        columns=_int(ds, "Columns", where, fail),
         slope=float(ds.get("RescaleSlope", 1.0) or 1.0),
         intercept=float(ds.get("RescaleIntercept", 0.0) or 0.0),
         sop_uid=sop,
@@ -209,8 +216,8 @@ def _enhanced_frames(ds: Dataset, fail) -> list[_Frame]:
             position=_floats(pos.get("ImagePositionPatient"), 3, "Image Position (Patient)", where, fail),
             orientation=_unit_orientation(_floats(ori.get("ImageOrientationPatient"), 6, "Image Orientation (Patient)", where, fail), where, fail),
             pixel_spacing=tuple(_floats(meas.get("PixelSpacing"), 2, "Pixel Spacing", where, fail)),
-            rows=int(ds.Rows),
-            columns=int(ds.Columns),
+            rows=_int(ds, "Rows", where, fail),
+            columns=_int(ds, "Columns", where, fail),
             slope=float(pvt.get("RescaleSlope", 1.0)) if pvt is not None else 1.0,
             intercept=float(pvt.get("RescaleIntercept", 0.0)) if pvt is not None else 0.0,
             sop_uid=sop,
