@@ -58,6 +58,7 @@ def test_seg_segments_by_code_and_name(study):
     assert np.array_equal(sitk.GetArrayFromImage(by["Liver_ROI_1"].mask) > 0, liver)
     assert by["Lesion A"].ref.source == "reader" and by["Lesion A"].ref.annotation_uid == seg.SOPInstanceUID
     assert any(i.startswith("Spleen:") for i in out.ignored)
+    assert rois.referenced_series(seg) == {slices[0].SeriesInstanceUID}
 
 
 def test_seg_other_frame_of_reference_refused(study):
@@ -75,6 +76,12 @@ def _rtstruct(slices, contours):
     ds.SOPClassUID = rois.RTSTRUCT_SOP_CLASS
     ds.SOPInstanceUID = generate_uid()
     ds.Modality = "RTSTRUCT"
+    series, study, fref = Dataset(), Dataset(), Dataset()
+    series.SeriesInstanceUID = slices[0].SeriesInstanceUID
+    study.RTReferencedSeriesSequence = Sequence([series])
+    fref.FrameOfReferenceUID = slices[0].FrameOfReferenceUID
+    fref.RTReferencedStudySequence = Sequence([study])
+    ds.ReferencedFrameOfReferenceSequence = Sequence([fref])
     ds.StructureSetROISequence = Sequence()
     ds.ROIContourSequence = Sequence()
     ds.RTROIObservationsSequence = Sequence()
@@ -124,6 +131,7 @@ def test_rtstruct_rasterised_with_hole(study):
     aorta = sitk.GetArrayFromImage(by["Aorta"].mask) > 0
     assert aorta[3].sum() == 16 and aorta.sum() == 16  # columns 21..24, rows 20..23 on slice 3
     assert any(i.startswith("Couch:") for i in out.ignored)
+    assert rois.referenced_series(rt) == {slices[0].SeriesInstanceUID}
 
 
 def test_rtstruct_contour_between_slices_reported(study):
@@ -184,6 +192,7 @@ def test_sr_planar_and_3d_regions(study):
     # "Cyst": finding Tissue and name not mapped; its finding site (Liver) must not make it liver
     assert "Cyst" not in by and any(i.startswith("Cyst:") for i in out.ignored)
     assert by["Tumor 1"].ref.annotation_uid == sr.SOPInstanceUID
+    assert rois.referenced_series(sr) == {slices[0].SeriesInstanceUID}
 
 
 def test_synonyms_file_checked(tmp_path):

@@ -139,6 +139,23 @@ def read_annotation(ds: Dataset, reference: Volume, synonyms: Synonyms | None = 
     return out
 
 
+def referenced_series(ds: Dataset) -> set[str]:
+    """Series Instance UIDs the annotation was drawn on (SEG: Referenced Series; RTSTRUCT:
+    Referenced Frame of Reference > Study > Series; SR: Current Requested Procedure Evidence), so
+    the caller can load that series as the reference volume. Empty if the object does not say."""
+    found: set[str] = set()
+    for item in ds.get("ReferencedSeriesSequence", []):
+        found.add(str(item.SeriesInstanceUID))
+    for fref in ds.get("ReferencedFrameOfReferenceSequence", []):
+        for study in fref.get("RTReferencedStudySequence", []):
+            for series in study.get("RTReferencedSeriesSequence", []):
+                found.add(str(series.SeriesInstanceUID))
+    for study in ds.get("CurrentRequestedProcedureEvidenceSequence", []):
+        for series in study.get("ReferencedSeriesSequence", []):
+            found.add(str(series.SeriesInstanceUID))
+    return found
+
+
 def _check_frame_of_reference(sop_uid: str, for_uid: str | None, reference: Volume) -> None:
     if for_uid and reference.frame_of_reference_uid and for_uid != reference.frame_of_reference_uid:
         raise AnnotationError(
