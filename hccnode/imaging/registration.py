@@ -117,12 +117,8 @@ def register(fixed: sitk.Image, moving: sitk.Image, body_mask: sitk.Image | None
     rigid.SetCenter(_centre(fixed_f))
     rigid, mi_rigid, stop_rigid = _run(fixed_c, moving_c, metric_mask, rigid, RIGID_ITERATIONS, SHRINK_FACTORS, RIGID_STEP_MM)
 
-    affine = sitk.AffineTransform(3)
-    affine.SetCenter(rigid.GetCenter())
-    affine.SetMatrix(rigid.GetMatrix())
-    affine.SetTranslation(rigid.GetTranslation())
     # The affine stage refines the rigid result: finer levels only and a smaller first step.
-    affine, mi_affine, stop_affine = _run(fixed_c, moving_c, metric_mask, affine, AFFINE_ITERATIONS,
+    affine, mi_affine, stop_affine = _run(fixed_c, moving_c, metric_mask, _as_affine(rigid), AFFINE_ITERATIONS,
                                           SHRINK_FACTORS[1:], AFFINE_STEP_MM)
 
     ncc_before, ncc_rigid, ncc_affine = score(sitk.Transform()), score(rigid), score(affine)
@@ -132,12 +128,7 @@ def register(fixed: sitk.Image, moving: sitk.Image, body_mask: sitk.Image | None
         rejected = f"affine changes volume by {affine_change:.1%} (> {MAX_VOLUME_CHANGE:.0%})"
     elif not ncc_affine > ncc_rigid:
         rejected = f"affine NCC {ncc_affine:.3f} not above rigid NCC {ncc_rigid:.3f}"
-    final = affine
-    if rejected:
-        final = sitk.AffineTransform(3)
-        final.SetCenter(rigid.GetCenter())
-        final.SetMatrix(rigid.GetMatrix())
-        final.SetTranslation(rigid.GetTranslation())
+    final = _as_affine(rigid) if rejected else affine
     ncc_after = ncc_rigid if rejected else ncc_affine
 
     m = np.array(final.GetMatrix()).reshape(3, 3)
@@ -227,6 +218,14 @@ def _run(fixed, moving, mask, initial, iterations, shrink_factors, step_mm):
         out = out.GetNthTransform(out.GetNumberOfTransforms() - 1)
     out = out.Downcast()
     return out, float(reg.GetMetricValue()), reg.GetOptimizerStopConditionDescription()
+
+
+def _as_affine(rigid: sitk.Euler3DTransform) -> sitk.AffineTransform:
+    affine = sitk.AffineTransform(3)
+    affine.SetCenter(rigid.GetCenter())
+    affine.SetMatrix(rigid.GetMatrix())
+    affine.SetTranslation(rigid.GetTranslation())
+    return affine
 
 
 def _volume_change(tx: sitk.AffineTransform) -> float:
