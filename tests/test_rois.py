@@ -207,6 +207,8 @@ def test_synonyms_file_checked(tmp_path):
     assert syn.role("Liver_ROI_3") == "liver"
     assert syn.role("anything", [("SCT", "44947003")]) == "muscle"
     assert syn.role("Spleen") is None
+    # legacy SNOMED-RT designators of older SEGs: T-62000 is SCT 10200004 (liver) in PS3.16
+    assert syn.role("Region 1", [("SRT", "T-62000")]) == "liver"
 
 
 def test_unknown_object_refused(study):

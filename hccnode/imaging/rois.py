@@ -23,11 +23,14 @@ import numpy as np
 import SimpleITK as sitk
 from matplotlib.path import Path as Polygon
 from pydicom.dataset import Dataset
+from pydicom.sr._snomed_dict import mapping as _snomed_mapping
 
 from hccnode.imaging.measure import READER, RoiRef
 from hccnode.imaging.volumes import Volume
 
 ROLES = ("tumor", "liver", "aorta", "muscle")
+# DICOM's SNOMED-RT -> SNOMED CT code mapping, as shipped with pydicom (PS3.16 Annex O).
+_SRT_TO_SCT: dict[str, str] = dict(_snomed_mapping.get("SRT", {}))
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 # A planar contour further than this fraction of the slice spacing from a slice centre does not
@@ -75,6 +78,8 @@ class Synonyms:
     def role(self, label: str | None, codes: list[tuple[str, str]] = ()) -> str | None:
         """Role for coded concepts (scheme, value), tried in order, else for a label name."""
         for scheme, value in codes:
+            if scheme == "SRT":  # legacy SNOMED-RT designator (older SEGs): look up its SNOMED CT twin
+                scheme, value = "SCT", _SRT_TO_SCT.get(value, value)
             role = self.codes.get(f"{scheme}:{value}")
             if role:
                 return role
@@ -129,14 +134,12 @@ def read_annotation(ds: Dataset, reference: Volume, synonyms: Synonyms | None = 
     sop_class = str(ds.get("SOPClassUID", ""))
     sop_uid = str(ds.get("SOPInstanceUID", ""))
     if sop_class == SEG_SOP_CLASS:
-        out = _from_seg(ds, reference, synonyms)
-    elif sop_class == RTSTRUCT_SOP_CLASS:
-        out = _from_rtstruct(ds, reference, synonyms)
-    elif str(ds.get("Modality", "")) == "SR":
-        out = _from_sr(ds, reference, synonyms)
-    else:
-        raise AnnotationError(sop_uid, f"SOP class {sop_class} is not a SEG, RTSTRUCT or SR")
-    return out
+        return _from_seg(ds, reference, synonyms)
+    if sop_class == RTSTRUCT_SOP_CLASS:
+        return _from_rtstruct(ds, reference, synonyms)
+    if str(ds.get("Modality", "")) == "SR":
+        return _from_sr(ds, reference, synonyms)
+    raise AnnotationError(sop_uid, f"SOP class {sop_class} is not a SEG, RTSTRUCT or SR")
 
 
 def referenced_series(ds: Dataset) -> set[str]:
