@@ -2,6 +2,8 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from hccnode.imaging.volumes import SeriesError, read_series, volume_from_datasets
@@ -131,4 +133,40 @@ def test_truncated_pixel_data_named():
     slices = ct_series(_ramp((3, 4, 4)))
     slices[1].PixelData = slices[1].PixelData[:10]
     with pytest.raises(SeriesError, match=f"cannot decode pixel data of {slices[1].SOPInstanceUID}"):
+        volume_from_datasets(slices)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    angles=st.tuples(*[st.floats(-np.pi, np.pi) for _ in range(3)]),
+    spacing=st.tuples(st.floats(0.5, 5.0), st.floats(0.3, 2.0), st.floats(0.3, 2.0)),
+    origin=st.tuples(*[st.floats(-300, 300) for _ in range(3)]),
+    seed=st.integers(0, 10_000),
+)
+def test_any_orientation_and_order_gives_consistent_geometry(angles, spacing, origin, seed):
+    # random orthonormal orientation, spacing and file order: every voxel's physical point must be
+    # the slice's Image Position + column/row offsets along the written direction cosines
+    r = sitk.Euler3DTransform()
+    r.SetRotation(*angles)
+    m = np.array(r.GetMatrix()).reshape(3, 3)
+    orientation = tuple(float(v) for v in np.concatenate([m[:, 0], m[:, 1]]))
+    hu = _ramp((4, 3, 5))
+    slices = ct_series(hu, spacing=spacing, origin=origin, orientation=orientation)
+    order = np.random.default_rng(seed).permutation(len(slices))
+    vol = volume_from_datasets([slices[i] for i in order])
+    assert np.array_equal(sitk.GetArrayFromImage(vol.image), hu)
+    for k, ds in enumerate(slices):
+        for j, i in ((0, 0), (2, 4)):
+            want = np.asarray(ds.ImagePositionPatient) + i * spacing[2] * m[:, 0] + j * spacing[1] * m[:, 1]
+            got = vol.image.TransformIndexToPhysicalPoint((i, j, k))
+            assert np.allclose(got, want, atol=1e-3)
+
+
+def test_rescale_type_kept_and_mixed_refused():
+    slices = ct_series(_ramp((3, 4, 4)))
+    for ds in slices:
+        ds.RescaleType = "HU"
+    assert volume_from_datasets(slices).rescale_type == "HU"
+    slices[1].RescaleType = "US"
+    with pytest.raises(SeriesError, match="mixed Rescale Type"):
         volume_from_datasets(slices)

@@ -56,6 +56,7 @@ class Volume:
     sop_instance_uids: list[str]
     frame_numbers: list[int | None]
     modality: str | None = None
+    rescale_type: str | None = None  # Rescale Type as written (e.g. "HU"); None when absent
 
 
 @dataclass
@@ -67,6 +68,7 @@ class _Frame:
     columns: int
     slope: float
     intercept: float
+    rescale_type: str | None
     sop_uid: str
     frame_number: int | None
     source: Dataset
@@ -148,6 +150,7 @@ def volume_from_datasets(datasets: Sequence[Dataset]) -> Volume:
         sop_instance_uids=[fr.sop_uid for fr in frames],
         frame_numbers=[fr.frame_number for fr in frames],
         modality=str(first.get("Modality", "")) or None,
+        rescale_type=f0.rescale_type,
     )
 
 
@@ -180,6 +183,7 @@ def _single_frame(ds: Dataset, fail) -> _Frame:
         columns=_int(ds, "Columns", where, fail),
         slope=float(ds.get("RescaleSlope", 1.0) or 1.0),
         intercept=float(ds.get("RescaleIntercept", 0.0) or 0.0),
+        rescale_type=str(ds.get("RescaleType", "")) or None,
         sop_uid=sop,
         frame_number=None,
         source=ds,
@@ -220,6 +224,7 @@ def _enhanced_frames(ds: Dataset, fail) -> list[_Frame]:
             columns=_int(ds, "Columns", where, fail),
             slope=float(pvt.get("RescaleSlope", 1.0)) if pvt is not None else 1.0,
             intercept=float(pvt.get("RescaleIntercept", 0.0)) if pvt is not None else 0.0,
+            rescale_type=(str(pvt.get("RescaleType", "")) or None) if pvt is not None else None,
             sop_uid=sop,
             frame_number=i + 1,
             source=ds,
@@ -242,6 +247,8 @@ def _check_and_sort(frames: list[_Frame], fail) -> tuple[list[_Frame], float]:
             raise fail(f"mixed orientations: {f0.orientation.round(4).tolist()} and {fr.orientation.round(4).tolist()}")
         if (fr.rows, fr.columns) != (f0.rows, f0.columns):
             raise fail(f"mixed matrix sizes: {f0.rows}x{f0.columns} and {fr.rows}x{fr.columns}")
+        if fr.rescale_type != f0.rescale_type:
+            raise fail(f"mixed Rescale Type: {f0.rescale_type!r} and {fr.rescale_type!r}")
         if not np.allclose(fr.pixel_spacing, f0.pixel_spacing, rtol=1e-4, atol=1e-6):
             raise fail(f"mixed pixel spacing: {list(f0.pixel_spacing)} and {list(fr.pixel_spacing)} mm")
     normal = np.cross(f0.orientation[:3], f0.orientation[3:])
