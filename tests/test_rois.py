@@ -2,6 +2,8 @@ import highdicom as hd
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from hypothesis import given
+from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
@@ -271,3 +273,22 @@ def test_fractional_seg_thresholded_at_half(study):
     out = rois.read_annotation(seg, vol)
     m = sitk.GetArrayFromImage(out.rois[0].mask) > 0
     assert m[1, 4:8, 4:8].all() and m.sum() == 16
+
+
+_SYN = rois.load_synonyms()
+
+
+@given(
+    pair=st.sampled_from(sorted(_SYN.names.items())),
+    sep=st.sampled_from([" ", "_", "-", ".", "__"]),
+    number=st.one_of(st.none(), st.integers(0, 99)),
+    upper=st.booleans(),
+)
+def test_label_variants_map_to_their_role(pair, sep, number, upper):
+    label, role = pair
+    text = label.replace(" ", sep)
+    text = text.upper() if upper else text.title()
+    if number is not None:
+        text = f"{text}{sep}{number}"
+    assert _SYN.role(text) == role
+    assert rois.normalise_label(rois.normalise_label(text)) == rois.normalise_label(text)
