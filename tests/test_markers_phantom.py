@@ -10,6 +10,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from hccnode.imaging import ecv, nic, registration, rois, sir, size, spectral
+from hccnode.imaging.roi_stats import roi_mean
 from hccnode.imaging.volumes import read_series
 from hccnode.phantom import Motion, StudySpec, generate
 
@@ -91,18 +92,18 @@ def test_dect_nic_ecv_and_lambda_against_truth(dect):
     eq = _series(out, truth, "ct_equilibrium")
     masks = {k: _core(v) for k, v in _seg_rois(out, truth, eq).items()}
     iodine = sitk.GetArrayFromImage(_series(out, truth, "dect_iodine", phase="equilibrium").image)
-    r = ecv.dect_ecv(nic.roi_mean(iodine, masks["tumor"]), nic.roi_mean(iodine, masks["aorta"]), hct=truth.data["hct"])
+    r = ecv.dect_ecv(roi_mean(iodine, masks["tumor"]), roi_mean(iodine, masks["aorta"]), hct=truth.data["hct"])
     want_nic = truth.roi("tumor")["nic_equilibrium"]
     assert abs(r.nic - want_nic) / want_nic <= 0.02
     assert abs(100 * r.ecv_fraction - 100 * truth.roi("tumor")["ecv"]) <= 0.5
     # arterial phase NIC-AP (%) and lambda_HU (paper 002) on the same grid (no motion in this study)
     iodine_ap = sitk.GetArrayFromImage(_series(out, truth, "dect_iodine", phase="arterial").image)
-    nic_ap = nic.nic_ap_percent(nic.roi_mean(iodine_ap, masks["tumor"]), nic.roi_mean(iodine_ap, masks["aorta"]))
+    nic_ap = nic.nic_ap_percent(roi_mean(iodine_ap, masks["tumor"]), roi_mean(iodine_ap, masks["aorta"]))
     want = 100 * truth.roi("tumor")["nic_arterial"]
     assert abs(nic_ap - want) / want <= 0.02
     v40 = sitk.GetArrayFromImage(_series(out, truth, "dect_vmi", phase="arterial", kev=40.0).image)
     v90 = sitk.GetArrayFromImage(_series(out, truth, "dect_vmi", phase="arterial", kev=90.0).image)
-    lam = spectral.lambda_hu(nic.roi_mean(v40, masks["tumor"]), nic.roi_mean(v90, masks["tumor"]))
+    lam = spectral.lambda_hu(roi_mean(v40, masks["tumor"]), roi_mean(v90, masks["tumor"]))
     want = truth.roi("tumor")["phases"]["arterial"]["lambda_hu"]
     assert abs(lam - want) / want <= 0.02
 
@@ -119,7 +120,7 @@ def test_mr_t2_sir_and_adc_against_truth(mr):
     t2 = _series(out, truth, "mr_t2")
     masks = {k: _core(v) for k, v in _seg_rois(out, truth, t2).items()}
     t2a = sitk.GetArrayFromImage(t2.image)
-    value = sir.t2_sir(nic.roi_mean(t2a, masks["tumor"]), nic.roi_mean(t2a, masks["muscle"]))
+    value = sir.t2_sir(roi_mean(t2a, masks["tumor"]), roi_mean(t2a, masks["muscle"]))
     want = truth.roi("tumor")["t2_ratio"]
     assert abs(value - want) / want <= 0.02
     adc = _series(out, truth, "mr_adc")

@@ -25,7 +25,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from hccnode.imaging.nic import mean_of_rois, nic_ratio
+from hccnode.imaging.nic import nic_ratio
+from hccnode.imaging.roi_stats import mean_of_rois
 
 # Gaussian sigma (mm) applied inside the mask to both phases before subtraction in the ECV map.
 # 1.5 mm is the slice thickness of paper 001's protocol: it halves voxel noise without blurring

@@ -14,30 +14,7 @@ NIC = IC_tumor / IC_aorta. The paper reports NIC-AP in percent (Table 5 "NIC-AP 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
-
-
-def mean_of_rois(roi_means: Iterable[float]) -> float:
-    """Average of per-ROI mean values (papers 000, 001, 002 and 003 all average three ROIs).
-    Same unit as the inputs."""
-    values = np.asarray(list(roi_means), dtype=float)
-    if values.size == 0:
-        raise ValueError("no ROI values to average")
-    if not np.all(np.isfinite(values)):
-        raise ValueError(f"non-finite ROI value in {values.tolist()}")
-    return float(values.mean())
-
-
-def roi_mean(image: np.ndarray, mask: np.ndarray) -> float:
-    """Mean of `image` over the voxels where `mask` is true; unit of `image`."""
-    mask = np.asarray(mask, dtype=bool)
-    if mask.shape != np.shape(image):
-        raise ValueError(f"mask shape {mask.shape} differs from image shape {np.shape(image)}")
-    if not mask.any():
-        raise ValueError("empty ROI mask")
-    return float(np.asarray(image, dtype=float)[mask].mean())
 
 
 def nic_ratio(ic_lesion_mg_ml: float, ic_aorta_mg_ml: float) -> float:
