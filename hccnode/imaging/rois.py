@@ -255,7 +255,8 @@ def _from_rtstruct(ds: Dataset, reference: Volume, synonyms: Synonyms) -> Annota
     sop_uid = str(ds.SOPInstanceUID)
     names: dict[int, tuple[str, str | None]] = {}
     for item in ds.get("StructureSetROISequence", []):
-        names[int(item.ROINumber)] = (str(item.get("ROIName", f"ROI {item.ROINumber}")), item.get("ReferencedFrameOfReferenceUID"))
+        label = str(item.get("ROIName", f"ROI {item.ROINumber}"))
+        names[int(item.ROINumber)] = (label, item.get("ReferencedFrameOfReferenceUID"))
     codes: dict[int, list[tuple[str, str]]] = {}
     for obs in ds.get("RTROIObservationsSequence", []):
         codes[int(obs.ReferencedROINumber)] = _codes(obs.get("RTROIIdentificationCodeSequence"))
@@ -308,10 +309,12 @@ def _walk(items):
 def _from_sr(ds: Dataset, reference: Volume, synonyms: Synonyms) -> AnnotationRois:
     sop_uid = str(ds.SOPInstanceUID)
     out = AnnotationRois()
-    groups = [i for i in _walk(ds.get("ContentSequence")) if i.get("ValueType") == "CONTAINER" and _concept(i) == _MEASUREMENT_GROUP]
+    groups = [i for i in _walk(ds.get("ContentSequence"))
+              if i.get("ValueType") == "CONTAINER" and _concept(i) == _MEASUREMENT_GROUP]
     for n, group in enumerate(groups, 1):
         children = list(group.get("ContentSequence", []))
-        label = next((str(c.TextValue) for c in children if _concept(c) == _TRACKING_ID and "TextValue" in c), f"measurement group {n}")
+        label = next((str(c.TextValue) for c in children if _concept(c) == _TRACKING_ID and "TextValue" in c),
+                     f"measurement group {n}")
         findings = [
             (str(c.ConceptCodeSequence[0].CodingSchemeDesignator), str(c.ConceptCodeSequence[0].CodeValue))
             for c in children

@@ -174,7 +174,7 @@ def _int(ds: Dataset, keyword: str, where: str, fail) -> int:
 def _single_frame(ds: Dataset, fail) -> _Frame:
     sop = str(ds.get("SOPInstanceUID", ""))
     where = f"image {sop}"
-    orientation = _unit_orientation(_floats(ds.get("ImageOrientationPatient"), 6, "Image Orientation (Patient)", where, fail), where, fail)
+    orientation = _orientation(ds.get("ImageOrientationPatient"), where, fail)
     return _Frame(
         position=_floats(ds.get("ImagePositionPatient"), 3, "Image Position (Patient)", where, fail),
         orientation=orientation,
@@ -218,7 +218,7 @@ def _enhanced_frames(ds: Dataset, fail) -> list[_Frame]:
         pvt = _group(ds, item, "PixelValueTransformationSequence")
         frames.append(_Frame(
             position=_floats(pos.get("ImagePositionPatient"), 3, "Image Position (Patient)", where, fail),
-            orientation=_unit_orientation(_floats(ori.get("ImageOrientationPatient"), 6, "Image Orientation (Patient)", where, fail), where, fail),
+            orientation=_orientation(ori.get("ImageOrientationPatient"), where, fail),
             pixel_spacing=tuple(_floats(meas.get("PixelSpacing"), 2, "Pixel Spacing", where, fail)),
             rows=_int(ds, "Rows", where, fail),
             columns=_int(ds, "Columns", where, fail),
@@ -233,7 +233,8 @@ def _enhanced_frames(ds: Dataset, fail) -> list[_Frame]:
     return frames
 
 
-def _unit_orientation(o: np.ndarray, where: str, fail) -> np.ndarray:
+def _orientation(value, where: str, fail) -> np.ndarray:
+    o = _floats(value, 6, "Image Orientation (Patient)", where, fail)
     row, col = o[:3], o[3:]
     if abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(col) - 1) > 1e-3 or abs(row @ col) > 1e-3:
         raise fail(f"{where}: Image Orientation (Patient) {o.tolist()} is not two orthogonal unit vectors")
