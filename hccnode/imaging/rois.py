@@ -1,0 +1,385 @@
+"""Reader annotations as masks on a reference volume's grid.
+
+A reader's annotation wins over automatic ROIs (DESIGN.md). Read here: DICOM Segmentation
+(highdicom), RT Structure Set (closed planar contours rasterised onto the grid), and TID 1500
+measurement reports with planar (SCOORD on a referenced image) or volumetric (SCOORD3D) image
+regions. Each region's role (tumor / liver / aorta / muscle) comes from its code, else its name,
+through hccnode/data/roi_synonyms.toml. Regions that cannot be placed or recognised are listed in
+`ignored` with the reason; nothing is dropped silently.
+
+ROIs stay separate (three liver ROIs are three masks) because the papers average ROI means.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import SimpleITK as sitk
+from matplotlib.path import Path as Polygon
+from pydicom.dataset import Dataset
+from pydicom.sr._snomed_dict import mapping as _snomed_mapping
+
+from hccnode.imaging.measure import READER, RoiRef
+from hccnode.imaging.volumes import Volume
+
+ROLES = ("tumor", "liver", "aorta", "muscle")
+# DICOM's SNOMED-RT -> SNOMED CT code mapping, as shipped with pydicom (PS3.16 Annex O).
+_SRT_TO_SCT: dict[str, str] = dict(_snomed_mapping.get("SRT", {}))
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
+# A planar contour further than this fraction of the slice spacing from a slice centre does not
+# belong to the grid (another reconstruction) and is not placed.
+OFF_SLICE_TOL = 0.25
+
+
+class AnnotationError(ValueError):
+    """An annotation object that cannot be used at all (names its SOP Instance UID and why)."""
+
+    def __init__(self, sop_uid: str, problem: str):
+        self.sop_uid = sop_uid
+        self.problem = problem
+        super().__init__(f"annotation {sop_uid}: {problem}")
+
+
+@dataclass
+class RoiMask:
+    """A region on the reference grid (uint8 image, 1 inside) with its provenance."""
+
+    mask: sitk.Image
+    ref: RoiRef
+
+    @property
+    def role(self) -> str:
+        return self.ref.name
+
+
+@dataclass
+class AnnotationRois:
+    rois: list[RoiMask] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # "label: reason"
+
+    def by_role(self, role: str) -> list[RoiMask]:
+        return [r for r in self.rois if r.role == role]
+
+
+# ---------------------------------------------------------------- labels to roles
+
+@dataclass(frozen=True)
+class Synonyms:
+    codes: dict[str, str]
+    names: dict[str, str]
+
+    def role(self, label: str | None, codes: list[tuple[str, str]] = ()) -> str | None:
+        """Role for coded concepts (scheme, value), tried in order, else for a label name."""
+        for scheme, value in codes:
+            if scheme == "SRT":  # legacy SNOMED-RT designator (older SEGs): look up its SNOMED CT twin
+                scheme, value = "SCT", _SRT_TO_SCT.get(value, value)
+            role = self.codes.get(f"{scheme}:{value}")
+            if role:
+                return role
+        if label:
+            return self.names.get(normalise_label(label))
+        return None
+
+
+def normalise_label(label: str) -> str:
+    s = re.sub(r"[_\-.]+", " ", label.strip().lower())
+    s = re.sub(r"\s*\d+$", "", s)
+    return re.sub(r"\s+", " ", s).strip()
+
+
+def load_synonyms(path: str | Path | None = None) -> Synonyms:
+    """Read the synonyms file (default: the package's hccnode/data/roi_synonyms.toml)."""
+    if path is None:
+        text = resources.files("hccnode").joinpath("data", "roi_synonyms.toml").read_text(encoding="utf-8")
+        where = "hccnode/data/roi_synonyms.toml"
+    else:
+        text, where = Path(path).read_text(encoding="utf-8"), str(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{where}: {exc}") from exc
+    codes: dict[str, str] = {}
+    for key, role in data.get("codes", {}).items():
+        if role not in ROLES:
+            raise ValueError(f"{where}: [codes] {key!r} maps to unknown role {role!r}; roles are {ROLES}")
+        codes[key] = role
+    names: dict[str, str] = {}
+    for role, labels in data.get("names", {}).items():
+        if role not in ROLES:
+            raise ValueError(f"{where}: [names] has unknown role {role!r}; roles are {ROLES}")
+        for label in labels:
+            key = normalise_label(label)
+            if names.get(key, role) != role:
+                raise ValueError(f"{where}: label {label!r} is listed for both {names[key]!r} and {role!r}")
+            names[key] = role
+    return Synonyms(codes, names)
+
+
+def _codes(seq) -> list[tuple[str, str]]:
+    return [(str(item.CodingSchemeDesignator), str(item.CodeValue)) for item in (seq or []) if "CodeValue" in item]
+
+
+# ---------------------------------------------------------------- entry point
+
+def read_annotation(ds: Dataset, reference: Volume, synonyms: Synonyms | None = None) -> AnnotationRois:
+    """Masks on `reference`'s grid from one SEG, RTSTRUCT or TID 1500 SR object."""
+    synonyms = synonyms or load_synonyms()
+    sop_class = str(ds.get("SOPClassUID", ""))
+    sop_uid = str(ds.get("SOPInstanceUID", ""))
+    if sop_class == SEG_SOP_CLASS:
+        return _from_seg(ds, reference, synonyms)
+    if sop_class == RTSTRUCT_SOP_CLASS:
+        return _from_rtstruct(ds, reference, synonyms)
+    if str(ds.get("Modality", "")) == "SR":
+        return _from_sr(ds, reference, synonyms)
+    raise AnnotationError(sop_uid, f"SOP class {sop_class} is not a SEG, RTSTRUCT or SR")
+
+
+def referenced_series(ds: Dataset) -> set[str]:
+    """Series Instance UIDs the annotation was drawn on (SEG: Referenced Series; RTSTRUCT:
+    Referenced Frame of Reference > Study > Series; SR: Current Requested Procedure Evidence), so
+    the caller can load that series as the reference volume. Empty if the object does not say."""
+    found: set[str] = set()
+    for item in ds.get("ReferencedSeriesSequence", []):
+        found.add(str(item.SeriesInstanceUID))
+    for fref in ds.get("ReferencedFrameOfReferenceSequence", []):
+        for study in fref.get("RTReferencedStudySequence", []):
+            for series in study.get("RTReferencedSeriesSequence", []):
+                found.add(str(series.SeriesInstanceUID))
+    for study in ds.get("CurrentRequestedProcedureEvidenceSequence", []):
+        for series in study.get("ReferencedSeriesSequence", []):
+            found.add(str(series.SeriesInstanceUID))
+    return found
+
+
+def _check_frame_of_reference(sop_uid: str, for_uid: str | None, reference: Volume) -> None:
+    if for_uid and reference.frame_of_reference_uid and for_uid != reference.frame_of_reference_uid:
+        raise AnnotationError(
+            sop_uid, f"frame of reference {for_uid} differs from the reference series' {reference.frame_of_reference_uid}"
+        )
+
+
+def _ref(role: str, sop_uid: str, label: str) -> RoiRef:
+    return RoiRef(name=role, source=READER, annotation_uid=sop_uid, label=label)
+
+
+def _blank(reference: Volume) -> np.ndarray:
+    return np.zeros(reference.image.GetSize()[::-1], dtype=np.uint8)
+
+
+def _to_image(arr: np.ndarray, reference: Volume) -> sitk.Image:
+    img = sitk.GetImageFromArray(arr.astype(np.uint8))
+    img.CopyInformation(reference.image)
+    return img
+
+
+# ---------------------------------------------------------------- SEG
+
+def _from_seg(ds: Dataset, reference: Volume, synonyms: Synonyms) -> AnnotationRois:
+    sop_uid = str(ds.SOPInstanceUID)
+    _check_frame_of_reference(sop_uid, ds.get("FrameOfReferenceUID"), reference)
+    try:
+        seg = hd.seg.Segmentation.from_dataset(ds, copy=False)
+    except Exception as exc:  # noqa: BLE001 - highdicom raises several types for bad objects
+        raise AnnotationError(sop_uid, f"not a readable Segmentation: {exc}") from exc
+    out = AnnotationRois()
+    for item in ds.SegmentSequence:
+        number = int(item.SegmentNumber)
+        label = str(item.get("SegmentLabel", f"segment {number}"))
+        role = synonyms.role(label, _codes(item.get("SegmentedPropertyTypeCodeSequence")))
+        if role is None:
+            out.ignored.append(f"{label}: label and code not in the ROI synonyms")
+            continue
+        try:
+            vol = seg.get_volume(segment_numbers=[number])  # one channel: this segment
+        except Exception as exc:  # noqa: BLE001
+            out.ignored.append(f"{label}: segment frames do not form a volume ({exc})")
+            continue
+        if vol is None:
+            out.ignored.append(f"{label}: empty segment")
+            continue
+        img = vol.squeeze_channel().to_simpleitk() if vol.number_of_channel_dimensions else vol.to_simpleitk()
+        # Binary segments hold 1; fractional ones (rescaled to 0..1) count where >= 0.5.
+        binary = sitk.Cast(sitk.Cast(img, sitk.sitkFloat32) >= 0.5, sitk.sitkUInt8)
+        on_grid = sitk.Resample(binary, reference.image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        if not sitk.GetArrayViewFromImage(on_grid).any():
+            out.ignored.append(f"{label}: segment lies outside the reference volume")
+            continue
+        out.rois.append(RoiMask(on_grid, _ref(role, sop_uid, label)))
+    return out
+
+
+# ---------------------------------------------------------------- RTSTRUCT
+
+def _physical_to_index(points_mm: np.ndarray, image: sitk.Image) -> np.ndarray:
+    """Continuous (x, y, z) indices of patient-coordinate points (N x 3, mm)."""
+    d = np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())
+    return np.linalg.solve(d, (points_mm - np.array(image.GetOrigin())).T).T
+
+
+def _fill(arr: np.ndarray, k: int, poly_xy: np.ndarray) -> None:
+    """XOR-fill polygon (x = column, y = row index coordinates) into slice k: nested contours
+    become holes, the usual RTSTRUCT convention."""
+    ny, nx = arr.shape[1:]
+    x0, y0 = np.floor(poly_xy.min(axis=0)).astype(int)
+    x1, y1 = np.ceil(poly_xy.max(axis=0)).astype(int)
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, nx - 1), min(y1, ny - 1)
+    if x1 < x0 or y1 < y0:
+        return
+    yy, xx = np.mgrid[y0:y1 + 1, x0:x1 + 1]
+    inside = Polygon(poly_xy).contains_points(np.column_stack([xx.ravel(), yy.ravel()])).reshape(yy.shape)
+    arr[k, y0:y1 + 1, x0:x1 + 1] ^= inside.astype(np.uint8)
+
+
+def _place_planar_contour(points_mm: np.ndarray, reference: Volume, arr: np.ndarray) -> str | None:
+    """Rasterise one closed planar contour in patient coordinates; a reason if it cannot."""
+    idx = _physical_to_index(points_mm, reference.image)
+    z = idx[:, 2]
+    k = int(round(float(z.mean())))
+    if np.ptp(z) > 2 * OFF_SLICE_TOL or abs(z.mean() - k) > OFF_SLICE_TOL:
+        return "contour is not in a slice plane of the reference volume"
+    if not 0 <= k < arr.shape[0]:
+        return "contour lies outside the reference volume"
+    _fill(arr, k, idx[:, :2])
+    return None
+
+
+def _from_rtstruct(ds: Dataset, reference: Volume, synonyms: Synonyms) -> AnnotationRois:
+    sop_uid = str(ds.SOPInstanceUID)
+    names: dict[int, tuple[str, str | None]] = {}
+    for item in ds.get("StructureSetROISequence", []):
+        label = str(item.get("ROIName", f"ROI {item.ROINumber}"))
+        names[int(item.ROINumber)] = (label, item.get("ReferencedFrameOfReferenceUID"))
+    codes: dict[int, list[tuple[str, str]]] = {}
+    for obs in ds.get("RTROIObservationsSequence", []):
+        codes[int(obs.ReferencedROINumber)] = _codes(obs.get("RTROIIdentificationCodeSequence"))
+    out = AnnotationRois()
+    for item in ds.get("ROIContourSequence", []):
+        number = int(item.ReferencedROINumber)
+        label, for_uid = names.get(number, (f"ROI {number}", None))
+        _check_frame_of_reference(sop_uid, for_uid, reference)
+        role = synonyms.role(label, codes.get(number, []))
+        if role is None:
+            out.ignored.append(f"{label}: label and code not in the ROI synonyms")
+            continue
+        arr = _blank(reference)
+        problems = []
+        for contour in item.get("ContourSequence", []):
+            if str(contour.get("ContourGeometricType", "")) != "CLOSED_PLANAR":
+                problems.append(f"{contour.get('ContourGeometricType')} contour is not an area")
+                continue
+            pts = np.asarray(contour.ContourData, dtype=float).reshape(-1, 3)
+            reason = _place_planar_contour(pts, reference, arr)
+            if reason:
+                problems.append(reason)
+        out.ignored.extend(f"{label}: {p}" for p in sorted(set(problems)))
+        if arr.any():
+            out.rois.append(RoiMask(_to_image(arr, reference), _ref(role, sop_uid, label)))
+        elif not problems:
+            out.ignored.append(f"{label}: no contours")
+    return out
+
+
+# ---------------------------------------------------------------- TID 1500 SR
+
+_MEASUREMENT_GROUP = ("DCM", "125007")
+_IMAGE_REGION = ("DCM", "111030")
+_TRACKING_ID = ("DCM", "112039")
+_FINDING = ("DCM", "121071")
+
+
+def _concept(item: Dataset) -> tuple[str, str] | None:
+    seq = item.get("ConceptNameCodeSequence")
+    return (str(seq[0].CodingSchemeDesignator), str(seq[0].CodeValue)) if seq else None
+
+
+def _walk(items):
+    for item in items or []:
+        yield item
+        yield from _walk(item.get("ContentSequence"))
+
+
+def _from_sr(ds: Dataset, reference: Volume, synonyms: Synonyms) -> AnnotationRois:
+    sop_uid = str(ds.SOPInstanceUID)
+    out = AnnotationRois()
+    groups = [i for i in _walk(ds.get("ContentSequence"))
+              if i.get("ValueType") == "CONTAINER" and _concept(i) == _MEASUREMENT_GROUP]
+    for n, group in enumerate(groups, 1):
+        children = list(group.get("ContentSequence", []))
+        label = next((str(c.TextValue) for c in children if _concept(c) == _TRACKING_ID and "TextValue" in c),
+                     f"measurement group {n}")
+        findings = [
+            (str(c.ConceptCodeSequence[0].CodingSchemeDesignator), str(c.ConceptCodeSequence[0].CodeValue))
+            for c in children
+            if _concept(c) == _FINDING and c.get("ConceptCodeSequence")
+        ]
+        regions = [c for c in children if _concept(c) == _IMAGE_REGION]
+        if not regions:
+            continue  # a group without image regions (e.g. a referenced segment, read from the SEG itself)
+        # Finding code, else the tracking identifier. Not the finding site: a cyst "in the liver"
+        # is not a liver parenchyma ROI.
+        role = synonyms.role(label, findings)
+        if role is None:
+            out.ignored.append(f"{label}: finding and tracking identifier not in the ROI synonyms")
+            continue
+        arr = _blank(reference)
+        problems = []
+        for region in regions:
+            reason = _place_sr_region(region, reference, arr)
+            if reason:
+                problems.append(reason)
+        out.ignored.extend(f"{label}: {p}" for p in sorted(set(problems)))
+        if arr.any():
+            out.rois.append(RoiMask(_to_image(arr, reference), _ref(role, sop_uid, label)))
+    return out
+
+
+def _place_sr_region(region: Dataset, reference: Volume, arr: np.ndarray) -> str | None:
+    gtype = str(region.get("GraphicType", ""))
+    data = np.asarray(region.get("GraphicData", []), dtype=float)
+    if region.ValueType == "SCOORD3D":
+        for_uid = region.get("ReferencedFrameOfReferenceUID")
+        if for_uid and reference.frame_of_reference_uid and for_uid != reference.frame_of_reference_uid:
+            return f"region in frame of reference {for_uid}, not the reference series'"
+        if gtype != "POLYGON":
+            return f"3-D {gtype} region not supported (only POLYGON)"
+        return _place_planar_contour(data.reshape(-1, 3), reference, arr)
+    if region.ValueType != "SCOORD":
+        return f"image region of value type {region.ValueType} not supported"
+    # SCOORD: pixel coordinates (column, row) on a referenced image, (0, 0) = top-left corner of
+    # the top-left pixel, so pixel centres are at +0.5 (PS3.3 C.18.6.1.1).
+    refs = [c for c in region.get("ContentSequence", []) if c.get("ValueType") == "IMAGE"]
+    if not refs:
+        return "planar region without a referenced image"
+    sop = refs[0].ReferencedSOPSequence[0]
+    uid = str(sop.ReferencedSOPInstanceUID)
+    frame = int(sop.ReferencedFrameNumber) if "ReferencedFrameNumber" in sop else None
+    slices = [k for k, (u, f) in enumerate(zip(reference.sop_instance_uids, reference.frame_numbers))
+              if u == uid and (frame is None or f is None or f == frame)]
+    if len(slices) != 1:
+        return f"referenced image {uid} is not a single slice of the reference volume"
+    pts = data.reshape(-1, 2) - 0.5
+    if gtype == "POLYLINE" and len(pts) > 2 and np.allclose(pts[0], pts[-1]):
+        gtype = "POLYGON"
+    if gtype == "POLYGON":
+        poly = pts
+    elif gtype == "CIRCLE":
+        r = float(np.linalg.norm(pts[1] - pts[0]))
+        t = np.linspace(0, 2 * np.pi, 73)
+        poly = pts[0] + r * np.column_stack([np.cos(t), np.sin(t)])
+    elif gtype == "ELLIPSE":
+        centre = (pts[0] + pts[1]) / 2
+        a, b = (pts[1] - pts[0]) / 2, (pts[3] - pts[2]) / 2
+        t = np.linspace(0, 2 * np.pi, 73)[:, None]
+        poly = centre + np.cos(t) * a + np.sin(t) * b
+    else:
+        return f"planar {gtype} region is not an area"
+    _fill(arr, slices[0], poly)
+    return None

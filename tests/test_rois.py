@@ -1,0 +1,294 @@
+import highdicom as hd
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from hypothesis import given
+from hypothesis import strategies as st
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from hccnode.imaging import rois
+from hccnode.imaging.volumes import volume_from_datasets
+from synth_dicom import ct_series
+
+SPACING = (2.0, 1.0, 1.0)  # z, y, x
+ORIGIN = (-20.0, -30.0, 100.0)
+
+
+@pytest.fixture(scope="module")
+def study():
+    slices = ct_series(np.zeros((6, 32, 40)), spacing=SPACING, origin=ORIGIN)
+    return slices, volume_from_datasets(slices)
+
+
+def _seg(slices, masks, labels, types):
+    descs = [
+        hd.seg.SegmentDescription(
+            segment_number=i + 1, segment_label=label,
+            segmented_property_category=codes.SCT.Tissue, segmented_property_type=t,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+        )
+        for i, (label, t) in enumerate(zip(labels, types))
+    ]
+    ordered = sorted(slices, key=lambda s: s.ImagePositionPatient[2])
+    pixels = np.stack(masks, axis=-1).astype(np.uint8)  # (frames, rows, cols, segments)
+    return hd.seg.Segmentation(
+        source_images=ordered, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descs, series_instance_uid=generate_uid(), series_number=90,
+        sop_instance_uid=generate_uid(), instance_number=1, manufacturer="test",
+        manufacturer_model_name="test", software_versions="0", device_serial_number="0",
+    )
+
+
+def test_seg_segments_by_code_and_name(study):
+    slices, vol = study
+    tumor = np.zeros((6, 32, 40), bool)
+    tumor[2:4, 10:20, 12:25] = True
+    liver = np.zeros_like(tumor)
+    liver[1:5, 5:8, 5:30] = True
+    other = np.zeros_like(tumor)
+    other[0, 0:3, 0:3] = True
+    seg = _seg(slices, [tumor, liver, other], ["Lesion A", "Liver_ROI_1", "Spleen"],
+               [codes.SCT.Neoplasm, codes.SCT.Tissue, codes.SCT.Spleen])
+    out = rois.read_annotation(seg, vol)
+    by = {r.ref.label: r for r in out.rois}
+    assert by["Lesion A"].role == "tumor"  # by code
+    assert by["Liver_ROI_1"].role == "liver"  # by name
+    assert np.array_equal(sitk.GetArrayFromImage(by["Lesion A"].mask) > 0, tumor)
+    assert np.array_equal(sitk.GetArrayFromImage(by["Liver_ROI_1"].mask) > 0, liver)
+    assert by["Lesion A"].ref.source == "reader" and by["Lesion A"].ref.annotation_uid == seg.SOPInstanceUID
+    assert any(i.startswith("Spleen:") for i in out.ignored)
+    assert rois.referenced_series(seg) == {slices[0].SeriesInstanceUID}
+
+
+def test_seg_other_frame_of_reference_refused(study):
+    slices, vol = study
+    m = np.zeros((6, 32, 40), bool)
+    m[2, 5:9, 5:9] = True
+    seg = _seg(slices, [m], ["Tumor"], [codes.SCT.Neoplasm])
+    seg.FrameOfReferenceUID = generate_uid()
+    with pytest.raises(rois.AnnotationError, match="frame of reference"):
+        rois.read_annotation(seg, vol)
+
+
+def _rtstruct(slices, contours):
+    ds = Dataset()
+    ds.SOPClassUID = rois.RTSTRUCT_SOP_CLASS
+    ds.SOPInstanceUID = generate_uid()
+    ds.Modality = "RTSTRUCT"
+    series, study, fref = Dataset(), Dataset(), Dataset()
+    series.SeriesInstanceUID = slices[0].SeriesInstanceUID
+    study.RTReferencedSeriesSequence = Sequence([series])
+    fref.FrameOfReferenceUID = slices[0].FrameOfReferenceUID
+    fref.RTReferencedStudySequence = Sequence([study])
+    ds.ReferencedFrameOfReferenceSequence = Sequence([fref])
+    ds.StructureSetROISequence = Sequence()
+    ds.ROIContourSequence = Sequence()
+    ds.RTROIObservationsSequence = Sequence()
+    for n, (name, polys) in enumerate(contours.items(), 1):
+        ssr = Dataset()
+        ssr.ROINumber = n
+        ssr.ROIName = name
+        ssr.ReferencedFrameOfReferenceUID = slices[0].FrameOfReferenceUID
+        ds.StructureSetROISequence.append(ssr)
+        rc = Dataset()
+        rc.ReferencedROINumber = n
+        rc.ContourSequence = Sequence()
+        for pts in polys:
+            c = Dataset()
+            c.ContourGeometricType = "CLOSED_PLANAR"
+            c.NumberOfContourPoints = len(pts)
+            c.ContourData = [float(v) for v in np.asarray(pts).ravel()]
+            rc.ContourSequence.append(c)
+        ds.ROIContourSequence.append(rc)
+        obs = Dataset()
+        obs.ObservationNumber = n
+        obs.ReferencedROINumber = n
+        obs.RTROIInterpretedType = "ORGAN"
+        ds.RTROIObservationsSequence.append(obs)
+    return ds
+
+
+def _square(x0, y0, x1, y1, z):
+    return [(x0, y0, z), (x1, y0, z), (x1, y1, z), (x0, y1, z)]
+
+
+def test_rtstruct_rasterised_with_hole(study):
+    slices, vol = study
+    # Slice k=2 lies at z = 100 + 2 x 2 = 104 mm. Square from x = -20+4.5 .. -20+14.5 mm covers
+    # voxel columns 5..14 (centres at -20 + i); rows from y = -30+2.5 .. -30+9.5 cover rows 3..9.
+    outer = _square(-15.5, -27.5, -5.5, -20.5, 104.0)
+    hole = _square(-12.5, -25.5, -9.5, -22.5, 104.0)  # columns 8..10, rows 5..7
+    rt = _rtstruct(slices, {"GTV": [outer, hole], "Aorta": [_square(0.5, -10.5, 4.5, -6.5, 106.0)], "Couch": [outer]})
+    out = rois.read_annotation(rt, vol)
+    by = {r.ref.label: r for r in out.rois}
+    tumor = sitk.GetArrayFromImage(by["GTV"].mask) > 0
+    expected = np.zeros_like(tumor)
+    expected[2, 3:10, 5:15] = True
+    expected[2, 5:8, 8:11] = False
+    assert by["GTV"].role == "tumor"
+    assert np.array_equal(tumor, expected)
+    aorta = sitk.GetArrayFromImage(by["Aorta"].mask) > 0
+    assert aorta[3].sum() == 16 and aorta.sum() == 16  # columns 21..24, rows 20..23 on slice 3
+    assert any(i.startswith("Couch:") for i in out.ignored)
+    assert rois.referenced_series(rt) == {slices[0].SeriesInstanceUID}
+
+
+def test_rtstruct_contour_between_slices_reported(study):
+    slices, vol = study
+    rt = _rtstruct(slices, {"Liver": [_square(-15.5, -27.5, -5.5, -20.5, 105.0)]})
+    out = rois.read_annotation(rt, vol)
+    assert not out.rois
+    assert out.ignored == ["Liver: contour is not in a slice plane of the reference volume"]
+
+
+def _sr(slices, groups):
+    items = []
+    for tracking, finding, region in groups:
+        items.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=tracking),
+            referenced_region=region, finding_type=finding, finding_sites=[hd.sr.FindingSite(codes.SCT.Liver)],
+        ))
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Person,
+        observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(name="Reader^A"),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_person_context=observer),
+        procedure_reported=codes.LN.CTUnspecifiedBodyRegion, imaging_measurements=items,
+    )
+    return hd.sr.Comprehensive3DSR(
+        evidence=slices, content=report, series_number=91, series_instance_uid=generate_uid(),
+        sop_instance_uid=generate_uid(), instance_number=1, manufacturer="test",
+    )
+
+
+def test_sr_planar_and_3d_regions(study):
+    slices, vol = study
+    k = 3
+    ref = next(s for s in slices if abs(s.ImagePositionPatient[2] - (100 + 2 * k)) < 1e-6)
+    # circle centred on pixel (column 20, row 15) -> image coordinates (20.5, 15.5), radius 4 px
+    circle = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.CIRCLE, graphic_data=np.array([[20.5, 15.5], [24.5, 15.5]]),
+        source_image=hd.sr.SourceImageForRegion.from_source_image(ref),
+    )
+    # 3-D polygon on slice 1 (z = 102 mm): columns 2..5, rows 2..5
+    poly3d = hd.sr.ImageRegion3D(
+        graphic_type=hd.sr.GraphicTypeValues3D.POLYGON,
+        graphic_data=np.array(_square(-18.5, -28.5, -14.5, -24.5, 102.0) + [(-18.5, -28.5, 102.0)]),
+        frame_of_reference_uid=ref.FrameOfReferenceUID,
+    )
+    sr = _sr(slices, [("Tumor 1", codes.SCT.Neoplasm, circle), ("liver roi 2", codes.SCT.Tissue, poly3d),
+                      ("Cyst", codes.SCT.Tissue, circle)])
+    out = rois.read_annotation(sr, vol)
+    by = {r.ref.label: r for r in out.rois}
+    tumor = sitk.GetArrayFromImage(by["Tumor 1"].mask) > 0
+    assert by["Tumor 1"].role == "tumor"  # finding code Neoplasm, although the site is Liver
+    assert tumor[k].sum() == pytest.approx(np.pi * 16, rel=0.15) and tumor.sum() == tumor[k].sum()
+    assert tumor[k, 15, 20] and not tumor[k, 15, 25]
+    liver = sitk.GetArrayFromImage(by["liver roi 2"].mask) > 0
+    assert by["liver roi 2"].role == "liver"  # by tracking identifier name
+    assert liver[1, 2:6, 2:6].all() and liver.sum() == 16
+    # "Cyst": finding Tissue and name not mapped; its finding site (Liver) must not make it liver
+    assert "Cyst" not in by and any(i.startswith("Cyst:") for i in out.ignored)
+    assert by["Tumor 1"].ref.annotation_uid == sr.SOPInstanceUID
+    assert rois.referenced_series(sr) == {slices[0].SeriesInstanceUID}
+
+
+def test_synonyms_file_checked(tmp_path):
+    p = tmp_path / "syn.toml"
+    p.write_text('[names]\nspleen = ["spleen"]\n')
+    with pytest.raises(ValueError, match="unknown role"):
+        rois.load_synonyms(p)
+    p.write_text('[names]\ntumor = ["x"]\nliver = ["X"]\n')
+    with pytest.raises(ValueError, match="both"):
+        rois.load_synonyms(p)
+    syn = rois.load_synonyms()
+    assert syn.role("Liver_ROI_3") == "liver"
+    assert syn.role("anything", [("SCT", "44947003")]) == "muscle"
+    assert syn.role("Spleen") is None
+    # legacy SNOMED-RT designators of older SEGs: T-62000 is SCT 10200004 (liver) in PS3.16
+    assert syn.role("Region 1", [("SRT", "T-62000")]) == "liver"
+
+
+def test_unknown_object_refused(study):
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.SOPInstanceUID = "1.2.3"
+    ds.Modality = "CT"
+    with pytest.raises(rois.AnnotationError, match="1.2.3"):
+        rois.read_annotation(ds, study[1])
+
+
+def test_sr_volumetric_regions_on_two_slices(study):
+    slices, vol = study
+    by_z = {round(s.ImagePositionPatient[2]): s for s in slices}
+    regions = [
+        hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,  # closed polyline = polygon in 2-D SCOORD
+            # pixel-corner coordinates 10..14 -> pixels 10..13 (centres 10.5..13.5) on slices 1 and 2
+            graphic_data=np.array([[10.0, 10.0], [14.0, 10.0], [14.0, 14.0], [10.0, 14.0], [10.0, 10.0]]),
+            source_image=hd.sr.SourceImageForRegion.from_source_image(by_z[z]),
+        )
+        for z in (102, 104)
+    ]
+    group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="Aorta"),
+        referenced_regions=regions, finding_type=codes.SCT.Aorta,
+    )
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Person,
+        observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(name="Reader^A"),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_person_context=observer),
+        procedure_reported=codes.LN.CTUnspecifiedBodyRegion, imaging_measurements=[group],
+    )
+    sr = hd.sr.Comprehensive3DSR(evidence=slices, content=report, series_number=92, series_instance_uid=generate_uid(),
+                                 sop_instance_uid=generate_uid(), instance_number=1, manufacturer="test")
+    out = rois.read_annotation(sr, vol)
+    assert [r.role for r in out.rois] == ["aorta"]
+    m = sitk.GetArrayFromImage(out.rois[0].mask) > 0
+    # corners 10..14 enclose pixel centres 10.5..13.5: pixels 10..13 on slices 1 and 2, 32 in all
+    assert m[1, 10:14, 10:14].all() and m[2, 10:14, 10:14].all() and m.sum() == 32
+
+
+def test_fractional_seg_thresholded_at_half(study):
+    slices, vol = study
+    frac = np.zeros((6, 32, 40), np.float32)
+    frac[1, 4:8, 4:8] = 0.8  # inside
+    frac[1, 8:10, 4:8] = 0.3  # below one half: outside
+    desc = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="Tumor", segmented_property_category=codes.SCT.Tissue,
+        segmented_property_type=codes.SCT.Neoplasm, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+    )
+    seg = hd.seg.Segmentation(
+        source_images=sorted(slices, key=lambda s: s.ImagePositionPatient[2]), pixel_array=frac,
+        segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL, segment_descriptions=[desc],
+        series_instance_uid=generate_uid(), series_number=93, sop_instance_uid=generate_uid(), instance_number=1,
+        manufacturer="test", manufacturer_model_name="test", software_versions="0", device_serial_number="0",
+    )
+    out = rois.read_annotation(seg, vol)
+    m = sitk.GetArrayFromImage(out.rois[0].mask) > 0
+    assert m[1, 4:8, 4:8].all() and m.sum() == 16
+
+
+_SYN = rois.load_synonyms()
+
+
+@given(
+    pair=st.sampled_from(sorted(_SYN.names.items())),
+    sep=st.sampled_from([" ", "_", "-", ".", "__"]),
+    number=st.one_of(st.none(), st.integers(0, 99)),
+    upper=st.booleans(),
+)
+def test_label_variants_map_to_their_role(pair, sep, number, upper):
+    label, role = pair
+    text = label.replace(" ", sep)
+    text = text.upper() if upper else text.title()
+    if number is not None:
+        text = f"{text}{sep}{number}"
+    assert _SYN.role(text) == role
+    assert rois.normalise_label(rois.normalise_label(text)) == rois.normalise_label(text)
