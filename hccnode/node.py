@@ -9,7 +9,7 @@ from hccnode import __version__, log
 from hccnode.config import Config
 from hccnode.labs import requeue
 from hccnode.labs.mllp import MllpListener
-from hccnode.net.forward import Forwarder
+from hccnode.net.forward import Forwarder, client_tls
 from hccnode.net.scp import StorageSCP
 from hccnode.store.db import Store
 from hccnode.store.spool import Spool
@@ -22,10 +22,10 @@ class Node:
         self.stop_event = threading.Event()
         self.store = Store(cfg.data_dir)
         self.spool = Spool(self.store)
-        self.scp = StorageSCP(cfg.node, self.spool)
+        self.scp = StorageSCP(cfg.node, self.spool, cfg.tls)
         self.workers = WorkerPool(cfg, self.stop_event)
         self.watcher = Watcher(cfg, self.stop_event)
-        self.forwarder = Forwarder(cfg.data_dir, cfg.forward, self.stop_event)
+        self.forwarder = Forwarder(cfg.data_dir, cfg.forward, self.stop_event, client_tls(cfg))
         self.mllp = MllpListener.from_config(cfg, self.store, on_stored=self.on_labs) if cfg.hl7.enabled else None
 
     def on_labs(self, stored) -> None:
@@ -42,7 +42,8 @@ class Node:
         self.watcher.start()
         self.workers.start()
         self.forwarder.start()
-        log.event("node.ready", ae=self.cfg.node.ae_title, port=self.scp.port, workers=self.workers.n)
+        log.event("node.ready", ae=self.cfg.node.ae_title, port=self.scp.port if self.scp.server else None,
+                  tls_port=self.scp.tls_port, workers=self.workers.n)
 
     def stop(self) -> None:
         log.event("node.stopping")

@@ -17,8 +17,8 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from hccnode import log
-from hccnode.config import NodeSection
-from hccnode.net import status
+from hccnode.config import NodeSection, TLSSection
+from hccnode.net import status, tls
 from hccnode.store.spool import Spool
 
 MAX_PDU = 131072  # what we ask senders to use; larger PDUs mean fewer fragments to reassemble
@@ -54,11 +54,13 @@ def is_allowed(allowed: list[tuple[str, str | None]], calling_ae: str, peer: str
 class StorageSCP:
     """Wires pynetdicom's AE to the spool; `start()` returns once listening."""
 
-    def __init__(self, cfg: NodeSection, spool: Spool):
+    def __init__(self, cfg: NodeSection, spool: Spool, tls_cfg: TLSSection | None = None):
         self.cfg = cfg
+        self.tls_cfg = tls_cfg if tls_cfg and tls_cfg.enabled else None
         self.spool = spool
         self.allowed = parse_allowed(cfg.allowed)
-        self.server: ThreadedAssociationServer | None = None
+        self.server: ThreadedAssociationServer | None = None       # plain listener
+        self.tls_server: ThreadedAssociationServer | None = None   # TLS listener
         self._open: set[int] = set()          # connections now open (ids of their associations)
         self._open_lock = threading.Lock()
 
@@ -76,7 +78,8 @@ class StorageSCP:
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         return ae
 
-    def start(self) -> ThreadedAssociationServer:
+    def start(self) -> None:
+        """Listen on the plain port, the TLS port, or both, with the same handlers and limit."""
         handlers = [
             (evt.EVT_CONN_OPEN, self.on_conn_open),
             (evt.EVT_CONN_CLOSE, self.on_conn_close),
@@ -88,19 +91,30 @@ class StorageSCP:
             (evt.EVT_C_ECHO, self.on_echo),
             (evt.EVT_C_STORE, self.on_store),
         ]
-        self.server = self._ae().start_server((self.cfg.host, self.cfg.port), block=False, evt_handlers=handlers)
-        log.event("scp.listening", ae=self.cfg.ae_title, host=self.cfg.host, port=self.port,
-                  allow_list=len(self.allowed) or "any")
-        return self.server
+        ae = self._ae()
+        if self.tls_cfg is None or self.tls_cfg.keep_plain_listener:
+            self.server = ae.start_server((self.cfg.host, self.cfg.port), block=False, evt_handlers=handlers)
+            log.event("scp.listening", ae=self.cfg.ae_title, host=self.cfg.host, port=self.port, tls=False,
+                      allow_list=len(self.allowed) or "any")
+        if self.tls_cfg is not None:
+            self.tls_server = ae.start_server((self.cfg.host, self.tls_cfg.port), block=False, evt_handlers=handlers,
+                                              ssl_context=tls.server_context(self.tls_cfg))
+            log.event("scp.listening", ae=self.cfg.ae_title, host=self.cfg.host, port=self.tls_port, tls=True,
+                      mutual=self.tls_cfg.require_client_certificate, allow_list=len(self.allowed) or "any")
 
     @property
     def port(self) -> int:
         return self.server.server_address[1] if self.server else self.cfg.port
 
+    @property
+    def tls_port(self) -> int | None:
+        return self.tls_server.server_address[1] if self.tls_server else None
+
     def stop(self) -> None:
-        if self.server:
-            self.server.shutdown()
-            self.server = None
+        for server in (self.server, self.tls_server):
+            if server:
+                server.shutdown()
+        self.server = self.tls_server = None
 
     # -- event handlers ------------------------------------------------------------------
 
