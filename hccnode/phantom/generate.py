@@ -177,7 +177,8 @@ def build_truth(spec: StudySpec, style: dict, grid: Grid, studies) -> dict:
             s.update(p.extra)
             if p.phase in ("arterial", "portal", "equilibrium") and spec.kind != "mr":
                 s["delay_s"] = spec.delay(p.phase)
-                s["header_delay_s"] = (p.acquired - ctx["bolus"]).total_seconds()
+                s["header_delay_s"] = (None if "no_times" in spec.header_faults
+                                       else (p.acquired - ctx["bolus"]).total_seconds())
             if p.motion is not None:
                 s["motion"] = {"shift_mm": list(p.motion.shift_mm), "rotation_deg": p.motion.rotation_deg}
             series.append(s)
