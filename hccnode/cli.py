@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "hccnode.net.commands",
     "hccnode.labs.commands",
     "hccnode.models.commands",
+    "hccnode.store.audit_commands",
 ]
 
 
