@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sqlite3
 import sys
+from contextlib import closing
 from pathlib import Path
 
 from hccnode.store import audit
@@ -76,7 +77,8 @@ def _since(args) -> str | None:
 
 
 def cmd_verify(args) -> int:
-    verdict = audit.verify(_open(args))
+    with closing(_open(args)) as conn:
+        verdict = audit.verify(conn)
     print(verdict, file=sys.stdout if verdict.ok else sys.stderr)
     return 0 if verdict.ok else 1
 
@@ -84,11 +86,12 @@ def cmd_verify(args) -> int:
 def cmd_show(args) -> int:
     since = _since(args)
     n = 0
-    for r in audit.rows(_open(args), study_uid=args.study_uid, since=since):
-        extra = [f"{name}={r[col]}" for name, col in (("inputs", "input_hashes"), ("outputs", "output_uids"),
-                                                     ("cards", "card_versions")) if r[col] not in ("[]", "{}")]
-        print(f"{r['time']}  #{r['id']:<7} {r['event']:<21} {r['actor']:<16} {' '.join(extra + [r['details']])}")
-        n += 1
+    with closing(_open(args)) as conn:
+        for r in audit.rows(conn, study_uid=args.study_uid, since=since):
+            extra = [f"{name}={r[col]}" for name, col in (("inputs", "input_hashes"), ("outputs", "output_uids"),
+                                                         ("cards", "card_versions")) if r[col] not in ("[]", "{}")]
+            print(f"{r['time']}  #{r['id']:<7} {r['event']:<21} {r['actor']:<16} {' '.join(extra + [r['details']])}")
+            n += 1
     if not n:
         print("no audit events for this study")
     return 0
@@ -98,18 +101,17 @@ def cmd_export(args) -> int:
     from hccnode.cli import UsageError
 
     since = _since(args)
-    conn = _open(args)
-    if args.sqlite:
-        try:
-            n = audit.copy_to(conn, args.sqlite, since)
-        except FileExistsError as exc:
-            raise UsageError(str(exc)) from None
-        print(f"{n} rows written to {args.sqlite}", file=sys.stderr)
-        return 0
-    if args.csv == "-":
-        audit.write_csv(conn, sys.stdout, since)
-        return 0
-    with open(args.csv, "w", encoding="utf-8", newline="") as f:
-        n = audit.write_csv(conn, f, since)
-    print(f"{n} rows written to {args.csv}", file=sys.stderr)
+    with closing(_open(args)) as conn:
+        if args.sqlite:
+            try:
+                n = audit.copy_to(conn, args.sqlite, since)
+            except FileExistsError as exc:
+                raise UsageError(str(exc)) from None
+            print(f"{n} rows written to {args.sqlite}", file=sys.stderr)
+        elif args.csv == "-":
+            audit.write_csv(conn, sys.stdout, since)
+        else:
+            with open(args.csv, "w", encoding="utf-8", newline="") as f:
+                n = audit.write_csv(conn, f, since)
+            print(f"{n} rows written to {args.csv}", file=sys.stderr)
     return 0
