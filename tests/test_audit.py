@@ -46,12 +46,13 @@ def unguard(store: Store) -> sqlite3.Connection:
 
 
 def test_clean_chain_verifies_and_names_its_head(store):
-    assert audit.verify(store).ok and audit.verify(store).rows == 0
+    assert audit.verify(store).ok and audit.verify(store).rows == 0 and audit.head(store) is None
     fill(store)
     v = audit.verify(store)
     assert v.ok and v.rows == 6 and v.head_id == 6 and v.guarded
     last = store.query("SELECT row_hash FROM audit WHERE id = 6")[0]["row_hash"]
     assert v.head_hash == last and last in str(v)
+    assert audit.head(store) == (6, last)
 
 
 def test_rows_are_chained_with_the_documented_canonical_hash(store):
@@ -148,6 +149,10 @@ def test_event_rolls_back_with_the_callers_transaction(store):
     with pytest.raises(RuntimeError):
         with store.tx() as c:
             audit.append(c, "job.queued", "watcher", study_uid="1.2.0", job=7)
+            raise RuntimeError("the caller's work failed")
+    with pytest.raises(RuntimeError):
+        with store.tx():
+            audit.append(store, "job.queued", "watcher", study_uid="1.2.0", job=7)  # the Store joins it too
             raise RuntimeError("the caller's work failed")
     assert store.query("SELECT COUNT(*) AS n FROM audit")[0]["n"] == 2
     with store.tx() as c:

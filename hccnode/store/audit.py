@@ -178,16 +178,20 @@ def _json(value: Any, field: str) -> str:
         raise AuditError(f"audit field {field} is not JSON: {exc}") from None
 
 
+def _conn(target: Store | sqlite3.Connection) -> sqlite3.Connection:
+    return target.conn() if isinstance(target, Store) else target
+
+
 def append(target: Store | sqlite3.Connection, event: str, actor: str, *, study_uid: str | None = None,
            patient_key: str | None = None, input_hashes: Iterable[str] | Mapping[str, str] = (),
            output_uids: Iterable[str] = (), card_versions: Iterable[str] = (),
            details: Mapping[str, Any] | None = None, **more_details: Any) -> int:
     """Append one event; returns its id.
 
-    `target` is a Store (the row is written in its own short transaction) or a connection
-    already inside the caller's write transaction (`with store.tx() as c: append(c, ...)`),
-    so the event commits or rolls back with what it records. A connection outside a
-    transaction gets one of its own. Extra keyword arguments go into `details`.
+    `target` is a Store or a connection. Inside the caller's write transaction (`with store.tx()
+    as c: append(c or store, ...)`) the row joins it, so the event commits or rolls back with what
+    it records; outside one, the row is written in a short transaction of its own. Extra keyword
+    arguments go into `details`.
     """
     if event not in EVENTS:
         raise AuditError(f"unknown audit event {event!r} (known: {', '.join(EVENTS)})")
@@ -208,18 +212,16 @@ def append(target: Store | sqlite3.Connection, event: str, actor: str, *, study_
         "card_versions": _json(sorted(str(c) for c in card_versions), "card_versions"),
         "details": _json(details, "details"),
     }
-    if isinstance(target, Store):
-        with target.tx() as c:
-            return _insert(c, row)
-    if target.in_transaction:
-        return _insert(target, row)
-    target.execute("BEGIN IMMEDIATE")
+    c = _conn(target)
+    if c.in_transaction:
+        return _insert(c, row)
+    c.execute("BEGIN IMMEDIATE")
     try:
-        row_id = _insert(target, row)
+        row_id = _insert(c, row)
     except BaseException:
-        target.execute("ROLLBACK")
+        c.execute("ROLLBACK")
         raise
-    target.execute("COMMIT")
+    c.execute("COMMIT")
     return row_id
 
 
@@ -234,10 +236,6 @@ def _insert(c: sqlite3.Connection, row: dict) -> int:
     c.execute(f"INSERT INTO audit ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
               tuple(row[k] for k in COLUMNS))
     return row["id"]
-
-
-def _conn(target: Store | sqlite3.Connection) -> sqlite3.Connection:
-    return target.conn() if isinstance(target, Store) else target
 
 
 # -- verification ------------------------------------------------------------------------
@@ -292,6 +290,13 @@ def verify(target: Store | sqlite3.Connection) -> Verdict:
                            guarded)
         prev_id, prev_hash = row["id"], row["row_hash"]
     return Verdict(True, n, head_id=prev_id or None, head_hash=prev_hash if prev_id else None, guarded=guarded)
+
+
+def head(target: Store | sqlite3.Connection) -> tuple[int, str] | None:
+    """(id, row_hash) of the last row, or None for an empty log. Cheap: log it at start-up, so
+    the node's log file keeps copies that show if rows were later cut off the end."""
+    r = _conn(target).execute("SELECT id, row_hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+    return (r[0], r[1]) if r else None
 
 
 # -- reading -------------------------------------------------------------------------------
