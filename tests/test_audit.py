@@ -242,6 +242,14 @@ def test_phi_field_names_are_refused_and_nothing_is_written(store, kwargs):
     assert store.query("SELECT COUNT(*) AS n FROM audit")[0]["n"] == 0
 
 
+def test_dicom_values_that_are_not_plain_json_are_refused(store):
+    """A PersonName (or any non-JSON value) is refused, never stringified into the log."""
+    from pydicom.valuerep import PersonName
+    with pytest.raises(audit.AuditError, match="not JSON"):
+        audit.append(store, "phase.decided", "worker", reason=PersonName("Doe^Jane"))
+    assert audit.verify(store).rows == 0
+
+
 def test_patient_key_must_be_a_hash_not_an_id(store):
     with pytest.raises(audit.AuditError, match="patient_key"):
         audit.append(store, "lab.received", "hl7", patient_key="PAT-777")
