@@ -350,7 +350,8 @@ def copy_to(target: Store | sqlite3.Connection, path: str | Path, since: str | N
 
 # -- configuration ----------------------------------------------------------------------
 
-_SECRET_RE = re.compile(r"password|passwd|secret|token|credential|private_key|api_key", re.I)
+# Values that are secrets themselves (a key *file path*, like tls.private_key, is not one and is recorded).
+_SECRET_RE = re.compile(r"password|passwd|passphrase|secret|token|credential|api_key", re.I)
 
 
 def config_values(cfg) -> dict[str, Any]:
