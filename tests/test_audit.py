@@ -144,6 +144,20 @@ def test_swapped_rows_are_detected_at_the_first_of_them(store):
     assert (v.ok, v.bad_id, v.problem) == (False, 2, "hash mismatch")
 
 
+def test_rows_cut_off_the_end_are_shown_against_a_recorded_head(store):
+    fill(store)
+    recorded = audit.head(store)
+    assert audit.verify(store, expect=recorded).ok
+    fill(store, 2)  # the log grows on: the recorded head stays in the chain
+    assert audit.verify(store, expect=recorded).ok
+    unguard(store).execute("DELETE FROM audit WHERE id >= 5")
+    assert audit.verify(store).ok  # the chain alone cannot tell
+    v = audit.verify(store, expect=recorded)
+    assert (v.ok, v.bad_id, v.problem) == (False, 6, "truncated") and "ends at row 4" in v.detail
+    v = audit.verify(store, expect=(3, "e" * 64))
+    assert (v.ok, v.bad_id, v.problem) == (False, 3, "head mismatch")
+
+
 def test_event_rolls_back_with_the_callers_transaction(store):
     fill(store, 2)
     with pytest.raises(RuntimeError):

@@ -41,6 +41,21 @@ def test_verify_intact_exits_0_and_prints_the_head(node, capsys):
     assert "intact: 4 rows" in out and audit.verify(node.store).head_hash in out
 
 
+def test_verify_against_a_recorded_head(node, capsys):
+    assert node("verify") == 0
+    recorded = capsys.readouterr().out.split("head ")[1].split()[0]  # "ID:HASH", as printed
+    audit.append(node.store, "node.stopped", "node")
+    assert node("verify", "--head", recorded) == 0
+    c = node.store.conn()
+    c.executescript("DROP TRIGGER audit_no_delete;")
+    c.execute("DELETE FROM audit WHERE id >= 3")
+    capsys.readouterr()
+    assert node("verify") == 0  # the chain alone cannot tell
+    assert node("verify", "--head", recorded) == 1
+    assert "row 4: truncated" in capsys.readouterr().err
+    assert node("verify", "--head", "4:nothex") == 2
+
+
 def test_verify_tampered_exits_1_naming_the_row(node, capsys):
     c = node.store.conn()
     c.executescript("DROP TRIGGER audit_no_update;")

@@ -256,40 +256,49 @@ class Verdict:
         if self.ok:
             if not self.rows:
                 return "audit log empty" + guard
-            return f"audit log intact: {self.rows} rows; head id {self.head_id} hash {self.head_hash}" + guard
+            return f"audit log intact: {self.rows} rows; head {self.head_id}:{self.head_hash}" + guard
         return f"audit log NOT intact: row {self.bad_id}: {self.problem}: {self.detail}" + guard
 
 
-def verify(target: Store | sqlite3.Connection) -> Verdict:
+def verify(target: Store | sqlite3.Connection, expect: tuple[int, str] | None = None) -> Verdict:
     """Walk the chain from row 1; stop at the first row that was edited, removed or moved.
 
     Checks, in order, for each row: its id follows the previous one (a gap: rows deleted),
     its row_hash matches its content (hash mismatch: edited, or moved to another id), and its
     prev_hash is the previous row's row_hash (broken link: the previous row was replaced by
-    one with a recomputed hash, or rows were inserted).
+    one with a recomputed hash, or rows were inserted). `expect`, a head (id, row_hash)
+    recorded earlier, must still be in the chain: this is what shows rows cut off the end.
     """
     c = _conn(target)
     triggers = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit'")}
     guarded = {"audit_no_update", "audit_no_delete"} <= triggers
     prev_id, prev_hash, n = 0, GENESIS, 0
+
+    def verdict(bad_id: int | None = None, problem: str = "", detail: str = "") -> Verdict:
+        return Verdict(bad_id is None, n, bad_id, problem, detail, prev_id or None,
+                       prev_hash if prev_id else None, guarded)
+
     cur = c.execute(f"SELECT {', '.join(COLUMNS)} FROM audit ORDER BY id")
-    for r in cur:
-        row = dict(zip(COLUMNS, r))
-        n += 1
-        bad = None
-        if row["id"] != prev_id + 1:
-            bad = ("gap in ids", f"expected id {prev_id + 1} after {prev_id or 'the start'}, found {row['id']}")
-        elif row_hash(row) != row["row_hash"]:
-            bad = ("hash mismatch", "the row's content does not match its row_hash (edited or moved)")
-        elif row["prev_hash"] != prev_hash:
-            bad = ("broken link", f"prev_hash is not the row_hash of row {prev_id}" if prev_id
-                   else "the first row's prev_hash is not the genesis value")
-        if bad:
-            cur.close()
-            return Verdict(False, n, row["id"], bad[0], bad[1], prev_id or None, prev_hash if prev_id else None,
-                           guarded)
-        prev_id, prev_hash = row["id"], row["row_hash"]
-    return Verdict(True, n, head_id=prev_id or None, head_hash=prev_hash if prev_id else None, guarded=guarded)
+    try:
+        for r in cur:
+            row = dict(zip(COLUMNS, r))
+            n += 1
+            if row["id"] != prev_id + 1:
+                return verdict(row["id"], "gap in ids",
+                               f"expected id {prev_id + 1} after {prev_id or 'the start'}, found {row['id']}")
+            if row_hash(row) != row["row_hash"]:
+                return verdict(row["id"], "hash mismatch", "the row's content does not match its row_hash (edited or moved)")
+            if row["prev_hash"] != prev_hash:
+                return verdict(row["id"], "broken link", f"prev_hash is not the row_hash of row {prev_id}" if prev_id
+                               else "the first row's prev_hash is not the genesis value")
+            if expect and row["id"] == expect[0] and row["row_hash"] != expect[1]:
+                return verdict(row["id"], "head mismatch", "its row_hash is not the one recorded")
+            prev_id, prev_hash = row["id"], row["row_hash"]
+    finally:
+        cur.close()
+    if expect and expect[0] > prev_id:
+        return verdict(expect[0], "truncated", f"the log ends at row {prev_id}; the recorded head is row {expect[0]}")
+    return verdict()
 
 
 def head(target: Store | sqlite3.Connection) -> tuple[int, str] | None:

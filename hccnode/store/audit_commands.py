@@ -6,6 +6,7 @@ Every command opens the database read-only: reading the audit log never changes 
 from __future__ import annotations
 
 import argparse
+import re
 import sqlite3
 import sys
 from contextlib import closing
@@ -29,11 +30,14 @@ def register(sub) -> None:
         q.set_defaults(func=fn)
         return q
 
-    add("verify", cmd_verify, "check the hash chain; exit 1 if any row was edited, removed or moved",
-        "Recompute every row's hash and link from the first row on. Prints the head (last id and hash) "
-        "when intact, exit 0; else names the first bad row and what is wrong (hash mismatch, broken link, "
-        "gap in ids), exit 1. Keep the printed head elsewhere: rows cut off the end can only be shown "
-        "against a head recorded earlier.")
+    q = add("verify", cmd_verify, "check the hash chain; exit 1 if any row was edited, removed or moved",
+            "Recompute every row's hash and link from the first row on. Prints the head (last id and hash) "
+            "when intact, exit 0; else names the first bad row and what is wrong (hash mismatch, broken link, "
+            "gap in ids), exit 1. Keep the printed head elsewhere: rows cut off the end can only be shown "
+            "against a head recorded earlier (--head).")
+    q.add_argument("--head", metavar="ID:HASH",
+                   help="a head printed by an earlier verify (or logged as audit.head at start-up): that row must "
+                        "still be in the chain with that hash (else: truncated / head mismatch)")
     q = add("show", cmd_show, "print one study's history in order",
             "Every event recorded for a Study Instance UID, oldest first: time (UTC), id, event, actor, "
             "inputs, outputs, model cards and details.")
@@ -77,8 +81,16 @@ def _since(args) -> str | None:
 
 
 def cmd_verify(args) -> int:
+    from hccnode.cli import UsageError
+
+    expect = None
+    if args.head:
+        row_id, _, row_hash = args.head.partition(":")
+        if not row_id.isdigit() or not re.fullmatch(r"[0-9a-f]{64}", row_hash):
+            raise UsageError(f"--head {args.head!r} is not ID:HASH (a row id and its 64-digit row_hash)")
+        expect = (int(row_id), row_hash)
     with closing(_open(args)) as conn:
-        verdict = audit.verify(conn)
+        verdict = audit.verify(conn, expect)
     print(verdict, file=sys.stdout if verdict.ok else sys.stderr)
     return 0 if verdict.ok else 1
 
