@@ -12,8 +12,8 @@ Integrity, in two layers:
   SHA-256 of the canonical JSON (sorted keys, compact) of all its other columns, id and
   prev_hash included. `verify()` recomputes the chain and names the first row that was
   edited, removed or moved, even if someone dropped the triggers to do it.
-The chain cannot show that rows were cut off the end; `verify()` prints the head (last id
-and hash) so a site can keep it elsewhere (syslog, a ticket) and compare later.
+The chain alone cannot show that rows were cut off the end: keep heads (`head()`, printed
+by `hccnode audit verify`, logged at start-up) elsewhere and pass one to `verify(expect=...)`.
 
 Ids are consecutive from 1: a row is appended as last id + 1 with the last hash, read and
 written under the database write lock (BEGIN IMMEDIATE), so concurrent writers, threads or
@@ -343,7 +343,9 @@ def copy_to(target: Store | sqlite3.Connection, path: str | Path, since: str | N
     p = Path(path)
     if p.exists():
         raise FileExistsError(f"{p}: already exists")
-    out = sqlite3.connect(p, isolation_level=None)
+    part = p.with_name(p.name + ".part")  # renamed when complete: no half-written copy under FILE
+    part.unlink(missing_ok=True)
+    out = sqlite3.connect(part, isolation_level=None)
     try:
         out.executescript(TABLE_SQL + TRIGGERS_SQL)
         out.execute("BEGIN")
@@ -352,8 +354,12 @@ def copy_to(target: Store | sqlite3.Connection, path: str | Path, since: str | N
             out.execute(f"INSERT INTO audit VALUES ({', '.join('?' * len(COLUMNS))})", tuple(row[k] for k in COLUMNS))
             n += 1
         out.execute("COMMIT")
-    finally:
+    except BaseException:
         out.close()
+        part.unlink(missing_ok=True)
+        raise
+    out.close()
+    part.rename(p)
     return n
 
 
