@@ -12,10 +12,12 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from conftest import wait_until
 
 from hccnode import __version__, config
 from hccnode.store import audit
@@ -195,6 +197,7 @@ def test_concurrent_threads_keep_one_chain(store):
             else:  # half of them inside a caller's transaction
                 with s.tx() as c:
                     audit.append(c, "job.done", f"worker-{k}", study_uid=f"1.9.{k}", i=i)
+            time.sleep(0.001)  # lets the others take the lock
         s.close()
 
     threads = [threading.Thread(target=writer, args=(k,)) for k in range(n_threads)]
@@ -206,6 +209,8 @@ def test_concurrent_threads_keep_one_chain(store):
     assert v.ok and v.rows == n_threads * per_thread
     for k in range(n_threads):
         assert len(list(audit.rows(store, study_uid=f"1.9.{k}"))) == per_thread
+    actors = [r["actor"] for r in store.query("SELECT actor FROM audit ORDER BY id")]
+    assert sum(a != b for a, b in zip(actors, actors[1:])) > n_threads, "the writers did not overlap: nothing was tested"
 
 
 WRITER = """
@@ -214,11 +219,13 @@ from pathlib import Path
 from hccnode.store import audit
 from hccnode.store.db import Store
 s = Store(sys.argv[1])
+(Path(sys.argv[1]) / ("ready-" + sys.argv[2])).touch()
 go = Path(sys.argv[1]) / "go"
 while not go.exists():
     time.sleep(0.01)
 for i in range(int(sys.argv[3])):
     audit.append(s, "instance.stored", sys.argv[2], study_uid="1.8." + sys.argv[2], i=i)
+    time.sleep(0.002)  # as a C-STORE stream does between instances: lets the others take the lock
 """
 
 
@@ -228,9 +235,11 @@ def test_concurrent_processes_keep_one_chain(store):
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(store.data_dir), name, str(per_process)], env=env)
              for name in ("A", "B")]
     try:
-        (store.data_dir / "go").touch()
+        wait_until(lambda: all((store.data_dir / f"ready-{n}").exists() for n in "AB"), 60, what="writers ready")
+        (store.data_dir / "go").touch()  # all three start together
         for i in range(per_process):  # and this process too
             audit.append(store, "instance.stored", "C", study_uid="1.8.C", i=i)
+            time.sleep(0.002)
         assert [p.wait(timeout=60) for p in procs] == [0, 0]
     finally:
         for p in procs:
@@ -238,8 +247,9 @@ def test_concurrent_processes_keep_one_chain(store):
                 p.kill()
     v = audit.verify(store)
     assert v.ok and v.rows == 3 * per_process
-    counts = {r["actor"]: r["n"] for r in store.query("SELECT actor, COUNT(*) AS n FROM audit GROUP BY actor")}
-    assert counts == {"A": per_process, "B": per_process, "C": per_process}
+    actors = [r["actor"] for r in store.query("SELECT actor FROM audit ORDER BY id")]
+    assert {a: actors.count(a) for a in "ABC"} == {"A": per_process, "B": per_process, "C": per_process}
+    assert sum(a != b for a, b in zip(actors, actors[1:])) > 3, "the writers did not overlap: nothing was tested"
 
 
 @pytest.mark.parametrize("kwargs", [
