@@ -11,6 +11,7 @@ from hccnode.labs import requeue
 from hccnode.labs.mllp import MllpListener
 from hccnode.net.forward import Forwarder, client_tls
 from hccnode.net.scp import StorageSCP
+from hccnode.store import audit
 from hccnode.store.db import Store
 from hccnode.store.spool import Spool
 from hccnode.worker import Watcher, WorkerPool
@@ -36,6 +37,11 @@ class Node:
         cleaned = self.spool.clean_tmp()
         log.event("node.starting", version=__version__, data_dir=self.cfg.data_dir, config=self.cfg.source,
                   unacknowledged_tmp_removed=cleaned)
+        audit.record_config(self.store, self.cfg)
+        audit.append(self.store, "node.started", "node", version=__version__, data_dir=str(self.cfg.data_dir),
+                     unacknowledged_tmp_removed=cleaned)
+        h = audit.head(self.store)
+        log.event("audit.head", head=f"{h[0]}:{h[1]}" if h else None)
         self.scp.start()
         if self.mllp:
             self.mllp.start()
@@ -54,6 +60,7 @@ class Node:
         self.watcher.join(5)
         self.forwarder.join(10)
         self.workers.join(10)
+        audit.append(self.store, "node.stopped", "node")
         log.event("node.stopped")
 
     def serve_forever(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
 import threading
 
 from pydicom.dataset import Dataset
@@ -19,6 +20,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from hccnode import log
 from hccnode.config import NodeSection, TLSSection
 from hccnode.net import status, tls
+from hccnode.store import audit
 from hccnode.store.spool import Spool
 
 MAX_PDU = 131072  # what we ask senders to use; larger PDUs mean fewer fragments to reassemble
@@ -118,6 +120,13 @@ class StorageSCP:
 
     # -- event handlers ------------------------------------------------------------------
 
+    def _audit(self, event: str, actor: str, **details) -> None:
+        """Record an association event; a failure to record is logged, never raised into pynetdicom."""
+        try:
+            audit.append(self.spool.store, event, actor, **details)
+        except Exception as exc:
+            log.event("audit.failed", level=40, audit_event=event, error=type(exc).__name__)
+
     def on_conn_open(self, event) -> None:
         with self._open_lock:
             self._open.add(id(event.assoc))
@@ -135,15 +144,17 @@ class StorageSCP:
         with self._open_lock:
             n_open = len(self._open)
         if n_open > self.cfg.max_associations:
-            log.event("association.rejected", level=30, calling_ae=calling, peer=peer,
-                      reason=f"association limit ({self.cfg.max_associations}) reached")
+            reason = f"association limit ({self.cfg.max_associations}) reached"
+            log.event("association.rejected", level=30, calling_ae=calling, peer=peer, reason=reason)
+            self._audit("association.rejected", f"AE:{calling}", peer=peer, reason=reason)
             assoc.acse.send_reject(status.REJECTED_TRANSIENT, status.SOURCE_PROVIDER_PRESENTATION,
                                    status.DIAG_LOCAL_LIMIT_EXCEEDED)
             assoc.kill()
             return
         if not is_allowed(self.allowed, calling, peer):
-            log.event("association.rejected", level=30, calling_ae=calling, peer=peer,
-                      reason="calling AE title not on the allow-list for this host")
+            reason = "calling AE title not on the allow-list for this host"
+            log.event("association.rejected", level=30, calling_ae=calling, peer=peer, reason=reason)
+            self._audit("association.rejected", f"AE:{calling}", peer=peer, reason=reason)
             assoc.acse.send_reject(status.REJECTED_PERMANENT, status.SOURCE_SERVICE_USER,
                                    status.DIAG_CALLING_AE_NOT_RECOGNIZED)
             assoc.kill()  # as pynetdicom does after its own rejections: stop the DUL thread
@@ -152,14 +163,18 @@ class StorageSCP:
         a = event.assoc
         log.event("association.accepted", calling_ae=a.requestor.ae_title, peer=a.requestor.address,
                   contexts=len(a.accepted_contexts))
+        self._audit("association.accepted", f"AE:{a.requestor.ae_title.strip()}", peer=a.requestor.address,
+                    contexts=len(a.accepted_contexts),
+                    tls=isinstance(getattr(a.dul.socket, "socket", None), ssl.SSLSocket))
 
     def on_rejected(self, event) -> None:
         """pynetdicom's own rejections (e.g. the association limit); ours are logged in on_requested."""
         a = event.assoc
         rj = a.acceptor.primitive
-        log.event("association.rejected", level=30, calling_ae=a.requestor.ae_title, peer=a.requestor.address,
-                  result=getattr(rj, "result", None), source=getattr(rj, "result_source", None),
-                  diagnostic=getattr(rj, "diagnostic", None))
+        fields = dict(result=getattr(rj, "result", None), source=getattr(rj, "result_source", None),
+                      diagnostic=getattr(rj, "diagnostic", None))
+        log.event("association.rejected", level=30, calling_ae=a.requestor.ae_title, peer=a.requestor.address, **fields)
+        self._audit("association.rejected", f"AE:{a.requestor.ae_title.strip()}", peer=a.requestor.address, **fields)
 
     def on_closed(self, event, how: str) -> None:
         a = event.assoc
