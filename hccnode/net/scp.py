@@ -68,9 +68,11 @@ class StorageSCP:
 
     def _ae(self) -> AE:
         ae = AE(ae_title=self.cfg.ae_title)
-        # The limit is enforced in on_requested on open connections; pynetdicom's own count
-        # includes threads of associations that have just ended, so it only gets a backstop.
-        ae.maximum_associations = self.cfg.max_associations + 8
+        # The limit is enforced in on_requested on open connections. pynetdicom counts threads,
+        # and a connection closed before its A-ASSOCIATE-RQ leaves a thread waiting out the ACSE
+        # timeout: with a small limit there, a burst of broken connections would lock out real
+        # senders for acse_timeout seconds. Its limit is only a backstop against runaway threads.
+        ae.maximum_associations = max(1024, self.cfg.max_associations)
         ae.maximum_pdu_size = MAX_PDU
         ae.acse_timeout = self.cfg.acse_timeout
         ae.dimse_timeout = self.cfg.dimse_timeout
