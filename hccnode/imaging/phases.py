@@ -1,0 +1,462 @@
+"""Contrast phase and series kind of every series of a study, with confidence and reasons.
+
+Pure classification over `SeriesHeader` records (hccnode.imaging.series_header) and, for CT,
+measured aorta/liver attenuation (`PhaseMeasurement`, from hccnode.imaging.anatomy). File I/O and
+the index live in hccnode.imaging.phase_index.
+
+Evidence (all rules and thresholds are in the rules data file, hccnode/data/phase_rules.toml):
+  header   ImageType, contrast tags, DICOM multi-energy attributes, b-values, vendor series names
+  timing   delay after Contrast/Bolus Start Time; without it, the order and gaps of the
+           acquisitions against the injection windows of papers 000 and 001 (see the data file)
+  image    aorta and liver HU of the series itself; series of the same acquisition (DECT maps,
+           other reconstructions) share header and image evidence at a reduced weight
+Every vote carries its rule name and the values that made it fire. A series whose evidence is
+weak or contradictory is reported "ambiguous" with those reasons, never given a phase silently.
+
+Kinds reported: ct_unenhanced, ct_arterial, ct_portal_venous, ct_equilibrium, dect_iodine,
+dect_vmi (with kev), dect_vnc, mr_t2, mr_dwi (with b_values), mr_adc, other, ambiguous.
+DECT kinds also carry the contrast phase of their acquisition (`phase`, `phase_confidence`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hccnode.imaging.phase_rules import KINDS, PHASES, Rule, RuleSet
+from hccnode.imaging.series_header import SeriesHeader
+
+ENHANCED = frozenset({"arterial", "portal_venous", "equilibrium"})
+CT_FAMILY = frozenset({"ct", "dect_iodine", "dect_vmi", "dect_vnc"})
+AMBIGUOUS = "ambiguous"
+
+
+@dataclass(frozen=True)
+class Vote:
+    source: str                 # header | timing | image | sibling-header | sibling-image
+    rule: str
+    axis: str                   # kind | phase
+    labels: frozenset[str]
+    weight: float
+    values: dict[str, Any] = field(default_factory=dict)
+    series_uid: str = ""        # for sibling votes: the series the evidence came from
+
+    def reason(self) -> dict[str, Any]:
+        r = {"source": self.source, "rule": self.rule, "axis": self.axis,
+             "votes": "|".join(sorted(self.labels)), "weight": round(self.weight, 3), "values": self.values}
+        if self.series_uid:
+            r["from_series"] = self.series_uid
+        return r
+
+
+@dataclass
+class PhaseMeasurement:
+    """Attenuation measured on one CT series (HU); None where the structure was not found."""
+
+    aorta_hu: float | None = None
+    liver_hu: float | None = None
+    air_fraction: float | None = None
+    notes: tuple[str, ...] = ()
+
+
+@dataclass
+class Decision:
+    series_uid: str
+    study_uid: str
+    series_number: int | None
+    series_description: str
+    kind: str
+    confidence: float
+    phase: str | None = None               # contrast phase (CT and DECT kinds)
+    phase_confidence: float | None = None
+    kev: float | None = None
+    b_values: tuple[float, ...] = ()
+    reasons: list[dict[str, Any]] = field(default_factory=list)
+    measurement: PhaseMeasurement | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {"series_uid": self.series_uid, "study_uid": self.study_uid, "series_number": self.series_number,
+             "series_description": self.series_description, "kind": self.kind,
+             "confidence": round(self.confidence, 3), "phase": self.phase,
+             "phase_confidence": None if self.phase_confidence is None else round(self.phase_confidence, 3),
+             "kev": self.kev, "b_values": list(self.b_values), "reasons": self.reasons}
+        if self.measurement is not None:
+            d["measurement"] = {"aorta_hu": _r(self.measurement.aorta_hu), "liver_hu": _r(self.measurement.liver_hu),
+                                "air_fraction": _r(self.measurement.air_fraction, 4),
+                                "notes": list(self.measurement.notes)}
+        return d
+
+
+def _r(v: float | None, n: int = 1) -> float | None:
+    return None if v is None else round(float(v), n)
+
+
+# ------------------------------------------------------------------ evidence combination
+
+def beliefs(votes: Iterable[Vote], labels: Sequence[str]) -> dict[str, float]:
+    """Belief per label: support from votes for exactly that label, discounted by opposition.
+
+    support(L) = 1 - prod(1 - w) over votes whose label set is {L};
+    opposition(L) = 1 - prod(1 - w) over votes whose label set excludes L;
+    belief(L) = support(L) * (1 - opposition(L)).
+    """
+    votes = list(votes)
+    out = {}
+    for label in labels:
+        keep_s = keep_o = 1.0
+        for v in votes:
+            if v.labels == {label}:
+                keep_s *= 1.0 - v.weight
+            elif label not in v.labels:
+                keep_o *= 1.0 - v.weight
+        out[label] = (1.0 - keep_s) * keep_o
+    return out
+
+
+def opposition(votes: Iterable[Vote], label: str) -> float:
+    keep = 1.0
+    for v in votes:
+        if label not in v.labels:
+            keep *= 1.0 - v.weight
+    return 1.0 - keep
+
+
+def decide(votes: Sequence[Vote], labels: Sequence[str], rules: RuleSet) -> tuple[str | None, float, list[tuple[str, float]]]:
+    """(label or None when undecided, its belief, ranking of candidates with belief > 0)."""
+    b = beliefs(votes, labels)
+    ranking = sorted(((k, v) for k, v in b.items() if v > 0), key=lambda kv: -kv[1])
+    if not ranking:
+        return None, 0.0, []
+    best, top = ranking[0]
+    second = ranking[1][1] if len(ranking) > 1 else 0.0
+    if top >= rules.decide_at and top - second >= rules.margin:
+        return best, top, ranking
+    return None, top, ranking
+
+
+def rule_votes(rules: Iterable[Rule], record: dict[str, Any], source: str) -> list[Vote]:
+    """Votes of every rule that fires on `record`; fallback rules only on an axis nobody voted on."""
+    fired: list[Vote] = []
+    fallbacks: list[tuple[Rule, dict]] = []
+    for rule in rules:
+        ok, values = rule.fires(record)
+        if not ok:
+            continue
+        if rule.fallback:
+            fallbacks.append((rule, values))
+        else:
+            fired.append(Vote(source, rule.name, rule.axis, rule.labels, rule.weight, values))
+    axes = {v.axis for v in fired}
+    for rule, values in fallbacks:
+        if rule.axis not in axes:
+            fired.append(Vote(source, rule.name, rule.axis, rule.labels, rule.weight, values))
+    return fired
+
+
+# ------------------------------------------------------------------ timing
+
+@dataclass
+class _Group:
+    index: int
+    series: list[SeriesHeader]
+    time_s: float | None
+
+    @property
+    def uids(self) -> list[str]:
+        return [h.series_uid for h in self.series]
+
+
+def acquisition_groups(headers: Sequence[SeriesHeader], tolerance_s: float) -> list[_Group]:
+    """Series of one acquisition: acquisition times within `tolerance_s` of their neighbour."""
+    timed = sorted((h for h in headers if h.acquisition_s is not None), key=lambda h: h.acquisition_s)
+    groups: list[_Group] = []
+    for h in timed:
+        if groups and h.acquisition_s - groups[-1].series[-1].acquisition_s <= tolerance_s:
+            groups[-1].series.append(h)
+        else:
+            groups.append(_Group(len(groups), [h], h.acquisition_s))
+    for h in headers:
+        if h.acquisition_s is None:
+            groups.append(_Group(len(groups), [h], None))
+    return groups
+
+
+def bolus_delay_vote(delay_s: float, rules: RuleSet) -> Vote | None:
+    """Phase from the delay after Contrast/Bolus Start Time (windows from the rules file)."""
+    w = rules.timing["bolus_weight"]
+    values = {"delay_after_bolus_start_s": round(delay_s, 1)}
+    if delay_s < 0:
+        return Vote("timing", "acquired-before-bolus-start", "phase", frozenset({"unenhanced"}), w, values)
+    for phase, (lo, hi) in rules.windows.items():
+        if lo <= delay_s <= hi:
+            return Vote("timing", f"bolus-delay-{phase}", "phase", frozenset({phase}), w,
+                        {**values, "window_s": [lo, hi]})
+    return None
+
+
+def relative_timing_votes(times: Sequence[float], status: Sequence[str], rules: RuleSet) -> tuple[list[Vote | None], dict[str, Any]]:
+    """Phases of acquisitions (sorted by time) from their gaps, without a bolus start time.
+
+    `status[i]` is "U" (known unenhanced), "E" (known enhanced) or "?" for acquisition i.
+    Every labelling that keeps phases in time order, puts unenhanced acquisitions before the
+    injection and every enhanced one inside its window for some injection time is feasible;
+    among those, the ones using the most distinct enhanced phases are preferred (a liver
+    protocol rarely repeats a phase). An acquisition gets a vote only when all preferred
+    labellings agree on it. Returns (vote or None per acquisition, summary for the reasons).
+    """
+    windows = rules.windows
+    order = ["unenhanced", "arterial", "portal_venous", "equilibrium"]
+    n = len(times)
+    feasible: list[tuple[str, ...]] = []
+    for labels in itertools.product(order, repeat=n):
+        if any(order.index(a) > order.index(b) for a, b in zip(labels, labels[1:])):
+            continue
+        if any((s == "U" and lab != "unenhanced") or (s == "E" and lab == "unenhanced") for s, lab in zip(status, labels)):
+            continue
+        lo, hi = -math.inf, math.inf   # injection time interval
+        for t, lab in zip(times, labels):
+            if lab == "unenhanced":
+                lo = max(lo, t)
+            else:
+                wlo, whi = windows[lab]
+                lo, hi = max(lo, t - whi), min(hi, t - wlo)
+        if lo <= hi and any(lab != "unenhanced" for lab in labels):
+            feasible.append(labels)
+    summary: dict[str, Any] = {"gaps_s": [round(b - a, 1) for a, b in zip(times, times[1:])]}
+    if not feasible:
+        summary["result"] = "no labelling fits the timing windows"
+        return [None] * n, summary
+    best = max(len({lab for lab in f if lab != "unenhanced"}) for f in feasible)
+    preferred = [f for f in feasible if len({lab for lab in f if lab != "unenhanced"}) == best]
+    summary["fits"] = [list(f) for f in preferred]
+    votes: list[Vote | None] = []
+    for i in range(n):
+        labs = {f[i] for f in preferred}
+        if len(labs) == 1:
+            (lab,) = labs
+            votes.append(Vote("timing", "relative-timing", "phase", frozenset({lab}), rules.timing["relative_weight"],
+                              {"position": i + 1, "of": n, **summary}))
+        else:
+            votes.append(None)
+    return votes, summary
+
+
+# ------------------------------------------------------------------ the study
+
+def classify_study(headers: Sequence[SeriesHeader], rules: RuleSet,
+                   measure: Callable[[SeriesHeader], PhaseMeasurement | None] | None = None) -> list[Decision]:
+    """Decide kind and phase of every series of one study.
+
+    `measure(header)` returns the aorta/liver measurement of a CT series (or None when its
+    pixels cannot be read); it is called only for series the image policy of the rules file
+    selects. Decisions come back in the order of `headers`.
+    """
+    header_votes = {h.series_uid: rule_votes(rules.header_rules, h.record(), "header") for h in headers}
+    kinds: dict[str, str | None] = {}
+    for h in headers:
+        kinds[h.series_uid], _, _ = decide([v for v in header_votes[h.series_uid] if v.axis == "kind"], KINDS, rules)
+
+    ct = [h for h in headers if kinds[h.series_uid] in CT_FAMILY or (kinds[h.series_uid] is None and h.modality == "CT")]
+    groups = acquisition_groups(ct, float(rules.timing["group_tolerance_s"]))
+    group_of = {uid: g for g in groups for uid in g.uids}
+    phase_hv = {uid: [v for v in vs if v.axis == "phase"] for uid, vs in header_votes.items()}
+
+    # Timing after the bolus start, per acquisition.
+    timing_votes: dict[int, list[Vote]] = {g.index: [] for g in groups}
+    timing_notes: dict[int, list[dict]] = {g.index: [] for g in groups}
+    for g in groups:
+        delays = [_delay(h) for h in g.series]
+        delays = [d for d in delays if d is not None]
+        if delays:
+            d = statistics.median(delays)
+            vote = bolus_delay_vote(d, rules)
+            if vote:
+                timing_votes[g.index].append(vote)
+            else:
+                timing_notes[g.index].append({"source": "timing", "rule": "bolus-delay-between-windows",
+                                              "values": {"delay_after_bolus_start_s": round(d, 1)}})
+
+    # Image measurements of series that look like conventional HU images.
+    measured: dict[str, PhaseMeasurement] = {}
+    if measure is not None and rules.image["use"] != "never":
+        for h in ct:
+            if not _measurable(h, kinds[h.series_uid], rules):
+                continue
+            if rules.image["use"] == "when_needed":
+                own = phase_hv[h.series_uid] + timing_votes[group_of[h.series_uid].index]
+                _, conf, _ = decide(own, PHASES, rules)
+                if conf >= rules.image["confirm_below"]:
+                    continue
+            m = measure(h)
+            if m is not None:
+                measured[h.series_uid] = m
+    image_votes = _image_votes(measured, group_of, rules)
+
+    # Relative timing when no acquisition has a bolus start time.
+    relative_summary: dict[str, Any] | None = None
+    timed = [g for g in groups if g.time_s is not None]
+    if timed and not any(timing_votes[g.index] or timing_notes[g.index] for g in groups):
+        if len(timed) > int(rules.timing["max_groups"]):
+            relative_summary = {"result": f"skipped: {len(timed)} acquisitions (max_groups {rules.timing['max_groups']})"}
+        else:
+            status = [_status(g, phase_hv, image_votes, rules) for g in timed]
+            votes, relative_summary = relative_timing_votes([g.time_s for g in timed], status, rules)
+            for g, v in zip(timed, votes):
+                if v is not None:
+                    timing_votes[g.index].append(v)
+
+    decisions = []
+    for h in headers:
+        uid = h.series_uid
+        kind_votes = [v for v in header_votes[uid] if v.axis == "kind"]
+        kind_votes += [v for v in image_votes.get(uid, []) if v.axis == "kind"]
+        kind, kconf, kranking = decide(kind_votes, KINDS, rules)
+        reasons = [v.reason() for v in kind_votes]
+        d = Decision(uid, h.study_uid, h.series_number, h.series_description, kind or AMBIGUOUS, kconf,
+                     measurement=measured.get(uid))
+        if kind is None:
+            reasons.append({"source": "decision", "rule": "kind-undecided", "candidates": _cands(kranking)})
+        if kind == "dect_vmi":
+            d.kev = h.kev if h.kev is not None else h.text_kev
+        if kind in ("mr_dwi", "mr_adc") and h.b_values:
+            d.b_values = h.b_values
+            reasons.append({"source": "header", "rule": "b-values", "values": {"b_values": list(h.b_values),
+                                                                                "from": list(h.b_value_sources)}})
+        if kind in CT_FAMILY or (kind is None and uid in group_of):
+            g = group_of[uid]
+            pv = list(phase_hv[uid]) + timing_votes[g.index]
+            if kind not in ("dect_iodine", "dect_vnc"):
+                pv += [v for v in image_votes.get(uid, []) if v.axis == "phase"]
+            for sib in g.series:
+                if sib.series_uid == uid:
+                    continue
+                f = rules.sibling_factor
+                pv += [_scaled(v, "sibling-header", f, sib.series_uid) for v in phase_hv[sib.series_uid]]
+                if kinds[sib.series_uid] in ("ct", "dect_vmi"):
+                    pv += [_scaled(v, "sibling-image", f, sib.series_uid)
+                           for v in image_votes.get(sib.series_uid, []) if v.axis == "phase"]
+            phase, pconf, pranking = decide(pv, PHASES, rules)
+            reasons += [v.reason() for v in pv] + timing_notes[g.index]
+            if relative_summary is not None and g.time_s is not None and not any(v.rule == "relative-timing" for v in pv):
+                reasons.append({"source": "timing", "rule": "relative-timing-undecided", "values": relative_summary})
+            reasons += _conflicts(pv)
+            d.phase, d.phase_confidence = phase, pconf
+            if phase is None:
+                reasons.append({"source": "decision", "rule": "phase-undecided", "candidates": _cands(pranking)})
+            if uid not in measured and kind in ("ct", None):
+                reasons.append({"source": "image", "rule": "not-measured",
+                                "values": {"why": "image confirmation not run or pixels unreadable"}})
+            if kind == "ct":
+                if phase is None:
+                    d.kind, d.confidence = AMBIGUOUS, kconf * pconf
+                else:
+                    d.kind, d.confidence = f"ct_{phase}", kconf * pconf
+        d.reasons = reasons
+        decisions.append(d)
+    return decisions
+
+
+def _delay(h: SeriesHeader) -> float | None:
+    if h.contrast_start_s is None or h.acquisition_s is None:
+        return None
+    d = h.acquisition_s - h.contrast_start_s
+    if d < -43200:      # acquisition after midnight, bolus start before, no dates
+        d += 86400
+    return d
+
+
+def _measurable(h: SeriesHeader, kind: str | None, rules: RuleSet) -> bool:
+    if kind in ("ct", None):
+        return h.modality == "CT"
+    if kind == "dect_vmi":
+        kev = h.kev if h.kev is not None else h.text_kev
+        lo, hi = rules.image["vmi_kev_as_conventional"]
+        return kev is not None and lo <= kev <= hi
+    return False
+
+
+def _image_votes(measured: dict[str, PhaseMeasurement], group_of: dict[str, _Group], rules: RuleSet) -> dict[str, list[Vote]]:
+    """Image rule votes per measured series, in two passes: the first finds the unenhanced
+    baseline and the enhanced acquisitions, the second adds gains and ranks."""
+    base = {uid: _base_record(m) for uid, m in measured.items()}
+    first = {uid: rule_votes(rules.image_rules, rec, "image") for uid, rec in base.items()}
+    unenh = [uid for uid, vs in first.items() if decide([v for v in vs if v.axis == "phase"], PHASES, rules)[0] == "unenhanced"]
+    enh = [uid for uid, vs in first.items() if opposition([v for v in vs if v.axis == "phase"], "unenhanced") >= 0.5]
+    base_aorta = _median([measured[u].aorta_hu for u in unenh])
+    base_liver = _median([measured[u].liver_hu for u in unenh])
+    # Rank acquisitions (not series: reconstructions of one acquisition tie) by aorta HU.
+    group_aorta: dict[int, float] = {}
+    for uid in enh:
+        gi = group_of[uid].index
+        vals = [measured[u].aorta_hu for u in enh if group_of[u].index == gi and measured[u].aorta_hu is not None]
+        if vals:
+            group_aorta[gi] = statistics.median(vals)
+    ranked = sorted(group_aorta, key=lambda gi: -group_aorta[gi])
+    out = {}
+    for uid, rec in base.items():
+        rec = dict(rec)
+        m = measured[uid]
+        if base_aorta is not None and m.aorta_hu is not None and uid not in unenh:
+            rec["aorta_gain"] = m.aorta_hu - base_aorta
+            if base_liver is not None and m.liver_hu is not None:
+                rec["liver_gain"] = m.liver_hu - base_liver
+                if rec["aorta_gain"] > 20:
+                    rec["liver_aorta_ratio"] = rec["liver_gain"] / rec["aorta_gain"]
+        gi = group_of[uid].index
+        if gi in group_aorta:
+            rec["n_enhanced"] = len(ranked)
+            rec["aorta_rank_high"] = ranked.index(gi) + 1
+            rec["aorta_rank_low"] = len(ranked) - ranked.index(gi)
+        out[uid] = rule_votes(rules.image_rules, rec, "image")
+    return out
+
+
+def _base_record(m: PhaseMeasurement) -> dict[str, Any]:
+    rec: dict[str, Any] = {"aorta_hu": m.aorta_hu, "liver_hu": m.liver_hu, "air_fraction": m.air_fraction}
+    if m.aorta_hu is not None and m.liver_hu is not None:
+        rec["aorta_minus_liver"] = m.aorta_hu - m.liver_hu
+    return rec
+
+
+def _median(vals: Iterable[float | None]) -> float | None:
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def _status(g: _Group, phase_hv: dict[str, list[Vote]], image_votes: dict[str, list[Vote]], rules: RuleSet) -> str:
+    """U / E / ? for one acquisition from its header and image phase evidence (not timing)."""
+    votes = [v for h in g.series for v in phase_hv[h.series_uid]]
+    votes += [v for h in g.series for v in image_votes.get(h.series_uid, []) if v.axis == "phase"]
+    label, _, _ = decide(votes, PHASES, rules)
+    if label == "unenhanced":
+        return "U"
+    if opposition(votes, "unenhanced") >= 0.5:
+        return "E"
+    return "?"
+
+
+def _scaled(v: Vote, source: str, factor: float, uid: str) -> Vote:
+    return Vote(source, v.rule, v.axis, v.labels, v.weight * factor, v.values, uid)
+
+
+def _cands(ranking: list[tuple[str, float]]) -> list[dict[str, Any]]:
+    return [{"label": k, "belief": round(b, 3)} for k, b in ranking[:4]]
+
+
+def _conflicts(votes: Sequence[Vote]) -> list[dict[str, Any]]:
+    """Report when header, timing and image evidence point to different single phases."""
+    tops = {}
+    for source in ("header", "timing", "image"):
+        vs = [v for v in votes if v.source.split("-")[-1] == source and len(v.labels) == 1]
+        if vs:
+            b = beliefs(vs, PHASES)
+            label = max(b, key=b.get)
+            if b[label] >= 0.3:
+                tops[source] = label
+    if len(set(tops.values())) > 1:
+        return [{"source": "decision", "rule": "evidence-conflict", "values": tops}]
+    return []
