@@ -97,32 +97,37 @@ def _r(v: float | None, n: int = 1) -> float | None:
 
 # ------------------------------------------------------------------ evidence combination
 
-def beliefs(votes: Iterable[Vote], labels: Sequence[str]) -> dict[str, float]:
-    """Belief per label: support from votes for exactly that label, discounted by opposition.
-
-    support(L) = 1 - prod(1 - w) over votes whose label set is {L};
-    opposition(L) = 1 - prod(1 - w) over votes whose label set excludes L;
-    belief(L) = support(L) * (1 - opposition(L)).
-    """
-    votes = list(votes)
-    out = {}
-    for label in labels:
-        keep_s = keep_o = 1.0
-        for v in votes:
-            if v.labels == {label}:
-                keep_s *= 1.0 - v.weight
-            elif label not in v.labels:
-                keep_o *= 1.0 - v.weight
-        out[label] = (1.0 - keep_s) * keep_o
-    return out
-
-
-def opposition(votes: Iterable[Vote], label: str) -> float:
-    keep = 1.0
+def combine(votes: Iterable[Vote], labels: Sequence[str]) -> dict[frozenset[str], float]:
+    """Dempster's rule over simple support functions: each vote puts its weight on its label set
+    and the rest on "don't know" (all labels). Returns the normalised masses; a total conflict
+    (impossible with weights < 1) returns all mass on "don't know"."""
+    theta = frozenset(labels)
+    masses = {theta: 1.0}
     for v in votes:
-        if label not in v.labels:
-            keep *= 1.0 - v.weight
-    return 1.0 - keep
+        s = frozenset(v.labels) & theta
+        if not s:
+            continue
+        new: dict[frozenset[str], float] = {}
+        for a, ma in masses.items():
+            for b, mb in ((s, v.weight), (theta, 1.0 - v.weight)):
+                c = a & b
+                if c:
+                    new[c] = new.get(c, 0.0) + ma * mb
+        total = sum(new.values())
+        masses = {k: m / total for k, m in new.items()} if total > 1e-12 else {theta: 1.0}
+    return masses
+
+
+def beliefs(votes: Iterable[Vote], labels: Sequence[str]) -> dict[str, float]:
+    """Belief per label: the combined mass committed to exactly that label (see `combine`)."""
+    m = combine(votes, labels)
+    return {label: m.get(frozenset({label}), 0.0) for label in labels}
+
+
+def set_belief(votes: Iterable[Vote], labels: Sequence[str], subset: Iterable[str]) -> float:
+    """Combined mass committed to labels inside `subset` (e.g. "some enhanced phase")."""
+    sub = frozenset(subset)
+    return sum(m for k, m in combine(votes, labels).items() if k <= sub)
 
 
 def decide(votes: Sequence[Vote], labels: Sequence[str], rules: RuleSet) -> tuple[str | None, float, list[tuple[str, float]]]:
@@ -385,7 +390,7 @@ def _image_votes(measured: dict[str, PhaseMeasurement], group_of: dict[str, _Gro
     base = {uid: _base_record(m) for uid, m in measured.items()}
     first = {uid: rule_votes(rules.image_rules, rec, "image") for uid, rec in base.items()}
     unenh = [uid for uid, vs in first.items() if decide([v for v in vs if v.axis == "phase"], PHASES, rules)[0] == "unenhanced"]
-    enh = [uid for uid, vs in first.items() if opposition([v for v in vs if v.axis == "phase"], "unenhanced") >= 0.5]
+    enh = [uid for uid, vs in first.items() if set_belief([v for v in vs if v.axis == "phase"], PHASES, ENHANCED) >= 0.5]
     base_aorta = _median([measured[u].aorta_hu for u in unenh])
     base_liver = _median([measured[u].liver_hu for u in unenh])
     # Rank acquisitions (not series: reconstructions of one acquisition tie) by aorta HU.
@@ -434,7 +439,7 @@ def _status(g: _Group, phase_hv: dict[str, list[Vote]], image_votes: dict[str, l
     label, _, _ = decide(votes, PHASES, rules)
     if label == "unenhanced":
         return "U"
-    if opposition(votes, "unenhanced") >= 0.5:
+    if set_belief(votes, PHASES, ENHANCED) >= 0.5:
         return "E"
     return "?"
 
