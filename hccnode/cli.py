@@ -18,6 +18,7 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 COMMAND_MODULES = [
     "hccnode.net.commands",
+    "hccnode.imaging.commands",
 ]
 
 
