@@ -19,6 +19,7 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 COMMAND_MODULES = [
     "hccnode.net.commands",
     "hccnode.imaging.commands",
+    "hccnode.phantom.commands",
 ]
 
 
