@@ -174,7 +174,8 @@ def measure_volume(hu: np.ndarray, spacing: tuple[float, float, float]) -> Phase
         notes.append("liver not found")
     return PhaseMeasurement(aorta_hu=None if aorta is None else aorta.mean_hu,
                             liver_hu=None if liver is None else liver.median_hu,
-                            air_fraction=anatomy.air_fraction(hu), notes=tuple(notes))
+                            air_fraction=anatomy.air_fraction(hu), median_value=float(np.median(hu)),
+                            p99_value=float(np.percentile(hu, 99)), notes=tuple(notes))
 
 
 def classify_and_store(store: Store, study_uid: str, rules: RuleSet | None = None) -> list[Decision]:

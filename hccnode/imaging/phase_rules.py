@@ -26,7 +26,7 @@ NUMBER_FIELDS = frozenset({"kev", "text_kev", "b_max", "echo_time", "repetition_
 HEADER_FIELDS = TEXT_FIELDS | LIST_FIELDS | BOOL_FIELDS | NUMBER_FIELDS
 IMAGE_FIELDS = frozenset({"aorta_hu", "liver_hu", "aorta_minus_liver", "air_fraction", "liver_gain",
                           "aorta_gain", "liver_aorta_ratio", "aorta_rank_high", "aorta_rank_low",
-                          "n_enhanced"})
+                          "n_enhanced", "sibling_aorta_max", "median_value", "p99_value"})
 MATCHER_KEYS = frozenset({"pattern", "any_of", "present", "min", "max"})
 
 

@@ -60,6 +60,8 @@ class PhaseMeasurement:
     aorta_hu: float | None = None
     liver_hu: float | None = None
     air_fraction: float | None = None
+    median_value: float | None = None      # of all voxels, in the series' real-world units
+    p99_value: float | None = None
     notes: tuple[str, ...] = ()
 
 
@@ -300,6 +302,14 @@ def classify_study(headers: Sequence[SeriesHeader], rules: RuleSet,
             if m is not None:
                 measured[h.series_uid] = m
     image_votes = _image_votes(measured, group_of, rules)
+    final_kind: dict[str, tuple[str | None, float, list]] = {}
+    for h in headers:
+        kv = [v for v in header_votes[h.series_uid] + image_votes.get(h.series_uid, []) if v.axis == "kind"]
+        final_kind[h.series_uid] = decide(kv, KINDS, rules)
+    # Image phase evidence counts only from images that show the acquisition as it was (not VNC,
+    # not iodine maps).
+    phase_iv = {uid: [v for v in vs if v.axis == "phase"] for uid, vs in image_votes.items()
+                if final_kind[uid][0] in ("ct", "dect_vmi", None)}
 
     # Relative timing when no acquisition has a bolus start time.
     relative_summary: dict[str, Any] | None = None
@@ -308,7 +318,7 @@ def classify_study(headers: Sequence[SeriesHeader], rules: RuleSet,
         if len(timed) > int(rules.timing["max_groups"]):
             relative_summary = {"result": f"skipped: {len(timed)} acquisitions (max_groups {rules.timing['max_groups']})"}
         else:
-            status = [_status(g, phase_hv, image_votes, rules) for g in timed]
+            status = [_status(g, phase_hv, phase_iv, rules) for g in timed]
             votes, relative_summary = relative_timing_votes([g.time_s for g in timed], status, rules)
             for g, v in zip(timed, votes):
                 if v is not None:
@@ -319,7 +329,7 @@ def classify_study(headers: Sequence[SeriesHeader], rules: RuleSet,
         uid = h.series_uid
         kind_votes = [v for v in header_votes[uid] if v.axis == "kind"]
         kind_votes += [v for v in image_votes.get(uid, []) if v.axis == "kind"]
-        kind, kconf, kranking = decide(kind_votes, KINDS, rules)
+        kind, kconf, kranking = final_kind[uid]
         reasons = [v.reason() for v in kind_votes]
         d = Decision(uid, h.study_uid, h.series_number, h.series_description, kind or AMBIGUOUS, kconf,
                      measurement=measured.get(uid))
@@ -334,16 +344,13 @@ def classify_study(headers: Sequence[SeriesHeader], rules: RuleSet,
         if kind in CT_FAMILY or (kind is None and uid in group_of):
             g = group_of[uid]
             pv = list(phase_hv[uid]) + timing_votes[g.index]
-            if kind not in ("dect_iodine", "dect_vnc"):
-                pv += [v for v in image_votes.get(uid, []) if v.axis == "phase"]
+            pv += phase_iv.get(uid, [])
             for sib in g.series:
                 if sib.series_uid == uid:
                     continue
                 f = rules.sibling_factor
                 pv += [_scaled(v, "sibling-header", f, sib.series_uid) for v in phase_hv[sib.series_uid]]
-                if kinds[sib.series_uid] in ("ct", "dect_vmi"):
-                    pv += [_scaled(v, "sibling-image", f, sib.series_uid)
-                           for v in image_votes.get(sib.series_uid, []) if v.axis == "phase"]
+                pv += [_scaled(v, "sibling-image", f, sib.series_uid) for v in phase_iv.get(sib.series_uid, [])]
             phase, pconf, pranking = decide(pv, PHASES, rules)
             reasons += [v.reason() for v in pv] + timing_notes[g.index]
             if relative_summary is not None and g.time_s is not None and not any(v.rule == "relative-timing" for v in pv):
@@ -412,6 +419,10 @@ def _image_votes(measured: dict[str, PhaseMeasurement], group_of: dict[str, _Gro
                 if rec["aorta_gain"] > 20:
                     rec["liver_aorta_ratio"] = rec["liver_gain"] / rec["aorta_gain"]
         gi = group_of[uid].index
+        sib = [measured[u].aorta_hu for u in group_of[uid].uids
+               if u != uid and u in measured and measured[u].aorta_hu is not None]
+        if sib:
+            rec["sibling_aorta_max"] = max(sib)
         if gi in group_aorta:
             rec["n_enhanced"] = len(ranked)
             rec["aorta_rank_high"] = ranked.index(gi) + 1
@@ -421,7 +432,8 @@ def _image_votes(measured: dict[str, PhaseMeasurement], group_of: dict[str, _Gro
 
 
 def _base_record(m: PhaseMeasurement) -> dict[str, Any]:
-    rec: dict[str, Any] = {"aorta_hu": m.aorta_hu, "liver_hu": m.liver_hu, "air_fraction": m.air_fraction}
+    rec: dict[str, Any] = {"aorta_hu": m.aorta_hu, "liver_hu": m.liver_hu, "air_fraction": m.air_fraction,
+                           "median_value": m.median_value, "p99_value": m.p99_value}
     if m.aorta_hu is not None and m.liver_hu is not None:
         rec["aorta_minus_liver"] = m.aorta_hu - m.liver_hu
     return rec
@@ -435,7 +447,7 @@ def _median(vals: Iterable[float | None]) -> float | None:
 def _status(g: _Group, phase_hv: dict[str, list[Vote]], image_votes: dict[str, list[Vote]], rules: RuleSet) -> str:
     """U / E / ? for one acquisition from its header and image phase evidence (not timing)."""
     votes = [v for h in g.series for v in phase_hv[h.series_uid]]
-    votes += [v for h in g.series for v in image_votes.get(h.series_uid, []) if v.axis == "phase"]
+    votes += [v for h in g.series for v in image_votes.get(h.series_uid, [])]
     label, _, _ = decide(votes, PHASES, rules)
     if label == "unenhanced":
         return "U"
