@@ -30,7 +30,7 @@ from scipy import ndimage
 BODY_HU = -500.0           # air / body boundary
 BONE_HU = 200.0            # cortical and dense cancellous bone
 ENHANCED_BLOOD_HU = 90.0   # intravenous iodine lifts blood (about 40 HU) above this
-AORTA_THRESHOLDS_HU = (ENHANCED_BLOOD_HU, 110.0, 130.0, 160.0, 200.0, 250.0)
+AORTA_THRESHOLDS_HU = (ENHANCED_BLOOD_HU, 110.0, 125.0, 140.0, 160.0, 200.0, 250.0)
 SOFT_HU = (-30.0, 250.0)   # soft-tissue window for organ search (excludes fat, air, dense bone)
 AORTA_DIAMETER_MM = (12.0, 40.0)
 # Expected aorta centre relative to the vertebral body: x from its midline (towards Left),
@@ -191,9 +191,9 @@ def find_aorta(hu: np.ndarray, spacing, body: np.ndarray | None = None, spine: S
         xlo, xhi = int(max(0, x0 + wx0 / dx)), int(min(hu.shape[2], x0 + wx1 / dx + 1))
         if ylo >= yhi or xlo >= xhi:
             continue
-        # Median-filtered so noise does not fragment the lumen; rising thresholds separate an
+        # Smoothed so noise does not fragment the lumen; rising thresholds separate an
         # aorta that touches structures of similar attenuation (liver, crus, IVC) late in the bolus.
-        win = ndimage.median_filter(hu[k, ylo:yhi, xlo:xhi], size=3)
+        win = ndimage.gaussian_filter(hu[k, ylo:yhi, xlo:xhi].astype(float), sigma=0.7)
         keep = ~spine.mask[k, ylo:yhi, xlo:xhi] & body[k, ylo:yhi, xlo:xhi]
         for threshold in AORTA_THRESHOLDS_HU:
             lab, n = ndimage.label((win >= threshold) & keep)
