@@ -191,25 +191,27 @@ def find_aorta(hu: np.ndarray, spacing, body: np.ndarray | None = None, spine: S
         xlo, xhi = int(max(0, x0 + wx0 / dx)), int(min(hu.shape[2], x0 + wx1 / dx + 1))
         if ylo >= yhi or xlo >= xhi:
             continue
-        # Smoothed so noise does not fragment the lumen; rising thresholds separate an
-        # aorta that touches structures of similar attenuation (liver, crus, IVC) late in the bolus.
+        # Smoothed so noise does not fragment the lumen; several thresholds because late in the
+        # bolus the aorta touches structures of similar attenuation (liver, crus, IVC) and only
+        # separates from them above their level. Among all round candidates the brightest wins,
+        # less 1 HU per mm from the expected position (an IVC as bright as the aorta is farther).
         win = ndimage.gaussian_filter(hu[k, ylo:yhi, xlo:xhi].astype(float), sigma=0.7)
         keep = ~spine.mask[k, ylo:yhi, xlo:xhi] & body[k, ylo:yhi, xlo:xhi]
+        best, best_score = None, -np.inf
         for threshold in AORTA_THRESHOLDS_HU:
             lab, n = ndimage.label((win >= threshold) & keep)
-            best, best_d = None, np.inf
             for i in range(1, n + 1):
                 comp = lab == i
                 diam, round_ = _roundness(comp, dy, dx)
-                if not AORTA_DIAMETER_MM[0] <= diam <= AORTA_DIAMETER_MM[1] or round_ < 0.45:
+                if not AORTA_DIAMETER_MM[0] <= diam <= AORTA_DIAMETER_MM[1] or round_ < 0.5:
                     continue
                 cy, cx = np.argwhere(comp).mean(axis=0) + (ylo, xlo)
                 d = np.hypot((cx - x0) * dx - ex, (y0 - cy) * dy - ey)
-                if d < best_d:
-                    best, best_d = (cy, cx, diam / 2.0), d
-            if best is not None:
-                hits[k] = best
-                break
+                score = float(np.median(win[comp])) - d
+                if score > best_score:
+                    best, best_score = (cy, cx, diam / 2.0), score
+        if best is not None:
+            hits[k] = best
     mask = np.zeros(hu.shape, bool)
     if len(hits) >= max(1, len(ks) / 3):
         # Keep hits near the median track (drops an IVC or bowel picked on a few slices).
