@@ -178,3 +178,10 @@ def test_dempster_combination_conflict_and_agreement():
     b = beliefs([a, p], ["arterial", "portal_venous"])
     assert b["arterial"] == pytest.approx(b["portal_venous"]) and b["arterial"] < 0.5
     assert beliefs([a, a], ["arterial", "portal_venous"])["arterial"] == pytest.approx(0.84)
+
+
+def test_unenhanced_looking_aorta_with_enhanced_liver_is_not_called_unenhanced():
+    # e.g. an aorta ROI that missed the lumen: the liver at 110 HU contradicts it.
+    d = by_uid([ct("1")], _measure({"1": (45, 110)}))["1"]
+    assert d.kind == "ambiguous"
+    assert {r["rule"] for r in d.reasons} >= {"unenhanced-aorta", "enhanced-liver"}

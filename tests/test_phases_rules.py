@@ -85,3 +85,13 @@ def test_normalise_is_idempotent_and_lower_case(s):
     assert normalise(n) == n
     assert n == n.lower() or not n.isascii()
     assert "  " not in n and n == n.strip()
+
+
+def test_cli_check_rules(tmp_path, capsys):
+    from hccnode import cli
+    assert cli.main(["phases", "--check-rules"]) == 0
+    assert "ok, version" in capsys.readouterr().out
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[meta]\nversion = "x"\n[[header_rule]]\nname = "oops"\nkind = "ct"\nweight = 0.5\n')
+    assert cli.main(["phases", "--check-rules", "--rules", str(bad)]) == 2
+    assert "'oops'" in capsys.readouterr().err
