@@ -11,8 +11,10 @@ import pydicom
 
 DCIODVFY = shutil.which("dciodvfy") or "/usr/bin/dciodvfy"
 # dicom3tools 2022 predates the Rescale Type term MGML (PS3.3 C.11.1.1.2) and cannot know
-# vendor-specific ImageType value 4 terms; everything else must be clean.
-ALLOWED_WARNINGS = ("Unrecognized defined term <MGML>", "for value 4 of attribute <Image Type>")
+# vendor-specific ImageType value 4 terms (nor, in Enhanced CT, the multi-energy ones); everything
+# else must be clean.
+ALLOWED_WARNINGS = ("Unrecognized defined term <MGML>", "for value 4 of attribute <Image Type>",
+                    "for value 4 of attribute <Frame Type>")
 
 
 def dciodvfy(path: Path) -> tuple[list[str], list[str]]:
@@ -30,7 +32,7 @@ def read_series(folder: Path) -> list[pydicom.Dataset]:
 
 
 def real_values(ds: pydicom.Dataset) -> np.ndarray:
-    return ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    return ds.pixel_array.astype(np.float64) * float(ds.get("RescaleSlope", 1.0)) + float(ds.get("RescaleIntercept", 0.0))
 
 
 def slice_at(datasets: list[pydicom.Dataset], z_mm: float) -> pydicom.Dataset:

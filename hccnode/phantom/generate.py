@@ -111,7 +111,13 @@ def generate(spec: StudySpec, out_dir: str | Path) -> Truth:
     try:
         for ctx, plans, _ in studies:
             for plan in plans:
-                write_series(plan, ctx, grid, spec.seed, spec.vessels, out, spec.compression, spec.header_faults, bar)
+                write = write_series
+                # dicom3tools (2022) accepts only HU in the Enhanced CT pixel value transformation, so
+                # iodine maps (mg/mL) stay single-frame even when Enhanced CT is asked for.
+                if spec.enhanced and spec.kind != "mr" and plan.kind != "dect_iodine":
+                    from hccnode.phantom.enhanced import write_enhanced_series as write
+                    plan.extra["enhanced"] = True
+                write(plan, ctx, grid, spec.seed, spec.vessels, out, spec.compression, spec.header_faults, bar)
     finally:
         if bar is not None:
             bar.close()
