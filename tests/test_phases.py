@@ -185,3 +185,12 @@ def test_unenhanced_looking_aorta_with_enhanced_liver_is_not_called_unenhanced()
     d = by_uid([ct("1")], _measure({"1": (45, 110)}))["1"]
     assert d.kind == "ambiguous"
     assert {r["rule"] for r in d.reasons} >= {"unenhanced-aorta", "enhanced-liver"}
+
+
+def test_unnamed_mr_t2_from_echo_and_repetition_times():
+    t2 = SeriesHeader("1", modality="MR", echo_time=85.0, repetition_time=5000.0, scanning_sequence=("SE",))
+    dwi = SeriesHeader("2", modality="MR", echo_time=55.0, repetition_time=3100.0, scanning_sequence=("EP", "SE"))
+    t1 = SeriesHeader("3", modality="MR", echo_time=2.3, repetition_time=4.5, scanning_sequence=("GR",))
+    d = by_uid([t2, dwi, t1])
+    assert d["1"].kind == "mr_t2"
+    assert d["2"].kind == "other" and d["3"].kind == "other"

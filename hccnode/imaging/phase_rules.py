@@ -20,7 +20,7 @@ PHASES = ("unenhanced", "arterial", "portal_venous", "equilibrium")
 
 TEXT_FIELDS = frozenset({"modality", "manufacturer", "sop_class", "series_description", "protocol_name",
                          "text", "sequence_name", "contrast_agent", "contrast_route"})
-LIST_FIELDS = frozenset({"image_type", "contrast_phase", "materials"})
+LIST_FIELDS = frozenset({"image_type", "scanning_sequence", "contrast_phase", "materials"})
 BOOL_FIELDS = frozenset({"multienergy", "contrast_start"})
 NUMBER_FIELDS = frozenset({"kev", "text_kev", "b_max", "echo_time", "repetition_time"})
 HEADER_FIELDS = TEXT_FIELDS | LIST_FIELDS | BOOL_FIELDS | NUMBER_FIELDS

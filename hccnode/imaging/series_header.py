@@ -38,6 +38,7 @@ class SeriesHeader:
     sop_class: str = ""
     image_type: tuple[str, ...] = ()
     sequence_name: str = ""
+    scanning_sequence: tuple[str, ...] = ()    # Scanning Sequence (0018,0020): SE, IR, GR, EP, RM
     contrast_agent: str = ""
     contrast_route: str = ""
     contrast_start_s: float | None = None      # Contrast/Bolus Start Time, seconds (dated when possible)
@@ -68,6 +69,7 @@ class SeriesHeader:
             "modality": self.modality, "manufacturer": self.manufacturer, "sop_class": self.sop_class,
             "series_description": self.series_description, "protocol_name": self.protocol_name,
             "text": self.text, "image_type": self.image_type, "sequence_name": self.sequence_name,
+            "scanning_sequence": self.scanning_sequence,
             "contrast_agent": self.contrast_agent, "contrast_route": self.contrast_route,
             "contrast_start": True if self.contrast_start_s is not None else None,
             "contrast_phase": self.contrast_phase, "multienergy": True if self.multienergy else None,
@@ -243,6 +245,7 @@ def header_from_datasets(datasets: Sequence[Dataset], b_value_tags: Sequence[BVa
     first = datasets[0]
     h = SeriesHeader(series_uid=_str(_get(first, "SeriesInstanceUID")), study_uid=_str(_get(first, "StudyInstanceUID")))
     image_type: list[str] = []
+    scanning: list[str] = []
     phases: list[str] = []
     materials: list[str] = []
     b_values: list[float] = []
@@ -274,6 +277,9 @@ def header_from_datasets(datasets: Sequence[Dataset], b_value_tags: Sequence[BVa
             for v in _values(_get(item, "ImageType")) + _values(_get(item, "FrameType")):
                 if v.strip().upper() not in image_type:
                     image_type.append(v.strip().upper())
+            for v in _values(_get(item, "ScanningSequence")):
+                if v.strip().upper() not in scanning:
+                    scanning.append(v.strip().upper())
             for v in _values(_get(item, "ContrastBolusAgentPhase")):
                 if v.upper() not in phases:
                     phases.append(v.upper())
@@ -298,6 +304,7 @@ def header_from_datasets(datasets: Sequence[Dataset], b_value_tags: Sequence[BVa
         # Bolus start without a date, acquisition with one: compare within the day.
         acq = [a % 86400 for a in acq]
     h.image_type = tuple(image_type)
+    h.scanning_sequence = tuple(scanning)
     h.contrast_phase = tuple(phases)
     h.materials = tuple(materials)
     h.b_values = tuple(sorted(set(round(b, 1) for b in b_values)))
