@@ -1,5 +1,6 @@
 """series_header: SeriesHeader records from pydicom datasets (standard, private, multi-frame)."""
 
+import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
@@ -70,3 +71,29 @@ def test_parse_time_forms():
     assert parse_time("083015.25") == 8 * 3600 + 30 * 60 + 15.25
     assert parse_time("08:30:15") == 8 * 3600 + 30 * 60 + 15
     assert parse_time("bad") is None and parse_time("256000") is None
+
+
+from hypothesis import given, strategies as st
+
+
+@given(st.integers(0, 23), st.integers(0, 59), st.integers(0, 59), st.integers(0, 999999))
+def test_parse_time_round_trip(h, m, s, us):
+    text = f"{h:02d}{m:02d}{s:02d}.{us:06d}"
+    assert parse_time(text) == pytest.approx(h * 3600 + m * 60 + s + us / 1e6)
+    assert parse_time(text, "20260102") - parse_time(text, "20260101") == 86400
+
+
+@given(st.text(max_size=30))
+def test_parse_time_never_raises(text):
+    v = parse_time(text)
+    assert v is None or 0 <= v < 86401
+
+
+def test_malformed_numbers_do_not_stop_a_series():
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+    ds = mr()
+    ds[0x00200011] = RawDataElement(Tag(0x00200011), "IS", 2, b"x7", 0, True, True)
+    ds[0x00280008] = RawDataElement(Tag(0x00280008), "IS", 4, b"abc ", 0, True, True)
+    h = header_from_datasets([ds], TAGS)
+    assert h.series_number is None and h.frame_count == 1

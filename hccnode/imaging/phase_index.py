@@ -140,7 +140,6 @@ def load_volume(items: list[tuple[Path, Dataset]], max_slices: int) -> tuple[np.
         return None
     vol = np.stack(planes)
     first = next(iter(cache.values()))
-    spacing_ds = first
     ps = first.get("PixelSpacing")
     if ps is None:
         for g in first.get("SharedFunctionalGroupsSequence") or []:
@@ -150,7 +149,7 @@ def load_volume(items: list[tuple[Path, Dataset]], max_slices: int) -> tuple[np.
         return None
     dy, dx = float(ps[0]), float(ps[1])
     dz = float(np.median(np.diff([np.dot(f[2], normal) for f in frames]))) if len(frames) > 1 else float(
-        spacing_ds.get("SliceThickness", 1.0) or 1.0)
+        first.get("SliceThickness", 1.0) or 1.0)
     try:
         v = anatomy.to_lps(vol, row, col)
     except ValueError:

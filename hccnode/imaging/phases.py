@@ -263,113 +263,117 @@ def classify_study(headers: Sequence[SeriesHeader], rules: RuleSet,
     selects. Decisions come back in the order of `headers`.
     """
     header_votes = {h.series_uid: rule_votes(rules.header_rules, h.record(), "header") for h in headers}
-    kinds: dict[str, str | None] = {}
-    for h in headers:
-        kinds[h.series_uid], _, _ = decide([v for v in header_votes[h.series_uid] if v.axis == "kind"], KINDS, rules)
+    header_kind = {uid: decide(_axis(vs, "kind"), KINDS, rules)[0] for uid, vs in header_votes.items()}
+    phase_hv = {uid: _axis(vs, "phase") for uid, vs in header_votes.items()}
 
-    ct = [h for h in headers if kinds[h.series_uid] in CT_FAMILY or (kinds[h.series_uid] is None and h.modality == "CT")]
+    ct = [h for h in headers if header_kind[h.series_uid] in CT_FAMILY
+          or (header_kind[h.series_uid] is None and h.modality == "CT")]
     groups = acquisition_groups(ct, float(rules.timing["group_tolerance_s"]))
     group_of = {uid: g for g in groups for uid in g.uids}
-    phase_hv = {uid: [v for v in vs if v.axis == "phase"] for uid, vs in header_votes.items()}
+    timing_votes, timing_notes = _bolus_timing(groups, rules)
 
-    # Timing after the bolus start, per acquisition.
-    timing_votes: dict[int, list[Vote]] = {g.index: [] for g in groups}
-    timing_notes: dict[int, list[dict]] = {g.index: [] for g in groups}
-    for g in groups:
-        delays = [_delay(h) for h in g.series]
-        delays = [d for d in delays if d is not None]
-        if delays:
-            d = statistics.median(delays)
-            vote = bolus_delay_vote(d, rules)
-            if vote:
-                timing_votes[g.index].append(vote)
-            else:
-                timing_notes[g.index].append({"source": "timing", "rule": "bolus-delay-between-windows",
-                                              "values": {"delay_after_bolus_start_s": round(d, 1)}})
-
-    # Image measurements of series that look like conventional HU images.
     measured: dict[str, PhaseMeasurement] = {}
     if measure is not None and rules.image["use"] != "never":
         for h in ct:
-            if not _measurable(h, kinds[h.series_uid], rules):
+            if not _measurable(h, header_kind[h.series_uid], rules):
                 continue
             if rules.image["use"] == "when_needed":
                 own = phase_hv[h.series_uid] + timing_votes[group_of[h.series_uid].index]
-                _, conf, _ = decide(own, PHASES, rules)
-                if conf >= rules.image["confirm_below"]:
+                if decide(own, PHASES, rules)[1] >= rules.image["confirm_below"]:
                     continue
             m = measure(h)
             if m is not None:
                 measured[h.series_uid] = m
     image_votes = _image_votes(measured, group_of, rules)
-    final_kind: dict[str, tuple[str | None, float, list]] = {}
-    for h in headers:
-        kv = [v for v in header_votes[h.series_uid] + image_votes.get(h.series_uid, []) if v.axis == "kind"]
-        final_kind[h.series_uid] = decide(kv, KINDS, rules)
-    # Image phase evidence counts only from images that show the acquisition as it was (not VNC,
+    kind_votes = {uid: _axis(vs, "kind") + _axis(image_votes.get(uid, []), "kind") for uid, vs in header_votes.items()}
+    final_kind = {uid: decide(vs, KINDS, rules) for uid, vs in kind_votes.items()}
+    # Image phase evidence counts only from images showing the acquisition as it was (not VNC,
     # not iodine maps).
-    phase_iv = {uid: [v for v in vs if v.axis == "phase"] for uid, vs in image_votes.items()
+    phase_iv = {uid: _axis(vs, "phase") for uid, vs in image_votes.items()
                 if final_kind[uid][0] in ("ct", "dect_vmi", None)}
 
-    # Relative timing when no acquisition has a bolus start time.
-    relative_summary: dict[str, Any] | None = None
-    timed = [g for g in groups if g.time_s is not None]
-    if timed and not any(timing_votes[g.index] or timing_notes[g.index] for g in groups):
-        if len(timed) > int(rules.timing["max_groups"]):
-            relative_summary = {"result": f"skipped: {len(timed)} acquisitions (max_groups {rules.timing['max_groups']})"}
-        else:
-            status = [_status(g, phase_hv, phase_iv, rules) for g in timed]
-            votes, relative_summary = relative_timing_votes([g.time_s for g in timed], status, rules)
-            for g, v in zip(timed, votes):
-                if v is not None:
-                    timing_votes[g.index].append(v)
+    relative_summary = None
+    if not any(timing_votes[g.index] or timing_notes[g.index] for g in groups):
+        relative_summary = _relative_timing(groups, phase_hv, phase_iv, timing_votes, rules)
 
     decisions = []
     for h in headers:
         uid = h.series_uid
-        kind_votes = [v for v in header_votes[uid] if v.axis == "kind"]
-        kind_votes += [v for v in image_votes.get(uid, []) if v.axis == "kind"]
         kind, kconf, kranking = final_kind[uid]
-        reasons = [v.reason() for v in kind_votes]
         d = Decision(uid, h.study_uid, h.series_number, h.series_description, kind or AMBIGUOUS, kconf,
                      measurement=measured.get(uid))
+        reasons = [v.reason() for v in kind_votes[uid]]
         if kind is None:
             reasons.append({"source": "decision", "rule": "kind-undecided", "candidates": _cands(kranking)})
         if kind == "dect_vmi":
             d.kev = h.kev if h.kev is not None else h.text_kev
         if kind in ("mr_dwi", "mr_adc") and h.b_values:
             d.b_values = h.b_values
-            reasons.append({"source": "header", "rule": "b-values", "values": {"b_values": list(h.b_values),
-                                                                                "from": list(h.b_value_sources)}})
+            reasons.append({"source": "header", "rule": "b-values",
+                            "values": {"b_values": list(h.b_values), "from": list(h.b_value_sources)}})
         if kind in CT_FAMILY or (kind is None and uid in group_of):
             g = group_of[uid]
-            pv = list(phase_hv[uid]) + timing_votes[g.index]
-            pv += phase_iv.get(uid, [])
+            pv = phase_hv[uid] + timing_votes[g.index] + phase_iv.get(uid, [])
             for sib in g.series:
-                if sib.series_uid == uid:
-                    continue
-                f = rules.sibling_factor
-                pv += [_scaled(v, "sibling-header", f, sib.series_uid) for v in phase_hv[sib.series_uid]]
-                pv += [_scaled(v, "sibling-image", f, sib.series_uid) for v in phase_iv.get(sib.series_uid, [])]
+                if sib.series_uid != uid:
+                    f = rules.sibling_factor
+                    pv += [_scaled(v, "sibling-header", f, sib.series_uid) for v in phase_hv[sib.series_uid]]
+                    pv += [_scaled(v, "sibling-image", f, sib.series_uid) for v in phase_iv.get(sib.series_uid, [])]
             phase, pconf, pranking = decide(pv, PHASES, rules)
+            d.phase, d.phase_confidence = phase, pconf
             reasons += [v.reason() for v in pv] + timing_notes[g.index]
             if relative_summary is not None and g.time_s is not None and not any(v.rule == "relative-timing" for v in pv):
                 reasons.append({"source": "timing", "rule": "relative-timing-undecided", "values": relative_summary})
             reasons += _conflicts(pv)
-            d.phase, d.phase_confidence = phase, pconf
             if phase is None:
                 reasons.append({"source": "decision", "rule": "phase-undecided", "candidates": _cands(pranking)})
             if uid not in measured and kind in ("ct", None):
                 reasons.append({"source": "image", "rule": "not-measured",
                                 "values": {"why": "image confirmation not run or pixels unreadable"}})
             if kind == "ct":
-                if phase is None:
-                    d.kind, d.confidence = AMBIGUOUS, kconf * pconf
-                else:
-                    d.kind, d.confidence = f"ct_{phase}", kconf * pconf
+                d.kind = AMBIGUOUS if phase is None else f"ct_{phase}"
+                d.confidence = kconf * pconf
         d.reasons = reasons
         decisions.append(d)
     return decisions
+
+
+def _axis(votes: Iterable[Vote], axis: str) -> list[Vote]:
+    return [v for v in votes if v.axis == axis]
+
+
+def _bolus_timing(groups: Sequence[_Group], rules: RuleSet) -> tuple[dict[int, list[Vote]], dict[int, list[dict]]]:
+    """Phase votes (and notes for delays between windows) per acquisition from the bolus start."""
+    votes: dict[int, list[Vote]] = {g.index: [] for g in groups}
+    notes: dict[int, list[dict]] = {g.index: [] for g in groups}
+    for g in groups:
+        delays = [d for d in (_delay(h) for h in g.series) if d is not None]
+        if not delays:
+            continue
+        d = statistics.median(delays)
+        vote = bolus_delay_vote(d, rules)
+        if vote:
+            votes[g.index].append(vote)
+        else:
+            notes[g.index].append({"source": "timing", "rule": "bolus-delay-between-windows",
+                                   "values": {"delay_after_bolus_start_s": round(d, 1)}})
+    return votes, notes
+
+
+def _relative_timing(groups: Sequence[_Group], phase_hv: dict[str, list[Vote]], phase_iv: dict[str, list[Vote]],
+                     timing_votes: dict[int, list[Vote]], rules: RuleSet) -> dict[str, Any] | None:
+    """Add relative-timing votes to `timing_votes`; returns the summary for the reasons."""
+    timed = [g for g in groups if g.time_s is not None]
+    if not timed:
+        return None
+    if len(timed) > int(rules.timing["max_groups"]):
+        return {"result": f"skipped: {len(timed)} acquisitions (max_groups {rules.timing['max_groups']})"}
+    status = [_status(g, phase_hv, phase_iv, rules) for g in timed]
+    votes, summary = relative_timing_votes([g.time_s for g in timed], status, rules)
+    for g, v in zip(timed, votes):
+        if v is not None:
+            timing_votes[g.index].append(v)
+    return summary
 
 
 def _delay(h: SeriesHeader) -> float | None:
@@ -396,8 +400,8 @@ def _image_votes(measured: dict[str, PhaseMeasurement], group_of: dict[str, _Gro
     baseline and the enhanced acquisitions, the second adds gains and ranks."""
     base = {uid: _base_record(m) for uid, m in measured.items()}
     first = {uid: rule_votes(rules.image_rules, rec, "image") for uid, rec in base.items()}
-    unenh = [uid for uid, vs in first.items() if decide([v for v in vs if v.axis == "phase"], PHASES, rules)[0] == "unenhanced"]
-    enh = [uid for uid, vs in first.items() if set_belief([v for v in vs if v.axis == "phase"], PHASES, ENHANCED) >= 0.5]
+    unenh = [uid for uid, vs in first.items() if decide(_axis(vs, "phase"), PHASES, rules)[0] == "unenhanced"]
+    enh = [uid for uid, vs in first.items() if set_belief(_axis(vs, "phase"), PHASES, ENHANCED) >= 0.5]
     base_aorta = _median([measured[u].aorta_hu for u in unenh])
     base_liver = _median([measured[u].liver_hu for u in unenh])
     # Rank acquisitions (not series: reconstructions of one acquisition tie) by aorta HU.
@@ -444,10 +448,9 @@ def _median(vals: Iterable[float | None]) -> float | None:
     return statistics.median(vals) if vals else None
 
 
-def _status(g: _Group, phase_hv: dict[str, list[Vote]], image_votes: dict[str, list[Vote]], rules: RuleSet) -> str:
+def _status(g: _Group, phase_hv: dict[str, list[Vote]], phase_iv: dict[str, list[Vote]], rules: RuleSet) -> str:
     """U / E / ? for one acquisition from its header and image phase evidence (not timing)."""
-    votes = [v for h in g.series for v in phase_hv[h.series_uid]]
-    votes += [v for h in g.series for v in image_votes.get(h.series_uid, [])]
+    votes = [v for h in g.series for v in phase_hv[h.series_uid] + phase_iv.get(h.series_uid, [])]
     label, _, _ = decide(votes, PHASES, rules)
     if label == "unenhanced":
         return "U"

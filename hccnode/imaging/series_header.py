@@ -259,11 +259,8 @@ def header_from_datasets(datasets: Sequence[Dataset], b_value_tags: Sequence[BVa
                          ("contrast_agent", "ContrastBolusAgent"), ("contrast_route", "ContrastBolusRoute")):
             if not getattr(h, attr):
                 setattr(h, attr, _str(_get(ds, kw)))
-        if h.series_number is None and _get(ds, "SeriesNumber") is not None:
-            try:
-                h.series_number = int(_get(ds, "SeriesNumber"))
-            except (TypeError, ValueError):
-                pass
+        if h.series_number is None:
+            h.series_number = _int(_get(ds, "SeriesNumber"))
         if not h.sop_class and _get(ds, "SOPClassUID"):
             uid = UID(str(_get(ds, "SOPClassUID")))
             h.sop_class = uid.keyword or str(uid)
@@ -285,9 +282,8 @@ def header_from_datasets(datasets: Sequence[Dataset], b_value_tags: Sequence[BVa
                     phases.append(v.upper())
             if str(_get(item, "MultienergyCTAcquisition") or "").upper() == "YES":
                 h.multienergy = True
-            kev = _get(item, "MonoenergeticEnergyEquivalent")
-            if kev is not None and h.kev is None:
-                h.kev = float(kev)
+            if h.kev is None:
+                h.kev = _float(_get(item, "MonoenergeticEnergyEquivalent"))
             for code in _get(item, "MaterialCodeSequence") or []:
                 meaning = _str(_get(code, "CodeMeaning"))
                 if meaning and meaning not in materials:
@@ -299,7 +295,7 @@ def header_from_datasets(datasets: Sequence[Dataset], b_value_tags: Sequence[BVa
             h.echo_time = _float(_get(ds, "EchoTime")) or _float_from_groups(ds, "EffectiveEchoTime")
         if h.repetition_time is None:
             h.repetition_time = _float(_get(ds, "RepetitionTime"))
-        frames += int(_get(ds, "NumberOfFrames") or 1)
+        frames += _int(_get(ds, "NumberOfFrames")) or 1
     if h.contrast_start_s is not None and acq and h.contrast_start_s < 86400 <= min(acq):
         # Bolus start without a date, acquisition with one: compare within the day.
         acq = [a % 86400 for a in acq]
@@ -313,6 +309,13 @@ def header_from_datasets(datasets: Sequence[Dataset], b_value_tags: Sequence[BVa
     h.instance_count = len(datasets)
     h.frame_count = frames
     return h
+
+
+def _int(v: Any) -> int | None:
+    try:
+        return int(float(v)) if v is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _float(v: Any) -> float | None:
