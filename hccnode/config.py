@@ -81,6 +81,13 @@ class HL7Section:
 
 
 @dataclass
+class PhasesSection:
+    """Contrast-phase / series-kind detection (hccnode.imaging.phases)."""
+
+    rules_file: str = ""  # empty: the packaged hccnode/data/phase_rules.toml
+
+
+@dataclass
 class LogSection:
     level: str = "INFO"
     file: str = ""  # empty: standard error
@@ -93,6 +100,7 @@ class Config:
     worker: WorkerSection = field(default_factory=WorkerSection)
     forward: ForwardSection = field(default_factory=ForwardSection)
     hl7: HL7Section = field(default_factory=HL7Section)
+    phases: PhasesSection = field(default_factory=PhasesSection)
     log: LogSection = field(default_factory=LogSection)
     source: str = "defaults"  # where the values came from
 

@@ -95,3 +95,13 @@ def test_cli_check_rules(tmp_path, capsys):
     bad.write_text('[meta]\nversion = "x"\n[[header_rule]]\nname = "oops"\nkind = "ct"\nweight = 0.5\n')
     assert cli.main(["phases", "--check-rules", "--rules", str(bad)]) == 2
     assert "'oops'" in capsys.readouterr().err
+
+
+def test_rules_file_from_the_configuration(tmp_path, capsys):
+    from hccnode import cli
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[meta]\nversion = "x"\n')
+    cfg = tmp_path / "hccnode.toml"
+    cfg.write_text(f'[node]\ndata_dir = "{tmp_path}"\n[phases]\nrules_file = "{bad}"\n')
+    assert cli.main(["-c", str(cfg), "phases", "--check-rules"]) == 2
+    assert "timing" in capsys.readouterr().err

@@ -14,7 +14,8 @@ def register(sub) -> None:
                     "DECT iodine/VMI/VNC, MR T2/DWI/ADC, other), store the decisions in the index and show them "
                     "with confidence and reasons. " + RESEARCH_USE)
     p.add_argument("study_uid", nargs="?", help="Study Instance UID")
-    p.add_argument("--rules", help="rules data file (default: the packaged hccnode/data/phase_rules.toml)")
+    p.add_argument("--rules", help="rules data file (default: [phases] rules_file of the configuration, else "
+                                   "the packaged hccnode/data/phase_rules.toml)")
     p.add_argument("--stored", action="store_true", help="show the stored decisions without deciding again")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--check-rules", action="store_true", help="only validate the rules file and exit")
@@ -28,7 +29,7 @@ def run(args) -> int:
     from hccnode.store.db import Store
 
     try:
-        rules = load_rules(args.rules)
+        rules = load_rules(args.rules or args.cfg.phases.rules_file or None)
     except RulesError as exc:
         raise UsageError(str(exc)) from None
     if args.check_rules:
