@@ -19,7 +19,8 @@ PHASE_HU = {
 
 
 def abdomen(n=96, slices=12, pixel_mm=3.8, aorta_hu=42.0, liver_hu=58.0, noise=8.0, seed=0,
-            aorta_xy=(20.0, 18.0), aorta_r=12.0, vertebra_xy=(0.0, 55.0), shift=(0.0, 0.0),
+            aorta_xy=(20.0, 18.0), aorta_r=12.0,   # radius mm, or (rx, ry)
+            vertebra_xy=(0.0, 55.0), shift=(0.0, 0.0),
             bone_hu=450.0, liver_right=True):
     """Volume [z, y, x] in HU and the true aorta centre (row, col) index; positions in mm from
     the image centre (x left, y posterior), moved together by `shift`."""
@@ -40,7 +41,8 @@ def abdomen(n=96, slices=12, pixel_mm=3.8, aorta_hu=42.0, liver_hu=58.0, noise=8
     img[ell(vertebra_xy[0], vertebra_xy[1] + 30, 8, 12)] = bone_hu   # posterior arch
     img[ell(-35, 95, 18, 12)] = 50.0
     img[ell(35, 95, 18, 12)] = 50.0
-    img[ell(*aorta_xy, aorta_r, aorta_r)] = aorta_hu
+    rx, ry = aorta_r if isinstance(aorta_r, tuple) else (aorta_r, aorta_r)
+    img[ell(*aorta_xy, rx, ry)] = aorta_hu
     vol = np.repeat(img[None], slices, axis=0)
     vol = vol + rng.normal(0.0, noise, vol.shape)
     row = (aorta_xy[1] + shift[1]) / pixel_mm + (n - 1) / 2.0

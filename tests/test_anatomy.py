@@ -72,3 +72,12 @@ def test_air_fraction_separates_hu_images_from_maps():
     vol, _ = abdomen()
     assert A.air_fraction(vol) > 0.2
     assert A.air_fraction(np.zeros((2, 8, 8))) == 0.0
+
+
+def test_missed_lumen_is_not_read_as_unenhanced_blood():
+    # An obliquely cut aorta (too elongated for the round-lumen search) that is bright: the
+    # position fallback must not steer away from it into soft tissue.
+    vol, _ = abdomen(aorta_hu=300.0, aorta_r=(30.0, 9.0), aorta_xy=(15.0, 20.0))
+    a = A.find_aorta(vol, SP)
+    assert a is not None and "position" in a.method
+    assert a.mean_hu > 90

@@ -194,3 +194,17 @@ def test_unnamed_mr_t2_from_echo_and_repetition_times():
     d = by_uid([t2, dwi, t1])
     assert d["1"].kind == "mr_t2"
     assert d["2"].kind == "other" and d["3"].kind == "other"
+
+
+def test_when_needed_policy_skips_images_for_confident_headers():
+    import dataclasses
+    rules = dataclasses.replace(RULES, image={**RULES.image, "use": "when_needed"})
+    calls = []
+
+    def measure(h):
+        calls.append(h.series_uid)
+        return PhaseMeasurement(aorta_hu=320, liver_hu=75, air_fraction=0.4)
+
+    hs = [ct("sure", "Arterial", T0 + 30, contrast_start_s=T0), ct("unsure", t=T0 + 300)]
+    classify_study(hs, rules, measure)
+    assert calls == ["unsure"]

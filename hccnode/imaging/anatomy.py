@@ -171,10 +171,11 @@ def find_aorta(hu: np.ndarray, spacing, body: np.ndarray | None = None, spine: S
     """The abdominal aorta as a central ROI per slice (radius 5 mm, or 60% of the lumen radius
     when larger), mean HU over it.
 
-    Contrast phases: the round component >= 90 HU, 12-40 mm wide, in the window anterior-left of
-    the vertebral body closest to the expected position; used when found on at least a third of
-    the slices with a spine. Otherwise (unenhanced): the expected position against the spine,
-    moved within 8 mm to the most homogeneous soft-tissue spot.
+    Contrast phases: the brightest round component (>= 90 HU, 12-40 mm wide) in the window
+    anterior-left of the vertebral body, penalised by its distance from the expected position;
+    used when found on at least a third of the slices with a spine. Otherwise (unenhanced): the
+    expected position against the spine, moved within 8 mm to the most homogeneous spot that is
+    not fat.
     """
     dz, dy, dx = spacing
     body = body_mask(hu) if body is None else body
@@ -241,7 +242,10 @@ def _paint(sl: np.ndarray, cy: float, cx: float, radius_mm: float, dy: float, dx
 
 
 def _homogeneous_spot(img: np.ndarray, cy: float, cx: float, dy: float, dx: float, search_mm: float = 8.0) -> tuple[float, float]:
-    """Within `search_mm`, the 5 mm disk centre with soft-tissue mean and the lowest SD."""
+    """Within `search_mm`, the 5 mm disk centre with the lowest SD that is not fat or air.
+
+    No upper limit: if an enhanced lumen was missed, the spot lands in it and reads bright,
+    rather than being steered to soft tissue and read as unenhanced blood."""
     best, best_sd = (cy, cx), np.inf
     step_y, step_x = max(1, int(round(2.0 / dy))), max(1, int(round(2.0 / dx)))
     for oy in range(-int(search_mm / dy), int(search_mm / dy) + 1, step_y):
@@ -252,7 +256,7 @@ def _homogeneous_spot(img: np.ndarray, cy: float, cx: float, dy: float, dx: floa
             if not m.any():
                 continue
             v = img[m]
-            if not -20.0 <= v.mean() <= 100.0:
+            if v.mean() < -20.0:
                 continue
             if v.std() < best_sd:
                 best, best_sd = (y, x), v.std()

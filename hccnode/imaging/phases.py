@@ -239,7 +239,9 @@ def relative_timing_votes(times: Sequence[float], status: Sequence[str], rules: 
         return [None] * n, summary
     best = max(len({lab for lab in f if lab != "unenhanced"}) for f in feasible)
     preferred = [f for f in feasible if len({lab for lab in f if lab != "unenhanced"}) == best]
-    summary["fits"] = [list(f) for f in preferred]
+    summary["fits"] = [list(f) for f in preferred[:5]]
+    if len(preferred) > 5:
+        summary["more_fits"] = len(preferred) - 5
     votes: list[Vote | None] = []
     for i in range(n):
         labs = {f[i] for f in preferred}
