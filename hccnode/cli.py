@@ -18,6 +18,8 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 COMMAND_MODULES = [
     "hccnode.net.commands",
+    "hccnode.labs.commands",
+    "hccnode.models.commands",
     "hccnode.imaging.commands",
     "hccnode.phantom.commands",
 ]

@@ -1,40 +1,38 @@
-"""Put a generated phantom study into a Store's index (as the ingest would) and compare phases."""
+"""Put a generated phantom study into a Store through the node's ingest (Spool) and compare phases."""
 
 from __future__ import annotations
 
-import hashlib
-import time
+import struct
 from pathlib import Path
 
 import pydicom
 
 from hccnode.store.db import Store
+from hccnode.store.spool import Spool
 
 # truth.json kind -> the kind hccnode.imaging.phases reports
 TRUTH_KIND = {"ct_portal": "ct_portal_venous"}
 TRUTH_PHASE = {"portal": "portal_venous"}
 
 
+def _dataset_bytes(path: Path) -> bytes:
+    """The data set of a Part 10 file as a C-STORE would carry it (file meta removed)."""
+    raw = path.read_bytes()
+    assert raw[128:132] == b"DICM" and raw[132:136] == b"\x02\x00\x00\x00"
+    (group_length,) = struct.unpack("<I", raw[140:144])
+    return raw[144 + group_length:]
+
+
 def index_files(store: Store, root: Path) -> set[str]:
-    """Index every DICOM file under `root` (copied in place: paths relative to the data dir)."""
+    """Ingest every DICOM file under `root` as if received by C-STORE; returns the study UIDs."""
+    spool = Spool(store)
     studies = set()
-    now = time.time()
-    with store.tx() as c:
-        for path in sorted(root.rglob("*.dcm")):
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-            rel = str(path.relative_to(store.data_dir))
-            c.execute("INSERT OR IGNORE INTO studies (study_uid, first_received, last_received) VALUES (?,?,?)",
-                      (ds.StudyInstanceUID, now, now))
-            c.execute("INSERT OR IGNORE INTO series (series_uid, study_uid, modality, series_number, series_description,"
-                      " first_received, last_received) VALUES (?,?,?,?,?,?,?)",
-                      (ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.get("Modality"), ds.get("SeriesNumber"),
-                       ds.get("SeriesDescription"), now, now))
-            c.execute("INSERT OR REPLACE INTO instances (sop_uid, series_uid, study_uid, sop_class_uid, transfer_syntax,"
-                      " path, size, sha256, received_at, instance_number) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                      (ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.SOPClassUID,
-                       ds.file_meta.TransferSyntaxUID, rel, path.stat().st_size,
-                       hashlib.sha256(path.read_bytes()).hexdigest(), now, ds.get("InstanceNumber")))
-            studies.add(ds.StudyInstanceUID)
+    for path in sorted(root.rglob("*.dcm")):
+        meta = pydicom.filereader.read_file_meta_info(path)
+        result = spool.ingest(str(meta.MediaStorageSOPClassUID), str(meta.MediaStorageSOPInstanceUID),
+                              str(meta.TransferSyntaxUID), _dataset_bytes(path), calling_ae="PHANTOM")
+        assert result.outcome in ("stored", "duplicate"), result
+        studies.add(result.study_uid)
     return studies
 
 

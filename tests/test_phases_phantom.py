@@ -41,10 +41,10 @@ def results():
     rows = []
     for i, sp in enumerate(specs()):
         with tempfile.TemporaryDirectory() as d:
-            truth = generate(StudySpec(seed=500 + i, slices=8, matrix=80, **sp), Path(d) / "spool")
+            truth = generate(StudySpec(seed=500 + i, slices=8, matrix=80, **sp), Path(d) / "phantom")
             store = Store(d)
             exp = expected(truth.as_dict())
-            for study in index_files(store, Path(d) / "spool"):
+            for study in index_files(store, Path(d) / "phantom"):
                 for dec in phase_index.classify_and_store(store, study, rules):
                     e = exp[dec.series_uid]
                     ok = dec.kind == e["kind"] and (not e["kind"].startswith("dect") or dec.phase == e["phase"])
@@ -83,9 +83,9 @@ def test_dect_kev_reported_when_the_header_gives_it(results):
 
 def test_stored_and_shown_by_the_cli(tmp_path, capsys):
     from hccnode import cli
-    truth = generate(StudySpec(kind="cect", vendor="siemens", seed=9, slices=6, matrix=64), tmp_path / "spool")
+    truth = generate(StudySpec(kind="cect", vendor="siemens", seed=9, slices=6, matrix=64), tmp_path / "phantom")
     store = Store(tmp_path)
-    (study,) = index_files(store, tmp_path / "spool")
+    (study,) = index_files(store, tmp_path / "phantom")
     store.close()
     cfg = tmp_path / "hccnode.toml"
     cfg.write_text(f'[node]\ndata_dir = "{tmp_path}"\n')

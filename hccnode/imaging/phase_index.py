@@ -3,13 +3,11 @@
 `classify_and_store(store, study_uid)` reads every instance header of the study (pydicom,
 stop_before_pixels), builds one SeriesHeader per series, lets `phases.classify_study` decide,
 reading pixels only for the CT series it asks to measure (evenly spaced slices, at most
-`[image] max_slices`), and replaces the study's rows in the `phases` table.
+`[image] max_slices`), and replaces the study's rows in the `phases` table (phase_store).
 """
 
 from __future__ import annotations
 
-import json
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -21,32 +19,10 @@ from pydicom.dataset import Dataset
 from hccnode import log
 from hccnode.imaging import anatomy
 from hccnode.imaging.phase_rules import RuleSet, load_rules
+from hccnode.imaging.phase_store import save_decisions
 from hccnode.imaging.phases import Decision, PhaseMeasurement, classify_study
 from hccnode.imaging.series_header import SeriesHeader, header_from_datasets
-from hccnode.store.db import Store, schema
-
-PHASES_SQL = schema(
-    """
-CREATE TABLE IF NOT EXISTS phases (
-    study_uid TEXT NOT NULL,
-    series_uid TEXT NOT NULL,
-    series_number INTEGER,
-    series_description TEXT,
-    kind TEXT NOT NULL,             -- ct_arterial, dect_iodine, mr_dwi, other, ambiguous ...
-    confidence REAL NOT NULL,       -- 0..1
-    phase TEXT,                     -- contrast phase of CT / DECT series
-    phase_confidence REAL,
-    kev REAL,                       -- VMI energy
-    b_values TEXT,                  -- JSON list, s/mm2
-    reasons TEXT NOT NULL,          -- JSON list: rules fired, values that made them fire
-    measurement TEXT,               -- JSON: aorta / liver HU used for image confirmation
-    decided_at REAL NOT NULL,
-    rules_version TEXT NOT NULL,
-    rules_sha256 TEXT NOT NULL,
-    PRIMARY KEY (study_uid, series_uid)
-);
-"""
-)
+from hccnode.store.db import Store
 
 
 class PhaseError(Exception):
@@ -180,7 +156,6 @@ def measure_volume(hu: np.ndarray, spacing: tuple[float, float, float]) -> Phase
 def classify_and_store(store: Store, study_uid: str, rules: RuleSet | None = None) -> list[Decision]:
     """Classify every series of a stored study and replace its rows in the `phases` table."""
     rules = rules or load_rules()
-    store.conn().executescript(PHASES_SQL)
     headers, by_series = read_headers(store, study_uid, rules)
 
     def measure(h: SeriesHeader) -> PhaseMeasurement | None:
@@ -192,29 +167,7 @@ def classify_and_store(store: Store, study_uid: str, rules: RuleSet | None = Non
         return None if loaded is None else measure_volume(*loaded)
 
     decisions = classify_study(headers, rules, measure)
-    now = time.time()
-    with store.tx() as c:
-        c.execute("DELETE FROM phases WHERE study_uid = ?", (study_uid,))
-        for d in decisions:
-            row = d.as_dict()
-            c.execute(
-                "INSERT INTO phases (study_uid, series_uid, series_number, series_description, kind, confidence, phase,"
-                " phase_confidence, kev, b_values, reasons, measurement, decided_at, rules_version, rules_sha256)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (study_uid, d.series_uid, d.series_number, d.series_description, d.kind, row["confidence"], d.phase,
-                 row["phase_confidence"], d.kev, json.dumps(row["b_values"]), json.dumps(d.reasons, ensure_ascii=False),
-                 json.dumps(row.get("measurement")) if d.measurement else None, now, rules.version, rules.sha256))
+    save_decisions(store, study_uid, decisions, rules)
     log.event("phases.decided", study_uid=study_uid, series=len(decisions),
               ambiguous=sum(d.kind == "ambiguous" for d in decisions), rules_version=rules.version)
     return decisions
-
-
-def stored_phases(store: Store, study_uid: str) -> list[dict[str, Any]]:
-    """The stored decisions of a study (reasons and b-values decoded), by series number."""
-    store.conn().executescript(PHASES_SQL)
-    rows = store.query("SELECT * FROM phases WHERE study_uid = ? ORDER BY series_number, series_uid", (study_uid,))
-    for r in rows:
-        r["reasons"] = json.loads(r["reasons"])
-        r["b_values"] = json.loads(r["b_values"] or "[]")
-        r["measurement"] = json.loads(r["measurement"]) if r["measurement"] else None
-    return rows

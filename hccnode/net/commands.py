@@ -1,5 +1,183 @@
 """CLI commands of the DICOM node: serve, echo, send, studies, jobs, outbox."""
 
+from __future__ import annotations
 
-def register(sub) -> None:  # filled in by the node commands
-    pass
+import datetime
+import sys
+from pathlib import Path
+
+from pydicom.errors import InvalidDicomError
+
+from hccnode.cli import UsageError
+from hccnode.config import Destination, parse_destination
+from hccnode.net import scu, status
+from hccnode.net.forward import drain_once
+from hccnode.store import outbox
+from hccnode.store.db import Store
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="run the node: DICOM listener, analysis workers, forwarder",
+                       description="Run the node in the foreground until SIGTERM or Ctrl-C.")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("echo", help="C-ECHO a DICOM peer (default: this node)",
+                       description="Verify a DICOM peer with C-ECHO; exit 0 if it answers success.")
+    p.add_argument("target", nargs="?", help="AE@host:port (default: the configured node)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    p.set_defaults(func=cmd_echo)
+
+    p = sub.add_parser("send", help="send DICOM files to a peer through the outbox",
+                       description="Queue FILEs in the outbox for DESTINATION and send them now. Rows that "
+                                   "cannot be delivered stay queued and are retried by `hccnode serve`.")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="DICOM Part 10 files or folders")
+    p.add_argument("--to", required=True, metavar="AE@host:port", help="destination")
+    p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser("studies", help="list received studies with series counts and job state",
+                       description="One row per received study (patient identity is not shown).")
+    p.add_argument("--limit", type=int, default=50, help="most rows to show (default 50)")
+    p.set_defaults(func=cmd_studies)
+
+    p = sub.add_parser("jobs", help="list analysis jobs",
+                       description="Jobs of the durable queue, newest first.")
+    p.add_argument("--state", choices=["queued", "running", "done", "failed"], help="only jobs in this state")
+    p.add_argument("--limit", type=int, default=50, help="most rows to show (default 50)")
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("outbox", help="list the outbox; retry failed rows",
+                       description="Objects waiting to be sent, sent or failed, newest first.")
+    p.add_argument("--state", choices=["pending", "sending", "sent", "failed"], help="only rows in this state")
+    p.add_argument("--limit", type=int, default=50, help="most rows to show (default 50)")
+    p.add_argument("--retry-failed", action="store_true", help="queue failed rows again, due now")
+    p.set_defaults(func=cmd_outbox)
+
+
+def _table(rows: list[dict], columns: list[str]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def _when(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return datetime.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def cmd_serve(args) -> int:
+    from hccnode.node import Node
+
+    Node(args.cfg).serve_forever()
+    return 0
+
+
+def cmd_echo(args) -> int:
+    cfg = args.cfg
+    dest = _destination(args.target) if args.target else Destination(cfg.node.ae_title, cfg.node.host, cfg.node.port)
+    try:
+        code = scu.echo(dest, cfg.forward.ae_title, args.timeout)
+    except scu.AssociationFailed as exc:
+        print(f"echo {dest}: {exc}", file=sys.stderr)
+        return 1
+    print(f"echo {dest}: status 0x{code:04X}{' (success)' if code == status.SUCCESS else ''}")
+    return 0 if code == status.SUCCESS else 1
+
+
+def _destination(text: str) -> Destination:
+    try:
+        return parse_destination(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _dicom_files(paths: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files.extend(sorted(f for f in p.rglob("*") if f.is_file()))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise UsageError(f"{p}: no such file or folder")
+    return files
+
+
+def cmd_send(args) -> int:
+    dest = _destination(args.to)
+    store = Store(args.cfg.data_dir)
+    ids, skipped = [], []
+    for f in _dicom_files(args.files):
+        try:
+            row = outbox.enqueue(store, str(dest), f.resolve())
+        except (InvalidDicomError, OSError, AttributeError) as exc:
+            skipped.append(f"{f}: not a DICOM Part 10 file ({type(exc).__name__})")
+            continue
+        if row is not None:
+            ids.append(row)
+    for msg in skipped:
+        print(f"skipped {msg}", file=sys.stderr)
+    if not ids:
+        print("nothing to send" + (" (all already queued)" if not skipped else ""), file=sys.stderr)
+        return 1 if skipped else 0
+    drain_once(store, args.cfg.forward, ids=ids)
+    rows = outbox.open_rows(store, ids)
+    sent = [r for r in rows if r["state"] == "sent"]
+    for r in rows:
+        if r["state"] != "sent":
+            print(f"not sent: {r['path']}: {r['last_error']} (state {r['state']})", file=sys.stderr)
+    print(f"sent {len(sent)} of {len(rows)} to {dest}"
+          + ("" if len(sent) == len(rows) else "; the rest stay in the outbox for retry"))
+    return 0 if len(sent) == len(rows) and not skipped else 1
+
+
+def cmd_studies(args) -> int:
+    store = Store(args.cfg.data_dir)
+    rows = store.query(
+        """SELECT s.study_uid, s.study_date, s.patient_key,
+                  (SELECT GROUP_CONCAT(DISTINCT modality) FROM series WHERE study_uid = s.study_uid) AS modalities,
+                  (SELECT COUNT(*) FROM series WHERE study_uid = s.study_uid) AS series,
+                  (SELECT COUNT(*) FROM instances WHERE study_uid = s.study_uid) AS instances,
+                  s.last_received,
+                  (SELECT state FROM jobs WHERE study_uid = s.study_uid ORDER BY id DESC LIMIT 1) AS job
+           FROM studies s ORDER BY s.last_received DESC LIMIT ?""", (args.limit,))
+    for r in rows:
+        r["last_received"] = _when(r["last_received"])
+        r["job"] = r["job"] or "waiting"
+    _table(rows, ["study_uid", "study_date", "patient_key", "modalities", "series", "instances", "last_received", "job"])
+    return 0
+
+
+def cmd_jobs(args) -> int:
+    store = Store(args.cfg.data_dir)
+    where, params = ("WHERE state = ?", [args.state]) if args.state else ("", [])
+    rows = store.query(f"SELECT id, kind, study_uid, study_seq, reason, state, attempts, created_at, finished_at, error"
+                       f" FROM jobs {where} ORDER BY id DESC LIMIT ?", tuple(params + [args.limit]))
+    for r in rows:
+        r["created_at"], r["finished_at"] = _when(r["created_at"]), _when(r["finished_at"])
+    _table(rows, ["id", "kind", "study_uid", "study_seq", "reason", "state", "attempts", "created_at", "finished_at", "error"])
+    return 0
+
+
+def cmd_outbox(args) -> int:
+    store = Store(args.cfg.data_dir)
+    if args.retry_failed:
+        print(f"queued again: {outbox.retry_failed(store)}")
+    where, params = ("WHERE state = ?", [args.state]) if args.state else ("", [])
+    rows = store.query(f"SELECT id, destination, sop_uid, state, attempts, next_attempt_at, last_status, last_error,"
+                       f" sent_at FROM outbox {where} ORDER BY id DESC LIMIT ?", tuple(params + [args.limit]))
+    for r in rows:
+        r["next_attempt_at"], r["sent_at"] = _when(r["next_attempt_at"]), _when(r["sent_at"])
+        if r["last_status"] is not None:
+            r["last_status"] = f"0x{r['last_status']:04X}"
+    _table(rows, ["id", "destination", "sop_uid", "state", "attempts", "next_attempt_at", "last_status", "last_error", "sent_at"])
+    counts = outbox.counts(store)
+    print("totals: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "empty"))
+    return 0
+
+

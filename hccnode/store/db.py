@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import importlib
 import os
 import secrets
 import sqlite3
@@ -22,6 +23,15 @@ from pathlib import Path
 import sqlite_utils
 
 _SCHEMAS: list[str] = []
+# Modules that declare tables; Store imports them all, so any entry point gets every table.
+SCHEMA_MODULES = (
+    "hccnode.store.jobs",
+    "hccnode.store.outbox",
+    "hccnode.labs.store",
+    "hccnode.labs.requeue",
+    "hccnode.models.store",
+    "hccnode.imaging.phase_store",
+)
 
 
 def schema(sql: str) -> str:
@@ -133,6 +143,8 @@ class Store:
         self.path = self.data_dir / "hccnode.db"
         self._local = threading.local()
         self._secret: bytes | None = None
+        for name in SCHEMA_MODULES:
+            importlib.import_module(name)
         conn = self.conn()
         conn.execute("PRAGMA journal_mode=WAL")
         for sql in _SCHEMAS:

@@ -1,0 +1,59 @@
+"""The forwarder: drains the outbox to its destinations with the C-STORE SCU."""
+
+from __future__ import annotations
+
+import threading
+
+from hccnode import log
+from hccnode.config import ForwardSection, parse_destination
+from hccnode.net import scu
+from hccnode.store import outbox
+from hccnode.store.db import Store
+
+
+def drain_once(store: Store, cfg: ForwardSection, ids: list[int] | None = None) -> int:
+    """Send every due outbox row (or only `ids`) once; returns how many rows were tried."""
+    tried = 0
+    for dest_text, items in outbox.claim_due(store, ids=ids).items():
+        tried += len(items)
+        retry = dict(base=cfg.retry_base_seconds, cap=cfg.retry_max_seconds, max_attempts=cfg.max_attempts)
+        missing = [i for i in items if not i.path.exists()]
+        for item in missing:  # nothing to retry with: fail at once, and say so
+            outbox.mark_failed(store, item, f"file missing: {item.path}", None, **{**retry, "max_attempts": 0})
+        items = [i for i in items if i.path.exists()]
+        if not items:
+            continue
+        try:
+            results = scu.send_files(parse_destination(dest_text),
+                                     [(i.path, i.sop_class_uid, i.transfer_syntax) for i in items],
+                                     calling_ae=cfg.ae_title)
+        except scu.AssociationFailed as exc:
+            for item in items:
+                outbox.mark_failed(store, item, str(exc), None, **retry)
+            continue
+        for item, res in zip(items, results):
+            if res.ok:
+                outbox.mark_sent(store, item, res.status)
+            else:
+                outbox.mark_failed(store, item, res.error, res.status, **retry)
+    return tried
+
+
+class Forwarder(threading.Thread):
+    """Background loop: send what is due, then wait `poll_seconds`."""
+
+    def __init__(self, store_dir, cfg: ForwardSection, stop: threading.Event):
+        super().__init__(name="forwarder", daemon=True)
+        self.store_dir, self.cfg, self.stop = store_dir, cfg, stop
+
+    def run(self) -> None:
+        store = Store(self.store_dir)
+        while not self.stop.is_set():
+            try:
+                tried = drain_once(store, self.cfg)
+            except Exception:
+                log.event("forwarder.error", level=40, exc_info=True)
+                tried = 0
+            if not tried:
+                self.stop.wait(self.cfg.poll_seconds)
+        store.close()

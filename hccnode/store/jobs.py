@@ -1,0 +1,195 @@
+"""Durable job queue in SQLite: rows, not memory, so a restart or kill -9 resumes them.
+
+States: queued -> running -> done | failed. A running job holds a lease that its worker
+renews by heartbeat; a lease that expires (the worker died) makes the job claimable again,
+until `max_attempts` is used up. The stable-study watcher turns a study that has been
+quiet for `stable_seconds` into an `analyze` job; a study that changes after it was queued
+(new or replaced instance, late annotation, late lab) is queued again.
+
+The interface (`enqueue`, `claim`, `heartbeat`, `complete`, `fail`) is what a distributed
+queue would implement for a multi-node site; a worker needs only a job id and the store.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+
+from hccnode import log
+from hccnode.store.db import Store, now, schema
+
+SCHEMA = schema(
+    """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    study_seq INTEGER NOT NULL,    -- the study's seq when queued: what this job analyses
+    reason TEXT NOT NULL,          -- stable | requeue | manual | lab | annotation
+    state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    lease_owner TEXT,
+    lease_expires REAL,
+    heartbeat_at REAL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    error TEXT,
+    result TEXT                    -- JSON
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, id);
+CREATE INDEX IF NOT EXISTS jobs_study ON jobs(study_uid);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique_seq ON jobs(kind, study_uid, study_seq);
+"""
+)
+
+ANALYZE = "analyze"
+
+
+@dataclass
+class Job:
+    id: int
+    kind: str
+    study_uid: str
+    study_seq: int
+    attempts: int
+    lease_owner: str
+
+    @classmethod
+    def from_row(cls, r: sqlite3.Row) -> "Job":
+        return cls(r["id"], r["kind"], r["study_uid"], r["study_seq"], r["attempts"], r["lease_owner"])
+
+
+def enqueue(store: Store, study_uid: str, reason: str, max_attempts: int = 3, kind: str = ANALYZE) -> int | None:
+    """Queue `study_uid` at its current seq, unless a job for that seq exists; returns the job id.
+
+    A still-queued job for the same study is moved forward to the new seq instead of
+    adding a second one, so a burst of changes gives one analysis.
+    """
+    with store.tx() as c:
+        return _enqueue(c, study_uid, reason, max_attempts, kind)
+
+
+def _enqueue(c: sqlite3.Connection, study_uid: str, reason: str, max_attempts: int, kind: str) -> int | None:
+    study = c.execute("SELECT seq FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
+    if study is None:
+        return None
+    seq = study["seq"]
+    if c.execute("SELECT 1 FROM jobs WHERE kind = ? AND study_uid = ? AND study_seq = ?",
+                 (kind, study_uid, seq)).fetchone():
+        return None
+    pending = c.execute("SELECT id FROM jobs WHERE kind = ? AND study_uid = ? AND state = 'queued'",
+                        (kind, study_uid)).fetchone()
+    if pending:
+        c.execute("UPDATE jobs SET study_seq = ?, reason = ? WHERE id = ?", (seq, reason, pending["id"]))
+        job_id = pending["id"]
+    else:
+        job_id = c.execute(
+            "INSERT INTO jobs (kind, study_uid, study_seq, reason, state, max_attempts, created_at)"
+            " VALUES (?,?,?,?, 'queued', ?, ?)", (kind, study_uid, seq, reason, max_attempts, now())).lastrowid
+    log.event("job.queued", job=job_id, study=study_uid, seq=seq, reason=reason)
+    return job_id
+
+
+def requeue(store: Store, study_uid: str, reason: str, max_attempts: int = 3) -> int | None:
+    """Queue `study_uid` again because an input outside its instances changed (a lab
+    result, a reader's annotation): the study's seq moves on, so the change is analysed."""
+    with store.tx() as c:
+        if not c.execute("UPDATE studies SET seq = seq + 1 WHERE study_uid = ?", (study_uid,)).rowcount:
+            return None
+        return _enqueue(c, study_uid, reason, max_attempts, ANALYZE)
+
+
+_STABLE_SQL = """SELECT s.study_uid,
+       (SELECT COUNT(*) FROM jobs j WHERE j.kind = ? AND j.study_uid = s.study_uid) AS n_jobs
+FROM studies s
+WHERE s.last_received <= ?
+  AND s.seq > COALESCE((SELECT MAX(study_seq) FROM jobs j WHERE j.kind = ? AND j.study_uid = s.study_uid), 0)"""
+
+
+def queue_stable_studies(store: Store, stable_seconds: float, max_attempts: int = 3) -> list[int]:
+    """Queue every study quiet for `stable_seconds` whose current seq has no job yet."""
+    cutoff = now() - stable_seconds
+    queued = []
+    # A plain read first: the write lock is taken only when there is work, so an idle
+    # watcher never makes an instance wait for the index.
+    if not store.conn().execute(_STABLE_SQL + " LIMIT 1", (ANALYZE, cutoff, ANALYZE)).fetchone():
+        return queued
+    with store.tx() as c:
+        rows = c.execute(_STABLE_SQL, (ANALYZE, cutoff, ANALYZE)).fetchall()
+        for r in rows:
+            job_id = _enqueue(c, r["study_uid"], "stable" if r["n_jobs"] == 0 else "requeue", max_attempts, ANALYZE)
+            if job_id is not None:
+                queued.append(job_id)
+    return queued
+
+
+_CLAIMABLE_SQL = ("SELECT * FROM jobs WHERE state = 'queued' OR (state = 'running' AND lease_expires < ?)"
+                  " ORDER BY id LIMIT 1")
+
+
+def claim(store: Store, owner: str, lease_seconds: float) -> Job | None:
+    """Take the oldest claimable job (queued, or running with an expired lease)."""
+    t = now()
+    if not store.conn().execute(_CLAIMABLE_SQL, (t,)).fetchone():  # idle: no write lock taken
+        return None
+    with store.tx() as c:
+        while True:
+            r = c.execute(_CLAIMABLE_SQL, (t,)).fetchone()
+            if r is None:
+                return None
+            if r["state"] == "running" and r["attempts"] >= r["max_attempts"]:
+                c.execute("UPDATE jobs SET state = 'failed', finished_at = ?, error = ?, lease_owner = NULL"
+                          " WHERE id = ?", (t, f"worker lost {r['attempts']} times (lease expired)", r["id"]))
+                log.event("job.failed", level=40, job=r["id"], study=r["study_uid"], reason="lease expired")
+                continue
+            if r["state"] == "running":
+                log.event("job.lease_expired", level=30, job=r["id"], owner=r["lease_owner"])
+            c.execute(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = ?, lease_expires = ?,"
+                " heartbeat_at = ?, started_at = ?, error = NULL WHERE id = ?",
+                (owner, t + lease_seconds, t, t, r["id"]))
+            row = c.execute("SELECT * FROM jobs WHERE id = ?", (r["id"],)).fetchone()
+            log.event("job.started", job=row["id"], study=row["study_uid"], attempt=row["attempts"], owner=owner)
+            return Job.from_row(row)
+
+
+def heartbeat(store: Store, job_id: int, owner: str, lease_seconds: float) -> bool:
+    """Renew the lease; False if this owner no longer holds the job."""
+    t = now()
+    with store.tx() as c:
+        n = c.execute("UPDATE jobs SET lease_expires = ?, heartbeat_at = ? WHERE id = ? AND lease_owner = ?"
+                      " AND state = 'running'", (t + lease_seconds, t, job_id, owner)).rowcount
+    return n == 1
+
+
+def complete(store: Store, job_id: int, owner: str, result: dict) -> bool:
+    with store.tx() as c:
+        n = c.execute("UPDATE jobs SET state = 'done', finished_at = ?, result = ?, lease_owner = NULL,"
+                      " lease_expires = NULL WHERE id = ? AND lease_owner = ? AND state = 'running'",
+                      (now(), json.dumps(result, sort_keys=True), job_id, owner)).rowcount
+    if n:
+        log.event("job.done", job=job_id)
+    return n == 1
+
+
+def fail(store: Store, job_id: int, owner: str, error: str) -> str | None:
+    """Record a failed attempt: queued again while attempts remain, else failed. Returns the new state."""
+    with store.tx() as c:
+        r = c.execute("SELECT attempts, max_attempts FROM jobs WHERE id = ? AND lease_owner = ? AND state = 'running'",
+                      (job_id, owner)).fetchone()
+        if r is None:
+            return None
+        state = "queued" if r["attempts"] < r["max_attempts"] else "failed"
+        c.execute("UPDATE jobs SET state = ?, error = ?, lease_owner = NULL, lease_expires = NULL,"
+                  " finished_at = CASE WHEN ? = 'failed' THEN ? END WHERE id = ?",
+                  (state, error[:2000], state, now(), job_id))
+    log.event("job.failed" if state == "failed" else "job.retry", level=30, job=job_id, error=error[:200])
+    return state
+
+
+def get(store: Store, job_id: int) -> dict | None:
+    rows = store.query("SELECT * FROM jobs WHERE id = ?", (job_id,))
+    return rows[0] if rows else None

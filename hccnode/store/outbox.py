@@ -1,0 +1,141 @@
+"""The outbox: DICOM objects waiting to be sent, as rows that survive restarts.
+
+A row is marked sent only after the destination answered success (or a storage warning)
+for that instance. A failure, a refused association or an unreachable peer schedules a
+retry with exponential backoff (`retry_base_seconds` doubling up to `retry_max_seconds`);
+after `max_attempts` the row is failed and waits for `hccnode outbox --retry-failed`.
+Rows being sent hold a short lease, so a crash mid-send lets them be claimed again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.filereader import read_file_meta_info
+
+from hccnode import log
+from hccnode.store.db import Store, now, schema
+
+SCHEMA = schema(
+    """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY,
+    destination TEXT NOT NULL,      -- AE@host:port
+    path TEXT NOT NULL,             -- absolute, or relative to the data directory
+    sop_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    transfer_syntax TEXT NOT NULL,
+    study_uid TEXT,
+    job_id INTEGER,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'sending', 'sent', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    lease_expires REAL,
+    last_status INTEGER,
+    last_error TEXT,
+    created_at REAL NOT NULL,
+    sent_at REAL
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS outbox_sop ON outbox(destination, sop_uid);
+"""
+)
+
+SEND_LEASE_SECONDS = 300.0  # longer than any single association should take
+
+
+@dataclass
+class Item:
+    id: int
+    destination: str
+    path: Path
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    attempts: int
+
+
+def enqueue(store: Store, destination: str, path: str | Path, study_uid: str | None = None,
+            job_id: int | None = None) -> int | None:
+    """Queue one DICOM file for `destination`; returns the row id, or None if the same
+    instance is already waiting for that destination."""
+    p = Path(path)
+    meta = read_file_meta_info(p if p.is_absolute() else store.data_dir / p)
+    sop_uid = str(meta.MediaStorageSOPInstanceUID)
+    with store.tx() as c:
+        if c.execute("SELECT 1 FROM outbox WHERE destination = ? AND sop_uid = ? AND path = ?"
+                     " AND state IN ('pending', 'sending')", (destination, sop_uid, str(p))).fetchone():
+            return None
+        t = now()
+        row_id = c.execute(
+            "INSERT INTO outbox (destination, path, sop_uid, sop_class_uid, transfer_syntax, study_uid, job_id,"
+            " state, next_attempt_at, created_at) VALUES (?,?,?,?,?,?,?, 'pending', ?, ?)",
+            (destination, str(p), sop_uid, str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID),
+             study_uid, job_id, t, t)).lastrowid
+    log.event("outbox.queued", id=row_id, destination=destination, sop=sop_uid)
+    return row_id
+
+
+def claim_due(store: Store, limit: int = 64, ids: list[int] | None = None) -> dict[str, list[Item]]:
+    """Lease due rows, grouped by destination (one association each)."""
+    t = now()
+    sql = ("SELECT * FROM outbox WHERE ((state = 'pending' AND next_attempt_at <= ?)"
+           " OR (state = 'sending' AND lease_expires < ?))")
+    params: list = [t, t]
+    if ids is not None:
+        sql += f" AND id IN ({','.join('?' * len(ids))})"
+        params += ids
+    sql += " ORDER BY id LIMIT ?"
+    params.append(limit)
+    groups: dict[str, list[Item]] = {}
+    if not store.conn().execute(sql, params).fetchone():  # idle: no write lock taken
+        return groups
+    with store.tx() as c:
+        for r in c.execute(sql, params).fetchall():
+            c.execute("UPDATE outbox SET state = 'sending', lease_expires = ?, attempts = attempts + 1 WHERE id = ?",
+                      (t + SEND_LEASE_SECONDS, r["id"]))
+            p = Path(r["path"])
+            groups.setdefault(r["destination"], []).append(Item(
+                r["id"], r["destination"], p if p.is_absolute() else store.data_dir / p, r["sop_uid"],
+                r["sop_class_uid"], r["transfer_syntax"], r["attempts"] + 1))
+    return groups
+
+
+def mark_sent(store: Store, item: Item, status: int) -> None:
+    with store.tx() as c:
+        c.execute("UPDATE outbox SET state = 'sent', sent_at = ?, last_status = ?, last_error = NULL,"
+                  " lease_expires = NULL WHERE id = ?", (now(), status, item.id))
+    log.event("outbox.sent", id=item.id, destination=item.destination, sop=item.sop_uid, status=f"0x{status:04X}")
+
+
+def mark_failed(store: Store, item: Item, error: str, status: int | None, base: float, cap: float,
+                max_attempts: int) -> str:
+    """Schedule a retry with exponential backoff, or fail the row; returns the new state."""
+    delay = min(cap, base * 2 ** max(0, item.attempts - 1))
+    state = "failed" if item.attempts >= max_attempts else "pending"
+    with store.tx() as c:
+        c.execute("UPDATE outbox SET state = ?, next_attempt_at = ?, last_status = ?, last_error = ?,"
+                  " lease_expires = NULL WHERE id = ?", (state, now() + delay, status, error[:500], item.id))
+    log.event("outbox.retry" if state == "pending" else "outbox.failed", level=30, id=item.id,
+              destination=item.destination, sop=item.sop_uid, attempt=item.attempts, error=error[:200],
+              retry_in=round(delay, 1) if state == "pending" else None)
+    return state
+
+
+def retry_failed(store: Store) -> int:
+    """Put failed rows back in the queue, due now."""
+    with store.tx() as c:
+        return c.execute("UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?"
+                         " WHERE state = 'failed'", (now(),)).rowcount
+
+
+def counts(store: Store) -> dict[str, int]:
+    return {r["state"]: r["n"] for r in store.query("SELECT state, COUNT(*) AS n FROM outbox GROUP BY state")}
+
+
+def open_rows(store: Store, ids: list[int]) -> list[dict]:
+    if not ids:
+        return []
+    return store.query(f"SELECT * FROM outbox WHERE id IN ({','.join('?' * len(ids))}) ORDER BY id", tuple(ids))
+

@@ -1,0 +1,462 @@
+"""The spool: received instances as files, written durably, and their index rows.
+
+`Spool.ingest()` is the whole C-STORE path from received bytes to an indexed file:
+hash, write to a temp name, fsync, parse the header (from the file, never re-encoded),
+rename into place, fsync the directory, commit the index row. Only when it returns
+SUCCESS may the SCP answer success. Anything that cannot be kept goes to quarantine
+with its raw bytes and the reason.
+
+Layout under the data directory:
+    spool/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.<sha12>.dcm   (content-addressed suffix, so a
+                                                               replacement never overwrites)
+    spool/.tmp/                                                (in-flight writes; emptied at start)
+    quarantine/<time>-<n>.dcm                                  (raw bytes we refused)
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import itertools
+import json
+import os
+import re
+import sqlite3
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.datadict import dictionary_VR
+
+from hccnode import __version__, log
+from hccnode.net import status
+from hccnode.store.db import Store, now
+
+UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+IMPLEMENTATION_CLASS_UID = "2.25.293018322262423898304801851030077679834"  # UUID-derived (PS3.5 B.2), fixed for hccnode
+IMPLEMENTATION_VERSION = f"HCCNODE_{__version__}"[:16]
+
+
+def valid_uid(uid: object) -> bool:
+    return isinstance(uid, str) and len(uid) <= 64 and bool(UID_RE.match(uid))
+
+
+@dataclass
+class Result:
+    status: int
+    comment: str = ""          # error comment for the C-STORE response (LO: 64 chars)
+    outcome: str = ""          # stored | duplicate | replaced | quarantined | failed
+    sop_uid: str = ""
+    study_uid: str = ""
+
+
+class RejectedDataset(Exception):
+    """A dataset we will not store; carries the DIMSE status to answer."""
+
+    def __init__(self, status_code: int, comment: str):
+        super().__init__(comment)
+        self.status = status_code
+        self.comment = comment
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_durably(path: Path, *chunks: bytes) -> int:
+    """Write `chunks` to a new file and fsync it; returns the size."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    size = 0
+    try:
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+                size += n
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return size
+
+
+def _meta_element(group_elem: int, vr: bytes, value: bytes) -> bytes:
+    """One explicit VR little endian element of group 0002 (PS3.5 7.1.2)."""
+    tag = struct.pack("<HH", 0x0002, group_elem)
+    if vr == b"OB":
+        return tag + vr + b"\0\0" + struct.pack("<I", len(value)) + value
+    return tag + vr + struct.pack("<H", len(value)) + value
+
+
+def _pad(text: str, pad: bytes) -> bytes:
+    b = text.encode("ascii")
+    return b + pad if len(b) % 2 else b
+
+
+def file_preamble(sop_class: str, sop_uid: str, transfer_syntax: str, calling_ae: str) -> bytes:
+    """Preamble, 'DICM' and File Meta Information for a received dataset (PS3.10 7.1).
+
+    Encoded directly: eight fixed elements, and pydicom's general writer costs more than
+    the fsync of the whole instance.
+    """
+    body = b"".join((
+        _meta_element(0x0001, b"OB", b"\x00\x01"),
+        _meta_element(0x0002, b"UI", _pad(sop_class, b"\0")),
+        _meta_element(0x0003, b"UI", _pad(sop_uid, b"\0")),
+        _meta_element(0x0010, b"UI", _pad(transfer_syntax, b"\0")),
+        _meta_element(0x0012, b"UI", _pad(IMPLEMENTATION_CLASS_UID, b"\0")),
+        _meta_element(0x0013, b"SH", _pad(IMPLEMENTATION_VERSION, b" ")),
+        _meta_element(0x0016, b"AE", _pad(calling_ae[:16], b" ")) if calling_ae else b"",
+    ))
+    return b"\0" * 128 + b"DICM" + _meta_element(0x0000, b"UL", struct.pack("<I", len(body))) + body
+
+
+def _text(ds: pydicom.Dataset, keyword: str) -> str | None:
+    v = ds.get(keyword)
+    if v is None or v == "":
+        return None
+    if isinstance(v, pydicom.multival.MultiValue):
+        return "\\".join(str(x) for x in v)
+    return str(v)
+
+
+def _num(ds: pydicom.Dataset, keyword: str) -> float | None:
+    v = ds.get(keyword)
+    if v is None or v == "":
+        return None
+    try:
+        return float(v[0] if isinstance(v, pydicom.multival.MultiValue) else v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _json_list(ds: pydicom.Dataset, keyword: str) -> str | None:
+    v = ds.get(keyword)
+    if not v:
+        return None
+    try:
+        return json.dumps([float(x) for x in v])
+    except (TypeError, ValueError):
+        return None
+
+
+def _first_frame_item(ds: pydicom.Dataset, group: str, keyword: str):
+    """A value from the per-frame (first frame) or shared functional groups of a multi-frame image."""
+    for seq_kw in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        seq = ds.get(seq_kw)
+        if seq and group in seq[0] and seq[0][group].value:
+            item = seq[0][group][0]
+            if keyword in item:
+                return item
+    return None
+
+
+def header_row(ds: pydicom.Dataset) -> dict:
+    """The index fields of one instance, from its header (no pixel data needed).
+
+    Multi-frame images keep position, orientation, spacing and rescale in functional groups;
+    those are read from the shared or first per-frame item.
+    """
+    row = {
+        "modality": _text(ds, "Modality"),
+        "instance_number": int(_num(ds, "InstanceNumber")) if _num(ds, "InstanceNumber") is not None else None,
+        "image_type": _text(ds, "ImageType"),
+        "series_description": _text(ds, "SeriesDescription"),
+        "acquisition_date": _text(ds, "AcquisitionDate"),
+        "acquisition_time": _text(ds, "AcquisitionTime"),
+        "content_time": _text(ds, "ContentTime"),
+        "contrast_agent": _text(ds, "ContrastBolusAgent"),
+        "contrast_start_time": _text(ds, "ContrastBolusStartTime"),
+        "contrast_route": _text(ds, "ContrastBolusRoute"),
+        "image_position": _json_list(ds, "ImagePositionPatient"),
+        "image_orientation": _json_list(ds, "ImageOrientationPatient"),
+        "slice_location": _num(ds, "SliceLocation"),
+        "slice_thickness": _num(ds, "SliceThickness"),
+        "pixel_spacing": _json_list(ds, "PixelSpacing"),
+        "rows": int(ds.Rows) if "Rows" in ds else None,
+        "columns": int(ds.Columns) if "Columns" in ds else None,
+        "number_of_frames": int(_num(ds, "NumberOfFrames")) if _num(ds, "NumberOfFrames") is not None else None,
+        "rescale_slope": _num(ds, "RescaleSlope"),
+        "rescale_intercept": _num(ds, "RescaleIntercept"),
+        "kvp": _num(ds, "KVP"),
+        "diffusion_b_value": _num(ds, "DiffusionBValue"),
+        "echo_time": _num(ds, "EchoTime"),
+        "repetition_time": _num(ds, "RepetitionTime"),
+        "manufacturer": _text(ds, "Manufacturer"),
+    }
+    if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
+        item = _first_frame_item(ds, "PlanePositionSequence", "ImagePositionPatient")
+        if item is not None and row["image_position"] is None:
+            row["image_position"] = _json_list(item, "ImagePositionPatient")
+        item = _first_frame_item(ds, "PlaneOrientationSequence", "ImageOrientationPatient")
+        if item is not None and row["image_orientation"] is None:
+            row["image_orientation"] = _json_list(item, "ImageOrientationPatient")
+        item = _first_frame_item(ds, "PixelMeasuresSequence", "PixelSpacing")
+        if item is not None:
+            row["pixel_spacing"] = row["pixel_spacing"] or _json_list(item, "PixelSpacing")
+            row["slice_thickness"] = row["slice_thickness"] or _num(item, "SliceThickness")
+        item = _first_frame_item(ds, "PixelValueTransformationSequence", "RescaleSlope")
+        if item is not None and row["rescale_slope"] is None:
+            row["rescale_slope"] = _num(item, "RescaleSlope")
+            row["rescale_intercept"] = _num(item, "RescaleIntercept")
+    return row
+
+
+PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+def _check_pixels(ds: pydicom.Dataset) -> None:
+    """An image must carry all its pixel data: pydicom reads a truncated file without complaint."""
+    present = [kw for kw in PIXEL_KEYWORDS if kw in ds]
+    if "Rows" not in ds:
+        return
+    if not present:
+        raise RejectedDataset(status.CANNOT_UNDERSTAND, "pixel data missing or truncated")
+    if ds.file_meta.TransferSyntaxUID.is_compressed or present[0] != "PixelData":
+        return
+    bits = int(ds.get("BitsAllocated", 0) or 0)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    expected = int(ds.Rows) * int(ds.Columns) * frames * int(ds.get("SamplesPerPixel", 1) or 1) * bits
+    expected = (expected + 7) // 8
+    actual = len(ds.PixelData)
+    if actual < expected:
+        raise RejectedDataset(status.CANNOT_UNDERSTAND, f"pixel data truncated ({actual} of {expected} bytes)")
+
+
+def _walk_sequences(ds: pydicom.Dataset) -> None:
+    """Parse every sequence item, so a broken nested length is found now. Leaf values stay
+    raw: an odd value format is the business of whoever reads it, not a reason to refuse."""
+    for tag in ds.keys():
+        raw = ds.get_item(tag)
+        vr = raw.VR
+        if vr is None:  # implicit VR: the dictionary says
+            try:
+                vr = dictionary_VR(tag)
+            except KeyError:
+                continue
+        if vr == "SQ":
+            for item in ds[tag].value:
+                _walk_sequences(item)
+
+
+def parse_header(path: Path) -> pydicom.Dataset:
+    """Read a spooled file, parse its structure (sequences included), check the pixel
+    data is whole; raise RejectedDataset otherwise. Pixel values are not decoded.
+    """
+    try:
+        ds = pydicom.dcmread(path)
+        _walk_sequences(ds)
+    except Exception as exc:  # pydicom raises many types for broken streams
+        raise RejectedDataset(status.CANNOT_UNDERSTAND, f"unreadable header: {type(exc).__name__}") from exc
+    for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+        value = ds.get(kw)
+        if not value:
+            raise RejectedDataset(status.CANNOT_UNDERSTAND, f"missing {kw}")
+        if not valid_uid(str(value)):
+            raise RejectedDataset(status.CANNOT_UNDERSTAND, f"invalid {kw}")
+    _check_pixels(ds)
+    return ds
+
+
+class Spool:
+    """Durable storage of received instances under a data directory."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.root = store.data_dir / "spool"
+        self.tmp = self.root / ".tmp"
+        self.quarantine_dir = store.data_dir / "quarantine"
+        for d in (self.root, self.tmp, self.quarantine_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self._dirs_known: set[Path] = set()
+        self._dirs_lock = threading.Lock()
+        self._counter = itertools.count()
+
+    def clean_tmp(self) -> int:
+        """Remove in-flight files left by a crash: none of them was ever acknowledged."""
+        n = 0
+        for p in self.tmp.iterdir():
+            p.unlink(missing_ok=True)
+            n += 1
+        return n
+
+    def _unique(self, suffix: str) -> str:
+        return f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{next(self._counter)}{suffix}"
+
+    def _ensure_dir(self, path: Path) -> None:
+        """Create `path` and make its directory entry durable (fsync each new parent)."""
+        with self._dirs_lock:
+            if path in self._dirs_known:
+                return
+        missing = []
+        p = path
+        while not p.exists():
+            missing.append(p)
+            p = p.parent
+        for d in reversed(missing):
+            try:
+                d.mkdir()
+            except FileExistsError:
+                pass
+            _fsync_dir(d.parent)
+        with self._dirs_lock:
+            self._dirs_known.add(path)
+
+    def ingest(self, sop_class: str, sop_uid: str, transfer_syntax: str, dataset: bytes,
+               calling_ae: str = "") -> Result:
+        """Keep one received dataset (the C-STORE Data Set as sent, without file meta)."""
+        if not valid_uid(sop_uid):
+            return self._quarantine(dataset, sop_class, sop_uid, calling_ae, status.CANNOT_UNDERSTAND,
+                                    "invalid Affected SOP Instance UID", preamble=b"")
+        digest = hashlib.sha256(transfer_syntax.encode() + b"\0" + dataset).hexdigest()
+        existing = self.store.conn().execute(
+            "SELECT sha256, study_uid FROM instances WHERE sop_uid = ?", (sop_uid,)).fetchone()
+        if existing and existing["sha256"] == digest:
+            self._record_duplicate(sop_uid, digest, calling_ae)
+            return Result(status.SUCCESS, outcome="duplicate", sop_uid=sop_uid, study_uid=existing["study_uid"])
+
+        preamble = file_preamble(sop_class, sop_uid, transfer_syntax, calling_ae)
+        tmp = self.tmp / self._unique(".part")
+        try:
+            size = _write_durably(tmp, preamble, dataset)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            return self._failed(exc, sop_uid, sop_class, calling_ae)
+        try:
+            ds = parse_header(tmp)
+            if str(ds.SOPClassUID) != sop_class:
+                raise RejectedDataset(status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                                      "SOP Class UID differs from the request")
+            if str(ds.SOPInstanceUID) != sop_uid:
+                raise RejectedDataset(status.CANNOT_UNDERSTAND,
+                                      "SOP Instance UID differs from the request")
+        except RejectedDataset as exc:
+            return self._quarantine_file(tmp, size, sop_class, sop_uid, calling_ae, exc.status, exc.comment)
+
+        study_uid, series_uid = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
+        rel = Path("spool") / study_uid / series_uid / f"{sop_uid}.{digest[:12]}.dcm"
+        final = self.store.data_dir / rel
+        try:
+            self._ensure_dir(final.parent)
+            os.rename(tmp, final)
+            _fsync_dir(final.parent)
+            outcome = self._index(ds, rel, size, digest, transfer_syntax, calling_ae)
+        except (OSError, sqlite3.Error) as exc:
+            tmp.unlink(missing_ok=True)
+            return self._failed(exc, sop_uid, sop_class, calling_ae)
+        # "duplicate" here: another association stored the same content meanwhile; the file
+        # name is content-addressed, so our rename landed on an identical file.
+        log.event("instance." + outcome, study=study_uid, series=series_uid, sop=sop_uid,
+                  bytes=size, calling_ae=calling_ae)
+        return Result(status.SUCCESS, outcome=outcome, sop_uid=sop_uid, study_uid=study_uid)
+
+    def _index(self, ds: pydicom.Dataset, rel: Path, size: int, digest: str, transfer_syntax: str,
+               calling_ae: str) -> str:
+        """Insert or replace the instance row, and its study and series; returns the outcome."""
+        t = now()
+        study_uid, series_uid, sop_uid = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+        issuer = _text(ds, "IssuerOfPatientID")
+        row = header_row(ds)
+        row.update(sop_uid=sop_uid, series_uid=series_uid, study_uid=study_uid,
+                   sop_class_uid=str(ds.SOPClassUID), transfer_syntax=transfer_syntax,
+                   path=str(rel), size=size, sha256=digest, received_at=t, calling_ae=calling_ae)
+        patient_key = self.store.patient_key(_text(ds, "PatientID"), issuer)
+        with self.store.tx() as c:
+            old = c.execute("SELECT sha256, path, size, received_at, calling_ae FROM instances WHERE sop_uid = ?",
+                            (sop_uid,)).fetchone()
+            if old and old["sha256"] == digest:
+                c.execute("INSERT INTO instance_versions (sop_uid, sha256, path, size, received_at, calling_ae, outcome)"
+                          " VALUES (?,?,?,?,?,?, 'duplicate')", (sop_uid, digest, old["path"], size, t, calling_ae))
+                return "duplicate"
+            c.execute(
+                """INSERT INTO studies (study_uid, patient_key, study_date, study_time, study_description,
+                                        first_received, last_received, seq)
+                   VALUES (?,?,?,?,?,?,?,1)
+                   ON CONFLICT(study_uid) DO UPDATE SET last_received = excluded.last_received,
+                       seq = studies.seq + 1,
+                       patient_key = COALESCE(studies.patient_key, excluded.patient_key)""",
+                (study_uid, patient_key, _text(ds, "StudyDate"), _text(ds, "StudyTime"),
+                 _text(ds, "StudyDescription"), t, t))
+            c.execute(
+                """INSERT INTO series (series_uid, study_uid, modality, series_number, series_description,
+                                       image_type, manufacturer, first_received, last_received)
+                   VALUES (?,?,?,?,?,?,?,?,?)
+                   ON CONFLICT(series_uid) DO UPDATE SET last_received = excluded.last_received""",
+                (series_uid, study_uid, row["modality"],
+                 int(_num(ds, "SeriesNumber")) if _num(ds, "SeriesNumber") is not None else None,
+                 row["series_description"], row["image_type"], row["manufacturer"], t, t))
+            cols = ", ".join(row)
+            marks = ", ".join("?" * len(row))
+            c.execute(f"INSERT OR REPLACE INTO instances ({cols}) VALUES ({marks})", tuple(row.values()))
+            if old:
+                c.execute("UPDATE instance_versions SET outcome = 'replaced' WHERE sop_uid = ? AND sha256 = ?"
+                          " AND outcome = 'stored'", (sop_uid, old["sha256"]))
+            c.execute("INSERT INTO instance_versions (sop_uid, sha256, path, size, received_at, calling_ae, outcome)"
+                      " VALUES (?,?,?,?,?,?, 'stored')", (sop_uid, digest, str(rel), size, t, calling_ae))
+        return "replaced" if old else "stored"
+
+    def _record_duplicate(self, sop_uid: str, digest: str, calling_ae: str) -> None:
+        with self.store.tx() as c:
+            c.execute("INSERT INTO instance_versions (sop_uid, sha256, path, size, received_at, calling_ae, outcome)"
+                      " SELECT sop_uid, sha256, path, size, ?, ?, 'duplicate' FROM instances WHERE sop_uid = ?",
+                      (now(), calling_ae, sop_uid))
+        log.event("instance.duplicate", sop=sop_uid, calling_ae=calling_ae)
+
+    def _failed(self, exc: Exception, sop_uid: str, sop_class: str, calling_ae: str) -> Result:
+        """A failure to keep a good dataset (disk, permissions, database): Out of Resources."""
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            comment = "spool disk full"
+        elif isinstance(exc, OSError):
+            comment = f"spool not writable: {errno.errorcode.get(exc.errno or 0, 'error')}"
+        else:
+            comment = f"index unavailable: {type(exc).__name__}"
+        log.event("instance.failed", level=40, sop=sop_uid, calling_ae=calling_ae, reason=comment,
+                  error=type(exc).__name__)
+        self._record_quarantine(sop_uid, sop_class, calling_ae, None, None, status.OUT_OF_RESOURCES, comment)
+        return Result(status.OUT_OF_RESOURCES, comment[:64], outcome="failed", sop_uid=sop_uid)
+
+    def _quarantine_file(self, tmp: Path, size: int, sop_class: str, sop_uid: str, calling_ae: str,
+                         code: int, reason: str) -> Result:
+        dest = self.quarantine_dir / self._unique(".dcm")
+        try:
+            os.rename(tmp, dest)
+            _fsync_dir(self.quarantine_dir)
+            rel: str | None = str(dest.relative_to(self.store.data_dir))
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            rel = None
+        self._record_quarantine(sop_uid, sop_class, calling_ae, rel, size, code, reason)
+        log.event("instance.quarantined", level=30, sop=sop_uid, calling_ae=calling_ae, status=f"0x{code:04X}",
+                  reason=reason, path=rel)
+        return Result(code, reason[:64], outcome="quarantined", sop_uid=sop_uid)
+
+    def _quarantine(self, dataset: bytes, sop_class: str, sop_uid: str, calling_ae: str, code: int,
+                    reason: str, preamble: bytes) -> Result:
+        dest = self.quarantine_dir / self._unique(".raw")
+        try:
+            size = _write_durably(dest, preamble, dataset)
+            _fsync_dir(self.quarantine_dir)
+            rel: str | None = str(dest.relative_to(self.store.data_dir))
+        except OSError:
+            size, rel = len(dataset), None
+        self._record_quarantine(sop_uid, sop_class, calling_ae, rel, size, code, reason)
+        log.event("instance.quarantined", level=30, calling_ae=calling_ae, status=f"0x{code:04X}",
+                  reason=reason, path=rel)
+        return Result(code, reason[:64], outcome="quarantined", sop_uid=sop_uid)
+
+    def _record_quarantine(self, sop_uid, sop_class, calling_ae, rel, size, code, reason) -> None:
+        try:
+            with self.store.tx() as c:
+                c.execute("INSERT INTO quarantine (received_at, calling_ae, sop_uid, sop_class_uid, path, size,"
+                          " status, reason) VALUES (?,?,?,?,?,?,?,?)",
+                          (now(), calling_ae, sop_uid if valid_uid(sop_uid) else None, sop_class, rel, size,
+                           code, reason))
+        except sqlite3.Error as exc:  # the refusal itself still goes out; the log keeps the record
+            log.event("quarantine.unrecorded", level=40, error=type(exc).__name__)

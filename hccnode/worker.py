@@ -1,0 +1,136 @@
+"""Workers: claim jobs from the durable queue and run them in separate processes.
+
+`run_job(data_dir, job_id)` is the whole contract of a job: it reads everything it needs
+from the store, so a job could run in another process or on another machine. Each worker
+thread holds the job's lease and renews it by heartbeat while a process of the pool does
+the work; if the node dies, the lease expires and the job is claimed again after restart.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import socket
+import threading
+import uuid
+from concurrent.futures import ProcessPoolExecutor, TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
+
+from hccnode import __version__, log
+from hccnode.config import Config
+from hccnode.store import jobs
+from hccnode.store.db import Store
+
+
+def run_job(data_dir: str, job_id: int) -> dict:
+    """Run one job and return its result record. For now: the study's series list."""
+    store = Store(data_dir)
+    try:
+        job = jobs.get(store, job_id)
+        if job is None:
+            raise LookupError(f"no job {job_id}")
+        series = store.query(
+            """SELECT s.series_uid, s.series_number, s.modality, s.series_description,
+                      COUNT(i.sop_uid) AS instances
+               FROM series s LEFT JOIN instances i ON i.series_uid = s.series_uid
+               WHERE s.study_uid = ? GROUP BY s.series_uid ORDER BY s.series_number, s.series_uid""",
+            (job["study_uid"],))
+        return {"study_uid": job["study_uid"], "study_seq": job["study_seq"], "series": series,
+                "software_version": __version__}
+    finally:
+        store.close()
+
+
+class WorkerPool:
+    """`n` worker threads sharing a process pool of the same size."""
+
+    def __init__(self, cfg: Config, stop: threading.Event):
+        self.cfg = cfg
+        self.stop = stop
+        self.n = cfg.worker_processes()
+        self.owner_prefix = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._pool: ProcessPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._loop, args=(i,), name=f"worker-{i}", daemon=True)
+                        for i in range(self.n)]
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        for t in self.threads:
+            t.join(timeout)
+        with self._pool_lock:
+            if self._pool:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _executor(self) -> ProcessPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                # spawn: the node has many threads; forking them is unsafe.
+                self._pool = ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"))
+            return self._pool
+
+    def _reset_pool(self) -> None:
+        with self._pool_lock:
+            if self._pool:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def _loop(self, index: int) -> None:
+        store = Store(self.cfg.data_dir)
+        owner = f"{self.owner_prefix}:{index}"
+        wcfg = self.cfg.worker
+        while not self.stop.is_set():
+            try:
+                job = jobs.claim(store, owner, wcfg.lease_seconds)
+            except Exception:
+                log.event("worker.error", level=40, exc_info=True)
+                job = None
+            if job is None:
+                self.stop.wait(wcfg.poll_seconds)
+                continue
+            self._run(store, job, owner)
+        store.close()
+
+    def _run(self, store: Store, job: jobs.Job, owner: str) -> None:
+        wcfg = self.cfg.worker
+        try:
+            future = self._executor().submit(run_job, str(self.cfg.data_dir), job.id)
+            while True:
+                try:
+                    result = future.result(timeout=max(0.5, wcfg.lease_seconds / 3))
+                    break
+                except FutureTimeout:
+                    if self.stop.is_set():  # leave the lease to expire; the job resumes after restart
+                        return
+                    if not jobs.heartbeat(store, job.id, owner, wcfg.lease_seconds):
+                        log.event("job.lease_lost", level=30, job=job.id)
+                        return
+        except BrokenProcessPool:
+            self._reset_pool()
+            jobs.fail(store, job.id, owner, "worker process died")
+            return
+        except Exception as exc:
+            jobs.fail(store, job.id, owner, f"{type(exc).__name__}: {exc}")
+            return
+        jobs.complete(store, job.id, owner, result)
+
+
+class Watcher(threading.Thread):
+    """Turns studies that have been quiet for `stable_seconds` into jobs."""
+
+    def __init__(self, cfg: Config, stop: threading.Event, period: float = 1.0):
+        super().__init__(name="watcher", daemon=True)
+        self.cfg, self.stop, self.period = cfg, stop, min(period, max(0.1, cfg.study.stable_seconds / 2))
+
+    def run(self) -> None:
+        store = Store(self.cfg.data_dir)
+        while not self.stop.is_set():
+            try:
+                jobs.queue_stable_studies(store, self.cfg.study.stable_seconds, self.cfg.worker.max_attempts)
+            except Exception:
+                log.event("watcher.error", level=40, exc_info=True)
+            self.stop.wait(self.period)
+        store.close()

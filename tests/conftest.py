@@ -1,0 +1,241 @@
+"""Shared fixtures: real tools, a real node process, a real Orthanc; loopback only."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+ROOT = Path(__file__).resolve().parent.parent
+ORTHANC_PYTHON_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancPython.so")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def need(tool: str) -> str:
+    """Path of an external tool; a missing tool fails the suite under CI=true, else skips."""
+    path = shutil.which(tool)
+    if path:
+        return path
+    msg = f"required tool {tool!r} is not installed (make test installs it)"
+    if in_ci():
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):
+    """Poll `predicate` until truthy (returned) or `timeout` seconds pass (AssertionError)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class NodeProcess:
+    """`hccnode serve` as a real subprocess with its own config and data directory."""
+
+    def __init__(self, workdir: Path, **sections):
+        self.workdir = workdir
+        self.port = free_port()
+        self.data_dir = workdir / "data"
+        self.log_path = workdir / "node.log"
+        cfg = {
+            "node": {"ae_title": "HCCNODE", "host": "127.0.0.1", "port": self.port, "data_dir": str(self.data_dir)},
+            "study": {"stable_seconds": 1.0},
+            "worker": {"processes": 1, "lease_seconds": 10.0, "poll_seconds": 0.2},
+            "forward": {"retry_base_seconds": 0.3, "retry_max_seconds": 2.0, "poll_seconds": 0.2},
+            "hl7": {"enabled": False},
+        }
+        for name, values in sections.items():
+            cfg.setdefault(name, {}).update(values)
+        self.config_path = workdir / "hccnode.toml"
+        self.config_path.write_text(_toml(cfg))
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, wait: bool = True) -> "NodeProcess":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "hccnode", "-c", str(self.config_path), "serve"],
+                                     stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
+                                     start_new_session=True)
+        log.close()
+        if wait:
+            # A C-ECHO, not a bare TCP probe: pynetdicom keeps a silent connection as an
+            # association until its ACSE timeout, and it would count against the limit.
+            wait_until(lambda: self.echo_ok() or self.proc.poll() is not None, 30, what="node to answer C-ECHO")
+            assert self.proc.poll() is None, f"node exited: {self.log()}"
+        return self
+
+    def echo_ok(self) -> bool:
+        from hccnode.config import Destination
+        from hccnode.net import scu
+        try:
+            return scu.echo(Destination("HCCNODE", "127.0.0.1", self.port), "TESTPROBE", timeout=2) == 0
+        except scu.AssociationFailed as exc:
+            return "rejected" in str(exc)   # an allow-list rejection: the node is answering
+        except OSError:
+            return False
+
+    def kill9(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the worker processes die with it
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "hccnode", "-c", str(self.config_path), *args],
+                              capture_output=True, text=True, timeout=timeout, cwd=self.workdir)
+
+    def store(self):
+        from hccnode.store.db import Store
+        return Store(self.data_dir)
+
+
+def _toml(cfg: dict) -> str:
+    lines = []
+    for section, values in cfg.items():
+        lines.append(f"[{section}]")
+        for k, v in values.items():
+            lines.append(f"{k} = {json.dumps(v)}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def node_factory(tmp_path):
+    nodes: list[NodeProcess] = []
+
+    def make(name: str = "node", **sections) -> NodeProcess:
+        d = tmp_path / name
+        d.mkdir()
+        n = NodeProcess(d, **sections)
+        nodes.append(n)
+        return n
+
+    yield make
+    for n in nodes:
+        n.stop()
+
+
+class Orthanc:
+    """A real Orthanc with a temporary configuration. Orthanc 1.10 cannot bind to one
+    interface, so it is fenced instead: HTTP refuses remote clients and DICOM accepts
+    stores only from the registered modality at 127.0.0.1."""
+
+    aet = "ORTHANC"
+
+    def __init__(self, workdir: Path, extra: dict | None = None):
+        self.workdir = workdir
+        self.dicom_port = free_port()
+        self.http_port = free_port()
+        self.log_path = workdir / "orthanc.log"
+        cfg = {
+            "Name": "hccnode-test",
+            "StorageDirectory": str(workdir / "storage"),
+            "IndexDirectory": str(workdir / "storage"),
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": self.aet,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": True,
+            "DicomAlwaysAllowStore": False,
+            "DicomAlwaysAllowEcho": False,
+            "DicomCheckModalityHost": True,
+            "DicomModalities": {"hccnode": ["HCCNODE", "127.0.0.1", 11112]},
+            "Plugins": [],
+            "HttpTimeout": 10,
+            "StableAge": 2,
+        }
+        cfg.update(extra or {})
+        self.config_path = workdir / "orthanc.json"
+        self.config_path.write_text(json.dumps(cfg, indent=1))
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Orthanc":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([need("Orthanc"), str(self.config_path)], stdout=log, stderr=subprocess.STDOUT,
+                                     cwd=self.workdir, start_new_session=True)
+        log.close()
+        wait_until(lambda: self._alive() or self.proc.poll() is not None, 60, what="Orthanc to start")
+        assert self.proc.poll() is None, f"Orthanc exited: {self.log_path.read_text()[-2000:]}"
+        return self
+
+    def _alive(self) -> bool:
+        try:
+            self.get("/system")
+            return port_open(self.dicom_port)
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def get(self, path: str):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:
+            return json.loads(r.read())
+
+    def post(self, path: str, body: str):
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=body.encode(), method="POST")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+
+    def sop_uids(self) -> set[str]:
+        return {self.get(f"/instances/{i}/simplified-tags")["SOPInstanceUID"] for i in self.get("/instances")}
+
+    @property
+    def destination(self) -> str:
+        return f"{self.aet}@127.0.0.1:{self.dicom_port}"
+
+
+@pytest.fixture
+def orthanc(tmp_path):
+    need("Orthanc")
+    d = tmp_path / "orthanc"
+    d.mkdir()
+    o = Orthanc(d).start()
+    yield o
+    o.stop()

@@ -1,0 +1,77 @@
+"""The durable job queue: stable trigger, coalescing, leases, retries."""
+
+from __future__ import annotations
+
+import pytest
+
+from hccnode.store import jobs
+from hccnode.store.db import Store
+
+
+@pytest.fixture
+def store(tmp_path):
+    return Store(tmp_path / "data")
+
+
+def add_study(store, uid="1.2.3", age=100.0, seq=1):
+    t = jobs.now() - age
+    with store.tx() as c:
+        c.execute("INSERT INTO studies (study_uid, first_received, last_received, seq) VALUES (?,?,?,?)"
+                  " ON CONFLICT(study_uid) DO UPDATE SET last_received = excluded.last_received, seq = excluded.seq",
+                  (uid, t, t, seq))
+
+
+def test_only_quiet_studies_are_queued_and_only_once(store):
+    add_study(store, "1.1", age=10)
+    add_study(store, "1.2", age=1)
+    assert len(jobs.queue_stable_studies(store, stable_seconds=5)) == 1
+    assert jobs.queue_stable_studies(store, stable_seconds=5) == []
+    assert [j["study_uid"] for j in store.query("SELECT * FROM jobs")] == ["1.1"]
+
+
+def test_a_change_while_queued_moves_the_job_forward_and_after_done_requeues(store):
+    add_study(store, seq=1)
+    (first,) = jobs.queue_stable_studies(store, 5)
+    add_study(store, seq=3)
+    assert jobs.queue_stable_studies(store, 5) == [first]       # same job, now for seq 3
+    assert store.query("SELECT study_seq FROM jobs")[0]["study_seq"] == 3
+    job = jobs.claim(store, "w1", 30)
+    assert jobs.complete(store, job.id, "w1", {"ok": True})
+    add_study(store, seq=4)
+    (second,) = jobs.queue_stable_studies(store, 5)
+    assert second != first
+    assert store.query("SELECT reason FROM jobs WHERE id = ?", (second,))[0]["reason"] == "requeue"
+
+
+def test_expired_lease_is_claimed_again_and_attempts_are_bounded(store):
+    add_study(store)
+    jobs.queue_stable_studies(store, 5, max_attempts=2)
+    a = jobs.claim(store, "dead-worker", lease_seconds=-1)      # lease already expired
+    b = jobs.claim(store, "w2", lease_seconds=-1)
+    assert a.id == b.id and b.attempts == 2
+    assert not jobs.heartbeat(store, a.id, "dead-worker", 30)   # the lease moved on
+    assert jobs.claim(store, "w3", 30) is None                 # two attempts used: failed
+    row = jobs.get(store, a.id)
+    assert row["state"] == "failed" and "lease expired" in row["error"]
+
+
+def test_failure_retries_then_fails(store):
+    add_study(store)
+    jobs.queue_stable_studies(store, 5, max_attempts=2)
+    j = jobs.claim(store, "w", 30)
+    assert jobs.fail(store, j.id, "w", "boom") == "queued"
+    j = jobs.claim(store, "w", 30)
+    assert jobs.fail(store, j.id, "w", "boom again") == "failed"
+    assert jobs.get(store, j.id)["error"] == "boom again"
+
+
+def test_requeue_for_an_outside_input_moves_the_seq_and_queues_once(store):
+    add_study(store)
+    jobs.queue_stable_studies(store, 5)
+    j = jobs.claim(store, "w", 30)
+    jobs.complete(store, j.id, "w", {})
+    new = jobs.requeue(store, "1.2.3", "lab")
+    assert new != j.id and jobs.get(store, new)["reason"] == "lab"
+    assert jobs.get(store, new)["study_seq"] == 2
+    assert jobs.queue_stable_studies(store, 5) == []          # the watcher does not add another
+    assert jobs.requeue(store, "9.9.9", "lab") is None         # unknown study

@@ -1,0 +1,231 @@
+"""The node over real loopback associations, with dcmtk's echoscu and storescu as clients."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from pynetdicom import AE, _config
+from pynetdicom.sop_class import CTImageStorage
+
+from conftest import need, wait_until
+from dicomgen import PATIENT_ID, PATIENT_NAME, ct_series
+
+pytestmark = pytest.mark.network
+
+
+def storescu(node, files, aet="STORESCU", extra=(), timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([need("storescu"), "-v", "-aet", aet, "-aec", "HCCNODE", *extra, "127.0.0.1",
+                           str(node.port), *map(str, files)], capture_output=True, text=True, timeout=timeout)
+
+
+def echoscu(node, aet="ECHOSCU") -> subprocess.CompletedProcess:
+    return subprocess.run([need("echoscu"), "-aet", aet, "-aec", "HCCNODE", "127.0.0.1", str(node.port)],
+                          capture_output=True, text=True, timeout=30)
+
+
+def sop_of(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """The bytes after the file meta: what travels in a C-STORE, byte for byte."""
+    meta = pydicom.filereader.read_file_meta_info(path)
+    return path.read_bytes()[132 + 12 + meta.FileMetaInformationGroupLength:]
+
+
+def content_sha(path: Path) -> str:
+    return hashlib.sha256(dataset_bytes(path)).hexdigest()
+
+
+def test_dcmtk_echo_and_store_are_durable_indexed_and_queued(node_factory, tmp_path):
+    node = node_factory().start()
+    assert echoscu(node).returncode == 0
+    files = ct_series(tmp_path / "in", n=20)
+    r = storescu(node, files)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("Received Store Response (Success)") == 20
+
+    store = node.store()
+    rows = {r["sop_uid"]: r for r in store.query("SELECT * FROM instances")}
+    assert len(rows) == 20
+    for f in files:
+        row = rows[sop_of(f)]
+        spooled = node.data_dir / row["path"]
+        assert spooled.exists()
+        assert content_sha(spooled) == content_sha(f)      # the dataset is stored as it came
+        assert row["modality"] == "CT" and row["rows"] == 64 and row["calling_ae"] == "STORESCU"
+        assert row["image_type"] == "ORIGINAL\\PRIMARY\\AXIAL"
+        assert row["acquisition_time"] and row["image_position"] and row["rescale_intercept"] == -1024
+    assert pydicom.dcmread(spooled).file_meta.SourceApplicationEntityTitle == "STORESCU"
+    study = store.query("SELECT * FROM studies")[0]
+    assert study["patient_key"] and PATIENT_ID not in study["patient_key"]
+
+    job = wait_until(lambda: store.query("SELECT * FROM jobs WHERE state = 'done'"), 20, what="stable job")
+    assert len(job) == 1 and job[0]["reason"] == "stable" and job[0]["attempts"] == 1
+    assert '"instances": 20' in job[0]["result"]
+    log = node.log()
+    assert PATIENT_NAME.split("^")[0] not in log and PATIENT_ID not in log and "19600101" not in log
+
+
+def test_resend_is_idempotent_and_changed_content_replaces_and_requeues(node_factory, tmp_path):
+    node = node_factory().start()
+    files = ct_series(tmp_path / "in", n=3)
+    assert storescu(node, files).returncode == 0
+    store = node.store()
+    wait_until(lambda: store.query("SELECT * FROM jobs WHERE state = 'done'"), 20, what="first job")
+
+    assert storescu(node, files).returncode == 0          # same content again: nothing changes
+    time.sleep(2.0)                                        # longer than stable_seconds
+    assert len(store.query("SELECT * FROM jobs")) == 1
+    assert len(store.query("SELECT * FROM instance_versions WHERE outcome = 'duplicate'")) == 3
+
+    ds = pydicom.dcmread(files[0])
+    ds.SeriesDescription = "CORRECTED"
+    ds.save_as(files[0])
+    assert storescu(node, files[:1]).returncode == 0
+    sop = str(ds.SOPInstanceUID)
+    versions = store.query("SELECT * FROM instance_versions WHERE sop_uid = ? ORDER BY id", (sop,))
+    assert [v["outcome"] for v in versions if v["outcome"] != "duplicate"] == ["replaced", "stored"]
+    assert all((node.data_dir / v["path"]).exists() for v in versions)  # the older file is kept
+    assert store.query("SELECT series_description FROM instances WHERE sop_uid = ?", (sop,))[0][
+        "series_description"] == "CORRECTED"
+    jobs = wait_until(lambda: (j := store.query("SELECT * FROM jobs WHERE state = 'done' ORDER BY id")) and
+                      len(j) == 2 and j, 20, what="re-queued job")
+    assert jobs[1]["reason"] == "requeue" and jobs[1]["study_seq"] > jobs[0]["study_seq"]
+
+
+def test_unknown_calling_ae_is_rejected_and_host_binding_holds(node_factory):
+    node = node_factory(node={"allowed": ["SCANNER1", "PACS@127.0.0.1", "WARD@192.0.2.10"]}).start()
+    assert echoscu(node, "SCANNER1").returncode == 0
+    assert echoscu(node, "PACS").returncode == 0
+    bad = echoscu(node, "STRANGER")
+    assert bad.returncode != 0 and "Rejected" in bad.stderr + bad.stdout
+    wrong_host = echoscu(node, "WARD")                    # allowed only from another address
+    assert wrong_host.returncode != 0
+    assert echoscu(node, "SCANNER1").returncode == 0      # still serving
+    log = node.log()
+    assert re.search(r"association\.rejected .*calling_ae=STRANGER", log)
+    assert re.search(r"association\.rejected .*calling_ae=WARD", log)
+
+
+def test_broken_datasets_get_failure_status_are_quarantined_and_node_keeps_serving(node_factory, tmp_path):
+    node = node_factory().start()
+    good, no_study, truncated_src = ct_series(tmp_path / "in", n=3)
+    ds = pydicom.dcmread(no_study)
+    del ds.StudyInstanceUID                               # dcmtk sends it; we cannot file it
+    ds.save_as(no_study)
+    r = storescu(node, [no_study])
+    assert "Error: CannotUnderstand" in r.stdout + r.stderr   # dcmtk names status 0xC000
+    assert "missing StudyInstanceUID" in node.log()
+
+    # A truncated stream, sent raw by a real association (dcmtk refuses to send such a file).
+    raw = truncated_src.read_bytes()
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(raw[:-4000])
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    ae = AE(ae_title="RAWSCU")
+    ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="HCCNODE")
+    assert assoc.is_established
+    rsp = assoc.send_c_store(truncated)
+    assoc.release()
+    assert rsp.Status == 0xC000 and "truncated" in rsp.ErrorComment
+
+    store = node.store()
+    q = store.query("SELECT * FROM quarantine ORDER BY id")
+    assert [row["status"] for row in q] == [0xC000, 0xC000]
+    kept = node.data_dir / q[1]["path"]
+    assert dataset_bytes(kept) == dataset_bytes(truncated)  # the raw bytes as received, nothing lost
+    assert store.query("SELECT COUNT(*) AS n FROM instances")[0]["n"] == 0
+
+    assert storescu(node, [good]).returncode == 0         # the next association is served
+    assert store.query("SELECT COUNT(*) AS n FROM instances")[0]["n"] == 1
+
+
+def test_kill9_while_receiving_loses_nothing_acknowledged_and_runs_the_job_once(node_factory, tmp_path):
+    node = node_factory(worker={"processes": 1, "lease_seconds": 5.0}).start()
+    files = ct_series(tmp_path / "in", n=200, size=128)
+    sops = {str(f): sop_of(f) for f in files}
+    log_path = tmp_path / "storescu.log"
+    with open(log_path, "w") as out:
+        sender = subprocess.Popen([need("storescu"), "-v", "-aec", "HCCNODE", "127.0.0.1", str(node.port),
+                                   *map(str, files)], stdout=out, stderr=subprocess.STDOUT)
+        store = node.store()
+        wait_until(lambda: store.query("SELECT COUNT(*) AS n FROM instances")[0]["n"] >= 40, 60,
+                   interval=0.02, what="some instances stored")
+        node.kill9()
+        sender.wait(60)
+    assert sender.returncode != 0                          # the send was really cut short
+
+    acked, current = [], None
+    for line in log_path.read_text().splitlines():
+        if "Sending file:" in line:
+            current = line.split("Sending file:")[1].strip()
+        elif "Received Store Response (Success)" in line and current:
+            acked.append(sops[current])
+    assert 20 <= len(acked) < 200                         # a real cut: some acknowledged, not all
+
+    node.start()
+    store = node.store()
+    indexed = {r["sop_uid"]: r for r in store.query("SELECT * FROM instances")}
+    missing = [s for s in acked if s not in indexed]
+    assert not missing, f"{len(missing)} acknowledged instances lost"
+    for s in acked:
+        assert (node.data_dir / indexed[s]["path"]).exists()
+    assert not list((node.data_dir / "spool" / ".tmp").iterdir())  # unacknowledged partials cleaned
+
+    jobs = wait_until(lambda: store.query("SELECT * FROM jobs WHERE state = 'done'"), 30, what="stable job")
+    time.sleep(2.0)                                        # give a second job the chance to appear
+    jobs = store.query("SELECT * FROM jobs")
+    assert len(jobs) == 1 and jobs[0]["state"] == "done" and jobs[0]["attempts"] == 1
+
+
+def test_need_fails_under_ci_and_skips_otherwise(monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception):
+        need("hccnode-no-such-tool")
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception):
+        need("hccnode-no-such-tool")
+
+
+def test_eight_concurrent_associations_are_all_stored(node_factory, tmp_path):
+    node = node_factory().start()
+    series = [ct_series(tmp_path / f"s{i}", n=5, seed=100 + i) for i in range(8)]
+    senders = [subprocess.Popen([need("storescu"), "-aec", "HCCNODE", "127.0.0.1", str(node.port), *map(str, files)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for files in series]
+    codes = [p.wait(120) for p in senders]
+    outputs = [p.stdout.read().decode(errors="replace") for p in senders]
+    assert codes == [0] * 8, [o for o, c in zip(outputs, codes) if c] + [node.log()[-3000:]]
+    store = node.store()
+    assert store.query("SELECT COUNT(*) AS n FROM instances")[0]["n"] == 40
+    assert store.query("SELECT COUNT(*) AS n FROM studies")[0]["n"] == 8
+    done = wait_until(lambda: (j := store.query("SELECT * FROM jobs WHERE state = 'done'")) and len(j) == 8 and j,
+                      30, what="eight stable jobs")
+    assert {j["study_uid"] for j in done} == {r["study_uid"] for r in store.query("SELECT study_uid FROM studies")}
+
+
+def test_a_ninth_association_gets_a_transient_rejection_until_one_closes(node_factory):
+    from pynetdicom.sop_class import Verification
+
+    node = node_factory().start()
+    held = []
+    for i in range(8):
+        ae = AE(ae_title=f"HOLD{i}")
+        ae.add_requested_context(Verification)
+        a = ae.associate("127.0.0.1", node.port, ae_title="HCCNODE")
+        assert a.is_established
+        held.append(a)
+    ninth = echoscu(node, "NINTH")
+    assert ninth.returncode != 0 and "Local Limit Exceeded" in ninth.stdout + ninth.stderr
+    held.pop().release()
+    wait_until(lambda: echoscu(node, "NINTH").returncode == 0, 10, what="a free slot")
+    for a in held:
+        a.release()
+    assert re.search(r"association\.rejected .*calling_ae=NINTH .*association limit \(8\)", node.log())

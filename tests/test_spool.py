@@ -1,0 +1,137 @@
+"""Spool and index: durable writes, idempotency, replacement, quarantine, disk full."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from dicomgen import ct_series
+from hccnode.net import status
+from hccnode.store.db import Store
+from hccnode.store.spool import Spool, header_row
+
+
+def received(path: Path) -> tuple[str, str, str, bytes]:
+    """(sop class, sop uid, transfer syntax, dataset bytes) as a C-STORE would carry them."""
+    meta = pydicom.filereader.read_file_meta_info(path)
+    data = path.read_bytes()[132 + 12 + meta.FileMetaInformationGroupLength:]
+    return str(meta.MediaStorageSOPClassUID), str(meta.MediaStorageSOPInstanceUID), str(meta.TransferSyntaxUID), data
+
+
+@pytest.fixture
+def spool(tmp_path):
+    return Spool(Store(tmp_path / "data"))
+
+
+def test_ingest_writes_a_readable_file_and_indexes_it(spool, tmp_path):
+    f = ct_series(tmp_path / "in", n=1)[0]
+    res = spool.ingest(*received(f), calling_ae="CT1")
+    assert res.status == status.SUCCESS and res.outcome == "stored"
+    row = spool.store.query("SELECT * FROM instances")[0]
+    ds = pydicom.dcmread(spool.store.data_dir / row["path"])
+    assert ds.SOPInstanceUID == res.sop_uid and ds.file_meta.SourceApplicationEntityTitle == "CT1"
+    assert (ds.pixel_array == pydicom.dcmread(f).pixel_array).all()
+    assert row["path"].startswith(f"spool/{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/")
+    assert not list(spool.tmp.iterdir())
+
+
+def test_same_content_twice_is_idempotent(spool, tmp_path):
+    f = ct_series(tmp_path / "in", n=1)[0]
+    spool.ingest(*received(f))
+    seq = spool.store.query("SELECT seq FROM studies")[0]["seq"]
+    res = spool.ingest(*received(f))
+    assert res.status == status.SUCCESS and res.outcome == "duplicate"
+    assert spool.store.query("SELECT seq FROM studies")[0]["seq"] == seq   # no re-analysis
+    assert len(list((spool.root).rglob("*.dcm"))) == 1
+
+
+def test_changed_content_replaces_and_keeps_both_versions(spool, tmp_path):
+    f = ct_series(tmp_path / "in", n=1)[0]
+    spool.ingest(*received(f))
+    ds = pydicom.dcmread(f)
+    ds.SeriesDescription = "NEW"
+    ds.save_as(f)
+    res = spool.ingest(*received(f))
+    assert res.outcome == "replaced"
+    versions = spool.store.query("SELECT outcome, path FROM instance_versions ORDER BY id")
+    assert [v["outcome"] for v in versions] == ["replaced", "stored"]
+    assert versions[0]["path"] != versions[1]["path"]
+    assert all((spool.store.data_dir / v["path"]).exists() for v in versions)
+    assert spool.store.query("SELECT seq FROM studies")[0]["seq"] == 2
+
+
+def test_sop_class_mismatch_is_refused_with_a900_and_quarantined(spool, tmp_path):
+    f = ct_series(tmp_path / "in", n=1)[0]
+    _, sop, ts, data = received(f)
+    res = spool.ingest("1.2.840.10008.5.1.4.1.1.4", sop, ts, data)       # claims MR
+    assert res.status == status.DATASET_DOES_NOT_MATCH_SOP_CLASS
+    q = spool.store.query("SELECT * FROM quarantine")[0]
+    assert q["status"] == 0xA900 and (spool.store.data_dir / q["path"]).exists()
+
+
+def test_header_row_reads_multiframe_functional_groups():
+    ds = pydicom.Dataset()
+    ds.Modality = "CT"
+    ds.Rows = ds.Columns = 4
+    ds.NumberOfFrames = 3
+    shared = pydicom.Dataset()
+    pm = pydicom.Dataset()
+    pm.PixelSpacing = [0.7, 0.7]
+    pm.SliceThickness = 1.25
+    shared.PixelMeasuresSequence = [pm]
+    ori = pydicom.Dataset()
+    ori.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    shared.PlaneOrientationSequence = [ori]
+    frame = pydicom.Dataset()
+    pos = pydicom.Dataset()
+    pos.ImagePositionPatient = [-10, -20, 30]
+    frame.PlanePositionSequence = [pos]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    ds.PerFrameFunctionalGroupsSequence = [frame]
+    row = header_row(ds)
+    assert row["pixel_spacing"] == "[0.7, 0.7]" and row["slice_thickness"] == 1.25
+    assert row["image_position"] == "[-10.0, -20.0, 30.0]" and row["number_of_frames"] == 3
+
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def test_disk_full_answers_out_of_resources_and_recovers(tmp_path, monkeypatch):
+    f = ct_series(tmp_path / "in", n=2, size=256)
+    mnt = tmp_path / "small"
+    mounted = _mount_tmpfs(mnt, "4m")
+    try:
+        spool = Spool(Store(mnt / "data"))
+        spool.store.conn().execute("PRAGMA wal_autocheckpoint=0")
+        filler = mnt / "filler"
+        if mounted:   # a real full filesystem
+            with open(filler, "wb") as fh:
+                try:
+                    while True:
+                        fh.write(b"\0" * 65536)
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC
+        else:         # no permission to mount: inject the same error the kernel would give
+            real_write = os.write
+            monkeypatch.setattr(os, "write", lambda fd, b: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space")))
+        res = spool.ingest(*received(f[0]))
+        assert res.status == status.OUT_OF_RESOURCES and res.comment == "spool disk full"
+        assert spool.store.query("SELECT COUNT(*) AS n FROM instances")[0]["n"] == 0
+        assert not list(spool.tmp.iterdir())                 # no half-written file left
+        if mounted:
+            filler.unlink()
+        else:
+            monkeypatch.setattr(os, "write", real_write)
+        res = spool.ingest(*received(f[1]))                   # space is back: stored again
+        assert res.status == status.SUCCESS
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(mnt)])
