@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import struct
 from pathlib import Path
 
@@ -23,11 +24,15 @@ def _dataset_bytes(path: Path) -> bytes:
     return raw[144 + group_length:]
 
 
-def index_files(store: Store, root: Path) -> set[str]:
-    """Ingest every DICOM file under `root` as if received by C-STORE; returns the study UIDs."""
+def index_files(store: Store, root: Path, shuffle_seed: int | None = None) -> set[str]:
+    """Ingest every DICOM file under `root` as if received by C-STORE (in a shuffled order when
+    `shuffle_seed` is given); returns the study UIDs."""
     spool = Spool(store)
     studies = set()
-    for path in sorted(root.rglob("*.dcm")):
+    paths = sorted(root.rglob("*.dcm"))
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(paths)
+    for path in paths:
         meta = pydicom.filereader.read_file_meta_info(path)
         result = spool.ingest(str(meta.MediaStorageSOPClassUID), str(meta.MediaStorageSOPInstanceUID),
                               str(meta.TransferSyntaxUID), _dataset_bytes(path), calling_ae="PHANTOM")
