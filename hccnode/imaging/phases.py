@@ -316,11 +316,18 @@ def classify_study(headers: Sequence[SeriesHeader], rules: RuleSet,
         if kind in CT_FAMILY or (kind is None and uid in group_of):
             g = group_of[uid]
             pv = phase_hv[uid] + timing_votes[g.index] + phase_iv.get(uid, [])
+            # Other series of the acquisition; one fact (a rule firing for the same labels) counts
+            # once, however many reconstructions repeat it.
+            seen = {(v.rule, v.labels) for v in pv}
             for sib in g.series:
-                if sib.series_uid != uid:
-                    f = rules.sibling_factor
-                    pv += [_scaled(v, "sibling-header", f, sib.series_uid) for v in phase_hv[sib.series_uid]]
-                    pv += [_scaled(v, "sibling-image", f, sib.series_uid) for v in phase_iv.get(sib.series_uid, [])]
+                if sib.series_uid == uid:
+                    continue
+                for source, votes in (("sibling-header", phase_hv[sib.series_uid]),
+                                      ("sibling-image", phase_iv.get(sib.series_uid, []))):
+                    for v in votes:
+                        if (v.rule, v.labels) not in seen:
+                            seen.add((v.rule, v.labels))
+                            pv.append(_scaled(v, source, rules.sibling_factor, sib.series_uid))
             phase, pconf, pranking = decide(pv, PHASES, rules)
             d.phase, d.phase_confidence = phase, pconf
             reasons += [v.reason() for v in pv] + timing_notes[g.index]
