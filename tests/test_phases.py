@@ -208,3 +208,10 @@ def test_when_needed_policy_skips_images_for_confident_headers():
     hs = [ct("sure", "Arterial", T0 + 30, contrast_start_s=T0), ct("unsure", t=T0 + 300)]
     classify_study(hs, rules, measure)
     assert calls == ["unsure"]
+
+
+def test_kind_conflict_between_header_and_image_is_reported():
+    m = lambda h: PhaseMeasurement(aorta_hu=None, liver_hu=None, air_fraction=0.0, median_value=0.4, p99_value=14.0)
+    d = by_uid([ct("1", "Abdomen 5mm")], m)["1"]
+    conflict = [r for r in d.reasons if r["rule"] == "evidence-conflict" and r["axis"] == "kind"]
+    assert conflict and conflict[0]["values"]["contradicts"]["image"] == ["ct"]

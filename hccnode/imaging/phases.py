@@ -304,7 +304,7 @@ def classify_study(headers: Sequence[SeriesHeader], rules: RuleSet,
         kind, kconf, kranking = final_kind[uid]
         d = Decision(uid, h.study_uid, h.series_number, h.series_description, kind or AMBIGUOUS, kconf,
                      measurement=measured.get(uid))
-        reasons = [v.reason() for v in kind_votes[uid]]
+        reasons = [v.reason() for v in kind_votes[uid]] + _conflicts(kind_votes[uid], KINDS, "kind")
         if kind is None:
             reasons.append({"source": "decision", "rule": "kind-undecided", "candidates": _cands(kranking)})
         if kind == "dect_vmi":
@@ -333,7 +333,7 @@ def classify_study(headers: Sequence[SeriesHeader], rules: RuleSet,
             reasons += [v.reason() for v in pv] + timing_notes[g.index]
             if relative_summary is not None and g.time_s is not None and not any(v.rule == "relative-timing" for v in pv):
                 reasons.append({"source": "timing", "rule": "relative-timing-undecided", "values": relative_summary})
-            reasons += _conflicts(pv)
+            reasons += _conflicts(pv, PHASES, "phase")
             if phase is None:
                 reasons.append({"source": "decision", "rule": "phase-undecided", "candidates": _cands(pranking)})
             if uid not in measured and kind in ("ct", None):
@@ -476,16 +476,26 @@ def _cands(ranking: list[tuple[str, float]]) -> list[dict[str, Any]]:
     return [{"label": k, "belief": round(b, 3)} for k, b in ranking[:4]]
 
 
-def _conflicts(votes: Sequence[Vote]) -> list[dict[str, Any]]:
-    """Report when header, timing and image evidence point to different single phases."""
-    tops = {}
+def _conflicts(votes: Sequence[Vote], labels: Sequence[str], axis: str) -> list[dict[str, Any]]:
+    """Report when header, timing and image evidence disagree: a source's best label (belief
+    >= 0.3) is another's, or another source commits >= 0.5 of its mass against it."""
+    masses = {}
     for source in ("header", "timing", "image"):
-        vs = [v for v in votes if v.source.split("-")[-1] == source and len(v.labels) == 1]
+        vs = [v for v in votes if v.source.split("-")[-1] == source]
         if vs:
-            b = beliefs(vs, PHASES)
-            label = max(b, key=b.get)
-            if b[label] >= 0.3:
-                tops[source] = label
-    if len(set(tops.values())) > 1:
-        return [{"source": "decision", "rule": "evidence-conflict", "values": tops}]
+            masses[source] = combine(vs, labels)
+    tops = {}
+    for source, m in masses.items():
+        label, belief = max(((k, m.get(frozenset({k}), 0.0)) for k in labels), key=lambda kv: kv[1])
+        if belief >= 0.3:
+            tops[source] = label
+    against = {src: [lab for other, lab in tops.items() if other != src
+                     and sum(v for k, v in m.items() if lab not in k) >= 0.5]
+               for src, m in masses.items()}
+    if len(set(tops.values())) > 1 or any(against.values()):
+        values = {"best_by_source": tops}
+        contradicted = {src: labs for src, labs in against.items() if labs}
+        if contradicted:
+            values["contradicts"] = contradicted
+        return [{"source": "decision", "rule": "evidence-conflict", "axis": axis, "values": values}]
     return []
