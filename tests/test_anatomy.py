@@ -81,3 +81,17 @@ def test_missed_lumen_is_not_read_as_unenhanced_blood():
     a = A.find_aorta(vol, SP)
     assert a is not None and "position" in a.method
     assert a.mean_hu > 90
+
+
+def test_detached_posterior_arch_is_not_taken_for_the_vertebral_body():
+    vol, _ = abdomen()
+    n = vol.shape[1]
+    c = (np.arange(n) - (n - 1) / 2.0) * SP[1]
+    y, x = np.meshgrid(c, c, indexing="ij")
+    gap = (np.abs(y - 78.0) < 4.0) & (np.abs(x) < 14.0)    # cut the arch off the body
+    vol[:, gap] = 40.0
+    arch = ((x / 16.0) ** 2 + ((y - 92.0) / 10.0) ** 2) <= 1.0   # a big arch (~500 mm^2)
+    vol[:, arch] = 450.0
+    s = A.find_spine(vol, SP)
+    centre = (n - 1) / 2.0
+    assert np.nanmedian(s.anterior_y) == pytest.approx(centre + 36 / SP[1], abs=2)

@@ -122,8 +122,11 @@ class Spine:
 
 
 def find_spine(hu: np.ndarray, spacing, body: np.ndarray | None = None) -> Spine:
-    """Per slice, the most posterior bone component (>= 200 HU, >= 300 mm^2) within the central
-    band of the body (|x - body centre| <= 15% of body width)."""
+    """Per slice, the vertebral body: the largest bone component (>= 200 HU, >= 300 mm^2) in the
+    central band of the body (|x - body centre| <= 15% of body width) and not in its anterior
+    third. A vertebral body (about 1000-2000 mm^2) outsizes an enhanced aorta and a separate
+    posterior arch. Its anterior cortex is the most anterior bone row within 10 mm of its
+    median column."""
     dz, dy, dx = spacing
     body = body_mask(hu) if body is None else body
     nz = hu.shape[0]
@@ -134,27 +137,22 @@ def find_spine(hu: np.ndarray, spacing, body: np.ndarray | None = None) -> Spine
             continue
         yy, xx = np.nonzero(body[k])
         cx, width = xx.mean(), (xx.max() - xx.min() + 1)
+        y_front = yy.min() + (yy.max() - yy.min() + 1) / 3.0
         lab, n = ndimage.label((hu[k] >= BONE_HU) & body[k])
-        best, best_y = 0, -np.inf
+        best, best_area = 0, 300.0
         for i, sl in enumerate(ndimage.find_objects(lab), start=1):
             comp = lab[sl] == i
             area = comp.sum() * dy * dx
-            if area < 300.0:
-                continue
             cy_i, cx_i = np.argwhere(comp).mean(axis=0) + (sl[0].start, sl[1].start)
-            if abs(cx_i - cx) > 0.15 * width:
-                continue
-            if cy_i > best_y:
-                best, best_y = i, cy_i
+            if area >= best_area and abs(cx_i - cx) <= 0.15 * width and cy_i >= y_front:
+                best, best_area = i, area
         if best:
             comp = lab == best
             mask[k] = comp
-            cols = np.nonzero(comp.any(axis=0))[0]
             x_mid = float(np.median(np.nonzero(comp)[1]))
             near = comp[:, max(0, int(x_mid - 10 / dx)):int(x_mid + 10 / dx) + 1]
-            rows = np.nonzero(near.any(axis=1))[0]
-            xs[k] = x_mid if cols.size else np.nan
-            ys[k] = float(rows.min()) if rows.size else np.nan
+            xs[k] = x_mid
+            ys[k] = float(np.nonzero(near.any(axis=1))[0].min())
     return Spine(xs, ys, mask)
 
 
