@@ -215,3 +215,22 @@ def test_kind_conflict_between_header_and_image_is_reported():
     d = by_uid([ct("1", "Abdomen 5mm")], m)["1"]
     conflict = [r for r in d.reasons if r["rule"] == "evidence-conflict" and r["axis"] == "kind"]
     assert conflict and conflict[0]["values"]["contradicts"]["image"] == ["ct"]
+
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+ALL_KINDS = {"ct_unenhanced", "ct_arterial", "ct_portal_venous", "ct_equilibrium", "dect_iodine", "dect_vmi",
+             "dect_vnc", "mr_t2", "mr_dwi", "mr_adc", "other", "ambiguous"}
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["CT", "MR", "SR", ""]), st.text(max_size=40),
+                          st.lists(st.text(max_size=12), max_size=5),
+                          st.one_of(st.none(), st.floats(0, 86399))), min_size=1, max_size=6))
+def test_any_headers_give_a_known_kind_with_reasons(series):
+    hs = [SeriesHeader(str(i), modality=m, series_description=desc, image_type=tuple(it), acquisition_s=t)
+          for i, (m, desc, it, t) in enumerate(series)]
+    for d in classify_study(hs, RULES):
+        assert d.kind in ALL_KINDS
+        assert 0.0 <= d.confidence <= 1.0
+        assert d.reasons
