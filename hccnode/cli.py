@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "hccnode.models.commands",
     "hccnode.phantom.commands",
     "hccnode.store.audit_commands",
+    "hccnode.imaging.commands",
 ]
 
 

@@ -97,6 +97,13 @@ class TLSSection:
 
 
 @dataclass
+class PhasesSection:
+    """Contrast-phase / series-kind detection (hccnode.imaging.phases)."""
+
+    rules_file: str = ""  # empty: the packaged hccnode/data/phase_rules.toml
+
+
+@dataclass
 class LogSection:
     level: str = "INFO"
     file: str = ""  # empty: standard error
@@ -110,6 +117,7 @@ class Config:
     forward: ForwardSection = field(default_factory=ForwardSection)
     hl7: HL7Section = field(default_factory=HL7Section)
     tls: TLSSection = field(default_factory=TLSSection)
+    phases: PhasesSection = field(default_factory=PhasesSection)
     log: LogSection = field(default_factory=LogSection)
     source: str = "defaults"  # where the values came from
 

@@ -31,6 +31,7 @@ SCHEMA_MODULES = (
     "hccnode.labs.requeue",
     "hccnode.models.store",
     "hccnode.store.audit",
+    "hccnode.imaging.phase_store",
 )
 
 

@@ -1,0 +1,173 @@
+"""I/O shell of phase classification: headers and pixels from the spool, results into the index.
+
+`classify_and_store(store, study_uid)` reads every instance header of the study (pydicom,
+stop_before_pixels), builds one SeriesHeader per series, lets `phases.classify_study` decide,
+reading pixels only for the CT series it asks to measure (evenly spaced slices, at most
+`[image] max_slices`), and replaces the study's rows in the `phases` table (phase_store).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+
+from hccnode import log
+from hccnode.imaging import anatomy
+from hccnode.imaging.phase_rules import RuleSet, load_rules
+from hccnode.imaging.phase_store import save_decisions
+from hccnode.imaging.phases import Decision, PhaseMeasurement, classify_study
+from hccnode.imaging.series_header import SeriesHeader, header_from_datasets
+from hccnode.store.db import Store
+
+
+class PhaseError(Exception):
+    """A study that cannot be classified (unknown study, no readable headers)."""
+
+
+def read_headers(store: Store, study_uid: str, rules: RuleSet) -> tuple[list[SeriesHeader], dict[str, list[tuple[Path, Dataset]]]]:
+    """Series headers of a study from its spool files; unreadable files are skipped and logged."""
+    rows = store.query("SELECT series_uid, path FROM instances WHERE study_uid = ? ORDER BY series_uid, instance_number",
+                       (study_uid,))
+    if not rows:
+        raise PhaseError(f"study {study_uid}: not in the index")
+    by_series: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
+    for r in rows:
+        path = store.data_dir / r["path"]
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception as exc:  # one bad file must not stop the study
+            log.event("phases.unreadable", series_uid=r["series_uid"], path=r["path"], error=type(exc).__name__)
+            continue
+        by_series[r["series_uid"]].append((path, ds))
+    headers = [header_from_datasets([ds for _, ds in items], rules.b_value_tags) for items in by_series.values()]
+    if not headers:
+        raise PhaseError(f"study {study_uid}: no readable instance headers")
+    return headers, by_series
+
+
+def _frames(items: list[tuple[Path, Dataset]]) -> list[tuple[Path, int | None, np.ndarray, tuple, tuple]]:
+    """(path, frame index or None, position, row cosines, column cosines) of every image plane."""
+    out = []
+    for path, ds in items:
+        shared = (ds.get("SharedFunctionalGroupsSequence") or [Dataset()])[0]
+        per = ds.get("PerFrameFunctionalGroupsSequence")
+        if per:
+            for i, fg in enumerate(per):
+                pos = _first(fg, shared, "PlanePositionSequence", "ImagePositionPatient")
+                ori = _first(fg, shared, "PlaneOrientationSequence", "ImageOrientationPatient")
+                if pos is not None and ori is not None:
+                    out.append((path, i, np.array(pos, float), tuple(ori[:3]), tuple(ori[3:])))
+        elif "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds:
+            ori = [float(v) for v in ds.ImageOrientationPatient]
+            out.append((path, None, np.array(ds.ImagePositionPatient, float), tuple(ori[:3]), tuple(ori[3:])))
+    return out
+
+
+def _first(fg: Dataset, shared: Dataset, seq: str, kw: str) -> Any:
+    for g in (fg, shared):
+        items = g.get(seq)
+        if items and kw in items[0]:
+            return [float(v) for v in items[0][kw].value]
+    return None
+
+
+def _rescale(ds: Dataset, frame: int | None) -> tuple[float, float]:
+    if "RescaleSlope" in ds or "RescaleIntercept" in ds:
+        return float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    groups = []
+    if frame is not None and ds.get("PerFrameFunctionalGroupsSequence"):
+        groups.append(ds.PerFrameFunctionalGroupsSequence[frame])
+    groups += list(ds.get("SharedFunctionalGroupsSequence") or [])
+    for g in groups:
+        items = g.get("PixelValueTransformationSequence")
+        if items:
+            return float(items[0].get("RescaleSlope", 1)), float(items[0].get("RescaleIntercept", 0))
+    return 1.0, 0.0
+
+
+def load_volume(items: list[tuple[Path, Dataset]], max_slices: int) -> tuple[np.ndarray, tuple[float, float, float]] | None:
+    """Up to `max_slices` evenly spaced axial planes of a series as HU [z, y, x] in LPS order
+    (see anatomy.to_lps) with (dz, dy, dx) in mm; None when the series has no usable geometry."""
+    frames = _frames(items)
+    if not frames:
+        return None
+    row, col = frames[0][3], frames[0][4]
+    normal = np.cross(row, col)
+    frames.sort(key=lambda f: float(np.dot(f[2], normal)))
+    if len(frames) > max_slices:
+        pick = np.linspace(0, len(frames) - 1, max_slices).round().astype(int)
+        frames = [frames[i] for i in sorted(set(pick))]
+    cache: dict[Path, Dataset] = {}
+    planes = []
+    for path, frame, _, _, _ in frames:
+        if path not in cache:
+            cache[path] = pydicom.dcmread(path)
+        ds = cache[path]
+        arr = ds.pixel_array
+        plane = arr[frame] if frame is not None else arr
+        slope, intercept = _rescale(ds, frame)
+        planes.append(plane.astype(np.float32) * slope + intercept)
+    if len({p.shape for p in planes}) != 1:
+        return None
+    vol = np.stack(planes)
+    first = next(iter(cache.values()))
+    ps = first.get("PixelSpacing")
+    if ps is None:
+        for g in first.get("SharedFunctionalGroupsSequence") or []:
+            if g.get("PixelMeasuresSequence"):
+                ps = g.PixelMeasuresSequence[0].get("PixelSpacing")
+    if ps is None:
+        return None
+    dy, dx = float(ps[0]), float(ps[1])
+    dz = float(np.median(np.diff([np.dot(f[2], normal) for f in frames]))) if len(frames) > 1 else float(
+        first.get("SliceThickness", 1.0) or 1.0)
+    try:
+        v = anatomy.to_lps(vol, row, col)
+    except ValueError:
+        return None
+    if v.shape[1:] != vol.shape[1:]:
+        dy, dx = dx, dy
+    return v, (abs(dz) or 1.0, dy, dx)
+
+
+def measure_volume(hu: np.ndarray, spacing: tuple[float, float, float]) -> PhaseMeasurement:
+    """Aorta and liver attenuation of one CT series (HU), for phase confirmation."""
+    body = anatomy.body_mask(hu)
+    notes = []
+    aorta = anatomy.find_aorta(hu, spacing, body)
+    liver = anatomy.find_liver(hu, spacing, body)
+    if aorta is None:
+        notes.append("aorta not found (no spine)")
+    else:
+        notes.append(f"aorta: {aorta.method}")
+    if liver is None:
+        notes.append("liver not found")
+    return PhaseMeasurement(aorta_hu=None if aorta is None else aorta.mean_hu,
+                            liver_hu=None if liver is None else liver.median_hu,
+                            air_fraction=anatomy.air_fraction(hu), median_value=float(np.median(hu)),
+                            p99_value=float(np.percentile(hu, 99)), notes=tuple(notes))
+
+
+def classify_and_store(store: Store, study_uid: str, rules: RuleSet | None = None) -> list[Decision]:
+    """Classify every series of a stored study and replace its rows in the `phases` table."""
+    rules = rules or load_rules()
+    headers, by_series = read_headers(store, study_uid, rules)
+
+    def measure(h: SeriesHeader) -> PhaseMeasurement | None:
+        try:
+            loaded = load_volume(by_series[h.series_uid], int(rules.image["max_slices"]))
+        except Exception as exc:  # undecodable pixels: decide without images, say so
+            log.event("phases.pixels_unreadable", series_uid=h.series_uid, error=type(exc).__name__)
+            return None
+        return None if loaded is None else measure_volume(*loaded)
+
+    decisions = classify_study(headers, rules, measure)
+    save_decisions(store, study_uid, decisions, rules)
+    log.event("phases.decided", study_uid=study_uid, series=len(decisions),
+              ambiguous=sum(d.kind == "ambiguous" for d in decisions), rules_version=rules.version)
+    return decisions
