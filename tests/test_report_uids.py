@@ -1,0 +1,31 @@
+import re
+import uuid
+
+import numpy as np
+
+from hccnode.report.uids import mask_digest, uid_from
+
+
+def test_uid_is_a_valid_2_25_uuid_uid():
+    uid = uid_from("a", 1)
+    assert re.fullmatch(r"2\.25\.(0|[1-9][0-9]*)", uid) and len(uid) <= 64
+    u = uuid.UUID(int=int(uid.split(".")[2]))
+    assert u.version == 5 and u.variant == uuid.RFC_4122
+
+
+def test_same_parts_same_uid_and_any_change_gives_a_new_one():
+    base = {"sources": ["1.2.3", "1.2.4"], "labs": [{"name": "hct", "value": 0.40}]}
+    assert uid_from(base, "sr") == uid_from({"labs": [{"value": 0.40, "name": "hct"}], "sources": ["1.2.3", "1.2.4"]}, "sr")
+    assert uid_from(base, "sr") != uid_from(base, "seg")
+    changed = {"sources": ["1.2.3", "1.2.4"], "labs": [{"name": "hct", "value": 0.41}]}
+    assert uid_from(base, "sr") != uid_from(changed, "sr")
+
+
+def test_mask_digest_tracks_mask_content():
+    m = np.zeros((2, 4, 4), bool)
+    m2 = m.copy()
+    m2[1, 2, 3] = True
+    assert mask_digest(m) == mask_digest(m.copy())
+    assert mask_digest(m) != mask_digest(m2)
+    assert mask_digest(m) != mask_digest(np.zeros((2, 2, 8), bool))
+    assert uid_from(m) != uid_from(m2)
