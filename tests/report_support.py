@@ -127,6 +127,22 @@ def without_hct(case: Case) -> Case:
     return replace(case, measurements=ms, labs=[], ecv_map=None)
 
 
+def read_back_map(path, positions: list, sop_uids: list[str] | None = None) -> np.ndarray:
+    """A Parametric Map on the reference grid whose slice k lies at positions[k] (mm): each frame
+    placed at the slice whose position it states (and, if given, derived from sop_uids[k]), NaN
+    where no frame is."""
+    ds = pydicom.dcmread(path)
+    frames = ds.pixel_array.reshape(int(ds.NumberOfFrames), ds.Rows, ds.Columns)
+    where = [tuple(np.round(np.asarray(p, float), 3)) for p in positions]
+    out = np.full((len(where), ds.Rows, ds.Columns), np.nan, np.float32)
+    for frame, item in zip(frames, ds.PerFrameFunctionalGroupsSequence):
+        k = where.index(tuple(np.round(np.asarray(item.PlanePositionSequence[0].ImagePositionPatient, float), 3)))
+        if sop_uids is not None:
+            assert item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID == sop_uids[k]
+        out[k] = frame
+    return out
+
+
 _CACHE: dict[str, object] = {}
 
 

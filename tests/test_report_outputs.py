@@ -1,10 +1,15 @@
 from dataclasses import replace
 
+import highdicom as hd
+import numpy as np
 import pydicom
 import pytest
-from report_support import shared_case, shared_outputs
+from report_support import dciodvfy, read_back_map, shared_case, shared_outputs
 
-from hccnode.report import build_outputs
+from hccnode.imaging.measure import AUTOMATIC, RoiRef
+from hccnode.imaging.volumes import read_series
+from hccnode.phantom import StudySpec, generate
+from hccnode.report import Reference, ReportRoi, build_outputs
 
 
 @pytest.fixture(scope="session")
@@ -69,3 +74,31 @@ def test_outputs_sit_in_the_source_study(case, first):
         assert ds.StudyInstanceUID == case.reference[0].StudyInstanceUID
         assert ds.PatientID == case.reference[0].PatientID
     assert [f.name for f in first.values()] == ["seg.dcm", "ecv_map.dcm", "sr.dcm", "summary.dcm"]
+
+
+def test_enhanced_multiframe_reference_keeps_frame_order(tmp_path):
+    # Enhanced CT frames may run opposite to the volume's z order (here they do): SEG and map
+    # frames must land on the frames the masks were drawn on.
+    generate(StudySpec(kind="cect", matrix=32, slices=8, enhanced=True, noise_sd=0.0), tmp_path / "ph")
+    folder = next((tmp_path / "ph").glob("*/0005_ct_equilibrium"))
+    files = sorted(folder.glob("*.dcm"))
+    vol = read_series(files)
+    assert vol.frame_numbers != sorted(vol.frame_numbers)  # the case this test is about
+    ref = Reference.from_volume(vol, [pydicom.dcmread(f) for f in files])
+    shape = ref.shape
+    liver = np.zeros(shape, bool)
+    liver[1:4, 8:20, 6:18] = True
+    liver[1, 8:12, 6:10] = False  # asymmetric along z
+    ecv_map = np.where(liver, np.arange(np.prod(shape), dtype=np.float32).reshape(shape) % 50, np.nan)
+    roi = ReportRoi(RoiRef("liver", AUTOMATIC, label="liver"), liver)
+    out = build_outputs([], ref, [roi], [], [], [], tmp_path / "out", ecv_map=ecv_map.astype(np.float32))
+    seg = hd.seg.segread(out[0])
+    frames = seg.get_pixels_by_source_frame(source_sop_instance_uid=str(ref.datasets[0].SOPInstanceUID),
+                                            source_frame_numbers=list(range(1, shape[0] + 1)), segment_numbers=[1],
+                                            assert_missing_frames_are_empty=True)[..., 0].astype(bool)
+    np.testing.assert_array_equal(frames[np.asarray(vol.frame_numbers) - 1], liver)
+    positions = [vol.image.TransformIndexToPhysicalPoint((0, 0, k)) for k in range(shape[0])]
+    got = read_back_map(out[1], positions)
+    np.testing.assert_allclose(got[liver], ecv_map[liver], atol=1e-4)
+    for f in out:
+        assert dciodvfy(f)[0] == [], f.name

@@ -1,7 +1,7 @@
 import numpy as np
 import pydicom
 import pytest
-from report_support import dciodvfy, shared_case, shared_outputs
+from report_support import dciodvfy, read_back_map, shared_case, shared_outputs
 
 from hccnode.report import Reference
 from hccnode.report.pmap import PADDING, build_ecv_map, masked_map
@@ -18,28 +18,14 @@ def pm_path(tmp_path_factory):
     return shared_outputs(tmp_path_factory)["pm"]
 
 
-def read_back(path, reference) -> np.ndarray:
-    """The map on the reference grid: each frame placed at the slice whose position it states."""
-    ds = pydicom.dcmread(path)
-    frames = ds.pixel_array.reshape(int(ds.NumberOfFrames), ds.Rows, ds.Columns)
-    positions = [tuple(np.round(np.asarray(d.ImagePositionPatient, float), 3)) for d in reference]
-    out = np.full((len(reference), ds.Rows, ds.Columns), np.nan, np.float32)
-    for frame, item in zip(frames, ds.PerFrameFunctionalGroupsSequence):
-        pos = tuple(np.round(np.asarray(item.PlanePositionSequence[0].ImagePositionPatient, float), 3))
-        k = positions.index(pos)
-        src = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
-        assert src == reference[k].SOPInstanceUID
-        out[k] = frame
-    return out
-
-
 def test_map_is_valid_dicom(pm_path):
     errors, warnings = dciodvfy(pm_path)
     assert errors == [] and warnings == []
 
 
 def test_map_values_equal_the_input_inside_the_liver_and_padding_elsewhere(case, pm_path):
-    got = read_back(pm_path, case.reference)
+    got = read_back_map(pm_path, [d.ImagePositionPatient for d in case.reference],
+                        [d.SOPInstanceUID for d in case.reference])
     inside = case.liver & np.isfinite(case.ecv_map)
     assert inside.sum() > 100
     np.testing.assert_allclose(got[inside], case.ecv_map[inside], rtol=0, atol=1e-4)

@@ -5,8 +5,9 @@ Entry point (pure builders underneath, one module per object: seg, pmap, sr, sum
     from hccnode.report import ReportRoi, build_outputs
     files = build_outputs(
         sources,        # pydicom datasets (headers suffice) of every instance of the measured series
-        reference,      # datasets of the reference series, in the masks' z order
-                        #   (or the one enhanced multi-frame instance, one frame per z)
+        reference,      # datasets of the reference series in the masks' z order, or a
+                        #   Reference (Reference.from_volume(volume, datasets) handles
+                        #   enhanced multi-frame series and their frame order)
         rois,           # [ReportRoi(RoiRef, bool mask z,y,x)], e.g. ReportRoi.from_roi_mask(roi_mask)
         measurements,   # [hccnode.imaging.measure.Measurement], missing ones with their reason
         model_results,  # [dict from hccnode.models.engine.evaluate]

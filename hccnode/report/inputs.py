@@ -46,23 +46,46 @@ class ReportRoi:
 
 @dataclass(frozen=True)
 class Reference:
-    """The reference series the masks (and the ECV map) lie on."""
+    """The reference series the masks (and the ECV map) lie on: its instances in the masks' z
+    order, or one enhanced multi-frame instance and the frame number (1-based) of each z slice."""
 
     datasets: tuple[Dataset, ...]
+    frame_numbers: tuple[int, ...] | None = None
 
-    def __init__(self, datasets: Sequence[Dataset]):
+    def __init__(self, datasets: Sequence[Dataset], frame_numbers: Sequence[int] | None = None):
         if not datasets:
             raise ValueError("reference series has no instances")
         object.__setattr__(self, "datasets", tuple(datasets))
+        n = int(self.datasets[0].get("NumberOfFrames", 1) or 1)
+        if len(self.datasets) == 1 and n > 1:
+            frames = tuple(int(f) for f in frame_numbers) if frame_numbers is not None else tuple(range(1, n + 1))
+            if sorted(frames) != list(range(1, n + 1)):
+                raise ValueError(f"frame numbers {frames} are not a permutation of the {n} frames of the reference")
+            object.__setattr__(self, "frame_numbers", frames)
+        else:
+            if frame_numbers is not None and any(f is not None for f in frame_numbers):
+                raise ValueError("frame numbers are only for a single multi-frame reference instance")
+            object.__setattr__(self, "frame_numbers", None)
+
+    @classmethod
+    def from_volume(cls, volume, datasets: Sequence[Dataset]) -> "Reference":
+        """Order `datasets` as the slices of `volume` (hccnode.imaging.volumes.Volume)."""
+        by_uid = {str(d.SOPInstanceUID): d for d in datasets}
+        missing = [u for u in dict.fromkeys(volume.sop_instance_uids) if u not in by_uid]
+        if missing:
+            raise ValueError(f"reference datasets lack {len(missing)} instance(s) of the volume, e.g. {missing[0]}")
+        if any(f is not None for f in volume.frame_numbers):
+            return cls([by_uid[volume.sop_instance_uids[0]]], volume.frame_numbers)
+        return cls([by_uid[u] for u in volume.sop_instance_uids])
 
     @property
     def multiframe(self) -> bool:
-        return len(self.datasets) == 1 and int(self.datasets[0].get("NumberOfFrames", 1) or 1) > 1
+        return self.frame_numbers is not None
 
     @property
     def shape(self) -> tuple[int, int, int]:
         first = self.datasets[0]
-        z = int(first.NumberOfFrames) if self.multiframe else len(self.datasets)
+        z = len(self.frame_numbers) if self.multiframe else len(self.datasets)
         return z, int(first.Rows), int(first.Columns)
 
     @property
@@ -78,12 +101,19 @@ class Reference:
             raise ValueError(f"{what}: shape {tuple(array.shape)} is not the reference series' grid {self.shape} (z, y, x)")
 
     def sources_for(self, slices: np.ndarray) -> tuple[list[Dataset], np.ndarray]:
-        """Source datasets and slice indices to encode: only the given slices for single-frame
-        sources; every frame for a multi-frame source (highdicom maps frames to all of its frames)."""
+        """Source datasets, and the z indices to encode in their order: only the given slices
+        for single-frame sources; every frame, in frame order, for a multi-frame source
+        (highdicom maps pixel frames to all of its frames)."""
         if self.multiframe:
-            return list(self.datasets), np.arange(self.shape[0])
+            return list(self.datasets), np.argsort(self.frame_numbers)
         idx = np.flatnonzero(slices)
         return [self.datasets[i] for i in idx], idx
+
+    def source_of(self, k: int) -> tuple[Dataset, int | None]:
+        """The instance (and frame number, multi-frame only) z slice k comes from."""
+        if self.multiframe:
+            return self.datasets[0], self.frame_numbers[k]
+        return self.datasets[k], None
 
 
 def analysis_key(sources: Sequence[Dataset], reference: Reference, rois: Sequence[ReportRoi],

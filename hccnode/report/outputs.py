@@ -51,7 +51,7 @@ def _write(ds: Dataset, path: Path) -> Path:
 
 def build_outputs(
     sources: Sequence[Dataset],
-    reference: Sequence[Dataset],
+    reference: Sequence[Dataset] | Reference,
     rois: Sequence[ReportRoi],
     measurements: Sequence[Measurement],
     model_results: Sequence[dict[str, Any]],
@@ -74,7 +74,7 @@ def build_outputs(
     out.mkdir(parents=True, exist_ok=True)
     template = template or load_template()
     numbers = {**SERIES_NUMBERS, **(series_numbers or {})}
-    ref = Reference(reference)
+    ref = reference if isinstance(reference, Reference) else Reference(reference)
     missing = list(missing)
     for r in rois:
         ref.check(r.mask, f"ROI {r.describe()}")

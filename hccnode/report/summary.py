@@ -167,12 +167,13 @@ def encapsulate_pdf(pdf: bytes, study: Dataset, reference: Reference, key_slice_
     ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
     sources = []
     for k in key_slice_indices:
-        src = reference.datasets[0] if reference.multiframe else reference.datasets[k]
+        src, frame = reference.source_of(k)
         item = Dataset()
         item.ReferencedSOPClassUID = src.SOPClassUID
         item.ReferencedSOPInstanceUID = src.SOPInstanceUID
-        if item not in sources:
-            sources.append(item)
+        if frame is not None:
+            item.ReferencedFrameNumber = frame
+        sources.append(item)
     if sources:
         ds.SourceInstanceSequence = sources
     ds.EncapsulatedDocumentLength = len(pdf)
