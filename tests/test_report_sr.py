@@ -8,7 +8,7 @@ import pytest
 from report_support import dciodvfy, shared_case, shared_outputs, without_hct
 
 import hccnode
-from hccnode.imaging.measure import Measurement
+from hccnode.imaging.measure import READER, Measurement, RoiRef
 from hccnode.report import build_outputs
 from hccnode.report.sr import dicom_datetime, measurement_item
 from hccnode.report.templates import load_template
@@ -200,3 +200,15 @@ def test_no_phi_in_texts(case, outputs):
     pid = str(case.reference[0].PatientID)
     assert pid and pid not in values and str(case.reference[0].PatientName) not in values
     assert str(ds.PatientID) == pid  # the header, not the content, carries identity
+
+
+def test_measurement_over_several_rois_of_a_role_gets_a_role_group(case, tmp_path):
+    # e.g. paper 001's liver ECV: the mean over three liver ROIs, recorded against the role.
+    mean_liver = Measurement.of("paper001.ecv_cect", "ecv_liver_mean", 29.5, roi=RoiRef("liver", READER),
+                                series=case.measurements[0].series, lab=case.labs[0])
+    build_outputs(out_dir=tmp_path, **case.kwargs(measurements=[mean_liver]))
+    report = hd.sr.srread(tmp_path / "sr.dcm").content
+    g = next(g for g in report.get_image_measurement_groups() if g.tracking_identifier == "Liver (all reader ROIs)")
+    (m,) = g.get_measurements()
+    assert (m.name.meaning, m.value, m.unit.value) == ("Extracellular volume fraction", 29.5, "%")
+    assert g.finding_sites[0].value.value == "10200004"  # SCT Liver

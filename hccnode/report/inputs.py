@@ -6,6 +6,7 @@ series' instances in the same z order (or one enhanced multi-frame instance with
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
@@ -145,17 +146,16 @@ def tracking(rois: Sequence[ReportRoi], reference: Reference, labels: dict[str, 
     """One Tracking per ROI, in order. The UID follows the ROI, not the analysis: a reader's ROI
     keeps its UID across re-analyses (annotation UID + label), an automatic one per reference series.
     `labels` maps a role to its display label (from the SR template)."""
+    per_role = Counter(r.ref.name for r in rois)
+    count: Counter = Counter()
+    seen: Counter = Counter()
     out: list[Tracking] = []
-    seen: dict[str, int] = {}
-    per_role: dict[str, int] = {}
-    for r in rois:
-        per_role[r.ref.name] = per_role.get(r.ref.name, 0) + 1
-    count: dict[str, int] = {}
     for i, r in enumerate(rois, 1):
-        key = uid_from("tracking", asdict(r.ref), None if r.ref.source == READER else reference.series_uid)
-        seen[key] = seen.get(key, 0) + 1
-        uid = key if seen[key] == 1 else uid_from("tracking", key, seen[key])
-        count[r.ref.name] = count.get(r.ref.name, 0) + 1
+        uid = uid_from("tracking", asdict(r.ref), None if r.ref.source == READER else reference.series_uid)
+        seen[uid] += 1
+        if seen[uid] > 1:  # two ROIs with identical provenance: still distinct tracking UIDs
+            uid = uid_from("tracking", uid, seen[uid])
+        count[r.ref.name] += 1
         text = labels.get(r.ref.name, r.ref.name)
         if per_role[r.ref.name] > 1:
             text += f" {count[r.ref.name]}"

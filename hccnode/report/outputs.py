@@ -21,7 +21,8 @@ from hccnode.report.uids import uid_from
 SERIES_NUMBERS = {"seg": 9910, "pm": 9911, "sr": 9912, "pdf": 9913}
 FILES = {"seg": "seg.dcm", "pm": "ecv_map.dcm", "sr": "sr.dcm", "pdf": "summary.dcm"}
 SUMMARY_PDF, SUMMARY_PNG = "summary.pdf", "summary.png"
-ECV_FORMULA = "paper001.ecv_cect"  # its template entry names the map's quantity
+ECV_FORMULA = "paper001.ecv_cect"
+CT_WINDOW = (40.0, 400.0)  # soft-tissue window (centre, width) in HU for the summary's key images  # its template entry names the map's quantity
 
 
 def lab_codes(data_dir: str | Path | None = None) -> dict[str, CodedConcept]:
@@ -118,7 +119,9 @@ def build_outputs(
                         other_evidence=[pm_ds] if pm_ds is not None else ())
     written.append(_write(sr_ds, out / FILES["sr"]))
 
-    fig = summary.render(rois, tracks, measurements, model_results, labs_used, missing, images=images)
+    ct = str(ref.datasets[0].get("Modality", "")) == "CT"
+    fig = summary.render(rois, tracks, measurements, model_results, labs_used, missing, images=images,
+                         window=CT_WINDOW if ct else None)
     pdf = summary.save(fig, out / SUMMARY_PDF, out / SUMMARY_PNG)
     doc = summary.encapsulate_pdf(pdf, sources[0] if sources else ref.datasets[0], ref, summary.key_slices(rois),
                                   *uids["pdf"], numbers["pdf"], title="hccnode research summary")

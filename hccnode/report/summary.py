@@ -53,15 +53,20 @@ def key_slices(rois: Sequence[ReportRoi], n: int = 2) -> list[int]:
 
 def render(rois: Sequence[ReportRoi], tracks: Sequence[Tracking], measurements: Sequence[Measurement],
            model_results: Sequence[dict[str, Any]], labs_used: Sequence[LabRef], missing: Sequence[str],
-           images: np.ndarray | None = None, window: tuple[float, float] = (40.0, 400.0)) -> Figure:
+           images: np.ndarray | None = None, window: tuple[float, float] | None = None) -> Figure:
     """The summary page (A4 portrait). `images` is the reference volume (z, y, x) in modality units
-    for the key images; `window` (centre, width) its display window."""
+    for the key images; `window` (centre, width) its display window, default the 1st to 99th
+    percentile of the images (pass (40, 400) for a CT soft-tissue window)."""
     fig = plt.figure(figsize=(8.27, 11.69), dpi=100)
     fig.text(0.5, 0.975, "hccnode - liver imaging research measurements", ha="center", va="top", fontsize=13,
              weight="bold")
     fig.text(0.5, 0.955, hccnode.RESEARCH_USE, ha="center", va="top", fontsize=8.5, color="#b00000")
     slices = key_slices(rois)
-    lo, hi = window[0] - window[1] / 2, window[0] + window[1] / 2
+    if window is not None:
+        lo, hi = window[0] - window[1] / 2, window[0] + window[1] / 2
+    elif images is not None and slices:
+        finite = images[slices][np.isfinite(images[slices])]
+        lo, hi = (float(v) for v in np.percentile(finite, (1, 99))) if finite.size else (0.0, 1.0)
     for j, k in enumerate(slices):
         ax = fig.add_axes((0.06 + j * 0.47, 0.67, 0.41, 0.245))
         if images is not None:
