@@ -21,8 +21,8 @@ from hccnode.report.uids import uid_from
 SERIES_NUMBERS = {"seg": 9910, "pm": 9911, "sr": 9912, "pdf": 9913}
 FILES = {"seg": "seg.dcm", "pm": "ecv_map.dcm", "sr": "sr.dcm", "pdf": "summary.dcm"}
 SUMMARY_PDF, SUMMARY_PNG = "summary.pdf", "summary.png"
-ECV_FORMULA = "paper001.ecv_cect"
-CT_WINDOW = (40.0, 400.0)  # soft-tissue window (centre, width) in HU for the summary's key images  # its template entry names the map's quantity
+ECV_FORMULA = "paper001.ecv_cect"  # its template entry names the map's quantity
+CT_WINDOW = (40.0, 400.0)  # soft-tissue window (centre, width) in HU for the summary's key images
 
 
 def lab_codes(data_dir: str | Path | None = None) -> dict[str, CodedConcept]:
