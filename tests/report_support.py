@@ -114,7 +114,7 @@ def make_case(root: Path) -> Case:
         evaluate(cards["p002-nomogram@1.0.0"], {"tumor_size": {"value": 40.0, "unit": "mm", "source": "marker tumor_diameter"}}),
     ]
     sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(folder["ct_unenhanced"].glob("*.dcm"))]
-    sources += reference
+    sources += reference + [seg]  # the reader's annotation is evidence too
     return Case(sources, reference, rois, measurements, results, [hct], ecv_map, by_role["liver"].mask, eq, t)
 
 

@@ -142,6 +142,7 @@ def test_research_use_and_not_measured_are_stated(outputs):
     assert texts(ds, "Research use statement") == [hccnode.RESEARCH_USE]
     assert "nic_tumor in tumor (Tumor) not measured: no iodine map: not a dual-energy study" in texts(ds, "Not measured")
     assert ds.VerificationFlag == "UNVERIFIED" and ds.CompletionFlag == "COMPLETE"
+    assert ds.get("PreliminaryFlag", "FINAL") == "FINAL"
 
 
 def test_study_that_cannot_be_fully_measured_still_gets_an_sr(case, tmp_path):
@@ -212,3 +213,12 @@ def test_measurement_over_several_rois_of_a_role_gets_a_role_group(case, tmp_pat
     (m,) = g.get_measurements()
     assert (m.name.meaning, m.value, m.unit.value) == ("Extracellular volume fraction", 29.5, "%")
     assert g.finding_sites[0].value.value == "10200004"  # SCT Liver
+
+
+def test_evidence_lists_sources_annotation_and_own_seg(case, outputs):
+    ds = pydicom.dcmread(outputs["sr"])
+    listed = {sop.ReferencedSOPInstanceUID for study in ds.CurrentRequestedProcedureEvidenceSequence
+              for series in study.ReferencedSeriesSequence for sop in series.ReferencedSOPSequence}
+    assert {str(d.SOPInstanceUID) for d in case.sources} <= listed
+    assert pydicom.dcmread(outputs["seg"]).SOPInstanceUID in listed
+    assert pydicom.dcmread(outputs["pm"]).SOPInstanceUID in listed

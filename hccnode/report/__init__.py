@@ -4,7 +4,8 @@ Entry point (pure builders underneath, one module per object: seg, pmap, sr, sum
 
     from hccnode.report import ReportRoi, build_outputs
     files = build_outputs(
-        sources,        # pydicom datasets (headers suffice) of every instance of the measured series
+        sources,        # pydicom datasets (headers suffice) of every instance of the measured series,
+                        #   and the reader's annotation object if one was used (SR evidence)
         reference,      # datasets of the reference series in the masks' z order, or a
                         #   Reference (Reference.from_volume(volume, datasets) handles
                         #   enhanced multi-frame series and their frame order)

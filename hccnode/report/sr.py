@@ -13,6 +13,9 @@ Content (all groups are TID 1501 / TID 1411 measurement groups):
   linear predictor as NUM; risk group, paper, limitations and whatever was withheld as TEXT;
 - notes: the research-use statement and every measurement not made, with its reason.
 
+Flags: COMPLETE (everything this analysis produced is in it), UNVERIFIED (no person verified
+it), FINAL for its inputs; a later analysis writes a new SR that names this one as predecessor.
+
 TEXT items in a measurement group carry the free-text qualitative evaluations TID 1501 allows;
 their concept names are private codes (sr_templates/private_codes.toml).
 """
@@ -191,7 +194,7 @@ def build_sr(
     evidence = list(sources) + ([seg] if seg is not None else []) + list(other_evidence)
     sr = hd.sr.Comprehensive3DSR(
         evidence=evidence, content=report[0], series_instance_uid=series_uid, series_number=series_number,
-        sop_instance_uid=sop_uid, instance_number=1, manufacturer="hccnode", is_complete=True, is_final=False,
+        sop_instance_uid=sop_uid, instance_number=1, manufacturer="hccnode", is_complete=True, is_final=True,
         is_verified=False, previous_versions=list(previous) or None,
         series_description="hccnode measurements (research)")
     sr.SoftwareVersions = hccnode.__version__
