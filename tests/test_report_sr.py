@@ -222,3 +222,12 @@ def test_evidence_lists_sources_annotation_and_own_seg(case, outputs):
     assert {str(d.SOPInstanceUID) for d in case.sources} <= listed
     assert pydicom.dcmread(outputs["seg"]).SOPInstanceUID in listed
     assert pydicom.dcmread(outputs["pm"]).SOPInstanceUID in listed
+
+
+def test_measurement_in_an_unknown_role_is_listed_not_dropped(case, tmp_path):
+    spleen = Measurement(marker="spleen_hu", value=50.0, unit="[hnsf'U]", formula="roi.mean_hu",
+                         roi=RoiRef("spleen", READER))
+    build_outputs(out_dir=tmp_path, **case.kwargs(measurements=[spleen]))
+    ds = pydicom.dcmread(tmp_path / "sr.dcm")
+    assert "spleen_hu = 50 [hnsf'U] is not reported: ROI role 'spleen' has no entry in the SR template" \
+        in texts(ds, "Not measured")

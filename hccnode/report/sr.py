@@ -139,6 +139,10 @@ def build_sr(
             notes.append(f"{m.marker} = {m.value:g} {m.unit} ({m.formula}) is not reported: the SR template has no entry "
                          f"for this formula")
             continue
+        if m.roi is not None and m.roi not in index and m.roi.name not in template.roles:
+            notes.append(f"{m.marker} = {m.value:g} {m.unit} is not reported: ROI role {m.roi.name!r} has no entry in "
+                         f"the SR template")
+            continue
         item = measurement_item(m, template)
         if m.roi is None:
             study_level.append(item)
