@@ -45,6 +45,7 @@ def test_changed_lab_value_gives_a_new_sr_that_references_the_old_one(case, firs
     for name in new:
         assert new[name][1] != old[name][1], name       # new instance
         assert new[name][0] == old[name][0], name       # same series: versions of one output
+    assert dciodvfy(tmp_path / "sr.dcm") == ([], [])
     sr = pydicom.dcmread(tmp_path / "sr.dcm")
     pred = sr.PredecessorDocumentsSequence[0]
     assert pred.StudyInstanceUID == old_sr.StudyInstanceUID

@@ -1,10 +1,13 @@
 import shutil
 import subprocess
 from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 
 import highdicom as hd
 import pydicom
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from report_support import dciodvfy, shared_case, shared_outputs, without_hct
 
 import hccnode
@@ -231,3 +234,12 @@ def test_measurement_in_an_unknown_role_is_listed_not_dropped(case, tmp_path):
     ds = pydicom.dcmread(tmp_path / "sr.dcm")
     assert "spleen_hu = 50 [hnsf'U] is not reported: ROI role 'spleen' has no entry in the SR template" \
         in texts(ds, "Not measured")
+
+
+@given(st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2100, 1, 1)),
+       st.sampled_from([None, timezone.utc, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))]))
+def test_dicom_datetime_round_trips(t, tz):
+    t = t.replace(tzinfo=tz)
+    dt = dicom_datetime(t.isoformat())
+    fmt = "%Y%m%d%H%M%S" + (".%f" if t.microsecond else "") + ("%z" if tz else "")
+    assert datetime.strptime(dt, fmt) == t

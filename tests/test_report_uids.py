@@ -2,6 +2,9 @@ import re
 import uuid
 
 import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hccnode.report.uids import mask_digest, uid_from
 
@@ -29,3 +32,17 @@ def test_mask_digest_tracks_mask_content():
     assert mask_digest(m) != mask_digest(m2)
     assert mask_digest(m) != mask_digest(np.zeros((2, 2, 8), bool))
     assert uid_from(m) != uid_from(m2)
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                    max_leaves=20))
+def test_any_json_parts_give_a_valid_uid(parts):
+    uid = uid_from(parts)
+    assert re.fullmatch(r"2\.25\.(0|[1-9][0-9]*)", uid) and len(uid) <= 64
+    assert uid == uid_from(parts)
+
+
+def test_unsupported_part_is_refused():
+    with pytest.raises(TypeError, match="cannot derive a UID from a object"):
+        uid_from(object())

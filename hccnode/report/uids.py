@@ -28,12 +28,6 @@ def canonical(value: Any) -> str:
 def _default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return {"shape": list(obj.shape), "sha256": mask_digest(obj)}
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    if hasattr(obj, "__dataclass_fields__"):
-        from dataclasses import asdict
-
-        return asdict(obj)
     raise TypeError(f"cannot derive a UID from a {type(obj).__name__}")
 
 
@@ -49,7 +43,3 @@ def uid_from(*parts: Any) -> str:
     """'2.25.<decimal UUID>' for the parts (at most 44 characters, within the 64 allowed)."""
     return f"2.25.{uuid.uuid5(NAMESPACE, canonical(list(parts))).int}"
 
-
-def fingerprint(*parts: Any) -> str:
-    """A short hex digest naming one analysis (the same parts as `uid_from` would take)."""
-    return hashlib.sha256(canonical(list(parts)).encode()).hexdigest()
