@@ -7,7 +7,7 @@ from report_support import dciodvfy, shared_case, shared_outputs
 
 import hccnode
 from hccnode.report import Reference
-from hccnode.report.summary import ENCAPSULATED_PDF, encapsulate_pdf, key_slices, render
+from hccnode.report.summary import ENCAPSULATED_PDF, encapsulate_pdf, image_label, key_slices, render
 
 
 @pytest.fixture(scope="session")
@@ -54,6 +54,17 @@ def test_key_slices_show_the_largest_tumor_section_first(case):
     assert len(slices) == 2 and slices[1] != slices[0]
     assert key_slices([r for r in case.rois if r.ref.name != "tumor"])  # reference ROIs alone still shown
     assert key_slices([]) == []
+
+
+def test_key_images_are_named_as_the_viewer_shows_them(case):
+    ref = Reference(case.reference)
+    k = key_slices(case.rois)[0]
+    ds = case.reference[k]
+    assert image_label(ref, k) == f"series {ds.SeriesNumber}, image {ds.InstanceNumber}"
+    fig = render(case.rois, [], [], [], [], [], images=case.images, reference=ref)
+    titles = [ax.get_title() for ax in fig.axes]
+    plt.close(fig)
+    assert titles[0] == image_label(ref, k)
 
 
 def test_only_a_pdf_is_encapsulated(case):

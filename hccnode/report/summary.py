@@ -51,12 +51,23 @@ def key_slices(rois: Sequence[ReportRoi], n: int = 2) -> list[int]:
     return picks[:n]
 
 
+def image_label(reference: Reference | None, k: int) -> str:
+    """How a reader finds slice k in the viewer: series, instance (and frame) number."""
+    if reference is None:
+        return f"slice {k + 1}"
+    ds, frame = reference.source_of(k)
+    label = f"series {ds.get('SeriesNumber', '?')}, image {ds.get('InstanceNumber', '?')}"
+    return label + (f", frame {frame}" if frame is not None else "")
+
+
 def render(rois: Sequence[ReportRoi], tracks: Sequence[Tracking], measurements: Sequence[Measurement],
            model_results: Sequence[dict[str, Any]], labs_used: Sequence[LabRef], missing: Sequence[str],
-           images: np.ndarray | None = None, window: tuple[float, float] | None = None) -> Figure:
+           images: np.ndarray | None = None, window: tuple[float, float] | None = None,
+           reference: Reference | None = None) -> Figure:
     """The summary page (A4 portrait). `images` is the reference volume (z, y, x) in modality units
     for the key images; `window` (centre, width) its display window, default the 1st to 99th
-    percentile of the images (pass (40, 400) for a CT soft-tissue window)."""
+    percentile of the images (pass (40, 400) for a CT soft-tissue window); `reference` names the
+    key images by series, instance and frame number."""
     fig = plt.figure(figsize=(8.27, 11.69), dpi=100)
     fig.text(0.5, 0.975, "hccnode - liver imaging research measurements", ha="center", va="top", fontsize=13,
              weight="bold")
@@ -78,7 +89,7 @@ def render(rois: Sequence[ReportRoi], tracks: Sequence[Tracking], measurements: 
                 ax.contour(r.mask[k].astype(float), levels=[0.5], colors=[COLORS[i % len(COLORS)]], linewidths=1.0)
                 ys, xs = np.nonzero(r.mask[k])
                 ax.text(xs.max() + 1, ys.min(), str(t.segment_number), color=COLORS[i % len(COLORS)], fontsize=7)
-        ax.set_title(f"slice {k + 1}", fontsize=8)
+        ax.set_title(image_label(reference, k), fontsize=8)
         ax.set_axis_off()
     lines: list[tuple[str, dict]] = []
 
