@@ -84,9 +84,13 @@ def render(rois: Sequence[ReportRoi], tracks: Sequence[Tracking], measurements: 
             ax.imshow(images[k], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
         else:
             ax.imshow(np.zeros(rois[0].mask.shape[1:]), cmap="gray", vmin=0, vmax=1)
-        for i, (r, t) in enumerate(zip(rois, tracks)):
+        # Tumors last and thicker: their edge often coincides with a liver mask's hole.
+        order = sorted(range(len(tracks)), key=lambda i: rois[i].ref.name == "tumor")
+        for i in order:
+            r, t = rois[i], tracks[i]
             if r.mask[k].any():
-                ax.contour(r.mask[k].astype(float), levels=[0.5], colors=[COLORS[i % len(COLORS)]], linewidths=1.0)
+                width = 1.6 if r.ref.name == "tumor" else 1.0
+                ax.contour(r.mask[k].astype(float), levels=[0.5], colors=[COLORS[i % len(COLORS)]], linewidths=width)
                 ys, xs = np.nonzero(r.mask[k])
                 ax.text(xs.max() + 1, ys.min(), str(t.segment_number), color=COLORS[i % len(COLORS)], fontsize=7)
         ax.set_title(image_label(reference, k), fontsize=8)
