@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "hccnode.labs.commands",
     "hccnode.models.commands",
     "hccnode.phantom.commands",
+    "hccnode.store.audit_commands",
     "hccnode.report.commands",
 ]
 

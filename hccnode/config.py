@@ -68,6 +68,9 @@ class ForwardSection:
     retry_max_seconds: float = 600.0
     max_attempts: int = 50
     poll_seconds: float = 0.5
+    # Send over TLS (with [tls] certificate/private_key as client certificate when set,
+    # verifying the peer against [tls] ca_certificates and its host name).
+    tls: bool = False
 
 
 @dataclass
@@ -78,6 +81,19 @@ class HL7Section:
     host: str = "127.0.0.1"
     port: int = 2575
     allowed_hosts: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TLSSection:
+    """DICOM over TLS (PS3.15 Annex B.9, BCP 195 profile: TLS 1.2 or newer). Off by default."""
+
+    enabled: bool = False
+    port: int = 2762                     # the TLS listener (2762: DICOM over TLS)
+    certificate: str = ""                # PEM: this node's certificate (chain)
+    private_key: str = ""                # PEM: its key
+    ca_certificates: str = ""            # PEM bundle trusted to sign peers' certificates
+    require_client_certificate: bool = False  # mutual TLS on the listener
+    keep_plain_listener: bool = True     # false: only the TLS port accepts associations
 
 
 @dataclass
@@ -93,6 +109,7 @@ class Config:
     worker: WorkerSection = field(default_factory=WorkerSection)
     forward: ForwardSection = field(default_factory=ForwardSection)
     hl7: HL7Section = field(default_factory=HL7Section)
+    tls: TLSSection = field(default_factory=TLSSection)
     log: LogSection = field(default_factory=LogSection)
     source: str = "defaults"  # where the values came from
 
@@ -162,6 +179,18 @@ def _validate(cfg: Config) -> None:
             parse_destination(dest)
         except ValueError as exc:
             raise ConfigError(f"forward.destinations[{i}]: {exc}") from None
+    if cfg.tls.enabled or cfg.forward.tls:
+        needed = ["ca_certificates"] if cfg.forward.tls and not cfg.tls.enabled else []
+        if cfg.tls.enabled:
+            needed = ["certificate", "private_key"] + (["ca_certificates"] if cfg.tls.require_client_certificate else [])
+        for key in needed:
+            value = getattr(cfg.tls, key)
+            if not value:
+                raise ConfigError(f"tls.{key}: required when TLS is used")
+            if not Path(value).expanduser().is_file():
+                raise ConfigError(f"tls.{key}: {value!r} is not a readable file")
+    if not 0 <= cfg.tls.port <= 65535:
+        raise ConfigError(f"tls.port: {cfg.tls.port} is not a TCP port")
     if cfg.node.max_associations < 1:
         raise ConfigError("node.max_associations: must be at least 1")
     if cfg.study.stable_seconds < 0:

@@ -9,8 +9,9 @@ from hccnode import __version__, log
 from hccnode.config import Config
 from hccnode.labs import requeue
 from hccnode.labs.mllp import MllpListener
-from hccnode.net.forward import Forwarder
+from hccnode.net.forward import Forwarder, client_tls
 from hccnode.net.scp import StorageSCP
+from hccnode.store import audit
 from hccnode.store.db import Store
 from hccnode.store.spool import Spool
 from hccnode.worker import Watcher, WorkerPool
@@ -22,10 +23,10 @@ class Node:
         self.stop_event = threading.Event()
         self.store = Store(cfg.data_dir)
         self.spool = Spool(self.store)
-        self.scp = StorageSCP(cfg.node, self.spool)
+        self.scp = StorageSCP(cfg.node, self.spool, cfg.tls)
         self.workers = WorkerPool(cfg, self.stop_event)
         self.watcher = Watcher(cfg, self.stop_event)
-        self.forwarder = Forwarder(cfg.data_dir, cfg.forward, self.stop_event)
+        self.forwarder = Forwarder(cfg.data_dir, cfg.forward, self.stop_event, client_tls(cfg))
         self.mllp = MllpListener.from_config(cfg, self.store, on_stored=self.on_labs) if cfg.hl7.enabled else None
 
     def on_labs(self, stored) -> None:
@@ -36,13 +37,19 @@ class Node:
         cleaned = self.spool.clean_tmp()
         log.event("node.starting", version=__version__, data_dir=self.cfg.data_dir, config=self.cfg.source,
                   unacknowledged_tmp_removed=cleaned)
+        audit.record_config(self.store, self.cfg)
+        audit.append(self.store, "node.started", "node", version=__version__, data_dir=str(self.cfg.data_dir),
+                     unacknowledged_tmp_removed=cleaned)
+        h = audit.head(self.store)
+        log.event("audit.head", head=f"{h[0]}:{h[1]}" if h else None)
         self.scp.start()
         if self.mllp:
             self.mllp.start()
         self.watcher.start()
         self.workers.start()
         self.forwarder.start()
-        log.event("node.ready", ae=self.cfg.node.ae_title, port=self.scp.port, workers=self.workers.n)
+        log.event("node.ready", ae=self.cfg.node.ae_title, port=self.scp.port if self.scp.server else None,
+                  tls_port=self.scp.tls_port, workers=self.workers.n)
 
     def stop(self) -> None:
         log.event("node.stopping")
@@ -53,6 +60,7 @@ class Node:
         self.watcher.join(5)
         self.forwarder.join(10)
         self.workers.join(10)
+        audit.append(self.store, "node.stopped", "node")
         log.event("node.stopped")
 
     def serve_forever(self) -> None:

@@ -14,7 +14,7 @@ PATIENT_ID = "PHI-SENTINEL-4711"
 
 
 def ct_series(out: Path, n: int = 10, size: int = 64, seed: int = 0, study_uid: str | None = None,
-              series_number: int = 1) -> list[Path]:
+              series_number: int = 1, description: str = "TEST ABDOMEN", body_part: str = "ABDOMEN") -> list[Path]:
     """Write `n` single-frame CT instances of `size`² pixels to `out`; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -49,7 +49,7 @@ def ct_series(out: Path, n: int = 10, size: int = 64, seed: int = 0, study_uid: 
         ds.Manufacturer = "hccnode tests"
         ds.SeriesNumber = series_number
         ds.InstanceNumber = i + 1
-        ds.SeriesDescription = "TEST ABDOMEN"
+        ds.SeriesDescription = description
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.PatientPosition = "FFS"
         ds.ImagePositionPatient = [-size / 2, -size / 2, -float(i) * 2.5]
@@ -69,7 +69,7 @@ def ct_series(out: Path, n: int = 10, size: int = 64, seed: int = 0, study_uid: 
         ds.KVP = 120
         ds.PositionReferenceIndicator = ""
         ds.AcquisitionNumber = 1
-        ds.BodyPartExamined = "ABDOMEN"
+        ds.BodyPartExamined = body_part
         ds.PixelData = rng.integers(900, 1200, (size, size), dtype=np.uint16).tobytes()
         p = out / f"ct{series_number:02d}_{i:04d}.dcm"
         ds.save_as(p, enforce_file_format=True)

@@ -109,3 +109,23 @@ def test_adc_fit_recovers_known_adc():
     imgs = [np.full((2, 2), 500.0 * np.exp(-bi * 1.2e-3)) for bi in b]
     assert adc_fit(imgs, b, floor=1.0) == pytest.approx(np.full((2, 2), 1200.0))
     assert adc_fit([np.zeros((1, 1)), np.zeros((1, 1))], [0.0, 800.0], floor=1.0)[0, 0] == 0.0
+
+
+def test_followup_motion_split_and_reader_seg_on_t2(tmp_path):
+    from hccnode.phantom import Motion
+    spec = StudySpec(kind="mr", seed=8, slices=6, matrix=64, noise_sd=0.0, split=True, seg_phase="t2",
+                     motion={"followup": Motion((0.0, 15.0, 0.0))})
+    truth = generate(spec, tmp_path).as_dict()
+    base, fu = truth["studies"]
+    assert {s["folder"].split("/")[0] for s in base["series"] if s["kind"] != "seg"} == {"send1", "send2"}
+    assert all("motion" in s for s in fu["series"]) and not any("motion" in s for s in base["series"])
+    # the erector spinae (bright relative to fat-suppressed background) moves 15 mm posterior
+    def centroid(study):
+        ds = read_series(series_folder(tmp_path, truth, "mr_t2", study=study))[3]
+        rows, _ = np.nonzero(np.isclose(ds.pixel_array, 300.0, atol=1.0))
+        return rows.mean() * float(ds.PixelSpacing[0])
+    assert centroid(1) - centroid(0) == pytest.approx(15.0, abs=1.5)
+    seg = next(s for s in base["series"] if s["kind"] == "seg")
+    errors, warnings = dciodvfy(tmp_path / seg["folder"] / "SEG00001.dcm")
+    assert not errors and not warnings
+    assert seg["referenced_series_instance_uid"] == base["series"][0]["series_instance_uid"]

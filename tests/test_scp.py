@@ -72,6 +72,16 @@ def test_dcmtk_echo_and_store_are_durable_indexed_and_queued(node_factory, tmp_p
     log = node.log()
     assert PATIENT_NAME.split("^")[0] not in log and PATIENT_ID not in log and "19600101" not in log
 
+    history = node.cli("audit", "show", study["study_uid"])
+    assert history.returncode == 0
+    assert history.stdout.count("instance.stored") == 20
+    for event in ("job.queued", "job.started", "job.done"):
+        assert event in history.stdout
+    verify = node.cli("audit", "verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    events = [r["event"] for r in store.query("SELECT event FROM audit ORDER BY id")]
+    assert events[:2] == ["config.loaded", "node.started"] and "association.accepted" in events
+
 
 def test_resend_is_idempotent_and_changed_content_replaces_and_requeues(node_factory, tmp_path):
     node = node_factory().start()

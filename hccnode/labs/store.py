@@ -15,6 +15,7 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from hccnode.store import audit
 from hccnode.store.db import Store, now, schema
 
 SCHEMA = schema(
@@ -181,6 +182,9 @@ def store_results(store: Store, results: list[Result], *, source: str, raw_id: i
              r.observed, start, end, source, raw_id, control_id, facility, r.source_ref, received, note),
         ).lastrowid
         out.rows += 1
+        audit.append(c, "lab.received", f"{source}:{facility or '-'}", patient_key=key, lab=row, test=r.test,
+                     code=r.code, status=r.status, state=state, action=action, observed_start=start,
+                     control_id=control_id or None, raw_id=raw_id)
         if state == "ignored" or (r.kind == WITHDRAW and not cur):
             continue
         if cur:

@@ -11,7 +11,7 @@ from pydicom.errors import InvalidDicomError
 from hccnode.cli import UsageError
 from hccnode.config import Destination, parse_destination
 from hccnode.net import scu, status
-from hccnode.net.forward import drain_once
+from hccnode.net.forward import client_tls, drain_once
 from hccnode.store import outbox
 from hccnode.store.db import Store
 
@@ -81,7 +81,7 @@ def cmd_echo(args) -> int:
     cfg = args.cfg
     dest = _destination(args.target) if args.target else Destination(cfg.node.ae_title, cfg.node.host, cfg.node.port)
     try:
-        code = scu.echo(dest, cfg.forward.ae_title, args.timeout)
+        code = scu.echo(dest, cfg.forward.ae_title, args.timeout, client_tls(cfg))
     except scu.AssociationFailed as exc:
         print(f"echo {dest}: {exc}", file=sys.stderr)
         return 1
@@ -125,7 +125,7 @@ def cmd_send(args) -> int:
     if not ids:
         print("nothing to send" + (" (all already queued)" if not skipped else ""), file=sys.stderr)
         return 1 if skipped else 0
-    drain_once(store, args.cfg.forward, ids=ids)
+    drain_once(store, args.cfg.forward, ids=ids, tls_ctx=client_tls(args.cfg))
     rows = outbox.open_rows(store, ids)
     sent = [r for r in rows if r["state"] == "sent"]
     for r in rows:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import ssl
 import threading
 
 from hccnode import log
-from hccnode.config import ForwardSection, parse_destination
-from hccnode.net import scu
+from hccnode.config import Config, ForwardSection, parse_destination
+from hccnode.net import scu, tls
 from hccnode.store import outbox
 from hccnode.store.db import Store
 
 
-def drain_once(store: Store, cfg: ForwardSection, ids: list[int] | None = None) -> int:
-    """Send every due outbox row (or only `ids`) once; returns how many rows were tried."""
+def drain_once(store: Store, cfg: ForwardSection, ids: list[int] | None = None,
+               tls_ctx: ssl.SSLContext | None = None) -> int:
+    """Send every due outbox row (or only `ids`) once, over TLS with `tls_ctx`; returns how many rows were tried."""
     tried = 0
     for dest_text, items in outbox.claim_due(store, ids=ids).items():
         tried += len(items)
@@ -26,7 +28,7 @@ def drain_once(store: Store, cfg: ForwardSection, ids: list[int] | None = None) 
         try:
             results = scu.send_files(parse_destination(dest_text),
                                      [(i.path, i.sop_class_uid, i.transfer_syntax) for i in items],
-                                     calling_ae=cfg.ae_title)
+                                     calling_ae=cfg.ae_title, tls=tls_ctx)
         except scu.AssociationFailed as exc:
             for item in items:
                 outbox.mark_failed(store, item, str(exc), None, **retry)
@@ -42,18 +44,23 @@ def drain_once(store: Store, cfg: ForwardSection, ids: list[int] | None = None) 
 class Forwarder(threading.Thread):
     """Background loop: send what is due, then wait `poll_seconds`."""
 
-    def __init__(self, store_dir, cfg: ForwardSection, stop: threading.Event):
+    def __init__(self, store_dir, cfg: ForwardSection, stop: threading.Event, tls_ctx: ssl.SSLContext | None = None):
         super().__init__(name="forwarder", daemon=True)
-        self.store_dir, self.cfg, self.stop = store_dir, cfg, stop
+        self.store_dir, self.cfg, self.stop, self.tls_ctx = store_dir, cfg, stop, tls_ctx
 
     def run(self) -> None:
         store = Store(self.store_dir)
         while not self.stop.is_set():
             try:
-                tried = drain_once(store, self.cfg)
+                tried = drain_once(store, self.cfg, tls_ctx=self.tls_ctx)
             except Exception:
                 log.event("forwarder.error", level=40, exc_info=True)
                 tried = 0
             if not tried:
                 self.stop.wait(self.cfg.poll_seconds)
         store.close()
+
+
+def client_tls(cfg: Config) -> ssl.SSLContext | None:
+    """The TLS context for sending, when `forward.tls` is on."""
+    return tls.client_context(cfg.tls) if cfg.forward.tls else None

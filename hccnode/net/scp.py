@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
 import threading
 
 from pydicom.dataset import Dataset
@@ -17,8 +18,9 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from hccnode import log
-from hccnode.config import NodeSection
-from hccnode.net import status
+from hccnode.config import NodeSection, TLSSection
+from hccnode.net import status, tls
+from hccnode.store import audit
 from hccnode.store.spool import Spool
 
 MAX_PDU = 131072  # what we ask senders to use; larger PDUs mean fewer fragments to reassemble
@@ -54,11 +56,13 @@ def is_allowed(allowed: list[tuple[str, str | None]], calling_ae: str, peer: str
 class StorageSCP:
     """Wires pynetdicom's AE to the spool; `start()` returns once listening."""
 
-    def __init__(self, cfg: NodeSection, spool: Spool):
+    def __init__(self, cfg: NodeSection, spool: Spool, tls_cfg: TLSSection | None = None):
         self.cfg = cfg
+        self.tls_cfg = tls_cfg if tls_cfg and tls_cfg.enabled else None
         self.spool = spool
         self.allowed = parse_allowed(cfg.allowed)
-        self.server: ThreadedAssociationServer | None = None
+        self.server: ThreadedAssociationServer | None = None       # plain listener
+        self.tls_server: ThreadedAssociationServer | None = None   # TLS listener
         self._open: set[int] = set()          # connections now open (ids of their associations)
         self._open_lock = threading.Lock()
 
@@ -76,7 +80,8 @@ class StorageSCP:
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         return ae
 
-    def start(self) -> ThreadedAssociationServer:
+    def start(self) -> None:
+        """Listen on the plain port, the TLS port, or both, with the same handlers and limit."""
         handlers = [
             (evt.EVT_CONN_OPEN, self.on_conn_open),
             (evt.EVT_CONN_CLOSE, self.on_conn_close),
@@ -88,21 +93,39 @@ class StorageSCP:
             (evt.EVT_C_ECHO, self.on_echo),
             (evt.EVT_C_STORE, self.on_store),
         ]
-        self.server = self._ae().start_server((self.cfg.host, self.cfg.port), block=False, evt_handlers=handlers)
-        log.event("scp.listening", ae=self.cfg.ae_title, host=self.cfg.host, port=self.port,
-                  allow_list=len(self.allowed) or "any")
-        return self.server
+        ae = self._ae()
+        if self.tls_cfg is None or self.tls_cfg.keep_plain_listener:
+            self.server = ae.start_server((self.cfg.host, self.cfg.port), block=False, evt_handlers=handlers)
+            log.event("scp.listening", ae=self.cfg.ae_title, host=self.cfg.host, port=self.port, tls=False,
+                      allow_list=len(self.allowed) or "any")
+        if self.tls_cfg is not None:
+            self.tls_server = ae.start_server((self.cfg.host, self.tls_cfg.port), block=False, evt_handlers=handlers,
+                                              ssl_context=tls.server_context(self.tls_cfg))
+            log.event("scp.listening", ae=self.cfg.ae_title, host=self.cfg.host, port=self.tls_port, tls=True,
+                      mutual=self.tls_cfg.require_client_certificate, allow_list=len(self.allowed) or "any")
 
     @property
     def port(self) -> int:
         return self.server.server_address[1] if self.server else self.cfg.port
 
+    @property
+    def tls_port(self) -> int | None:
+        return self.tls_server.server_address[1] if self.tls_server else None
+
     def stop(self) -> None:
-        if self.server:
-            self.server.shutdown()
-            self.server = None
+        for server in (self.server, self.tls_server):
+            if server:
+                server.shutdown()
+        self.server = self.tls_server = None
 
     # -- event handlers ------------------------------------------------------------------
+
+    def _audit(self, event: str, actor: str, **details) -> None:
+        """Record an association event; a failure to record is logged, never raised into pynetdicom."""
+        try:
+            audit.append(self.spool.store, event, actor, **details)
+        except Exception as exc:
+            log.event("audit.failed", level=40, audit_event=event, error=type(exc).__name__)
 
     def on_conn_open(self, event) -> None:
         with self._open_lock:
@@ -121,15 +144,17 @@ class StorageSCP:
         with self._open_lock:
             n_open = len(self._open)
         if n_open > self.cfg.max_associations:
-            log.event("association.rejected", level=30, calling_ae=calling, peer=peer,
-                      reason=f"association limit ({self.cfg.max_associations}) reached")
+            reason = f"association limit ({self.cfg.max_associations}) reached"
+            log.event("association.rejected", level=30, calling_ae=calling, peer=peer, reason=reason)
+            self._audit("association.rejected", f"AE:{calling}", peer=peer, reason=reason)
             assoc.acse.send_reject(status.REJECTED_TRANSIENT, status.SOURCE_PROVIDER_PRESENTATION,
                                    status.DIAG_LOCAL_LIMIT_EXCEEDED)
             assoc.kill()
             return
         if not is_allowed(self.allowed, calling, peer):
-            log.event("association.rejected", level=30, calling_ae=calling, peer=peer,
-                      reason="calling AE title not on the allow-list for this host")
+            reason = "calling AE title not on the allow-list for this host"
+            log.event("association.rejected", level=30, calling_ae=calling, peer=peer, reason=reason)
+            self._audit("association.rejected", f"AE:{calling}", peer=peer, reason=reason)
             assoc.acse.send_reject(status.REJECTED_PERMANENT, status.SOURCE_SERVICE_USER,
                                    status.DIAG_CALLING_AE_NOT_RECOGNIZED)
             assoc.kill()  # as pynetdicom does after its own rejections: stop the DUL thread
@@ -138,14 +163,18 @@ class StorageSCP:
         a = event.assoc
         log.event("association.accepted", calling_ae=a.requestor.ae_title, peer=a.requestor.address,
                   contexts=len(a.accepted_contexts))
+        self._audit("association.accepted", f"AE:{a.requestor.ae_title.strip()}", peer=a.requestor.address,
+                    contexts=len(a.accepted_contexts),
+                    tls=isinstance(getattr(a.dul.socket, "socket", None), ssl.SSLSocket))
 
     def on_rejected(self, event) -> None:
         """pynetdicom's own rejections (e.g. the association limit); ours are logged in on_requested."""
         a = event.assoc
         rj = a.acceptor.primitive
-        log.event("association.rejected", level=30, calling_ae=a.requestor.ae_title, peer=a.requestor.address,
-                  result=getattr(rj, "result", None), source=getattr(rj, "result_source", None),
-                  diagnostic=getattr(rj, "diagnostic", None))
+        fields = dict(result=getattr(rj, "result", None), source=getattr(rj, "result_source", None),
+                      diagnostic=getattr(rj, "diagnostic", None))
+        log.event("association.rejected", level=30, calling_ae=a.requestor.ae_title, peer=a.requestor.address, **fields)
+        self._audit("association.rejected", f"AE:{a.requestor.ae_title.strip()}", peer=a.requestor.address, **fields)
 
     def on_closed(self, event, how: str) -> None:
         a = event.assoc

@@ -7,6 +7,7 @@ syntax, so an output or a forwarded instance reaches the peer byte for byte.
 from __future__ import annotations
 
 import socket
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,8 +45,9 @@ def _ae(calling_ae: str, timeout: float) -> AE:
     return ae
 
 
-def _associate(ae: AE, dest: Destination):
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+def _associate(ae: AE, dest: Destination, tls: ssl.SSLContext | None = None):
+    tls_args = (tls, dest.host) if tls else None
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args)
     if assoc.is_established:
         return assoc
     if assoc.is_rejected:
@@ -66,11 +68,12 @@ def _unreachable(dest: Destination, timeout: float = 5.0) -> str | None:
         return f"failed: {exc.strerror or type(exc).__name__}".lower()
 
 
-def echo(dest: Destination, calling_ae: str = "HCCNODE", timeout: float = 10.0) -> int:
-    """C-ECHO `dest`; returns the status, raises AssociationFailed if unreachable."""
+def echo(dest: Destination, calling_ae: str = "HCCNODE", timeout: float = 10.0,
+         tls: ssl.SSLContext | None = None) -> int:
+    """C-ECHO `dest` (over TLS with `tls`); returns the status, raises AssociationFailed if unreachable."""
     ae = _ae(calling_ae, timeout)
     ae.add_requested_context(Verification)
-    assoc = _associate(ae, dest)
+    assoc = _associate(ae, dest, tls)
     try:
         rsp = assoc.send_c_echo()
         if "Status" not in rsp:
@@ -81,7 +84,7 @@ def echo(dest: Destination, calling_ae: str = "HCCNODE", timeout: float = 10.0) 
 
 
 def send_files(dest: Destination, files: list[tuple[Path, str, str]], calling_ae: str = "HCCNODE",
-               timeout: float = 30.0) -> list[SendResult]:
+               timeout: float = 30.0, tls: ssl.SSLContext | None = None) -> list[SendResult]:
     """C-STORE each (path, sop_class_uid, transfer_syntax) to `dest` over one association.
 
     Raises AssociationFailed if no association could be made; per-file problems come
@@ -94,13 +97,13 @@ def send_files(dest: Destination, files: list[tuple[Path, str, str]], calling_ae
         idx_b = [i for i, f in enumerate(files) if (f[1], f[2]) not in first]
         out: list[SendResult | None] = [None] * len(files)
         for idx in (idx_a, idx_b):
-            for i, r in zip(idx, send_files(dest, [files[i] for i in idx], calling_ae, timeout)):
+            for i, r in zip(idx, send_files(dest, [files[i] for i in idx], calling_ae, timeout, tls)):
                 out[i] = r
         return out  # type: ignore[return-value]
     ae = _ae(calling_ae, timeout)
     for sop_class, ts in pairs:
         ae.add_requested_context(sop_class, [ts])
-    assoc = _associate(ae, dest)
+    assoc = _associate(ae, dest, tls)
     results = []
     try:
         accepted = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}

@@ -12,7 +12,7 @@ from hccnode.phantom import dicomio, multienergy
 from hccnode.phantom.anatomy import Tumor
 from hccnode.phantom.enhancement import (CONVENTIONAL_KEV, PHASES, Tissue, enhancement_hu,
                                          iodine_hu_per_mg_ml, lookup)
-from hccnode.phantom.images import Grid, Image, SeriesPlan
+from hccnode.phantom.images import Image, SeriesPlan
 from hccnode.phantom.spec import ENHANCED_PHASES, StudySpec
 
 UNENHANCED_BEFORE_BOLUS_S = 120.0
@@ -71,11 +71,10 @@ def ct_plans(spec: StudySpec, style: dict, tissues: dict[int, Tissue], tumors: l
             signed=bool(style["ct_pixel_representation"]), extra={"delay_s": delay}, **common))
         if spec.kind != "dect" or phase not in spec.dect_phases:
             continue
-        derived = _dect_plans(spec, style, phase, vals, thk, number, times[phase], bolus, study_label, common)
-        plans.extend(derived)
-    for p in plans:
-        p.folder = "/".join(x for x in (("send1" if p.phase in ("unenhanced", "arterial") else "send2")
-                                        if spec.split else "", study_label, f"{p.number:04d}_{p.key}") if x)
+        plans.extend(_dect_plans(spec, style, phase, vals, thk, number, times[phase], bolus, study_label, common))
+    for p in plans:  # a split study goes out as two sends: unenhanced + arterial, then the rest
+        send = ("send1" if p.phase in ("unenhanced", "arterial") else "send2") if spec.split else ""
+        p.folder = "/".join(x for x in (send, study_label, f"{p.number:04d}_{p.key}") if x)
     return plans
 
 
@@ -141,7 +140,7 @@ def _ct_header(spec: StudySpec, style: dict, phase: str, bolus: datetime, image_
         ds.StationName = "PHANTOMCT"
         ds.BodyPartExamined = "ABDOMEN"
         ds.ProtocolName = "LIVER 4 PHASE" if spec.kind == "cect" else "LIVER DE 4 PHASE"
-        ds.KVP = "" if derived and spec.kind == "dect" else 120
+        ds.KVP = "" if derived else 120  # derived DE images come from two kVp values
         ds.AcquisitionNumber = PHASES.index(phase) + 1
         ds.ReconstructionDiameter = round(spec.pixel_mm * spec.matrix, 2)
         ds.ConvolutionKernel = style["kernel"]
@@ -153,10 +152,9 @@ def _ct_header(spec: StudySpec, style: dict, phase: str, bolus: datetime, image_
             multienergy.add_to_image(ds, image_type[3], rescale_type, slope, intercept,
                                      bool(style["ct_pixel_representation"]) or rescale_type == "MGML", acquired, kev)
         if derived:
-            ds.DerivationDescription = {"HU": "Dual-energy post-processing (phantom)",
-                                        "MGML": "Iodine material density, mg/mL"}.get(rescale_type, "")
-            if kev is not None:
-                ds.DerivationDescription = f"Virtual monoenergetic image at {kev:g} keV"
+            ds.DerivationDescription = (f"Virtual monoenergetic image at {kev:g} keV" if kev is not None else
+                                        "Iodine material density, mg/mL" if rescale_type == "MGML" else
+                                        "Virtual unenhanced image (iodine removed)")
         if phase != "unenhanced":
             ds.ContrastBolusAgent = CONTRAST["agent"]
             ds.ContrastBolusRoute = "IV"

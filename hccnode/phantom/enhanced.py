@@ -41,8 +41,8 @@ def _code(c) -> Dataset:
     return multienergy.code(c.value, c.scheme_designator, c.meaning)
 
 
-def enhanced_dataset(plan: SeriesPlan, study: dict, grid: Grid, seed: int, vessels: bool) -> Dataset:
-    src = series_template(plan, study, grid, seed, vessels)
+def enhanced_dataset(plan: SeriesPlan, study: dict, grid: Grid, seed: int) -> Dataset:
+    src = series_template(plan, study, grid, seed)
     ds = Dataset()
     for kw in KEEP:
         if kw in src:
@@ -141,7 +141,7 @@ def _shared(src: Dataset, plan: SeriesPlan, grid: Grid, image_type, contrast: bo
 
 def write_enhanced_series(plan: SeriesPlan, study: dict, grid: Grid, seed: int, vessels: bool, out_dir: Path,
                           compression: str, faults: tuple[str, ...] = (), progress=None) -> None:
-    ds = enhanced_dataset(plan, study, grid, seed, vessels)
+    ds = enhanced_dataset(plan, study, grid, seed)
     frames = np.empty((len(plan.images), grid.matrix, grid.matrix), dtype=np.int16 if plan.signed else np.uint16)
     per_frame = []
     x0, y0 = grid.origin_xy

@@ -61,7 +61,7 @@ def tumor_tissues(spec: StudySpec, n: int, t2_ratio: float | None = None, adc: f
     return [replace(t, name="tumor" if i == 0 else f"tumor{i + 1}") for i in range(n)]
 
 
-def study_context(spec: StudySpec, label: str, start: datetime, description: str, style: dict) -> dict:
+def study_context(spec: StudySpec, label: str, start: datetime, description: str) -> dict:
     pat = dicomio.patient(spec.seed)
     study_uid = dicomio.uid(spec.seed, label, "study")
     study_time = start - timedelta(seconds=UNENHANCED_BEFORE_BOLUS_S + 180.0)
@@ -97,7 +97,7 @@ def generate(spec: StudySpec, out_dir: str | Path) -> Truth:
         tissues = tissue_table(spec.hct, spec.liver_ecv, tumor_tissues(spec, len(tumors)))
         start = dicomio.study_start(spec.seed)
         desc = "CT ABDOMEN LIVER 4-PHASE" + (" DUAL ENERGY" if spec.kind == "dect" else "")
-        ctx = study_context(spec, "baseline", start, desc, style)
+        ctx = study_context(spec, "baseline", start, desc)
         plans = ct_plans(spec, style, tissues, tumors, start, ctx["label"])
         studies.append((ctx, plans, ct_truth(spec, tissues, tumors)))
     else:
@@ -177,7 +177,8 @@ def build_truth(spec: StudySpec, style: dict, grid: Grid, studies) -> dict:
             s.update(p.extra)
             if p.phase in ("arterial", "portal", "equilibrium") and spec.kind != "mr":
                 s["delay_s"] = spec.delay(p.phase)
-                s["header_delay_s"] = (p.acquired - ctx["bolus"]).total_seconds()
+                s["header_delay_s"] = (None if "no_times" in spec.header_faults
+                                       else (p.acquired - ctx["bolus"]).total_seconds())
             if p.motion is not None:
                 s["motion"] = {"shift_mm": list(p.motion.shift_mm), "rotation_deg": p.motion.rotation_deg}
             series.append(s)

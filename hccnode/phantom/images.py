@@ -86,7 +86,7 @@ def stored(values: np.ndarray, slope: float, intercept: float, signed: bool) -> 
     return raw.astype(np.int16 if signed else np.uint16)
 
 
-def series_template(plan: SeriesPlan, study: dict, grid: Grid, seed: int, vessels: bool) -> Dataset:
+def series_template(plan: SeriesPlan, study: dict, grid: Grid, seed: int) -> Dataset:
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 100"
     study["header"](ds)
@@ -137,7 +137,7 @@ def image_dataset(template: Dataset, plan: SeriesPlan, grid: Grid, seed: int, st
 def write_series(plan: SeriesPlan, study: dict, grid: Grid, seed: int, vessels: bool, out_dir: Path,
                  compression: str, faults: tuple[str, ...] = (), progress=None) -> None:
     """Stream `plan` to `out_dir/<folder>/`, one file per image; fills plan.sop_uids."""
-    template = series_template(plan, study, grid, seed, vessels)
+    template = series_template(plan, study, grid, seed)
     folder = out_dir / plan.folder
     plan.sop_uids = []
     cache: tuple[int, np.ndarray] | None = None

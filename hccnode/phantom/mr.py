@@ -9,7 +9,6 @@ Gaussian noise with σ = noise_sd), so signal stays positive.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -71,7 +70,7 @@ def mr_studies(spec: StudySpec, style: dict, grid: Grid):
         tt = tumor_tissues(spec, len(tumors), spec.tumor_t2_ratio[i], spec.tumor_adc[i])
         tissues = tissue_table(spec.hct, spec.liver_ecv, tt)
         start = dicomio.study_start(spec.seed, week=spec.followup_weeks * i)
-        ctx = study_context(spec, label, start, "MR LIVER", style)
+        ctx = study_context(spec, label, start, "MR LIVER")
         motion = spec.motion.get("followup") if i == 1 else None
         plans = _plans(spec, style, tissues, tumors, start, label, motion)
         out.append((ctx, plans, mr_truth(spec, tissues, tumors)))

@@ -67,6 +67,10 @@ class StudySpec:
         def bad(name: str, why: str) -> SpecError:
             return SpecError(f"{name}: {why}")
 
+        from hccnode.phantom.vendors import styles
+
+        if self.vendor not in styles():
+            raise bad("vendor", f"{self.vendor!r} is not one of {', '.join(sorted(styles()))}")
         if self.kind not in KINDS:
             raise bad("kind", f"{self.kind!r} is not one of {', '.join(KINDS)}")
         if self.compression not in COMPRESSIONS:

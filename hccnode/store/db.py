@@ -30,6 +30,7 @@ SCHEMA_MODULES = (
     "hccnode.labs.store",
     "hccnode.labs.requeue",
     "hccnode.models.store",
+    "hccnode.store.audit",
 )
 
 

@@ -17,6 +17,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from hccnode import log
+from hccnode.store import audit
 from hccnode.store.db import Store, now, schema
 
 SCHEMA = schema(
@@ -89,6 +90,7 @@ def _enqueue(c: sqlite3.Connection, study_uid: str, reason: str, max_attempts: i
         job_id = c.execute(
             "INSERT INTO jobs (kind, study_uid, study_seq, reason, state, max_attempts, created_at)"
             " VALUES (?,?,?,?, 'queued', ?, ?)", (kind, study_uid, seq, reason, max_attempts, now())).lastrowid
+    audit.append(c, "job.queued", "jobs", study_uid=study_uid, job=job_id, seq=seq, reason=reason)
     log.event("job.queued", job=job_id, study=study_uid, seq=seq, reason=reason)
     return job_id
 
@@ -143,6 +145,8 @@ def claim(store: Store, owner: str, lease_seconds: float) -> Job | None:
             if r["state"] == "running" and r["attempts"] >= r["max_attempts"]:
                 c.execute("UPDATE jobs SET state = 'failed', finished_at = ?, error = ?, lease_owner = NULL"
                           " WHERE id = ?", (t, f"worker lost {r['attempts']} times (lease expired)", r["id"]))
+                audit.append(c, "job.failed", "jobs", study_uid=r["study_uid"], job=r["id"], attempt=r["attempts"],
+                             state="failed", error="lease expired")
                 log.event("job.failed", level=40, job=r["id"], study=r["study_uid"], reason="lease expired")
                 continue
             if r["state"] == "running":
@@ -152,6 +156,8 @@ def claim(store: Store, owner: str, lease_seconds: float) -> Job | None:
                 " heartbeat_at = ?, started_at = ?, error = NULL WHERE id = ?",
                 (owner, t + lease_seconds, t, t, r["id"]))
             row = c.execute("SELECT * FROM jobs WHERE id = ?", (r["id"],)).fetchone()
+            audit.append(c, "job.started", "worker", study_uid=row["study_uid"], job=row["id"],
+                         attempt=row["attempts"], owner=owner)
             log.event("job.started", job=row["id"], study=row["study_uid"], attempt=row["attempts"], owner=owner)
             return Job.from_row(row)
 
@@ -170,6 +176,12 @@ def complete(store: Store, job_id: int, owner: str, result: dict) -> bool:
         n = c.execute("UPDATE jobs SET state = 'done', finished_at = ?, result = ?, lease_owner = NULL,"
                       " lease_expires = NULL WHERE id = ? AND lease_owner = ? AND state = 'running'",
                       (now(), json.dumps(result, sort_keys=True), job_id, owner)).rowcount
+        if n:
+            study_uid = c.execute("SELECT study_uid FROM jobs WHERE id = ?", (job_id,)).fetchone()["study_uid"]
+            hashes = [r["sha256"] for r in c.execute("SELECT sha256 FROM instances WHERE study_uid = ?", (study_uid,))]
+            audit.append(c, "job.done", "worker", study_uid=study_uid, job=job_id,
+                         input_hashes={"instances": audit.digest(hashes)},
+                         output_uids=result.get("output_uids", []), card_versions=result.get("card_versions", []))
     if n:
         log.event("job.done", job=job_id)
     return n == 1
@@ -178,11 +190,13 @@ def complete(store: Store, job_id: int, owner: str, result: dict) -> bool:
 def fail(store: Store, job_id: int, owner: str, error: str) -> str | None:
     """Record a failed attempt: queued again while attempts remain, else failed. Returns the new state."""
     with store.tx() as c:
-        r = c.execute("SELECT attempts, max_attempts FROM jobs WHERE id = ? AND lease_owner = ? AND state = 'running'",
+        r = c.execute("SELECT attempts, max_attempts, study_uid FROM jobs WHERE id = ? AND lease_owner = ? AND state = 'running'",
                       (job_id, owner)).fetchone()
         if r is None:
             return None
         state = "queued" if r["attempts"] < r["max_attempts"] else "failed"
+        audit.append(c, "job.failed", "worker", study_uid=r["study_uid"], job=job_id, attempt=r["attempts"],
+                     state=state, error=error[:200])
         c.execute("UPDATE jobs SET state = ?, error = ?, lease_owner = NULL, lease_expires = NULL,"
                   " finished_at = CASE WHEN ? = 'failed' THEN ? END WHERE id = ?",
                   (state, error[:2000], state, now(), job_id))

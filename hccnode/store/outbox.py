@@ -15,6 +15,7 @@ from pathlib import Path
 from pydicom.filereader import read_file_meta_info
 
 from hccnode import log
+from hccnode.store import audit
 from hccnode.store.db import Store, now, schema
 
 SCHEMA = schema(
@@ -54,6 +55,7 @@ class Item:
     sop_class_uid: str
     transfer_syntax: str
     attempts: int
+    study_uid: str | None = None
 
 
 def enqueue(store: Store, destination: str, path: str | Path, study_uid: str | None = None,
@@ -73,6 +75,8 @@ def enqueue(store: Store, destination: str, path: str | Path, study_uid: str | N
             " state, next_attempt_at, created_at) VALUES (?,?,?,?,?,?,?, 'pending', ?, ?)",
             (destination, str(p), sop_uid, str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID),
              study_uid, job_id, t, t)).lastrowid
+        audit.append(c, "output.queued", "outbox", study_uid=study_uid, output_uids=[sop_uid],
+                     destination=destination, job=job_id, outbox=row_id)
     log.event("outbox.queued", id=row_id, destination=destination, sop=sop_uid)
     return row_id
 
@@ -98,7 +102,7 @@ def claim_due(store: Store, limit: int = 64, ids: list[int] | None = None) -> di
             p = Path(r["path"])
             groups.setdefault(r["destination"], []).append(Item(
                 r["id"], r["destination"], p if p.is_absolute() else store.data_dir / p, r["sop_uid"],
-                r["sop_class_uid"], r["transfer_syntax"], r["attempts"] + 1))
+                r["sop_class_uid"], r["transfer_syntax"], r["attempts"] + 1, r["study_uid"]))
     return groups
 
 
@@ -106,6 +110,8 @@ def mark_sent(store: Store, item: Item, status: int) -> None:
     with store.tx() as c:
         c.execute("UPDATE outbox SET state = 'sent', sent_at = ?, last_status = ?, last_error = NULL,"
                   " lease_expires = NULL WHERE id = ?", (now(), status, item.id))
+        audit.append(c, "output.sent", "forwarder", study_uid=item.study_uid, output_uids=[item.sop_uid],
+                     destination=item.destination, status=f"0x{status:04X}", attempt=item.attempts)
     log.event("outbox.sent", id=item.id, destination=item.destination, sop=item.sop_uid, status=f"0x{status:04X}")
 
 
@@ -117,6 +123,9 @@ def mark_failed(store: Store, item: Item, error: str, status: int | None, base: 
     with store.tx() as c:
         c.execute("UPDATE outbox SET state = ?, next_attempt_at = ?, last_status = ?, last_error = ?,"
                   " lease_expires = NULL WHERE id = ?", (state, now() + delay, status, error[:500], item.id))
+        audit.append(c, "output.send_failed", "forwarder", study_uid=item.study_uid, output_uids=[item.sop_uid],
+                     destination=item.destination, status=None if status is None else f"0x{status:04X}",
+                     attempt=item.attempts, state=state, error=error[:200])
     log.event("outbox.retry" if state == "pending" else "outbox.failed", level=30, id=item.id,
               destination=item.destination, sop=item.sop_uid, attempt=item.attempts, error=error[:200],
               retry_in=round(delay, 1) if state == "pending" else None)

@@ -33,6 +33,7 @@ from pydicom.datadict import dictionary_VR
 
 from hccnode import __version__, log
 from hccnode.net import status
+from hccnode.store import audit
 from hccnode.store.db import Store, now
 
 UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -319,7 +320,7 @@ class Spool:
         existing = self.store.conn().execute(
             "SELECT sha256, study_uid FROM instances WHERE sop_uid = ?", (sop_uid,)).fetchone()
         if existing and existing["sha256"] == digest:
-            self._record_duplicate(sop_uid, digest, calling_ae)
+            self._record_duplicate(sop_uid, digest, calling_ae, existing["study_uid"])
             return Result(status.SUCCESS, outcome="duplicate", sop_uid=sop_uid, study_uid=existing["study_uid"])
 
         preamble = file_preamble(sop_class, sop_uid, transfer_syntax, calling_ae)
@@ -374,6 +375,8 @@ class Spool:
             if old and old["sha256"] == digest:
                 c.execute("INSERT INTO instance_versions (sop_uid, sha256, path, size, received_at, calling_ae, outcome)"
                           " VALUES (?,?,?,?,?,?, 'duplicate')", (sop_uid, digest, old["path"], size, t, calling_ae))
+                audit.append(c, "instance.duplicate", f"AE:{calling_ae}", study_uid=study_uid, patient_key=patient_key,
+                             input_hashes=[digest], sop=sop_uid, series=series_uid)
                 return "duplicate"
             c.execute(
                 """INSERT INTO studies (study_uid, patient_key, study_date, study_time, study_description,
@@ -400,13 +403,20 @@ class Spool:
                           " AND outcome = 'stored'", (sop_uid, old["sha256"]))
             c.execute("INSERT INTO instance_versions (sop_uid, sha256, path, size, received_at, calling_ae, outcome)"
                       " VALUES (?,?,?,?,?,?, 'stored')", (sop_uid, digest, str(rel), size, t, calling_ae))
+            # In the same transaction: no instance is acknowledged without its audit row.
+            audit.append(c, "instance.replaced" if old else "instance.stored", f"AE:{calling_ae}",
+                         study_uid=study_uid, patient_key=patient_key, input_hashes=[digest], sop=sop_uid,
+                         series=series_uid, sop_class=row["sop_class_uid"], bytes=size, path=str(rel),
+                         replaced_sha256=old["sha256"] if old else None)
         return "replaced" if old else "stored"
 
-    def _record_duplicate(self, sop_uid: str, digest: str, calling_ae: str) -> None:
+    def _record_duplicate(self, sop_uid: str, digest: str, calling_ae: str, study_uid: str) -> None:
         with self.store.tx() as c:
             c.execute("INSERT INTO instance_versions (sop_uid, sha256, path, size, received_at, calling_ae, outcome)"
                       " SELECT sop_uid, sha256, path, size, ?, ?, 'duplicate' FROM instances WHERE sop_uid = ?",
                       (now(), calling_ae, sop_uid))
+            audit.append(c, "instance.duplicate", f"AE:{calling_ae}", study_uid=study_uid, input_hashes=[digest],
+                         sop=sop_uid)
         log.event("instance.duplicate", sop=sop_uid, calling_ae=calling_ae)
 
     def _failed(self, exc: Exception, sop_uid: str, sop_class: str, calling_ae: str) -> Result:
@@ -458,5 +468,8 @@ class Spool:
                           " status, reason) VALUES (?,?,?,?,?,?,?,?)",
                           (now(), calling_ae, sop_uid if valid_uid(sop_uid) else None, sop_class, rel, size,
                            code, reason))
+                audit.append(c, "instance.quarantined" if rel else "instance.rejected", f"AE:{calling_ae}",
+                             sop=sop_uid if valid_uid(sop_uid) else None, sop_class=sop_class,
+                             status=f"0x{code:04X}", reason=reason, path=rel, bytes=size)
         except sqlite3.Error as exc:  # the refusal itself still goes out; the log keeps the record
             log.event("quarantine.unrecorded", level=40, error=type(exc).__name__)

@@ -1,0 +1,129 @@
+"""CLI: `hccnode audit verify | show STUDY_UID | export --csv [FILE] | --sqlite FILE`.
+
+Every command opens the database read-only: reading the audit log never changes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sqlite3
+import sys
+from contextlib import closing
+from pathlib import Path
+
+from hccnode.store import audit
+
+
+def register(sub) -> None:
+    p = sub.add_parser("audit", help="the audit log: verify its hash chain, show a study's history, export",
+                       description="The node's append-only, hash-chained record of every association, instance, "
+                                   "job, decision, lab, model, output and send. No patient names, IDs or birth dates: "
+                                   "patients appear as keyed hashes only.")
+    asub = p.add_subparsers(dest="audit_command", metavar="AUDIT_COMMAND", required=True)
+
+    def add(name: str, fn, help_: str, description: str) -> argparse.ArgumentParser:
+        q = asub.add_parser(name, help=help_, description=description)
+        q.add_argument("--db", metavar="FILE",
+                       help="an audit database file (e.g. one written by `audit export --sqlite`) "
+                            "instead of the node's DATA_DIR/hccnode.db")
+        q.set_defaults(func=fn)
+        return q
+
+    q = add("verify", cmd_verify, "check the hash chain; exit 1 if any row was edited, removed or moved",
+            "Recompute every row's hash and link from the first row on. Prints the head (last id and hash) "
+            "when intact, exit 0; else names the first bad row and what is wrong (hash mismatch, broken link, "
+            "gap in ids), exit 1. Keep the printed head elsewhere: rows cut off the end can only be shown "
+            "against a head recorded earlier (--head).")
+    q.add_argument("--head", metavar="ID:HASH",
+                   help="a head printed by an earlier verify (or logged as audit.head at start-up): that row must "
+                        "still be in the chain with that hash (else: truncated / head mismatch)")
+    q = add("show", cmd_show, "print one study's history in order",
+            "Every event recorded for a Study Instance UID, oldest first: time (UTC), id, event, actor, "
+            "inputs, outputs, model cards and details.")
+    q.add_argument("study_uid", help="Study Instance UID")
+    q.add_argument("--since", help="only events at or after this ISO 8601 date or date-time (UTC unless an offset is given)")
+    q = add("export", cmd_export, "export the log (all columns) as CSV, or as an audit-only SQLite file",
+            "Write every column of every row, in chain order. --sqlite writes the audit table alone to a new "
+            "file, to verify elsewhere or browse with Datasette without exposing the node's other tables.")
+    fmt = q.add_mutually_exclusive_group(required=True)
+    fmt.add_argument("--csv", nargs="?", const="-", metavar="FILE", help="CSV with a header row, to FILE or standard output")
+    fmt.add_argument("--sqlite", metavar="FILE", help="a new SQLite file holding only the audit table (FILE must not exist)")
+    q.add_argument("--since", help="only events at or after this ISO 8601 date or date-time (UTC unless an offset is "
+                                   "given); with --sqlite the copy is then not verifiable from row 1")
+
+
+def _open(args) -> sqlite3.Connection:
+    """A read-only connection to the audit database."""
+    from hccnode.cli import UsageError
+
+    path = Path(args.db) if args.db else args.cfg.db_path
+    if not path.exists():
+        if args.db:
+            raise UsageError(f"{path}: no such file")
+        raise FileNotFoundError(f"no database at {path}: the node has recorded nothing yet")
+    c = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+    if not c.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit'").fetchone():
+        c.close()
+        raise LookupError(f"{path} has no audit table")
+    return c
+
+
+def _since(args) -> str | None:
+    from hccnode.cli import UsageError
+
+    if not args.since:
+        return None
+    try:
+        return audit.parse_since(args.since)
+    except audit.AuditError as exc:
+        raise UsageError(f"--since: {exc}") from None
+
+
+def cmd_verify(args) -> int:
+    from hccnode.cli import UsageError
+
+    expect = None
+    if args.head:
+        row_id, _, row_hash = args.head.partition(":")
+        if not row_id.isdigit() or not re.fullmatch(r"[0-9a-f]{64}", row_hash):
+            raise UsageError(f"--head {args.head!r} is not ID:HASH (a row id and its 64-digit row_hash)")
+        expect = (int(row_id), row_hash)
+    with closing(_open(args)) as conn:
+        verdict = audit.verify(conn, expect)
+    print(verdict, file=sys.stdout if verdict.ok else sys.stderr)
+    return 0 if verdict.ok else 1
+
+
+def cmd_show(args) -> int:
+    since = _since(args)
+    n = 0
+    with closing(_open(args)) as conn:
+        for r in audit.rows(conn, study_uid=args.study_uid, since=since):
+            extra = [f"{name}={r[col]}" for name, col in (("inputs", "input_hashes"), ("outputs", "output_uids"),
+                                                         ("cards", "card_versions")) if r[col] not in ("[]", "{}")]
+            print(f"{r['time']}  #{r['id']:<7} {r['event']:<21} {r['actor']:<16} {' '.join(extra + [r['details']])}")
+            n += 1
+    if not n:
+        print("no audit events for this study")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from hccnode.cli import UsageError
+
+    since = _since(args)
+    with closing(_open(args)) as conn:
+        if args.sqlite:
+            try:
+                n = audit.copy_to(conn, args.sqlite, since)
+            except FileExistsError as exc:
+                raise UsageError(str(exc)) from None
+            print(f"{n} rows written to {args.sqlite}", file=sys.stderr)
+        elif args.csv == "-":
+            audit.write_csv(conn, sys.stdout, since)
+        else:
+            with open(args.csv, "w", encoding="utf-8", newline="") as f:
+                n = audit.write_csv(conn, f, since)
+            print(f"{n} rows written to {args.csv}", file=sys.stderr)
+    return 0

@@ -1,0 +1,89 @@
+"""Orthanc Python plugin: send stable liver CT/MR studies to hccnode.
+
+When Orthanc marks a study stable, the plugin picks the series that match the rules below and
+asks Orthanc to C-STORE them to the hccnode modality. Only image series of the listed
+modalities go (never SR, SEG or the node's own outputs), so the results the node sends back
+to this Orthanc do not start a loop; a study that becomes stable again re-sends identical
+instances, which the node acknowledges as duplicates without re-analysis.
+
+Configuration, in Orthanc's JSON (every key optional but "Modality"):
+
+    "PythonScript": "/path/to/hccnode_route.py",
+    "HccNode": {
+      "Modality": "hccnode",                 // a name in DicomModalities
+      "Modalities": ["CT", "MR"],            // series modalities to send
+      "DescriptionPattern": "(?i)liver|hepat|hcc|abdom|leber|foie|fegato|higado",
+                                             // matched against study and series descriptions,
+                                             // protocol name and body part; "" sends every study
+      "ExcludeManufacturers": ["hccnode"]    // series written by these are never sent
+    }
+
+Runs inside Orthanc's embedded Python: standard library and the `orthanc` module only.
+"""
+
+import json
+import re
+
+import orthanc
+
+DEFAULTS = {
+    "Modality": "hccnode",
+    "Modalities": ["CT", "MR"],
+    "DescriptionPattern": "(?i)liver|hepat|hcc|abdom|leber|foie|fegato|higado",
+    "ExcludeManufacturers": ["hccnode"],
+}
+
+
+def _config():
+    cfg = dict(DEFAULTS)
+    cfg.update(json.loads(orthanc.GetConfiguration()).get("HccNode", {}))
+    return cfg
+
+
+CONFIG = _config()
+PATTERN = re.compile(CONFIG["DescriptionPattern"]) if CONFIG["DescriptionPattern"] else None
+
+
+def _get(uri):
+    return json.loads(orthanc.RestApiGet(uri))
+
+
+def series_to_send(study_id):
+    """Orthanc ids of the study's series that match the rules ([] when the study does not)."""
+    study = _get("/studies/%s" % study_id)
+    texts = [study.get("MainDicomTags", {}).get("StudyDescription", "")]
+    chosen = []
+    for series_id in study.get("Series", []):
+        tags = _get("/series/%s" % series_id).get("MainDicomTags", {})
+        texts += [tags.get(k, "") for k in ("SeriesDescription", "ProtocolName", "BodyPartExamined")]
+        if tags.get("Modality") not in CONFIG["Modalities"]:
+            continue
+        first = _get("/series/%s/instances" % series_id)
+        maker = first[0].get("MainDicomTags", {}).get("Manufacturer", "") if first else ""
+        if not maker and first:
+            maker = _get("/instances/%s/simplified-tags" % first[0]["ID"]).get("Manufacturer", "")
+        if maker.lower() in [m.lower() for m in CONFIG["ExcludeManufacturers"]]:
+            continue
+        chosen.append(series_id)
+    if PATTERN is not None and not any(PATTERN.search(t or "") for t in texts):
+        return []
+    return chosen
+
+
+def on_change(change_type, level, resource_id):
+    if change_type != orthanc.ChangeType.STABLE_STUDY:
+        return
+    try:
+        series = series_to_send(resource_id)
+        if not series:
+            orthanc.LogWarning("hccnode: study %s does not match the routing rules, not sent" % resource_id)
+            return
+        body = json.dumps({"Resources": series, "Synchronous": False})
+        job = json.loads(orthanc.RestApiPost("/modalities/%s/store" % CONFIG["Modality"], body))
+        orthanc.LogWarning("hccnode: study %s, %d series sent to %s (job %s)"
+                           % (resource_id, len(series), CONFIG["Modality"], job.get("ID")))
+    except Exception as exc:  # never let a routing error disturb Orthanc
+        orthanc.LogError("hccnode: routing study %s failed: %s" % (resource_id, exc))
+
+
+orthanc.RegisterOnChangeCallback(on_change)

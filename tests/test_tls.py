@@ -1,0 +1,99 @@
+"""DICOM over TLS: dcmtk clients against the node, and the forwarder against dcmtk's storescp."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port, need, port_open, wait_until
+from dicomgen import ct_series
+
+pytestmark = pytest.mark.network
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run([need("openssl"), *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Path:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA."""
+    d = tmp_path_factory.mktemp("pki")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=hccnode test CA",
+            "-keyout", "ca.key", "-out", "ca.crt", cwd=d)
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"), ("client", "extendedKeyUsage=clientAuth")):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=hccnode test {name}",
+                "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)
+        (d / f"{name}.ext").write_text(ext + "\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.crt", cwd=d)
+    return d
+
+
+def tls_node(node_factory, pki, **tls_extra):
+    tls = {"enabled": True, "port": free_port(), "certificate": str(pki / "server.crt"),
+           "private_key": str(pki / "server.key"), "ca_certificates": str(pki / "ca.crt"),
+           "require_client_certificate": True, **tls_extra}
+    return node_factory(tls=tls).start(), tls["port"]
+
+
+def dcmtk_tls(tool: str, port: int, pki: Path, *files, client_cert=True) -> subprocess.CompletedProcess:
+    creds = ["+tls", str(pki / "client.key"), str(pki / "client.crt")] if client_cert else ["+tla"]
+    return subprocess.run([need(tool), *creds, "+cf", str(pki / "ca.crt"), "-aec", "HCCNODE", "127.0.0.1", str(port),
+                           *map(str, files)], capture_output=True, text=True, timeout=60)
+
+
+def test_dcmtk_echo_and_store_over_mutual_tls(node_factory, pki, tmp_path):
+    node, port = tls_node(node_factory, pki)
+    assert dcmtk_tls("echoscu", port, pki).returncode == 0
+    files = ct_series(tmp_path / "in", n=3)
+    r = dcmtk_tls("storescu", port, pki, *files)
+    assert r.returncode == 0, r.stderr
+    assert node.store().query("SELECT COUNT(*) AS n FROM instances")[0]["n"] == 3
+    assert "tls=True" in node.log()
+
+
+def test_tls_port_refuses_clients_without_certificate_or_without_tls(node_factory, pki):
+    node, port = tls_node(node_factory, pki)
+    assert dcmtk_tls("echoscu", port, pki, client_cert=False).returncode != 0        # no client certificate
+    plain = subprocess.run([need("echoscu"), "-to", "5", "-ta", "5", "-aec", "HCCNODE", "127.0.0.1", str(port)],
+                           capture_output=True, text=True, timeout=60)
+    assert plain.returncode != 0                                                     # not TLS at all
+    assert dcmtk_tls("echoscu", port, pki).returncode == 0                           # still serving
+
+
+def test_tls_only_node_does_not_open_the_plain_port(node_factory, pki):
+    tls = {"enabled": True, "port": free_port(), "certificate": str(pki / "server.crt"),
+           "private_key": str(pki / "server.key"), "keep_plain_listener": False}
+    node = node_factory(tls=tls)
+    node.start(wait=False)
+    wait_until(lambda: "node.ready" in node.log(), 30, what="node ready")
+    assert port_open(tls["port"]) and not port_open(node.port)
+
+
+def test_forwarder_sends_over_tls_to_dcmtk_storescp(node_factory, pki, tmp_path):
+    out = tmp_path / "received"
+    out.mkdir()
+    port = free_port()
+    peer = subprocess.Popen([need("storescp"), "+tls", str(pki / "server.key"), str(pki / "server.crt"),
+                             "+cf", str(pki / "ca.crt"), "-rc", "-od", str(out), "-aet", "PEER", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: port_open(port), 20, what="storescp +tls")
+        node = node_factory(forward={"tls": True},
+                            tls={"certificate": str(pki / "client.crt"), "private_key": str(pki / "client.key"),
+                                 "ca_certificates": str(pki / "ca.crt")})
+        files = ct_series(tmp_path / "in", n=2)
+        r = node.cli("send", *map(str, files), "--to", f"PEER@127.0.0.1:{port}")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert len(list(out.iterdir())) == 2
+
+        untrusted = node_factory("untrusted", forward={"tls": True},
+                                 tls={"ca_certificates": str(pki / "client.crt")})  # not the CA that signed the peer
+        r = untrusted.cli("send", str(files[0]), "--to", f"PEER@127.0.0.1:{port}")
+        assert r.returncode == 1 and "stay in the outbox" in r.stdout
+    finally:
+        peer.terminate()
+        peer.wait(10)
