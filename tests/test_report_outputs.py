@@ -103,3 +103,10 @@ def test_enhanced_multiframe_reference_keeps_frame_order(tmp_path):
     np.testing.assert_allclose(got[liver], ecv_map[liver], atol=1e-4)
     for f in out:
         assert dciodvfy(f)[0] == [], f.name
+
+
+def test_changed_model_input_changes_the_sr_uid(case, first, tmp_path):
+    results = [dict(r) for r in case.model_results]
+    results[0]["inputs_used"] = {"liver_ecv_hu": {"value": 31.0, "unit": "%", "source": "clinical.csv row 2"}}
+    files = build_outputs(out_dir=tmp_path, **case.kwargs(model_results=results))
+    assert uids(files)["sr.dcm"][1] != uids(first)["sr.dcm"][1]

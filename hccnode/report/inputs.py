@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -118,18 +118,18 @@ class Reference:
 
 
 def analysis_key(sources: Sequence[Dataset], reference: Reference, rois: Sequence[ReportRoi],
-                 labs_used: Sequence[LabRef], model_results: Sequence[dict], template_digest: str,
-                 extra: Any = None) -> str:
+                 labs_used: Sequence[LabRef], model_results: Sequence[dict], template_digest: str) -> str:
     """A UID naming this analysis: what decides the outputs' content (see hccnode.report.uids)."""
     return uid_from({
         "sources": sorted(str(d.SOPInstanceUID) for d in sources),
         "reference": [str(d.SOPInstanceUID) for d in reference.datasets],
         "rois": [{"ref": asdict(r.ref), "mask": mask_digest(r.mask)} for r in rois],
         "labs": sorted((asdict(lab) for lab in labs_used), key=lambda d: (d["name"], d["time"])),
-        "cards": sorted(f"{r.get('card_id')}@{r.get('card_version')}" for r in model_results),
+        # card versions and the inputs each got (clinical inputs come from outside the images)
+        "cards": sorted(([f"{r.get('card_id')}@{r.get('card_version')}", r.get("inputs_used") or {}]
+                         for r in model_results), key=lambda c: c[0]),
         "software": hccnode.__version__,
         "template": template_digest,
-        "extra": extra,
     })
 
 
