@@ -43,6 +43,10 @@ def test_any_json_parts_give_a_valid_uid(parts):
     assert uid == uid_from(parts)
 
 
+def test_numpy_scalars_count_as_their_value():
+    assert uid_from({"n": np.int64(3), "x": np.float32(0.5)}) == uid_from({"n": 3, "x": 0.5})
+
+
 def test_unsupported_part_is_refused():
     with pytest.raises(TypeError, match="cannot derive a UID from a object"):
         uid_from(object())

@@ -28,6 +28,8 @@ def canonical(value: Any) -> str:
 def _default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return {"shape": list(obj.shape), "sha256": mask_digest(obj)}
+    if isinstance(obj, np.generic):  # numpy scalars: as the Python number they hold
+        return obj.item()
     raise TypeError(f"cannot derive a UID from a {type(obj).__name__}")
 
 
