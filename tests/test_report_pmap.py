@@ -44,6 +44,8 @@ def test_map_declares_unit_quantity_padding_and_source_series(case, pm_path):
     assert rwvm.QuantityDefinitionSequence[0].ConceptCodeSequence[0].CodeValue == "ECV"
     assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == case.reference[0].SeriesInstanceUID
     assert "research" in ds.SeriesDescription.lower()
+    anatomy = ds.SharedFunctionalGroupsSequence[0].FrameAnatomySequence[0]
+    assert anatomy.AnatomicRegionSequence[0].CodeValue == "10200004" and anatomy.FrameLaterality == "U"
 
 
 def test_masked_map_keeps_only_finite_liver_voxels():
@@ -55,5 +57,6 @@ def test_masked_map_keeps_only_finite_liver_voxels():
 def test_map_without_liver_values_is_refused(case):
     empty = np.full(Reference(case.reference).shape, np.nan, np.float32)
     with pytest.raises(ValueError, match="no finite value inside the liver mask"):
-        build_ecv_map(Reference(case.reference), empty, case.liver, load_template().measurements["paper001.ecv_cect"].name,
-                      "2.25.1", "2.25.2", 1)
+        t = load_template()
+        build_ecv_map(Reference(case.reference), empty, case.liver, t.measurements["paper001.ecv_cect"].name,
+                      t.roles["liver"].site, "2.25.1", "2.25.2", 1)

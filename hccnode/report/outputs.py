@@ -105,7 +105,7 @@ def build_outputs(
         else:
             try:
                 pm_ds = pmap.build_ecv_map(ref, ecv_map, liver_mask, template.measurements[ECV_FORMULA].name,
-                                           *uids["pm"], numbers["pm"])
+                                           template.roles["liver"].site, *uids["pm"], numbers["pm"])
             except ValueError as exc:
                 missing.append(f"ECV map not written: {exc}")
             else:

@@ -30,9 +30,9 @@ def masked_map(ecv_percent: np.ndarray, liver: np.ndarray) -> np.ndarray:
 
 
 def build_ecv_map(reference: Reference, ecv_percent: np.ndarray, liver: np.ndarray, quantity: CodedConcept,
-                  series_uid: str, sop_uid: str, series_number: int) -> hd.pm.ParametricMap:
+                  region: CodedConcept, series_uid: str, sop_uid: str, series_number: int) -> hd.pm.ParametricMap:
     """The ECV map on `reference` (array z, y, x in %, NaN where not computed), kept inside `liver`.
-    `quantity` is the ECV concept from the SR template."""
+    `quantity` is the ECV concept and `region` the liver's code, both from the SR template."""
     reference.check(ecv_percent, "ECV map")
     reference.check(liver, "liver mask")
     values = masked_map(ecv_percent, liver)
@@ -75,7 +75,7 @@ def build_ecv_map(reference: Reference, ecv_percent: np.ndarray, liver: np.ndarr
     pm.FloatPixelPaddingRangeLimit = PADDING
     # Frame anatomy: the liver, an unpaired structure (Frame Laterality U).
     anatomy = Dataset()
-    anatomy.AnatomicRegionSequence = [hd.sr.CodedConcept(value="10200004", scheme_designator="SCT", meaning="Liver")]
+    anatomy.AnatomicRegionSequence = [region]
     anatomy.FrameLaterality = "U"
     pm.SharedFunctionalGroupsSequence[0].FrameAnatomySequence = [anatomy]
     return pm
