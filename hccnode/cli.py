@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "hccnode.phantom.commands",
     "hccnode.store.audit_commands",
     "hccnode.imaging.commands",
+    "hccnode.report.commands",
 ]
 
 

@@ -1,0 +1,201 @@
+"""One-page summary: key images with the ROIs outlined, the measurements, the model results with
+their papers and limits, what is missing, and the research-use statement.
+
+The page is drawn with matplotlib and saved as PDF (wrapped as DICOM Encapsulated PDF Storage)
+and as PNG (for the audit). It carries no patient identifiers (Burned In Annotation NO): the
+DICOM header says whose study it belongs to.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
+from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID  # noqa: E402
+
+import hccnode  # noqa: E402
+from hccnode.imaging.measure import LabRef, Measurement  # noqa: E402
+from hccnode.report.inputs import Reference, ReportRoi, Tracking  # noqa: E402
+from hccnode.report.sr import describe_lab, not_measured  # noqa: E402
+
+ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45")
+PATIENT_KEYS = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex")
+STUDY_KEYS = ("StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
+WRAP = 120
+
+
+def key_slices(rois: Sequence[ReportRoi], n: int = 2) -> list[int]:
+    """Up to `n` slices to show: the largest tumor cross-section first, then the slice showing the
+    most other ROIs (so reference ROIs such as the aorta are seen)."""
+    tumors = [r.mask for r in rois if r.ref.name == "tumor"]
+    picks: list[int] = []
+    if tumors:
+        picks.append(int(np.argmax(np.sum(tumors, axis=0).sum(axis=(1, 2)))))
+    others = [r.mask for r in rois if r.ref.name != "tumor"]
+    if others:
+        present = np.sum([m.any(axis=(1, 2)) for m in others], axis=0)
+        for k in np.argsort(-present, kind="stable"):
+            if int(k) not in picks:
+                picks.append(int(k))
+                break
+    return picks[:n]
+
+
+def image_label(reference: Reference | None, k: int) -> str:
+    """How a reader finds slice k in the viewer: series, instance (and frame) number."""
+    if reference is None:
+        return f"slice {k + 1}"
+    ds, frame = reference.source_of(k)
+    label = f"series {ds.get('SeriesNumber', '?')}, image {ds.get('InstanceNumber', '?')}"
+    return label + (f", frame {frame}" if frame is not None else "")
+
+
+def render(rois: Sequence[ReportRoi], tracks: Sequence[Tracking], measurements: Sequence[Measurement],
+           model_results: Sequence[dict[str, Any]], labs_used: Sequence[LabRef], missing: Sequence[str],
+           images: np.ndarray | None = None, window: tuple[float, float] | None = None,
+           reference: Reference | None = None) -> Figure:
+    """The summary page (A4 portrait). `images` is the reference volume (z, y, x) in modality units
+    for the key images; `window` (centre, width) its display window, default the 1st to 99th
+    percentile of the images (pass (40, 400) for a CT soft-tissue window); `reference` names the
+    key images by series, instance and frame number."""
+    fig = plt.figure(figsize=(8.27, 11.69), dpi=100)
+    fig.text(0.5, 0.975, "hccnode - liver imaging research measurements", ha="center", va="top", fontsize=13,
+             weight="bold")
+    fig.text(0.5, 0.955, hccnode.RESEARCH_USE, ha="center", va="top", fontsize=8.5, color="#b00000")
+    slices = key_slices(rois)
+    if window is not None:
+        lo, hi = window[0] - window[1] / 2, window[0] + window[1] / 2
+    elif images is not None and slices:
+        finite = images[slices][np.isfinite(images[slices])]
+        lo, hi = (float(v) for v in np.percentile(finite, (1, 99))) if finite.size else (0.0, 1.0)
+    for j, k in enumerate(slices):
+        ax = fig.add_axes((0.06 + j * 0.47, 0.67, 0.41, 0.245))
+        if images is not None:
+            ax.imshow(images[k], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+        else:
+            ax.imshow(np.zeros(rois[0].mask.shape[1:]), cmap="gray", vmin=0, vmax=1)
+        # Tumors last and thicker: their edge often coincides with a liver mask's hole.
+        order = sorted(range(len(tracks)), key=lambda i: rois[i].ref.name == "tumor")
+        for i in order:
+            r, t = rois[i], tracks[i]
+            if r.mask[k].any():
+                width = 1.6 if r.ref.name == "tumor" else 1.0
+                ax.contour(r.mask[k].astype(float), levels=[0.5], colors=[COLORS[i % len(COLORS)]], linewidths=width)
+                ys, xs = np.nonzero(r.mask[k])
+                ax.text(xs.max() + 1, ys.min(), str(t.segment_number), color=COLORS[i % len(COLORS)], fontsize=7)
+        ax.set_title(image_label(reference, k), fontsize=8)
+        ax.set_axis_off()
+    lines: list[tuple[str, dict]] = []
+
+    def add(text: str, **style) -> None:
+        for i, part in enumerate(textwrap.wrap(text, WRAP) or [""]):
+            lines.append(("    " + part if i else part, style))
+
+    add("ROIs: " + "; ".join(f"{t.segment_number} = {t.identifier}" for t in tracks), size=7.5)
+    add("")
+    add("Measurements", weight="bold", size=9)
+    for m in measurements:
+        if m.value is None:
+            continue
+        roi = f"{m.roi.name} ({m.roi.label or m.roi.source})" if m.roi else "study"
+        lab = f"; {m.lab.name} {m.lab.value:g} {m.lab.unit} at {m.lab.time}" if m.lab else ""
+        add(f"{m.marker:<22} {roi:<28} {m.value:>10.4g} {m.unit:<14} {m.formula}{lab}", family="monospace", size=7)
+    add("")
+    add("Published models (research; see limits)", weight="bold", size=9)
+    for r in model_results:
+        out = r.get("outputs") or {}
+        shown = [f"{k} {out[k]:.3g}" if isinstance(out[k], float) else f"{k} {out[k]}"
+                 for k in ("risk_group", "probability", "points", "linear_predictor") if k in out]
+        status = ", ".join(shown) if shown else "not evaluated: " + "; ".join(r.get("reasons") or ["no output"])
+        add(f"{r.get('card_id')} {r.get('card_version')} ({r.get('paper')}): {status}", size=7.5)
+        for k, v in sorted((r.get("withheld") or {}).items()):
+            add(f"  withheld {k}: {v}", size=7, color="#555555")
+        for lim in (r.get("limitations") or [])[:3]:
+            add(f"  limit: {lim}", size=7, color="#555555")
+    add("")
+    add("Laboratory values used", weight="bold", size=9)
+    for lab in labs_used:
+        add(describe_lab(lab), size=7.5)
+    if not labs_used:
+        add("none", size=7.5)
+    notes = list(missing) + [not_measured(m) for m in measurements if m.value is None]
+    add("")
+    add("Not measured", weight="bold", size=9)
+    for n in notes or ["nothing missing"]:
+        add(n, size=7.5)
+    y = 0.655
+    for text, style in lines:
+        if y < 0.03:
+            fig.text(0.04, y, "... (truncated; the SR holds everything)", fontsize=7, style="italic")
+            break
+        fig.text(0.04, y, text, va="top", **style)
+        y -= 0.0135 if style.get("size", 8) < 8.5 else 0.017
+    fig.text(0.5, 0.01, f"hccnode {hccnode.__version__} - {hccnode.RESEARCH_USE}", ha="center", fontsize=6.5,
+             color="#777777")
+    return fig
+
+
+def save(fig: Figure, pdf_path: Path, png_path: Path) -> bytes:
+    """Write the page as PDF and PNG; return the PDF bytes."""
+    fig.savefig(pdf_path, format="pdf", metadata={"CreationDate": None, "Creator": f"hccnode {hccnode.__version__}"})
+    fig.savefig(png_path, format="png", dpi=100)
+    plt.close(fig)
+    return Path(pdf_path).read_bytes()
+
+
+def encapsulate_pdf(pdf: bytes, study: Dataset, reference: Reference, key_slice_indices: Sequence[int],
+                    series_uid: str, sop_uid: str, series_number: int, title: str) -> Dataset:
+    """The PDF as DICOM Encapsulated PDF Storage in the study of `study` (a source dataset)."""
+    if not pdf.startswith(b"%PDF"):
+        raise ValueError("not a PDF document")
+    now = datetime.now()
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ENCAPSULATED_PDF
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SOPClassUID = ENCAPSULATED_PDF
+    ds.SOPInstanceUID = sop_uid
+    ds.InstanceCreationDate, ds.InstanceCreationTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    for key in PATIENT_KEYS + STUDY_KEYS:
+        setattr(ds, key, study.get(key, ""))
+    ds.Modality = "DOC"
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesNumber = series_number
+    ds.SeriesDescription = "hccnode summary (research)"
+    ds.Manufacturer = "hccnode"
+    ds.SoftwareVersions = hccnode.__version__
+    ds.ConversionType = "WSD"
+    ds.InstanceNumber = 1
+    ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    ds.AcquisitionDateTime = now.strftime("%Y%m%d%H%M%S")
+    ds.BurnedInAnnotation = "NO"
+    ds.DocumentTitle = title
+    ds.ConceptNameCodeSequence = []
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    sources = []
+    for k in key_slice_indices:
+        src, frame = reference.source_of(k)
+        item = Dataset()
+        item.ReferencedSOPClassUID = src.SOPClassUID
+        item.ReferencedSOPInstanceUID = src.SOPInstanceUID
+        if frame is not None:
+            item.ReferencedFrameNumber = frame
+        sources.append(item)
+    if sources:
+        ds.SourceInstanceSequence = sources
+    ds.EncapsulatedDocumentLength = len(pdf)
+    ds.EncapsulatedDocument = pdf + (b"\0" if len(pdf) % 2 else b"")
+    return ds

@@ -1,0 +1,196 @@
+"""SR templates: which measurements go into the SR, with their codes and units (sr_templates/).
+
+`load_template(dir)` reads `measurements.toml` and `private_codes.toml` from `dir` (default: the
+shipped sr_templates/) and checks every entry; a bad entry raises TemplateError naming the file
+and the entry. Nothing here converts units: an entry's unit must be the Measurement record's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from highdicom.sr import CodedConcept
+
+from hccnode.imaging.measure import FORMULAS
+from hccnode.imaging.rois import ROLES
+
+STANDARD_SCHEMES = ("DCM", "SCT", "LN", "UCUM")
+PRIVATE_SCHEME = "99HCCNODE"
+MEASUREMENTS_FILE = "measurements.toml"
+PRIVATE_CODES_FILE = "private_codes.toml"
+MODEL_KEYS = ("group", "risk_group", "probability", "points", "linear_predictor", "source", "limitation",
+              "not_available")
+LAB_KEYS = ("group", "source")
+NOTE_KEYS = ("group", "research_use", "not_measured", "roi_source")
+ROLE_KEYS = ("category", "type", "site")
+
+
+class TemplateError(ValueError):
+    """A template file or entry that cannot be used (message names the file and the entry)."""
+
+
+def default_dir() -> Path:
+    return Path(__file__).resolve().parents[2] / "sr_templates"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """How one formula's measurements are written: concept name, UCUM unit, optional statistic."""
+
+    formula: str
+    name: CodedConcept
+    unit: CodedConcept
+    derivation: CodedConcept | None = None
+
+
+@dataclass(frozen=True)
+class Role:
+    label: str
+    category: CodedConcept
+    type: CodedConcept
+    site: CodedConcept
+
+
+@dataclass
+class Template:
+    version: str
+    title: CodedConcept
+    procedure: CodedConcept
+    roles: dict[str, Role]
+    measurements: dict[str, Entry]
+    model: dict[str, CodedConcept]
+    labs: dict[str, CodedConcept]
+    lab_codes: dict[str, CodedConcept]
+    notes: dict[str, CodedConcept]
+    private_codes: dict[str, str] = field(default_factory=dict)  # value -> meaning
+    digest: str = ""  # SHA-256 of both files: part of the output UIDs
+
+
+def load_template(directory: str | Path | None = None) -> Template:
+    """Read and check the SR template in `directory` (default: the shipped sr_templates/)."""
+    d = Path(directory) if directory is not None else default_dir()
+    texts = {}
+    for name in (MEASUREMENTS_FILE, PRIVATE_CODES_FILE):
+        path = d / name
+        try:
+            texts[name] = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise TemplateError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    data = {name: _parse(name, text) for name, text in texts.items()}
+    private = _private_codes(data[PRIVATE_CODES_FILE])
+    m = data[MEASUREMENTS_FILE]
+    where = MEASUREMENTS_FILE
+
+    def code(value, what: str) -> CodedConcept:
+        return _code(value, f"{where}: {what}", private)
+
+    def table(key: str, required: tuple[str, ...]) -> dict[str, CodedConcept]:
+        t = m.get(key)
+        if not isinstance(t, dict):
+            raise TemplateError(f"{where}: [{key}] table is missing")
+        missing = [k for k in required if k not in t]
+        if missing:
+            raise TemplateError(f"{where}: [{key}] lacks {', '.join(missing)}")
+        return {k: code(t[k], f"[{key}] {k}") for k in required}
+
+    version = m.get("version")
+    if not isinstance(version, str) or not version:
+        raise TemplateError(f"{where}: 'version' must be a non-empty string")
+    for key in ("title", "procedure"):
+        if key not in m:
+            raise TemplateError(f"{where}: '{key}' is missing")
+    roles: dict[str, Role] = {}
+    for role, spec in (m.get("roles") or {}).items():
+        what = f"[roles.{role}]"
+        if role not in ROLES:
+            raise TemplateError(f"{where}: {what}: unknown role; roles are {', '.join(ROLES)}")
+        if not isinstance(spec, dict) or not isinstance(spec.get("label"), str) or not spec["label"]:
+            raise TemplateError(f"{where}: {what}: needs a text 'label'")
+        for k in ROLE_KEYS:
+            if k not in spec:
+                raise TemplateError(f"{where}: {what}: '{k}' is missing")
+        roles[role] = Role(spec["label"], *(code(spec[k], f"{what} {k}") for k in ROLE_KEYS))
+    missing_roles = [r for r in ROLES if r not in roles]
+    if missing_roles:
+        raise TemplateError(f"{where}: no [roles.X] table for {', '.join(missing_roles)}")
+    measurements: dict[str, Entry] = {}
+    entries = m.get("measurement") or []
+    if not isinstance(entries, list):
+        raise TemplateError(f"{where}: 'measurement' must be an array of tables ([[measurement]])")
+    for i, e in enumerate(entries, 1):
+        formula = e.get("formula") if isinstance(e, dict) else None
+        what = f"[[measurement]] #{i}" + (f" (formula {formula!r})" if formula else "")
+        if not isinstance(formula, str) or not formula:
+            raise TemplateError(f"{where}: {what}: 'formula' is missing")
+        if formula in measurements:
+            raise TemplateError(f"{where}: {what}: formula listed twice")
+        unknown = set(e) - {"formula", "name", "unit", "derivation"}
+        if unknown:
+            raise TemplateError(f"{where}: {what}: unknown key(s) {', '.join(sorted(unknown))}")
+        for k in ("name", "unit"):
+            if k not in e:
+                raise TemplateError(f"{where}: {what}: '{k}' is missing")
+        unit = code(e["unit"], f"{what} unit")
+        if unit.scheme_designator != "UCUM":
+            raise TemplateError(f"{where}: {what}: unit must be a UCUM code, got scheme {unit.scheme_designator!r}")
+        if formula in FORMULAS and FORMULAS[formula][0] != unit.value:
+            raise TemplateError(f"{where}: {what}: unit {unit.value!r} is not the formula's unit "
+                                f"{FORMULAS[formula][0]!r} (no conversion is done)")
+        derivation = code(e["derivation"], f"{what} derivation") if "derivation" in e else None
+        measurements[formula] = Entry(formula, code(e["name"], f"{what} name"), unit, derivation)
+    labs_table = m.get("labs") or {}
+    lab_codes = {key: code(v, f"[labs.codes] {key}") for key, v in (labs_table.get("codes") or {}).items()}
+    digest = hashlib.sha256("\0".join(texts[n] for n in sorted(texts)).encode()).hexdigest()
+    return Template(version=version, title=code(m["title"], "title"), procedure=code(m["procedure"], "procedure"),
+                    roles=roles, measurements=measurements, model=table("model", MODEL_KEYS),
+                    labs=table("labs", LAB_KEYS), lab_codes=lab_codes, notes=table("notes", NOTE_KEYS),
+                    private_codes=private, digest=digest)
+
+
+def _parse(name: str, text: str) -> dict:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise TemplateError(f"{name}: not valid TOML ({exc})") from None
+
+
+def _private_codes(data: dict) -> dict[str, str]:
+    where = PRIVATE_CODES_FILE
+    if data.get("scheme") != PRIVATE_SCHEME:
+        raise TemplateError(f"{where}: 'scheme' must be {PRIVATE_SCHEME!r}")
+    out: dict[str, str] = {}
+    for value, spec in (data.get("codes") or {}).items():
+        if not isinstance(spec, dict) or not isinstance(spec.get("meaning"), str) or not spec["meaning"].strip():
+            raise TemplateError(f"{where}: [codes] {value}: needs a 'meaning'")
+        if not isinstance(spec.get("definition"), str) or not spec["definition"].strip():
+            raise TemplateError(f"{where}: [codes] {value}: needs a 'definition'")
+        if len(value) > 16:
+            raise TemplateError(f"{where}: [codes] {value}: code values are at most 16 characters (SH)")
+        out[value] = spec["meaning"]
+    return out
+
+
+def _code(value, what: str, private: dict[str, str]) -> CodedConcept:
+    if not isinstance(value, dict):
+        raise TemplateError(f"{what}: must be {{ scheme, value, meaning }}")
+    unknown = set(value) - {"scheme", "value", "meaning"}
+    missing = [k for k in ("scheme", "value", "meaning") if not isinstance(value.get(k), str) or not value[k].strip()]
+    if unknown or missing:
+        extra = f"unknown key(s) {', '.join(sorted(unknown))}" if unknown else f"missing {', '.join(missing)}"
+        raise TemplateError(f"{what}: code must be {{ scheme, value, meaning }} ({extra})")
+    scheme, val, meaning = value["scheme"], value["value"], value["meaning"]
+    if scheme == PRIVATE_SCHEME:
+        if val not in private:
+            raise TemplateError(f"{what}: private code {val!r} is not listed in {PRIVATE_CODES_FILE}")
+        if private[val] != meaning:
+            raise TemplateError(f"{what}: private code {val!r} means {private[val]!r} in {PRIVATE_CODES_FILE}, "
+                                f"not {meaning!r}")
+    elif scheme not in STANDARD_SCHEMES:
+        raise TemplateError(f"{what}: coding scheme {scheme!r} is not one of {', '.join(STANDARD_SCHEMES)} "
+                            f"or {PRIVATE_SCHEME}")
+    if len(meaning) > 64:
+        raise TemplateError(f"{what}: meaning longer than 64 characters (LO)")
+    return CodedConcept(value=val, scheme_designator=scheme, meaning=meaning)

@@ -1,0 +1,75 @@
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from report_support import dciodvfy, shared_case, shared_outputs
+
+from hccnode.imaging.measure import READER, RoiRef
+from hccnode.report import Reference, ReportRoi
+from hccnode.report.inputs import tracking
+from hccnode.report.seg import build_seg
+from hccnode.report.templates import load_template
+
+
+@pytest.fixture(scope="session")
+def case(tmp_path_factory):
+    return shared_case(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def seg_path(tmp_path_factory):
+    return shared_outputs(tmp_path_factory)["seg"]
+
+
+def test_seg_is_valid_dicom(seg_path):
+    errors, warnings = dciodvfy(seg_path)
+    assert errors == [] and warnings == []
+
+
+def test_seg_masks_equal_the_input_masks(case, seg_path):
+    seg = hd.seg.segread(seg_path)
+    uids = [str(d.SOPInstanceUID) for d in case.reference]
+    numbers = list(range(1, len(case.rois) + 1))
+    pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=numbers,
+                                               assert_missing_frames_are_empty=True)
+    for i, roi in enumerate(case.rois):
+        np.testing.assert_array_equal(pixels[..., i].astype(bool), roi.mask, err_msg=roi.describe())
+
+
+def test_segments_say_who_drew_them_and_what_they_are(case, seg_path):
+    ds = pydicom.dcmread(seg_path)
+    assert ds.SegmentationType == "BINARY"
+    template = load_template()
+    for roi, item in zip(case.rois, ds.SegmentSequence):
+        role = template.roles[roi.ref.name]
+        assert item.SegmentedPropertyCategoryCodeSequence[0].CodeValue == role.category.value
+        assert item.SegmentedPropertyTypeCodeSequence[0].CodeValue == role.type.value
+        if roi.ref.source == READER:
+            assert item.SegmentAlgorithmType == "MANUAL" and "SegmentationAlgorithmIdentificationSequence" not in item
+        else:
+            assert item.SegmentAlgorithmType == "AUTOMATIC"
+            assert item.SegmentationAlgorithmIdentificationSequence[0].AlgorithmName.startswith("hccnode")
+    kinds = {item.SegmentAlgorithmType for item in ds.SegmentSequence}
+    assert kinds == {"MANUAL", "AUTOMATIC"}
+    tumor = next(i for r, i in zip(case.rois, ds.SegmentSequence) if r.ref.name == "tumor")
+    assert tumor.SegmentedPropertyTypeCodeSequence[0].CodeValue == "108369006"  # SCT Neoplasm
+    assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == case.reference[0].SeriesInstanceUID
+
+
+def test_tracking_uids_follow_the_roi_not_the_analysis(case):
+    ref = Reference(case.reference)
+    labels = {"tumor": "Tumor", "liver": "Liver", "aorta": "Aorta", "muscle": "Erector spinae"}
+    first = tracking(case.rois, ref, labels)
+    again = tracking(list(case.rois), ref, labels)
+    assert [t.uid for t in first] == [t.uid for t in again]
+    assert len({t.uid for t in first}) == len(first)
+    assert [t.identifier for t in first if "Liver" in t.identifier] == ["Liver 1 (reader)", "Liver 2 (automatic)"]
+
+
+def test_bad_roi_inputs_are_named(case):
+    with pytest.raises(ValueError, match=r"ROI tumor x \(reader\): mask is empty"):
+        ReportRoi(RoiRef("tumor", READER, label="x"), np.zeros((2, 3, 3), bool))
+    small = ReportRoi(RoiRef("tumor", READER, label="x"), np.ones((2, 3, 3), bool))
+    ref = Reference(case.reference)
+    with pytest.raises(ValueError, match=r"shape \(2, 3, 3\) is not the reference series' grid"):
+        build_seg(ref, [small], tracking([small], ref, {}), load_template(), "2.25.1", "2.25.2", 1)

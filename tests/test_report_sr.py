@@ -1,0 +1,245 @@
+import shutil
+import subprocess
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+
+import highdicom as hd
+import pydicom
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from report_support import dciodvfy, shared_case, shared_outputs, without_hct
+
+import hccnode
+from hccnode.imaging.measure import READER, Measurement, RoiRef
+from hccnode.report import build_outputs
+from hccnode.report.sr import dicom_datetime, measurement_item
+from hccnode.report.templates import load_template
+
+DSRDUMP = shutil.which("dsrdump") or "/usr/bin/dsrdump"
+
+
+@pytest.fixture(scope="session")
+def case(tmp_path_factory):
+    return shared_case(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def outputs(tmp_path_factory):
+    return shared_outputs(tmp_path_factory)
+
+
+def walk(items):
+    for item in items:
+        yield item
+        yield from walk(item.get("ContentSequence", []))
+
+
+def meaning(item) -> str:
+    return item.ConceptNameCodeSequence[0].CodeMeaning
+
+
+def texts(ds, name: str) -> list[str]:
+    return [i.TextValue for i in walk(ds.ContentSequence) if i.ValueType == "TEXT" and meaning(i) == name]
+
+
+def group(ds, identifier: str):
+    for g in walk(ds.ContentSequence):
+        if g.ValueType == "CONTAINER" and any(
+                i.ValueType == "TEXT" and meaning(i) == "Tracking Identifier" and i.TextValue == identifier
+                for i in g.get("ContentSequence", [])):
+            return g
+    raise KeyError(identifier)
+
+
+def test_sr_is_valid_dicom_and_dsrdump_prints_it(outputs):
+    errors, warnings = dciodvfy(outputs["sr"])
+    assert errors == [] and warnings == []
+    out = subprocess.run([DSRDUMP, str(outputs["sr"])], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "Imaging Measurement Report" in out.stdout and "Extracellular volume fraction" in out.stdout
+
+
+def test_roi_measurements_read_back_with_codes_values_and_units(case, outputs):
+    template = load_template()
+    report = hd.sr.srread(outputs["sr"]).content
+    groups = {g.tracking_identifier: g for g in report.get_volumetric_roi_measurement_groups()}
+    assert len(groups) == len(case.rois)
+    labels = {r.ref: item.SegmentLabel for r, item in zip(case.rois, pydicom.dcmread(outputs["seg"]).SegmentSequence)}
+    for m in (m for m in case.measurements if m.value is not None):
+        g = groups[labels[m.roi]]
+        entry = template.measurements[m.formula]
+        found = [x for x in g.get_measurements(name=entry.name) if x.unit.value == m.unit]
+        assert len(found) == 1, m.marker
+        assert found[0].value == pytest.approx(m.value)
+        assert found[0].name.scheme_designator == entry.name.scheme_designator
+
+
+def test_roi_groups_reference_their_seg_segment_and_source_series(case, outputs):
+    ds = pydicom.dcmread(outputs["sr"])
+    seg = pydicom.dcmread(outputs["seg"])
+    for number, item in enumerate(seg.SegmentSequence, 1):
+        g = group(ds, item.SegmentLabel)
+        ref = next(i for i in g.ContentSequence if i.ValueType == "IMAGE" and meaning(i) == "Referenced Segment")
+        sop = ref.ReferencedSOPSequence[0]
+        assert sop.ReferencedSOPInstanceUID == seg.SOPInstanceUID and int(sop.ReferencedSegmentNumber) == number
+        series = next(i for i in g.ContentSequence if meaning(i) == "Source Series for Segmentation")
+        assert series.UID == case.reference[0].SeriesInstanceUID
+        finding = next(i for i in g.ContentSequence if meaning(i) == "Finding")
+        assert finding.ConceptCodeSequence[0].CodeValue == item.SegmentedPropertyTypeCodeSequence[0].CodeValue
+    roi_sources = texts(ds, "ROI source")
+    assert len(roi_sources) == len(case.rois)
+    for roi, text in zip(case.rois, roi_sources):
+        if roi.ref.source == "reader":
+            assert text == f"reader annotation {roi.ref.annotation_uid}, label {roi.ref.label!r}"
+        else:
+            assert text == "automatic"
+
+
+def test_measurement_provenance_formula_lab_and_series(case, outputs):
+    ds = pydicom.dcmread(outputs["sr"])
+    ecv = next(m for m in case.measurements if m.marker == "ecv_tumor")
+    num = next(i for i in walk(ds.ContentSequence) if i.ValueType == "NUM"
+               and meaning(i) == "Extracellular volume fraction"
+               and float(i.MeasuredValueSequence[0].NumericValue) == pytest.approx(ecv.value, abs=1e-6))
+    children = {(meaning(c), c.TextValue) for c in num.ContentSequence if c.ValueType == "TEXT"}
+    assert ("Algorithm Name", "paper001.ecv_cect") in children
+    params = [v for k, v in children if k == "Algorithm Parameters"]
+    assert any(p.startswith("lab hct = 0.4 L/L, taken 2026-01-02T08:00:00+01:00") for p in params)
+    assert {f"series {s.series_uid} as {s.phase}" for s in ecv.series} <= set(params)
+    assert any(p.startswith("registration ") and "0.97" in p for p in params)
+
+
+def test_labs_used_with_code_unit_and_time(outputs):
+    ds = pydicom.dcmread(outputs["sr"])
+    g = group(ds, "Laboratory values")
+    num = next(i for i in g.ContentSequence if i.ValueType == "NUM")
+    assert num.ConceptNameCodeSequence[0].CodingSchemeDesignator == "LN"
+    assert float(num.MeasuredValueSequence[0].NumericValue) == 0.4
+    assert num.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "L/L"
+    assert num.ObservationDateTime == "20260102080000+0100"
+    assert any("hl7:ORU^R01 MSG0001" in t for t in texts(ds, "Laboratory value source"))
+
+
+def test_model_results_with_card_paper_limits_and_what_is_missing(case, outputs):
+    ds = pydicom.dcmread(outputs["sr"])
+    for result in case.model_results:
+        g = group(ds, f"Model {result['card_id']} {result['card_version']}")
+        items = list(g.ContentSequence)
+        algo = {meaning(i): i.TextValue for i in items if i.ValueType == "TEXT" and meaning(i).startswith("Algorithm")}
+        assert algo["Algorithm Name"] == result["card_id"] and algo["Algorithm Version"] == result["card_version"]
+        source = [i.TextValue for i in items if i.ValueType == "TEXT" and meaning(i) == "Model publication"]
+        assert len(source) == 1 and result["paper"] in source[0]
+        limits = [i.TextValue for i in items if i.ValueType == "TEXT" and meaning(i) == "Model limitation"]
+        assert all(str(lim) in limits for lim in result["limitations"])
+        risk = [i.TextValue for i in items if i.ValueType == "TEXT" and meaning(i) == "Model risk group"]
+        missing = [i.TextValue for i in items if i.ValueType == "TEXT" and meaning(i) == "Model output not available"]
+        if result["status"] == "evaluated":
+            assert risk and risk[0].startswith(result["outputs"]["risk_group"])
+        else:
+            assert not risk and missing == list(result["reasons"])
+
+
+def test_research_use_and_not_measured_are_stated(outputs):
+    ds = pydicom.dcmread(outputs["sr"])
+    assert texts(ds, "Research use statement") == [hccnode.RESEARCH_USE]
+    assert "nic_tumor in tumor (Tumor) not measured: no iodine map: not a dual-energy study" in texts(ds, "Not measured")
+    assert ds.VerificationFlag == "UNVERIFIED" and ds.CompletionFlag == "COMPLETE"
+    assert ds.get("PreliminaryFlag", "FINAL") == "FINAL"
+
+
+def test_study_that_cannot_be_fully_measured_still_gets_an_sr(case, tmp_path):
+    partial = without_hct(case)
+    rois = [r for r in partial.rois if r.ref.name != "tumor"]
+    ms = [m for m in partial.measurements if m.roi is None or m.roi.name != "tumor"]
+    files = build_outputs(out_dir=tmp_path, **partial.kwargs(
+        rois=rois, measurements=ms, missing=["tumor not measured: no reader annotation of a tumor"]))
+    names = [f.name for f in files]
+    assert names == ["seg.dcm", "sr.dcm", "summary.dcm"]  # no ECV map without hematocrit
+    errors, warnings = dciodvfy(tmp_path / "sr.dcm")
+    assert errors == [] and warnings == []
+    ds = pydicom.dcmread(tmp_path / "sr.dcm")
+    notes = texts(ds, "Not measured")
+    assert "tumor not measured: no reader annotation of a tumor" in notes
+    assert any(n.startswith("ecv_liver in liver (Liver) not measured: no hematocrit within 48 h") for n in notes)
+    nums = [meaning(i) for i in walk(ds.ContentSequence) if i.ValueType == "NUM"]
+    assert "Extracellular volume fraction" not in nums and "Attenuation Coefficient" in nums
+    with pytest.raises(KeyError):
+        group(ds, "Laboratory values")
+
+
+def test_study_without_any_roi_gets_an_sr_saying_so(case, tmp_path):
+    files = build_outputs(out_dir=tmp_path, **without_hct(case).kwargs(rois=[], measurements=[], model_results=[]))
+    assert [f.name for f in files] == ["sr.dcm", "summary.dcm"]
+    ds = pydicom.dcmread(files[0])
+    assert "Segmentation not written: no ROI was measured" in texts(ds, "Not measured")
+    assert dciodvfy(files[0])[0] == []
+
+
+def test_measurement_without_template_entry_is_listed_not_dropped(case, tmp_path):
+    extra = Measurement(marker="spleen_hu", value=50.0, unit="[hnsf'U]", formula="roi.site_specific",
+                        roi=case.rois[0].ref)
+    build_outputs(out_dir=tmp_path, **case.kwargs(measurements=case.measurements + [extra]))
+    ds = pydicom.dcmread(tmp_path / "sr.dcm")
+    assert any(n.startswith("spleen_hu = 50 [hnsf'U] (roi.site_specific) is not reported") for n in texts(ds, "Not measured"))
+
+
+def test_unit_differing_from_template_is_refused(case):
+    m = replace(case.measurements[3], unit="mg/mL")  # roi.mean_hu is in [hnsf'U] in the template
+    with pytest.raises(ValueError, match="aorta_hu_equilibrium: unit 'mg/mL' differs from the template"):
+        measurement_item(m, load_template())
+
+
+def test_dicom_datetime():
+    assert dicom_datetime("2026-01-02T08:00:00") == "20260102080000"
+    assert dicom_datetime("2026-01-02T08:00:00Z") == "20260102080000+0000"
+    assert dicom_datetime("2026-01-02T08:00:00.5-05:00") == "20260102080000.500000-0500"
+    with pytest.raises(ValueError):
+        dicom_datetime("yesterday")
+
+
+def test_no_phi_in_texts(case, outputs):
+    ds = pydicom.dcmread(outputs["sr"])
+    values = " ".join(i.TextValue for i in walk(ds.ContentSequence) if i.ValueType == "TEXT")
+    pid = str(case.reference[0].PatientID)
+    assert pid and pid not in values and str(case.reference[0].PatientName) not in values
+    assert str(ds.PatientID) == pid  # the header, not the content, carries identity
+
+
+def test_measurement_over_several_rois_of_a_role_gets_a_role_group(case, tmp_path):
+    # e.g. paper 001's liver ECV: the mean over three liver ROIs, recorded against the role.
+    mean_liver = Measurement.of("paper001.ecv_cect", "ecv_liver_mean", 29.5, roi=RoiRef("liver", READER),
+                                series=case.measurements[0].series, lab=case.labs[0])
+    build_outputs(out_dir=tmp_path, **case.kwargs(measurements=[mean_liver]))
+    report = hd.sr.srread(tmp_path / "sr.dcm").content
+    g = next(g for g in report.get_image_measurement_groups() if g.tracking_identifier == "Liver (all reader ROIs)")
+    (m,) = g.get_measurements()
+    assert (m.name.meaning, m.value, m.unit.value) == ("Extracellular volume fraction", 29.5, "%")
+    assert g.finding_sites[0].value.value == "10200004"  # SCT Liver
+
+
+def test_evidence_lists_sources_annotation_and_own_seg(case, outputs):
+    ds = pydicom.dcmread(outputs["sr"])
+    listed = {sop.ReferencedSOPInstanceUID for study in ds.CurrentRequestedProcedureEvidenceSequence
+              for series in study.ReferencedSeriesSequence for sop in series.ReferencedSOPSequence}
+    assert {str(d.SOPInstanceUID) for d in case.sources} <= listed
+    assert pydicom.dcmread(outputs["seg"]).SOPInstanceUID in listed
+    assert pydicom.dcmread(outputs["pm"]).SOPInstanceUID in listed
+
+
+def test_measurement_in_an_unknown_role_is_listed_not_dropped(case, tmp_path):
+    spleen = Measurement(marker="spleen_hu", value=50.0, unit="[hnsf'U]", formula="roi.mean_hu",
+                         roi=RoiRef("spleen", READER))
+    build_outputs(out_dir=tmp_path, **case.kwargs(measurements=[spleen]))
+    ds = pydicom.dcmread(tmp_path / "sr.dcm")
+    assert "spleen_hu = 50 [hnsf'U] is not reported: ROI role 'spleen' has no entry in the SR template" \
+        in texts(ds, "Not measured")
+
+
+@given(st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2100, 1, 1)),
+       st.sampled_from([None, timezone.utc, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))]))
+def test_dicom_datetime_round_trips(t, tz):
+    t = t.replace(tzinfo=tz)
+    dt = dicom_datetime(t.isoformat())
+    fmt = "%Y%m%d%H%M%S" + (".%f" if t.microsecond else "") + ("%z" if tz else "")
+    assert datetime.strptime(dt, fmt) == t
