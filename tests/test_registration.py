@@ -134,3 +134,20 @@ def test_affine_stage_recovers_scale_and_shear():
     assert reg.quality.ok and reg.quality.stage_used == "affine"
     body = sitk.Cast(fixed > -500, sitk.sitkUInt8)
     assert _residual_mm(reg.transform, t, fixed, body) < min(SPACING)
+
+
+def test_same_inputs_give_the_same_transform(registered):
+    fixed, moving, *_, reg = registered
+    again = registration.register(fixed, moving)
+    assert again.transform.GetParameters() == reg.transform.GetParameters()
+    assert again.quality == reg.quality
+
+
+def test_resampled_is_the_moving_image_on_the_fixed_grid(registered):
+    fixed, moving, *_, reg = registered
+    out = reg.resampled
+    assert out.GetSize() == fixed.GetSize() and out.GetOrigin() == fixed.GetOrigin()
+    assert out.GetPixelID() == sitk.sitkFloat32
+    want = sitk.Resample(moving, fixed, reg.transform, sitk.sitkLinear, float("nan"), sitk.sitkFloat32)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(out), sitk.GetArrayViewFromImage(want))
+    assert reg.resampled is out  # computed once

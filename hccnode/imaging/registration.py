@@ -16,18 +16,23 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
-WORK_SPACING_MM = 2.5  # registration grid (mm, about); finer adds time, not accuracy for ECV ROIs
+WORK_SPACING_MM = 3.0  # registration grid (mm, about); finer adds time, not accuracy for ECV ROIs
 SHRINK_FACTORS = (4, 2, 1)
-SMOOTHING_SIGMAS_MM = (4.0, 2.0, 0.0)
-SAMPLING_PERCENTAGE = 0.02
-MIN_SAMPLES = 20000  # Mattes MI with 32 bins needs enough samples per bin; matters on small/coarse levels
+SMOOTHING_SIGMAS_MM = (6.0, 3.0, 0.0)
+# Mattes MI is estimated from a fixed number of random samples per level (fixed seed), not a
+# fraction of the voxels, so the cost does not grow with the matrix; 32 bins with ~10^4 samples
+# keep ~10 samples per joint-histogram cell that matters.
+SAMPLES_PER_LEVEL = 8000
 HISTOGRAM_BINS = 32
 RIGID_ITERATIONS = 100
-AFFINE_ITERATIONS = 60
+# Phases of one study start close, so the affine stage refines the rigid result on the finest
+# level only, with few iterations.
+AFFINE_ITERATIONS = 30
 RIGID_STEP_MM = 2.0  # first optimiser step, as a physical shift
 AFFINE_STEP_MM = 0.5
-MIN_STEP_MM = 0.01  # stop refining below 1/200 of a work voxel
+MIN_STEP_MM = 0.01  # stop refining below 1/300 of a work voxel
 MASK_MARGIN_MM = 10.0
 CLIP_PERCENTILES = (1.0, 99.0)
 RANDOM_SEED = 20240101  # fixed, so a re-run of a job gives the same transform and the same outputs
@@ -74,28 +79,49 @@ class RegistrationQuality:
         return d
 
 
-@dataclass
 class Registration:
     """`transform` maps fixed physical points to moving physical points (SimpleITK convention);
     `resampled` is the moving image on the fixed grid (float32, NaN where the moving image has no
-    data)."""
+    data). It is computed on first access (a phase used only for its transform, e.g. to carry
+    ROIs, never pays for a full-resolution resampling); until then the Registration holds a
+    reference to the moving image (no copy), afterwards only the resampled image."""
 
-    transform: sitk.AffineTransform
-    resampled: sitk.Image
-    quality: RegistrationQuality
+    def __init__(self, transform: sitk.AffineTransform, resampled: sitk.Image | None, quality: RegistrationQuality,
+                 moving: sitk.Image | None = None, fixed: sitk.Image | None = None):
+        if resampled is None and (moving is None or fixed is None):
+            raise ValueError("a Registration needs the resampled image, or the moving and fixed images to make it")
+        self.transform = transform
+        self.quality = quality
+        self._resampled = resampled
+        self._moving = moving
+        self._grid = None if fixed is None else (fixed.GetSize(), fixed.GetOrigin(), fixed.GetSpacing(),
+                                                 fixed.GetDirection())
+
+    @property
+    def resampled(self) -> sitk.Image:
+        if self._resampled is None:
+            size, origin, spacing, direction = self._grid
+            self._resampled = sitk.Resample(self._moving, size, self.transform, sitk.sitkLinear, origin, spacing,
+                                            direction, float("nan"), sitk.sitkFloat32)
+            self._moving = None
+        return self._resampled
+
+    def __repr__(self) -> str:
+        return f"Registration(transform={self.transform.GetParameters()}, quality={self.quality})"
 
 
 def register(fixed: sitk.Image, moving: sitk.Image, body_mask: sitk.Image | None = None) -> Registration:
-    """Register `moving` to `fixed` (rigid, then affine), judge the result, resample.
+    """Register `moving` to `fixed` (rigid, then affine), judge the result; `resampled` on demand.
 
     `body_mask` (on the fixed grid, non-zero inside the body) restricts the metric and the quality
     figure; without it the fixed image's Otsu foreground is used. The affine stage is kept only if
     it raises NCC over the rigid result without changing the volume beyond MAX_VOLUME_CHANGE;
     otherwise the rigid transform is used and `affine_rejected` says why.
+
+    Everything runs on block-averaged float32 copies (~WORK_SPACING_MM), the fixed one cropped to
+    the bounding box of the metric mask; the full-resolution images are only read, never copied.
     """
-    fixed_f = sitk.Cast(fixed, sitk.sitkFloat32)
-    moving_f = sitk.Cast(moving, sitk.sitkFloat32)
-    fixed_w, moving_w = _work_copy(fixed_f), _work_copy(moving_f)
+    fixed_w, moving_w = _work_copy(fixed), _work_copy(moving)
     if body_mask is not None:
         mask_w = sitk.Resample(sitk.Cast(body_mask > 0, sitk.sitkUInt8), fixed_w, sitk.Transform(),
                                sitk.sitkNearestNeighbor, 0)
@@ -103,23 +129,23 @@ def register(fixed: sitk.Image, moving: sitk.Image, body_mask: sitk.Image | None
         mask_w = sitk.OtsuThreshold(fixed_w, 0, 1)
     # A mask tight on the body lets MI ignore where the moving body spills into the fixed image's
     # air, which rewards stretching; a margin around the body keeps the outline in the metric.
-    radius = [max(1, int(round(MASK_MARGIN_MM / sp))) for sp in fixed_w.GetSpacing()]
-    metric_mask = sitk.BinaryDilate(mask_w, radius)
+    fixed_w, mask_w, metric_mask = _margin_and_crop(fixed_w, mask_w)
     fixed_c, moving_c = _clip(fixed_w, metric_mask), _clip(moving_w, None)
+    body = sitk.GetArrayViewFromImage(mask_w) > 0
+    fixed_body = sitk.GetArrayViewFromImage(fixed_w)[body]
 
     def score(tx: sitk.Transform) -> float:
         """NCC inside the body on the work grid, moving mapped through `tx`."""
         warped = sitk.Resample(moving_w, fixed_w, tx, sitk.sitkLinear, float("nan"), sitk.sitkFloat32)
-        return ncc(sitk.GetArrayViewFromImage(fixed_w), sitk.GetArrayViewFromImage(warped),
-                   sitk.GetArrayViewFromImage(mask_w) > 0)
+        return ncc(fixed_body, sitk.GetArrayViewFromImage(warped)[body])
 
     rigid = sitk.Euler3DTransform()
-    rigid.SetCenter(_centre(fixed_f))
+    rigid.SetCenter(_centre(fixed))
     rigid, mi_rigid, stop_rigid = _run(fixed_c, moving_c, metric_mask, rigid, RIGID_ITERATIONS, SHRINK_FACTORS, RIGID_STEP_MM)
 
-    # The affine stage refines the rigid result: finer levels only and a smaller first step.
+    # The affine stage refines the rigid result: finest level only and a smaller first step.
     affine, mi_affine, stop_affine = _run(fixed_c, moving_c, metric_mask, _as_affine(rigid), AFFINE_ITERATIONS,
-                                          SHRINK_FACTORS[1:], AFFINE_STEP_MM)
+                                          SHRINK_FACTORS[-1:], AFFINE_STEP_MM)
 
     ncc_before, ncc_rigid, ncc_affine = score(sitk.Transform()), score(rigid), score(affine)
     affine_change = _volume_change(affine)
@@ -150,8 +176,7 @@ def register(fixed: sitk.Image, moving: sitk.Image, body_mask: sitk.Image | None
         stage_used="rigid" if rejected else "affine", affine_rejected=rejected,
         stop_rigid=stop_rigid, stop_affine=stop_affine, ok=not problems, problems=tuple(problems),
     )
-    resampled = sitk.Resample(moving_f, fixed_f, final, sitk.sitkLinear, float("nan"), sitk.sitkFloat32)
-    return Registration(final, resampled, quality)
+    return Registration(final, None, quality, moving=moving, fixed=fixed)
 
 
 def ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
@@ -171,9 +196,29 @@ def ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
 
 def _work_copy(img: sitk.Image) -> sitk.Image:
     """The image block-averaged (BinShrink: anti-aliased and linear time) to voxels of about
-    WORK_SPACING_MM where it is finer."""
+    WORK_SPACING_MM where it is finer, as float32. Shrinks before casting, so the full-resolution
+    image is never copied."""
     factors = [max(1, int(round(WORK_SPACING_MM / s))) for s in img.GetSpacing()]
-    return sitk.BinShrink(img, factors) if max(factors) > 1 else img
+    if max(factors) > 1:
+        img = sitk.BinShrink(img, factors)
+    return sitk.Cast(img, sitk.sitkFloat32) if img.GetPixelID() != sitk.sitkFloat32 else img
+
+
+def _margin_and_crop(fixed_w: sitk.Image, mask_w: sitk.Image) -> tuple[sitk.Image, sitk.Image, sitk.Image]:
+    """(fixed, body mask, metric mask) cut to the bounding box of the metric mask, which is the
+    body mask grown by MASK_MARGIN_MM (a box, separable, so linear time)."""
+    radius = [max(1, int(round(MASK_MARGIN_MM / sp))) for sp in fixed_w.GetSpacing()[::-1]]  # z, y, x
+    grown = ndimage.maximum_filter(sitk.GetArrayViewFromImage(mask_w) > 0, size=[2 * r + 1 for r in radius])
+    box = []
+    for axis in range(3):
+        hit = np.flatnonzero(grown.any(axis=tuple(a for a in range(3) if a != axis)))
+        box.append((int(hit[0]), int(hit[-1]) + 1) if hit.size else (0, grown.shape[axis]))
+    lo = [b[0] for b in box][::-1]
+    size = [b[1] - b[0] for b in box][::-1]
+    fixed_w, mask_w = (sitk.RegionOfInterest(img, size, lo) for img in (fixed_w, mask_w))
+    metric_mask = sitk.GetImageFromArray(grown[tuple(slice(a, b) for a, b in box)].astype(np.uint8))
+    metric_mask.CopyInformation(fixed_w)
+    return fixed_w, mask_w, metric_mask
 
 
 def _clip(img: sitk.Image, mask: sitk.Image | None) -> sitk.Image:
@@ -197,11 +242,16 @@ def _run(fixed, moving, mask, initial, iterations, shrink_factors, step_mm):
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=HISTOGRAM_BINS)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
-    in_mask = float(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
+    # The percentage is of the level's whole (shrunk) grid; samples outside the mask are dropped.
+    voxels = float(np.prod(mask.GetSize()))
     reg.SetMetricSamplingPercentagePerLevel(
-        [min(1.0, max(SAMPLING_PERCENTAGE, MIN_SAMPLES * f**3 / max(in_mask, 1.0))) for f in shrink_factors], RANDOM_SEED
+        [min(1.0, SAMPLES_PER_LEVEL * f**3 / voxels) for f in shrink_factors], RANDOM_SEED
     )
     reg.SetMetricFixedMask(mask)
+    # Gradients by central differences at the samples: a few thousand samples do not pay for
+    # gradient images of both volumes at every level.
+    reg.SetMetricUseFixedImageGradientFilter(False)
+    reg.SetMetricUseMovingImageGradientFilter(False)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsRegularStepGradientDescent(
         learningRate=step_mm, minStep=MIN_STEP_MM, numberOfIterations=iterations, relaxationFactor=0.5,
