@@ -18,9 +18,12 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-WORK_SPACING_MM = 3.0  # registration grid (mm, about); finer adds time, not accuracy for ECV ROIs
-SHRINK_FACTORS = (4, 2, 1)
-SMOOTHING_SIGMAS_MM = (6.0, 3.0, 0.0)
+WORK_SPACING_MM = 4.0  # registration grid (mm, about); finer adds time, not accuracy for ECV ROIs
+# A small field of view keeps at least this many voxels per axis (MI needs the anatomy resolved;
+# such images are cheap at their own resolution).
+MIN_WORK_VOXELS = 64
+SHRINK_FACTORS = (2, 1)
+SMOOTHING_SIGMAS_MM = (4.0, 0.0)
 # Mattes MI is estimated from a fixed number of random samples per level (fixed seed), not a
 # fraction of the voxels, so the cost does not grow with the matrix; 32 bins with ~10^4 samples
 # keep ~10 samples per joint-histogram cell that matters.
@@ -35,6 +38,10 @@ AFFINE_STEP_MM = 0.5
 MIN_STEP_MM = 0.01  # stop refining below 1/300 of a work voxel
 MASK_MARGIN_MM = 10.0
 CLIP_PERCENTILES = (1.0, 99.0)
+# Threads split the metric's samples and sum partial histograms in an order that varies between
+# runs, which changes the last bits and can steer the optimiser; one thread makes a re-run
+# bit-identical. The sample count above keeps one thread fast.
+REGISTRATION_THREADS = 1
 RANDOM_SEED = 20240101  # fixed, so a re-run of a job gives the same transform and the same outputs
 
 # Quality thresholds. Phases of one CT study aligned on our synthetic and phantom pairs correlate
@@ -196,9 +203,10 @@ def ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
 
 def _work_copy(img: sitk.Image) -> sitk.Image:
     """The image block-averaged (BinShrink: anti-aliased and linear time) to voxels of about
-    WORK_SPACING_MM where it is finer, as float32. Shrinks before casting, so the full-resolution
+    WORK_SPACING_MM where it is finer (but at least MIN_WORK_VOXELS per axis), as float32. Shrinks before casting, so the full-resolution
     image is never copied."""
-    factors = [max(1, int(round(WORK_SPACING_MM / s))) for s in img.GetSpacing()]
+    factors = [max(1, min(int(round(WORK_SPACING_MM / s)), n // MIN_WORK_VOXELS))
+               for s, n in zip(img.GetSpacing(), img.GetSize())]
     if max(factors) > 1:
         img = sitk.BinShrink(img, factors)
     return sitk.Cast(img, sitk.sitkFloat32) if img.GetPixelID() != sitk.sitkFloat32 else img
@@ -263,7 +271,13 @@ def _run(fixed, moving, mask, initial, iterations, shrink_factors, step_mm):
     reg.SetSmoothingSigmasPerLevel([SMOOTHING_SIGMAS_MM[i] for i in levels])
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     reg.SetInitialTransform(initial, inPlace=False)
-    out = reg.Execute(fixed, moving)
+    # The metric takes its thread count from the global default when Execute builds it.
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(REGISTRATION_THREADS)
+    try:
+        out = reg.Execute(fixed, moving)
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     if isinstance(out, sitk.CompositeTransform):
         out = out.GetNthTransform(out.GetNumberOfTransforms() - 1)
     out = out.Downcast()
