@@ -90,9 +90,11 @@ def _rescale(ds: Dataset, frame: int | None) -> tuple[float, float]:
     return 1.0, 0.0
 
 
-def load_volume(items: list[tuple[Path, Dataset]], max_slices: int) -> tuple[np.ndarray, tuple[float, float, float]] | None:
+def load_volume(items: list[tuple[Path, Dataset]], max_slices: int,
+                min_pixel_mm: float = 0.0) -> tuple[np.ndarray, tuple[float, float, float]] | None:
     """Up to `max_slices` evenly spaced axial planes of a series as HU [z, y, x] in LPS order
-    (see anatomy.to_lps) with (dz, dy, dx) in mm; None when the series has no usable geometry."""
+    (see anatomy.to_lps) with (dz, dy, dx) in mm; None when the series has no usable geometry.
+    Pixels finer than `min_pixel_mm` are block-averaged in plane (nearest whole factor) to about it."""
     frames = _frames(items)
     if not frames:
         return None
@@ -132,6 +134,11 @@ def load_volume(items: list[tuple[Path, Dataset]], max_slices: int) -> tuple[np.
         return None
     if v.shape[1:] != vol.shape[1:]:
         dy, dx = dx, dy
+    fy, fx = max(1, round(min_pixel_mm / dy)), max(1, round(min_pixel_mm / dx))
+    if fy > 1 or fx > 1:
+        nz, ny, nx = v.shape
+        v = v[:, :ny - ny % fy, :nx - nx % fx].reshape(nz, ny // fy, fy, nx // fx, fx).mean(axis=(2, 4), dtype=np.float32)
+        dy, dx = dy * fy, dx * fx
     return v, (abs(dz) or 1.0, dy, dx)
 
 
@@ -160,7 +167,8 @@ def classify_and_store(store: Store, study_uid: str, rules: RuleSet | None = Non
 
     def measure(h: SeriesHeader) -> PhaseMeasurement | None:
         try:
-            loaded = load_volume(by_series[h.series_uid], int(rules.image["max_slices"]))
+            loaded = load_volume(by_series[h.series_uid], int(rules.image["max_slices"]),
+                                 float(rules.image["min_pixel_mm"]))
         except Exception as exc:  # undecodable pixels: decide without images, say so
             log.event("phases.pixels_unreadable", series_uid=h.series_uid, error=type(exc).__name__)
             return None

@@ -191,9 +191,12 @@ def parse_rules(data: dict[str, Any], source: str = "<dict>", sha256: str = "") 
     image.setdefault("use", "always")
     image.setdefault("confirm_below", 0.9)
     image.setdefault("max_slices", 24)
+    image.setdefault("min_pixel_mm", 0.0)
     image.setdefault("vmi_kev_as_conventional", [60.0, 80.0])
     if image["use"] not in ("always", "when_needed", "never"):
         errors.append(f"[image] use: {image['use']!r} is not always, when_needed or never")
+    if not (isinstance(image["min_pixel_mm"], (int, float)) and 0 <= image["min_pixel_mm"] <= 10):
+        errors.append("[image] min_pixel_mm: must be a number of mm in [0, 10]")
 
     tags = []
     for i, t in enumerate(data.get("b_value_tag", [])):

@@ -147,9 +147,21 @@ def _walk(ds: Dataset, depth: int = 0) -> Iterable[Dataset]:
     yield ds
     if depth > 6:
         return
-    for elem in ds:
-        if elem.VR == "SQ":
-            for item in elem.value:
+    for tag in list(ds.keys()):
+        # The raw element's VR decides; converting every value just to look at it costs most of
+        # the header time of a large series. Implicit VR raw elements carry no VR: convert those.
+        try:
+            vr = ds.get_item(tag).VR
+            if vr is None:
+                vr = ds[tag].VR
+        except Exception:  # a malformed element must not stop classification
+            continue
+        if vr == "SQ":
+            try:
+                items = ds[tag].value
+            except Exception:
+                continue
+            for item in items:
                 yield from _walk(item, depth + 1)
 
 
@@ -163,10 +175,10 @@ def _frame_groups(ds: Dataset) -> list[Dataset]:
     return out
 
 
-def _b_values(ds: Dataset, tags: Sequence[BValueTag]) -> tuple[list[float], list[str]]:
+def _b_values(ds: Dataset, tags: Sequence[BValueTag], items: Sequence[Dataset] | None = None) -> tuple[list[float], list[str]]:
     found: list[float] = []
     sources: list[str] = []
-    for item in _walk(ds):
+    for item in _walk(ds) if items is None else items:
         v = _get(item, "DiffusionBValue")
         if v is not None:
             try:
@@ -270,7 +282,8 @@ def header_from_datasets(datasets: Sequence[Dataset], b_value_tags: Sequence[BVa
         t = _acq_seconds(ds)
         if t is not None:
             acq.append(t)
-        for item in _walk(ds):
+        items = list(_walk(ds))  # walked once per instance, used below three times
+        for item in items:
             for v in _values(_get(item, "ImageType")) + _values(_get(item, "FrameType")):
                 if v.strip().upper() not in image_type:
                     image_type.append(v.strip().upper())
@@ -288,11 +301,11 @@ def header_from_datasets(datasets: Sequence[Dataset], b_value_tags: Sequence[BVa
                 meaning = _str(_get(code, "CodeMeaning"))
                 if meaning and meaning not in materials:
                     materials.append(meaning)
-        bv, src = _b_values(ds, b_value_tags)
+        bv, src = _b_values(ds, b_value_tags, items)
         b_values.extend(bv)
         b_sources.extend(s for s in src if s not in b_sources)
         if h.echo_time is None:
-            h.echo_time = _float(_get(ds, "EchoTime")) or _float_from_groups(ds, "EffectiveEchoTime")
+            h.echo_time = _float(_get(ds, "EchoTime")) or _float_from_groups(items, "EffectiveEchoTime")
         if h.repetition_time is None:
             h.repetition_time = _float(_get(ds, "RepetitionTime"))
         frames += _int(_get(ds, "NumberOfFrames")) or 1
@@ -325,8 +338,8 @@ def _float(v: Any) -> float | None:
         return None
 
 
-def _float_from_groups(ds: Dataset, keyword: str) -> float | None:
-    for item in _walk(ds):
+def _float_from_groups(items: Iterable[Dataset], keyword: str) -> float | None:
+    for item in items:
         v = _float(_get(item, keyword))
         if v is not None:
             return v

@@ -21,6 +21,8 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
+# Elements above this size (the pixel data) are read from the file only when used.
+DEFER_BYTES = 64 * 1024
 # Slice gaps may differ by rounding of Image Position (Patient) (often 0.01 mm or coarser).
 GAP_REL_TOL = 0.02
 GAP_ABS_TOL_MM = 0.01
@@ -76,19 +78,26 @@ class _Frame:
 
 
 def read_series(paths: Iterable[str | Path]) -> Volume:
-    """Read the files of one series and build its volume (see `volume_from_datasets`)."""
+    """Read the files of one series and build its volume (see `volume_from_datasets`).
+
+    Pixel data stays on disk until its slice is filled in and is released right after, so a
+    series costs its float32 volume plus one slice, not the whole series' bytes as well."""
     datasets = []
     for p in paths:
         try:
-            datasets.append(pydicom.dcmread(p))
+            datasets.append(pydicom.dcmread(p, defer_size=DEFER_BYTES))
         except Exception as exc:  # noqa: BLE001 - report which file, whatever pydicom raised
             raise SeriesError(f"cannot read {Path(p).name}: {type(exc).__name__}: {exc}") from exc
-    return volume_from_datasets(datasets)
+    return _build(datasets, release_pixels=True)
 
 
 def volume_from_datasets(datasets: Sequence[Dataset]) -> Volume:
     """One volume from the datasets of one series: many single-frame images, or one enhanced
     multi-frame image (Shared / Per-frame Functional Groups)."""
+    return _build(datasets, release_pixels=False)
+
+
+def _build(datasets: Sequence[Dataset], release_pixels: bool) -> Volume:
     if not datasets:
         raise SeriesError("no images")
     first = datasets[0]
@@ -124,8 +133,10 @@ def volume_from_datasets(datasets: Sequence[Dataset]) -> Volume:
     decoded: tuple[int, np.ndarray] | None = None  # the last decoded source (one multi-frame object, or one slice)
     for k, fr in enumerate(frames):
         if decoded is None or decoded[0] != id(fr.source):
+            if release_pixels and decoded is not None:
+                _release(frames[k - 1].source)
             try:
-                decoded = (id(fr.source), fr.source.pixel_array)
+                decoded = (id(fr.source), _stored_values(fr.source))
             except Exception as exc:  # noqa: BLE001 - decoder errors come in many types
                 syntax = getattr(getattr(fr.source, "file_meta", None), "TransferSyntaxUID", "?")
                 raise fail(f"cannot decode pixel data of {fr.sop_uid} (transfer syntax {syntax}): {exc}") from exc
@@ -133,12 +144,20 @@ def volume_from_datasets(datasets: Sequence[Dataset]) -> Volume:
         plane = arr[fr.index] if arr.ndim == 3 else arr
         if plane.shape != (f0.rows, f0.columns):
             raise fail(f"image {fr.sop_uid}: pixel data is {plane.shape}, header says {f0.rows}x{f0.columns}")
-        data[k] = plane.astype(np.float32) * np.float32(fr.slope) + np.float32(fr.intercept)
+        # Modality value = stored value x slope + intercept, computed in float32 straight into the volume.
+        if fr.slope == 1.0:
+            np.add(plane, np.float32(fr.intercept), out=data[k], dtype=np.float32)
+        else:
+            np.multiply(plane, np.float32(fr.slope), out=data[k], dtype=np.float32)
+            data[k] += np.float32(fr.intercept)
+    if release_pixels and frames:
+        _release(frames[-1].source)
     del decoded
 
     row, col = f0.orientation[:3], f0.orientation[3:]
     normal = np.cross(row, col)
     image = sitk.GetImageFromArray(data)
+    del data
     image.SetOrigin(tuple(float(v) for v in f0.position))
     image.SetSpacing((f0.pixel_spacing[1], f0.pixel_spacing[0], z_spacing))
     image.SetDirection(tuple(float(v) for v in np.column_stack([row, col, normal]).ravel()))
@@ -152,6 +171,32 @@ def volume_from_datasets(datasets: Sequence[Dataset]) -> Volume:
         modality=str(first.get("Modality", "")) or None,
         rescale_type=f0.rescale_type,
     )
+
+
+NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+
+
+def _stored_values(ds: Dataset) -> np.ndarray:
+    """Stored pixel values ([frames,] rows, columns). Uncompressed little-endian data whose
+    stored bits fill the allocated bits is viewed in place (no decoder, no copy); everything
+    else (compressed, packed, 12 of 16 bits) goes through pydicom's pixel handlers."""
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
+    bits = int(ds.get("BitsAllocated", 0) or 0)
+    if (syntax in NATIVE_LITTLE_ENDIAN and bits in (8, 16, 32) and int(ds.get("BitsStored", 0) or 0) == bits
+            and int(ds.get("SamplesPerPixel", 1) or 1) == 1 and "PixelData" in ds):
+        dtype = np.dtype(f"<{'i' if int(ds.get('PixelRepresentation', 0) or 0) else 'u'}{bits // 8}")
+        rows, cols, n = int(ds.Rows), int(ds.Columns), int(ds.get("NumberOfFrames", 1) or 1)
+        raw = ds.PixelData
+        if len(raw) >= rows * cols * n * dtype.itemsize:
+            arr = np.frombuffer(raw, dtype=dtype, count=rows * cols * n)
+            return arr.reshape((n, rows, cols) if n > 1 else (rows, cols))
+    return ds.pixel_array
+
+
+def _release(ds: Dataset) -> None:
+    """Drop a dataset's pixel bytes (read_series owns its datasets; the volume has the values)."""
+    if "PixelData" in ds:
+        del ds.PixelData
 
 
 def _floats(value, n: int, what: str, where: str, fail) -> np.ndarray:
