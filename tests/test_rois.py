@@ -10,7 +10,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from hccnode.imaging import rois
-from hccnode.imaging.volumes import volume_from_datasets
+from hccnode.imaging.volumes import Volume, volume_from_datasets
 from synth_dicom import ct_series
 
 SPACING = (2.0, 1.0, 1.0)  # z, y, x
@@ -61,6 +61,25 @@ def test_seg_segments_by_code_and_name(study):
     assert by["Lesion A"].ref.source == "reader" and by["Lesion A"].ref.annotation_uid == seg.SOPInstanceUID
     assert any(i.startswith("Spleen:") for i in out.ignored)
     assert rois.referenced_series(seg) == {slices[0].SeriesInstanceUID}
+
+
+def test_seg_on_another_grid_is_resampled_to_the_reference(study):
+    # The reference is not the series the SEG was drawn on: same frame of reference, coarser
+    # in-plane grid, shifted by half a voxel. Its mask is the nearest-neighbour resampling.
+    slices, vol = study
+    tumor = np.zeros((6, 32, 40), bool)
+    tumor[1:5, 8:22, 10:30] = True
+    seg = _seg(slices, [tumor], ["Tumor"], [codes.SCT.Neoplasm])
+    coarse = sitk.Image([20, 16, 6], sitk.sitkFloat32)
+    coarse.SetSpacing((2.0, 2.0, 2.0))
+    coarse.SetOrigin(np.add(vol.image.GetOrigin(), (0.5, 0.5, 0.0)))
+    other = Volume(coarse, "1.2.3", 5, vol.frame_of_reference_uid, [], [])
+    (found,) = rois.read_annotation(seg, other).rois
+    drawn = sitk.GetImageFromArray(tumor.astype(np.uint8))
+    drawn.CopyInformation(vol.image)
+    want = sitk.Resample(drawn, coarse, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    assert sitk.GetArrayViewFromImage(want).any()
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(found.mask), sitk.GetArrayViewFromImage(want))
 
 
 def test_seg_other_frame_of_reference_refused(study):

@@ -205,15 +205,61 @@ def _from_seg(ds: Dataset, reference: Volume, synonyms: Synonyms) -> AnnotationR
         if vol is None:
             out.ignored.append(f"{label}: empty segment")
             continue
-        img = vol.squeeze_channel().to_simpleitk() if vol.number_of_channel_dimensions else vol.to_simpleitk()
-        # Binary segments hold 1; fractional ones (rescaled to 0..1) count where >= 0.5.
-        binary = sitk.Cast(sitk.Cast(img, sitk.sitkFloat32) >= 0.5, sitk.sitkUInt8)
-        on_grid = sitk.Resample(binary, reference.image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        on_grid = _seg_mask_on(vol.squeeze_channel() if vol.number_of_channel_dimensions else vol, reference.image)
         if not sitk.GetArrayViewFromImage(on_grid).any():
             out.ignored.append(f"{label}: segment lies outside the reference volume")
             continue
         out.rois.append(RoiMask(on_grid, _ref(role, sop_uid, label)))
     return out
+
+
+def _seg_mask_on(vol: hd.Volume, reference: sitk.Image) -> sitk.Image:
+    """A segment volume as a uint8 mask on the reference grid. Binary segments hold 1; fractional
+    ones (rescaled to 0..1) count where >= 0.5.
+
+    The volume's array is taken in its own axis order (no transposed copy): SimpleITK axis x is
+    its last axis, so spacing and direction columns are reversed. A segment drawn on the reference
+    series lies on its grid (often on fewer slices) and is pasted in place; anything else is
+    resampled (nearest neighbour)."""
+    binary = (np.asarray(vol.array) >= 0.5).view(np.uint8)
+    spacing = [float(v) for v in vol.spacing[::-1]]
+    axes = np.asarray(vol.direction, dtype=float)[:, ::-1].copy()  # columns: SimpleITK x, y, z
+    origin = np.asarray(vol.position, dtype=float)
+    # An axis running against the reference's (e.g. slices stored head first) is flipped: a view.
+    ref_axes = np.asarray(reference.GetDirection()).reshape(3, 3)
+    for a in range(3):
+        if np.allclose(axes[:, a], -ref_axes[:, a], atol=1e-4):
+            origin = origin + axes[:, a] * spacing[a] * (binary.shape[2 - a] - 1)
+            axes[:, a] *= -1
+            binary = np.flip(binary, axis=2 - a)
+    direction = [float(v) for v in axes.ravel()]
+    origin = [float(v) for v in origin]
+    offset = _grid_offset(binary.shape[::-1], spacing, direction, origin, reference)
+    if offset is not None:
+        out = np.zeros(reference.GetSize()[::-1], dtype=np.uint8)
+        out[tuple(slice(o, o + n) for o, n in zip(offset[::-1], binary.shape))] = binary
+        img = sitk.GetImageFromArray(out)
+        img.CopyInformation(reference)
+        return img
+    img = sitk.GetImageFromArray(np.ascontiguousarray(binary))
+    img.SetSpacing(spacing)
+    img.SetOrigin(origin)
+    img.SetDirection(direction)
+    return sitk.Resample(img, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+
+
+def _grid_offset(size, spacing, direction, origin, reference: sitk.Image) -> tuple[int, int, int] | None:
+    """Index (x, y, z) of a grid's first voxel in `reference` when the grid is a block of the
+    reference's voxels (same spacing and direction, origin on a reference voxel within 1 % of a
+    voxel, inside it); None otherwise."""
+    sp = np.asarray(reference.GetSpacing())
+    if not (np.allclose(spacing, sp, rtol=1e-4, atol=0) and np.allclose(direction, reference.GetDirection(), atol=1e-4)):
+        return None
+    idx = np.asarray(reference.TransformPhysicalPointToContinuousIndex(origin))
+    whole = np.round(idx)
+    if np.any(np.abs(idx - whole) > 0.01) or np.any(whole < 0) or np.any(whole + size > reference.GetSize()):
+        return None
+    return tuple(int(v) for v in whole)
 
 
 # ---------------------------------------------------------------- RTSTRUCT
