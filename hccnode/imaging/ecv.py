@@ -172,22 +172,31 @@ def ecv_map_percent(
         return out
     # Work on the mask's bounding box only (a liver is a fraction of a 512 x 512 x 200 volume).
     sigma_vox = [sigma_mm / float(s) for s in spacing_mm]
-    box = tuple(
-        slice(max(int(idx.min()) - pad, 0), int(idx.max()) + pad + 1)
-        for idx, pad in zip(np.nonzero(mask), (int(np.ceil(4 * sv)) + 1 for sv in sigma_vox))
-    )
-    un = np.asarray(unenhanced_hu[box], dtype=np.float64)
-    eq = np.asarray(equilibrium_hu[box], dtype=np.float64)
+    box = []
+    for axis, sv in enumerate(sigma_vox):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        pad = int(np.ceil(4 * sv)) + 1
+        box.append(slice(max(int(hit[0]) - pad, 0), int(hit[-1]) + pad + 1))
+    box = tuple(box)
+    # float32 throughout: HU need no more, and a liver box of a 512 x 512 x 300 study is large.
+    un = np.array(unenhanced_hu[box], dtype=np.float32)
+    eq = np.array(equilibrium_hu[box], dtype=np.float32)
     # Voxels without data (NaN, e.g. outside a registered phase's coverage) stay NaN and are
     # left out of their neighbours' smoothing.
     m = mask[box] & np.isfinite(un) & np.isfinite(eq)
+    diff = eq
+    np.subtract(eq, un, out=diff)
+    del un, eq
     if sigma_mm > 0:
-        weight = ndimage.gaussian_filter(m.astype(np.float64), sigma_vox, mode="nearest")
+        # Normalised convolution of the difference (linear, so the same as smoothing each phase).
+        weight = ndimage.gaussian_filter(m.astype(np.float32), sigma_vox, mode="nearest")
+        diff[~m] = 0.0
+        ndimage.gaussian_filter(diff, sigma_vox, output=diff, mode="nearest")
         with np.errstate(invalid="ignore", divide="ignore"):
-            un = ndimage.gaussian_filter(np.where(m, un, 0.0), sigma_vox, mode="nearest") / weight
-            eq = ndimage.gaussian_filter(np.where(m, eq, 0.0), sigma_vox, mode="nearest") / weight
-    values = (1.0 - hct) * (eq - un) / float(delta_hu_aorta) * 100.0
-    out[box][m] = values[m]
+            diff /= weight
+        del weight
+    diff *= np.float32((1.0 - hct) / float(delta_hu_aorta) * 100.0)
+    out[box][m] = diff[m]
     return out
 
 
