@@ -132,6 +132,20 @@ def test_ecv_map_image_keeps_geometry_and_refuses_other_grid():
         ecv.ecv_map_image(imgs[0], imgs[1], mask, 150.0, 0.4)
 
 
+def test_ecv_map_image_is_the_array_map_voxel_for_voxel():
+    # noisy pair, mask reaching the volume's edge (the smoothing box is clipped there)
+    unenh, equil, liver, tumor = _synthetic_pair(10.0)
+    mask = liver | tumor
+    mask[:, :, :3] = True
+    imgs = [sitk.GetImageFromArray(a.astype(np.float32)) for a in (unenh, equil, mask.astype(np.uint8))]
+    for im in imgs:
+        im.SetSpacing((1.0, 1.0, 2.5))
+    want = ecv.ecv_map_percent(unenh, equil, mask, 150.0, 0.4, (2.5, 1.0, 1.0))
+    got = sitk.GetArrayFromImage(ecv.ecv_map_image(*imgs, 150.0, 0.4))
+    np.testing.assert_array_equal(np.isnan(got), ~mask)
+    np.testing.assert_allclose(got[mask], want[mask], rtol=0, atol=1e-4)
+
+
 def test_ecv_map_no_data_voxels_stay_nan_and_do_not_spread():
     # NaN (no data after registration) outside the mask and in one corner of the liver
     unenh, equil, liver, tumor = _synthetic_pair(0.0)

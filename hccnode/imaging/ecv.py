@@ -156,6 +156,16 @@ def ecv_map_percent(
     vessels, fat or air outside the mask do not bleed into edge voxels; sigma_mm=0 disables it.
     """
     mask = np.asarray(mask, dtype=bool)
+    _check_map_inputs(unenhanced_hu, equilibrium_hu, mask, delta_hu_aorta, hct, spacing_mm, sigma_mm)
+    out = np.full(mask.shape, np.nan, dtype=np.float32)
+    found = _ecv_map_box(unenhanced_hu, equilibrium_hu, mask, delta_hu_aorta, hct, spacing_mm, sigma_mm)
+    if found is not None:
+        box, values = found
+        out[box] = values
+    return out
+
+
+def _check_map_inputs(unenhanced_hu, equilibrium_hu, mask, delta_hu_aorta, hct, spacing_mm, sigma_mm) -> None:
     if not (np.shape(unenhanced_hu) == np.shape(equilibrium_hu) == mask.shape):
         raise ValueError(
             f"shapes differ: unenhanced {np.shape(unenhanced_hu)}, equilibrium {np.shape(equilibrium_hu)}, mask {mask.shape}"
@@ -167,9 +177,13 @@ def ecv_map_percent(
         raise ValueError(f"aortic enhancement must be > 0 HU, got {delta_hu_aorta} HU")
     if sigma_mm < 0:
         raise ValueError(f"sigma_mm must be >= 0, got {sigma_mm}")
-    out = np.full(mask.shape, np.nan, dtype=np.float32)
+
+
+def _ecv_map_box(unenhanced_hu, equilibrium_hu, mask, delta_hu_aorta, hct, spacing_mm, sigma_mm):
+    """(box, float32 ECV % over the box, NaN outside the mask) for `ecv_map_percent`, or None
+    for an empty mask. Arguments already checked."""
     if not mask.any():
-        return out
+        return None
     # Work on the mask's bounding box only (a liver is a fraction of a 512 x 512 x 200 volume).
     sigma_vox = [sigma_mm / float(s) for s in spacing_mm]
     box = []
@@ -196,8 +210,8 @@ def ecv_map_percent(
             diff /= weight
         del weight
     diff *= np.float32((1.0 - hct) / float(delta_hu_aorta) * 100.0)
-    out[box][m] = diff[m]
-    return out
+    diff[~m] = np.nan
+    return box, diff
 
 
 def ecv_map_image(
@@ -212,17 +226,22 @@ def ecv_map_image(
     for name, img in (("equilibrium", equilibrium), ("mask", mask)):
         if not _same_grid(unenhanced, img):
             raise ValueError(f"{name} image is not on the unenhanced image's grid; register and resample first")
-    arr = ecv_map_percent(
-        sitk.GetArrayViewFromImage(unenhanced),
-        sitk.GetArrayViewFromImage(equilibrium),
-        sitk.GetArrayViewFromImage(mask) > 0,
-        delta_hu_aorta,
-        hct,
-        spacing_mm=tuple(reversed(unenhanced.GetSpacing())),
-        sigma_mm=sigma_mm,
-    )
-    out = sitk.GetImageFromArray(arr)
+    un = sitk.GetArrayViewFromImage(unenhanced)
+    eq = sitk.GetArrayViewFromImage(equilibrium)
+    m = sitk.GetArrayViewFromImage(mask) > 0
+    spacing = tuple(reversed(unenhanced.GetSpacing()))
+    _check_map_inputs(un, eq, m, delta_hu_aorta, hct, spacing, sigma_mm)
+    # The map is NaN outside the mask's box: filled and pasted in place, so the full-size image
+    # exists once (no full-size numpy array copied into it).
+    out = sitk.Image(unenhanced.GetSize(), sitk.sitkFloat32)
     out.CopyInformation(unenhanced)
+    out[:, :, :] = float("nan")
+    found = _ecv_map_box(un, eq, m, delta_hu_aorta, hct, spacing, sigma_mm)
+    if found is not None:
+        box, values = found
+        part = sitk.GetImageFromArray(values)
+        out[box[2].start:box[2].start + values.shape[2], box[1].start:box[1].start + values.shape[1],
+            box[0].start:box[0].start + values.shape[0]] = part
     return out
 
 
