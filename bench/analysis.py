@@ -49,6 +49,25 @@ IN_PLANE = [[[0, 0, 0], [0, 1, 0], [0, 0, 0]], [[0, 1, 0], [1, 1, 1], [0, 1, 0]]
 MOTION = {"arterial": ((2.0, -3.0, 1.5), 1.0), "portal": ((-3.0, 2.0, -2.0), -2.0), "equilibrium": ((3.0, 4.0, 0.0), 3.0)}
 
 
+def bounding_box(mask) -> tuple[slice, ...]:
+    """Slices of the smallest box holding the mask's non-zero voxels (one voxel of margin)."""
+    import numpy as np
+
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(max(int(hit[0]) - 1, 0), int(hit[-1]) + 2))
+    return tuple(box)
+
+
+def roi_core(mask) -> tuple[tuple[slice, ...], object]:
+    """(box, ROI eroded one voxel in plane within the box): the papers keep ROIs off edges."""
+    from scipy import ndimage
+
+    box = bounding_box(mask)
+    return box, ndimage.binary_erosion(mask[box] > 0, structure=IN_PLANE)
+
+
 def setup(data: Path, slices: int, matrix: int) -> None:
     """Generate the study and index it (Store under data/node). Reused if already there."""
     from phantom_index import index_files
@@ -122,19 +141,25 @@ def analyse(data: Path) -> dict:
         del vol, reg
 
     def markers():
+        eq = sitk.GetArrayViewFromImage(regs["equilibrium"].resampled)  # resampled here, on first use
         seg_series = truth["studies"][0]["series"]
         seg_uid = next(s["series_instance_uid"] for s in seg_series if s["kind"] == "seg")
         found = rois.read_annotation(pydicom.dcmread(paths(seg_uid)[0]), un)
-        masks = {r.role: sitk.GetArrayViewFromImage(r.mask) > 0 for r in found.rois}
-        core = {role: ndimage.binary_erosion(m, structure=IN_PLANE) for role, m in masks.items()}
         u = sitk.GetArrayViewFromImage(un.image)
-        eq = sitk.GetArrayViewFromImage(regs["equilibrium"].resampled)
-        aorta = (roi_mean(u, core["aorta"]), roi_mean(eq, core["aorta"]))
-        out = {role: ecv.cect_ecv(roi_mean(u, core[role]), roi_mean(eq, core[role]), *aorta, hct=HCT).ecv_percent
+        core = {r.role: roi_core(sitk.GetArrayViewFromImage(r.mask)) for r in found.rois}
+
+        def mean(img, role):
+            box, m = core[role]
+            return roi_mean(img[box], m)
+
+        aorta = (mean(u, "aorta"), mean(eq, "aorta"))
+        out = {role: ecv.cect_ecv(mean(u, role), mean(eq, role), *aorta, hct=HCT).ecv_percent
                for role in ("tumor", "liver")}
         spacing = un.image.GetSpacing()[::-1]
-        out["diameter_mm"] = size.max_inplane_diameter_mm(masks["tumor"], spacing)[0]
-        out["volume_ml"] = size.volume_ml(masks["tumor"], spacing)
+        tumor = next(sitk.GetArrayViewFromImage(r.mask) for r in found.rois if r.role == "tumor")
+        box = bounding_box(tumor)
+        out["diameter_mm"] = size.max_inplane_diameter_mm(tumor[box] > 0, spacing)[0]
+        out["volume_ml"] = size.volume_ml(tumor[box] > 0, spacing)
         out["delta_hu_aorta"] = aorta[1] - aorta[0]
         liver = next(r.mask for r in found.rois if r.role == "liver")
         return out, liver
@@ -143,7 +168,8 @@ def analyse(data: Path) -> dict:
     emap = timed("ecv map", lambda: ecv.ecv_map_image(un.image, regs["equilibrium"].resampled, liver,
                                                       values["delta_hu_aorta"], HCT))
     t["total"] = time.perf_counter() - start
-    values["map_mean"] = float(np.nanmean(sitk.GetArrayViewFromImage(emap)))
+    liver_box = bounding_box(sitk.GetArrayViewFromImage(liver))
+    values["map_mean"] = float(np.nanmean(sitk.GetArrayViewFromImage(emap)[liver_box]))
     rois_truth = truth["studies"][0]["rois"]
     values["truth"] = {"tumor": 100 * rois_truth["tumor"]["ecv"], "liver": 100 * rois_truth["liver"]["ecv"],
                        "diameter_mm": rois_truth["tumor"]["diameter_mm"], "volume_ml": rois_truth["tumor"]["volume_ml"]}
