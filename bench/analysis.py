@@ -146,7 +146,10 @@ def analyse(data: Path) -> dict:
         seg_uid = next(s["series_instance_uid"] for s in seg_series if s["kind"] == "seg")
         found = rois.read_annotation(pydicom.dcmread(paths(seg_uid)[0]), un)
         u = sitk.GetArrayViewFromImage(un.image)
-        core = {r.role: roi_core(sitk.GetArrayViewFromImage(r.mask)) for r in found.rois}
+        # CECT needs tumor, liver and aorta; full-size masks are kept only for size and the map.
+        needed = {r.role: r.mask for r in found.rois if r.role in ("tumor", "liver", "aorta")}
+        del found
+        core = {role: roi_core(sitk.GetArrayViewFromImage(m)) for role, m in needed.items()}
 
         def mean(img, role):
             box, m = core[role]
@@ -156,13 +159,12 @@ def analyse(data: Path) -> dict:
         out = {role: ecv.cect_ecv(mean(u, role), mean(eq, role), *aorta, hct=HCT).ecv_percent
                for role in ("tumor", "liver")}
         spacing = un.image.GetSpacing()[::-1]
-        tumor = next(sitk.GetArrayViewFromImage(r.mask) for r in found.rois if r.role == "tumor")
+        tumor = sitk.GetArrayViewFromImage(needed["tumor"])
         box = bounding_box(tumor)
         out["diameter_mm"] = size.max_inplane_diameter_mm(tumor[box] > 0, spacing)[0]
         out["volume_ml"] = size.volume_ml(tumor[box] > 0, spacing)
         out["delta_hu_aorta"] = aorta[1] - aorta[0]
-        liver = next(r.mask for r in found.rois if r.role == "liver")
-        return out, liver
+        return out, needed["liver"]
 
     values, liver = timed("markers", markers)
     emap = timed("ecv map", lambda: ecv.ecv_map_image(un.image, regs["equilibrium"].resampled, liver,

@@ -213,6 +213,9 @@ def _from_seg(ds: Dataset, reference: Volume, synonyms: Synonyms) -> AnnotationR
     return out
 
 
+SLAB_SLICES = 32  # segment slices pasted at a time onto the reference grid
+
+
 def _seg_mask_on(vol: hd.Volume, reference: sitk.Image) -> sitk.Image:
     """A segment volume as a uint8 mask on the reference grid. Binary segments hold 1; fractional
     ones (rescaled to 0..1) count where >= 0.5.
@@ -221,7 +224,9 @@ def _seg_mask_on(vol: hd.Volume, reference: sitk.Image) -> sitk.Image:
     its last axis, so spacing and direction columns are reversed. A segment drawn on the reference
     series lies on its grid (often on fewer slices) and is pasted in place; anything else is
     resampled (nearest neighbour)."""
-    binary = (np.asarray(vol.array) >= 0.5).view(np.uint8)
+    arr = np.asarray(vol.array)
+    # Fractional segments are rescaled to 0..1 floats; binary ones hold 0 / 1 and are used as is.
+    binary = (arr >= 0.5).view(np.uint8) if arr.dtype.kind == "f" else arr.astype(np.uint8, copy=False)
     spacing = [float(v) for v in vol.spacing[::-1]]
     axes = np.asarray(vol.direction, dtype=float)[:, ::-1].copy()  # columns: SimpleITK x, y, z
     origin = np.asarray(vol.position, dtype=float)
@@ -236,11 +241,14 @@ def _seg_mask_on(vol: hd.Volume, reference: sitk.Image) -> sitk.Image:
     origin = [float(v) for v in origin]
     offset = _grid_offset(binary.shape[::-1], spacing, direction, origin, reference)
     if offset is not None:
-        out = np.zeros(reference.GetSize()[::-1], dtype=np.uint8)
-        out[tuple(slice(o, o + n) for o, n in zip(offset[::-1], binary.shape))] = binary
-        img = sitk.GetImageFromArray(out)
-        img.CopyInformation(reference)
-        return img
+        # Pasted in place into a zero image: no full-size array besides the mask itself.
+        out = sitk.Image(reference.GetSize(), sitk.sitkUInt8)
+        out.CopyInformation(reference)
+        (x, y, z), (ny, nx) = offset, binary.shape[1:]
+        for k in range(0, binary.shape[0], SLAB_SLICES):  # slab by slab: flipped views copied in small parts
+            part = sitk.GetImageFromArray((binary[k:k + SLAB_SLICES] != 0).view(np.uint8))
+            out[x:x + nx, y:y + ny, z + k:z + k + part.GetSize()[2]] = part
+        return out
     img = sitk.GetImageFromArray(np.ascontiguousarray(binary))
     img.SetSpacing(spacing)
     img.SetOrigin(origin)

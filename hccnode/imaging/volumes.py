@@ -21,6 +21,8 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
+# Slices converted per in-place paste into the volume (bounds the memory beside the volume).
+SLAB_SLICES = 32
 # Elements above this size (the pixel data) are read from the file only when used.
 DEFER_BYTES = 64 * 1024
 # Slice gaps may differ by rounding of Image Position (Patient) (often 0.01 mm or coarser).
@@ -129,7 +131,10 @@ def _build(datasets: Sequence[Dataset], release_pixels: bool) -> Volume:
 
     frames, z_spacing = _check_and_sort(frames, fail)
     f0 = frames[0]
-    data = np.empty((len(frames), f0.rows, f0.columns), dtype=np.float32)
+    # The image is filled slab by slab (in-place paste), so a series costs its volume plus one
+    # slab, never a full-size numpy array and its copy.
+    image = sitk.Image([f0.columns, f0.rows, len(frames)], sitk.sitkFloat32)
+    slab = np.empty((min(SLAB_SLICES, len(frames)), f0.rows, f0.columns), dtype=np.float32)
     decoded: tuple[int, np.ndarray] | None = None  # the last decoded source (one multi-frame object, or one slice)
     for k, fr in enumerate(frames):
         if decoded is None or decoded[0] != id(fr.source):
@@ -144,20 +149,22 @@ def _build(datasets: Sequence[Dataset], release_pixels: bool) -> Volume:
         plane = arr[fr.index] if arr.ndim == 3 else arr
         if plane.shape != (f0.rows, f0.columns):
             raise fail(f"image {fr.sop_uid}: pixel data is {plane.shape}, header says {f0.rows}x{f0.columns}")
-        # Modality value = stored value x slope + intercept, computed in float32 straight into the volume.
+        # Modality value = stored value x slope + intercept, computed in float32 straight into the slab.
+        row = slab[k % SLAB_SLICES]
         if fr.slope == 1.0:
-            np.add(plane, np.float32(fr.intercept), out=data[k], dtype=np.float32)
+            np.add(plane, np.float32(fr.intercept), out=row, dtype=np.float32)
         else:
-            np.multiply(plane, np.float32(fr.slope), out=data[k], dtype=np.float32)
-            data[k] += np.float32(fr.intercept)
+            np.multiply(plane, np.float32(fr.slope), out=row, dtype=np.float32)
+            row += np.float32(fr.intercept)
+        if k % SLAB_SLICES == SLAB_SLICES - 1 or k == len(frames) - 1:
+            n = k % SLAB_SLICES + 1
+            image[:, :, k + 1 - n:k + 1] = sitk.GetImageFromArray(slab[:n])
     if release_pixels and frames:
         _release(frames[-1].source)
-    del decoded
+    del decoded, slab
 
     row, col = f0.orientation[:3], f0.orientation[3:]
     normal = np.cross(row, col)
-    image = sitk.GetImageFromArray(data)
-    del data
     image.SetOrigin(tuple(float(v) for v in f0.position))
     image.SetSpacing((f0.pixel_spacing[1], f0.pixel_spacing[0], z_spacing))
     image.SetDirection(tuple(float(v) for v in np.column_stack([row, col, normal]).ravel()))
