@@ -110,16 +110,18 @@ def analyse(data: Path) -> dict:
 
     store = Store(data / "node")
     t: dict[str, float] = {}
+    cpu: dict[str, float] = {}  # CPU seconds of all threads: less sensitive to other load than wall time
 
     def timed(name, fn):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
         t[name] = time.perf_counter() - t0
+        cpu[name] = time.process_time() - c0
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"  {name} {t[name]:.2f} s (peak RSS so far {rss:.0f} MiB)", file=sys.stderr, flush=True)
         return out
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     decisions = timed("classify", lambda: phase_index.classify_and_store(store, meta["study_uid"]))
     by_phase = {d.phase: d.series_uid for d in decisions if d.kind.startswith("ct_")}
     missing = [p for p in PHASES if p not in by_phase]
@@ -170,6 +172,7 @@ def analyse(data: Path) -> dict:
     emap = timed("ecv map", lambda: ecv.ecv_map_image(un.image, regs["equilibrium"].resampled, liver,
                                                       values["delta_hu_aorta"], HCT))
     t["total"] = time.perf_counter() - start
+    cpu["total"] = time.process_time() - cpu_start
     liver_box = bounding_box(sitk.GetArrayViewFromImage(liver))
     values["map_mean"] = float(np.nanmean(sitk.GetArrayViewFromImage(emap)[liver_box]))
     rois_truth = truth["studies"][0]["rois"]
@@ -178,7 +181,7 @@ def analyse(data: Path) -> dict:
     values["registration"] = {p: (r.quality if p == "equilibrium" else r[1]).to_dict() for p, r in regs.items()}
     store.close()
     rss = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    return {"times": t, "values": values, "peak_rss_mib": rss / 1024}
+    return {"times": t, "cpu": cpu, "values": values, "peak_rss_mib": rss / 1024}
 
 
 def main() -> int:
@@ -224,16 +227,19 @@ def main() -> int:
             out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
             r = results[-1]
-            print(f"round {i + 1}: total {r['times']['total']:.2f} s, peak RSS {r['peak_rss_mib']:.0f} MiB")
+            print(f"round {i + 1}: total {r['times']['total']:.2f} s (CPU {r['cpu']['total']:.2f} s), "
+                  f"peak RSS {r['peak_rss_mib']:.0f} MiB, load average {os.getloadavg()[0]:.1f}")
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
 
     names = list(results[0]["times"])
-    print(f"\n{'step':22s} " + " ".join(f"{'r' + str(i + 1):>7s}" for i in range(len(results))) + "   median")
+    print(f"\nwall time (s) per round, then the median, and median CPU seconds (all threads)")
+    print(f"{'step':22s} " + " ".join(f"{'r' + str(i + 1):>7s}" for i in range(len(results))) + "   median      cpu")
     for name in names:
         row = [r["times"][name] for r in results]
-        print(f"{name:22s} " + " ".join(f"{v:7.2f}" for v in row) + f"  {statistics.median(row):7.2f} s")
+        cpu = statistics.median(r["cpu"][name] for r in results)
+        print(f"{name:22s} " + " ".join(f"{v:7.2f}" for v in row) + f"  {statistics.median(row):7.2f}  {cpu:7.2f}")
     rss = [r["peak_rss_mib"] for r in results]
     print(f"{'peak RSS':22s} " + " ".join(f"{v:7.0f}" for v in rss) + f"  {statistics.median(rss):7.0f} MiB")
     v = results[-1]["values"]

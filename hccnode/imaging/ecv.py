@@ -197,7 +197,7 @@ def _ecv_map_box(unenhanced_hu, equilibrium_hu, mask, delta_hu_aorta, hct, spaci
     eq = np.array(equilibrium_hu[box], dtype=np.float32)
     # Voxels without data (NaN, e.g. outside a registered phase's coverage) stay NaN and are
     # left out of their neighbours' smoothing.
-    m = mask[box] & np.isfinite(un) & np.isfinite(eq)
+    m = (mask[box] != 0) & np.isfinite(un) & np.isfinite(eq)
     diff = eq
     np.subtract(eq, un, out=diff)
     del un, eq
@@ -228,7 +228,7 @@ def ecv_map_image(
             raise ValueError(f"{name} image is not on the unenhanced image's grid; register and resample first")
     un = sitk.GetArrayViewFromImage(unenhanced)
     eq = sitk.GetArrayViewFromImage(equilibrium)
-    m = sitk.GetArrayViewFromImage(mask) > 0
+    m = sitk.GetArrayViewFromImage(mask)  # non-zero inside; read in place, only its box is compared
     spacing = tuple(reversed(unenhanced.GetSpacing()))
     _check_map_inputs(un, eq, m, delta_hu_aorta, hct, spacing, sigma_mm)
     # The map is NaN outside the mask's box: filled and pasted in place, so the full-size image
