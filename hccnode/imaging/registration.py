@@ -4,9 +4,11 @@ callers must not use it silently (the worker records the flag and reports the ma
 
 Phases of one study share a frame of reference, so the search starts at identity (scanner
 coordinates), not at a centre-of-mass or field-of-view alignment that differing z coverage would
-bias. Registration runs on a block-averaged copy with ~WORK_SPACING_MM voxels, a 3-level pyramid
-and random sampling, which keeps a 512 x 512 x 200 pair within seconds on two cores; the final
-transform is applied to the full-resolution moving image.
+bias. Registration runs on block-averaged float32 copies with ~WORK_SPACING_MM voxels (the fixed one
+cut to the body's bounding box), a 2-level pyramid and a fixed number of random samples per level
+with a fixed seed, so a 512 x 512 x 200 pair takes about a second of one core and a re-run gives
+the same transform bit for bit. The full-resolution images are never copied; the final transform
+is applied to the full-resolution moving image when `Registration.resampled` is first read.
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ WORK_SPACING_MM = 4.0  # registration grid (mm, about); finer adds time, not acc
 # A small field of view keeps at least this many voxels per axis (MI needs the anatomy resolved;
 # such images are cheap at their own resolution).
 MIN_WORK_VOXELS = 64
-SHRINK_FACTORS = (2, 1)
-SMOOTHING_SIGMAS_MM = (4.0, 0.0)
+SHRINK_FACTORS = (4, 2, 1)
+SMOOTHING_SIGMAS_MM = (8.0, 4.0, 0.0)
 # Mattes MI is estimated from a fixed number of random samples per level (fixed seed), not a
-# fraction of the voxels, so the cost does not grow with the matrix; 32 bins with ~10^4 samples
-# keep ~10 samples per joint-histogram cell that matters.
+# fraction of the voxels, so the cost does not grow with the matrix (8000 samples over 32 x 32
+# joint-histogram bins, most of which are empty for two CT phases).
 SAMPLES_PER_LEVEL = 8000
 HISTOGRAM_BINS = 32
 RIGID_ITERATIONS = 100
@@ -35,7 +37,7 @@ RIGID_ITERATIONS = 100
 AFFINE_ITERATIONS = 30
 RIGID_STEP_MM = 2.0  # first optimiser step, as a physical shift
 AFFINE_STEP_MM = 0.5
-MIN_STEP_MM = 0.01  # stop refining below 1/300 of a work voxel
+MIN_STEP_MM = 0.01  # stop refining below 1/400 of a work voxel
 MASK_MARGIN_MM = 10.0
 CLIP_PERCENTILES = (1.0, 99.0)
 # Threads split the metric's samples and sum partial histograms in an order that varies between
