@@ -10,13 +10,17 @@ it in a Store, both in a RAM-backed scratch directory. Each round then runs in a
 
     classify     phase_index.classify_and_store (headers, sampled pixels, rules, index rows)
     load <phase> volumes.read_series of the four CT series
-    register <p> registration.register of each enhanced phase to the unenhanced one
-    markers      reader's SEG onto the unenhanced grid, tumor / liver ECV (paper 001, the
-                 equilibrium phase registered; ROIs eroded 1 voxel in plane as the papers keep
-                 off edges), tumor diameter and volume
+    register <p> registration.register of each enhanced phase to the unenhanced one (only
+                 the transform and quality of arterial and portal are kept)
+    markers      the equilibrium phase resampled onto the unenhanced grid (on first use of
+                 Registration.resampled), the reader's SEG onto that grid, tumor and liver ECV
+                 (paper 001; ROIs eroded 1 voxel in plane, as the papers keep off edges), tumor
+                 diameter and volume
     ecv map      ecv.ecv_map_image over the liver
 
-Modules are imported before the clock starts (a node's worker process has them loaded).
+Modules are imported before the clock starts (a node's worker process has them loaded). Wall
+and CPU seconds (all threads) are printed per step: on a shared machine the CPU figure moves
+less with the other load.
 Peak RSS is ru_maxrss of the round's process plus the largest of its child processes.
 Targets (issue 5): <= 10 s and <= 1.5 GB for 4 x 300 slices on the 2-core machine.
 Not run by the tests; the figures depend on the machine's load.
@@ -43,9 +47,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 PHASES = ("unenhanced", "arterial", "portal_venous", "equilibrium")
 ENHANCED = PHASES[1:]
 HCT = 0.40
+IN_PLANE = [[[0, 0, 0], [0, 1, 0], [0, 0, 0]], [[0, 1, 0], [1, 1, 1], [0, 1, 0]], [[0, 0, 0], [0, 1, 0], [0, 0, 0]]]
 # Motion of the enhanced phases against the unenhanced one (mm, deg about z); the equilibrium
 # phase gets the acceptance case of issue 5 (5 mm shift, 3 deg rotation).
-IN_PLANE = [[[0, 0, 0], [0, 1, 0], [0, 0, 0]], [[0, 1, 0], [1, 1, 1], [0, 1, 0]], [[0, 0, 0], [0, 1, 0], [0, 0, 0]]]
 MOTION = {"arterial": ((2.0, -3.0, 1.5), 1.0), "portal": ((-3.0, 2.0, -2.0), -2.0), "equilibrium": ((3.0, 4.0, 0.0), 3.0)}
 
 
