@@ -104,6 +104,20 @@ class PhasesSection:
 
 
 @dataclass
+class PriorsSection:
+    """Baseline MRI from the PACS for a follow-up (paper 003 pairing; hccnode.net.priors)."""
+
+    enabled: bool = False           # fetch automatically when an MR follow-up is analysed
+    pacs: str = ""                  # "AE@host:port" of the Query/Retrieve SCP; empty: first [forward] destination
+    retrieve: str = "auto"          # "move" (C-MOVE to node.ae_title), "get" (C-GET), "auto" (move, else get)
+    tolerance_days: float = 7.0     # scheduling margin around paper 003's interval (not published there)
+    timeout: float = 120.0          # seconds for association set-up and for each DIMSE response
+
+
+RETRIEVE_METHODS = ("move", "get", "auto")
+
+
+@dataclass
 class LogSection:
     level: str = "INFO"
     file: str = ""  # empty: standard error
@@ -118,6 +132,7 @@ class Config:
     hl7: HL7Section = field(default_factory=HL7Section)
     tls: TLSSection = field(default_factory=TLSSection)
     phases: PhasesSection = field(default_factory=PhasesSection)
+    priors: PriorsSection = field(default_factory=PriorsSection)
     log: LogSection = field(default_factory=LogSection)
     source: str = "defaults"  # where the values came from
 
@@ -203,6 +218,19 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("node.max_associations: must be at least 1")
     if cfg.study.stable_seconds < 0:
         raise ConfigError("study.stable_seconds: must not be negative")
+    if cfg.priors.pacs:
+        try:
+            parse_destination(cfg.priors.pacs)
+        except ValueError as exc:
+            raise ConfigError(f"priors.pacs: {exc}") from None
+    elif cfg.priors.enabled and not cfg.forward.destinations:
+        raise ConfigError("priors.pacs: required when priors.enabled is true and [forward] destinations is empty")
+    if cfg.priors.retrieve not in RETRIEVE_METHODS:
+        raise ConfigError(f"priors.retrieve: {cfg.priors.retrieve!r} is not one of {', '.join(RETRIEVE_METHODS)}")
+    if cfg.priors.tolerance_days < 0:
+        raise ConfigError("priors.tolerance_days: must not be negative")
+    if cfg.priors.timeout <= 0:
+        raise ConfigError("priors.timeout: must be positive")
     if cfg.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"log.level: {cfg.log.level!r} is not DEBUG, INFO, WARNING or ERROR")
 

@@ -98,6 +98,9 @@ EVENTS = {
     "output.queued": "an output was queued for a destination",
     "output.sent": "an output was accepted by a destination",
     "output.send_failed": "sending an output failed (to be retried, or for good)",
+    "prior.queried": "the PACS was asked (C-FIND) for a follow-up's baseline: every candidate, the choice and why",
+    "prior.retrieved": "a baseline study was retrieved from the PACS (C-MOVE or C-GET) into the store",
+    "prior.failed": "querying or retrieving a baseline failed, with the reason",
 }
 
 # Field names (case, '_' and '-' ignored) that carry patient names, IDs or birth dates.
