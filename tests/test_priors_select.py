@@ -150,3 +150,24 @@ def test_choice_is_eligible_order_free_and_prefers_the_paper_window(cands, tol, 
     # Adding a study outside the window never changes the choice.
     far = cand("9.9", int(w.max_days) + 1 + random.Random(len(cands)).randint(0, 100))
     assert select_baseline(cands + [far], FOLLOWUP, DAY, w).chosen == sel.chosen
+
+
+def test_priors_config_is_checked_and_the_pacs_defaults_to_the_forward_destination():
+    import pytest
+
+    from hccnode import config
+    from hccnode.net.priors import pacs_destination
+
+    with pytest.raises(config.ConfigError, match="priors.retrieve"):
+        config.from_dict({"priors": {"retrieve": "push"}})
+    with pytest.raises(config.ConfigError, match="priors.pacs"):
+        config.from_dict({"priors": {"pacs": "nonsense"}})
+    with pytest.raises(config.ConfigError, match="priors.pacs: required"):
+        config.from_dict({"priors": {"enabled": True}})
+    with pytest.raises(config.ConfigError, match="priors.tolerance_days"):
+        config.from_dict({"priors": {"tolerance_days": -1}})
+    cfg = config.from_dict({"priors": {"enabled": True}, "forward": {"destinations": ["PACS@10.1.2.3:104"]}})
+    assert str(pacs_destination(cfg)) == "PACS@10.1.2.3:104"
+    cfg = config.from_dict({"priors": {"pacs": "QR@10.1.2.4:11112"}, "forward": {"destinations": ["PACS@10.1.2.3:104"]}})
+    assert str(pacs_destination(cfg)) == "QR@10.1.2.4:11112"
+    assert pacs_destination(config.Config()) is None

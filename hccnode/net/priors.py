@@ -361,17 +361,21 @@ def _retrieve(cfg: Config, store: Store, pacs: Destination, study_uid: str, tls)
             raise
         log.event("prior.move_refused", level=30, study=study_uid, reason=str(exc))
         return by_get()
-    unreachable = result.completed == 0 and result.warning == 0 and (
-        result.status == status.MOVE_DESTINATION_UNKNOWN or result.failed > 0)
-    if how == "auto" and unreachable:
+    if how == "auto" and _nothing_delivered(result):
         log.event("prior.move_failed", level=30, study=study_uid, status=f"0x{result.status:04X}",
                   failed=result.failed, reason="the PACS could not deliver to this node; using C-GET")
         return by_get()
     return "move", result
 
 
+def _nothing_delivered(result: scu.RetrieveResult) -> bool:
+    """A failed C-MOVE that delivered nothing: the PACS does not know or cannot reach the node (a PACS
+    may say so with 0xA801 or, as Orthanc does, 0xC000 'unable to process')."""
+    return not result.ok and result.completed == 0 and result.warning == 0
+
+
 def _move_hint(cfg: Config, result: scu.RetrieveResult) -> str:
-    if result.status == status.MOVE_DESTINATION_UNKNOWN or (result.completed == 0 and result.failed):
+    if result.status == status.MOVE_DESTINATION_UNKNOWN or _nothing_delivered(result):
         return (f"; the PACS must know this node's AE title {cfg.node.ae_title!r} with its host and port "
                 f"(port {cfg.node.port}), and `hccnode serve` must be running to receive")
     return ""
