@@ -54,7 +54,7 @@ def ingest(node, files) -> None:
     the listener when nothing is retrieved, and each node start costs seconds)."""
     from hccnode.store.db import Store
     from hccnode.store.spool import Spool
-    spool = Spool(Store(node.data_dir))
+    spool = Spool(Store(node.data_dir if hasattr(node, "data_dir") else node))
     for f in files:
         raw = f.read_bytes()
         ds = pydicom.dcmread(f, stop_before_pixels=True)
@@ -201,3 +201,17 @@ def test_pacs_down_is_a_clear_error_not_a_trace(node_factory, tmp_path):
 
     unknown = fetch_baseline(config.load(node.config_path), node.store(), "1.2.3.4.5", even_if_disabled=True)
     assert unknown.state == "skipped" and "is not in the node's store" in unknown.message
+
+
+def test_a_study_that_cannot_be_paired_is_skipped_without_asking_the_pacs(tmp_path):
+    from dicomgen import ct_series
+    from hccnode.store.db import Store
+
+    ingest(tmp_path / "data", ct_series(tmp_path / "ct", n=2))
+    store = Store(tmp_path / "data")
+    ct_uid = store.query("SELECT study_uid FROM studies")[0]["study_uid"]
+    cfg = config.from_dict({"node": {"data_dir": str(tmp_path / "data")},
+                            "priors": {"pacs": f"ORTHANC@127.0.0.1:{free_port()}"}})
+    result = fetch_baseline(cfg, store, ct_uid, even_if_disabled=True)
+    assert result.state == "skipped" and "has no MR series (modalities: CT)" in result.message
+    assert not [r for r in audit.rows(store) if r["event"].startswith("prior.")]   # the PACS was not asked

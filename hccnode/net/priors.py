@@ -274,30 +274,47 @@ def _local_count(store: Store, study_uid: str) -> int:
     return store.query("SELECT COUNT(*) AS n FROM instances WHERE study_uid = ?", (study_uid,))[0]["n"]
 
 
-def _followup(store: Store, study_uid: str):
-    """(study row, modalities, patient ID, issuer) of a stored study, or a reason it cannot be used."""
-    rows = store.query("SELECT study_uid, study_date, patient_key FROM studies WHERE study_uid = ?", (study_uid,))
+class _NotApplicable(Exception):
+    """The study cannot be paired: not stored, not MR, no Patient ID or no date."""
+
+
+@dataclass(frozen=True)
+class _Followup:
+    study_uid: str
+    date: dt.date
+    patient_key: str | None
+    patient_id: str                       # PHI: for the C-FIND identifier only
+    issuer: str | None
+
+    def __repr__(self) -> str:            # never print the Patient ID by accident
+        return f"_Followup({self.study_uid!r}, {self.date})"
+
+
+def _followup(store: Store, study_uid: str) -> _Followup:
+    """The stored follow-up: its date from the index, Patient ID and issuer from one MR instance's header."""
+    rows = store.query("SELECT study_date, patient_key FROM studies WHERE study_uid = ?", (study_uid,))
     if not rows:
-        return f"study {study_uid} is not in the node's store"
+        raise _NotApplicable(f"study {study_uid} is not in the node's store")
     mods = {r["modality"] for r in store.query("SELECT DISTINCT modality FROM series WHERE study_uid = ?",
                                                 (study_uid,))}
     if MODALITY not in mods:
-        return (f"study {study_uid} has no {MODALITY} series (modalities: {', '.join(sorted(m or '?' for m in mods))});"
-                " paper 003 pairs MR studies")
+        raise _NotApplicable(f"study {study_uid} has no {MODALITY} series (modalities: "
+                             f"{', '.join(sorted(m or '?' for m in mods))}); paper 003 pairs MR studies")
     inst = store.query("SELECT path FROM instances WHERE study_uid = ? AND modality = ? LIMIT 1",
                        (study_uid, MODALITY))
     try:
         ds = pydicom.dcmread(store.data_dir / inst[0]["path"], stop_before_pixels=True,
                              specific_tags=["PatientID", "IssuerOfPatientID", "StudyDate"])
     except (OSError, InvalidDicomError) as exc:
-        return f"study {study_uid}: cannot read a stored instance ({type(exc).__name__})"
+        raise _NotApplicable(f"study {study_uid}: cannot read a stored instance ({type(exc).__name__})") from None
     patient_id = str(ds.get("PatientID", "") or "").strip()
     if not patient_id:
-        return f"study {study_uid} has no Patient ID: the PACS cannot be asked for the same patient"
+        raise _NotApplicable(f"study {study_uid} has no Patient ID: the PACS cannot be asked for the same patient")
     date = parse_date(rows[0]["study_date"]) or parse_date(ds.get("StudyDate", ""))
     if date is None:
-        return f"study {study_uid} has no usable Study Date: no window to look in"
-    return rows[0], date, patient_id, str(ds.get("IssuerOfPatientID", "") or "").strip() or None
+        raise _NotApplicable(f"study {study_uid} has no usable Study Date: no window to look in")
+    issuer = str(ds.get("IssuerOfPatientID", "") or "").strip() or None
+    return _Followup(study_uid, date, rows[0]["patient_key"], patient_id, issuer)
 
 
 def _own_listener(cfg: Config) -> Destination | None:
@@ -392,11 +409,11 @@ def fetch_baseline(cfg: Config, store: Store, study_uid: str, *, even_if_disable
     """
     if not (cfg.priors.enabled or even_if_disabled):
         return PriorResult(study_uid, "skipped", "priors are disabled ([priors] enabled = false)")
-    found = _followup(store, study_uid)
-    if isinstance(found, str):
-        return PriorResult(study_uid, "skipped", found)
-    row, followup_date, patient_id, issuer = found
-    patient_key = row["patient_key"]
+    try:
+        fu = _followup(store, study_uid)
+    except _NotApplicable as exc:
+        return PriorResult(study_uid, "skipped", str(exc))
+    followup_date, patient_key = fu.date, fu.patient_key
     window = Window(cfg.priors.tolerance_days)
     result = PriorResult(study_uid, "failed", "", followup_date=followup_date.isoformat(), window=window.describe())
     pacs = pacs_destination(cfg)
@@ -414,11 +431,11 @@ def fetch_baseline(cfg: Config, store: Store, study_uid: str, *, even_if_disable
 
     tls = client_tls(cfg)
     try:
-        matches = scu.find(pacs, find_identifier(patient_id, issuer, followup_date, window),
+        matches = scu.find(pacs, find_identifier(fu.patient_id, fu.issuer, followup_date, window),
                            cfg.forward.ae_title, cfg.priors.timeout, tls)
     except (scu.AssociationFailed, scu.QueryFailed) as exc:
         return failed(f"cannot query the PACS: {exc}", step="query")
-    candidates = [candidate_from_match(m, patient_id, issuer) for m in matches]
+    candidates = [candidate_from_match(m, fu.patient_id, fu.issuer) for m in matches]
     sel = select_baseline(candidates, study_uid, followup_date, window)
     result.verdicts = [_verdict_row(v) for v in sel.verdicts]
     chosen = sel.chosen
@@ -452,7 +469,8 @@ def fetch_baseline(cfg: Config, store: Store, study_uid: str, *, even_if_disable
         hint = _move_hint(cfg, got) if method == "move" else ""
         return failed(f"{verb} of baseline {chosen.study_uid}: status 0x{got.status:04X} "
                       f"({status.qr_meaning(got.status)}); {result.completed} completed, {got.failed} failed"
-                      + (f": {got.error}" if got.error else "") + hint,
+                      + (f": {got.error}" if got.error else "")
+                      + ("; nothing arrived in the store" if not result.indexed else "") + hint,
                       step="retrieve", baseline=chosen.study_uid, method=method, status=got.status,
                       completed=result.completed, failed=got.failed)
     result.state = "fetched"
