@@ -47,6 +47,16 @@ def _duration(seconds: float | None) -> str:
     return (f"{d} d " if d else "") + f"{h:02d}:{m:02d}:{s:02d}"
 
 
+def _dicom_datetime(da: str | None, tm: str | None) -> str:
+    """DICOM DA 'YYYYMMDD' and TM 'HHMMSS.ffff' as '2026-01-01 08:00'; other forms shown as received."""
+    da, tm = (da or "").strip(), (tm or "").strip()
+    if len(da) == 8 and da.isdigit():
+        da = f"{da[:4]}-{da[4:6]}-{da[6:]}"
+    if len(tm) >= 4 and tm[:4].isdigit():
+        tm = f"{tm[:2]}:{tm[2:4]}"
+    return esc(f"{da} {tm}".strip())
+
+
 def _phases(phases: list[dict]) -> str:
     if not phases:
         return '<span class="muted">not decided</span>'
@@ -80,7 +90,7 @@ def _study_rows(studies: list[dict]) -> list[str]:
         outputs = _counts(s["outputs"]) if s["outputs"] else "none"
         rows.append(
             f'<tr class="study" data-study-uid="{esc(s["study_uid"])}">'
-            f'<td class="uid">{esc(s["study_uid"])}</td><td>{esc(s["study_date"])} {esc(s["study_time"])}</td>'
+            f'<td class="uid">{esc(s["study_uid"])}</td><td>{_dicom_datetime(s["study_date"], s["study_time"])}</td>'
             f'<td>{esc(s["study_description"])}</td><td>{esc(s["last_received"])}</td>'
             f'<td>{_series(s["series"])}</td><td>{_phases(s["phases"])}</td><td>{_job(s["job"])}</td>'
             f"<td>{outputs}</td></tr>")

@@ -104,7 +104,8 @@ def _outbox(store: Store, now: float) -> dict[str, Any]:
     cols = ("id, destination, sop_uid, sop_class_uid, study_uid, state, attempts, next_attempt_at, last_status,"
             " last_error, created_at, sent_at")
     failed = store.query(f"SELECT {cols} FROM outbox WHERE state = 'failed' ORDER BY id DESC LIMIT 50")
-    retry_sql = "FROM outbox WHERE state IN ('pending', 'sending') AND attempts > 0"
+    # Waiting after a failed attempt, or being sent again (claiming counts the attempt being made).
+    retry_sql = "FROM outbox WHERE (state = 'pending' AND attempts > 0) OR (state = 'sending' AND attempts > 1)"
     retrying = store.query(f"SELECT {cols} {retry_sql} ORDER BY id DESC LIMIT 50")
     n_retrying = store.conn().execute(f"SELECT COUNT(*) {retry_sql}").fetchone()[0]
     oldest = store.conn().execute("SELECT MIN(created_at) FROM outbox WHERE state IN ('pending', 'sending')").fetchone()[0]
