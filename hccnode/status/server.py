@@ -10,7 +10,8 @@ change the node's state nor hold a lock a writer waits for. /health answers 200 
 degraded (the node is serving; the reasons say what needs a look) and 503 with status
 "error" only when the database cannot be read. Requests naming a Host other than the bound
 address or a loopback name are refused (421), which stops DNS-rebinding pages in a local
-browser from reading the status; with `allow_remote` any Host is accepted.
+browser from reading the status (a request without Host cannot come from a browser); with
+`allow_remote` any Host is accepted.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ class StatusServer:
             block_on_close = False
 
         host = self.cfg.status.host.strip("[]")
+        if not self.cfg.status.allow_remote and not is_loopback_host(host):  # also checked at config load
+            raise ValueError(f"status.host: {host!r} is not a loopback address and status.allow_remote is false")
         if ":" in host:
             Server.address_family = socket.AF_INET6
         try:
@@ -98,7 +101,7 @@ class StatusServer:
         if self.cfg.status.allow_remote:
             return True
         if not host_header:
-            return False
+            return True  # browsers always send Host; only they can be led here by a rebinding DNS name
         name = urlsplit(f"//{host_header}").hostname or ""
         return is_loopback_host(name) or name == self.cfg.status.host.strip("[]").lower()
 
