@@ -136,14 +136,24 @@ def now() -> float:
 
 
 class Store:
-    """The database of one data directory; safe to share between threads."""
+    """The database of one data directory; safe to share between threads.
 
-    def __init__(self, data_dir: str | os.PathLike):
+    `read_only=True` opens an existing database for reading only (SQLite `mode=ro`, `query_only`):
+    no directory, table or secret is created and every write fails, for readers such as the
+    status page.
+    """
+
+    def __init__(self, data_dir: str | os.PathLike, read_only: bool = False):
         self.data_dir = Path(data_dir).resolve()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.data_dir / "hccnode.db"
+        self.read_only = read_only
         self._local = threading.local()
         self._secret: bytes | None = None
+        if read_only:
+            if not self.path.is_file():
+                raise FileNotFoundError(f"{self.path}: no database (has the node ever started here?)")
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         for name in SCHEMA_MODULES:
             importlib.import_module(name)
         conn = self.conn()
@@ -155,7 +165,12 @@ class Store:
         """This thread's connection (autocommit; use `tx()` for transactions)."""
         c = getattr(self._local, "conn", None)
         if c is None:
-            c = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=True)
+            if self.read_only:
+                c = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, timeout=30.0, isolation_level=None,
+                                    check_same_thread=True)
+                c.execute("PRAGMA query_only=ON")
+            else:
+                c = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=True)
             c.row_factory = sqlite3.Row
             c.execute("PRAGMA synchronous=FULL")
             c.execute("PRAGMA foreign_keys=ON")
