@@ -128,7 +128,7 @@ def eligible(c: Candidate, w: Window) -> bool:
     return w.min_days <= (DAY - c.study_date).days <= w.max_days
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(candidates, st.floats(0, 30), st.randoms(use_true_random=False))
 def test_choice_is_eligible_order_free_and_prefers_the_paper_window(cands, tol, rnd):
     w = Window(tol)
