@@ -157,3 +157,18 @@ def test_standard_value_4_terms_are_the_ps33_defined_terms():
                     used |= m.any_of
     assert used and used <= defined, used - defined
     assert "MAT_VALUE_BASED" in used
+
+
+def test_with_and_without_contrast_site_names():
+    # One GE site's names (public code): "STD WO" unenhanced; "STD WC ABD" enhanced, phase from timing.
+    from hccnode.imaging.phases import classify_study
+    from hccnode.imaging.series_header import SeriesHeader
+    t0 = 8 * 3600.0
+    rules = load_rules()
+    wo = classify_study([SeriesHeader("1", modality="CT", series_description="STD WO")], rules)[0]
+    assert wo.kind == "ct_unenhanced", wo.reasons
+    wc = classify_study([SeriesHeader("1", modality="CT", series_description="STD WC ABD")], rules)[0]
+    assert wc.kind == "ambiguous" and any(r["rule"] == "with-contrast-text" for r in wc.reasons)
+    timed = classify_study([SeriesHeader("1", modality="CT", series_description="STD WC ABD",
+                                         acquisition_s=t0 + 70, contrast_start_s=t0)], rules)[0]
+    assert timed.kind == "ct_portal_venous", timed.reasons
