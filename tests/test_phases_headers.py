@@ -133,10 +133,13 @@ def test_standard_multienergy_headers_to_kinds():
         "1.5.4": (_me_ct("1.5.4", "MAT_SPECIFIC", calcium), "other"),
         "1.5.5": (_me_ct("1.5.5", "MAT_VALUE_BASED"), "other"),
         "1.5.6": (_me_ct("1.5.6", "EFF_ATOMIC_NUM"), "other"),
+        # a localised code meaning: the CID 300 code value still says iodine
+        "1.5.7": (_me_ct("1.5.7", "MAT_SPECIFIC", ("44588005", "SCT", "Jod")), "dect_iodine"),
     }
     hs = [header_from_datasets([ds], TAGS) for ds, _ in series.values()]
     by_uid = {h.series_uid: h for h in hs}
-    assert by_uid["1.5.3"].kev == 70.0 and by_uid["1.5.2"].materials == ("Iodine",) and by_uid["1.5.1"].multienergy
+    assert by_uid["1.5.3"].kev == 70.0 and by_uid["1.5.1"].multienergy
+    assert by_uid["1.5.2"].materials == ("Iodine", "SCT:44588005")
     got = {d.series_uid: d for d in classify_study(hs, load_rules())}
     assert {u: got[u].kind for u in series} == {u: k for u, (_, k) in series.items()}
     assert got["1.5.1"].kev == 50.0
