@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 import subprocess
 import time
-from pathlib import Path
 
 import pydicom
 import pytest
@@ -15,32 +13,9 @@ from pynetdicom.sop_class import CTImageStorage
 
 from conftest import need, wait_until
 from dicomgen import PATIENT_ID, PATIENT_NAME, ct_series
+from node_support import content_sha, dataset_bytes, echoscu, sop_of, store_responses, storescu
 
 pytestmark = pytest.mark.network
-
-
-def storescu(node, files, aet="STORESCU", extra=(), timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run([need("storescu"), "-v", "-aet", aet, "-aec", "HCCNODE", *extra, "127.0.0.1",
-                           str(node.port), *map(str, files)], capture_output=True, text=True, timeout=timeout)
-
-
-def echoscu(node, aet="ECHOSCU") -> subprocess.CompletedProcess:
-    return subprocess.run([need("echoscu"), "-aet", aet, "-aec", "HCCNODE", "127.0.0.1", str(node.port)],
-                          capture_output=True, text=True, timeout=30)
-
-
-def sop_of(path: Path) -> str:
-    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
-
-
-def dataset_bytes(path: Path) -> bytes:
-    """The bytes after the file meta: what travels in a C-STORE, byte for byte."""
-    meta = pydicom.filereader.read_file_meta_info(path)
-    return path.read_bytes()[132 + 12 + meta.FileMetaInformationGroupLength:]
-
-
-def content_sha(path: Path) -> str:
-    return hashlib.sha256(dataset_bytes(path)).hexdigest()
 
 
 def test_dcmtk_echo_and_store_are_durable_indexed_and_queued(node_factory, tmp_path):
@@ -173,12 +148,7 @@ def test_kill9_while_receiving_loses_nothing_acknowledged_and_runs_the_job_once(
         sender.wait(60)
     assert sender.returncode != 0                          # the send was really cut short
 
-    acked, current = [], None
-    for line in log_path.read_text().splitlines():
-        if "Sending file:" in line:
-            current = line.split("Sending file:")[1].strip()
-        elif "Received Store Response (Success)" in line and current:
-            acked.append(sops[current])
+    acked = [sops[f] for f, answer in store_responses(log_path.read_text()) if answer == "Success"]
     assert 20 <= len(acked) < 200                         # a real cut: some acknowledged, not all
 
     node.start()

@@ -179,10 +179,13 @@ class Store:
         c.execute("BEGIN IMMEDIATE")
         try:
             yield c
+            c.execute("COMMIT")
         except BaseException:
-            c.execute("ROLLBACK")
+            # SQLite may have rolled back already (it does on SQLITE_FULL and I/O errors); a
+            # failed COMMIT must not leave the transaction, and the write lock, open.
+            if c.in_transaction:
+                c.execute("ROLLBACK")
             raise
-        c.execute("COMMIT")
 
     def query(self, sql: str, params: tuple | dict = ()) -> list[dict]:
         return [dict(r) for r in self.conn().execute(sql, params)]
