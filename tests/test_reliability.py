@@ -17,6 +17,7 @@ from pynetdicom.sop_class import CTImageStorage
 from conftest import wait_until
 from dicomgen import ct_series
 from hccnode.net import status
+from hccnode.store import outbox
 from node_support import content_sha, integrity, sop_of, store_responses, storescu, tmpfs, unindexed_spool_files
 
 pytestmark = pytest.mark.network
@@ -104,3 +105,27 @@ def test_full_spool_disk_refuses_with_out_of_resources_and_recovers_without_rest
             assert "instance.failed" in node.log()
         finally:
             node.stop()
+
+
+def test_kill9_while_sending_delivers_every_row_exactly_once_after_restart(node_factory, orthanc, tmp_path):
+    files = ct_series(tmp_path / "out", n=120, size=32)     # two associations of 64 and 56
+    node = node_factory()
+    store = node.store()
+    for f in files:
+        outbox.enqueue(store, orthanc.destination, f)
+
+    def in_orthanc() -> int:
+        return orthanc.get("/statistics")["CountInstances"]
+
+    node.start()
+    wait_until(lambda: in_orthanc() >= 80, 60, interval=0.05, what="the forwarder in its second association")
+    node.kill9()
+    cut = outbox.counts(store)
+    assert in_orthanc() < len(files) and cut.get("sent", 0) < len(files)     # a real cut
+    assert cut.get("sending", 0) > 0                   # rows leased by the killed process, mid-association
+
+    node.start()
+    wait_until(lambda: outbox.counts(store) == {"sent": len(files)}, 60, what="every row sent after the restart")
+    assert len(orthanc.get("/instances")) == len(files)                          # each instance exactly once
+    assert orthanc.sop_uids() == {sop_of(f) for f in files}
+    assert "outbox.lease_taken_back" in node.log() and "holder gone" in node.log()
