@@ -14,9 +14,9 @@ import pydicom
 from conftest import need
 
 
-def storescu(node, files, aet="STORESCU", extra=(), timeout=120) -> subprocess.CompletedProcess:
+def storescu(node, files, aet="STORESCU", extra=(), timeout=120, port=None) -> subprocess.CompletedProcess:
     return subprocess.run([need("storescu"), "-v", "-aet", aet, "-aec", "HCCNODE", *extra, "127.0.0.1",
-                           str(node.port), *map(str, files)], capture_output=True, text=True, timeout=timeout)
+                           str(port or node.port), *map(str, files)], capture_output=True, text=True, timeout=timeout)
 
 
 def echoscu(node, aet="ECHOSCU", extra=(), port=None) -> subprocess.CompletedProcess:
@@ -79,3 +79,20 @@ def tmpfs(path: Path, size: str):
     finally:
         if mounted:
             subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run([need("openssl"), *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_pki(d: Path) -> Path:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA, in `d`."""
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=hccnode test CA",
+            "-keyout", "ca.key", "-out", "ca.crt", cwd=d)
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"), ("client", "extendedKeyUsage=clientAuth")):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=hccnode test {name}",
+                "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)
+        (d / f"{name}.ext").write_text(ext + "\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.crt", cwd=d)
+    return d
