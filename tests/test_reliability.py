@@ -15,7 +15,7 @@ from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage
 
 from conftest import wait_until
-from dicomgen import ct_series
+from dicomgen import PATIENT_ID, PATIENT_NAME, ct_series
 from hccnode.net import status
 from hccnode.store import outbox
 from node_support import content_sha, integrity, sop_of, store_responses, storescu, tmpfs, unindexed_spool_files
@@ -102,7 +102,9 @@ def test_full_spool_disk_refuses_with_out_of_resources_and_recovers_without_rest
             verify = node.cli("audit", "verify")
             assert verify.returncode == 0, verify.stdout + verify.stderr
             wait_until(lambda: store.query("SELECT 1 FROM jobs"), 20, what="the study to become a job")
-            assert "instance.failed" in node.log()
+            log = node.log()
+            assert "instance.failed" in log
+            assert PATIENT_ID not in log and PATIENT_NAME.split("^")[0] not in log   # error paths too
         finally:
             node.stop()
 
@@ -128,4 +130,6 @@ def test_kill9_while_sending_delivers_every_row_exactly_once_after_restart(node_
     wait_until(lambda: outbox.counts(store) == {"sent": len(files)}, 60, what="every row sent after the restart")
     assert len(orthanc.get("/instances")) == len(files)                          # each instance exactly once
     assert orthanc.sop_uids() == {sop_of(f) for f in files}
-    assert "outbox.lease_taken_back" in node.log() and "holder gone" in node.log()
+    log = node.log()
+    assert "outbox.lease_taken_back" in log and "holder gone" in log
+    assert PATIENT_ID not in log and PATIENT_NAME.split("^")[0] not in log
