@@ -91,6 +91,7 @@ EVENTS = {
     "job.failed": "a job attempt failed (to be retried, or for good)",
     "phase.decided": "a series was assigned a contrast phase, with the reasons",
     "roi.source": "where an ROI came from (reader's SEG / RTSTRUCT / SR, or automatic)",
+    "hl7.refused": "an HL7 (MLLP) connection was closed unread: host not allowed, or too many connections",
     "lab.received": "a lab result was received (HL7 or CSV)",
     "lab.matched": "a lab value was matched to a scan for a model",
     "model.evaluated": "a model card was evaluated",

@@ -41,6 +41,15 @@ def schema(sql: str) -> str:
     return sql
 
 
+_COLUMNS: list[tuple[str, str, str]] = []
+
+
+def added_column(table: str, name: str, declaration: str) -> None:
+    """Register a column added to `table` after databases with the table exist: `Store` adds it
+    to an older database on open (new ones get it from the table's CREATE statement)."""
+    _COLUMNS.append((table, name, declaration))
+
+
 CORE = schema(
     """
 CREATE TABLE IF NOT EXISTS studies (
@@ -160,6 +169,13 @@ class Store:
         conn.execute("PRAGMA journal_mode=WAL")
         for sql in _SCHEMAS:
             conn.executescript(sql)
+        for table, name, declaration in _COLUMNS:
+            if name not in {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")}:
+                try:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+                except sqlite3.OperationalError as exc:  # another process added it meanwhile
+                    if "duplicate column" not in str(exc):
+                        raise
 
     def conn(self) -> sqlite3.Connection:
         """This thread's connection (autocommit; use `tx()` for transactions)."""
@@ -194,10 +210,13 @@ class Store:
         c.execute("BEGIN IMMEDIATE")
         try:
             yield c
+            c.execute("COMMIT")
         except BaseException:
-            c.execute("ROLLBACK")
+            # SQLite may have rolled back already (it does on SQLITE_FULL and I/O errors); a
+            # failed COMMIT must not leave the transaction, and the write lock, open.
+            if c.in_transaction:
+                c.execute("ROLLBACK")
             raise
-        c.execute("COMMIT")
 
     def query(self, sql: str, params: tuple | dict = ()) -> list[dict]:
         return [dict(r) for r in self.conn().execute(sql, params)]
