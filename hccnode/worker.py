@@ -91,7 +91,11 @@ class WorkerPool:
             if job is None:
                 self.stop.wait(wcfg.poll_seconds)
                 continue
-            self._run(store, job, owner)
+            try:
+                self._run(store, job, owner)
+            except Exception:  # e.g. the index is full when recording the outcome: the lease
+                log.event("worker.error", level=40, job=job.id, exc_info=True)  # expires, the job reruns
+                self.stop.wait(wcfg.poll_seconds)
         store.close()
 
     def _run(self, store: Store, job: jobs.Job, owner: str) -> None:
