@@ -17,7 +17,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from hccnode import log
-from hccnode.store import audit
+from hccnode.store import audit, lease
 from hccnode.store.db import Store, now, schema
 
 SCHEMA = schema(
@@ -142,9 +142,15 @@ _CLAIMABLE_SQL = ("SELECT * FROM jobs WHERE state = 'queued' OR (state = 'runnin
 def claim(store: Store, owner: str, lease_seconds: float) -> Job | None:
     """Take the oldest claimable job (queued, or running with an expired lease)."""
     t = now()
-    if not store.conn().execute(_CLAIMABLE_SQL, (t,)).fetchone():  # idle: no write lock taken
+    dead = _dead_owners(store)
+    if not dead and not store.conn().execute(_CLAIMABLE_SQL, (t,)).fetchone():  # idle: no write lock taken
         return None
     with store.tx() as c:
+        for holder in dead:  # its process is gone (kill -9, crash): no need to wait out the lease
+            n = c.execute("UPDATE jobs SET lease_expires = ? WHERE state = 'running' AND lease_owner = ?",
+                          (t - 1, holder)).rowcount
+            if n:
+                log.event("job.lease_taken_back", level=30, owner=holder, jobs=n, reason="holder gone")
         while True:
             r = c.execute(_CLAIMABLE_SQL, (t,)).fetchone()
             if r is None:
@@ -167,6 +173,18 @@ def claim(store: Store, owner: str, lease_seconds: float) -> Job | None:
                          attempt=row["attempts"], owner=owner)
             log.event("job.started", job=row["id"], study=row["study_uid"], attempt=row["attempts"], owner=owner)
             return Job.from_row(row)
+
+
+def worker_owner(index: int) -> str:
+    """Lease holder name of worker thread `index` of this process (hccnode.store.lease identity)."""
+    return f"{lease.owner_id()}/{index}"
+
+
+def _dead_owners(store: Store) -> list[str]:
+    """Holders of running jobs whose process is no longer running on this host."""
+    owners = [r[0] for r in store.conn().execute(
+        "SELECT DISTINCT lease_owner FROM jobs WHERE state = 'running' AND lease_owner IS NOT NULL")]
+    return [o for o in owners if not lease.owner_alive(o.split("/")[0])]
 
 
 def heartbeat(store: Store, job_id: int, owner: str, lease_seconds: float) -> bool:
