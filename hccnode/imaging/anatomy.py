@@ -169,8 +169,18 @@ def body_mask(hu: np.ndarray, threshold: float = BODY_HU) -> np.ndarray:
         lab, n = ndimage.label(hu[k] > threshold)
         if n == 0:
             continue
-        sizes = ndimage.sum_labels(np.ones_like(lab), lab, index=np.arange(1, n + 1))
-        out[k] = ndimage.binary_fill_holes(lab == (int(np.argmax(sizes)) + 1))
+        largest = lab == int(np.argmax(np.bincount(lab.ravel())[1:])) + 1
+        out[k] = fill_holes_2d(largest)
+    return out
+
+
+def fill_holes_2d(mask: np.ndarray) -> np.ndarray:
+    """binary_fill_holes of one slice, computed inside the mask's bounding box only."""
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    out = np.zeros_like(mask)
+    if rows.size:
+        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        out[box] = ndimage.binary_fill_holes(mask[box])
     return out
 
 
@@ -413,8 +423,11 @@ def find_liver(hu: np.ndarray, spacing, body: np.ndarray | None = None, erode_mm
     lab, n = ndimage.label(eroded)
     if n == 0:
         return None
-    centres = ndimage.center_of_mass(eroded, lab, range(1, n + 1))
-    sizes = ndimage.sum_labels(eroded, lab, range(1, n + 1))
+    zz, yy, xx = np.nonzero(eroded)
+    ids = lab[zz, yy, xx]
+    sizes = np.bincount(ids, minlength=n + 1)[1:].astype(float)
+    centres = np.column_stack([np.bincount(ids, weights=c, minlength=n + 1)[1:] for c in (zz, yy, xx)])
+    centres /= np.maximum(sizes, 1.0)[:, None]
     bz, by, bx = np.nonzero(body)
     body_cx = bx.mean()
     if spine.posterior_y is not None and np.isfinite(spine.posterior_y).any():
