@@ -167,19 +167,22 @@ def _placement(placed: list[PlacedMask], notes: list[str], volume: Volume, order
 # ---------------------------------------------------------------- geometry helpers
 
 def _disk_at(shape, cy: int, cx: int, radius_mm: float, dy: float, dx: float) -> np.ndarray:
-    """A disk on a slice whose pixel area is the closest to pi r^2 that the grid allows."""
+    """A disk around pixel (cy, cx) whose pixel area is the closest to pi r^2 that the grid allows
+    (radius within +/- 25%, centre on the pixel or up to half a pixel off it: coarse pixels give
+    few areas otherwise)."""
     target = np.pi * radius_mm ** 2
     ry, rx = int(np.ceil(1.25 * radius_mm / dy)) + 1, int(np.ceil(1.25 * radius_mm / dx)) + 1
     y0, y1 = max(0, cy - ry), min(shape[0], cy + ry + 1)
     x0, x1 = max(0, cx - rx), min(shape[1], cx + rx + 1)
     yy, xx = np.ogrid[y0:y1, x0:x1]
-    d2 = ((yy - cy) * dy) ** 2 + ((xx - cx) * dx) ** 2
     best, best_err = None, np.inf
-    for r in np.linspace(0.75 * radius_mm, 1.25 * radius_mm, 41):
-        m = d2 <= r * r
-        err = abs(m.sum() * dy * dx - target)
-        if err < best_err:
-            best, best_err = m, err
+    for oy, ox in ((0.0, 0.0), (0.5, 0.0), (0.0, 0.5), (0.5, 0.5)):
+        d2 = ((yy - cy - oy) * dy) ** 2 + ((xx - cx - ox) * dx) ** 2
+        for r in np.linspace(0.75 * radius_mm, 1.25 * radius_mm, 41):
+            m = d2 <= r * r
+            err = abs(m.sum() * dy * dx - target)
+            if err < best_err - 1e-9:
+                best, best_err = m, err
     out = np.zeros(shape, bool)
     out[y0:y1, x0:x1] = best
     return out
@@ -204,11 +207,6 @@ def _smooth(img: np.ndarray, spacing, mm: float) -> np.ndarray:
 def _robust_sd(values: np.ndarray) -> float:
     med = np.median(values)
     return 1.4826 * float(np.median(np.abs(values - med)))
-
-
-def _slices_text(ks) -> str:
-    ks = sorted(ks)
-    return f"slice {ks[0]}" if len(ks) == 1 else f"slices {ks[0]}-{ks[-1]}"
 
 
 # ---------------------------------------------------------------- CT
@@ -399,10 +397,6 @@ def ct_roi_masks(hu: np.ndarray, spacing, avoid: np.ndarray | None = None) -> tu
         placed.extend(best[0])
         notes.extend(best[1])
         k0 = best[2]
-        if best[0]:
-            ks = sorted(set(np.nonzero(np.any([p.mask for p in best[0]], axis=(0, 2, 3)))[0].tolist()))
-            notes.append(f"liver ROIs at LPS {_slices_text(ks)} (parenchyma median {lm.median_hu:.0f} HU; "
-                         f"vessels and lesions = more than {lm.threshold_hu:.0f} HU from it after {SMOOTH_MM:g} mm smoothing)")
     elif lumen:
         k0 = int(np.median(sorted(lumen)))
     else:
@@ -546,6 +540,4 @@ def mr_muscle_mask(img: np.ndarray, spacing) -> tuple[list[PlacedMask], list[str
     if not mask.any():
         return [], ["erector spinae not placed: no homogeneous muscle beside the midline in the posterior half "
                     f"of the body thick enough for a {MIN_ROI_RADIUS_MM:g} mm ROI"]
-    ks = np.nonzero(mask.any(axis=(1, 2)))[0]
-    notes = [f"erector spinae ROI on {len(ks)} of {img.shape[0]} slices; paper 003 reads it on the tumor's slice"]
-    return [PlacedMask("muscle", "erector spinae", mask)], notes
+    return [PlacedMask("muscle", "erector spinae", mask)], []
