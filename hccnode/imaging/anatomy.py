@@ -47,6 +47,9 @@ CALCIUM_ABOVE_LUMEN_HU = 100.0
 # Between aorta candidates, distance from the expected position decides; 20 HU of brightness
 # weigh like 1 mm, so only near-ties go to the brighter (arterial) structure.
 BRIGHTNESS_HU_PER_MM = 20.0
+# Vertebral bodies are 25-35 mm deep (thoracolumbar); their middle is about 20 mm behind the
+# anterior cortex. The liver's centroid lies in front of it, the erector spinae's far behind.
+VERTEBRAL_MID_MM = 20.0
 
 
 @dataclass
@@ -186,13 +189,11 @@ def fill_holes_2d(mask: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Spine:
-    """Vertebral body per slice: midline x, anterior and posterior cortex y, in index units (NaN:
-    not found)."""
+    """Vertebral body per slice: midline x and anterior cortex y, in index units (NaN: not found)."""
 
     x: np.ndarray
     anterior_y: np.ndarray
     mask: np.ndarray
-    posterior_y: np.ndarray | None = None
 
     @property
     def found(self) -> bool:
@@ -203,12 +204,12 @@ def find_spine(hu: np.ndarray, spacing, body: np.ndarray | None = None) -> Spine
     """Per slice, the vertebral body: the largest bone component (>= 200 HU, >= 300 mm^2) in the
     central band of the body (|x - body centre| <= 15% of body width) and not in its anterior
     third. A vertebral body (about 1000-2000 mm^2) outsizes an enhanced aorta and a separate
-    posterior arch. Its anterior (posterior) cortex is the most anterior (posterior) bone row
-    within 10 mm of its median column."""
+    posterior arch. Its anterior cortex is the most anterior bone row within 10 mm of its
+    median column."""
     dz, dy, dx = spacing
     body = body_mask(hu) if body is None else body
     nz = hu.shape[0]
-    xs, ys, ps = np.full(nz, np.nan), np.full(nz, np.nan), np.full(nz, np.nan)
+    xs, ys = np.full(nz, np.nan), np.full(nz, np.nan)
     mask = np.zeros(hu.shape, bool)
     for k in range(nz):
         if not body[k].any():
@@ -229,11 +230,9 @@ def find_spine(hu: np.ndarray, spacing, body: np.ndarray | None = None) -> Spine
             mask[k] = comp
             x_mid = float(np.median(np.nonzero(comp)[1]))
             near = comp[:, max(0, int(x_mid - 10 / dx)):int(x_mid + 10 / dx) + 1]
-            rows = np.nonzero(near.any(axis=1))[0]
             xs[k] = x_mid
-            ys[k] = float(rows.min())
-            ps[k] = float(rows.max())
-    return Spine(xs, ys, mask, ps)
+            ys[k] = float(np.nonzero(near.any(axis=1))[0].min())
+    return Spine(xs, ys, mask)
 
 
 def _roundness(comp: np.ndarray, dy: float, dx: float) -> tuple[float, float]:
@@ -275,8 +274,8 @@ def aortic_lumen(hu: np.ndarray, spacing, body: np.ndarray | None = None,
     on at least a third of the slices with a spine.
 
     Candidates are round components (12-40 mm wide, at several thresholds from 90 HU) in the
-    window anterior-left of the vertebral body. Rejected: shells brighter at the rim than inside
-    (bone cortex, calcified wall); kept: only the largest candidate of nested ones, so a plaque
+    window anterior-left of the vertebral body. Rejected: rings and shells brighter at the rim
+    than inside (bone cortex, calcified wall), and anything inside them; kept: only the largest candidate of nested ones, so a plaque
     or a bright jet inside a lumen never replaces the lumen. The candidate nearest the expected
     position wins; brightness breaks near-ties (20 HU count as 1 mm), so an IVC or bowel farther
     away loses even when brighter. Slices off the median track (an IVC or bowel picked on a few
@@ -302,14 +301,20 @@ def aortic_lumen(hu: np.ndarray, spacing, body: np.ndarray | None = None,
         win = ndimage.gaussian_filter(hu[k, ylo:yhi, xlo:xhi].astype(float), sigma=0.7)
         keep = ~spine.mask[k, ylo:yhi, xlo:xhi] & body[k, ylo:yhi, xlo:xhi]
         cands = []  # (threshold index, comp, cy, cx, diameter, median, distance)
+        shells = []  # components that are bone or calcified shells, and everything inside them
         for ti, threshold in enumerate(AORTA_THRESHOLDS_HU):
             lab, n = ndimage.label((win >= threshold) & keep)
             for i in range(1, n + 1):
                 comp = lab == i
+                if any(sh[comp].all() for sh in shells):
+                    continue
                 diam, round_ = _roundness(comp, dy, dx)
                 if not AORTA_DIAMETER_MM[0] <= diam <= AORTA_DIAMETER_MM[1] or round_ < 0.5:
                     continue
-                if _rim_brighter_than_core(win, comp, diam / 2.0 / min(dy, dx)):
+                filled = ndimage.binary_fill_holes(comp)
+                # a ring (cortex above the threshold, marrow below) or a rim brighter than its inside
+                if filled.sum() > 1.15 * comp.sum() or _rim_brighter_than_core(win, comp, diam / 2.0 / min(dy, dx)):
+                    shells.append(filled)
                     continue
                 cy, cx = np.argwhere(comp).mean(axis=0) + (ylo, xlo)
                 d = float(np.hypot((cx - x0) * dx - ex, (y0 - cy) * dy - ey))
@@ -406,8 +411,7 @@ def _homogeneous_spot(img: np.ndarray, cy: float, cx: float, dy: float, dx: floa
 def find_liver(hu: np.ndarray, spacing, body: np.ndarray | None = None, erode_mm: float = 6.0,
                spine: Spine | None = None) -> Region | None:
     """A liver sample region: the largest soft-tissue component (eroded by `erode_mm` in plane)
-    whose centroid lies on the patient's right and in front of the vertebral body's posterior
-    cortex, trimmed to median +/- 2.5 robust SD of its HU (drops vessels, tumors and edges).
+    whose centroid lies on the patient's right and in front of the vertebral body's middle, trimmed to median +/- 2.5 robust SD of its HU (drops vessels, tumors and edges).
 
     The liver's bulk is anterior to the spine; the right erector spinae, which can outsize a
     small liver, lies behind the vertebral body and is excluded that way. Without a spine the
@@ -430,8 +434,8 @@ def find_liver(hu: np.ndarray, spacing, body: np.ndarray | None = None, erode_mm
     centres /= np.maximum(sizes, 1.0)[:, None]
     bz, by, bx = np.nonzero(body)
     body_cx = bx.mean()
-    if spine.posterior_y is not None and np.isfinite(spine.posterior_y).any():
-        y_limit = float(np.nanmedian(spine.posterior_y))
+    if spine.found:
+        y_limit = float(np.nanmedian(spine.anterior_y)) + VERTEBRAL_MID_MM / dy
     else:
         y_limit = by.min() + 0.7 * (by.max() - by.min())
     best, best_size = 0, 0.0
