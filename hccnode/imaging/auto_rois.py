@@ -28,12 +28,13 @@ hccnode.imaging.anatomy); `place_ct_rois` / `place_mr_muscle` are the thin shell
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from hccnode.imaging.anatomy import (Lumen, Spine, aortic_lumen, body_mask, fill_holes_2d, find_liver, find_spine,
+from hccnode.imaging.anatomy import (CALCIUM_ABOVE_LUMEN_HU, Lumen, Spine, aortic_lumen, body_mask, fill_holes_2d, find_liver, find_spine,
                                      image_lps_order)
 from hccnode.imaging.measure import AUTOMATIC, RoiRef
 from hccnode.imaging.rois import RoiMask
@@ -96,11 +97,19 @@ class Placement:
 
 @dataclass
 class PlacedMask:
-    """One ROI in LPS array order (pure result, before it goes back onto the image grid)."""
+    """One ROI in LPS array order (pure result, before it goes back onto the image grid), with
+    how it was placed: disk centres per slice (row, column index), radius, the clearance around
+    it and the HU band that clearance must stay in (fixed, or `ref_hu` +/- a noise-based width)."""
 
     role: str
     label: str
     mask: np.ndarray
+    radius_mm: float = ROI_RADIUS_MM
+    centres: dict[int, tuple[float, float]] = field(default_factory=dict)
+    clearance_mm: float = 0.0
+    band: tuple[float, float] | None = None
+    ref_hu: float | None = None
+    band_above_hu: float | None = None   # upper band width when not symmetric (aortic calcium)
 
 
 # ---------------------------------------------------------------- shells on a Volume
@@ -168,24 +177,34 @@ def _placement(placed: list[PlacedMask], notes: list[str], volume: Volume, order
 
 def _disk_at(shape, cy: int, cx: int, radius_mm: float, dy: float, dx: float) -> np.ndarray:
     """A disk around pixel (cy, cx) whose pixel area is the closest to pi r^2 that the grid allows
-    (radius within +/- 25%, centre on the pixel or up to half a pixel off it: coarse pixels give
-    few areas otherwise)."""
+    (see `_stencil`), clipped to the slice."""
+    st = _stencil(float(radius_mm), float(dy), float(dx))
+    out = np.zeros(shape, bool)
+    h = st.shape[0] // 2, st.shape[1] // 2
+    y0, x0 = cy - h[0], cx - h[1]
+    ys, xs = slice(max(0, y0), min(shape[0], y0 + st.shape[0])), slice(max(0, x0), min(shape[1], x0 + st.shape[1]))
+    out[ys, xs] = st[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0]
+    return out
+
+
+@lru_cache(maxsize=64)
+def _stencil(radius_mm: float, dy: float, dx: float) -> np.ndarray:
+    """Disk pattern (odd-sized, centred) with the pixel area closest to pi r^2: radius within
+    +/- 25%, centre on the pixel or up to half a pixel off it (coarse pixels give few areas
+    otherwise)."""
     target = np.pi * radius_mm ** 2
     ry, rx = int(np.ceil(1.25 * radius_mm / dy)) + 1, int(np.ceil(1.25 * radius_mm / dx)) + 1
-    y0, y1 = max(0, cy - ry), min(shape[0], cy + ry + 1)
-    x0, x1 = max(0, cx - rx), min(shape[1], cx + rx + 1)
-    yy, xx = np.ogrid[y0:y1, x0:x1]
+    yy, xx = np.ogrid[-ry:ry + 1, -rx:rx + 1]
     best, best_err = None, np.inf
     for oy, ox in ((0.0, 0.0), (0.5, 0.0), (0.0, 0.5), (0.5, 0.5)):
-        d2 = ((yy - cy - oy) * dy) ** 2 + ((xx - cx - ox) * dx) ** 2
+        d2 = ((yy - oy) * dy) ** 2 + ((xx - ox) * dx) ** 2
         for r in np.linspace(0.75 * radius_mm, 1.25 * radius_mm, 41):
             m = d2 <= r * r
             err = abs(m.sum() * dy * dx - target)
             if err < best_err - 1e-9:
                 best, best_err = m, err
-    out = np.zeros(shape, bool)
-    out[y0:y1, x0:x1] = best
-    return out
+    best.flags.writeable = False
+    return best
 
 
 def _depth(mask2d: np.ndarray, dy: float, dx: float) -> np.ndarray:
@@ -199,9 +218,10 @@ def _slab(k0: int, nz: int, dz: float, half_mm: float) -> list[int]:
     return [k for k in range(k0 - h, k0 + h + 1) if 0 <= k < nz]
 
 
-def _smooth(img: np.ndarray, spacing, mm: float) -> np.ndarray:
+def _smooth(img: np.ndarray, spacing, mm: float, min_px: float = 1.0) -> np.ndarray:
+    """In-plane Gaussian smoothing with sigma `mm` (at least `min_px` pixels)."""
     _, dy, dx = spacing
-    return ndimage.gaussian_filter(img.astype(np.float32), sigma=(0.0, max(mm / dy, 1.0), max(mm / dx, 1.0)))
+    return ndimage.gaussian_filter(img.astype(np.float32), sigma=(0.0, max(mm / dy, min_px), max(mm / dx, min_px)))
 
 
 def _robust_sd(values: np.ndarray) -> float:
@@ -314,7 +334,8 @@ def _place_liver_rois(lm: LiverMap, k0: int, x_mid: float, spacing) -> tuple[lis
                 sl = _disk_at(mask.shape[1:], cy, cx, ROI_RADIUS_MM, dy, dx)
                 for k in ks:
                     mask[k] = sl & lm.clear[k]
-                placed.append(PlacedMask("liver", label, mask))
+                placed.append(PlacedMask("liver", label, mask, ROI_RADIUS_MM, {k: (cy, cx) for k in ks}, margin,
+                                         ref_hu=lm.median_hu))
                 centres.append((cy, cx))
                 if margin < LIVER_MARGIN_MM:
                     notes.append(f"{label}: clearance from edge, vessels and lesions reduced to {margin:g} mm "
@@ -336,25 +357,130 @@ def _aorta_roi(lumen: dict[int, Lumen], k0: int, shape, spacing) -> tuple[Placed
         nearest = min(lumen, key=lambda k: abs(k - k0))
         ks = [k for k in _slab(nearest, shape[0], dz, SLAB_HALF_MM) if k in lumen]
     mask = np.zeros(shape, bool)
+    centres, radii = {}, []
     for k in ks:
         lu = lumen[k]
         radius = min(ROI_RADIUS_MM, lu.depth_mm - AORTA_WALL_MARGIN_MM)
         if radius < MIN_ROI_RADIUS_MM:
             continue
         mask[k] = _disk_at(shape[1:], int(round(lu.cy)), int(round(lu.cx)), radius, dy, dx) & lu.mask
+        centres[k] = (lu.cy, lu.cx)
+        radii.append(radius)
     if not mask.any():
         return None, f"aorta not placed: lumen too narrow for a {MIN_ROI_RADIUS_MM:g} mm ROI {AORTA_WALL_MARGIN_MM:g} mm from its wall"
-    return PlacedMask("aorta", "aorta", mask), None
+    blood = float(np.median([lumen[k].median_hu for k in centres]))
+    return PlacedMask("aorta", "aorta", mask, min(radii), centres, AORTA_WALL_MARGIN_MM, ref_hu=blood,
+                      band_above_hu=CALCIUM_ABOVE_LUMEN_HU), None
 
 
 def ct_roi_masks(hu: np.ndarray, spacing, avoid: np.ndarray | None = None) -> tuple[list[PlacedMask], list[str]]:
     """Automatic CT ROIs on an LPS-ordered HU volume [z, y, x] with spacing (dz, dy, dx) mm:
     aorta, 'liver right anterior', 'liver right posterior', 'liver left lateral', 'erector spinae';
-    none touches `avoid` (bool, same shape). Returns the masks and notes on what is missing."""
-    notes: list[str] = []
-    placed: list[PlacedMask] = []
+    none touches `avoid` (bool, same shape). Returns the masks and notes on what is missing.
+
+    The search runs on a reduced copy (slices about 5 mm apart, pixels of at least 1.5 mm, block
+    means), which is enough to find organs and places; each ROI is then painted on every slice of
+    its slab at full resolution where its clearance disk is still in the expected tissue (liver
+    parenchyma, blood, muscle) and clear of `avoid`."""
     if avoid is not None and avoid.shape != hu.shape:
         raise ValueError(f"avoid mask shape {avoid.shape} differs from the volume's {hu.shape}")
+    grid = _Reduced(hu.shape, spacing)
+    coarse, notes = _search_ct(grid.reduce(hu), grid.spacing, None if avoid is None else grid.reduce_mask(avoid))
+    placed = []
+    cache: dict[int, np.ndarray] = {}
+
+    def smooth(k: int) -> np.ndarray:
+        # lighter smoothing than the search (and none forced on coarse pixels): the clearance
+        # disk must not see through its own rim; the band widens with the noise left
+        if k not in cache:
+            cache[k] = _smooth(hu[k:k + 1], spacing, SMOOTH_MM / 2.0, min_px=0.0)[0]
+        return cache[k]
+
+    for p in coarse:
+        fine = _paint_fine(p, grid, hu.shape, spacing, smooth, avoid)
+        if fine is None:
+            notes.append(f"{p.label} not placed: its place found on the reduced image is not clear at full resolution")
+        else:
+            placed.append(fine)
+    return placed, notes
+
+
+# Search grid: slices about 5 mm apart and pixels of at least 1.5 mm are enough to find organs.
+SEARCH_SLICE_MM = 5.0
+SEARCH_PIXEL_MM = 1.5
+
+
+class _Reduced:
+    """The reduced search grid: every `zstep`-th slice, `f` x `f` pixel block means."""
+
+    def __init__(self, shape, spacing):
+        dz, dy, dx = spacing
+        self.shape = shape
+        self.zstep = max(1, int(round(SEARCH_SLICE_MM / dz))) if dz > 0 else 1
+        self.f = max(1, int(np.floor(SEARCH_PIXEL_MM / max(dy, dx))))
+        self.spacing = (dz * self.zstep, dy * self.f, dx * self.f)
+
+    def _blocks(self, a: np.ndarray) -> np.ndarray:
+        f = self.f
+        a = a[::self.zstep]
+        if f == 1:
+            return a
+        ny, nx = (a.shape[1] // f) * f, (a.shape[2] // f) * f
+        return a[:, :ny, :nx].reshape(a.shape[0], ny // f, f, nx // f, f)
+
+    def reduce(self, hu: np.ndarray) -> np.ndarray:
+        b = self._blocks(hu)
+        return b if self.f == 1 else b.mean(axis=(2, 4), dtype=np.float32)
+
+    def reduce_mask(self, mask: np.ndarray) -> np.ndarray:
+        b = self._blocks(mask)
+        return b if self.f == 1 else b.any(axis=(2, 4))
+
+    def fine_slices(self, kc: int) -> range:
+        """Full-resolution slices represented by reduced slice `kc`."""
+        lo = kc * self.zstep - (self.zstep - 1) // 2
+        return range(max(0, lo), min(self.shape[0], lo + self.zstep))
+
+    def fine_centre(self, cy: float, cx: float) -> tuple[int, int]:
+        f = self.f
+        return int(round(cy * f + (f - 1) / 2.0)), int(round(cx * f + (f - 1) / 2.0))
+
+
+def _paint_fine(p: PlacedMask, grid: _Reduced, shape, spacing, smooth, avoid) -> PlacedMask | None:
+    """`p` (placed on the reduced grid) painted at full resolution on each slice of its slab where
+    the disk of radius + clearance lies in the HU band of its tissue and clear of `avoid`."""
+    _, dy, dx = spacing
+    slices = {k: grid.fine_centre(*p.centres[kc]) for kc in p.centres for k in grid.fine_slices(kc)}
+    disks = {k: _disk_at(shape[1:], cy, cx, p.radius_mm, dy, dx) for k, (cy, cx) in slices.items()}
+    if p.band is not None:
+        lo, hi = p.band
+    else:
+        # Liver and blood: the reference HU +/- the deviation threshold at this resolution's noise.
+        noise = _robust_sd(np.concatenate([smooth(k)[d] for k, d in disks.items()]))
+        width = max(DEVIATION_HU, DEVIATION_NOISE_SD * noise)
+        lo, hi = p.ref_hu - width, p.ref_hu + (p.band_above_hu if p.band_above_hu is not None else width)
+    mask = np.zeros(shape, bool)
+    centres = {}
+    reach = p.radius_mm + p.clearance_mm
+    ry, rx = int(reach / dy) + 1, int(reach / dx) + 1
+    for k, (cy, cx) in slices.items():
+        ys, xs = slice(max(0, cy - ry), cy + ry + 1), slice(max(0, cx - rx), cx + rx + 1)
+        yy, xx = np.ogrid[ys, xs]
+        around = ((yy - cy) * dy) ** 2 + ((xx - cx) * dx) ** 2 <= reach * reach
+        values = smooth(k)[ys, xs][around]
+        if values.min() < lo or values.max() > hi or (avoid is not None and avoid[k][ys, xs][around].any()):
+            continue
+        mask[k] = disks[k]
+        centres[k] = (cy, cx)
+    if not centres:
+        return None
+    return PlacedMask(p.role, p.label, mask, p.radius_mm, centres, p.clearance_mm, p.band, p.ref_hu, p.band_above_hu)
+
+
+def _search_ct(hu: np.ndarray, spacing, avoid: np.ndarray | None) -> tuple[list[PlacedMask], list[str]]:
+    """The placement itself (on the reduced grid): see `ct_roi_masks`."""
+    notes: list[str] = []
+    placed: list[PlacedMask] = []
     body = body_mask(hu)
     if not body.any():
         return [], ["no ROI placed: no body in the image (nothing above -500 HU)"]
@@ -419,6 +545,7 @@ def _ct_muscle(hu, spacing, body, spine: Spine, k0: int, avoid) -> tuple[PlacedM
     dz, dy, dx = spacing
     smooth = _smooth(hu, spacing, SMOOTH_MM / 2.0)
     mask = np.zeros(hu.shape, bool)
+    centres, radii = {}, []
     for k in _slab(k0, hu.shape[0], dz, SLAB_HALF_MM):
         tissue = body[k] & (smooth[k] > MUSCLE_HU[0]) & (smooth[k] < MUSCLE_HU[1])
         if avoid is not None:
@@ -430,10 +557,12 @@ def _ct_muscle(hu, spacing, body, spine: Spine, k0: int, avoid) -> tuple[PlacedM
         if found is not None:
             cy, cx, radius = found
             mask[k] = _disk_at(hu.shape[1:], cy, cx, radius, dy, dx) & tissue
+            centres[k] = (cy, cx)
+            radii.append(radius)
     if not mask.any():
         return None, ("erector spinae not placed: no muscle beside the spine in the posterior half of the body "
                       f"thick enough for a {MIN_ROI_RADIUS_MM:g} mm ROI")
-    return PlacedMask("muscle", "erector spinae", mask), None
+    return PlacedMask("muscle", "erector spinae", mask, min(radii), centres, MUSCLE_MARGIN_MM, band=MUSCLE_HU), None
 
 
 # ---------------------------------------------------------------- erector spinae (CT and MR)
