@@ -80,6 +80,10 @@ MUSCLE_MARGIN_MM = 3.0
 WINDOW_FRACTION = 0.7
 SKIN_MM = 2.0
 LEVEL_CANDIDATES = 5
+# The search runs on slices about 5 mm apart with pixels of at least 1.5 mm (block means): enough
+# to find organs and places; the ROIs are then painted at full resolution.
+SEARCH_SLICE_MM = 5.0
+SEARCH_PIXEL_MM = 1.5
 
 LIVER_LABELS = ("liver right anterior", "liver right posterior", "liver left lateral")
 
@@ -144,7 +148,7 @@ def _lps_array(volume: Volume):
         raise ValueError(f"series {volume.series_number}: need a 3-D grayscale volume, got "
                          f"{img.GetDimension()}-D with {img.GetNumberOfComponentsPerPixel()} component(s)")
     order = image_lps_order(img)  # ValueError for an oblique orientation
-    arr = order.apply(sitk.GetArrayViewFromImage(img).astype(np.float32))
+    arr = order.apply(sitk.GetArrayViewFromImage(img).astype(np.float32, copy=False))
     arr = np.ascontiguousarray(arr)
     if not np.isfinite(arr).all():
         raise ValueError(f"series {volume.series_number}: volume has non-finite values")
@@ -405,11 +409,6 @@ def ct_roi_masks(hu: np.ndarray, spacing, avoid: np.ndarray | None = None) -> tu
     return placed, notes
 
 
-# Search grid: slices about 5 mm apart and pixels of at least 1.5 mm are enough to find organs.
-SEARCH_SLICE_MM = 5.0
-SEARCH_PIXEL_MM = 1.5
-
-
 class _Reduced:
     """The reduced search grid: every `zstep`-th slice, `f` x `f` pixel block means."""
 
@@ -451,26 +450,33 @@ def _paint_fine(p: PlacedMask, grid: _Reduced, shape, spacing, smooth, avoid) ->
     the disk of radius + clearance lies in the HU band of its tissue and clear of `avoid`."""
     _, dy, dx = spacing
     slices = {k: grid.fine_centre(*p.centres[kc]) for kc in p.centres for k in grid.fine_slices(kc)}
-    disks = {k: _disk_at(shape[1:], cy, cx, p.radius_mm, dy, dx) for k, (cy, cx) in slices.items()}
+    reach = p.radius_mm + p.clearance_mm
+    ry, rx = int(reach / dy) + 1, int(reach / dx) + 1
+    around = {}
+    for k, (cy, cx) in slices.items():
+        ys, xs = slice(max(0, cy - ry), cy + ry + 1), slice(max(0, cx - rx), cx + rx + 1)
+        yy, xx = np.ogrid[ys, xs]
+        around[k] = (ys, xs, ((yy - cy) * dy) ** 2 + ((xx - cx) * dx) ** 2 < reach * reach)
     if p.band is not None:
         lo, hi = p.band
     else:
-        # Liver and blood: the reference HU +/- the deviation threshold at this resolution's noise.
-        noise = _robust_sd(np.concatenate([smooth(k)[d] for k, d in disks.items()]))
+        # Liver and blood: the reference HU +/- the deviation threshold at this resolution's noise
+        # (robust SD over all clearance disks: a vessel or edge in a few of them does not count).
+        noise = _robust_sd(np.concatenate([smooth(k)[ys, xs][m] for k, (ys, xs, m) in around.items()]))
         width = max(DEVIATION_HU, DEVIATION_NOISE_SD * noise)
         lo, hi = p.ref_hu - width, p.ref_hu + (p.band_above_hu if p.band_above_hu is not None else width)
     mask = np.zeros(shape, bool)
     centres = {}
-    reach = p.radius_mm + p.clearance_mm
-    ry, rx = int(reach / dy) + 1, int(reach / dx) + 1
+    searched = {kc * grid.zstep for kc in p.centres} if grid.f == 1 else set()
     for k, (cy, cx) in slices.items():
-        ys, xs = slice(max(0, cy - ry), cy + ry + 1), slice(max(0, cx - rx), cx + rx + 1)
-        yy, xx = np.ogrid[ys, xs]
-        around = ((yy - cy) * dy) ** 2 + ((xx - cx) * dx) ** 2 <= reach * reach
-        values = smooth(k)[ys, xs][around]
-        if values.min() < lo or values.max() > hi or (avoid is not None and avoid[k][ys, xs][around].any()):
+        ys, xs, m = around[k]
+        if avoid is not None and avoid[k][ys, xs][m].any():
             continue
-        mask[k] = disks[k]
+        values = smooth(k)[ys, xs][m]
+        # a slice the search saw at full resolution is placed as the search placed it
+        if k not in searched and (values.min() < lo or values.max() > hi):
+            continue
+        mask[k] = _disk_at(shape[1:], cy, cx, p.radius_mm, dy, dx)
         centres[k] = (cy, cx)
     if not centres:
         return None
