@@ -166,3 +166,13 @@ def test_small_liver_is_not_confused_with_the_erector_spinae():
     n = vol.shape[1]
     assert liver.centroid_index[1] == pytest.approx(-10.0 / SP[1] + (n - 1) / 2.0, abs=3)
     assert liver.median_hu == pytest.approx(58.0, abs=4)
+
+
+@pytest.mark.parametrize("px", [0.7, 1.5, 2.4, 3.8])
+def test_disk_mask_area_is_the_closest_the_grid_allows(px):
+    # 100 mm^2 (paper 001's ROI size): within 10% or one pixel of the target
+    m = A.disk_mask((64, 64), 30, 30, np.sqrt(100.0 / np.pi), px, px)
+    assert abs(m.sum() * px * px - 100.0) <= max(0.1 * 100.0, px * px)
+    ys, xs = np.nonzero(m)
+    assert abs(ys.mean() - 30) <= 0.5 and abs(xs.mean() - 30) <= 0.5
+    assert not A.disk_mask((8, 8), -40, -40, 5.0, px, px).any()      # off the slice: empty, no error

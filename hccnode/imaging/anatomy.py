@@ -23,6 +23,7 @@ deviations so that vessels, tumors and noise do not move them much.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 from scipy import ndimage
@@ -364,7 +365,8 @@ def find_aorta(hu: np.ndarray, spacing, body: np.ndarray | None = None, spine: S
     mask = np.zeros(hu.shape, bool)
     if lumen:
         for k, lu in lumen.items():
-            _paint(mask[k], lu.cy, lu.cx, max(ROI_RADIUS_MM, 0.6 * lu.radius_mm), dy, dx)
+            mask[k] |= disk_mask(mask.shape[1:], int(round(lu.cy)), int(round(lu.cx)),
+                                 max(ROI_RADIUS_MM, 0.6 * lu.radius_mm), dy, dx)
             mask[k] &= lu.mask
         region = _region("aorta", hu, mask, spacing, "enhanced lumen anterior-left of the spine")
         if region is not None:
@@ -375,15 +377,43 @@ def find_aorta(hu: np.ndarray, spacing, body: np.ndarray | None = None, spine: S
         cy = spine.anterior_y[k] - ey / dy
         cx = spine.x[k] + ex / dx
         cy, cx = _homogeneous_spot(hu[k], cy, cx, dy, dx)
-        _paint(mask[k], cy, cx, ROI_RADIUS_MM, dy, dx)
+        mask[k] |= disk_mask(mask.shape[1:], int(round(cy)), int(round(cx)), ROI_RADIUS_MM, dy, dx)
     mask &= body
     region = _region("aorta", hu, mask, spacing, "position against the spine (no enhanced lumen found)")
     return region
 
 
-def _paint(sl: np.ndarray, cy: float, cx: float, radius_mm: float, dy: float, dx: float) -> None:
-    yy, xx = np.ogrid[:sl.shape[0], :sl.shape[1]]
-    sl |= ((yy - cy) * dy) ** 2 + ((xx - cx) * dx) ** 2 <= radius_mm ** 2
+def disk_mask(shape, cy: int, cx: int, radius_mm: float, dy: float, dx: float) -> np.ndarray:
+    """A disk around pixel (cy, cx) whose pixel area is the closest to pi r^2 that the grid allows
+    (see `_stencil`; one ROI disk painter for the package), clipped to the slice."""
+    st = _stencil(float(radius_mm), float(dy), float(dx))
+    out = np.zeros(shape, bool)
+    h = st.shape[0] // 2, st.shape[1] // 2
+    y0, x0 = cy - h[0], cx - h[1]
+    ys, xs = slice(max(0, y0), min(shape[0], y0 + st.shape[0])), slice(max(0, x0), min(shape[1], x0 + st.shape[1]))
+    if ys.start < ys.stop and xs.start < xs.stop:
+        out[ys, xs] = st[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0]
+    return out
+
+
+@lru_cache(maxsize=64)
+def _stencil(radius_mm: float, dy: float, dx: float) -> np.ndarray:
+    """Disk pattern (odd-sized, centred) with the pixel area closest to pi r^2: radius within
+    +/- 25%, centre on the pixel or up to half a pixel off it (coarse pixels give few areas
+    otherwise)."""
+    target = np.pi * radius_mm ** 2
+    ry, rx = int(np.ceil(1.25 * radius_mm / dy)) + 1, int(np.ceil(1.25 * radius_mm / dx)) + 1
+    yy, xx = np.ogrid[-ry:ry + 1, -rx:rx + 1]
+    best, best_err = None, np.inf
+    for oy, ox in ((0.0, 0.0), (0.5, 0.0), (0.0, 0.5), (0.5, 0.5)):
+        d2 = ((yy - oy) * dy) ** 2 + ((xx - ox) * dx) ** 2
+        for r in np.linspace(0.75 * radius_mm, 1.25 * radius_mm, 41):
+            m = d2 <= r * r
+            err = abs(m.sum() * dy * dx - target)
+            if err < best_err - 1e-9:
+                best, best_err = m, err
+    best.flags.writeable = False
+    return best
 
 
 def _homogeneous_spot(img: np.ndarray, cy: float, cx: float, dy: float, dx: float, search_mm: float = 8.0) -> tuple[float, float]:
@@ -396,8 +426,7 @@ def _homogeneous_spot(img: np.ndarray, cy: float, cx: float, dy: float, dx: floa
     for oy in range(-int(search_mm / dy), int(search_mm / dy) + 1, step_y):
         for ox in range(-int(search_mm / dx), int(search_mm / dx) + 1, step_x):
             y, x = cy + oy, cx + ox
-            m = np.zeros(img.shape, bool)
-            _paint(m, y, x, ROI_RADIUS_MM, dy, dx)
+            m = disk_mask(img.shape, int(round(y)), int(round(x)), ROI_RADIUS_MM, dy, dx)
             if not m.any():
                 continue
             v = img[m]

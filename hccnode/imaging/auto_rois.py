@@ -28,14 +28,13 @@ hccnode.imaging.anatomy); `place_ct_rois` / `place_mr_muscle` are the thin shell
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from hccnode.imaging.anatomy import (CALCIUM_ABOVE_LUMEN_HU, Lumen, Spine, aortic_lumen, body_mask, fill_holes_2d, find_liver, find_spine,
-                                     image_lps_order)
+from hccnode.imaging.anatomy import (CALCIUM_ABOVE_LUMEN_HU, Lumen, Spine, aortic_lumen, body_mask, disk_mask,
+                                     fill_holes_2d, find_liver, find_spine, image_lps_order)
 from hccnode.imaging.measure import AUTOMATIC, RoiRef
 from hccnode.imaging.rois import RoiMask
 from hccnode.imaging.volumes import Volume
@@ -179,38 +178,6 @@ def _placement(placed: list[PlacedMask], notes: list[str], volume: Volume, order
 
 # ---------------------------------------------------------------- geometry helpers
 
-def _disk_at(shape, cy: int, cx: int, radius_mm: float, dy: float, dx: float) -> np.ndarray:
-    """A disk around pixel (cy, cx) whose pixel area is the closest to pi r^2 that the grid allows
-    (see `_stencil`), clipped to the slice."""
-    st = _stencil(float(radius_mm), float(dy), float(dx))
-    out = np.zeros(shape, bool)
-    h = st.shape[0] // 2, st.shape[1] // 2
-    y0, x0 = cy - h[0], cx - h[1]
-    ys, xs = slice(max(0, y0), min(shape[0], y0 + st.shape[0])), slice(max(0, x0), min(shape[1], x0 + st.shape[1]))
-    out[ys, xs] = st[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0]
-    return out
-
-
-@lru_cache(maxsize=64)
-def _stencil(radius_mm: float, dy: float, dx: float) -> np.ndarray:
-    """Disk pattern (odd-sized, centred) with the pixel area closest to pi r^2: radius within
-    +/- 25%, centre on the pixel or up to half a pixel off it (coarse pixels give few areas
-    otherwise)."""
-    target = np.pi * radius_mm ** 2
-    ry, rx = int(np.ceil(1.25 * radius_mm / dy)) + 1, int(np.ceil(1.25 * radius_mm / dx)) + 1
-    yy, xx = np.ogrid[-ry:ry + 1, -rx:rx + 1]
-    best, best_err = None, np.inf
-    for oy, ox in ((0.0, 0.0), (0.5, 0.0), (0.0, 0.5), (0.5, 0.5)):
-        d2 = ((yy - oy) * dy) ** 2 + ((xx - ox) * dx) ** 2
-        for r in np.linspace(0.75 * radius_mm, 1.25 * radius_mm, 41):
-            m = d2 <= r * r
-            err = abs(m.sum() * dy * dx - target)
-            if err < best_err - 1e-9:
-                best, best_err = m, err
-    best.flags.writeable = False
-    return best
-
-
 def _depth(mask2d: np.ndarray, dy: float, dx: float) -> np.ndarray:
     """Distance (mm) from each pixel of `mask2d` to the nearest pixel outside it (image border
     counts as outside)."""
@@ -335,7 +302,7 @@ def _place_liver_rois(lm: LiverMap, k0: int, x_mid: float, spacing) -> tuple[lis
                 d2 = np.where(ok, d2, np.inf)
                 cy, cx = np.unravel_index(int(np.argmin(d2)), d2.shape)
                 mask = np.zeros(lm.organ.shape, bool)
-                sl = _disk_at(mask.shape[1:], cy, cx, ROI_RADIUS_MM, dy, dx)
+                sl = disk_mask(mask.shape[1:], cy, cx, ROI_RADIUS_MM, dy, dx)
                 for k in ks:
                     mask[k] = sl & lm.clear[k]
                 placed.append(PlacedMask("liver", label, mask, ROI_RADIUS_MM, {k: (cy, cx) for k in ks}, margin,
@@ -367,7 +334,7 @@ def _aorta_roi(lumen: dict[int, Lumen], k0: int, shape, spacing) -> tuple[Placed
         radius = min(ROI_RADIUS_MM, lu.depth_mm - AORTA_WALL_MARGIN_MM)
         if radius < MIN_ROI_RADIUS_MM:
             continue
-        mask[k] = _disk_at(shape[1:], int(round(lu.cy)), int(round(lu.cx)), radius, dy, dx) & lu.mask
+        mask[k] = disk_mask(shape[1:], int(round(lu.cy)), int(round(lu.cx)), radius, dy, dx) & lu.mask
         centres[k] = (lu.cy, lu.cx)
         radii.append(radius)
     if not mask.any():
@@ -476,7 +443,7 @@ def _paint_fine(p: PlacedMask, grid: _Reduced, shape, spacing, smooth, avoid) ->
         # a slice the search saw at full resolution is placed as the search placed it
         if k not in searched and (values.min() < lo or values.max() > hi):
             continue
-        mask[k] = _disk_at(shape[1:], cy, cx, p.radius_mm, dy, dx)
+        mask[k] = disk_mask(shape[1:], cy, cx, p.radius_mm, dy, dx)
         centres[k] = (cy, cx)
     if not centres:
         return None
@@ -562,7 +529,7 @@ def _ct_muscle(hu, spacing, body, spine: Spine, k0: int, avoid) -> tuple[PlacedM
         found = erector_spinae(tissue, body[k], float(mid), (dy, dx))
         if found is not None:
             cy, cx, radius = found
-            mask[k] = _disk_at(hu.shape[1:], cy, cx, radius, dy, dx) & tissue
+            mask[k] = disk_mask(hu.shape[1:], cy, cx, radius, dy, dx) & tissue
             centres[k] = (cy, cx)
             radii.append(radius)
     if not mask.any():
@@ -671,7 +638,7 @@ def mr_muscle_mask(img: np.ndarray, spacing) -> tuple[list[PlacedMask], list[str
         found = erector_spinae(tissue[k], body[k], x_mid, (dy, dx))
         if found is not None:
             cy, cx, radius = found
-            mask[k] = _disk_at(img.shape[1:], cy, cx, radius, dy, dx) & tissue[k]
+            mask[k] = disk_mask(img.shape[1:], cy, cx, radius, dy, dx) & tissue[k]
     if not mask.any():
         return [], ["erector spinae not placed: no homogeneous muscle beside the midline in the posterior half "
                     f"of the body thick enough for a {MIN_ROI_RADIUS_MM:g} mm ROI"]
