@@ -343,3 +343,19 @@ def test_unusable_input_raises(cect):
         AR.place_ct_rois(_volume(np.zeros((3, 32, 32)), direction=oblique))
     with pytest.raises(ValueError, match="3-D"):
         AR.place_ct_rois(dataclasses.replace(mr, image=sitk.Image(8, 8, sitk.sitkFloat32), modality="CT"))
+
+
+def test_erector_spinae_merged_with_neighbouring_muscles():
+    # 1 mm pixels, LPS slice; no fat plane between each erector spinae and a big lateral back
+    # muscle that lies mostly outside the paraspinal window: the ROI is in an erector spinae.
+    y, x = np.mgrid[-150:151, -200:201].astype(float)
+    def ell(cx, cy, rx, ry):
+        return ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1.0
+    body = ell(0, 0, 190, 140)
+    erector = ell(-40, 80, 22, 16) | ell(40, 80, 22, 16)
+    tissue = erector | ell(-115, 55, 35, 25) | ell(115, 55, 35, 25)
+    tissue |= (np.abs(y - 72) < 6) & (np.abs(x) > 50) & (np.abs(x) < 90)        # the bridges
+    found = AR.erector_spinae(tissue, body, x_mid=200.0, spacing2=(1.0, 1.0))
+    assert found is not None
+    cy, cx, radius = found
+    assert erector[cy, cx] and radius == pytest.approx(AR.ROI_RADIUS_MM)

@@ -33,7 +33,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from hccnode.imaging.anatomy import (CALCIUM_ABOVE_LUMEN_HU, Lumen, Spine, aortic_lumen, body_mask, disk_mask,
+from hccnode.imaging.anatomy import (CALCIUM_ABOVE_LUMEN_HU, VERTEBRAL_MID_MM, Lumen, Spine, aortic_lumen, body_mask, disk_mask,
                                      fill_holes_2d, find_liver, find_spine, image_lps_order)
 from hccnode.imaging.measure import AUTOMATIC, RoiRef
 from hccnode.imaging.rois import RoiMask
@@ -75,9 +75,10 @@ MIDLINE_GAP_MM = 8.0
 PARASPINAL_MAX_MM = 80.0
 MUSCLE_MARGIN_MM = 3.0
 # A muscle component must lie mostly (70%) inside the paraspinal window (so an organ reaching
-# into it is not taken) and must not touch the skin (within 2 mm of the body outline).
+# into it is not taken) and must not reach within 5 mm of the body outline: on the back, skin and
+# subcutaneous fat lie over the erector spinae (several mm even in thin patients).
 WINDOW_FRACTION = 0.7
-SKIN_MM = 2.0
+SKIN_MM = 5.0
 LEVEL_CANDIDATES = 5
 # The search runs on slices about 5 mm apart with pixels of at least 1.5 mm (block means): enough
 # to find organs and places; the ROIs are then painted at full resolution.
@@ -282,7 +283,7 @@ def _place_liver_rois(lm: LiverMap, k0: int, x_mid: float, spacing) -> tuple[lis
     notes: list[str] = []
     for label in LIVER_LABELS:
         if label not in targets:
-            notes.append(f"{label} not placed: no liver on that side of the midline at slice {k0}")
+            notes.append(f"{label} not placed: no liver on that side of the midline at the level chosen")
             continue
         (ty, tx), allowed = targets[label]
         done = False
@@ -317,7 +318,7 @@ def _place_liver_rois(lm: LiverMap, k0: int, x_mid: float, spacing) -> tuple[lis
                 break
         if not done:
             notes.append(f"{label} not placed: no spot of {ROI_AREA_MM2:g} mm^2 in that part of the liver clear of "
-                         f"its edge, vessels and lesions (slice {k0})")
+                         f"its edge, vessels and lesions at the level chosen")
     return placed, notes
 
 
@@ -526,7 +527,9 @@ def _ct_muscle(hu, spacing, body, spine: Spine, k0: int, avoid) -> tuple[PlacedM
         mid = spine.x[k] if np.isfinite(spine.x[k]) else (np.nonzero(body[k])[1].mean() if body[k].any() else None)
         if mid is None:
             continue
-        found = erector_spinae(tissue, body[k], float(mid), (dy, dx))
+        # behind the vertebral body's middle, where the liver does not reach
+        behind = spine.anterior_y[k] + VERTEBRAL_MID_MM / dy if np.isfinite(spine.anterior_y[k]) else None
+        found = erector_spinae(tissue, body[k], float(mid), (dy, dx), behind)
         if found is not None:
             cy, cx, radius = found
             mask[k] = disk_mask(hu.shape[1:], cy, cx, radius, dy, dx) & tissue
@@ -540,19 +543,24 @@ def _ct_muscle(hu, spacing, body, spine: Spine, k0: int, avoid) -> tuple[PlacedM
 
 # ---------------------------------------------------------------- erector spinae (CT and MR)
 
-def erector_spinae(tissue: np.ndarray, body: np.ndarray, x_mid: float, spacing2) -> tuple[int, int, float] | None:
+def erector_spinae(tissue: np.ndarray, body: np.ndarray, x_mid: float, spacing2,
+                   y_min: float | None = None) -> tuple[int, int, float] | None:
     """(row, column, ROI radius mm) of an erector spinae ROI on one LPS slice, or None.
 
     `tissue`: bool mask of the muscle-like class (CT: muscle HU; MR: homogeneous regions). The
     erector spinae is the most posterior component beside the spinous process (8-80 mm from the
-    midline, posterior half of the body) that lies mostly inside that window and does not touch
-    the skin; of the two sides, the thicker one. ROI radius: 100 mm^2 or less, 3 mm inside the muscle."""
+    midline, posterior half of the body, behind row `y_min` when given) that lies mostly inside
+    that window and does not touch the skin; of the two sides, the thicker one. When muscles
+    with no fat plane between them form one component reaching out of the window, its part in
+    the window is used. ROI radius: 100 mm^2 or less, 3 mm inside the muscle."""
     dy, dx = spacing2
     if not body.any():
         return None
     yy, xx = np.mgrid[:body.shape[0], :body.shape[1]]
     rows = np.nonzero(body.any(axis=1))[0]
     y_centre = (rows.min() + rows.max()) / 2.0
+    if y_min is not None:
+        y_centre = max(y_centre, y_min)
     lateral = np.abs(xx - x_mid) * dx
     window = body & (yy >= y_centre) & (lateral >= MIDLINE_GAP_MM) & (lateral <= PARASPINAL_MAX_MM)
     inner = _depth(body, dy, dx) > SKIN_MM
@@ -560,27 +568,29 @@ def erector_spinae(tissue: np.ndarray, body: np.ndarray, x_mid: float, spacing2)
     if n == 0:
         return None
     need = MIN_ROI_RADIUS_MM + MUSCLE_MARGIN_MM
-    best_side: dict[int, tuple] = {}
+    best_side: dict[tuple[bool, int], tuple] = {}
     for i, sl in enumerate(ndimage.find_objects(lab), start=1):
         comp = lab[sl] == i
-        win = window[sl]
-        inside = comp & win
-        if inside.sum() < WINDOW_FRACTION * comp.sum() or (comp & ~inner[sl]).any():
+        inside = comp & window[sl]
+        if not inside.any() or (comp & ~inner[sl]).any():
             continue
-        depth = _depth(comp, dy, dx)
-        depth = np.where(inside, depth, 0.0)
+        whole = inside.sum() >= WINDOW_FRACTION * comp.sum()
+        part = comp if whole else inside
+        depth = np.where(inside, _depth(part, dy, dx), 0.0)
         if depth.max() < need:
             continue
         cy, cx = np.unravel_index(int(np.argmax(depth)), depth.shape)
         cy, cx = cy + sl[0].start, cx + sl[1].start
-        centroid_y = np.nonzero(comp)[0].mean() + sl[0].start
-        side = 1 if cx > x_mid else -1
+        centroid_y = np.nonzero(part)[0].mean() + sl[0].start
+        key = (whole, 1 if cx > x_mid else -1)
         cand = (centroid_y, float(depth.max()), cy, cx)
-        if side not in best_side or cand[0] > best_side[side][0]:  # the most posterior one
-            best_side[side] = cand
-    if not best_side:
+        if key not in best_side or cand[0] > best_side[key][0]:  # the most posterior one
+            best_side[key] = cand
+    # components lying in the window win over parts of larger ones
+    found = [c for (whole, _), c in best_side.items() if whole] or list(best_side.values())
+    if not found:
         return None
-    _, d, cy, cx = max(best_side.values(), key=lambda c: c[1])
+    _, d, cy, cx = max(found, key=lambda c: c[1])
     return int(cy), int(cx), float(min(ROI_RADIUS_MM, d - MUSCLE_MARGIN_MM))
 
 
