@@ -359,3 +359,17 @@ def test_erector_spinae_merged_with_neighbouring_muscles():
     assert found is not None
     cy, cx, radius = found
     assert erector[cy, cx] and radius == pytest.approx(AR.ROI_RADIUS_MM)
+
+
+def test_reduced_search_grid_covers_every_slice_and_voxel():
+    grid = AR._Reduced((10, 9, 9), (1.25, 0.7, 0.7))        # 4 slices per search slice, 2 x 2 blocks
+    assert (grid.zstep, grid.f) == (4, 2) and grid.spacing == (5.0, 1.4, 1.4)
+    covered = [k for kc in range(len(range(0, 10, grid.zstep))) for k in grid.fine_slices(kc)]
+    assert covered == list(range(10))                      # each slice stands for exactly once
+    mask = np.zeros((10, 9, 9), bool)
+    mask[5, 3, 6] = True                                    # a voxel on a slice the search does not sample
+    reduced = grid.reduce_mask(mask)
+    assert reduced.shape == (3, 4, 4) and reduced.sum() == 1 and reduced[1, 1, 3]
+    hu = np.arange(10 * 9 * 9, dtype=np.float32).reshape(10, 9, 9)
+    assert grid.reduce(hu)[0, 0, 0] == pytest.approx(hu[0, :2, :2].mean())
+    assert grid.fine_centre(1, 3) == (2, 6) or grid.fine_centre(1, 3) == (3, 7)

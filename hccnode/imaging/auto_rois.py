@@ -400,8 +400,14 @@ class _Reduced:
         return b if self.f == 1 else b.mean(axis=(2, 4), dtype=np.float32)
 
     def reduce_mask(self, mask: np.ndarray) -> np.ndarray:
-        b = self._blocks(mask)
-        return b if self.f == 1 else b.any(axis=(2, 4))
+        """True where any voxel of the block (the slices a reduced slice stands for, f x f pixels) is."""
+        nzc = len(range(0, self.shape[0], self.zstep))
+        slab = np.stack([mask[self.fine_slices(kc).start:self.fine_slices(kc).stop].any(axis=0) for kc in range(nzc)])
+        if self.f == 1:
+            return slab
+        f = self.f
+        ny, nx = (slab.shape[1] // f) * f, (slab.shape[2] // f) * f
+        return slab[:, :ny, :nx].reshape(nzc, ny // f, f, nx // f, f).any(axis=(2, 4))
 
     def fine_slices(self, kc: int) -> range:
         """Full-resolution slices represented by reduced slice `kc`."""
