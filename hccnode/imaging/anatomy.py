@@ -1,14 +1,16 @@
 """Finding the body, the spine, the aorta and a liver sample region in an axial CT volume.
 
 Pure functions on a HU volume; nothing here reads files. Used by phase confirmation
-(hccnode.imaging.phases) and, later, by the measurement engine to place automatic ROIs.
+(hccnode.imaging.phases) and by the automatic ROIs (hccnode.imaging.auto_rois).
 
 Conventions
 -----------
 * `hu` is a float array indexed [z, y, x] (slice, row, column) in Hounsfield units.
 * In-plane axes follow DICOM LPS: column index x increases towards the patient's Left, row index
   y increases towards Posterior (the standard axial display of a supine patient). `to_lps()`
-  brings other axial orientations (prone, feet-first, flipped) to this one. z order is free.
+  brings other axial orientations (prone, feet-first, flipped) to this one, `from_lps()` back;
+  `image_lps_order()` does the same for any storage order of a SimpleITK image (coronal or
+  sagittal planes too). z order is free.
 * `spacing` is (dz, dy, dx) in mm. Areas are mm^2, distances mm, centroids are given both as
   fractional indices (z, y, x) and in mm from the volume's first voxel.
 
@@ -276,11 +278,12 @@ def aortic_lumen(hu: np.ndarray, spacing, body: np.ndarray | None = None,
 
     Candidates are round components (12-40 mm wide, at several thresholds from 90 HU) in the
     window anterior-left of the vertebral body. Rejected: rings and shells brighter at the rim
-    than inside (bone cortex, calcified wall), and anything inside them; kept: only the largest candidate of nested ones, so a plaque
-    or a bright jet inside a lumen never replaces the lumen. The candidate nearest the expected
-    position wins; brightness breaks near-ties (20 HU count as 1 mm), so an IVC or bowel farther
-    away loses even when brighter. Slices off the median track (an IVC or bowel picked on a few
-    slices) are dropped. Calcium (> 100 HU above the lumen's median) is cut out of the mask."""
+    than inside (bone cortex, calcified wall), and anything inside them. Of nested candidates
+    only the outermost is kept, so a plaque or a bright jet inside a lumen never replaces it.
+    The candidate nearest the expected position wins; brightness breaks near-ties (20 HU count
+    as 1 mm), so an IVC or bowel farther away loses even when brighter. Slices off the median
+    track (an IVC or bowel picked on a few slices) are dropped. Calcium (> 100 HU above the
+    lumen's median) is cut out of the mask."""
     dz, dy, dx = spacing
     body = body_mask(hu) if body is None else body
     spine = find_spine(hu, spacing, body) if spine is None else spine
@@ -416,7 +419,8 @@ def _stencil(radius_mm: float, dy: float, dx: float) -> np.ndarray:
     return best
 
 
-def _homogeneous_spot(img: np.ndarray, cy: float, cx: float, dy: float, dx: float, search_mm: float = 8.0) -> tuple[float, float]:
+def _homogeneous_spot(img: np.ndarray, cy: float, cx: float, dy: float, dx: float,
+                      search_mm: float = 8.0) -> tuple[float, float]:
     """Within `search_mm`, the 5 mm disk centre with the lowest SD that is not fat or air.
 
     No upper limit: if an enhanced lumen was missed, the spot lands in it and reads bright,
@@ -440,7 +444,8 @@ def _homogeneous_spot(img: np.ndarray, cy: float, cx: float, dy: float, dx: floa
 def find_liver(hu: np.ndarray, spacing, body: np.ndarray | None = None, erode_mm: float = 6.0,
                spine: Spine | None = None) -> Region | None:
     """A liver sample region: the largest soft-tissue component (eroded by `erode_mm` in plane)
-    whose centroid lies on the patient's right and in front of the vertebral body's middle, trimmed to median +/- 2.5 robust SD of its HU (drops vessels, tumors and edges).
+    whose centroid lies on the patient's right and in front of the vertebral body's middle,
+    trimmed to median +/- 2.5 robust SD of its HU (drops vessels, tumors and edges).
 
     The liver's bulk is anterior to the spine; the right erector spinae, which can outsize a
     small liver, lies behind the vertebral body and is excluded that way. Without a spine the

@@ -33,8 +33,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from hccnode.imaging.anatomy import (CALCIUM_ABOVE_LUMEN_HU, VERTEBRAL_MID_MM, Lumen, Spine, aortic_lumen, body_mask, disk_mask,
-                                     fill_holes_2d, find_liver, find_spine, image_lps_order)
+from hccnode.imaging.anatomy import (CALCIUM_ABOVE_LUMEN_HU, VERTEBRAL_MID_MM, Lumen, Spine, aortic_lumen,
+                                     body_mask, disk_mask, fill_holes_2d, find_liver, find_spine, image_lps_order)
 from hccnode.imaging.measure import AUTOMATIC, RoiRef
 from hccnode.imaging.rois import RoiMask
 from hccnode.imaging.volumes import Volume
@@ -339,7 +339,8 @@ def _aorta_roi(lumen: dict[int, Lumen], k0: int, shape, spacing) -> tuple[Placed
         centres[k] = (lu.cy, lu.cx)
         radii.append(radius)
     if not mask.any():
-        return None, f"aorta not placed: lumen too narrow for a {MIN_ROI_RADIUS_MM:g} mm ROI {AORTA_WALL_MARGIN_MM:g} mm from its wall"
+        return None, (f"aorta not placed: lumen too narrow for a {MIN_ROI_RADIUS_MM:g} mm ROI "
+                      f"{AORTA_WALL_MARGIN_MM:g} mm from its wall")
     blood = float(np.median([lumen[k].median_hu for k in centres]))
     return PlacedMask("aorta", "aorta", mask, min(radii), centres, AORTA_WALL_MARGIN_MM, ref_hu=blood,
                       band_above_hu=CALCIUM_ABOVE_LUMEN_HU), None
