@@ -83,7 +83,7 @@ def setup(data: Path, slices: int, matrix: int) -> None:
                      seg_phase="unenhanced",
                      motion={p: Motion(shift_mm=s, rotation_deg=r) for p, (s, r) in MOTION.items()})
     marker = data / "ready.json"
-    if marker.exists() and json.loads(marker.read_text()) == spec.as_dict():
+    if marker.exists() and json.loads(marker.read_text()) == json.loads(json.dumps(spec.as_dict())):
         return
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(parents=True)
