@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "hccnode.store.audit_commands",
     "hccnode.imaging.commands",
     "hccnode.report.commands",
+    "hccnode.pipeline.commands",
 ]
 
 

@@ -31,6 +31,7 @@ MARKER_INPUTS = {
     "adc_mean_post": "adc_mean_tumor",
 }
 FOLLOW_UP_ONLY = {"t2_sir_post", "adc_mean_post"}
+GENERIC_INPUTS = {"tumor_size"}
 # Engine unit spellings for the marker units that differ from the UCUM the markers carry.
 CARD_UNITS = {"10*-3.mm2/s": "10^-3 mm^2/s"}
 
@@ -46,7 +47,9 @@ def run_cards(store: Store, study_uid: str, f: Findings, labs: Labs, *, follow_u
     results = []
     for card in sorted(cards.values(), key=lambda c: (c.status != "published", c.id, c.version)):
         wanted = [name for name, spec in card.inputs.items() if spec.source == "marker"]
-        if not any(MARKER_INPUTS.get(n) in markers for n in wanted):
+        # tumor size is measured in every study; it does not make an MR study a DECT one
+        anchors = [n for n in wanted if n not in GENERIC_INPUTS] or wanted
+        if not any(MARKER_INPUTS.get(n) in markers for n in anchors):
             continue
         paper = str(card.paper)[:3]
         inputs, notes = {}, []
