@@ -35,7 +35,9 @@ from hccnode.pipeline.labs import Labs
 from hccnode.pipeline.models import run_cards
 from hccnode.pipeline.regions import TUMOR_NOT_PLACED, Regions, complete_ct, complete_mr, reader_rois
 from hccnode.pipeline.study import Series, Study, StudyError
-from hccnode.report import Reference, ReportRoi, build_outputs
+from hccnode.report import Reference, ReportRoi, build_outputs, load_template
+from hccnode.report.inputs import analysis_key
+from hccnode.report.outputs import output_uids
 from hccnode.store import audit, outbox
 from hccnode.store.db import Store, now, schema
 
@@ -234,12 +236,22 @@ def _baseline(store: Store, study: Study, patient_key: str | None, f: Findings, 
     return True
 
 
-def _previous_sr(store: Store, study_uid: str) -> pydicom.Dataset | None:
-    rows = store.query("SELECT out_dir FROM analyses WHERE study_uid = ? ORDER BY id DESC LIMIT 1", (study_uid,))
-    if not rows:
-        return None
-    path = store.data_dir / rows[0]["out_dir"] / "sr.dcm"
-    return pydicom.dcmread(path) if path.exists() else None
+def _previous_sr(store: Store, study_uid: str, sr_uid: str) -> pydicom.Dataset | None:
+    """The SR the new one (`sr_uid`) replaces: the study's latest other SR. A re-run of an analysis
+    already made keeps what that analysis replaced, so the same UID always has the same content."""
+    rows = store.query("SELECT sr_uid, out_dir FROM analyses WHERE study_uid = ? ORDER BY id DESC", (study_uid,))
+    files = {r["sr_uid"]: store.data_dir / r["out_dir"] / "sr.dcm" for r in reversed(rows)}
+    if sr_uid in files:
+        if not files[sr_uid].exists():
+            return None
+        pred = pydicom.dcmread(files[sr_uid], stop_before_pixels=True).get("PredecessorDocumentsSequence")
+        if not pred:
+            return None
+        old = str(pred[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        path = files.get(old)
+    else:
+        path = next((files[r["sr_uid"]] for r in rows), None)
+    return pydicom.dcmread(path) if path is not None and path.exists() else None
 
 
 def _outputs(store: Store, study: Study, ref_series: Series | None, reference: Volume | None, regions: Regions,
@@ -256,11 +268,15 @@ def _outputs(store: Store, study: Study, ref_series: Series | None, reference: V
         ref, images, used = Reference(study.headers(image)), None, [image]
     sources = [ds for s in used for ds in study.headers(s)] + list(regions.annotations)
     rois = [ReportRoi.from_roi_mask(r) for r in regions.rois]
+    template = load_template()
+    key = analysis_key(sources, ref, rois, labs_used, result.model_results, template.digest)
+    sr_uid = output_uids(key, ref.study_uid, ref.series_uid)["sr"][1]
     tmp = store.data_dir / OUTPUTS_DIR / study.uid / f".tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     files = build_outputs(sources, ref, rois, f.measurements, result.model_results, labs_used, tmp,
                           ecv_map=f.ecv_map, images=images, missing=f.missing,
-                          previous_sr=_previous_sr(store, study.uid), data_dir=store.data_dir)
+                          previous_sr=_previous_sr(store, study.uid, sr_uid), template=template,
+                          data_dir=store.data_dir)
     uids = [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files]
     sr = pydicom.dcmread(tmp / "sr.dcm", stop_before_pixels=True)
     final = tmp.parent / str(sr.SOPInstanceUID)
