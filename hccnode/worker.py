@@ -71,7 +71,9 @@ class WorkerPool:
         with self._pool_lock:
             if self._pool is None:
                 # spawn: the node has many threads; forking them is unsafe.
-                self._pool = ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"))
+                # The workers log as the node does (a spawned process starts unconfigured).
+                self._pool = ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=log.setup, initargs=(self.cfg.log.level, self.cfg.log.file))
             return self._pool
 
     def _reset_pool(self) -> None:
