@@ -43,6 +43,10 @@ def run_job(data_dir: str, job_id: int, destinations: Sequence[str] = (), rules_
         store.close()
 
 
+def _warm_up() -> None:
+    import hccnode.pipeline  # noqa: F401 - the analysis modules (SimpleITK, highdicom, matplotlib)
+
+
 class WorkerPool:
     """`n` worker threads sharing a process pool of the same size."""
 
@@ -57,6 +61,9 @@ class WorkerPool:
                         for i in range(self.n)]
 
     def start(self) -> None:
+        # Start the worker processes now (imports included), not when the first study is waiting.
+        for _ in range(self.n):
+            self._executor().submit(_warm_up)
         for t in self.threads:
             t.start()
 

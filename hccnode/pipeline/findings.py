@@ -46,8 +46,14 @@ class Findings:
 def core(mask: np.ndarray) -> np.ndarray:
     """The ROI without its in-plane border voxels (see MIN_CORE_VOXELS)."""
     mask = np.asarray(mask, dtype=bool)
-    inner = ndimage.binary_erosion(mask, structure=_IN_PLANE)
-    return inner if inner.sum() >= MIN_CORE_VOXELS else mask
+    idx = np.nonzero(mask)
+    if not idx[0].size:
+        return mask
+    # erode inside the ROI's bounding box (plus one voxel): a 512 x 512 x 200 grid holds small ROIs
+    box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in idx)
+    inner = np.zeros_like(mask)
+    inner[box] = ndimage.binary_erosion(mask[box], structure=_IN_PLANE)
+    return inner if np.count_nonzero(inner[box]) >= MIN_CORE_VOXELS else mask
 
 
 def mean_in(image: np.ndarray, mask: np.ndarray) -> float:
