@@ -207,3 +207,31 @@ def _walk(items):
     for item in items or []:
         yield item
         yield from _walk(item.get("ContentSequence"))
+
+
+def test_analyze_cli_stores_a_folder_and_writes_the_outputs(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import NodeProcess
+    from hccnode.phantom import generate
+
+    generate(StudySpec(kind="cect", seed=9, slices=8, matrix=48, noise_sd=2.0, seg_phase="equilibrium"),
+             tmp_path / "in")
+    (tmp_path / "node").mkdir()
+    node = NodeProcess(tmp_path / "node")  # its configuration and data directory; not started
+    r = node.cli("analyze", "--dicom-dir", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--no-progress",
+                 timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ecv_tumor [tumor Tumor, reader]: not measured" in r.stdout and "tumor_diameter" in r.stdout
+    assert {"seg.dcm", "sr.dcm", "summary.dcm", "summary.pdf", "summary.png"} <= {p.name for p in (tmp_path / "out").iterdir()}
+    store = node.store()
+    rows = store.query("SELECT DISTINCT calling_ae FROM instances")
+    assert [r["calling_ae"] for r in rows] == ["ANALYZE"]  # stored through the spool, as a C-STORE would be
+    study = store.query("SELECT study_uid FROM studies")[0]["study_uid"]
+    again = node.cli("analyze", study, "--no-progress", timeout=300)
+    assert again.returncode == 0 and again.stdout.count("not measured") == r.stdout.count("not measured")
+    usage = subprocess.run([sys.executable, "-m", "hccnode", "-c", str(node.config_path), "analyze"],
+                           capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 2 and "STUDY_UID or --dicom-dir" in usage.stderr
+    store.close()

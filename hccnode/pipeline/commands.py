@@ -7,7 +7,7 @@ from pathlib import Path
 
 from hccnode import RESEARCH_USE
 
-STEPS = ("phases", "volumes", "rois", "markers", "models", "outputs")
+STEPS = ("phases", "volumes", "rois", "markers", "models", "outputs", "done")
 
 
 def register(sub) -> None:

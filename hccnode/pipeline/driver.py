@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -62,6 +63,9 @@ OUTPUTS_DIR = "outputs"
 # equilibrium), then the other enhanced phases.
 CT_REFERENCE_PHASES = ("equilibrium", "portal_venous", "arterial", "unenhanced")
 
+# ROI roles the markers of each kind of study use (papers 000-002 on CT, 003 on MR).
+ROLES = {"cect": {"tumor", "liver", "aorta"}, "dect": {"tumor", "liver", "aorta"}, "mr": {"tumor", "muscle"}}
+
 Progress = Callable[[str], None]
 
 
@@ -80,13 +84,14 @@ class Analysis:
     model_results: list[dict] = field(default_factory=list)
     queued: int = 0
     replaces: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step
 
     def as_record(self) -> dict[str, Any]:
         return {"study_uid": self.study_uid, "kind": self.kind, "output_uids": self.output_uids,
                 "card_versions": self.card_versions, "out_dir": str(self.out_dir) if self.out_dir else None,
                 "measured": sum(m.value is not None for m in self.measurements),
                 "not_measured": sum(m.value is None for m in self.measurements) + len(self.missing),
-                "missing": self.missing, "queued": self.queued, "replaces": self.replaces,
+                "missing": self.missing, "queued": self.queued, "replaces": self.replaces, "seconds": self.timings,
                 "software_version": hccnode.__version__}
 
 
@@ -108,7 +113,16 @@ def study_kind(study: Study) -> str:
 def analyze_study(store: Store, study_uid: str, *, destinations: Sequence[str] = (), job_id: int | None = None,
                   rules: RuleSet | None = None, progress: Progress | None = None) -> Analysis:
     """Analyse a stored study end to end (see the module docstring)."""
-    step = progress or (lambda _name: None)
+    timings: dict[str, float] = {}
+    clock = [time.perf_counter(), "start"]
+
+    def step(name: str) -> None:
+        t = time.perf_counter()
+        timings[clock[1]] = round(t - clock[0], 3)
+        clock[:] = [t, name]
+        if progress:
+            progress(name)
+
     ensure(store)
     step("phases")
     study = Study.load(store, study_uid, rules)
@@ -137,6 +151,11 @@ def analyze_study(store: Store, study_uid: str, *, destinations: Sequence[str] =
             complete_mr(regions, reference)
         else:
             complete_ct(regions, reference)
+        # the SEG shows where numbers came from: only the roles this kind of study measures
+        unused = sorted({r.role for r in regions.rois} - ROLES[kind])
+        regions.rois = [r for r in regions.rois if r.role in ROLES[kind]]
+        if unused:
+            f.note(f"reader's {', '.join(unused)} ROI(s) not used: no {kind.upper()} marker of papers 000-003 needs them")
         if not regions.by_role("tumor"):
             f.note(f"tumor not measured: {TUMOR_NOT_PLACED}")
         for note in regions.notes:
@@ -172,7 +191,10 @@ def analyze_study(store: Store, study_uid: str, *, destinations: Sequence[str] =
         for path in result.files:
             if outbox.enqueue(store, dest, path.relative_to(store.data_dir), study_uid, job_id) is not None:
                 result.queued += 1
-    log.event("pipeline.done", study=study_uid, kind=kind, outputs=len(result.files),
+    step("done")
+    timings.pop("start", None)
+    result.timings = timings
+    log.event("pipeline.done", study=study_uid, kind=kind, outputs=len(result.files), seconds=timings,
               measured=sum(m.value is not None for m in f.measurements),
               not_measured=sum(m.value is None for m in f.measurements) + len(f.missing), queued=result.queued)
     return result
@@ -259,7 +281,7 @@ def _outputs(store: Store, study: Study, ref_series: Series | None, reference: V
     by_uid = {s.uid: s for s in study.series}
     if reference is not None:
         ref = Reference.from_volume(reference, study.headers(ref_series))
-        images = sitk.GetArrayFromImage(reference.image)
+        images = sitk.GetArrayViewFromImage(reference.image)
         used = [by_uid[u] for u in sorted(f.series_used | {ref_series.uid}) if u in by_uid]
     else:
         image = next((s for s in study.series if s.modality in ("CT", "MR")), None)

@@ -37,8 +37,16 @@ class Regions:
     def by_role(self, role: str) -> list[RoiMask]:
         return [r for r in self.rois if r.role == role]
 
+    _arrays: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+
     def arrays(self, role: str) -> list[tuple[RoiMask, np.ndarray]]:
-        return [(r, sitk.GetArrayViewFromImage(r.mask) > 0) for r in self.by_role(role)]
+        """(ROI, bool mask z, y, x) of a role; each mask converted once."""
+        out = []
+        for r in self.by_role(role):
+            if id(r.mask) not in self._arrays:
+                self._arrays[id(r.mask)] = sitk.GetArrayViewFromImage(r.mask) > 0
+            out.append((r, self._arrays[id(r.mask)]))
+        return out
 
 
 def placer(name: str) -> Callable | None:
