@@ -76,3 +76,5 @@ def _write_seg(spec, truth, out: Path, index: int) -> None:
         "description": seg.SeriesDescription, "folder": str(folder), "n_instances": 1, "sop_instance_uids": [sop_uid],
         "referenced_series_instance_uid": source["series_instance_uid"],
         "segments": {str(n): name for n, name, *_ in SEGMENTS}})
+    if motion is not None:  # drawn on the moved anatomy, as its series
+        study["series"][-1]["motion"] = {"shift_mm": list(motion.shift_mm), "rotation_deg": motion.rotation_deg}
