@@ -97,10 +97,11 @@ class Aligner:
 
     def _resample(self, image: sitk.Image, tx: sitk.Transform | None, interp) -> sitk.Image:
         ref = self.reference.image
+        if image.GetPixelID() != sitk.sitkFloat32:
+            image = sitk.Cast(image, sitk.sitkFloat32)
         if tx is None and _same_grid(image, ref):
-            return sitk.Cast(image, sitk.sitkFloat32)
-        return sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), ref, tx or sitk.Transform(), interp, float("nan"),
-                             sitk.sitkFloat32)
+            return image  # volumes are float32 already: no copy
+        return sitk.Resample(image, ref, tx or sitk.Transform(), interp, float("nan"), sitk.sitkFloat32)
 
 
 def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,22 +44,46 @@ class Findings:
         return next((m for m in self.measurements if m.marker == marker), None)
 
 
-def core(mask: np.ndarray) -> np.ndarray:
-    """The ROI without its in-plane border voxels (see MIN_CORE_VOXELS)."""
-    mask = np.asarray(mask, dtype=bool)
-    idx = np.nonzero(mask)
+_CORES: dict[int, tuple[weakref.ref, np.ndarray, tuple[slice, ...]]] = {}
+
+
+def _core_and_box(mask: np.ndarray) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """The core of `mask` and the bounding box around it, computed once per mask array."""
+    hit = _CORES.get(id(mask))
+    if hit is not None and hit[0]() is mask:
+        return hit[1], hit[2]
+    m = np.asarray(mask, dtype=bool)
+    idx = np.nonzero(m)
     if not idx[0].size:
-        return mask
+        return m, tuple(slice(0, n) for n in m.shape)
     # erode inside the ROI's bounding box (plus one voxel): a 512 x 512 x 200 grid holds small ROIs
     box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in idx)
-    inner = np.zeros_like(mask)
-    inner[box] = ndimage.binary_erosion(mask[box], structure=_IN_PLANE)
-    return inner if np.count_nonzero(inner[box]) >= MIN_CORE_VOXELS else mask
+    inner = ndimage.binary_erosion(m[box], structure=_IN_PLANE)
+    out = np.zeros_like(m)
+    if np.count_nonzero(inner) >= MIN_CORE_VOXELS:
+        out[box] = inner
+    else:
+        out = m
+    key = id(mask)
+    _CORES[key] = (weakref.ref(mask, lambda _ref, k=key: _CORES.pop(k, None)), out, box)
+    return out, box
+
+
+def core(mask: np.ndarray) -> np.ndarray:
+    """The ROI without its in-plane border voxels (see MIN_CORE_VOXELS)."""
+    return _core_and_box(mask)[0]
 
 
 def mean_in(image: np.ndarray, mask: np.ndarray) -> float:
     """Mean of `image` over the ROI core (ValueError if any core voxel has no data)."""
-    return roi_mean(image, core(mask))
+    inner, box = _core_and_box(mask)
+    return roi_mean(np.asarray(image)[box], inner[box])
+
+
+def values_in(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The image values in the ROI core."""
+    inner, box = _core_and_box(mask)
+    return np.asarray(image)[box][inner[box]]
 
 
 def mean_over(image: np.ndarray, masks: list[np.ndarray]) -> float:

@@ -16,7 +16,7 @@ from hccnode.imaging import sir
 from hccnode.imaging.measure import FORMULAS, Measurement, SeriesRef
 from hccnode.imaging.volumes import Volume
 from hccnode.pipeline.align import Aligner
-from hccnode.pipeline.findings import Findings, core, mean_in, mean_over
+from hccnode.pipeline.findings import Findings, mean_in, mean_over, values_in
 from hccnode.pipeline.regions import Regions
 from hccnode.pipeline.study import Study
 
@@ -87,7 +87,7 @@ def measure_mr(study: Study, t2: Volume, aligner: Aligner, regions: Regions, f: 
         reason = why_adc
         if not reason:
             try:
-                stats = sir.adc_stats([adc_a[core(mask)]], unit)
+                stats = sir.adc_stats([values_in(adc_a, mask)], unit)
             except ValueError as exc:
                 reason = str(exc)
         for key, formula in ADC_FORMULAS.items():
