@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-SYSTEM_TOOLS := storescu storescp echoscu dsrdump dciodvfy Orthanc openssl
+SYSTEM_TOOLS := storescu storescp echoscu dsrdump dciodvfy Orthanc openssl chromium chromedriver
 ORTHANC_PYTHON := /usr/share/orthanc/plugins/libOrthancPython.so
 
 .PHONY: run test venv system-deps bench clean
@@ -19,13 +19,14 @@ venv: $(VENV)/.installed
 run: venv
 	$(VENV)/bin/hccnode serve
 
-# Installs dcmtk, dicom3tools and Orthanc (with its Python plugin) when any is missing.
+# Installs dcmtk, dicom3tools, Orthanc (with its Python plugin) and Chromium (headless browser
+# for the status page tests) when any is missing.
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
 	[ -f $(ORTHANC_PYTHON) ] || missing="$$missing orthanc-python"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages (missing:$$missing)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools orthanc orthanc-python openssl >/dev/null; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools orthanc orthanc-python openssl chromium chromium-driver >/dev/null; \
 	fi
 
 test: system-deps venv

@@ -18,6 +18,7 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 COMMAND_MODULES = [
     "hccnode.net.commands",
+    "hccnode.net.priors_commands",
     "hccnode.labs.commands",
     "hccnode.models.commands",
     "hccnode.phantom.commands",

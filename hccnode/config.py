@@ -8,6 +8,7 @@ naming the key, so a typo never passes silently.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -104,6 +105,32 @@ class PhasesSection:
 
 
 @dataclass
+class StatusSection:
+    """The read-only status page and JSON health endpoint (hccnode.status)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 11180
+    allow_remote: bool = False       # the page has no login: a non-loopback host needs this set
+    recent_studies: int = 20         # studies shown, newest first
+    lab_silent_hours: float = 24.0   # /health degraded after this long without an HL7 message; 0: never
+
+
+@dataclass
+class PriorsSection:
+    """Baseline MRI from the PACS for a follow-up (paper 003 pairing; hccnode.net.priors)."""
+
+    enabled: bool = False           # fetch automatically when an MR follow-up is analysed
+    pacs: str = ""                  # "AE@host:port" of the Query/Retrieve SCP; empty: first [forward] destination
+    retrieve: str = "auto"          # "move" (C-MOVE to node.ae_title), "get" (C-GET), "auto" (move, else get)
+    tolerance_days: float = 7.0     # scheduling margin around paper 003's interval (not published there)
+    timeout: float = 120.0          # seconds for association set-up and for each DIMSE response
+
+
+RETRIEVE_METHODS = ("move", "get", "auto")
+
+
+@dataclass
 class LogSection:
     level: str = "INFO"
     file: str = ""  # empty: standard error
@@ -118,6 +145,8 @@ class Config:
     hl7: HL7Section = field(default_factory=HL7Section)
     tls: TLSSection = field(default_factory=TLSSection)
     phases: PhasesSection = field(default_factory=PhasesSection)
+    priors: PriorsSection = field(default_factory=PriorsSection)
+    status: StatusSection = field(default_factory=StatusSection)
     log: LogSection = field(default_factory=LogSection)
     source: str = "defaults"  # where the values came from
 
@@ -175,7 +204,7 @@ def _validate(cfg: Config) -> None:
     for key, ae in (("node.ae_title", cfg.node.ae_title), ("forward.ae_title", cfg.forward.ae_title)):
         if not AE_RE.match(ae) or not ae.strip():
             raise ConfigError(f"{key}: {ae!r} is not a valid AE title (1-16 characters, no backslash)")
-    for key, port in (("node.port", cfg.node.port), ("hl7.port", cfg.hl7.port)):
+    for key, port in (("node.port", cfg.node.port), ("hl7.port", cfg.hl7.port), ("status.port", cfg.status.port)):
         if not 0 <= port <= 65535:
             raise ConfigError(f"{key}: {port} is not a TCP port")
     for i, entry in enumerate(cfg.node.allowed):
@@ -199,12 +228,42 @@ def _validate(cfg: Config) -> None:
                 raise ConfigError(f"tls.{key}: {value!r} is not a readable file")
     if not 0 <= cfg.tls.port <= 65535:
         raise ConfigError(f"tls.port: {cfg.tls.port} is not a TCP port")
+    if not cfg.status.allow_remote and not is_loopback_host(cfg.status.host):
+        raise ConfigError(f"status.host: {cfg.status.host!r} is not a loopback address (127.0.0.0/8, ::1, localhost);"
+                          " the status page has no login, set status.allow_remote = true to serve it there")
+    if cfg.status.recent_studies < 1:
+        raise ConfigError("status.recent_studies: must be at least 1")
+    if cfg.status.lab_silent_hours < 0:
+        raise ConfigError("status.lab_silent_hours: must not be negative")
     if cfg.node.max_associations < 1:
         raise ConfigError("node.max_associations: must be at least 1")
     if cfg.study.stable_seconds < 0:
         raise ConfigError("study.stable_seconds: must not be negative")
+    if cfg.priors.pacs:
+        try:
+            parse_destination(cfg.priors.pacs)
+        except ValueError as exc:
+            raise ConfigError(f"priors.pacs: {exc}") from None
+    elif cfg.priors.enabled and not cfg.forward.destinations:
+        raise ConfigError("priors.pacs: required when priors.enabled is true and [forward] destinations is empty")
+    if cfg.priors.retrieve not in RETRIEVE_METHODS:
+        raise ConfigError(f"priors.retrieve: {cfg.priors.retrieve!r} is not one of {', '.join(RETRIEVE_METHODS)}")
+    if cfg.priors.tolerance_days < 0:
+        raise ConfigError("priors.tolerance_days: must not be negative")
+    if cfg.priors.timeout <= 0:
+        raise ConfigError("priors.timeout: must be positive")
     if cfg.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"log.level: {cfg.log.level!r} is not DEBUG, INFO, WARNING or ERROR")
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for 'localhost' and loopback IP literals; a name that needs DNS is not trusted to be."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)

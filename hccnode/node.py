@@ -11,6 +11,7 @@ from hccnode.labs import requeue
 from hccnode.labs.mllp import MllpListener
 from hccnode.net.forward import Forwarder, client_tls
 from hccnode.net.scp import StorageSCP
+from hccnode.status.server import StatusServer
 from hccnode.store import audit
 from hccnode.store.db import Store
 from hccnode.store.spool import Spool
@@ -28,6 +29,7 @@ class Node:
         self.watcher = Watcher(cfg, self.stop_event)
         self.forwarder = Forwarder(cfg.data_dir, cfg.forward, self.stop_event, client_tls(cfg))
         self.mllp = MllpListener.from_config(cfg, self.store, on_stored=self.on_labs) if cfg.hl7.enabled else None
+        self.status = StatusServer(cfg) if cfg.status.enabled else None
 
     def on_labs(self, stored) -> None:
         """A lab result arrived: re-analyse the studies whose matched value it changes."""
@@ -48,12 +50,16 @@ class Node:
         self.watcher.start()
         self.workers.start()
         self.forwarder.start()
+        if self.status:
+            self.status.start()
         log.event("node.ready", ae=self.cfg.node.ae_title, port=self.scp.port if self.scp.server else None,
                   tls_port=self.scp.tls_port, workers=self.workers.n)
 
     def stop(self) -> None:
         log.event("node.stopping")
         self.stop_event.set()
+        if self.status:
+            self.status.stop()
         self.scp.stop()
         if self.mllp:
             self.mllp.stop()

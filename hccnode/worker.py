@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import socket
 import threading
-import uuid
 from concurrent.futures import ProcessPoolExecutor, TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from typing import Sequence
@@ -54,7 +52,6 @@ class WorkerPool:
         self.cfg = cfg
         self.stop = stop
         self.n = cfg.worker_processes()
-        self.owner_prefix = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._pool: ProcessPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self.threads = [threading.Thread(target=self._loop, args=(i,), name=f"worker-{i}", daemon=True)
@@ -91,7 +88,7 @@ class WorkerPool:
 
     def _loop(self, index: int) -> None:
         store = Store(self.cfg.data_dir)
-        owner = f"{self.owner_prefix}:{index}"
+        owner = jobs.worker_owner(index)
         wcfg = self.cfg.worker
         while not self.stop.is_set():
             try:
@@ -102,7 +99,11 @@ class WorkerPool:
             if job is None:
                 self.stop.wait(wcfg.poll_seconds)
                 continue
-            self._run(store, job, owner)
+            try:
+                self._run(store, job, owner)
+            except Exception:  # e.g. the index is full when recording the outcome: the lease
+                log.event("worker.error", level=40, job=job.id, exc_info=True)  # expires, the job reruns
+                self.stop.wait(wcfg.poll_seconds)
         store.close()
 
     def _run(self, store: Store, job: jobs.Job, owner: str) -> None:

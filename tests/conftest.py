@@ -66,6 +66,7 @@ class NodeProcess:
     def __init__(self, workdir: Path, **sections):
         self.workdir = workdir
         self.port = free_port()
+        self.status_port = free_port()
         self.data_dir = workdir / "data"
         self.log_path = workdir / "node.log"
         cfg = {
@@ -74,6 +75,7 @@ class NodeProcess:
             "worker": {"processes": 1, "lease_seconds": 10.0, "poll_seconds": 0.2},
             "forward": {"retry_base_seconds": 0.3, "retry_max_seconds": 2.0, "poll_seconds": 0.2},
             "hl7": {"enabled": False},
+            "status": {"port": self.status_port},
         }
         for name, values in sections.items():
             cfg.setdefault(name, {}).update(values)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import subprocess
+import sys
 
 import pytest
 
@@ -72,3 +74,12 @@ def test_log_event_refuses_phi_fields_and_formats_one_line(caplog):
     with caplog.at_level(logging.INFO, logger="hccnode"):
         log.event("instance.stored", sop="1.2.3", reason="two words")
     assert caplog.messages[-1] == 'instance.stored sop=1.2.3 reason="two words"'
+
+
+def test_node_process_does_not_load_analysis_libraries():
+    """The serving process hands analysis to worker processes; loading SimpleITK, highdicom or
+    matplotlib there would cost ~150 MB of RSS for nothing (issue 3: node RSS < 300 MB)."""
+    code = ("import sys; from hccnode import cli, node; cli.build_parser(); "
+            "print(sorted(m for m in ('SimpleITK', 'highdicom', 'matplotlib', 'sklearn', 'lifelines') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

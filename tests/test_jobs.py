@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+
 import pytest
 
-from hccnode.store import jobs
+from hccnode.store import jobs, lease
 from hccnode.store.db import Store
 
 
@@ -75,3 +79,27 @@ def test_requeue_for_an_outside_input_moves_the_seq_and_queues_once(store):
     assert jobs.get(store, new)["study_seq"] == 2
     assert jobs.queue_stable_studies(store, 5) == []          # the watcher does not add another
     assert jobs.requeue(store, "9.9.9", "lab") is None         # unknown study
+
+
+def test_a_job_of_a_dead_worker_process_is_claimed_at_once_and_a_live_ones_is_not(store):
+    """After kill -9 the restarted node takes the job back without waiting out the lease."""
+    add_study(store, "1.2.3")
+    add_study(store, "1.2.4")
+    jobs.queue_stable_studies(store, stable_seconds=5)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(30)
+    try:
+        live_owner = f"{socket.gethostname()}:{live.pid}:{lease._proc_stat(live.pid)[1]}/0"
+        dead_owner = f"{socket.gethostname()}:{dead.pid}:1/0"
+        a = jobs.claim(store, live_owner, lease_seconds=300)
+        b = jobs.claim(store, live_owner, lease_seconds=300)
+        assert a and b
+        store.conn().execute("UPDATE jobs SET lease_owner = ? WHERE id = ?", (dead_owner, a.id))
+        assert not lease.owner_alive(dead_owner.split("/")[0])
+        again = jobs.claim(store, jobs.worker_owner(0), lease_seconds=300)
+        assert again is not None and again.id == a.id and again.attempts == 2
+        assert jobs.claim(store, jobs.worker_owner(1), lease_seconds=300) is None   # the live one keeps its job
+    finally:
+        live.kill()
+        live.wait(10)

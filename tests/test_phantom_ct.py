@@ -191,7 +191,9 @@ def test_dect_standard_multienergy_tags(dect):
     iod = read_series(series_folder(out, truth, "dect_iodine", phase="arterial"))[0]
     assert iod.ImageType[3] == "MAT_SPECIFIC" and iod.RescaleType == "MGML"
     rwvm = iod.RealWorldValueMappingSequence[0]
-    assert rwvm.MeasurementUnitsCodeSequence[0].CodeValue == "mg/mL"
+    assert rwvm.MeasurementUnitsCodeSequence[0].CodeValue == "mg/ml"      # CID 301 spelling
+    assert iod.MultienergyCTProcessingSequence[0].DecompositionMaterialSequence[0].MaterialCodeSequence[0].CodeValue \
+        == "44588005"                                                        # SCT Iodine, CID 300
     assert "ContrastBolusAgent" in iod
 
 

@@ -12,9 +12,13 @@ from hccnode.phantom.enhancement import (DEFAULT_TISSUES, blood_enhancement_hu, 
 
 
 def test_iodine_coefficients_at_nist_table_points():
-    # NIST XCOM: iodine 22.10 cm2/g, water 0.2683 cm2/g at 40 keV; 1.942 and 0.1707 at 100 keV
+    # NIST SRD 126 (X-ray mass attenuation coefficients), iodine z53 and liquid water tables:
+    # 22.10 / 0.2683 cm2/g at 40 keV, 7.579 / 0.2059 at 60 keV, 1.942 / 0.1707 at 100 keV
     assert iodine_hu_per_mg_ml(40) == pytest.approx(22.10 / 0.2683)
+    assert iodine_hu_per_mg_ml(60) == pytest.approx(7.579 / 0.2059)
     assert iodine_hu_per_mg_ml(100) == pytest.approx(1.942 / 0.1707)
+    # 70 keV lies between the 60 and 80 keV nodes (log-log): about 25 HU per mg/mL
+    assert 7.579 / 0.2059 > iodine_hu_per_mg_ml(70) > 3.510 / 0.1837
     ks = [iodine_hu_per_mg_ml(k) for k in range(40, 101, 5)]
     assert all(a > b for a, b in zip(ks, ks[1:]))
     with pytest.raises(ValueError):

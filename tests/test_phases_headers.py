@@ -98,3 +98,48 @@ def test_malformed_numbers_do_not_stop_a_series():
     ds[0x00280008] = RawDataElement(Tag(0x00280008), "IS", 4, b"abc ", 0, True, True)
     h = header_from_datasets([ds], TAGS)
     assert h.series_number is None and h.frame_count == 1
+
+
+
+def _me_ct(uid, value4, material=None, kev=None):
+    """A CT header written the PS3.3 multi-energy way (Image Type value 4, characteristics, materials)."""
+    ds = Dataset()
+    ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.Modality = uid, "1", "CT"
+    ds.ImageType = ["DERIVED", "PRIMARY", "AXIAL", value4]
+    ds.MultienergyCTAcquisition = "YES"
+    if kev is not None:
+        ch = Dataset()
+        ch.MonoenergeticEnergyEquivalent = kev
+        ds.MultienergyCTCharacteristicsSequence = Sequence([ch])
+    if material is not None:
+        code = Dataset()
+        code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = material
+        m = Dataset()
+        m.MaterialCodeSequence = Sequence([code])
+        item = Dataset()
+        item.DecompositionMaterialSequence = Sequence([m])
+        ds.MultienergyCTProcessingSequence = Sequence([item])
+    return ds
+
+
+def test_standard_multienergy_headers_to_kinds():
+    from hccnode.imaging.phases import classify_study
+    iodine, calcium = ("44588005", "SCT", "Iodine"), ("5540006", "SCT", "Calcium")   # CID 300 materials
+    series = {
+        "1.5.1": (_me_ct("1.5.1", "VMI", kev=50.0), "dect_vmi"),
+        "1.5.2": (_me_ct("1.5.2", "MAT_SPECIFIC", iodine), "dect_iodine"),
+        # keV of the VMI a material-removed image was made from (PS3.3 C.8.15.3.12) is not a VMI
+        "1.5.3": (_me_ct("1.5.3", "MAT_REMOVED", iodine, kev=70.0), "dect_vnc"),
+        "1.5.4": (_me_ct("1.5.4", "MAT_SPECIFIC", calcium), "other"),
+        "1.5.5": (_me_ct("1.5.5", "MAT_VALUE_BASED"), "other"),
+        "1.5.6": (_me_ct("1.5.6", "EFF_ATOMIC_NUM"), "other"),
+        # a localised code meaning: the CID 300 code value still says iodine
+        "1.5.7": (_me_ct("1.5.7", "MAT_SPECIFIC", ("44588005", "SCT", "Jod")), "dect_iodine"),
+    }
+    hs = [header_from_datasets([ds], TAGS) for ds, _ in series.values()]
+    by_uid = {h.series_uid: h for h in hs}
+    assert by_uid["1.5.3"].kev == 70.0 and by_uid["1.5.1"].multienergy
+    assert by_uid["1.5.2"].materials == ("Iodine", "SCT:44588005")
+    got = {d.series_uid: d for d in classify_study(hs, load_rules())}
+    assert {u: got[u].kind for u in series} == {u: k for u, (_, k) in series.items()}
+    assert got["1.5.1"].kev == 50.0

@@ -105,3 +105,70 @@ def test_rules_file_from_the_configuration(tmp_path, capsys):
     cfg.write_text(f'[node]\ndata_dir = "{tmp_path}"\n[phases]\nrules_file = "{bad}"\n')
     assert cli.main(["-c", str(cfg), "phases", "--check-rules"]) == 2
     assert "timing" in capsys.readouterr().err
+
+
+# Series descriptions as real scanners/sites write them (sources in phase_rules.toml, "kind: DECT,
+# vendor names"): Philips spectral result names with their unit suffix, Siemens Monoenergetic Plus and
+# RhoZ maps, one GE GSI site's names.
+@pytest.mark.parametrize("desc,kind,kev", [
+    ("MonoE 40keV[HU]", "dect_vmi", 40.0),                       # Philips
+    ("MonoE 120keV[HU]", "dect_vmi", 120.0),
+    ("Iodine Density[mg/ml]", "dect_iodine", None),
+    ("Iodine no Water[mg/ml*]", "dect_iodine", None),
+    ("VNC[HU*]", "dect_vnc", None),
+    ("Z Effective", "other", None),
+    ("Electron Density[%EDW]", "other", None),
+    ("Calcium Suppression 25 Index[HU*]", "other", None),
+    ("DE Caput  2.0  Q30s  2 Monoenergetic Plus 60 keV", "dect_vmi", 60.0),   # Siemens
+    ("DE Caput  2.0  Q30s  2 RhoZ Rho", "other", None),
+    ("DE Caput  2.0  Q30s  2 RhoZ Z", "other", None),
+    ("ART IODINE (WATER)", "dect_iodine", None),                 # GE GSI site
+    ("VUE", "dect_vnc", None),
+    ("2.5 60keV", "dect_vmi", 60.0),
+])
+def test_real_vendor_dect_result_names(desc, kind, kev):
+    from hccnode.imaging.phases import classify_study
+    from hccnode.imaging.series_header import SeriesHeader
+    d = classify_study([SeriesHeader("1", modality="CT", series_description=desc)], load_rules())[0]
+    assert d.kind == kind, d.reasons
+    assert d.kev == kev
+
+
+@pytest.mark.parametrize("desc,kind,phase", [
+    ("ART IODINE (WATER)", "dect_iodine", "arterial"), ("VEN 70keV", "dect_vmi", "portal_venous"),
+    ("5 min 70 keV", "dect_vmi", "equilibrium"), ("ART 50keV", "dect_vmi", "arterial"),
+])
+def test_ge_site_names_give_kind_and_phase(desc, kind, phase):
+    from hccnode.imaging.phases import classify_study
+    from hccnode.imaging.series_header import SeriesHeader
+    d = classify_study([SeriesHeader("1", modality="CT", series_description=desc)], load_rules())[0]
+    assert (d.kind, d.phase) == (kind, phase), d.reasons
+
+
+def test_standard_value_4_terms_are_the_ps33_defined_terms():
+    # PS3.3 C.8.2.1.1.1 spells the value-based image MAT_VALUE_BASED; no rule may use a made-up term.
+    defined = {"VMI", "MAT_SPECIFIC", "MAT_REMOVED", "MAT_FRACTIONAL", "EFF_ATOMIC_NUM", "ELECTRON_DENSITY",
+               "MAT_MODIFIED", "MAT_VALUE_BASED"}
+    used = set()
+    for r in load_rules().header_rules:
+        if r.name.startswith("std-") and not any(x.startswith("mr_") for x in r.labels):
+            for m in r.when + r.unless:
+                if m.field == "image_type" and m.any_of:
+                    used |= m.any_of
+    assert used and used <= defined, used - defined
+    assert "MAT_VALUE_BASED" in used
+
+
+def test_with_and_without_contrast_site_names():
+    # One GE site's names (public code): "STD WO" unenhanced; "STD WC ABD" enhanced, phase from timing.
+    from hccnode.imaging.phases import classify_study
+    from hccnode.imaging.series_header import SeriesHeader
+    t0 = 8 * 3600.0
+    rules = load_rules()
+    wo = classify_study([SeriesHeader("1", modality="CT", series_description="STD WO")], rules)[0]
+    assert wo.kind == "ct_unenhanced", wo.reasons
+    wc = classify_study([SeriesHeader("1", modality="CT", series_description="STD WC ABD")], rules)[0]
+    assert wc.kind == "ambiguous" and any(r["rule"] == "with-contrast-text" for r in wc.reasons)
+    timed = classify_study([SeriesHeader("1", modality="CT", series_description="STD WC ABD",
+                                         acquisition_s=t0 + 70, contrast_start_s=t0)], rules)[0]
+    assert timed.kind == "ct_portal_venous", timed.reasons

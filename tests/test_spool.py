@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 from pathlib import Path
 
 import pydicom
@@ -14,6 +13,7 @@ from dicomgen import ct_series
 from hccnode.net import status
 from hccnode.store.db import Store
 from hccnode.store.spool import Spool, header_row
+from node_support import tmpfs
 
 
 def received(path: Path) -> tuple[str, str, str, bytes]:
@@ -98,17 +98,10 @@ def test_header_row_reads_multiframe_functional_groups():
     assert row["image_position"] == "[-10.0, -20.0, 30.0]" and row["number_of_frames"] == 3
 
 
-def _mount_tmpfs(path: Path, size: str) -> bool:
-    path.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True).returncode == 0
-
-
 def test_disk_full_answers_out_of_resources_and_recovers(tmp_path, monkeypatch):
     f = ct_series(tmp_path / "in", n=2, size=256)
     mnt = tmp_path / "small"
-    mounted = _mount_tmpfs(mnt, "4m")
-    try:
+    with tmpfs(mnt, "4m") as mounted:
         spool = Spool(Store(mnt / "data"))
         spool.store.conn().execute("PRAGMA wal_autocheckpoint=0")
         filler = mnt / "filler"
@@ -132,6 +125,3 @@ def test_disk_full_answers_out_of_resources_and_recovers(tmp_path, monkeypatch):
             monkeypatch.setattr(os, "write", real_write)
         res = spool.ingest(*received(f[1]))                   # space is back: stored again
         assert res.status == status.SUCCESS
-    finally:
-        if mounted:
-            subprocess.run(["umount", "-l", str(mnt)])

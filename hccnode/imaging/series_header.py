@@ -46,7 +46,7 @@ class SeriesHeader:
     acquisition_s: float | None = None         # earliest acquisition time, seconds (dated when possible)
     multienergy: bool = False
     kev: float | None = None                   # Monoenergetic Energy Equivalent
-    materials: tuple[str, ...] = ()
+    materials: tuple[str, ...] = ()            # Material Code Sequence meanings and SCHEME:VALUE
     b_values: tuple[float, ...] = ()           # distinct b-values, s/mm2
     b_value_sources: tuple[str, ...] = ()
     echo_time: float | None = None             # ms
@@ -285,9 +285,12 @@ def header_from_datasets(datasets: Sequence[Dataset], b_value_tags: Sequence[BVa
             if h.kev is None:
                 h.kev = _float(_get(item, "MonoenergeticEnergyEquivalent"))
             for code in _get(item, "MaterialCodeSequence") or []:
-                meaning = _str(_get(code, "CodeMeaning"))
-                if meaning and meaning not in materials:
-                    materials.append(meaning)
+                # The meaning may be localised; the coded value (CID 300, e.g. SCT:44588005 iodine) is not.
+                value = _str(_get(code, "CodeValue"))
+                scheme = _str(_get(code, "CodingSchemeDesignator"))
+                for m in (_str(_get(code, "CodeMeaning")), f"{scheme}:{value}" if scheme and value else ""):
+                    if m and m not in materials:
+                        materials.append(m)
         bv, src = _b_values(ds, b_value_tags)
         b_values.extend(bv)
         b_sources.extend(s for s in src if s not in b_sources)

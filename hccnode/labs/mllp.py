@@ -25,9 +25,11 @@ from hccnode import log
 from hccnode.labs import catalog as catalog_mod
 from hccnode.labs import hl7v2
 from hccnode.labs.store import Stored, save_raw
+from hccnode.store import audit
 from hccnode.store.db import Store
 
 SB, EB = b"\x0b", b"\x1c"
+REFUSE_DRAIN_SECONDS = 1.0  # how long a refused peer may take to close its side
 
 
 class FrameReader:
@@ -186,11 +188,9 @@ class MllpListener:
     def _serve(self, sock: socket.socket, address) -> None:
         peer = f"{address[0]}:{address[1]}"
         if self.restricted and not self._allowed(address[0]):
-            log.event("hl7.refused", level=logging.WARNING, peer=peer, reason="not in hl7.allowed_hosts")
-            return
+            return self._refuse(sock, peer, "not in hl7.allowed_hosts")
         if not self._slots.acquire(blocking=False):
-            log.event("hl7.refused", level=logging.WARNING, peer=peer, reason="too many connections")
-            return
+            return self._refuse(sock, peer, "too many connections")
         with self._lock:
             self._conns.add(sock)
             self._threads.add(threading.current_thread())
@@ -206,6 +206,30 @@ class MllpListener:
             self._slots.release()
             self.store.close()  # this thread's database connection
             log.event("hl7.disconnected", peer=peer)
+
+    def _refuse(self, sock: socket.socket, peer: str, reason: str) -> None:
+        """Close a connection we will not serve, without reading what it sent: log and audit the
+        peer and the reason (never the message, which may carry PHI), send FIN, and discard what
+        the peer sends until it closes too (bounded), so it sees a clean close rather than a reset."""
+        log.event("hl7.refused", level=logging.WARNING, peer=peer, reason=reason)
+        try:
+            audit.append(self.store, "hl7.refused", f"host:{peer.rsplit(':', 1)[0]}", peer=peer, reason=reason)
+        except Exception as exc:
+            log.event("audit.failed", level=logging.ERROR, audit_event="hl7.refused", error=type(exc).__name__)
+        finally:
+            self.store.close()  # this thread's database connection
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + REFUSE_DRAIN_SECONDS
+            discarded = 0
+            while discarded <= self.max_bytes and (left := deadline - time.monotonic()) > 0:
+                sock.settimeout(left)
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                discarded += len(chunk)
+        except OSError:
+            pass
 
     def _allowed(self, ip: str) -> bool:
         try:

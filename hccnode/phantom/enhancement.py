@@ -12,7 +12,8 @@ Contrast model (all values are the phantom's own, stated here so tests can rely 
   001_c4ba0269da651d59.txt, "Image analysis"). Before equilibrium the liver lags (portal
   supply) and an HCC shows arterial hyperenhancement and portal washout.
 * Iodine: ΔHU = IC · k(E) with k(E) = (μ/ρ)_iodine(E) / (μ/ρ)_water(E) in HU per mg/mL
-  (NIST XCOM mass attenuation coefficients, log-log interpolated). Conventional (polychromatic)
+  (ΔHU = 1000 · Δμ/μ_water and 1 mg/mL adds 10⁻³ g/cm³ of iodine; μ/ρ from the NIST X-ray mass
+  attenuation tables, log-log interpolated; sources at _MU_IODINE below). Conventional (polychromatic)
   images are treated as 70 keV equivalent, so IC = ΔHU_conventional / k(70).
   Hence NIC = IC_tissue / IC_aorta and ECV = NIC · (1 − HCT) in equilibrium (paper 000).
 * Virtual monoenergetic images: HU(E) = HU_unenhanced + IC · k(E); the base attenuation is
@@ -32,9 +33,18 @@ from hccnode.phantom.anatomy import Label
 
 PHASES = ("unenhanced", "arterial", "portal", "equilibrium")
 
-# NIST XCOM mass attenuation coefficients (cm²/g) at 40, 50, 60, 80, 100 keV.
+# Total mass attenuation coefficients μ/ρ (cm²/g, with coherent scattering) from NIST Standard
+# Reference Database 126 (Hubbell & Seltzer, NISTIR 5632; https://www.nist.gov/pml/x-ray-mass-attenuation-coefficients),
+# at its own table nodes 40, 50, 60, 80, 100 keV:
+#   iodine, ElemTab/z53.html: 22.10, 12.32, 7.579, 3.510, 1.942 (values as quoted from that page in
+#     build_nai_mu_rho.py, a public GitHub file found by content; an earlier typed-from-memory 7.583 at
+#     60 keV was wrong). The K edge lies at 33.1694 keV (6.553 -> 35.82 cm²/g), below this table, so no
+#     interpolation here crosses it.
+#   liquid water, ComTab/water.html: 0.2683, 0.2269, 0.2059, 0.1837, 0.1707 (the same numbers appear in
+#     several independent public copies of that table labelled "NIST Standard Reference Database 126").
+# 70 and 90 keV are not NIST nodes: they are log-log interpolated between the neighbouring nodes.
 _KEV = np.array([40.0, 50.0, 60.0, 80.0, 100.0])
-_MU_IODINE = np.array([22.10, 12.32, 7.583, 3.510, 1.942])
+_MU_IODINE = np.array([22.10, 12.32, 7.579, 3.510, 1.942])
 _MU_WATER = np.array([0.2683, 0.2269, 0.2059, 0.1837, 0.1707])
 CONVENTIONAL_KEV = 70.0
 

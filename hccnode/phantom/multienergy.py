@@ -4,7 +4,21 @@ Used by the "standard" vendor style: Multi-energy CT Acquisition = YES, ImageTyp
 (VMI / MAT_SPECIFIC / MAT_REMOVED), an acquisition description (one source switching between two
 kVp, one energy-integrating detector, two paths), the per-image characteristics (monoenergetic
 energy equivalent for VMIs, the material for iodine maps) and a Real World Value Mapping with
-UCUM units, so a reader can tell an iodine map in mg/mL from an image in HU without vendor rules.
+UCUM units, so a reader can tell an iodine map in mg/ml from an image in HU without vendor rules.
+
+Checked (2026-12) against:
+- PS3.3 C.8.2.1.1.1 Image Type Value 4 Defined Terms for multi-energy CT (VMI, MAT_SPECIFIC,
+  MAT_REMOVED, MAT_FRACTIONAL, EFF_ATOMIC_NUM, ELECTRON_DENSITY, MAT_MODIFIED, MAT_VALUE_BASED) and
+  C.8.15.3.12 (Monoenergetic Energy Equivalent (0018,937C), keV, required when Value 4 is VMI), as
+  reproduced at dicom.innolitics.com and in the defined-term tables of dicom3tools' dciodvfy
+  (which also lists SWITCHING_SOURCE / CONSTANT_SOURCE, INTEGRATING / MULTILAYER / PHOTON_COUNTING
+  and PROJECTION_BASED / IMAGE_BASED / HYBRID used below).
+- Every attribute keyword written here exists in pydicom 3.0.2's data dictionary (e.g.
+  MultienergyCTAcquisition (0018,9361), MultienergyCTCharacteristicsSequence (0018,9364),
+  MaterialCodeSequence (0018,937D), DecompositionMaterialSequence (0018,9381)).
+- Codes: CID 300 "Multi-energy Relevant Material" (SCT 44588005 Iodine, SCT 11713004 Water) and
+  CID 301 "Multi-energy Material Unit" (UCUM "mg/ml", UCUM "[hnsf'U]" Hounsfield unit), as in
+  pydicom.sr's copy of PS3.16.
 """
 
 from __future__ import annotations
@@ -16,7 +30,8 @@ from pydicom.sequence import Sequence
 
 IODINE = ("44588005", "SCT", "Iodine")
 WATER = ("11713004", "SCT", "Water")
-UNITS = {"HU": ("[hnsf'U]", "UCUM", "Hounsfield unit"), "MGML": ("mg/mL", "UCUM", "milligram per milliliter")}
+# CID 301 Multi-energy Material Unit (PS3.16) spells the concentration unit "mg/ml".
+UNITS = {"HU": ("[hnsf'U]", "UCUM", "Hounsfield unit"), "MGML": ("mg/ml", "UCUM", "mg/ml")}
 
 
 def code(value: str, scheme: str, meaning: str) -> Dataset:

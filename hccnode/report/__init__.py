@@ -28,8 +28,17 @@ without an entry are listed in the SR's notes, not dropped silently. Output UIDs
 from the inputs (`uids`): the same analysis gives the same UIDs, a changed input new ones.
 """
 
-from hccnode.report.inputs import Reference, ReportRoi
-from hccnode.report.outputs import build_outputs
-from hccnode.report.templates import TemplateError, load_template
+import importlib
 
-__all__ = ["Reference", "ReportRoi", "TemplateError", "build_outputs", "load_template"]
+# Imported on first use: highdicom and matplotlib are heavy, and the CLI (hence the node process,
+# which only hands analysis to worker processes) imports this package to register its commands.
+_EXPORTS = {"Reference": "inputs", "ReportRoi": "inputs", "build_outputs": "outputs",
+            "TemplateError": "templates", "load_template": "templates"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

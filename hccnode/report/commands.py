@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from hccnode import RESEARCH_USE
-from hccnode.report.templates import TemplateError, default_dir, load_template
 
 
 def register(sub) -> None:
@@ -14,7 +13,7 @@ def register(sub) -> None:
                         description="Load and check the SR template (measurements.toml, private_codes.toml) in DIR "
                                     "(default: the shipped sr_templates/) and list each measurement with its code "
                                     "and unit; exit 1 naming the bad entry if the template is broken.")
-    q.add_argument("dir", nargs="?", help=f"template folder (default: {default_dir()})")
+    q.add_argument("dir", nargs="?", help="template folder (default: the shipped sr_templates/)")
     q.set_defaults(func=cmd_template)
 
 
@@ -23,6 +22,8 @@ def _code(c) -> str:
 
 
 def cmd_template(args) -> int:
+    from hccnode.report.templates import TemplateError, default_dir, load_template  # highdicom: only when used
+
     try:
         t = load_template(args.dir)
     except TemplateError as exc:

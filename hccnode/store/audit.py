@@ -91,6 +91,7 @@ EVENTS = {
     "job.failed": "a job attempt failed (to be retried, or for good)",
     "phase.decided": "a series was assigned a contrast phase, with the reasons",
     "roi.source": "where an ROI came from (reader's SEG / RTSTRUCT / SR, or automatic)",
+    "hl7.refused": "an HL7 (MLLP) connection was closed unread: host not allowed, or too many connections",
     "lab.received": "a lab result was received (HL7 or CSV)",
     "lab.matched": "a lab value was matched to a scan for a model",
     "model.evaluated": "a model card was evaluated",
@@ -98,6 +99,9 @@ EVENTS = {
     "output.queued": "an output was queued for a destination",
     "output.sent": "an output was accepted by a destination",
     "output.send_failed": "sending an output failed (to be retried, or for good)",
+    "prior.queried": "the PACS was asked (C-FIND) for a follow-up's baseline: every candidate, the choice and why",
+    "prior.retrieved": "a baseline study was retrieved from the PACS (C-MOVE or C-GET) into the store",
+    "prior.failed": "querying or retrieving a baseline failed, with the reason",
 }
 
 # Field names (case, '_' and '-' ignored) that carry patient names, IDs or birth dates.

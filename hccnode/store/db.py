@@ -41,6 +41,15 @@ def schema(sql: str) -> str:
     return sql
 
 
+_COLUMNS: list[tuple[str, str, str]] = []
+
+
+def added_column(table: str, name: str, declaration: str) -> None:
+    """Register a column added to `table` after databases with the table exist: `Store` adds it
+    to an older database on open (new ones get it from the table's CREATE statement)."""
+    _COLUMNS.append((table, name, declaration))
+
+
 CORE = schema(
     """
 CREATE TABLE IF NOT EXISTS studies (
@@ -136,26 +145,48 @@ def now() -> float:
 
 
 class Store:
-    """The database of one data directory; safe to share between threads."""
+    """The database of one data directory; safe to share between threads.
 
-    def __init__(self, data_dir: str | os.PathLike):
+    `read_only=True` opens an existing database for reading only (SQLite `mode=ro`, `query_only`):
+    no directory, table or secret is created and every write fails, for readers such as the
+    status page.
+    """
+
+    def __init__(self, data_dir: str | os.PathLike, read_only: bool = False):
         self.data_dir = Path(data_dir).resolve()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.data_dir / "hccnode.db"
+        self.read_only = read_only
         self._local = threading.local()
         self._secret: bytes | None = None
+        if read_only:
+            if not self.path.is_file():
+                raise FileNotFoundError(f"{self.path}: no database (has the node ever started here?)")
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         for name in SCHEMA_MODULES:
             importlib.import_module(name)
         conn = self.conn()
         conn.execute("PRAGMA journal_mode=WAL")
         for sql in _SCHEMAS:
             conn.executescript(sql)
+        for table, name, declaration in _COLUMNS:
+            if name not in {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")}:
+                try:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+                except sqlite3.OperationalError as exc:  # another process added it meanwhile
+                    if "duplicate column" not in str(exc):
+                        raise
 
     def conn(self) -> sqlite3.Connection:
         """This thread's connection (autocommit; use `tx()` for transactions)."""
         c = getattr(self._local, "conn", None)
         if c is None:
-            c = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=True)
+            if self.read_only:
+                c = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, timeout=30.0, isolation_level=None,
+                                    check_same_thread=True)
+                c.execute("PRAGMA query_only=ON")
+            else:
+                c = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=True)
             c.row_factory = sqlite3.Row
             c.execute("PRAGMA synchronous=FULL")
             c.execute("PRAGMA foreign_keys=ON")
@@ -179,10 +210,13 @@ class Store:
         c.execute("BEGIN IMMEDIATE")
         try:
             yield c
+            c.execute("COMMIT")
         except BaseException:
-            c.execute("ROLLBACK")
+            # SQLite may have rolled back already (it does on SQLITE_FULL and I/O errors); a
+            # failed COMMIT must not leave the transaction, and the write lock, open.
+            if c.in_transaction:
+                c.execute("ROLLBACK")
             raise
-        c.execute("COMMIT")
 
     def query(self, sql: str, params: tuple | dict = ()) -> list[dict]:
         return [dict(r) for r in self.conn().execute(sql, params)]

@@ -17,7 +17,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from hccnode import log
-from hccnode.store import audit
+from hccnode.store import audit, lease
 from hccnode.store.db import Store, now, schema
 
 SCHEMA = schema(
@@ -70,10 +70,20 @@ def enqueue(store: Store, study_uid: str, reason: str, max_attempts: int = 3, ki
     adding a second one, so a burst of changes gives one analysis.
     """
     with store.tx() as c:
-        return _enqueue(c, study_uid, reason, max_attempts, kind)
+        queued = _enqueue(c, study_uid, reason, max_attempts, kind)
+    return _logged(queued)
 
 
-def _enqueue(c: sqlite3.Connection, study_uid: str, reason: str, max_attempts: int, kind: str) -> int | None:
+def _logged(queued: dict | None) -> int | None:
+    """Log a queued job once its transaction has committed; returns its id."""
+    if queued is None:
+        return None
+    log.event("job.queued", **queued)
+    return queued["job"]
+
+
+def _enqueue(c: sqlite3.Connection, study_uid: str, reason: str, max_attempts: int, kind: str) -> dict | None:
+    """Queue in transaction `c`; returns what to log after the commit (or None: nothing queued)."""
     study = c.execute("SELECT seq FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
     if study is None:
         return None
@@ -91,8 +101,7 @@ def _enqueue(c: sqlite3.Connection, study_uid: str, reason: str, max_attempts: i
             "INSERT INTO jobs (kind, study_uid, study_seq, reason, state, max_attempts, created_at)"
             " VALUES (?,?,?,?, 'queued', ?, ?)", (kind, study_uid, seq, reason, max_attempts, now())).lastrowid
     audit.append(c, "job.queued", "jobs", study_uid=study_uid, job=job_id, seq=seq, reason=reason)
-    log.event("job.queued", job=job_id, study=study_uid, seq=seq, reason=reason)
-    return job_id
+    return {"job": job_id, "study": study_uid, "seq": seq, "reason": reason}
 
 
 def requeue(store: Store, study_uid: str, reason: str, max_attempts: int = 3) -> int | None:
@@ -101,7 +110,8 @@ def requeue(store: Store, study_uid: str, reason: str, max_attempts: int = 3) ->
     with store.tx() as c:
         if not c.execute("UPDATE studies SET seq = seq + 1 WHERE study_uid = ?", (study_uid,)).rowcount:
             return None
-        return _enqueue(c, study_uid, reason, max_attempts, ANALYZE)
+        queued = _enqueue(c, study_uid, reason, max_attempts, ANALYZE)
+    return _logged(queued)
 
 
 _STABLE_SQL = """SELECT s.study_uid,
@@ -114,18 +124,15 @@ WHERE s.last_received <= ?
 def queue_stable_studies(store: Store, stable_seconds: float, max_attempts: int = 3) -> list[int]:
     """Queue every study quiet for `stable_seconds` whose current seq has no job yet."""
     cutoff = now() - stable_seconds
-    queued = []
     # A plain read first: the write lock is taken only when there is work, so an idle
     # watcher never makes an instance wait for the index.
     if not store.conn().execute(_STABLE_SQL + " LIMIT 1", (ANALYZE, cutoff, ANALYZE)).fetchone():
-        return queued
+        return []
     with store.tx() as c:
         rows = c.execute(_STABLE_SQL, (ANALYZE, cutoff, ANALYZE)).fetchall()
-        for r in rows:
-            job_id = _enqueue(c, r["study_uid"], "stable" if r["n_jobs"] == 0 else "requeue", max_attempts, ANALYZE)
-            if job_id is not None:
-                queued.append(job_id)
-    return queued
+        queued = [_enqueue(c, r["study_uid"], "stable" if r["n_jobs"] == 0 else "requeue", max_attempts, ANALYZE)
+                  for r in rows]
+    return [job_id for q in queued if (job_id := _logged(q)) is not None]
 
 
 _CLAIMABLE_SQL = ("SELECT * FROM jobs WHERE state = 'queued' OR (state = 'running' AND lease_expires < ?)"
@@ -135,9 +142,15 @@ _CLAIMABLE_SQL = ("SELECT * FROM jobs WHERE state = 'queued' OR (state = 'runnin
 def claim(store: Store, owner: str, lease_seconds: float) -> Job | None:
     """Take the oldest claimable job (queued, or running with an expired lease)."""
     t = now()
-    if not store.conn().execute(_CLAIMABLE_SQL, (t,)).fetchone():  # idle: no write lock taken
+    dead = _dead_owners(store)
+    if not dead and not store.conn().execute(_CLAIMABLE_SQL, (t,)).fetchone():  # idle: no write lock taken
         return None
     with store.tx() as c:
+        for holder in dead:  # its process is gone (kill -9, crash): no need to wait out the lease
+            n = c.execute("UPDATE jobs SET lease_expires = ? WHERE state = 'running' AND lease_owner = ?",
+                          (t - 1, holder)).rowcount
+            if n:
+                log.event("job.lease_taken_back", level=30, owner=holder, jobs=n, reason="holder gone")
         while True:
             r = c.execute(_CLAIMABLE_SQL, (t,)).fetchone()
             if r is None:
@@ -160,6 +173,18 @@ def claim(store: Store, owner: str, lease_seconds: float) -> Job | None:
                          attempt=row["attempts"], owner=owner)
             log.event("job.started", job=row["id"], study=row["study_uid"], attempt=row["attempts"], owner=owner)
             return Job.from_row(row)
+
+
+def worker_owner(index: int) -> str:
+    """Lease holder name of worker thread `index` of this process (hccnode.store.lease identity)."""
+    return f"{lease.owner_id()}/{index}"
+
+
+def _dead_owners(store: Store) -> list[str]:
+    """Holders of running jobs whose process is no longer running on this host."""
+    owners = [r[0] for r in store.conn().execute(
+        "SELECT DISTINCT lease_owner FROM jobs WHERE state = 'running' AND lease_owner IS NOT NULL")]
+    return [o for o in owners if not lease.owner_alive(o.split("/")[0])]
 
 
 def heartbeat(store: Store, job_id: int, owner: str, lease_seconds: float) -> bool:

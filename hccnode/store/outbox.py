@@ -4,7 +4,8 @@ A row is marked sent only after the destination answered success (or a storage w
 for that instance. A failure, a refused association or an unreachable peer schedules a
 retry with exponential backoff (`retry_base_seconds` doubling up to `retry_max_seconds`);
 after `max_attempts` the row is failed and waits for `hccnode outbox --retry-failed`.
-Rows being sent hold a short lease, so a crash mid-send lets them be claimed again.
+Rows being sent hold a lease naming the sending process: a lease of a process that is gone
+(a node killed mid-send) is taken back at once, any other when it expires.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from pathlib import Path
 from pydicom.filereader import read_file_meta_info
 
 from hccnode import log
-from hccnode.store import audit
-from hccnode.store.db import Store, now, schema
+from hccnode.store import audit, lease
+from hccnode.store.db import Store, added_column, now, schema
 
 SCHEMA = schema(
     """
@@ -33,6 +34,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL,
     lease_expires REAL,
+    lease_owner TEXT,               -- the sending process (hccnode.store.lease)
     last_status INTEGER,
     last_error TEXT,
     created_at REAL NOT NULL,
@@ -42,6 +44,7 @@ CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS outbox_sop ON outbox(destination, sop_uid);
 """
 )
+added_column("outbox", "lease_owner", "TEXT")
 
 SEND_LEASE_SECONDS = 300.0  # longer than any single association should take
 
@@ -81,12 +84,22 @@ def enqueue(store: Store, destination: str, path: str | Path, study_uid: str | N
     return row_id
 
 
+def _dead_owners(store: Store) -> list[str]:
+    """Holders of sending rows that are no longer running."""
+    owners = [r[0] for r in store.conn().execute(
+        "SELECT DISTINCT lease_owner FROM outbox WHERE state = 'sending' AND lease_owner IS NOT NULL")]
+    return [o for o in owners if not lease.owner_alive(o)]
+
+
 def claim_due(store: Store, limit: int = 64, ids: list[int] | None = None) -> dict[str, list[Item]]:
-    """Lease due rows, grouped by destination (one association each)."""
+    """Lease due rows, grouped by destination (one association each): pending rows whose time
+    has come, and sending rows whose lease expired or whose holder died mid-send."""
     t = now()
+    dead = _dead_owners(store)
     sql = ("SELECT * FROM outbox WHERE ((state = 'pending' AND next_attempt_at <= ?)"
-           " OR (state = 'sending' AND lease_expires < ?))")
-    params: list = [t, t]
+           " OR (state = 'sending' AND (lease_expires < ?"
+           f" OR lease_owner IN ({','.join('?' * len(dead))}))))")
+    params: list = [t, t, *dead]
     if ids is not None:
         sql += f" AND id IN ({','.join('?' * len(ids))})"
         params += ids
@@ -95,10 +108,14 @@ def claim_due(store: Store, limit: int = 64, ids: list[int] | None = None) -> di
     groups: dict[str, list[Item]] = {}
     if not store.conn().execute(sql, params).fetchone():  # idle: no write lock taken
         return groups
+    owner = lease.owner_id()
     with store.tx() as c:
         for r in c.execute(sql, params).fetchall():
-            c.execute("UPDATE outbox SET state = 'sending', lease_expires = ?, attempts = attempts + 1 WHERE id = ?",
-                      (t + SEND_LEASE_SECONDS, r["id"]))
+            if r["state"] == "sending":
+                log.event("outbox.lease_taken_back", level=30, id=r["id"], sop=r["sop_uid"], holder=r["lease_owner"],
+                          reason="holder gone" if r["lease_owner"] in dead else "lease expired")
+            c.execute("UPDATE outbox SET state = 'sending', lease_expires = ?, lease_owner = ?,"
+                      " attempts = attempts + 1 WHERE id = ?", (t + SEND_LEASE_SECONDS, owner, r["id"]))
             p = Path(r["path"])
             groups.setdefault(r["destination"], []).append(Item(
                 r["id"], r["destination"], p if p.is_absolute() else store.data_dir / p, r["sop_uid"],
@@ -109,7 +126,7 @@ def claim_due(store: Store, limit: int = 64, ids: list[int] | None = None) -> di
 def mark_sent(store: Store, item: Item, status: int) -> None:
     with store.tx() as c:
         c.execute("UPDATE outbox SET state = 'sent', sent_at = ?, last_status = ?, last_error = NULL,"
-                  " lease_expires = NULL WHERE id = ?", (now(), status, item.id))
+                  " lease_expires = NULL, lease_owner = NULL WHERE id = ?", (now(), status, item.id))
         audit.append(c, "output.sent", "forwarder", study_uid=item.study_uid, output_uids=[item.sop_uid],
                      destination=item.destination, status=f"0x{status:04X}", attempt=item.attempts)
     log.event("outbox.sent", id=item.id, destination=item.destination, sop=item.sop_uid, status=f"0x{status:04X}")
@@ -122,7 +139,7 @@ def mark_failed(store: Store, item: Item, error: str, status: int | None, base: 
     state = "failed" if item.attempts >= max_attempts else "pending"
     with store.tx() as c:
         c.execute("UPDATE outbox SET state = ?, next_attempt_at = ?, last_status = ?, last_error = ?,"
-                  " lease_expires = NULL WHERE id = ?", (state, now() + delay, status, error[:500], item.id))
+                  " lease_expires = NULL, lease_owner = NULL WHERE id = ?", (state, now() + delay, status, error[:500], item.id))
         audit.append(c, "output.send_failed", "forwarder", study_uid=item.study_uid, output_uids=[item.sop_uid],
                      destination=item.destination, status=None if status is None else f"0x{status:04X}",
                      attempt=item.attempts, state=state, error=error[:200])

@@ -39,6 +39,7 @@ from hccnode.store.db import Store, now
 UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 IMPLEMENTATION_CLASS_UID = "2.25.293018322262423898304801851030077679834"  # UUID-derived (PS3.5 B.2), fixed for hccnode
 IMPLEMENTATION_VERSION = f"HCCNODE_{__version__}"[:16]
+SQLITE_FULL = 13  # sqlite3 result code: "database or disk is full"
 
 
 def valid_uid(uid: object) -> bool:
@@ -279,6 +280,7 @@ class Spool:
         self._dirs_known: set[Path] = set()
         self._dirs_lock = threading.Lock()
         self._counter = itertools.count()
+        self._sop_locks = [threading.Lock() for _ in range(64)]
 
     def clean_tmp(self) -> int:
         """Remove in-flight files left by a crash: none of them was ever acknowledged."""
@@ -344,14 +346,22 @@ class Spool:
         study_uid, series_uid = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
         rel = Path("spool") / study_uid / series_uid / f"{sop_uid}.{digest[:12]}.dcm"
         final = self.store.data_dir / rel
-        try:
-            self._ensure_dir(final.parent)
-            os.rename(tmp, final)
-            _fsync_dir(final.parent)
-            outcome = self._index(ds, rel, size, digest, transfer_syntax, calling_ae)
-        except (OSError, sqlite3.Error) as exc:
-            tmp.unlink(missing_ok=True)
-            return self._failed(exc, sop_uid, sop_class, calling_ae)
+        # One writer per instance at a time, so a failed index can tell the file it placed (and
+        # must take back: it was never acknowledged) from an identical one already indexed.
+        with self._sop_locks[hash(sop_uid) % len(self._sop_locks)]:
+            placed = False
+            try:
+                self._ensure_dir(final.parent)
+                existed = final.exists()
+                os.rename(tmp, final)
+                placed = not existed
+                _fsync_dir(final.parent)
+                outcome = self._index(ds, rel, size, digest, transfer_syntax, calling_ae)
+            except (OSError, sqlite3.Error) as exc:
+                tmp.unlink(missing_ok=True)
+                if placed:
+                    final.unlink(missing_ok=True)
+                return self._failed(exc, sop_uid, sop_class, calling_ae)
         # "duplicate" here: another association stored the same content meanwhile; the file
         # name is content-addressed, so our rename landed on an identical file.
         log.event("instance." + outcome, study=study_uid, series=series_uid, sop=sop_uid,
@@ -423,6 +433,8 @@ class Spool:
         """A failure to keep a good dataset (disk, permissions, database): Out of Resources."""
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             comment = "spool disk full"
+        elif getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL:  # the index shares the data directory
+            comment = "index disk full"
         elif isinstance(exc, OSError):
             comment = f"spool not writable: {errno.errorcode.get(exc.errno or 0, 'error')}"
         else:

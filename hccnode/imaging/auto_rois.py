@@ -1,0 +1,662 @@
+"""Automatic ROIs for the roles a reader did not draw: aorta, three liver ROIs and erector spinae
+on an enhanced CT phase (paper 001), erector spinae on a T2-weighted MR series (paper 003).
+
+A tumor is never placed here. What cannot be placed is said in `Placement.notes` (never an
+exception); only unusable input (not a 3-D CT / MR volume, oblique orientation) raises.
+
+Rules, from the papers:
+* Paper 001 (001_c4ba0269da651d59.txt, Methods "Extracellular volume fraction analysis"):
+  three liver ROIs of about 100 mm^2 "in the anterior and posterior segments of the right lobe
+  as well as the left lateral segment", "excluding large intrahepatic vessels and liver tumors";
+  an aortic ROI of about 100 mm^2 "at the same level", "avoiding vessel wall calcifications and
+  wall thrombus".
+* Paper 003 (003_12b417b4b575f485.txt, Methods "Image analysis"): "a single ROI ... in the
+  erector spinae muscle region at the same slice" as the tumor's maximal diameter. The paper
+  gives no muscle ROI size; we use paper 001's 100 mm^2 (our choice). Without a tumor the slice
+  is unknown here, so the MR muscle ROI covers every slice where the muscle is found; a caller
+  that follows paper 003 strictly keeps the tumor's slice of it.
+
+Our choices (not from the papers), each explained where it is defined: the ROIs span a slab of
++/- 10 mm around one level rather than one slice (automatic ROIs have no reader to average out
+noise), the clearance from liver edge, vessels and lesions, and the deviation that counts as a
+lesion. Thresholds come from anatomy and attenuation physiology, not from the phantom.
+
+Pure functions work on LPS-ordered arrays ([z, y, x], x towards patient Left, y Posterior; see
+hccnode.imaging.anatomy); `place_ct_rois` / `place_mr_muscle` are the thin shells on a Volume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from hccnode.imaging.anatomy import (CALCIUM_ABOVE_LUMEN_HU, VERTEBRAL_MID_MM, Lumen, Spine, aortic_lumen,
+                                     body_mask, disk_mask, fill_holes_2d, find_liver, find_spine, image_lps_order)
+from hccnode.imaging.measure import AUTOMATIC, RoiRef
+from hccnode.imaging.rois import RoiMask
+from hccnode.imaging.volumes import Volume
+
+# Paper 001: liver and aortic ROIs of "approximately 100 mm^2".
+ROI_AREA_MM2 = 100.0
+ROI_RADIUS_MM = float(np.sqrt(ROI_AREA_MM2 / np.pi))
+# Smallest ROI worth placing when a structure is too thin for 100 mm^2 (about 20 mm^2).
+MIN_ROI_RADIUS_MM = 2.5
+# ROIs span +/- 10 mm around the chosen level (our choice; the papers use one slice). Averaging a
+# few slices lowers noise; 20 mm stays inside one Couinaud segment, which are several cm high.
+SLAB_HALF_MM = 10.0
+# Clearance between a liver ROI and the liver edge, a vessel, a lesion or the caller's avoid mask
+# (our choice): beyond the partial-volume width of a CT voxel and the few mm that phases still
+# differ by after registration. Halved, with a note, where the full clearance fits nowhere.
+LIVER_MARGIN_MM = 5.0
+# In-plane smoothing before judging attenuation, so that noise is not taken for a lesion.
+SMOOTH_MM = 2.0
+# Liver parenchyma is homogeneous; a region deviating from its median by more than this (or by 4
+# robust SD of the smoothed liver, if noise is larger) is not parenchyma: contrast-filled vessels
+# read tens of HU above liver in portal and equilibrium phases, and a wash-out lesion reads
+# visibly lower (our choice of 10 HU for "visibly"; the papers leave it to the reader's eye).
+DEVIATION_HU = 10.0
+DEVIATION_NOISE_SD = 4.0
+# Aortic ROI: at least this far from the wall or calcium (partial volume of the wall).
+AORTA_WALL_MARGIN_MM = 2.0
+# The left lateral segment lies left of the falciform ligament, near the body midline; its ROI
+# centre may sit at most this far to the patient's right of the midline (rotation, fissure position).
+LEFT_LATERAL_RIGHT_OF_MIDLINE_MM = 25.0
+# The left lateral target is the centre of the liver's leftmost 30 mm at the chosen level.
+LEFT_TIP_MM = 30.0
+# Skeletal muscle: not fat (fat is below -30 HU) and not bone (above 150 HU is bone or contrast);
+# fatty infiltration lowers muscle towards 0-20 HU, enhancement raises it by 10-30 HU.
+MUSCLE_HU = (-29.0, 150.0)
+# Erector spinae: beside the spinous process (a midline gap for the canal and the process) up
+# to 80 mm lateral, in the posterior half of the body; ROI at least 3 mm inside the muscle.
+MIDLINE_GAP_MM = 8.0
+PARASPINAL_MAX_MM = 80.0
+MUSCLE_MARGIN_MM = 3.0
+# A muscle component must lie mostly (70%) inside the paraspinal window (so an organ reaching
+# into it is not taken) and must not reach within 5 mm of the body outline: on the back, skin and
+# subcutaneous fat lie over the erector spinae (several mm even in thin patients).
+WINDOW_FRACTION = 0.7
+SKIN_MM = 5.0
+LEVEL_CANDIDATES = 5
+# The search runs on slices about 5 mm apart with pixels of at least 1.5 mm (block means): enough
+# to find organs and places; the ROIs are then painted at full resolution.
+SEARCH_SLICE_MM = 5.0
+SEARCH_PIXEL_MM = 1.5
+
+LIVER_LABELS = ("liver right anterior", "liver right posterior", "liver left lateral")
+
+
+@dataclass
+class Placement:
+    """Automatic ROIs on the volume's grid and notes on what could not be placed, and why."""
+
+    rois: list[RoiMask] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def by_role(self, role: str) -> list[RoiMask]:
+        return [r for r in self.rois if r.role == role]
+
+
+@dataclass
+class PlacedMask:
+    """One ROI in LPS array order (pure result, before it goes back onto the image grid), with
+    how it was placed: disk centres per slice (row, column index), radius, the clearance around
+    it and the HU band that clearance must stay in (fixed, or `ref_hu` +/- a noise-based width)."""
+
+    role: str
+    label: str
+    mask: np.ndarray
+    radius_mm: float = ROI_RADIUS_MM
+    centres: dict[int, tuple[float, float]] = field(default_factory=dict)
+    clearance_mm: float = 0.0
+    band: tuple[float, float] | None = None
+    ref_hu: float | None = None
+    band_above_hu: float | None = None   # upper band width when not symmetric (aortic calcium)
+
+
+# ---------------------------------------------------------------- shells on a Volume
+
+def place_ct_rois(volume: Volume, avoid: sitk.Image | None = None) -> Placement:
+    """Aorta, three liver ROIs (paper 001) and erector spinae on an enhanced CT phase (portal
+    venous or equilibrium); no ROI touches `avoid` (e.g. the reader's tumors)."""
+    if volume.modality not in (None, "", "CT"):
+        raise ValueError(f"series {volume.series_number}: automatic CT ROIs need a CT series, got {volume.modality}")
+    if volume.rescale_type not in (None, "", "HU"):
+        raise ValueError(f"series {volume.series_number}: values are {volume.rescale_type!r}, not HU")
+    arr, spacing, order = _lps_array(volume)
+    avoid_lps = None
+    if avoid is not None:
+        avoid_lps = order.apply(_on_grid(avoid, volume) > 0)
+    placed, notes = ct_roi_masks(arr, spacing, avoid_lps)
+    return _placement(placed, notes, volume, order)
+
+
+def place_mr_muscle(volume: Volume) -> Placement:
+    """An erector spinae ROI on a T2-weighted MR series (paper 003's T2 SIR reference)."""
+    if volume.modality not in (None, "", "MR"):
+        raise ValueError(f"series {volume.series_number}: the MR muscle ROI needs an MR series, got {volume.modality}")
+    arr, spacing, order = _lps_array(volume)
+    placed, notes = mr_muscle_mask(arr, spacing)
+    return _placement(placed, notes, volume, order)
+
+
+def _lps_array(volume: Volume):
+    img = volume.image
+    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
+        raise ValueError(f"series {volume.series_number}: need a 3-D grayscale volume, got "
+                         f"{img.GetDimension()}-D with {img.GetNumberOfComponentsPerPixel()} component(s)")
+    order = image_lps_order(img)  # ValueError for an oblique orientation
+    arr = order.apply(sitk.GetArrayViewFromImage(img).astype(np.float32, copy=False))
+    arr = np.ascontiguousarray(arr)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"series {volume.series_number}: volume has non-finite values")
+    return arr, order.spacing(img.GetSpacing()[::-1]), order
+
+
+def _on_grid(mask: sitk.Image, volume: Volume) -> np.ndarray:
+    """`mask` as an array on the volume's grid (resampled, nearest neighbour, if it is not on it)."""
+    ref = volume.image
+    same = (mask.GetSize() == ref.GetSize()
+            and np.allclose(mask.GetSpacing(), ref.GetSpacing(), atol=1e-4)
+            and np.allclose(mask.GetOrigin(), ref.GetOrigin(), atol=1e-3)
+            and np.allclose(mask.GetDirection(), ref.GetDirection(), atol=1e-4))
+    if not same:
+        mask = sitk.Resample(sitk.Cast(mask > 0, sitk.sitkUInt8), ref, sitk.Transform(), sitk.sitkNearestNeighbor,
+                             0, sitk.sitkUInt8)
+    return sitk.GetArrayFromImage(mask)
+
+
+def _placement(placed: list[PlacedMask], notes: list[str], volume: Volume, order) -> Placement:
+    out = Placement(notes=list(notes))
+    for p in placed:
+        img = sitk.GetImageFromArray(np.ascontiguousarray(order.invert(p.mask)).astype(np.uint8))
+        img.CopyInformation(volume.image)
+        out.rois.append(RoiMask(img, RoiRef(name=p.role, source=AUTOMATIC, label=p.label)))
+    return out
+
+
+# ---------------------------------------------------------------- geometry helpers
+
+def _depth(mask2d: np.ndarray, dy: float, dx: float) -> np.ndarray:
+    """Distance (mm) from each pixel of `mask2d` to the nearest pixel outside it (image border
+    counts as outside)."""
+    return ndimage.distance_transform_edt(np.pad(mask2d, 1), sampling=(dy, dx))[1:-1, 1:-1]
+
+
+def _slab(k0: int, nz: int, dz: float, half_mm: float) -> list[int]:
+    h = int(np.floor(half_mm / dz + 1e-6)) if dz > 0 else 0
+    return [k for k in range(k0 - h, k0 + h + 1) if 0 <= k < nz]
+
+
+def _smooth(img: np.ndarray, spacing, mm: float, min_px: float = 1.0) -> np.ndarray:
+    """In-plane Gaussian smoothing with sigma `mm` (at least `min_px` pixels)."""
+    _, dy, dx = spacing
+    return ndimage.gaussian_filter(img.astype(np.float32), sigma=(0.0, max(mm / dy, min_px), max(mm / dx, min_px)))
+
+
+def _robust_sd(values: np.ndarray) -> float:
+    med = np.median(values)
+    return 1.4826 * float(np.median(np.abs(values - med)))
+
+
+# ---------------------------------------------------------------- CT
+
+@dataclass
+class LiverMap:
+    """Liver at every slice: `organ` its extent (holes filled), `clear` parenchyma that is not a
+    vessel, lesion or avoided voxel; the parenchyma median and the deviation threshold (HU)."""
+
+    organ: np.ndarray
+    clear: np.ndarray
+    median_hu: float
+    threshold_hu: float
+
+
+def liver_map(hu: np.ndarray, spacing, body: np.ndarray, spine: Spine,
+              avoid: np.ndarray | None = None) -> LiverMap | None:
+    """Parenchyma of the liver found by `find_liver`: voxels of the body whose smoothed HU is within
+    the deviation threshold of the liver's median, connected to the liver sample (other organs of
+    similar attenuation are separate components); None when no liver is found."""
+    sample = find_liver(hu, spacing, body, spine=spine)
+    if sample is None:
+        return None
+    smooth = _smooth(hu, spacing, SMOOTH_MM)
+    core = smooth[sample.mask]
+    median = float(np.median(core))
+    threshold = max(DEVIATION_HU, DEVIATION_NOISE_SD * _robust_sd(core))
+    parenchyma = body & (np.abs(smooth - median) <= threshold)
+    lab, n = ndimage.label(parenchyma)
+    ids = np.unique(lab[sample.mask & parenchyma])
+    ids = ids[ids > 0]
+    if ids.size == 0:
+        return None
+    liver = np.isin(lab, ids)
+    organ = np.zeros_like(liver)
+    for k in range(liver.shape[0]):
+        organ[k] = fill_holes_2d(liver[k])
+    clear = liver if avoid is None else liver & ~avoid
+    return LiverMap(organ, clear, median, threshold)
+
+
+def _liver_targets(organ2d: np.ndarray, x_mid: float, spacing) -> dict[str, tuple]:
+    """Per liver label: (target (y, x) in index units, allowed-centre mask) at one level.
+
+    Right lobe: the liver right of the midline. The right hepatic vein divides it into an
+    anterior and a posterior sector along a plane from the IVC out to the lateral edge, so the
+    targets are the centroids of the lobe's anterolateral and posterolateral quadrants (split at
+    the lobe's centroid); centres stay in their anterior / posterior half. Left lateral: the
+    centroid of the liver's leftmost 30 mm, centre no more than 25 mm right of the midline."""
+    _, dy, dx = spacing
+    yy, xx = np.mgrid[:organ2d.shape[0], :organ2d.shape[1]]
+    out: dict[str, tuple] = {}
+    right = organ2d & (xx < x_mid)
+    if right.any():
+        rcy, rcx = yy[right].mean(), xx[right].mean()
+        for label, half in ((LIVER_LABELS[0], yy < rcy), (LIVER_LABELS[1], yy >= rcy)):
+            part = right & half & (xx <= rcx)
+            if part.any():
+                out[label] = ((yy[part].mean(), xx[part].mean()), (xx < x_mid) & half)
+    if organ2d.any():
+        x_left = xx[organ2d].max()
+        tip = organ2d & (xx >= x_left - LEFT_TIP_MM / dx)
+        allowed = xx >= x_mid - LEFT_LATERAL_RIGHT_OF_MIDLINE_MM / dx
+        out[LIVER_LABELS[2]] = ((yy[tip].mean(), xx[tip].mean()), allowed)
+    return out
+
+
+def _place_liver_rois(lm: LiverMap, k0: int, x_mid: float, spacing) -> tuple[list[PlacedMask], list[str]]:
+    dz, dy, dx = spacing
+    nz = lm.organ.shape[0]
+    depth_cache: dict[int, np.ndarray] = {}
+
+    def depth(k: int) -> np.ndarray:
+        if k not in depth_cache:
+            depth_cache[k] = _depth(lm.clear[k], dy, dx)
+        return depth_cache[k]
+
+    targets = _liver_targets(lm.organ[k0], x_mid, spacing)
+    yy, xx = np.mgrid[:lm.organ.shape[1], :lm.organ.shape[2]]
+    placed: list[PlacedMask] = []
+    centres: list[tuple[int, int]] = []
+    notes: list[str] = []
+    for label in LIVER_LABELS:
+        if label not in targets:
+            notes.append(f"{label} not placed: no liver on that side of the midline at the level chosen")
+            continue
+        (ty, tx), allowed = targets[label]
+        done = False
+        for margin in (LIVER_MARGIN_MM, LIVER_MARGIN_MM / 2.0):
+            for half in (SLAB_HALF_MM, SLAB_HALF_MM / 2.0, 0.0):
+                ks = [k for k in _slab(k0, nz, dz, half) if lm.organ[k].any()]
+                if k0 not in ks:
+                    continue
+                ok = allowed.copy()
+                for k in ks:
+                    ok &= depth(k) >= ROI_RADIUS_MM + margin
+                for cy, cx in centres:  # keep ROIs apart by a margin
+                    ok &= np.hypot((yy - cy) * dy, (xx - cx) * dx) >= 2 * ROI_RADIUS_MM + margin
+                if not ok.any():
+                    continue
+                d2 = ((yy - ty) * dy) ** 2 + ((xx - tx) * dx) ** 2
+                d2 = np.where(ok, d2, np.inf)
+                cy, cx = np.unravel_index(int(np.argmin(d2)), d2.shape)
+                mask = np.zeros(lm.organ.shape, bool)
+                sl = disk_mask(mask.shape[1:], cy, cx, ROI_RADIUS_MM, dy, dx)
+                for k in ks:
+                    mask[k] = sl & lm.clear[k]
+                placed.append(PlacedMask("liver", label, mask, ROI_RADIUS_MM, {k: (cy, cx) for k in ks}, margin,
+                                         ref_hu=lm.median_hu))
+                centres.append((cy, cx))
+                if margin < LIVER_MARGIN_MM:
+                    notes.append(f"{label}: clearance from edge, vessels and lesions reduced to {margin:g} mm "
+                                 f"(the full {LIVER_MARGIN_MM:g} mm fits nowhere in that part of the liver)")
+                done = True
+                break
+            if done:
+                break
+        if not done:
+            notes.append(f"{label} not placed: no spot of {ROI_AREA_MM2:g} mm^2 in that part of the liver clear of "
+                         f"its edge, vessels and lesions at the level chosen")
+    return placed, notes
+
+
+def _aorta_roi(lumen: dict[int, Lumen], k0: int, shape, spacing) -> tuple[PlacedMask | None, str | None]:
+    dz, dy, dx = spacing
+    ks = [k for k in _slab(k0, shape[0], dz, SLAB_HALF_MM) if k in lumen]
+    if not ks:  # no lumen at the liver level: the nearest slices where it was found
+        nearest = min(lumen, key=lambda k: abs(k - k0))
+        ks = [k for k in _slab(nearest, shape[0], dz, SLAB_HALF_MM) if k in lumen]
+    mask = np.zeros(shape, bool)
+    centres, radii = {}, []
+    for k in ks:
+        lu = lumen[k]
+        radius = min(ROI_RADIUS_MM, lu.depth_mm - AORTA_WALL_MARGIN_MM)
+        if radius < MIN_ROI_RADIUS_MM:
+            continue
+        mask[k] = disk_mask(shape[1:], int(round(lu.cy)), int(round(lu.cx)), radius, dy, dx) & lu.mask
+        centres[k] = (lu.cy, lu.cx)
+        radii.append(radius)
+    if not mask.any():
+        return None, (f"aorta not placed: lumen too narrow for a {MIN_ROI_RADIUS_MM:g} mm ROI "
+                      f"{AORTA_WALL_MARGIN_MM:g} mm from its wall")
+    blood = float(np.median([lumen[k].median_hu for k in centres]))
+    return PlacedMask("aorta", "aorta", mask, min(radii), centres, AORTA_WALL_MARGIN_MM, ref_hu=blood,
+                      band_above_hu=CALCIUM_ABOVE_LUMEN_HU), None
+
+
+def ct_roi_masks(hu: np.ndarray, spacing, avoid: np.ndarray | None = None) -> tuple[list[PlacedMask], list[str]]:
+    """Automatic CT ROIs on an LPS-ordered HU volume [z, y, x] with spacing (dz, dy, dx) mm:
+    aorta, 'liver right anterior', 'liver right posterior', 'liver left lateral', 'erector spinae';
+    none touches `avoid` (bool, same shape). Returns the masks and notes on what is missing.
+
+    The search runs on a reduced copy (slices about 5 mm apart, pixels of at least 1.5 mm, block
+    means), which is enough to find organs and places; each ROI is then painted on every slice of
+    its slab at full resolution where its clearance disk is still in the expected tissue (liver
+    parenchyma, blood, muscle) and clear of `avoid`."""
+    if avoid is not None and avoid.shape != hu.shape:
+        raise ValueError(f"avoid mask shape {avoid.shape} differs from the volume's {hu.shape}")
+    grid = _Reduced(hu.shape, spacing)
+    coarse, notes = _search_ct(grid.reduce(hu), grid.spacing, None if avoid is None else grid.reduce_mask(avoid))
+    placed = []
+    cache: dict[int, np.ndarray] = {}
+
+    def smooth(k: int) -> np.ndarray:
+        # lighter smoothing than the search (and none forced on coarse pixels): the clearance
+        # disk must not see through its own rim; the band widens with the noise left
+        if k not in cache:
+            cache[k] = _smooth(hu[k:k + 1], spacing, SMOOTH_MM / 2.0, min_px=0.0)[0]
+        return cache[k]
+
+    for p in coarse:
+        fine = _paint_fine(p, grid, hu.shape, spacing, smooth, avoid)
+        if fine is None:
+            notes.append(f"{p.label} not placed: its place found on the reduced image is not clear at full resolution")
+        else:
+            placed.append(fine)
+    return placed, notes
+
+
+class _Reduced:
+    """The reduced search grid: every `zstep`-th slice, `f` x `f` pixel block means."""
+
+    def __init__(self, shape, spacing):
+        dz, dy, dx = spacing
+        self.shape = shape
+        self.zstep = max(1, int(round(SEARCH_SLICE_MM / dz))) if dz > 0 else 1
+        self.f = max(1, int(np.floor(SEARCH_PIXEL_MM / max(dy, dx))))
+        self.spacing = (dz * self.zstep, dy * self.f, dx * self.f)
+
+    def _blocks(self, a: np.ndarray) -> np.ndarray:
+        f = self.f
+        a = a[::self.zstep]
+        if f == 1:
+            return a
+        ny, nx = (a.shape[1] // f) * f, (a.shape[2] // f) * f
+        return a[:, :ny, :nx].reshape(a.shape[0], ny // f, f, nx // f, f)
+
+    def reduce(self, hu: np.ndarray) -> np.ndarray:
+        b = self._blocks(hu)
+        return b if self.f == 1 else b.mean(axis=(2, 4), dtype=np.float32)
+
+    def reduce_mask(self, mask: np.ndarray) -> np.ndarray:
+        """True where any voxel of the block (the slices a reduced slice stands for, f x f pixels) is."""
+        nzc = len(range(0, self.shape[0], self.zstep))
+        slab = np.stack([mask[self.fine_slices(kc).start:self.fine_slices(kc).stop].any(axis=0) for kc in range(nzc)])
+        if self.f == 1:
+            return slab
+        f = self.f
+        ny, nx = (slab.shape[1] // f) * f, (slab.shape[2] // f) * f
+        return slab[:, :ny, :nx].reshape(nzc, ny // f, f, nx // f, f).any(axis=(2, 4))
+
+    def fine_slices(self, kc: int) -> range:
+        """Full-resolution slices represented by reduced slice `kc`."""
+        lo = kc * self.zstep - (self.zstep - 1) // 2
+        return range(max(0, lo), min(self.shape[0], lo + self.zstep))
+
+    def fine_centre(self, cy: float, cx: float) -> tuple[int, int]:
+        f = self.f
+        return int(round(cy * f + (f - 1) / 2.0)), int(round(cx * f + (f - 1) / 2.0))
+
+
+def _paint_fine(p: PlacedMask, grid: _Reduced, shape, spacing, smooth, avoid) -> PlacedMask | None:
+    """`p` (placed on the reduced grid) painted at full resolution on each slice of its slab where
+    the disk of radius + clearance lies in the HU band of its tissue and clear of `avoid`."""
+    _, dy, dx = spacing
+    slices = {k: grid.fine_centre(*p.centres[kc]) for kc in p.centres for k in grid.fine_slices(kc)}
+    reach = p.radius_mm + p.clearance_mm
+    ry, rx = int(reach / dy) + 1, int(reach / dx) + 1
+    around = {}
+    for k, (cy, cx) in slices.items():
+        ys, xs = slice(max(0, cy - ry), cy + ry + 1), slice(max(0, cx - rx), cx + rx + 1)
+        yy, xx = np.ogrid[ys, xs]
+        around[k] = (ys, xs, ((yy - cy) * dy) ** 2 + ((xx - cx) * dx) ** 2 < reach * reach)
+    if p.band is not None:
+        lo, hi = p.band
+    else:
+        # Liver and blood: the reference HU +/- the deviation threshold at this resolution's noise
+        # (robust SD over all clearance disks: a vessel or edge in a few of them does not count).
+        noise = _robust_sd(np.concatenate([smooth(k)[ys, xs][m] for k, (ys, xs, m) in around.items()]))
+        width = max(DEVIATION_HU, DEVIATION_NOISE_SD * noise)
+        lo, hi = p.ref_hu - width, p.ref_hu + (p.band_above_hu if p.band_above_hu is not None else width)
+    mask = np.zeros(shape, bool)
+    centres = {}
+    searched = {kc * grid.zstep for kc in p.centres} if grid.f == 1 else set()
+    for k, (cy, cx) in slices.items():
+        ys, xs, m = around[k]
+        if avoid is not None and avoid[k][ys, xs][m].any():
+            continue
+        values = smooth(k)[ys, xs][m]
+        # a slice the search saw at full resolution is placed as the search placed it
+        if k not in searched and (values.min() < lo or values.max() > hi):
+            continue
+        mask[k] = disk_mask(shape[1:], cy, cx, p.radius_mm, dy, dx)
+        centres[k] = (cy, cx)
+    if not centres:
+        return None
+    return PlacedMask(p.role, p.label, mask, p.radius_mm, centres, p.clearance_mm, p.band, p.ref_hu, p.band_above_hu)
+
+
+def _search_ct(hu: np.ndarray, spacing, avoid: np.ndarray | None) -> tuple[list[PlacedMask], list[str]]:
+    """The placement itself (on the reduced grid): see `ct_roi_masks`."""
+    notes: list[str] = []
+    placed: list[PlacedMask] = []
+    body = body_mask(hu)
+    if not body.any():
+        return [], ["no ROI placed: no body in the image (nothing above -500 HU)"]
+    spine = find_spine(hu, spacing, body)
+    lumen = aortic_lumen(hu, spacing, body, spine) if spine.found else {}
+    if not spine.found:
+        notes.append("aorta not placed: no vertebral body found (the aorta is searched anterior-left of it)")
+    elif not lumen:
+        notes.append("aorta not placed: no enhanced round lumen anterior-left of the spine on enough slices "
+                     "(unenhanced series, or no aorta in the field)")
+    if lumen and avoid is not None:
+        for lu_k, lu in lumen.items():
+            lu.mask &= ~avoid[lu_k]
+    lm = liver_map(hu, spacing, body, spine, avoid)
+    if lm is None:
+        notes.append("liver ROIs not placed: no liver found (no large soft-tissue organ right of the midline "
+                     "in front of the spine)")
+
+    def x_mid(k: int) -> float:
+        if np.isfinite(spine.x[k]):
+            return float(spine.x[k])
+        if body[k].any():
+            return float(np.nonzero(body[k])[1].mean())
+        return hu.shape[2] / 2.0
+
+    # The level: the largest liver cross-sections, preferring slices where the aorta was found
+    # (paper 001 measures the aorta "at the same level").
+    best: tuple[list[PlacedMask], list[str], int] | None = None
+    if lm is not None:
+        area = lm.organ.sum(axis=(1, 2))
+        order = [int(k) for k in np.argsort(-area, kind="stable") if area[k] > 0]
+        order = [k for k in order if k in lumen] + [k for k in order if k not in lumen]
+        for k0 in order[:LEVEL_CANDIDATES]:
+            got, why = _place_liver_rois(lm, k0, x_mid(k0), spacing)
+            if best is None or len(got) > len(best[0]):
+                best = (got, why, k0)
+            if len(got) == len(LIVER_LABELS):
+                break
+    if best is not None:
+        placed.extend(best[0])
+        notes.extend(best[1])
+        k0 = best[2]
+    elif lumen:
+        k0 = int(np.median(sorted(lumen)))
+    else:
+        k0 = int(np.nanargmax(body.sum(axis=(1, 2))))
+    if lumen:
+        roi, why = _aorta_roi(lumen, k0, hu.shape, spacing)
+        if roi is not None:
+            placed.append(roi)
+        else:
+            notes.append(why)
+    muscle, why = _ct_muscle(hu, spacing, body, spine, k0, avoid)
+    if muscle is not None:
+        placed.append(muscle)
+    else:
+        notes.append(why)
+    return placed, notes
+
+
+def _ct_muscle(hu, spacing, body, spine: Spine, k0: int, avoid) -> tuple[PlacedMask | None, str | None]:
+    dz, dy, dx = spacing
+    smooth = _smooth(hu, spacing, SMOOTH_MM / 2.0)
+    mask = np.zeros(hu.shape, bool)
+    centres, radii = {}, []
+    for k in _slab(k0, hu.shape[0], dz, SLAB_HALF_MM):
+        tissue = body[k] & (smooth[k] > MUSCLE_HU[0]) & (smooth[k] < MUSCLE_HU[1])
+        if avoid is not None:
+            tissue &= ~avoid[k]
+        mid = spine.x[k] if np.isfinite(spine.x[k]) else (np.nonzero(body[k])[1].mean() if body[k].any() else None)
+        if mid is None:
+            continue
+        # behind the vertebral body's middle, where the liver does not reach
+        behind = spine.anterior_y[k] + VERTEBRAL_MID_MM / dy if np.isfinite(spine.anterior_y[k]) else None
+        found = erector_spinae(tissue, body[k], float(mid), (dy, dx), behind)
+        if found is not None:
+            cy, cx, radius = found
+            mask[k] = disk_mask(hu.shape[1:], cy, cx, radius, dy, dx) & tissue
+            centres[k] = (cy, cx)
+            radii.append(radius)
+    if not mask.any():
+        return None, ("erector spinae not placed: no muscle beside the spine in the posterior half of the body "
+                      f"thick enough for a {MIN_ROI_RADIUS_MM:g} mm ROI")
+    return PlacedMask("muscle", "erector spinae", mask, min(radii), centres, MUSCLE_MARGIN_MM, band=MUSCLE_HU), None
+
+
+# ---------------------------------------------------------------- erector spinae (CT and MR)
+
+def erector_spinae(tissue: np.ndarray, body: np.ndarray, x_mid: float, spacing2,
+                   y_min: float | None = None) -> tuple[int, int, float] | None:
+    """(row, column, ROI radius mm) of an erector spinae ROI on one LPS slice, or None.
+
+    `tissue`: bool mask of the muscle-like class (CT: muscle HU; MR: homogeneous regions). The
+    erector spinae is the most posterior component beside the spinous process (8-80 mm from the
+    midline, posterior half of the body, behind row `y_min` when given) that lies mostly inside
+    that window and does not touch the skin; of the two sides, the thicker one. When muscles
+    with no fat plane between them form one component reaching out of the window, its part in
+    the window is used. ROI radius: 100 mm^2 or less, 3 mm inside the muscle."""
+    dy, dx = spacing2
+    if not body.any():
+        return None
+    yy, xx = np.mgrid[:body.shape[0], :body.shape[1]]
+    rows = np.nonzero(body.any(axis=1))[0]
+    y_centre = (rows.min() + rows.max()) / 2.0
+    if y_min is not None:
+        y_centre = max(y_centre, y_min)
+    lateral = np.abs(xx - x_mid) * dx
+    window = body & (yy >= y_centre) & (lateral >= MIDLINE_GAP_MM) & (lateral <= PARASPINAL_MAX_MM)
+    inner = _depth(body, dy, dx) > SKIN_MM
+    lab, n = ndimage.label(tissue & body & (lateral >= MIDLINE_GAP_MM))
+    if n == 0:
+        return None
+    need = MIN_ROI_RADIUS_MM + MUSCLE_MARGIN_MM
+    best_side: dict[tuple[bool, int], tuple] = {}
+    for i, sl in enumerate(ndimage.find_objects(lab), start=1):
+        comp = lab[sl] == i
+        inside = comp & window[sl]
+        if not inside.any() or (comp & ~inner[sl]).any():
+            continue
+        whole = inside.sum() >= WINDOW_FRACTION * comp.sum()
+        part = comp if whole else inside
+        depth = np.where(inside, _depth(part, dy, dx), 0.0)
+        if depth.max() < need:
+            continue
+        cy, cx = np.unravel_index(int(np.argmax(depth)), depth.shape)
+        cy, cx = cy + sl[0].start, cx + sl[1].start
+        centroid_y = np.nonzero(part)[0].mean() + sl[0].start
+        key = (whole, 1 if cx > x_mid else -1)
+        cand = (centroid_y, float(depth.max()), cy, cx)
+        if key not in best_side or cand[0] > best_side[key][0]:  # the most posterior one
+            best_side[key] = cand
+    # components lying in the window win over parts of larger ones
+    found = [c for (whole, _), c in best_side.items() if whole] or list(best_side.values())
+    if not found:
+        return None
+    _, d, cy, cx = max(found, key=lambda c: c[1])
+    return int(cy), int(cx), float(min(ROI_RADIUS_MM, d - MUSCLE_MARGIN_MM))
+
+
+# ---------------------------------------------------------------- MR
+
+def mr_body_mask(img: np.ndarray, spacing) -> np.ndarray:
+    """Body on MR magnitude images: above the background by 6 of its robust SDs (background read
+    in the slice corners, air in an abdominal field of view), largest component per slice,
+    holes filled (fat-suppressed or fluid-dark regions inside stay in)."""
+    smooth = _smooth(img, spacing, SMOOTH_MM / 2.0)
+    nz, ny, nx = img.shape
+    cy, cx = max(2, ny // 12), max(2, nx // 12)
+    corners = np.concatenate([smooth[:, :cy, :cx].ravel(), smooth[:, :cy, -cx:].ravel(),
+                              smooth[:, -cy:, :cx].ravel(), smooth[:, -cy:, -cx:].ravel()])
+    level = float(np.median(corners)) + 6.0 * max(_robust_sd(corners), 1e-6)
+    out = np.zeros(img.shape, bool)
+    for k in range(nz):
+        lab, n = ndimage.label(smooth[k] > level)
+        if n == 0:
+            continue
+        sizes = np.bincount(lab.ravel())[1:]
+        out[k] = fill_holes_2d(lab == (int(np.argmax(sizes)) + 1))
+    return out
+
+
+def homogeneous_regions(img: np.ndarray, spacing, body: np.ndarray) -> np.ndarray:
+    """Pixels whose neighbourhood (about 4 mm) varies no more than twice the image noise: tissue
+    interiors, split from each other by their edges. Noise is the robust SD of neighbour
+    differences inside the body (the flat majority of pixels), so it needs no units."""
+    _, dy, dx = spacing
+    f = img.astype(np.float64)
+    diffs = np.diff(f, axis=2)[body[:, :, 1:] & body[:, :, :-1]]
+    noise = _robust_sd(diffs) / np.sqrt(2.0) if diffs.size else 0.0
+    if noise <= 0:
+        noise = max(float(np.std(f[body])) * 1e-3, 1e-6)
+    size = (1, 2 * max(1, int(round(2.0 / dy))) + 1, 2 * max(1, int(round(2.0 / dx))) + 1)
+    mean = ndimage.uniform_filter(f, size=size)
+    var = np.maximum(ndimage.uniform_filter(f * f, size=size) - mean * mean, 0.0)
+    return body & (np.sqrt(var) <= 2.0 * noise)
+
+
+def mr_muscle_mask(img: np.ndarray, spacing) -> tuple[list[PlacedMask], list[str]]:
+    """Erector spinae ROI on an LPS-ordered T2-weighted volume: on every slice where the muscle
+    is found (paper 003 uses the tumor's slice; a caller keeps that one). Masks and notes."""
+    _, dy, dx = spacing
+    body = mr_body_mask(img, spacing)
+    if not body.any():
+        return [], ["erector spinae not placed: no body above the background signal"]
+    tissue = homogeneous_regions(img, spacing, body)
+    # Midline: the body's left-right centre, the same on all slices (no bone to find on MR).
+    xs = [np.nonzero(body[k])[1] for k in range(img.shape[0]) if body[k].any()]
+    x_mid = float(np.median([(x.min() + x.max()) / 2.0 for x in xs]))
+    mask = np.zeros(img.shape, bool)
+    for k in range(img.shape[0]):
+        found = erector_spinae(tissue[k], body[k], x_mid, (dy, dx))
+        if found is not None:
+            cy, cx, radius = found
+            mask[k] = disk_mask(img.shape[1:], cy, cx, radius, dy, dx) & tissue[k]
+    if not mask.any():
+        return [], ["erector spinae not placed: no homogeneous muscle beside the midline in the posterior half "
+                    f"of the body thick enough for a {MIN_ROI_RADIUS_MM:g} mm ROI"]
+    return [PlacedMask("muscle", "erector spinae", mask)], []

@@ -1,0 +1,483 @@
+"""Priors: fetch an MR follow-up's baseline study from the PACS, so the pair can be analysed.
+
+Paper 003 (003_12b417b4b575f485.txt, Materials and methods, Patients) pairs a baseline MRI
+"within 2 weeks prior to treatment initiation" with a follow-up "at 8 weeks post-treatment"
+(exclusion criterion 3: "an interval exceeding 2 weeks between baseline MRI and therapy
+initiation"). So the baseline lies 56 to 70 days before the follow-up. The paper publishes no
+scheduling margin around "8 weeks": that is a site value, `[priors] tolerance_days`, and every
+baseline found only thanks to it is flagged as such in its reason. The paper's 6-month MRI is not
+paired: a 6-month study finds no baseline in this window, which is the answer paper 003 gives.
+
+The pieces:
+- `select_baseline` (pure): C-FIND candidates + the follow-up's date -> the study to fetch, with a
+  reason for every candidate;
+- `find_identifier`, `candidate_from_match`: the C-FIND identifier (Study Root, STUDY level,
+  PatientID, ModalitiesInStudy MR, StudyDate range) and its matches as candidates;
+- `fetch_baseline(cfg, store, study_uid)`: the I/O shell the pipeline and `hccnode priors` call.
+
+Retrieval: C-MOVE to the node's own AE title (`node.ae_title`): the PACS opens an association to
+the node's listener, so the instances arrive through the Storage SCP and the spool like any
+other, and are indexed before the PACS's final response. The PACS must therefore know the node's
+AE title, host and port (for Orthanc: an entry in DicomModalities). C-GET is the fallback (the
+instances come back on the query association and go through the same `Spool.ingest`); with
+`retrieve = "auto"` it is used when the node's listener does not answer or the PACS cannot
+move to the node.
+
+The C-FIND identifier carries the Patient ID: it is never logged, audited or printed. Candidates
+hold only whether the PACS's Patient ID (and issuer) matched, not the value.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass, field
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+
+from hccnode import log
+from hccnode.config import Config, Destination, parse_destination
+from hccnode.net import scu, status
+from hccnode.net.forward import client_tls
+from hccnode.store import audit
+from hccnode.store.db import Store
+
+# Paper 003, Materials and methods, Patients: follow-up MRI "at 8 weeks post-treatment";
+# baseline MRI "within 2 weeks prior to treatment initiation".
+FOLLOWUP_AFTER_TREATMENT_DAYS = 8 * 7
+BASELINE_BEFORE_TREATMENT_MAX_DAYS = 2 * 7
+MODALITY = "MR"
+ACTOR = "priors"
+
+
+@dataclass(frozen=True)
+class Window:
+    """Days from the baseline's study date back from the follow-up's: paper 003's interval,
+    widened by a site tolerance (not published by the paper)."""
+
+    tolerance_days: float = 0.0
+    nominal_min_days: int = FOLLOWUP_AFTER_TREATMENT_DAYS                                    # 56
+    nominal_max_days: int = FOLLOWUP_AFTER_TREATMENT_DAYS + BASELINE_BEFORE_TREATMENT_MAX_DAYS  # 70
+
+    @property
+    def min_days(self) -> float:
+        return max(1.0, self.nominal_min_days - self.tolerance_days)   # the baseline is on an earlier day
+
+    @property
+    def max_days(self) -> float:
+        return self.nominal_max_days + self.tolerance_days
+
+    def describe(self) -> str:
+        return (f"{self.min_days:g}-{self.max_days:g} days before the follow-up (paper 003: "
+                f"{self.nominal_min_days}-{self.nominal_max_days}; site tolerance ±{self.tolerance_days:g}, "
+                f"not published by the paper)")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One C-FIND match, without patient identity."""
+
+    study_uid: str
+    study_date: dt.date | None
+    study_time: str = ""
+    modalities: tuple[str, ...] = ()      # empty: the PACS did not return ModalitiesInStudy
+    description: str = ""
+    instances: int | None = None          # NumberOfStudyRelatedInstances, when returned
+    same_patient: bool = True             # False: the PACS returned another Patient ID or issuer
+
+
+@dataclass(frozen=True)
+class Verdict:
+    candidate: Candidate
+    eligible: bool
+    reason: str
+    days_before: int | None = None        # follow-up date - candidate date
+    in_paper_window: bool = False         # within paper 003's 56-70 days, not only the tolerance
+
+
+@dataclass(frozen=True)
+class Selection:
+    chosen: Candidate | None
+    verdicts: tuple[Verdict, ...]         # one per candidate, in input order
+    reason: str                           # why this one, or why none
+
+
+def parse_date(text: str | None) -> dt.date | None:
+    """A DICOM DA value (YYYYMMDD; also the old YYYY.MM.DD) as a date, or None."""
+    digits = "".join(ch for ch in str(text or "") if ch.isdigit())
+    if len(digits) != 8:
+        return None
+    try:
+        return dt.date(int(digits[:4]), int(digits[4:6]), int(digits[6:]))
+    except ValueError:
+        return None
+
+
+def _seconds(tm: str) -> int:
+    digits = "".join(ch for ch in tm.split(".")[0] if ch.isdigit())[:6].ljust(6, "0")
+    return int(digits[:2]) * 3600 + int(digits[2:4]) * 60 + int(digits[4:6]) if digits.isdigit() else 0
+
+
+def _judge(c: Candidate, followup_uid: str, followup_date: dt.date, window: Window) -> Verdict:
+    if c.study_uid == followup_uid:
+        return Verdict(c, False, "the follow-up itself")
+    if not c.same_patient:
+        return Verdict(c, False, "the PACS returned another patient (Patient ID or issuer differs)")
+    if c.modalities and MODALITY not in c.modalities:
+        return Verdict(c, False, f"no {MODALITY} series (modalities: {', '.join(c.modalities)})")
+    if c.study_date is None:
+        return Verdict(c, False, "no usable Study Date: cannot place it in the window")
+    days = (followup_date - c.study_date).days
+    if days < 0:
+        return Verdict(c, False, f"{-days} days after the follow-up", days)
+    if days < window.min_days:
+        return Verdict(c, False, f"{days} days before the follow-up: fewer than the window's {window.min_days:g}", days)
+    if days > window.max_days:
+        return Verdict(c, False, f"{days} days before the follow-up: more than the window's {window.max_days:g}", days)
+    if c.instances == 0:
+        return Verdict(c, False, "the PACS reports no instances in this study", days)
+    nominal = window.nominal_min_days <= days <= window.nominal_max_days
+    if nominal:
+        why = (f"{days} days before the follow-up: within paper 003's {window.nominal_min_days}-"
+               f"{window.nominal_max_days} days")
+    else:
+        why = (f"{days} days before the follow-up: outside paper 003's {window.nominal_min_days}-"
+               f"{window.nominal_max_days} days, within the site tolerance of ±{window.tolerance_days:g} days "
+               f"(a margin paper 003 does not publish)")
+    return Verdict(c, True, why, days, nominal)
+
+
+def _rank(v: Verdict, window: Window) -> tuple:
+    """Smaller is better: inside paper 003's interval first; then nearest to it; then the latest
+    (the scan nearest to treatment start, as a baseline is the last scan before it), the later
+    time on the same day, the more instances; the UID only to make the choice deterministic."""
+    days = v.days_before or 0
+    outside = max(window.nominal_min_days - days, days - window.nominal_max_days, 0)
+    return (not v.in_paper_window, outside, days, -_seconds(v.candidate.study_time),
+            -(v.candidate.instances or 0), v.candidate.study_uid)
+
+
+def select_baseline(candidates: list[Candidate], followup_uid: str, followup_date: dt.date,
+                    window: Window) -> Selection:
+    """The baseline study to fetch for the follow-up `followup_uid` acquired on `followup_date`.
+
+    A candidate is eligible when it is not the follow-up, belongs to the same patient, has MR
+    series (or the PACS did not say), has a Study Date `window.min_days`..`window.max_days` before
+    the follow-up (see `Window`; paper 003: 56-70 days), and is not reported empty. Among eligible
+    ones `_rank` decides. Pure: the same candidates in any order give the same choice.
+    """
+    verdicts = [_judge(c, followup_uid, followup_date, window) for c in candidates]
+    eligible = [v for v in verdicts if v.eligible]
+    if not eligible:
+        why = (f"no {MODALITY} study of this patient {window.describe()}" if candidates
+               else f"the PACS has no other {MODALITY} study of this patient in the queried dates")
+        return Selection(None, tuple(verdicts), why)
+    best = min(eligible, key=lambda v: _rank(v, window))
+    final = []
+    for v in verdicts:
+        if v is best:
+            v = Verdict(v.candidate, True, "chosen: " + v.reason, v.days_before, v.in_paper_window)
+        elif v.eligible:
+            v = Verdict(v.candidate, True, f"eligible, but {best.candidate.study_uid} is preferred: " + v.reason,
+                        v.days_before, v.in_paper_window)
+        final.append(v)
+    others = len(eligible) - 1
+    return Selection(best.candidate, tuple(final),
+                     best.reason + (f" ({others} other eligible: preferred as nearest to paper 003's interval, "
+                                    "then latest)" if others else ""))
+
+
+# -- C-FIND identifier and matches --------------------------------------------------------
+
+def find_identifier(patient_id: str, issuer: str | None, followup_date: dt.date, window: Window) -> Dataset:
+    """Study Root, STUDY level: this patient's MR studies from `window.max_days` before the
+    follow-up up to its day (the follow-up and too-recent studies come back and are judged too)."""
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.PatientID = patient_id
+    ds.IssuerOfPatientID = issuer or ""      # a return key: compared, not matched (not every PACS matches it)
+    start = followup_date - dt.timedelta(days=int(window.max_days) + 1)
+    ds.StudyDate = f"{start:%Y%m%d}-{followup_date:%Y%m%d}"
+    ds.StudyTime = ""
+    ds.ModalitiesInStudy = MODALITY
+    ds.StudyInstanceUID = ""
+    ds.StudyDescription = ""
+    ds.NumberOfStudyRelatedSeries = ""
+    ds.NumberOfStudyRelatedInstances = ""
+    return ds
+
+
+def candidate_from_match(ds: Dataset, patient_id: str, issuer: str | None) -> Candidate:
+    """A C-FIND match as a Candidate; Patient ID and issuer are compared here and dropped."""
+    got_id = str(ds.get("PatientID", "") or "").strip()
+    got_issuer = str(ds.get("IssuerOfPatientID", "") or "").strip()
+    same = (not got_id or got_id == patient_id.strip()) and \
+           (not got_issuer or not issuer or got_issuer == issuer.strip())
+    mods = ds.get("ModalitiesInStudy", "")
+    mods = tuple(str(m).strip() for m in (mods if isinstance(mods, (list, tuple, MultiValue))
+                                           else [mods]) if str(m).strip())
+    n = ds.get("NumberOfStudyRelatedInstances", None)
+    try:
+        n = int(n) if n not in (None, "") else None
+    except (TypeError, ValueError):
+        n = None
+    return Candidate(str(ds.get("StudyInstanceUID", "") or ""), parse_date(ds.get("StudyDate", "")),
+                     str(ds.get("StudyTime", "") or ""), mods, str(ds.get("StudyDescription", "") or ""), n, same)
+
+
+# -- the I/O shell --------------------------------------------------------------------------
+
+@dataclass
+class PriorResult:
+    """What `fetch_baseline` did. `state`: fetched (retrieved now) | present (already in the store) |
+    found (query only) | no_baseline | skipped (not applicable: disabled, not MR, no Patient ID or date) |
+    failed (PACS unreachable, refused, or the retrieve did not complete)."""
+
+    followup_uid: str
+    state: str
+    message: str
+    baseline_uid: str | None = None
+    followup_date: str | None = None
+    pacs: str | None = None
+    method: str | None = None             # "move" | "get"
+    window: str | None = None
+    verdicts: list[dict] = field(default_factory=list)
+    completed: int = 0                    # sub-operations the PACS reports completed (with warnings)
+    failed: int = 0
+    indexed: int = 0                      # baseline instances in the node's store afterwards
+
+    @property
+    def ok(self) -> bool:
+        """True when the baseline is in the node's store."""
+        return self.state in ("fetched", "present")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def pacs_destination(cfg: Config) -> Destination | None:
+    """`[priors] pacs`, else the first `[forward]` destination, else None."""
+    text = cfg.priors.pacs or (cfg.forward.destinations[0] if cfg.forward.destinations else "")
+    return parse_destination(text) if text else None
+
+
+def _verdict_row(v: Verdict) -> dict:
+    c = v.candidate
+    return {"study_uid": c.study_uid, "study_date": c.study_date.isoformat() if c.study_date else None,
+            "modalities": list(c.modalities), "instances": c.instances, "days_before": v.days_before,
+            "eligible": v.eligible, "in_paper_window": v.in_paper_window, "reason": v.reason}
+
+
+def _local_count(store: Store, study_uid: str) -> int:
+    return store.query("SELECT COUNT(*) AS n FROM instances WHERE study_uid = ?", (study_uid,))[0]["n"]
+
+
+class _NotApplicable(Exception):
+    """The study cannot be paired: not stored, not MR, no Patient ID or no date."""
+
+
+@dataclass(frozen=True)
+class _Followup:
+    study_uid: str
+    date: dt.date
+    patient_key: str | None
+    patient_id: str                       # PHI: for the C-FIND identifier only
+    issuer: str | None
+
+    def __repr__(self) -> str:            # never print the Patient ID by accident
+        return f"_Followup({self.study_uid!r}, {self.date})"
+
+
+def _followup(store: Store, study_uid: str) -> _Followup:
+    """The stored follow-up: its date from the index, Patient ID and issuer from one MR instance's header."""
+    rows = store.query("SELECT study_date, patient_key FROM studies WHERE study_uid = ?", (study_uid,))
+    if not rows:
+        raise _NotApplicable(f"study {study_uid} is not in the node's store")
+    mods = {r["modality"] for r in store.query("SELECT DISTINCT modality FROM series WHERE study_uid = ?",
+                                                (study_uid,))}
+    if MODALITY not in mods:
+        raise _NotApplicable(f"study {study_uid} has no {MODALITY} series (modalities: "
+                             f"{', '.join(sorted(m or '?' for m in mods))}); paper 003 pairs MR studies")
+    inst = store.query("SELECT path FROM instances WHERE study_uid = ? AND modality = ? LIMIT 1",
+                       (study_uid, MODALITY))
+    try:
+        ds = pydicom.dcmread(store.data_dir / inst[0]["path"], stop_before_pixels=True,
+                             specific_tags=["PatientID", "IssuerOfPatientID", "StudyDate"])
+    except (OSError, InvalidDicomError) as exc:
+        raise _NotApplicable(f"study {study_uid}: cannot read a stored instance ({type(exc).__name__})") from None
+    patient_id = str(ds.get("PatientID", "") or "").strip()
+    if not patient_id:
+        raise _NotApplicable(f"study {study_uid} has no Patient ID: the PACS cannot be asked for the same patient")
+    date = parse_date(rows[0]["study_date"]) or parse_date(ds.get("StudyDate", ""))
+    if date is None:
+        raise _NotApplicable(f"study {study_uid} has no usable Study Date: no window to look in")
+    issuer = str(ds.get("IssuerOfPatientID", "") or "").strip() or None
+    return _Followup(study_uid, date, rows[0]["patient_key"], patient_id, issuer)
+
+
+def _own_listener(cfg: Config) -> Destination | None:
+    """Where the node's plain listener answers, or None when it listens on TLS only."""
+    if cfg.tls.enabled and not cfg.tls.keep_plain_listener:
+        return None
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(cfg.node.host, cfg.node.host)
+    return Destination(cfg.node.ae_title, host, cfg.node.port)
+
+
+def _listener_answers(cfg: Config) -> bool | None:
+    dest = _own_listener(cfg)
+    if dest is None:
+        return None
+    try:
+        return scu.echo(dest, cfg.forward.ae_title, timeout=min(cfg.priors.timeout, 5.0)) == status.SUCCESS
+    except scu.AssociationFailed as exc:
+        return "rejected" in str(exc)     # the allow-list refused us: the listener is there
+
+
+class _GetStore:
+    """C-STORE sub-operations of a C-GET, kept by the spool as the SCP keeps them."""
+
+    def __init__(self, store: Store, peer_ae: str):
+        from hccnode.store.spool import Spool
+        self.spool, self.peer_ae = Spool(store), peer_ae
+
+    def __call__(self, event):
+        req = event.request
+        try:
+            r = self.spool.ingest(str(req.AffectedSOPClassUID), str(req.AffectedSOPInstanceUID),
+                                  str(event.context.transfer_syntax), event.encoded_dataset(include_meta=False),
+                                  self.peer_ae)
+        except Exception as exc:
+            log.event("prior.store_failed", level=40, sop=str(req.AffectedSOPInstanceUID), error=type(exc).__name__)
+            return status.OUT_OF_RESOURCES
+        return r.status
+
+
+def _retrieve(cfg: Config, store: Store, pacs: Destination, study_uid: str, tls) -> tuple[str, scu.RetrieveResult]:
+    """C-MOVE to our own AE title and/or C-GET, per `[priors] retrieve`; returns (method, result)."""
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "STUDY"
+    ident.StudyInstanceUID = study_uid
+    how = cfg.priors.retrieve
+    calling, timeout = cfg.forward.ae_title, cfg.priors.timeout
+
+    def by_get():
+        return "get", scu.get(pacs, ident, _GetStore(store, pacs.ae_title), calling, timeout, tls)
+
+    if how == "get":
+        return by_get()
+    if how == "auto" and _listener_answers(cfg) is False:
+        log.event("prior.move_skipped", level=30, study=study_uid,
+                  reason=f"the node's listener ({_own_listener(cfg)}) does not answer; using C-GET")
+        return by_get()
+    try:
+        result = scu.move(pacs, ident, cfg.node.ae_title, calling, timeout, tls)
+    except scu.QueryFailed as exc:
+        if how != "auto" or "does not accept" not in str(exc):
+            raise
+        log.event("prior.move_refused", level=30, study=study_uid, reason=str(exc))
+        return by_get()
+    if how == "auto" and _nothing_delivered(result):
+        log.event("prior.move_failed", level=30, study=study_uid, status=f"0x{result.status:04X}",
+                  failed=result.failed, reason="the PACS could not deliver to this node; using C-GET")
+        return by_get()
+    return "move", result
+
+
+def _nothing_delivered(result: scu.RetrieveResult) -> bool:
+    """A failed C-MOVE that delivered nothing: the PACS does not know or cannot reach the node (a PACS
+    may say so with 0xA801 or, as Orthanc does, 0xC000 'unable to process')."""
+    return not result.ok and result.completed == 0 and result.warning == 0
+
+
+def _move_hint(cfg: Config, result: scu.RetrieveResult) -> str:
+    if result.status == status.MOVE_DESTINATION_UNKNOWN or _nothing_delivered(result):
+        return (f"; the PACS must know this node's AE title {cfg.node.ae_title!r} with its host and port "
+                f"(port {cfg.node.port}), and `hccnode serve` must be running to receive")
+    return ""
+
+
+def fetch_baseline(cfg: Config, store: Store, study_uid: str, *, even_if_disabled: bool = False,
+                   retrieve: bool = True) -> PriorResult:
+    """Find the baseline of the MR follow-up `study_uid` on the PACS and bring it into the store.
+
+    Returns a PriorResult; never raises for a PACS that is down, refuses or finds nothing (state
+    "failed" / "no_baseline" with the reason). `retrieve=False` queries and selects only.
+    With `[priors] enabled = false` it does nothing (state "skipped") unless `even_if_disabled`.
+    Audit: prior.queried (candidates, choice, reasons), prior.retrieved, prior.failed.
+    """
+    if not (cfg.priors.enabled or even_if_disabled):
+        return PriorResult(study_uid, "skipped", "priors are disabled ([priors] enabled = false)")
+    try:
+        fu = _followup(store, study_uid)
+    except _NotApplicable as exc:
+        return PriorResult(study_uid, "skipped", str(exc))
+    followup_date, patient_key = fu.date, fu.patient_key
+    window = Window(cfg.priors.tolerance_days)
+    result = PriorResult(study_uid, "failed", "", followup_date=followup_date.isoformat(), window=window.describe())
+    pacs = pacs_destination(cfg)
+    if pacs is None:
+        result.message = "no PACS configured: set [priors] pacs (or [forward] destinations)"
+        return result
+    result.pacs = str(pacs)
+
+    def failed(message: str, **details) -> PriorResult:
+        result.state, result.message = "failed", message
+        log.event("prior.failed", level=30, study=study_uid, pacs=str(pacs), reason=message)
+        audit.append(store, "prior.failed", ACTOR, study_uid=study_uid, patient_key=patient_key,
+                     pacs=str(pacs), reason=message, **details)
+        return result
+
+    tls = client_tls(cfg)
+    try:
+        matches = scu.find(pacs, find_identifier(fu.patient_id, fu.issuer, followup_date, window),
+                           cfg.forward.ae_title, cfg.priors.timeout, tls)
+    except (scu.AssociationFailed, scu.QueryFailed) as exc:
+        return failed(f"cannot query the PACS: {exc}", step="query")
+    candidates = [candidate_from_match(m, fu.patient_id, fu.issuer) for m in matches]
+    sel = select_baseline(candidates, study_uid, followup_date, window)
+    result.verdicts = [_verdict_row(v) for v in sel.verdicts]
+    chosen = sel.chosen
+    log.event("prior.queried", study=study_uid, pacs=str(pacs), candidates=len(candidates),
+              chosen=chosen.study_uid if chosen else None)
+    audit.append(store, "prior.queried", ACTOR, study_uid=study_uid, patient_key=patient_key, pacs=str(pacs),
+                 window=window.describe(), chosen=chosen.study_uid if chosen else None, reason=sel.reason,
+                 candidates=result.verdicts)
+    if chosen is None:
+        result.state, result.message = "no_baseline", sel.reason
+        return result
+    result.baseline_uid = chosen.study_uid
+    local = _local_count(store, chosen.study_uid)
+    if local and chosen.instances is not None and local >= chosen.instances:
+        result.state, result.indexed = "present", local
+        result.message = f"baseline {chosen.study_uid} already in the store ({local} instances): {sel.reason}"
+        return result
+    if not retrieve:
+        result.state, result.indexed = "found", local
+        result.message = f"baseline {chosen.study_uid} found, not retrieved (query only): {sel.reason}"
+        return result
+    try:
+        method, got = _retrieve(cfg, store, pacs, chosen.study_uid, tls)
+    except (scu.AssociationFailed, scu.QueryFailed) as exc:
+        return failed(f"cannot retrieve baseline {chosen.study_uid}: {exc}", step="retrieve",
+                      baseline=chosen.study_uid)
+    result.method, result.completed, result.failed = method, got.completed + got.warning, got.failed
+    result.indexed = _local_count(store, chosen.study_uid)
+    verb = "C-MOVE to " + cfg.node.ae_title if method == "move" else "C-GET"
+    if not got.ok or result.indexed == 0:
+        hint = _move_hint(cfg, got) if method == "move" else ""
+        return failed(f"{verb} of baseline {chosen.study_uid}: status 0x{got.status:04X} "
+                      f"({status.qr_meaning(got.status)}); {result.completed} completed, {got.failed} failed"
+                      + (f": {got.error}" if got.error else "")
+                      + ("; nothing arrived in the store" if not result.indexed else "") + hint,
+                      step="retrieve", baseline=chosen.study_uid, method=method, status=got.status,
+                      completed=result.completed, failed=got.failed)
+    result.state = "fetched"
+    result.message = (f"baseline {chosen.study_uid}: {result.completed} instances retrieved by {verb}, "
+                      f"{result.indexed} in the store: {sel.reason}")
+    log.event("prior.retrieved", study=study_uid, baseline=chosen.study_uid, method=method,
+              completed=result.completed, indexed=result.indexed)
+    audit.append(store, "prior.retrieved", ACTOR, study_uid=study_uid, patient_key=patient_key, pacs=str(pacs),
+                 baseline=chosen.study_uid, method=method, completed=result.completed, indexed=result.indexed)
+    return result

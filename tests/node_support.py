@@ -1,0 +1,98 @@
+"""Helpers for tests against a running node: dcmtk clients, their per-file answers, the
+spool's contents, and a size-limited filesystem."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+
+import pydicom
+
+from conftest import need
+
+
+def storescu(node, files, aet="STORESCU", extra=(), timeout=120, port=None) -> subprocess.CompletedProcess:
+    return subprocess.run([need("storescu"), "-v", "-aet", aet, "-aec", "HCCNODE", *extra, "127.0.0.1",
+                           str(port or node.port), *map(str, files)], capture_output=True, text=True, timeout=timeout)
+
+
+def echoscu(node, aet="ECHOSCU", extra=(), port=None) -> subprocess.CompletedProcess:
+    return subprocess.run([need("echoscu"), "-aet", aet, "-aec", "HCCNODE", *extra, "127.0.0.1",
+                           str(port or node.port)], capture_output=True, text=True, timeout=30)
+
+
+def store_responses(output: str) -> list[tuple[str, str]]:
+    """(file, response) for each C-STORE in `storescu -v` output, in order; the response is
+    dcmtk's status name ('Success', 'Refused: OutOfResources', ...)."""
+    out, current = [], None
+    for line in output.splitlines():
+        if "Sending file:" in line:
+            current = line.split("Sending file:", 1)[1].strip()
+        elif "Received Store Response (" in line and current:
+            out.append((current, line.split("Received Store Response (", 1)[1].rsplit(")", 1)[0]))
+            current = None
+    return out
+
+
+def sop_of(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """The bytes after the file meta: what travels in a C-STORE, byte for byte."""
+    meta = pydicom.filereader.read_file_meta_info(path)
+    return path.read_bytes()[132 + 12 + meta.FileMetaInformationGroupLength:]
+
+
+def content_sha(path: Path) -> str:
+    return hashlib.sha256(dataset_bytes(path)).hexdigest()
+
+
+def integrity(db_path: Path) -> str:
+    """SQLite's own check of the index, from a separate read-only connection."""
+    c = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
+    try:
+        return "; ".join(r[0] for r in c.execute("PRAGMA integrity_check"))
+    finally:
+        c.close()
+
+
+def unindexed_spool_files(node) -> list[Path]:
+    """Files in the spool (in-flight temp files included) that no index row names."""
+    known = {r["path"] for r in node.store().query("SELECT path FROM instance_versions")}
+    spool = node.data_dir / "spool"
+    return [p for p in spool.rglob("*") if p.is_file() and str(p.relative_to(node.data_dir)) not in known]
+
+
+@contextmanager
+def tmpfs(path: Path, size: str):
+    """A tmpfs of `size` mounted at `path` for the block; yields False (and mounts nothing) when
+    this process may not mount."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
+                             capture_output=True).returncode == 0
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run([need("openssl"), *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_pki(d: Path) -> Path:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA, in `d`."""
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=hccnode test CA",
+            "-keyout", "ca.key", "-out", "ca.crt", cwd=d)
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"), ("client", "extendedKeyUsage=clientAuth")):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=hccnode test {name}",
+                "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)
+        (d / f"{name}.ext").write_text(ext + "\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.crt", cwd=d)
+    return d
