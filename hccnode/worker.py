@@ -42,7 +42,7 @@ def run_job(data_dir: str, job_id: int, destinations: Sequence[str] = (), rules_
 
 
 def _warm_up() -> None:
-    import hccnode.pipeline  # noqa: F401 - the analysis modules (SimpleITK, highdicom, matplotlib)
+    import hccnode.pipeline.driver  # noqa: F401 - the analysis modules (SimpleITK, highdicom, matplotlib)
 
 
 class WorkerPool:

@@ -135,8 +135,30 @@ def test_unreadable_series_is_reported_and_the_rest_measured_without_reader_rois
         assert any(n.startswith("tumor not measured") and "never placed automatically" in n for n in a.missing)
         if placer("place_ct_rois") is None:
             assert any(n.startswith("liver not measured") for n in a.missing)
+        else:
+            assert {m.roi.source for m in a.measurements if m.roi and m.roi.name == "liver"} == {"automatic"}
         assert not any(m.marker == "ecv_tumor" for m in a.measurements)  # no tumor ROI: nothing guessed
         assert (a.out_dir / "sr.dcm").exists() and dciodvfy(a.out_dir / "sr.dcm")[0] == []
+        store.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_without_a_reader_annotation_automatic_liver_and_aorta_rois_give_liver_ecv():
+    if placer("place_ct_rois") is None:
+        pytest.skip("no automatic ROI placement in this installation")
+    root = scratch_dir("pipe-auto")
+    try:
+        store, truth, (study,) = phantom_store(root, StudySpec(kind="cect", seed=11, slices=12, matrix=64, noise_sd=2.0))
+        add_labs(store, truth, [("hct", 40, "%", -2.0)])
+        a = analyze_study(store, study)
+        liver = by_marker(a, "ecv_liver")
+        assert liver.roi.source == "automatic" and liver.roi.label is None  # the mean of the three ROIs
+        labels = {m.roi.label for m in a.measurements if m.marker == "liver_hu_equilibrium"}
+        assert labels == {"liver right anterior", "liver right posterior", "liver left lateral"}  # paper 001
+        assert abs(liver.value - 100 * truth.roi("liver")["ecv"]) <= 0.5
+        assert not any(m.marker == "ecv_tumor" for m in a.measurements)
+        assert (a.out_dir / "ecv_map.dcm").exists()  # over the automatic liver ROIs
         store.close()
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -11,7 +11,16 @@ regions (reader's and automatic ROIs), labs (values at scan time), ct / mr (mark
 (`hccnode analyze`). The science lives in hccnode.imaging; this package only orchestrates.
 """
 
-from hccnode.pipeline.driver import Analysis, analyze_study
-from hccnode.pipeline.study import StudyError
-
 __all__ = ["Analysis", "StudyError", "analyze_study"]
+
+
+def __getattr__(name: str):
+    # Lazy: `hccnode.pipeline.commands` is imported by the CLI in the serving process, which must
+    # not load the analysis libraries (SimpleITK, highdicom, matplotlib); workers load them.
+    if name in ("Analysis", "analyze_study"):
+        from hccnode.pipeline import driver
+        return getattr(driver, name)
+    if name == "StudyError":
+        from hccnode.pipeline.study import StudyError
+        return StudyError
+    raise AttributeError(f"module 'hccnode.pipeline' has no attribute {name!r}")

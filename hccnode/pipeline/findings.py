@@ -65,7 +65,7 @@ def _core_and_box(mask: np.ndarray) -> tuple[np.ndarray, tuple[slice, ...]]:
     else:
         out = m
     key = id(mask)
-    _CORES[key] = (weakref.ref(mask, lambda _ref, k=key: _CORES.pop(k, None)), out, box)
+    _CORES[key] = (weakref.ref(mask, lambda _ref, k=key, cache=_CORES: cache.pop(k, None)), out, box)
     return out, box
 
 
