@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "hccnode.store.audit_commands",
     "hccnode.imaging.commands",
     "hccnode.report.commands",
+    "hccnode.pipeline.commands",
 ]
 
 

@@ -13,30 +13,36 @@ import os
 import threading
 from concurrent.futures import ProcessPoolExecutor, TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
+from typing import Sequence
 
-from hccnode import __version__, log
+from hccnode import log
 from hccnode.config import Config
 from hccnode.store import jobs
 from hccnode.store.db import Store
 
 
-def run_job(data_dir: str, job_id: int) -> dict:
-    """Run one job and return its result record. For now: the study's series list."""
+def run_job(data_dir: str, job_id: int, destinations: Sequence[str] = (), rules_file: str = "") -> dict:
+    """Run one job: analyse its study (hccnode.pipeline) and return the result record.
+
+    `destinations` are the configured forward destinations the outputs are queued for;
+    `rules_file` a site's phase rules (empty: the packaged ones)."""
+    from hccnode.imaging.phase_rules import load_rules
+    from hccnode.pipeline import analyze_study
+
     store = Store(data_dir)
     try:
         job = jobs.get(store, job_id)
         if job is None:
             raise LookupError(f"no job {job_id}")
-        series = store.query(
-            """SELECT s.series_uid, s.series_number, s.modality, s.series_description,
-                      COUNT(i.sop_uid) AS instances
-               FROM series s LEFT JOIN instances i ON i.series_uid = s.series_uid
-               WHERE s.study_uid = ? GROUP BY s.series_uid ORDER BY s.series_number, s.series_uid""",
-            (job["study_uid"],))
-        return {"study_uid": job["study_uid"], "study_seq": job["study_seq"], "series": series,
-                "software_version": __version__}
+        analysis = analyze_study(store, job["study_uid"], destinations=destinations, job_id=job_id,
+                                 rules=load_rules(rules_file or None))
+        return {**analysis.as_record(), "study_seq": job["study_seq"]}
     finally:
         store.close()
+
+
+def _warm_up() -> None:
+    import hccnode.pipeline.driver  # noqa: F401 - the analysis modules (SimpleITK, highdicom, matplotlib)
 
 
 class WorkerPool:
@@ -52,6 +58,9 @@ class WorkerPool:
                         for i in range(self.n)]
 
     def start(self) -> None:
+        # Start the worker processes now (imports included), not when the first study is waiting.
+        for _ in range(self.n):
+            self._executor().submit(_warm_up)
         for t in self.threads:
             t.start()
 
@@ -66,7 +75,9 @@ class WorkerPool:
         with self._pool_lock:
             if self._pool is None:
                 # spawn: the node has many threads; forking them is unsafe.
-                self._pool = ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"))
+                # The workers log as the node does (a spawned process starts unconfigured).
+                self._pool = ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=log.setup, initargs=(self.cfg.log.level, self.cfg.log.file))
             return self._pool
 
     def _reset_pool(self) -> None:
@@ -98,7 +109,8 @@ class WorkerPool:
     def _run(self, store: Store, job: jobs.Job, owner: str) -> None:
         wcfg = self.cfg.worker
         try:
-            future = self._executor().submit(run_job, str(self.cfg.data_dir), job.id)
+            future = self._executor().submit(run_job, str(self.cfg.data_dir), job.id,
+                                             list(self.cfg.forward.destinations), self.cfg.phases.rules_file)
             while True:
                 try:
                     result = future.result(timeout=max(0.5, wcfg.lease_seconds / 3))

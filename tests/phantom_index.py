@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import random
-import struct
 from pathlib import Path
 
-import pydicom
-
 from hccnode.store.db import Store
-from hccnode.store.spool import Spool
+from hccnode.store.spool import Spool, ingest_file
 
 # truth.json kind -> the kind hccnode.imaging.phases reports
 TRUTH_KIND = {"ct_portal": "ct_portal_venous"}
 TRUTH_PHASE = {"portal": "portal_venous"}
-
-
-def _dataset_bytes(path: Path) -> bytes:
-    """The data set of a Part 10 file as a C-STORE would carry it (file meta removed)."""
-    raw = path.read_bytes()
-    assert raw[128:132] == b"DICM" and raw[132:136] == b"\x02\x00\x00\x00"
-    (group_length,) = struct.unpack("<I", raw[140:144])
-    return raw[144 + group_length:]
 
 
 def index_files(store: Store, root: Path, shuffle_seed: int | None = None) -> set[str]:
@@ -33,9 +22,7 @@ def index_files(store: Store, root: Path, shuffle_seed: int | None = None) -> se
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(paths)
     for path in paths:
-        meta = pydicom.filereader.read_file_meta_info(path)
-        result = spool.ingest(str(meta.MediaStorageSOPClassUID), str(meta.MediaStorageSOPInstanceUID),
-                              str(meta.TransferSyntaxUID), _dataset_bytes(path), calling_ae="PHANTOM")
+        result = ingest_file(spool, path, calling_ae="PHANTOM")
         assert result.outcome in ("stored", "duplicate"), result
         studies.add(result.study_uid)
     return studies

@@ -45,7 +45,9 @@ def test_full_spool_disk_refuses_with_out_of_resources_and_recovers_without_rest
     a file-size limit on the node process (writes then fail with EFBIG)."""
     files = ct_series(tmp_path / "in", n=40, size=256)        # 131 kB each
     first, rest = files[:10], files[10:]
-    node = node_factory()
+    # No analysis while the disk is full (its outputs would take the little space left for the
+    # ingest): the study becomes stable only after the last send, well after the space is back.
+    node = node_factory(study={"stable_seconds": 10.0})
     with tmpfs(node.data_dir, SPOOL_FS_SIZE) as mounted:
         try:
             node.start()

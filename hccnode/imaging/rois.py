@@ -197,20 +197,42 @@ def _from_seg(ds: Dataset, reference: Volume, synonyms: Synonyms) -> AnnotationR
         if role is None:
             out.ignored.append(f"{label}: label and code not in the ROI synonyms")
             continue
-        try:
-            vol = seg.get_volume(segment_numbers=[number])  # one channel: this segment
-        except Exception as exc:  # noqa: BLE001
-            out.ignored.append(f"{label}: segment frames do not form a volume ({exc})")
-            continue
-        if vol is None:
-            out.ignored.append(f"{label}: empty segment")
-            continue
-        on_grid = _seg_mask_on(vol.squeeze_channel() if vol.number_of_channel_dimensions else vol, reference.image)
+        on_grid = _seg_on_reference_slices(seg, number, reference)
+        if on_grid is None:
+            try:
+                vol = seg.get_volume(segment_numbers=[number])  # one channel: this segment
+            except Exception as exc:  # noqa: BLE001
+                out.ignored.append(f"{label}: segment frames do not form a volume ({exc})")
+                continue
+            if vol is None:
+                out.ignored.append(f"{label}: empty segment")
+                continue
+            on_grid = _seg_mask_on(vol.squeeze_channel() if vol.number_of_channel_dimensions else vol, reference.image)
         if not sitk.GetArrayViewFromImage(on_grid).any():
             out.ignored.append(f"{label}: segment lies outside the reference volume")
             continue
         out.rois.append(RoiMask(on_grid, _ref(role, sop_uid, label)))
     return out
+
+
+def _seg_on_reference_slices(seg: hd.seg.Segmentation, number: int, reference: Volume) -> sitk.Image | None:
+    """The segment read frame by frame against the reference's own images, when the SEG was drawn
+    on exactly them (the usual case; no resampling of a whole volume). None: use the general path."""
+    try:
+        if any(f is not None for f in reference.frame_numbers):
+            arr = seg.get_pixels_by_source_frame(
+                source_sop_instance_uid=reference.sop_instance_uids[0], source_frame_numbers=list(reference.frame_numbers),
+                segment_numbers=[number], assert_missing_frames_are_empty=True)
+        else:
+            arr = seg.get_pixels_by_source_instance(
+                source_sop_instance_uids=list(reference.sop_instance_uids), segment_numbers=[number],
+                assert_missing_frames_are_empty=True)
+    except Exception:  # noqa: BLE001 - drawn on other images: the general (resampling) path decides
+        return None
+    arr = np.asarray(arr)[..., 0]
+    if arr.shape != tuple(reference.image.GetSize()[::-1]):
+        return None
+    return _to_image(arr >= 0.5 if arr.dtype.kind == "f" else arr > 0, reference)
 
 
 SLAB_SLICES = 32  # segment slices pasted at a time onto the reference grid

@@ -27,17 +27,26 @@ SEGMENTS = [  # (number, label, category, type, labels in the phantom)
 
 
 def write_seg(spec, truth, out: Path) -> None:
-    """Write the SEG for spec.seg_phase and add it to truth (kind "seg")."""
+    """Write the SEG for spec.seg_phase and add it to truth (kind "seg"): on the baseline study,
+    and for MR also on the follow-up study (its own, smaller tumor and its own position), since
+    paper 003 measures both."""
+    studies = [0, 1] if spec.kind == "mr" else [0]
+    for index in studies:
+        _write_seg(spec, truth, out, index)
+
+
+def _write_seg(spec, truth, out: Path, index: int) -> None:
     from hccnode.phantom.generate import make_tumors
 
-    study = truth.data["studies"][0]
+    study = truth.data["studies"][index]
     source = next(s for s in study["series"] if s["phase"] == spec.seg_phase and not s["kind"].startswith("dect"))
     files = sorted((out / source["folder"]).glob("*.dcm"))
     images = [pydicom.dcmread(f) for f in files]
     images.sort(key=lambda d: int(d.InstanceNumber))
     grid = Grid(spec.matrix, spec.pixel_mm, spec.slices, spec.spacing, spec.slice_thickness_mm)
-    tumors = make_tumors(spec)
-    motion = spec.motion.get(spec.seg_phase)
+    tumors = make_tumors(spec, spec.followup_diameter_factor if index == 1 else 1.0)
+    # as the series was written (hccnode.phantom.mr: the phase's own motion, else the study's)
+    motion = spec.motion.get(spec.seg_phase) or (spec.motion.get("followup") if index == 1 else None)
     masks = np.zeros((spec.slices, spec.matrix, spec.matrix), dtype=np.uint8)
     for k in range(spec.slices):
         lab = label_slice(grid.x, grid.y, grid.body_z(k), tumors, spec.vessels, motion)
@@ -67,3 +76,5 @@ def write_seg(spec, truth, out: Path) -> None:
         "description": seg.SeriesDescription, "folder": str(folder), "n_instances": 1, "sop_instance_uids": [sop_uid],
         "referenced_series_instance_uid": source["series_instance_uid"],
         "segments": {str(n): name for n, name, *_ in SEGMENTS}})
+    if motion is not None:  # drawn on the moved anatomy, as its series
+        study["series"][-1]["motion"] = {"shift_mm": list(motion.shift_mm), "rotation_deg": motion.rotation_deg}

@@ -485,3 +485,21 @@ class Spool:
                              status=f"0x{code:04X}", reason=reason, path=rel, bytes=size)
         except sqlite3.Error as exc:  # the refusal itself still goes out; the log keeps the record
             log.event("quarantine.unrecorded", level=40, error=type(exc).__name__)
+
+
+def part10_parts(path: Path) -> tuple[str, str, str, bytes]:
+    """(SOP Class UID, SOP Instance UID, transfer syntax, data set bytes) of a DICOM Part 10 file:
+    what a C-STORE request carries for it (the data set as written, File Meta Information removed)."""
+    raw = Path(path).read_bytes()
+    if len(raw) < 144 or raw[128:132] != b"DICM" or raw[132:136] != b"\x02\x00\x00\x00":
+        raise ValueError(f"{Path(path).name}: not a DICOM Part 10 file (no DICM preamble)")
+    (group_length,) = struct.unpack("<I", raw[140:144])
+    meta = pydicom.filereader.read_file_meta_info(path)
+    return (str(meta.MediaStorageSOPClassUID), str(meta.MediaStorageSOPInstanceUID), str(meta.TransferSyntaxUID),
+            raw[144 + group_length:])
+
+
+def ingest_file(spool: "Spool", path: Path, calling_ae: str = "") -> Result:
+    """Keep a Part 10 file through the same path as a C-STORE of its data set (`Spool.ingest`)."""
+    sop_class, sop_uid, syntax, data = part10_parts(path)
+    return spool.ingest(sop_class, sop_uid, syntax, data, calling_ae=calling_ae)

@@ -1,0 +1,110 @@
+"""Bringing series onto the reference grid: registration of CT phases, scanner coordinates for MR.
+
+CT: each contrast phase is registered once (its anatomical image, hccnode.imaging.registration,
+rigid then affine) to the reference series; images derived from the same acquisition (iodine
+maps, VMIs) go through that phase's transform. MR sequences of one session are taken in scanner
+coordinates (no registration: T2, DWI and ADC differ too much in contrast for the CT-tuned
+quality figures), which the provenance says.
+
+A flagged registration is returned with `ok = False` and its problems; the caller reports the
+markers that need it as not measured, never uses it silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from hccnode import log
+from hccnode.imaging import registration
+from hccnode.imaging.volumes import Volume
+
+SCANNER_COORDINATES = {"method": "scanner coordinates (same frame of reference, no registration)"}
+
+
+@dataclass
+class Aligned:
+    """`image`: the series on the reference grid (float32, NaN where it has no data);
+    `quality`: the registration record for provenance (None for the reference itself)."""
+
+    image: sitk.Image | None
+    quality: dict | None
+    problem: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.image is not None and self.problem is None
+
+    def array(self) -> np.ndarray:
+        return sitk.GetArrayViewFromImage(self.image)
+
+
+class Aligner:
+    def __init__(self, reference: Volume, study_uid: str = ""):
+        self.reference = reference
+        self.study_uid = study_uid
+        self._transforms: dict[str, tuple[sitk.Transform | None, dict | None, str | None]] = {}
+
+    def transform(self, anatomy: Volume) -> tuple[sitk.Transform | None, dict | None, str | None]:
+        """(transform fixed->moving, quality record, problem) registering `anatomy` to the reference;
+        transform None = identity (`anatomy` is the reference)."""
+        if anatomy.series_uid == self.reference.series_uid:
+            return None, None, None
+        if anatomy.series_uid not in self._transforms:
+            fixed_for, moving_for = self.reference.frame_of_reference_uid, anatomy.frame_of_reference_uid
+            reg = registration.register(self.reference.image, anatomy.image)
+            q = reg.quality
+            record = {"fixed_series": self.reference.series_uid, "moving_series": anatomy.series_uid,
+                      "ncc_before": round(q.ncc_before, 4), "ncc_after": round(q.ncc_after, 4),
+                      "rotation_deg": round(q.rotation_deg, 3), "translation_mm": round(q.translation_mm, 3),
+                      "stage": q.stage_used, "ok": q.ok, "problems": list(q.problems),
+                      "same_frame_of_reference": bool(fixed_for and fixed_for == moving_for)}
+            problem = None if q.ok else "registration flagged: " + "; ".join(q.problems)
+            log.event("pipeline.registered", study=self.study_uid, moving=anatomy.series_uid, ok=q.ok,
+                      ncc=round(q.ncc_after, 3))
+            self._transforms[anatomy.series_uid] = (reg.transform, record, problem)
+        return self._transforms[anatomy.series_uid]
+
+    def through(self, volume: Volume, anatomy: Volume | None = None, *, register: bool = True,
+                nearest: bool = False) -> Aligned:
+        """`volume` on the reference grid: through the registration of `anatomy` (default: the
+        volume itself) when `register`, else in scanner coordinates (same frame of reference only)."""
+        interp = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
+        if not register or volume.series_uid == self.reference.series_uid:
+            if (volume.frame_of_reference_uid and self.reference.frame_of_reference_uid
+                    and volume.frame_of_reference_uid != self.reference.frame_of_reference_uid):
+                return Aligned(None, None, f"series {volume.series_uid} is in another frame of reference than the "
+                                           "reference series and is not registered")
+            quality = None if volume.series_uid == self.reference.series_uid else dict(SCANNER_COORDINATES)
+            return Aligned(self._resample(volume.image, None, interp), quality)
+        tx, record, problem = self.transform(anatomy or volume)
+        if problem:
+            return Aligned(None, record, problem)
+        if anatomy is not None and anatomy.series_uid != volume.series_uid and record is not None:
+            record = {**record, "applied_to": volume.series_uid}
+        return Aligned(self._resample(volume.image, tx, interp), record)
+
+    def mask_from(self, mask: sitk.Image, anatomy: Volume) -> tuple[sitk.Image | None, dict | None, str | None]:
+        """A mask drawn on `anatomy`'s grid carried to the reference grid (nearest neighbour)."""
+        tx, record, problem = self.transform(anatomy)
+        if problem:
+            return None, record, problem
+        out = sitk.Resample(mask, self.reference.image, tx or sitk.Transform(), sitk.sitkNearestNeighbor, 0,
+                            sitk.sitkUInt8)
+        return out, record, None
+
+    def _resample(self, image: sitk.Image, tx: sitk.Transform | None, interp) -> sitk.Image:
+        ref = self.reference.image
+        if image.GetPixelID() != sitk.sitkFloat32:
+            image = sitk.Cast(image, sitk.sitkFloat32)
+        if tx is None and _same_grid(image, ref):
+            return image  # volumes are float32 already: no copy
+        return sitk.Resample(image, ref, tx or sitk.Transform(), interp, float("nan"), sitk.sitkFloat32)
+
+
+def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    return (a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-4)
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3)
+            and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-5))

@@ -1,0 +1,330 @@
+"""`analyze_study`: one stored study from phase decisions to DICOM outputs in the outbox.
+
+Steps: classify phases (stored decisions) -> choose the reference series -> ROIs (reader's
+annotation, automatic ROIs for the roles it lacks) -> register phases and measure every
+applicable marker of papers 000-003 -> labs at scan time -> model cards -> SEG, ECV map, SR and
+summary (hccnode.report.build_outputs) in `<data_dir>/outputs/<study>/<SR UID>/` -> outbox.
+Each step is audited. A study that cannot be fully measured still gets an SR that says what
+is missing and why; only a study with no image at all raises `StudyError`.
+
+Re-running with identical inputs gives identical output UIDs (they derive from the inputs);
+a changed input gives a new SR naming the last one as its predecessor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pydicom
+import SimpleITK as sitk
+
+import hccnode
+from hccnode import log
+from hccnode.imaging.measure import Measurement
+from hccnode.imaging.phase_rules import RuleSet
+from hccnode.imaging.volumes import Volume
+from hccnode.pipeline import ct, mr
+from hccnode.pipeline.align import Aligner
+from hccnode.pipeline.findings import Findings
+from hccnode.pipeline.labs import Labs
+from hccnode.pipeline.models import run_cards
+from hccnode.pipeline.regions import TUMOR_NOT_PLACED, Regions, complete_ct, complete_mr, reader_rois
+from hccnode.pipeline.study import Series, Study, StudyError
+from hccnode.report import Reference, ReportRoi, build_outputs, load_template
+from hccnode.report.inputs import analysis_key
+from hccnode.report.outputs import output_uids
+from hccnode.store import audit, outbox
+from hccnode.store.db import Store, now, schema
+
+SCHEMA = schema(
+    """
+CREATE TABLE IF NOT EXISTS analyses (
+    id INTEGER PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    job_id INTEGER,
+    sr_uid TEXT NOT NULL,          -- SOP Instance UID of the SR written
+    out_dir TEXT NOT NULL,         -- relative to the data directory
+    outputs TEXT NOT NULL,         -- JSON list of SOP Instance UIDs (SEG, map, SR, summary)
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS analyses_study ON analyses(study_uid, id);
+"""
+)
+
+ACTOR = "pipeline"
+OUTPUTS_DIR = "outputs"
+# Reference series, in order of preference: the phase the papers measure on (paper 001 and 000:
+# equilibrium), then the other enhanced phases.
+CT_REFERENCE_PHASES = ("equilibrium", "portal_venous", "arterial", "unenhanced")
+
+# ROI roles the markers of each kind of study use (papers 000-002 on CT, 003 on MR).
+ROLES = {"cect": {"tumor", "liver", "aorta"}, "dect": {"tumor", "liver", "aorta"}, "mr": {"tumor", "muscle"}}
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Analysis:
+    """What one run produced (also the job's result record, via `as_record`)."""
+
+    study_uid: str
+    kind: str
+    out_dir: Path | None = None
+    files: list[Path] = field(default_factory=list)
+    output_uids: list[str] = field(default_factory=list)
+    card_versions: list[str] = field(default_factory=list)
+    measurements: list[Measurement] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    model_results: list[dict] = field(default_factory=list)
+    queued: int = 0
+    replaces: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step
+
+    def as_record(self) -> dict[str, Any]:
+        return {"study_uid": self.study_uid, "kind": self.kind, "output_uids": self.output_uids,
+                "card_versions": self.card_versions, "out_dir": str(self.out_dir) if self.out_dir else None,
+                "measured": sum(m.value is not None for m in self.measurements),
+                "not_measured": sum(m.value is None for m in self.measurements) + len(self.missing),
+                "missing": self.missing, "queued": self.queued, "replaces": self.replaces, "seconds": self.timings,
+                "software_version": hccnode.__version__}
+
+
+def ensure(store: Store) -> None:
+    store.conn().executescript(SCHEMA)
+
+
+def study_kind(study: Study) -> str:
+    kinds = {s.kind for s in study.series}
+    if kinds & {"mr_t2", "mr_dwi", "mr_adc"}:
+        return "mr"
+    if any(k.startswith("dect_") for k in kinds):
+        return "dect"
+    if any(k.startswith("ct_") for k in kinds):
+        return "cect"
+    return "other"
+
+
+def analyze_study(store: Store, study_uid: str, *, destinations: Sequence[str] = (), job_id: int | None = None,
+                  rules: RuleSet | None = None, progress: Progress | None = None) -> Analysis:
+    """Analyse a stored study end to end (see the module docstring)."""
+    timings: dict[str, float] = {}
+    clock = [time.perf_counter(), "start"]
+
+    def step(name: str) -> None:
+        t = time.perf_counter()
+        timings[clock[1]] = round(t - clock[0], 3)
+        clock[:] = [t, name]
+        if progress:
+            progress(name)
+
+    ensure(store)
+    step("phases")
+    study = Study.load(store, study_uid, rules)
+    patient_key = _patient_key(store, study_uid)
+    for d in study.decisions:
+        audit.append(store, "phase.decided", ACTOR, study_uid=study_uid, patient_key=patient_key, series=d.series_uid,
+                     series_number=d.series_number, kind=d.kind, phase=d.phase, kev=d.kev,
+                     confidence=round(d.confidence, 3))
+    kind = study_kind(study)
+    result = Analysis(study_uid, kind)
+    f = Findings()
+
+    step("volumes")
+    ref_series, reference = _reference(study, kind)
+    regions = Regions()
+    follow_up = False
+    labs_used: list = []
+    if reference is None:
+        f.note("nothing measured: no readable image series to measure on" if kind != "other"
+               else "nothing measured: the study holds no CT or MR series of a kind the papers measure")
+    else:
+        aligner = Aligner(reference, study_uid)
+        step("rois")
+        regions = reader_rois(study, reference, aligner)
+        if kind == "mr":
+            complete_mr(regions, reference)
+        else:
+            complete_ct(regions, reference)
+        # the SEG shows where numbers came from: only the roles this kind of study measures
+        unused = sorted({r.role for r in regions.rois} - ROLES[kind])
+        regions.rois = [r for r in regions.rois if r.role in ROLES[kind]]
+        if unused:
+            f.note(f"reader's {', '.join(unused)} ROI(s) not used: no {kind.upper()} marker of papers 000-003 needs them")
+        if not regions.by_role("tumor"):
+            f.note(f"tumor not measured: {TUMOR_NOT_PLACED}")
+        for note in regions.notes:
+            f.note(note)
+        for roi in regions.rois:
+            audit.append(store, "roi.source", ACTOR, study_uid=study_uid, patient_key=patient_key, role=roi.role,
+                         source=roi.ref.source, annotation=roi.ref.annotation_uid, label=roi.ref.label,
+                         reference_series=reference.series_uid, voxels=int(sitk.GetArrayViewFromImage(roi.mask).sum()),
+                         carried=regions.registration.get(roi.ref.annotation_uid or ""))
+        pid, issuer = study.patient()
+        labs = Labs(store, study_uid, pid, issuer, study.scan_time(ref_series), patient_key)
+        step("markers")
+        if kind in ("cect", "dect"):
+            ct.measure_cect(study, aligner, regions, labs, f)
+            if kind == "dect":
+                ct.measure_dect(study, aligner, regions, labs, f)
+            ct.measure_size(reference, ref_series.phase or "reference", regions, f)
+        elif kind == "mr":
+            mr.measure_mr(study, reference, aligner, regions, f)
+            ct.measure_size(reference, "T2", regions, f)
+            follow_up = _baseline(store, study, patient_key, f, rules)
+        step("models")
+        result.model_results = run_cards(store, study_uid, f, labs, follow_up=follow_up, patient_key=patient_key)
+        labs_used = labs.used
+    for p in study.problems:
+        f.note(p)
+    result.measurements, result.missing = f.measurements, f.missing
+    result.card_versions = sorted({f"{r['card_id']}@{r['card_version']}" for r in result.model_results})
+
+    step("outputs")
+    _outputs(store, study, ref_series, reference, regions, f, result, labs_used, patient_key, job_id)
+    for dest in destinations:
+        for path in result.files:
+            if outbox.enqueue(store, dest, path.relative_to(store.data_dir), study_uid, job_id) is not None:
+                result.queued += 1
+    step("done")
+    timings.pop("start", None)
+    result.timings = timings
+    log.event("pipeline.done", study=study_uid, kind=kind, outputs=len(result.files), seconds=timings,
+              measured=sum(m.value is not None for m in f.measurements),
+              not_measured=sum(m.value is None for m in f.measurements) + len(f.missing), queued=result.queued)
+    return result
+
+
+def _patient_key(store: Store, study_uid: str) -> str | None:
+    rows = store.query("SELECT patient_key FROM studies WHERE study_uid = ?", (study_uid,))
+    return rows[0]["patient_key"] if rows else None
+
+
+def _reference(study: Study, kind: str) -> tuple[Series | None, Volume | None]:
+    """The series ROIs, masks and the ECV map lie on, and its volume."""
+    if kind == "mr":
+        candidates = study.of_kind("mr_t2")
+    elif kind in ("cect", "dect"):
+        candidates = [s for p in CT_REFERENCE_PHASES for s in [study.ct(p)] if s is not None]
+        candidates += [s for p in CT_REFERENCE_PHASES for s in [study.anatomy(p)] if s is not None]
+    else:
+        candidates = []
+    for s in {s.uid: s for s in candidates}.values():
+        vol = study.volume(s)
+        if vol is not None:
+            return s, vol
+    return None, None
+
+
+def _baseline(store: Store, study: Study, patient_key: str | None, f: Findings, rules: RuleSet | None) -> bool:
+    """Paper 003 pairs baseline and follow-up: the latest earlier MR study of the same patient in
+    the node is the baseline; its values are measured again and reported beside this study's.
+    Returns True when this study is such a follow-up."""
+    if not patient_key:
+        return False
+    this = store.query("SELECT study_date, study_time FROM studies WHERE study_uid = ?", (study.uid,))[0]
+    if not this["study_date"]:
+        f.note("baseline not paired: the study has no Study Date")
+        return False
+    rows = store.query(
+        "SELECT DISTINCT st.study_uid, st.study_date, st.study_time FROM studies st JOIN series se"
+        " ON se.study_uid = st.study_uid WHERE st.patient_key = ? AND st.study_uid != ? AND se.modality = 'MR'"
+        " AND (st.study_date < ? OR (st.study_date = ? AND COALESCE(st.study_time, '') < COALESCE(?, '')))"
+        " ORDER BY st.study_date DESC, st.study_time DESC LIMIT 1",
+        (patient_key, study.uid, this["study_date"], this["study_date"], this["study_time"]))
+    if not rows:
+        f.note("no earlier MR study of this patient in the node: this study is reported as a baseline")
+        return False
+    base = Study.load(store, rows[0]["study_uid"], rules)
+    t2_series = base.first("mr_t2")
+    t2 = base.volume(t2_series) if t2_series is not None else None
+    f.note(f"follow-up of the MR study of {rows[0]['study_date']} ({rows[0]['study_uid']}), measured as its baseline")
+    if t2 is None:
+        f.note("baseline values not measured: the baseline study has no readable T2 series")
+        return True
+    aligner = Aligner(t2, base.uid)
+    regions = reader_rois(base, t2, aligner)
+    complete_mr(regions, t2)
+    if not regions.by_role("tumor"):
+        f.note(f"baseline tumor not measured: {TUMOR_NOT_PLACED}")
+    mr.measure_mr(base, t2, aligner, regions, f, when="baseline")
+    for p in base.problems:
+        f.note(f"baseline: {p}")
+    return True
+
+
+def _previous_sr(store: Store, study_uid: str, sr_uid: str) -> pydicom.Dataset | None:
+    """The SR the new one (`sr_uid`) replaces: the study's latest other SR. A re-run of an analysis
+    already made keeps what that analysis replaced, so the same UID always has the same content."""
+    rows = store.query("SELECT sr_uid, out_dir FROM analyses WHERE study_uid = ? ORDER BY id DESC", (study_uid,))
+    files = {r["sr_uid"]: store.data_dir / r["out_dir"] / "sr.dcm" for r in reversed(rows)}
+    if sr_uid in files:
+        if not files[sr_uid].exists():
+            return None
+        pred = pydicom.dcmread(files[sr_uid], stop_before_pixels=True).get("PredecessorDocumentsSequence")
+        if not pred:
+            return None
+        old = str(pred[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        path = files.get(old)
+    else:
+        path = next((files[r["sr_uid"]] for r in rows), None)
+    return pydicom.dcmread(path) if path is not None and path.exists() else None
+
+
+def _outputs(store: Store, study: Study, ref_series: Series | None, reference: Volume | None, regions: Regions,
+             f: Findings, result: Analysis, labs_used, patient_key: str | None, job_id: int | None) -> None:
+    by_uid = {s.uid: s for s in study.series}
+    if reference is not None:
+        ref = Reference.from_volume(reference, study.headers(ref_series))
+        images = sitk.GetArrayViewFromImage(reference.image)
+        used = [by_uid[u] for u in sorted(f.series_used | {ref_series.uid}) if u in by_uid]
+    else:
+        image = next((s for s in study.series if s.modality in ("CT", "MR")), None)
+        if image is None:
+            raise StudyError(f"study {study.uid}: no CT or MR image to attach an SR to")
+        ref, images, used = Reference(study.headers(image)), None, [image]
+    sources = [ds for s in used for ds in study.headers(s)] + list(regions.annotations)
+    rois = [ReportRoi.from_roi_mask(r) for r in regions.rois]
+    template = load_template()
+    key = analysis_key(sources, ref, rois, labs_used, result.model_results, template.digest)
+    sr_uid = output_uids(key, ref.study_uid, ref.series_uid)["sr"][1]
+    tmp = store.data_dir / OUTPUTS_DIR / study.uid / f".tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    files = build_outputs(sources, ref, rois, f.measurements, result.model_results, labs_used, tmp,
+                          ecv_map=f.ecv_map, images=images, missing=f.missing,
+                          previous_sr=_previous_sr(store, study.uid, sr_uid), template=template,
+                          data_dir=store.data_dir)
+    uids = [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files]
+    sr = pydicom.dcmread(tmp / "sr.dcm", stop_before_pixels=True)
+    final = tmp.parent / str(sr.SOPInstanceUID)
+    shutil.rmtree(final, ignore_errors=True)  # the same SR UID means the same analysis: replace its copy
+    os.replace(tmp, final)
+    pred = sr.get("PredecessorDocumentsSequence")
+    if pred:
+        result.replaces = str(pred[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+    result.out_dir = final
+    result.files = [final / p.name for p in files]
+    result.output_uids = uids
+    for path, uid in zip(result.files, uids):
+        audit.append(store, "output.created", ACTOR, study_uid=study.uid, patient_key=patient_key, output_uids=[uid],
+                     card_versions=result.card_versions, file=path.name, job=job_id, replaces=result.replaces)
+    with store.tx() as c:
+        c.execute("INSERT INTO analyses (study_uid, job_id, sr_uid, out_dir, outputs, created_at) VALUES (?,?,?,?,?,?)",
+                  (study.uid, job_id, str(sr.SOPInstanceUID), str(final.relative_to(store.data_dir)),
+                   json.dumps(uids), now()))
+
+
+def copy_outputs(analysis: Analysis, out: str | Path) -> list[Path]:
+    """Copy an analysis' files (DICOM and the summary PDF / PNG) to `out`."""
+    dest = Path(out)
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for p in sorted(analysis.out_dir.iterdir()) if analysis.out_dir else []:
+        if p.is_file():
+            copied.append(Path(shutil.copy2(p, dest / p.name)))
+    return copied

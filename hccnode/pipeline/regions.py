@@ -1,0 +1,166 @@
+"""The ROIs of one analysis, on the reference grid: a reader's annotation wins, automatic ROIs
+fill the roles the reader did not draw, and a tumor is never placed automatically.
+
+Annotations (SEG, RTSTRUCT, TID 1500 SR) in the study are read with hccnode.imaging.rois; one
+drawn on another series than the reference is carried over through that series' registration.
+Automatic placement (hccnode.imaging.auto_rois, optional) is reached only through `placer`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.dataset import Dataset
+
+from hccnode import log
+from hccnode.imaging.rois import AnnotationError, RoiMask, read_annotation, referenced_series
+from hccnode.imaging.volumes import Volume
+from hccnode.pipeline.align import Aligner
+from hccnode.pipeline.study import Study
+
+AUTO_MODULE = "hccnode.imaging.auto_rois"
+TUMOR_NOT_PLACED = "no reader's tumor ROI in the study (a tumor is never placed automatically)"
+
+
+@dataclass
+class Regions:
+    rois: list[RoiMask] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)       # what is missing or was ignored, and why
+    annotations: list[Dataset] = field(default_factory=list)  # reader objects used (SR evidence)
+    registration: dict[str, dict] = field(default_factory=dict)  # annotation UID -> carry-over record
+
+    def by_role(self, role: str) -> list[RoiMask]:
+        return [r for r in self.rois if r.role == role]
+
+    _arrays: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def arrays(self, role: str) -> list[tuple[RoiMask, np.ndarray]]:
+        """(ROI, bool mask z, y, x) of a role; each mask converted once."""
+        out = []
+        for r in self.by_role(role):
+            if id(r.mask) not in self._arrays:
+                self._arrays[id(r.mask)] = sitk.GetArrayViewFromImage(r.mask) > 0
+            out.append((r, self._arrays[id(r.mask)]))
+        return out
+
+
+def placer(name: str) -> Callable | None:
+    """A function of the automatic ROI module, or None when this installation has none."""
+    try:
+        module = importlib.import_module(AUTO_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name == AUTO_MODULE:
+            return None
+        raise
+    return getattr(module, name, None)
+
+
+def reader_rois(study: Study, reference: Volume, aligner: Aligner) -> Regions:
+    """Every usable region of the reader's annotations in the study, on the reference grid."""
+    out = Regions()
+    for series in study.annotation_series():
+        for path in series.paths:
+            try:
+                ds = pydicom.dcmread(path)
+            except Exception as exc:  # noqa: BLE001 - one unreadable object must not stop the study
+                out.notes.append(f"annotation in {series.describe()} unreadable: {type(exc).__name__}")
+                continue
+            _read_one(study, ds, reference, aligner, out)
+    return out
+
+
+def _read_one(study: Study, ds: Dataset, reference: Volume, aligner: Aligner, out: Regions) -> None:
+    sop = str(ds.get("SOPInstanceUID", ""))
+    drawn_on = referenced_series(ds)
+    base, carry = reference, None
+    if drawn_on and reference.series_uid not in drawn_on:
+        source = next((s for s in study.series if s.uid in drawn_on and s.modality in ("CT", "MR")), None)
+        if source is None:
+            out.notes.append(f"annotation {sop}: drawn on a series that is not in this study")
+            return
+        base = study.volume(source)
+        if base is None:
+            out.notes.append(f"annotation {sop}: its series ({source.describe()}) cannot be read")
+            return
+        carry = base
+    try:
+        found = read_annotation(ds, base)
+    except AnnotationError as exc:
+        out.notes.append(f"annotation {sop} not used: {exc.problem}")
+        return
+    out.notes.extend(f"annotation {sop}: {why}" for why in found.ignored)
+    if not found.rois:
+        return
+    used = False
+    for roi in found.rois:
+        mask = roi.mask
+        if carry is not None:
+            mask, record, problem = aligner.mask_from(roi.mask, carry)
+            if record:
+                out.registration[sop] = record
+            if problem:
+                out.notes.append(f"{roi.ref.name} ROI {roi.ref.label!r} of annotation {sop} not carried to the "
+                                 f"reference series: {problem}")
+                continue
+            if not sitk.GetArrayViewFromImage(mask).any():
+                out.notes.append(f"{roi.ref.name} ROI {roi.ref.label!r} of annotation {sop} lies outside the "
+                                 "reference series")
+                continue
+        out.rois.append(RoiMask(mask, roi.ref))
+        used = True
+    if used:
+        out.annotations.append(ds)
+
+
+def complete_ct(regions: Regions, reference: Volume, roles=("aorta", "liver")) -> None:
+    """Automatic ROIs for the CT roles the reader did not draw (paper 001's aorta and three
+    liver ROIs), avoiding the reader's tumors. The CT markers need no muscle ROI."""
+    wanted = [r for r in roles if not regions.by_role(r)]
+    if not wanted:
+        return
+    place = placer("place_ct_rois")
+    if place is None:
+        regions.notes.extend(f"{r} not measured: no reader's {r} ROI, and automatic ROI placement is not "
+                             "available in this installation" for r in wanted)
+        return
+    tumors = regions.by_role("tumor")
+    avoid = None
+    if tumors:
+        avoid = tumors[0].mask
+        for t in tumors[1:]:
+            avoid = sitk.Or(avoid, t.mask)
+    _take(regions, place, wanted, reference, avoid=avoid)
+
+
+def complete_mr(regions: Regions, t2: Volume) -> None:
+    """An automatic erector spinae ROI on the T2 series when the reader drew none (paper 003)."""
+    if regions.by_role("muscle"):
+        return
+    place = placer("place_mr_muscle")
+    if place is None:
+        regions.notes.append("muscle not measured: no reader's erector spinae ROI, and automatic ROI placement is "
+                             "not available in this installation")
+        return
+    _take(regions, place, ["muscle"], t2)
+
+
+def _take(regions: Regions, place: Callable, wanted: list[str], volume: Volume, **kw) -> None:
+    try:
+        placement = place(volume, **kw)
+    except Exception as exc:  # noqa: BLE001 - automatic placement failing leaves the roles unmeasured
+        log.event("pipeline.auto_rois_failed", level=30, series=volume.series_uid, error=type(exc).__name__)
+        regions.notes.extend(f"{r} not measured: automatic ROI placement failed ({type(exc).__name__}: {exc})"
+                             for r in wanted)
+        return
+    regions.notes.extend(placement.notes)
+    for roi in placement.rois:
+        if roi.role in wanted and roi.role != "tumor":
+            regions.rois.append(roi)
+    for r in wanted:
+        if not regions.by_role(r):
+            regions.notes.append(f"{r} not measured: automatic placement found no {r} ROI")

@@ -1,0 +1,172 @@
+"""Issue 8 end to end on real parts: a phantom CECT study sent by dcmtk storescu to a running
+node, the hematocrit sent over MLLP, the node's outputs forwarded to a real Orthanc."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import urllib.request
+from datetime import datetime, timedelta
+
+import pydicom
+import pytest
+from conftest import free_port, need, wait_until
+from labs_support import ack_fields, exchange, obx, oru
+from pipeline_support import ISSUER, scratch_dir
+from report_support import dciodvfy
+
+from hccnode.labs.mllp import frame
+from hccnode.phantom import StudySpec, generate
+
+pytestmark = pytest.mark.network
+
+OUTPUT_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.66.4": "seg",
+    "1.2.840.10008.5.1.4.1.1.30": "pm",
+    "1.2.840.10008.5.1.4.1.1.88.34": "sr",
+    "1.2.840.10008.5.1.4.1.1.104.1": "pdf",
+}
+
+
+def _walk(items):
+    for item in items or []:
+        yield item
+        yield from _walk(item.get("ContentSequence"))
+
+
+def _orthanc_files(orthanc, dest):
+    """Every instance in Orthanc, downloaded: {kind: path}."""
+    out = {}
+    for iid in orthanc.get("/instances"):
+        with urllib.request.urlopen(f"http://127.0.0.1:{orthanc.http_port}/instances/{iid}/file", timeout=10) as r:
+            data = r.read()
+        path = dest / f"{iid}.dcm"
+        path.write_bytes(data)
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        out[OUTPUT_CLASSES.get(str(ds.SOPClassUID), str(ds.SOPClassUID))] = path
+    return out
+
+
+def test_study_in_outputs_in_orthanc(node_factory, orthanc, tmp_path):
+    storescu, dsrdump = need("storescu"), need("dsrdump")
+    root = scratch_dir("e2e")
+    try:
+        truth = generate(StudySpec(kind="cect", seed=21, slices=10, matrix=64, noise_sd=2.0,
+                                   seg_phase="equilibrium"), root / "phantom")
+        pat = truth.data["patient"]
+        hl7_port = free_port()
+        node = node_factory(hl7={"enabled": True, "port": hl7_port},
+                            forward={"destinations": [orthanc.destination]}).start()
+
+        # the hematocrit two hours before the scan, over a real MLLP socket
+        drawn = datetime.fromisoformat(truth.data["studies"][0]["series"][0]["acquisition_start"]) - timedelta(hours=2)
+        msg = oru(obx(1, "4544-3", "40", "%", time=drawn.strftime("%Y%m%d%H%M")), control="E2EHCT1",
+                  pid=f"PID|1||{pat['id']}^^^{ISSUER}^MR||{pat['name']}")
+        (ack,) = exchange(hl7_port, frame(msg))
+        assert ack_fields(ack)["code"] == "AA"
+
+        files = sorted(str(p) for p in (root / "phantom").rglob("*.dcm"))
+        sent = subprocess.run([storescu, "-R", "-aec", "HCCNODE", "127.0.0.1", str(node.port), *files],
+                              capture_output=True, text=True, timeout=120)
+        assert sent.returncode == 0, sent.stderr
+
+        wait_until(lambda: len(orthanc.get("/instances")) >= 4, 150, interval=0.5, what="outputs in Orthanc")
+        got = _orthanc_files(orthanc, tmp_path)
+        assert set(got) == {"seg", "pm", "sr", "pdf"}
+        for kind, path in got.items():
+            errors, _ = dciodvfy(path)
+            assert errors == [], (kind, errors)
+        dump = subprocess.run([dsrdump, str(got["sr"])], capture_output=True, text=True, timeout=60)
+        assert dump.returncode == 0 and "Imaging Measurement Report" in dump.stdout
+
+        # SR values against the phantom's truth (issue 5: 0.5 pp with aligned phases)
+        sr = pydicom.dcmread(got["sr"])
+        ecv = [float(i.MeasuredValueSequence[0].NumericValue) for i in _walk(sr.ContentSequence)
+               if i.get("ValueType") == "NUM" and i.ConceptNameCodeSequence[0].CodeValue == "ECV"
+               and i.get("MeasuredValueSequence")]
+        for role in ("tumor", "liver"):
+            want = 100 * truth.roi(role)["ecv"]
+            assert any(abs(v - want) <= 0.5 for v in ecv), (role, ecv)
+        study = truth.data["studies"][0]["study_instance_uid"]
+        assert sr.StudyInstanceUID == study
+
+        # re-running the same analysis sends the same objects again: no duplicate in Orthanc
+        before = orthanc.sop_uids()
+        again = node.cli("analyze", study, "--no-progress", timeout=300)
+        assert again.returncode == 0, again.stderr
+        store = node.store()
+        wait_until(lambda: not store.query("SELECT 1 FROM outbox WHERE state IN ('pending', 'sending')"), 60,
+                   what="re-sent outputs")
+        assert store.query("SELECT COUNT(*) AS n FROM outbox WHERE state = 'sent'")[0]["n"] == 8
+        assert orthanc.sop_uids() == before and len(orthanc.get("/instances")) == 4
+
+        node.stop()
+        log = node.log()
+        assert "pipeline.done" in log
+        assert pat["id"] not in log and pat["name"] not in log
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _sr_values(path, code: str) -> list[float]:
+    sr = pydicom.dcmread(path)
+    return [float(i.MeasuredValueSequence[0].NumericValue) for i in _walk(sr.ContentSequence)
+            if i.get("ValueType") == "NUM" and i.ConceptNameCodeSequence[0].CodeValue == code
+            and i.get("MeasuredValueSequence")]
+
+
+def test_dect_and_mr_studies_in_outputs_in_orthanc(node_factory, orthanc, tmp_path):
+    storescu, dsrdump = need("storescu"), need("dsrdump")
+    root = scratch_dir("e2e2")
+    try:
+        dect = generate(StudySpec(kind="dect", seed=22, slices=10, matrix=64, noise_sd=2.0, seg_phase="equilibrium"),
+                        root / "dect")
+        mri = generate(StudySpec(kind="mr", seed=23, slices=10, matrix=64, noise_sd=2.0, seg_phase="t2"), root / "mr")
+        hl7_port = free_port()
+        node = node_factory(hl7={"enabled": True, "port": hl7_port}, worker={"processes": 2},
+                            forward={"destinations": [orthanc.destination]}).start()
+        pat = dect.data["patient"]
+        drawn = datetime.fromisoformat(dect.data["studies"][0]["series"][0]["acquisition_start"]) - timedelta(hours=2)
+        msg = oru(obx(1, "4544-3", "40", "%", time=drawn.strftime("%Y%m%d%H%M")), control="E2EHCT2",
+                  pid=f"PID|1||{pat['id']}^^^{ISSUER}^MR||{pat['name']}")
+        assert ack_fields(exchange(hl7_port, frame(msg))[0])["code"] == "AA"
+
+        files = sorted(str(p) for p in root.rglob("*.dcm"))
+        sent = subprocess.run([storescu, "-R", "-aec", "HCCNODE", "127.0.0.1", str(node.port), *files],
+                              capture_output=True, text=True, timeout=120)
+        assert sent.returncode == 0, sent.stderr
+        # DECT: SEG, map, SR, summary; MR baseline and follow-up: SEG, SR, summary each
+        wait_until(lambda: len(orthanc.get("/instances")) >= 10, 240, interval=0.5, what="outputs in Orthanc")
+
+        by_study: dict[str, dict[str, object]] = {}
+        for iid in orthanc.get("/instances"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{orthanc.http_port}/instances/{iid}/file", timeout=10) as r:
+                path = tmp_path / f"{iid}.dcm"
+                path.write_bytes(r.read())
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            by_study.setdefault(str(ds.StudyInstanceUID), {})[OUTPUT_CLASSES[str(ds.SOPClassUID)]] = path
+            assert dciodvfy(path)[0] == [], path
+        d_uid = dect.data["studies"][0]["study_instance_uid"]
+        base_uid, follow_uid = (s["study_instance_uid"] for s in mri.data["studies"])
+        assert set(by_study[d_uid]) == {"seg", "pm", "sr", "pdf"}
+        assert set(by_study[base_uid]) == set(by_study[follow_uid]) == {"seg", "sr", "pdf"}
+        for outputs in by_study.values():
+            dump = subprocess.run([dsrdump, str(outputs["sr"])], capture_output=True, text=True, timeout=60)
+            assert dump.returncode == 0 and "Imaging Measurement Report" in dump.stdout
+
+        want = dect.roi("tumor")["nic_equilibrium"]  # NIC (ratio) and NIC-AP (%) share the code
+        assert any(abs(v - want) / want <= 0.02 for v in _sr_values(by_study[d_uid]["sr"], "NIC"))
+        ecv = _sr_values(by_study[d_uid]["sr"], "ECV")
+        assert any(abs(v - dect.roi("tumor")["ecv"]) <= 0.005 for v in ecv), ecv        # paper 000, a fraction
+        assert any(abs(v - 100 * dect.roi("liver")["ecv"]) <= 0.5 for v in ecv), ecv    # paper 001, in %
+        # the follow-up SR holds its own T2 SIR and the baseline's
+        sir = _sr_values(by_study[follow_uid]["sr"], "T2SIR")
+        for study_index in (0, 1):
+            want = mri.roi("tumor", study_index)["t2_ratio"]
+            assert any(abs(v - want) / want <= 0.02 for v in sir), (study_index, sir)
+        node.stop()
+        log = node.log()
+        for p in (pat, mri.data["patient"]):
+            assert p["id"] not in log and p["name"] not in log
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
