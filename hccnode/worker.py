@@ -106,8 +106,24 @@ class WorkerPool:
                 self.stop.wait(wcfg.poll_seconds)
         store.close()
 
+    def _fetch_prior(self, store: Store, job: jobs.Job) -> None:
+        """Bring an MR follow-up's baseline (paper 003) from the PACS into the store before the
+        analysis pairs them. Done here, in the node process, because a C-MOVE delivers to the
+        node's own SCP; a PACS that cannot help only leaves the pairing out (recorded in the audit)."""
+        from hccnode.net import priors
+
+        try:
+            result = priors.fetch_baseline(self.cfg, store, job.study_uid)
+        except Exception:
+            log.event("job.prior_failed", level=30, job=job.id, study=job.study_uid, exc_info=True)
+            return
+        if result.state != "skipped":
+            log.event("job.prior", job=job.id, study=job.study_uid, state=result.state, baseline=result.baseline_uid)
+
     def _run(self, store: Store, job: jobs.Job, owner: str) -> None:
         wcfg = self.cfg.worker
+        if self.cfg.priors.enabled:
+            self._fetch_prior(store, job)
         try:
             future = self._executor().submit(run_job, str(self.cfg.data_dir), job.id,
                                              list(self.cfg.forward.destinations), self.cfg.phases.rules_file)

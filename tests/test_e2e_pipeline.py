@@ -170,3 +170,62 @@ def test_dect_and_mr_studies_in_outputs_in_orthanc(node_factory, orthanc, tmp_pa
             assert p["id"] not in log and p["name"] not in log
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_mr_follow_up_fetches_its_baseline_from_the_pacs_and_reports_both(node_factory, tmp_path):
+    """Issue 9 priors in the running node: only the follow-up is sent to the node; the worker
+    C-MOVEs the baseline from the PACS (a real Orthanc) and the follow-up's SR holds both T2 SIRs."""
+    storescu = need("storescu")
+    need("Orthanc")
+    from conftest import Orthanc
+
+    root = scratch_dir("e2e3")
+    try:
+        mri = generate(StudySpec(kind="mr", seed=24, slices=10, matrix=64, noise_sd=2.0, seg_phase="t2"), root / "mr")
+        (base, follow) = mri.data["studies"]
+        node = node_factory(forward={"destinations": []})
+        (tmp_path / "orthanc").mkdir()
+        orthanc = Orthanc(tmp_path / "orthanc", {"DicomModalities": {"hccnode": ["HCCNODE", "127.0.0.1", node.port]}})
+        orthanc.start()
+        try:
+            text = node.config_path.read_text().replace("destinations = []", f"destinations = [\"{orthanc.destination}\"]")
+            node.config_path.write_text(text + f"[priors]\nenabled = true\npacs = \"{orthanc.destination}\"\n")
+            for f in sorted((root / "mr" / base["label"]).rglob("*.dcm")):   # the PACS holds the baseline
+                req = urllib.request.Request(f"http://127.0.0.1:{orthanc.http_port}/instances", data=f.read_bytes(),
+                                             method="POST")
+                urllib.request.urlopen(req, timeout=10).close()
+            node.start()
+            files = sorted(str(p) for p in (root / "mr" / follow["label"]).rglob("*.dcm"))
+            sent = subprocess.run([storescu, "-R", "-aec", "HCCNODE", "127.0.0.1", str(node.port), *files],
+                                  capture_output=True, text=True, timeout=120)
+            assert sent.returncode == 0, sent.stderr
+
+            def follow_up_sr():
+                for inst in orthanc.get(f"/studies/{orthanc_study(orthanc, follow['study_instance_uid'])}/instances"):
+                    if orthanc.get(f"/instances/{inst['ID']}/tags?simplify")["SOPClassUID"] == "1.2.840.10008.5.1.4.1.1.88.34":
+                        return inst["ID"]
+                return None
+
+            wait_until(lambda: orthanc_study(orthanc, follow["study_instance_uid"]) and follow_up_sr(), 180,
+                       interval=0.5, what="follow-up SR in Orthanc")
+            path = tmp_path / "sr.dcm"
+            with urllib.request.urlopen(f"http://127.0.0.1:{orthanc.http_port}/instances/{follow_up_sr()}/file",
+                                        timeout=10) as r:
+                path.write_bytes(r.read())
+            sir = _sr_values(path, "T2SIR")
+            for study_index in (0, 1):
+                want = mri.roi("tumor", study_index)["t2_ratio"]
+                assert any(abs(v - want) / want <= 0.02 for v in sir), (study_index, sir)
+            stored = node.store().query("SELECT COUNT(*) AS n FROM instances WHERE study_uid = ?",
+                                        (base["study_instance_uid"],))[0]["n"]
+            assert stored == len(list((root / "mr" / base["label"]).rglob("*.dcm")))
+        finally:
+            orthanc.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def orthanc_study(orthanc, study_uid: str) -> str | None:
+    """Orthanc's id of a study, or None while it does not hold it."""
+    found = orthanc.post("/tools/lookup", study_uid)
+    return next((x["ID"] for x in found if x["Type"] == "Study"), None)
