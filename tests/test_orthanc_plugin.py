@@ -49,3 +49,55 @@ def test_stable_liver_study_is_routed_to_the_node_and_others_are_not(node_factor
         assert "calling_ae=ORTHANC" in node.log()
     finally:
         orthanc.stop()
+
+
+def test_study_stored_in_orthanc_is_analysed_and_its_sr_comes_back_once(node_factory, tmp_path):
+    """Issue 9 deploy: a phantom CECT study stored into Orthanc is routed by the plugin, analysed by
+    the node, and the node's SR lands in the same study in Orthanc. The results arriving make the
+    study stable again; its images are not routed a second time, so it is analysed once."""
+    need("Orthanc")
+    if not ORTHANC_PYTHON_PLUGIN.exists():
+        msg = "orthanc-python is not installed (make test installs it)"
+        pytest.fail(msg) if in_ci() else pytest.skip(msg)
+    from hccnode.phantom import StudySpec, generate
+
+    truth = generate(StudySpec(kind="cect", seed=31, slices=8, matrix=64, noise_sd=2.0, progress=False),
+                     tmp_path / "phantom")
+    study_uid = truth.data["studies"][0]["study_instance_uid"]
+    node = node_factory()
+    d = tmp_path / "orthanc"
+    d.mkdir()
+    orthanc = Orthanc(d, {
+        "Plugins": [str(ORTHANC_PYTHON_PLUGIN)],
+        "PythonScript": str(ROOT / "plugins" / "orthanc" / "hccnode_route.py"),
+        "StableAge": 1,
+        "DicomModalities": {"hccnode": ["HCCNODE", "127.0.0.1", node.port],
+                            "sender": ["STORESCU", "127.0.0.1", 104]},
+        "HccNode": {"Modality": "hccnode"},
+    })
+    try:
+        orthanc.start()
+        text = node.config_path.read_text()
+        node.config_path.write_text(text.replace("[forward]\n", f'[forward]\ndestinations = ["{orthanc.destination}"]\n', 1))
+        node.start()
+        files = sorted(str(p) for p in (tmp_path / "phantom").rglob("*.dcm"))
+        r = subprocess.run([need("storescu"), "-R", "-aet", "STORESCU", "-aec", "ORTHANC", "127.0.0.1",
+                            str(orthanc.dicom_port), *files], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+
+        def srs():
+            found = orthanc.post("/tools/lookup", study_uid)
+            sid = next((x["ID"] for x in found if x["Type"] == "Study"), None)
+            if sid is None:
+                return []
+            return [i for i in orthanc.get(f"/studies/{sid}/instances")
+                    if orthanc.get(f"/instances/{i['ID']}/tags?simplify")["SOPClassUID"] == "1.2.840.10008.5.1.4.1.1.88.34"]
+
+        wait_until(lambda: srs(), 150, interval=0.5, what="the node's SR back in Orthanc")
+        wait_until(lambda: "not sent again" in orthanc.log_path.read_text(), 30,
+                   what="the study, stable again with the results, to be judged")
+        store = node.store()
+        assert [j["study_uid"] for j in store.query("SELECT study_uid FROM jobs")] == [study_uid]
+        assert len(srs()) == 1
+    finally:
+        orthanc.stop()

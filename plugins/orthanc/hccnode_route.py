@@ -70,6 +70,16 @@ def series_to_send(study_id):
     return chosen
 
 
+# What was last sent per study: (series id, instance count) pairs. The node's results arriving in
+# the study make it stable again; its images, unchanged, are not sent a second time. Kept in memory:
+# after an Orthanc restart a study may be sent once more, which the node stores as duplicates.
+SENT = {}
+
+
+def _signature(series):
+    return tuple(sorted((s, len(_get("/series/%s" % s).get("Instances", []))) for s in series))
+
+
 def on_change(change_type, level, resource_id):
     if change_type != orthanc.ChangeType.STABLE_STUDY:
         return
@@ -78,6 +88,11 @@ def on_change(change_type, level, resource_id):
         if not series:
             orthanc.LogWarning("hccnode: study %s does not match the routing rules, not sent" % resource_id)
             return
+        signature = _signature(series)
+        if SENT.get(resource_id) == signature:
+            orthanc.LogWarning("hccnode: study %s unchanged since it was sent, not sent again" % resource_id)
+            return
+        SENT[resource_id] = signature
         body = json.dumps({"Resources": series, "Synchronous": False})
         job = json.loads(orthanc.RestApiPost("/modalities/%s/store" % CONFIG["Modality"], body))
         orthanc.LogWarning("hccnode: study %s, %d series sent to %s (job %s)"
