@@ -135,3 +135,42 @@ def test_kill9_while_sending_delivers_every_row_exactly_once_after_restart(node_
     log = node.log()
     assert "outbox.lease_taken_back" in log and "holder gone" in log
     assert PATIENT_ID not in log and PATIENT_NAME.split("^")[0] not in log
+
+
+def test_kill9_during_analysis_completes_the_job_after_restart_with_each_output_once(node_factory, orthanc, tmp_path):
+    """kill -9 of the node (its worker processes with it) while a study is being analysed: after
+    restart the job is taken back from the dead holder, runs to the end, and every output is in
+    Orthanc exactly once (deterministic UIDs: a repeated output is the same instance)."""
+    import subprocess
+
+    from conftest import need
+    from hccnode.phantom import StudySpec, generate
+
+    truth = generate(StudySpec(kind="cect", seed=41, slices=10, matrix=64, noise_sd=2.0, seg_phase="equilibrium",
+                               progress=False), tmp_path / "phantom")
+    study_uid = truth.data["studies"][0]["study_instance_uid"]
+    node = node_factory(forward={"destinations": [orthanc.destination]}).start()
+    store = node.store()
+    files = sorted(str(p) for p in (tmp_path / "phantom").rglob("*.dcm"))
+    sent = subprocess.run([need("storescu"), "-R", "-aec", "HCCNODE", "127.0.0.1", str(node.port), *files],
+                          capture_output=True, text=True, timeout=120)
+    assert sent.returncode == 0, sent.stderr
+
+    def job():
+        rows = store.query("SELECT state, attempts FROM jobs WHERE study_uid = ?", (study_uid,))
+        return rows[0] if rows else None
+
+    wait_until(lambda: (job() or {}).get("state") == "running", 60, interval=0.02, what="the analysis to start")
+    node.kill9()
+    assert job()["state"] == "running"                  # cut mid-analysis: no outcome recorded
+    node.start()
+    wait_until(lambda: job()["state"] == "done", 120, what="the job to finish after the restart")
+    assert job()["attempts"] == 2
+    wait_until(lambda: set(outbox.counts(store)) == {"sent"}, 60, what="the outputs sent")
+    queued = {r["sop_uid"] for r in store.query("SELECT sop_uid FROM outbox")}
+    assert len(queued) == 3                             # SEG, SR, summary (no hematocrit: no ECV map)
+    sops = [orthanc.get(f"/instances/{i}/simplified-tags")["SOPInstanceUID"] for i in orthanc.get("/instances")]
+    assert sorted(sops) == sorted(queued)               # each output exactly once
+    log = node.log()
+    assert "job.lease_taken_back" in log
+    assert truth.data["patient"]["id"] not in log and truth.data["patient"]["name"] not in log
