@@ -194,7 +194,10 @@ def test_eight_concurrent_associations_are_all_stored(node_factory, tmp_path):
     jobs = wait_until(lambda: (j := store.query("SELECT * FROM jobs")) and len(j) == 8 and j, 30,
                       what="eight stable studies queued")
     assert {j["study_uid"] for j in jobs} == studies
-    wait_until(lambda: len(store.query("SELECT * FROM jobs WHERE state = 'done'")) == 8, 60, what="eight jobs done")
+    wait_until(lambda: len(store.query("SELECT * FROM jobs WHERE state = 'done'")) == 8, 90, what="eight jobs done")
+    analysed = store.query("SELECT study_uid, out_dir FROM analyses")      # each study analysed, its SR written
+    assert {a["study_uid"] for a in analysed} == studies
+    assert all((node.data_dir / a["out_dir"] / "sr.dcm").is_file() for a in analysed)
 
 
 def test_a_ninth_association_gets_a_transient_rejection_until_one_closes(node_factory):
