@@ -3,7 +3,9 @@
 Every NUM content item is named by where it sits and what it is: the tracking identifier of its
 measurement group (TID 1501 / 1411: "Tumor (reader)", "Laboratory values", "Model p001-... 1.0.0"),
 its concept name code, the algorithm name of its TID 4019 algorithm identification (our formula
-id, when given), its unit code, and its place among items with the same name (1, 2 ...).
+id, when given), the "marker ..." parameter of that algorithm identification (hccnode's marker
+name, e.g. hu_tumor_unenhanced; empty in other writers' SRs), its unit code, and its place among
+items with the same name (1, 2 ...).
 Tracking *identifiers*, not tracking UIDs, pair the items: the UIDs of the labs, model and notes
 groups derive from the SR's own UID, which differs whenever the inputs do.
 
@@ -28,6 +30,8 @@ from pydicom.dataset import Dataset
 
 TRACKING_IDENTIFIER = ("DCM", "112039")
 ALGORITHM_NAME = ("DCM", "111001")
+ALGORITHM_PARAMETERS = ("DCM", "111002")
+MARKER_PARAMETER = "marker "  # hccnode.report.sr.provenance writes the marker name first
 
 
 @dataclass(frozen=True)
@@ -38,14 +42,15 @@ class Number:
     concept: str          # concept name code "scheme:value"
     meaning: str          # concept name code meaning
     algorithm: str        # TID 4019 algorithm name ("" when none)
+    marker: str           # the algorithm's "marker ..." parameter ("" when none)
     unit: str             # unit code value ("" when none)
     occurrence: int       # 1, 2 ... among items with the same group, concept and algorithm
     numeric: str | None   # Numeric Value (DS) as written, None when absent
     floating: float | None  # Floating Point Value (FD), None when absent
 
     @property
-    def key(self) -> tuple[str, str, str, int]:
-        return self.group, self.concept, self.algorithm, self.occurrence
+    def key(self) -> tuple[str, str, str, str, int]:
+        return self.group, self.concept, self.algorithm, self.marker, self.occurrence
 
     def shown(self) -> str:
         if self.numeric is None and self.floating is None:
@@ -61,6 +66,7 @@ class Row:
     concept: str
     meaning: str
     algorithm: str
+    marker: str
     unit: str
     a: Number | None
     b: Number | None
@@ -85,12 +91,17 @@ def _identifier(children) -> str | None:
     return None
 
 
-def _algorithm(item: Dataset) -> str:
+def _algorithm(item: Dataset) -> tuple[str, str]:
+    """(algorithm name, marker parameter) of a NUM's TID 4019 algorithm identification."""
+    name = marker = ""
     for child in item.get("ContentSequence") or []:
         scheme, value, _ = _code(child)
+        text = str(child.get("TextValue", ""))
         if (scheme, value) == ALGORITHM_NAME:
-            return str(child.get("TextValue", ""))
-    return ""
+            name = text
+        elif (scheme, value) == ALGORITHM_PARAMETERS and not marker and text.startswith(MARKER_PARAMETER):
+            marker = text[len(MARKER_PARAMETER):]
+    return name, marker
 
 
 def _walk(items, group: str) -> Iterator[tuple[str, Dataset]]:
@@ -110,7 +121,7 @@ def numbers(sr: Dataset) -> list[Number]:
             continue
         scheme, value, meaning = _code(item)
         concept = f"{scheme}:{value}"
-        algorithm = _algorithm(item)
+        algorithm, marker = _algorithm(item)
         measured = (item.get("MeasuredValueSequence") or [None])[0]
         numeric = floating = None
         unit = ""
@@ -120,8 +131,9 @@ def numbers(sr: Dataset) -> list[Number]:
             if "FloatingPointValue" in measured:
                 floating = float(measured.FloatingPointValue)
             unit = _code(measured, "MeasurementUnitsCodeSequence")[1]
-        seen[(group, concept, algorithm)] += 1
-        out.append(Number(group, concept, meaning, algorithm, unit, seen[(group, concept, algorithm)], numeric, floating))
+        name = (group, concept, algorithm, marker)
+        seen[name] += 1
+        out.append(Number(group, concept, meaning, algorithm, marker, unit, seen[name], numeric, floating))
     return out
 
 
@@ -173,11 +185,11 @@ def compare(a: Dataset, b: Dataset, rel_tol: float = 0.0) -> list[Row]:
     for x in na:
         y = by_key.pop(x.key, None)
         if y is None:
-            rows.append(Row(x.group, x.concept, x.meaning, x.algorithm, x.unit, x, None, False, "only in A"))
+            rows.append(Row(x.group, x.concept, x.meaning, x.algorithm, x.marker, x.unit, x, None, False, "only in A"))
         else:
             ok, why = same_value(x, y, rel_tol)
-            rows.append(Row(x.group, x.concept, x.meaning, x.algorithm, x.unit, x, y, ok, why))
+            rows.append(Row(x.group, x.concept, x.meaning, x.algorithm, x.marker, x.unit, x, y, ok, why))
     for y in nb:
         if y.key in by_key:
-            rows.append(Row(y.group, y.concept, y.meaning, y.algorithm, y.unit, None, y, False, "only in B"))
+            rows.append(Row(y.group, y.concept, y.meaning, y.algorithm, y.marker, y.unit, None, y, False, "only in B"))
     return rows

@@ -174,15 +174,8 @@ def cmd_reverify(args) -> int:
     for note in out.notes:
         print(f"note: {note}")
     if out.rows:
-        label = "A = this SR, B = recomputed" + (f" ({out.recomputed_sr_uid})" if out.recomputed_sr_uid else "")
-        print(label)
-        print(f"{'result':<10} {'group':<28} {'measurement':<40} {'unit':<12} {'A':>18} {'B':>18}")
-        for r in out.rows:
-            result = "ok" if r.reproduced else ("only A" if r.b is None else "only B" if r.a is None else "DIFFERS")
-            what = f"{r.meaning} ({r.concept})" + (f" [{r.algorithm}]" if r.algorithm else "")
-            print(f"{result:<10} {r.group[:28]:<28} {what[:40]:<40} {r.unit[:12]:<12} "
-                  f"{r.a.shown() if r.a else '-':>18} {r.b.shown() if r.b else '-':>18}"
-                  + (f"  ({r.why})" if r.why and r.a and r.b else ""))
+        print("A = this SR, B = recomputed" + (f" ({out.recomputed_sr_uid})" if out.recomputed_sr_uid else ""))
+        _table(out.rows)
     for p in out.problems:
         print(f"cannot recompute: {p}", file=sys.stderr)
     n_ok = sum(r.reproduced for r in out.rows)
@@ -195,3 +188,18 @@ def cmd_reverify(args) -> int:
         print("NOT RECOMPUTED: the SR's numbers could not be recomputed from the inputs it used"
               + (" (the table compares with a recomputation from other inputs, for information)" if out.rows else ""))
     return out.exit_code
+
+
+def _table(rows) -> None:
+    """One line per number: result, group (tracking identifier), measurement (concept and marker
+    or algorithm), unit, A, B, and what differs."""
+    lines = [("result", "group", "measurement", "unit", "A", "B", "")]
+    for r in rows:
+        result = "ok" if r.reproduced else ("only-A" if r.b is None else "only-B" if r.a is None else "DIFFERS")
+        what = f"{r.meaning} ({r.concept})" + (f" {r.marker or r.algorithm}" if r.marker or r.algorithm else "")
+        lines.append((result, r.group or "-", what, r.unit or "-", r.a.shown() if r.a else "-",
+                      r.b.shown() if r.b else "-", f"({r.why})" if r.why and r.a and r.b else ""))
+    widths = [max(len(line[i]) for line in lines) for i in range(6)]
+    for line in lines:
+        print("  ".join(v.ljust(w) if i < 4 else v.rjust(w) for i, (v, w) in enumerate(zip(line, widths)))
+              + ("  " + line[6] if line[6] else ""))
