@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import urllib.request
 
 import pydicom
 import pytest
@@ -149,12 +150,33 @@ def test_a_missing_input_instance_is_named(node, capsys):
     assert f"series {row['series_uid']}: 1 of" in err and row["sop_uid"] in err and "not in the spool" in err
 
 
+def test_an_sr_pulled_from_the_pacs_is_reverified(node, orthanc, capsys):
+    body = node.latest.read_bytes()
+    req = urllib.request.Request(f"http://127.0.0.1:{orthanc.http_port}/instances", data=body, method="POST")
+    urllib.request.urlopen(req, timeout=10).close()
+    sr_uid = str(pydicom.dcmread(node.latest).SOPInstanceUID)
+    assert sr_uid in orthanc.sop_uids()
+    cfg = node.root / "pacs.toml"
+    cfg.write_text(f'[node]\ndata_dir = "{node.store.data_dir}"\n[priors]\npacs = "{orthanc.destination}"\n')
+    stored = node.store.query("SELECT COUNT(*) AS n FROM instances")[0]["n"]
+    assert cli.main(["-c", str(cfg), "audit", "reverify", "--from-pacs", sr_uid]) == 0
+    out = capsys.readouterr().out
+    assert f"retrieved SR {sr_uid} from the PACS" in out and "reproduced: all" in out
+    assert node.store.query("SELECT COUNT(*) AS n FROM instances")[0]["n"] == stored  # pulled into memory only
+    assert cli.main(["-c", str(cfg), "audit", "reverify", "--from-pacs", "2.25.42", "--study", node.study]) == 1
+    assert "returned no SR 2.25.42" in capsys.readouterr().err
+    assert cli.main(["-c", str(cfg), "audit", "reverify", "--from-pacs", "2.25.42"]) == 2  # study unknown: say --study
+
+
 def test_usage_errors_exit_2(node, tmp_path, capsys):
     assert node(tmp_path / "nothing.dcm") == 2
     ct = node.store.query("SELECT path FROM instances WHERE study_uid = ? LIMIT 1", (node.study,))[0]["path"]
     assert node(node.store.data_dir / ct) == 2
     assert "not a DICOM Structured Report" in capsys.readouterr().err
     assert node(node.latest, "--rel-tol", "-1") == 2
+    assert node() == 2 and node(node.latest, "--from-pacs", "2.25.1") == 2  # exactly one SR source
+    assert node("--from-pacs", "2.25.1") == 2  # no PACS configured
+    assert "no PACS configured" in capsys.readouterr().err
 
 
 def test_compare_pairs_numbers_and_states_its_tolerance(node):

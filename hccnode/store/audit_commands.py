@@ -64,7 +64,12 @@ def register(sub) -> None:
                     "Prints one line per number (ok / DIFFERS / only in one report) and the verdict, and records an "
                     "analysis.reverified audit event. Exit 0: every number reproduced; 1: a number differs, or the "
                     "SR's inputs cannot be recomputed (study unknown, instances gone, inputs changed), with the reason.")
-    q.add_argument("sr_file", metavar="SR_FILE", help="the SR (DICOM file) to check")
+    q.add_argument("sr_file", metavar="SR_FILE", nargs="?", help="the SR (DICOM file) to check")
+    q.add_argument("--from-pacs", metavar="SR_UID",
+                   help="instead of SR_FILE: retrieve the SR with this SOP Instance UID from the PACS ([priors] pacs, "
+                        "else the first [forward] destination) by C-GET, into memory (it is not stored in the node)")
+    q.add_argument("--study", metavar="STUDY_UID",
+                   help="with --from-pacs: the SR's study, when the node has no record of writing that SR")
     q.add_argument("--rel-tol", type=float, default=0.0, metavar="R",
                    help="relative tolerance |a-b| <= R*max(|a|,|b|); default 0: the pipeline is deterministic, so "
                         "both the decimal (DS) and the double (FD) forms of each value must be equal")
@@ -152,14 +157,23 @@ def cmd_reverify(args) -> int:
     from hccnode.cli import UsageError
     from hccnode.imaging.phase_rules import RulesError, load_rules
     from hccnode.store.db import Store
-    from hccnode.store.reverify import reverify, read_sr
+    from hccnode.store.reverify import PullError, check_sr, pull_sr, read_sr, reverify, study_of
 
     if args.rel_tol < 0:
         raise UsageError(f"--rel-tol must be >= 0, got {args.rel_tol}")
-    if not Path(args.sr_file).is_file():
+    if bool(args.sr_file) == bool(args.from_pacs):
+        raise UsageError("give either an SR_FILE or --from-pacs SR_UID")
+    if args.study and not args.from_pacs:
+        raise UsageError("--study goes with --from-pacs")
+    if args.from_pacs:
+        from hccnode.net.priors import pacs_destination
+
+        if pacs_destination(args.cfg) is None:
+            raise UsageError("--from-pacs: no PACS configured: set [priors] pacs or a [forward] destination")
+    if args.sr_file and not Path(args.sr_file).is_file():
         raise UsageError(f"{args.sr_file}: no such file")
     try:
-        sr = read_sr(args.sr_file)
+        sr = read_sr(args.sr_file) if args.sr_file else None
         rules = load_rules(args.cfg.phases.rules_file or None)
     except (ValueError, RulesError) as exc:
         raise UsageError(str(exc)) from None
@@ -167,6 +181,16 @@ def cmd_reverify(args) -> int:
         raise FileNotFoundError(f"no database at {args.cfg.db_path}: the node has recorded nothing yet")
     store = Store(args.cfg.data_dir)
     try:
+        if sr is None:
+            study = args.study or study_of(store, args.from_pacs)
+            if not study:
+                raise UsageError(f"the node has no record of writing SR {args.from_pacs}: give its study with --study")
+            try:
+                sr = check_sr(pull_sr(args.cfg, args.from_pacs, study), f"SR {args.from_pacs} from the PACS")
+            except (PullError, ValueError) as exc:
+                print(f"hccnode audit reverify: {exc}", file=sys.stderr)
+                return 1
+            print(f"retrieved SR {args.from_pacs} from the PACS")
         out = reverify(store, sr, rel_tol=args.rel_tol, rules=rules, keep=args.keep)
     finally:
         store.close()

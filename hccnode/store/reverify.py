@@ -60,11 +60,64 @@ def read_sr(path: str | Path) -> Dataset:
         ds = pydicom.dcmread(path)
     except (OSError, pydicom.errors.InvalidDicomError) as exc:
         raise ValueError(f"{path}: not a readable DICOM file ({exc})") from None
+    return check_sr(ds, str(path))
+
+
+def check_sr(ds: Dataset, path: str) -> Dataset:
     if not str(ds.get("SOPClassUID", "")).startswith(SR_SOP_PREFIX) or "ContentSequence" not in ds:
         raise ValueError(f"{path}: not a DICOM Structured Report")
     if "StudyInstanceUID" not in ds or "SOPInstanceUID" not in ds:
         raise ValueError(f"{path}: the SR has no Study or SOP Instance UID")
     return ds
+
+
+class PullError(RuntimeError):
+    """The SR could not be retrieved from the PACS (unreachable, refused, not there)."""
+
+
+def pull_sr(cfg, sr_uid: str, study_uid: str) -> Dataset:
+    """The SR `sr_uid` of `study_uid`, retrieved from the PACS (`[priors] pacs`, else the first
+    `[forward]` destination) by C-GET at IMAGE level into memory: nothing enters the spool. The
+    Series Instance UID a C-GET needs is the node's SR series of the study (hccnode.report.outputs),
+    so only SRs this node wrote can be pulled. No PACS configured: LookupError."""
+    from hccnode.net import scu, status
+    from hccnode.net.forward import client_tls
+    from hccnode.net.priors import pacs_destination
+    from hccnode.report.outputs import output_uids
+
+    pacs = pacs_destination(cfg)
+    if pacs is None:
+        raise LookupError("no PACS configured: set [priors] pacs or a [forward] destination")
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "IMAGE"
+    ident.StudyInstanceUID = study_uid
+    ident.SeriesInstanceUID = output_uids("-", study_uid, "-")["sr"][0]
+    ident.SOPInstanceUID = sr_uid
+    got: list[Dataset] = []
+
+    def on_store(event):
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        got.append(ds)
+        return status.SUCCESS
+
+    try:
+        result = scu.get(pacs, ident, on_store, cfg.forward.ae_title, cfg.priors.timeout, client_tls(cfg))
+    except (scu.AssociationFailed, scu.QueryFailed) as exc:
+        raise PullError(f"retrieving SR {sr_uid} from {pacs}: {exc}") from None
+    found = [ds for ds in got if str(ds.get("SOPInstanceUID", "")) == sr_uid]
+    if not found:
+        why = f"status 0x{result.status:04X}" + (f", {result.error}" if result.error else "")
+        raise PullError(f"the PACS {pacs} returned no SR {sr_uid} of study {study_uid} ({why})")
+    return found[0]
+
+
+def study_of(store: Store, sr_uid: str) -> str | None:
+    """The study of an SR the node recorded writing, or None."""
+    if not store.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'analyses'"):
+        return None
+    rows = store.query("SELECT study_uid FROM analyses WHERE sr_uid = ? ORDER BY id DESC LIMIT 1", (sr_uid,))
+    return rows[0]["study_uid"] if rows else None
 
 
 def evidence(sr: Dataset) -> dict[str, list[str]]:
