@@ -14,7 +14,7 @@ from pipeline_support import add_labs, phantom_store, scratch_dir
 from hccnode import cli
 from hccnode.pipeline import analyze_study
 from hccnode.report.sr_compare import compare, numbers
-from hccnode.store.reverify import evidence
+from hccnode.store.reverify import evidence, input_differences
 from hccnode.store import audit
 
 OUTBOX_DEST = "PACS@127.0.0.1:11112"
@@ -123,6 +123,14 @@ def test_an_sr_whose_inputs_the_node_cannot_reconstruct_is_not_called_a_match(no
     out, err = capsys.readouterr()
     assert "not one of the node's recorded analyses" in out
     assert "cannot reconstruct the inputs this SR used" in err and "NOT RECOMPUTED" in out
+
+
+def test_input_differences_name_what_changed(node):
+    latest, older = pydicom.dcmread(node.latest), pydicom.dcmread(node.older)
+    diffs = input_differences(latest, older)  # as if the node now lacked the hematocrit the SR used
+    assert any(d.startswith("lab Hematocrit: 0.4 in the SR, none now") for d in diffs), diffs
+    older.SoftwareVersions = "0.0.1"
+    assert any(d.startswith("software version") for d in input_differences(latest, older))
 
 
 def test_an_sr_of_an_unknown_study_exits_1_with_a_clear_message(node, tmp_path, capsys):

@@ -28,6 +28,7 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 
+from hccnode import log
 from hccnode.report.sr_compare import Row, compare, numbers
 from hccnode.store import audit
 from hccnode.store.db import Store
@@ -223,11 +224,13 @@ def reverify(store: Store, sr: Dataset, *, rel_tol: float = 0.0, rules=None, kee
         out.problems += missing_inputs(store, sr)
     if not out.problems:
         _run(store, sr, out, rules, keep)
+    log.event("audit.reverified", study=study_uid, sr=sr_uid, verdict=out.verdict, numbers=len(out.rows),
+              reproduced=sum(r.reproduced for r in out.rows), problems=len(out.problems))
     if record:
         audit.append(store, "analysis.reverified", ACTOR, study_uid=study_uid, patient_key=patient_key,
                      output_uids=[sr_uid], verdict=out.verdict, rel_tol=rel_tol, numbers=len(out.rows),
                      reproduced=sum(r.reproduced for r in out.rows), recomputed_sr=out.recomputed_sr_uid,
-                     differing=[f"{r.group}: {r.meaning}" for r in out.rows if not r.reproduced][:50],
+                     differing=[f"{r.group}: {r.meaning} {r.marker}".strip() for r in out.rows if not r.reproduced][:50],
                      problems=out.problems, notes=out.notes)
     return out
 
@@ -251,11 +254,12 @@ def _run(store: Store, sr: Dataset, out: Outcome, rules, keep) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="hccnode-reverify-"))
     try:
         try:
+            # an older SR: first the inputs as they were when it was written, then the current ones
             attempts = [None] if as_of is None else [as_of, None]
-            recomputed = None
+            tried = []
             for i, when in enumerate(attempts):
-                recomputed = _recompute(store, out.study_uid, tmp / str(i), when, rules)
-                if str(recomputed.SOPInstanceUID) == out.sr_uid:
+                tried.append(_recompute(store, out.study_uid, tmp / str(i), when, rules))
+                if str(tried[-1].SOPInstanceUID) == out.sr_uid:
                     if when is not None:
                         out.notes.append("recomputed with the node's inputs as they were when this SR was written "
                                          "(lab results and instances received later left out)")
@@ -263,6 +267,8 @@ def _run(store: Store, sr: Dataset, out: Outcome, rules, keep) -> None:
         except StudyError as exc:
             out.problems.append(f"the analysis cannot be recomputed: {exc}")
             return
+        # no match: compare with the recomputation closest to the SR's inputs (the first), for information
+        recomputed = tried[-1] if str(tried[-1].SOPInstanceUID) == out.sr_uid else tried[0]
         out.recomputed_sr_uid = str(recomputed.SOPInstanceUID)
         out.rows = compare(sr, recomputed, out.rel_tol)
         if out.recomputed_sr_uid != out.sr_uid:
