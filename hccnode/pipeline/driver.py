@@ -115,7 +115,10 @@ def analyze_study(store: Store, study_uid: str, *, destinations: Sequence[str] =
                   outputs_dir: str | Path | None = None) -> Analysis:
     """Analyse a stored study end to end (see the module docstring). `outputs_dir` replaces
     `<data_dir>/outputs` as the folder the study's output folders go in (`audit reverify` writes
-    its recomputation elsewhere, so the original analysis' files are never replaced)."""
+    its recomputation elsewhere, so the original analysis' files are never replaced); outside the
+    data directory it takes no `destinations` (the outbox names files relative to the data directory)."""
+    if outputs_dir is not None and destinations and not Path(outputs_dir).resolve().is_relative_to(store.data_dir):
+        raise ValueError("outputs outside the data directory cannot be queued for destinations")
     timings: dict[str, float] = {}
     clock = [time.perf_counter(), "start"]
 
