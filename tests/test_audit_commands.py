@@ -1,4 +1,4 @@
-"""`hccnode audit verify / show / export` as an administrator runs them: read-only, exit codes, every option documented."""
+"""`hccnode audit verify / show / export` (reverify: test_reverify.py) as an administrator runs them: read-only, exit codes, every option documented."""
 
 from __future__ import annotations
 
@@ -118,11 +118,11 @@ def test_usage_and_runtime_errors(node, tmp_path, capsys):
 def test_help_documents_every_option(capsys):
     assert cli.main(["audit", "--help"]) == 0
     out = capsys.readouterr().out
-    assert all(name in out for name in ("verify", "show", "export"))
+    assert all(name in out for name in ("verify", "show", "export", "reverify"))
     parser = cli.build_parser()
     audit_parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["audit"]
     subs = next(a for a in audit_parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert set(subs) == {"verify", "show", "export"}
+    assert set(subs) == {"verify", "show", "export", "reverify"}
     for name, p in subs.items():
         assert p.description, name
         for a in p._actions:

@@ -49,7 +49,7 @@ CREATE TABLE IF NOT EXISTS analyses (
     study_uid TEXT NOT NULL,
     job_id INTEGER,
     sr_uid TEXT NOT NULL,          -- SOP Instance UID of the SR written
-    out_dir TEXT NOT NULL,         -- relative to the data directory
+    out_dir TEXT NOT NULL,         -- relative to the data directory (absolute when outside it)
     outputs TEXT NOT NULL,         -- JSON list of SOP Instance UIDs (SEG, map, SR, summary)
     created_at REAL NOT NULL
 );
@@ -111,8 +111,14 @@ def study_kind(study: Study) -> str:
 
 
 def analyze_study(store: Store, study_uid: str, *, destinations: Sequence[str] = (), job_id: int | None = None,
-                  rules: RuleSet | None = None, progress: Progress | None = None) -> Analysis:
-    """Analyse a stored study end to end (see the module docstring)."""
+                  rules: RuleSet | None = None, progress: Progress | None = None,
+                  outputs_dir: str | Path | None = None) -> Analysis:
+    """Analyse a stored study end to end (see the module docstring). `outputs_dir` replaces
+    `<data_dir>/outputs` as the folder the study's output folders go in (`audit reverify` writes
+    its recomputation elsewhere, so the original analysis' files are never replaced); outside the
+    data directory it takes no `destinations` (the outbox names files relative to the data directory)."""
+    if outputs_dir is not None and destinations and not Path(outputs_dir).resolve().is_relative_to(store.data_dir):
+        raise ValueError("outputs outside the data directory cannot be queued for destinations")
     timings: dict[str, float] = {}
     clock = [time.perf_counter(), "start"]
 
@@ -186,7 +192,8 @@ def analyze_study(store: Store, study_uid: str, *, destinations: Sequence[str] =
     result.card_versions = sorted({f"{r['card_id']}@{r['card_version']}" for r in result.model_results})
 
     step("outputs")
-    _outputs(store, study, ref_series, reference, regions, f, result, labs_used, patient_key, job_id)
+    _outputs(store, study, ref_series, reference, regions, f, result, labs_used, patient_key, job_id,
+             Path(outputs_dir) if outputs_dir is not None else store.data_dir / OUTPUTS_DIR)
     for dest in destinations:
         for path in result.files:
             if outbox.enqueue(store, dest, path.relative_to(store.data_dir), study_uid, job_id) is not None:
@@ -277,7 +284,8 @@ def _previous_sr(store: Store, study_uid: str, sr_uid: str) -> pydicom.Dataset |
 
 
 def _outputs(store: Store, study: Study, ref_series: Series | None, reference: Volume | None, regions: Regions,
-             f: Findings, result: Analysis, labs_used, patient_key: str | None, job_id: int | None) -> None:
+             f: Findings, result: Analysis, labs_used, patient_key: str | None, job_id: int | None,
+             outputs_dir: Path) -> None:
     by_uid = {s.uid: s for s in study.series}
     if reference is not None:
         ref = Reference.from_volume(reference, study.headers(ref_series))
@@ -293,7 +301,7 @@ def _outputs(store: Store, study: Study, ref_series: Series | None, reference: V
     template = load_template()
     key = analysis_key(sources, ref, rois, labs_used, result.model_results, template.digest)
     sr_uid = output_uids(key, ref.study_uid, ref.series_uid)["sr"][1]
-    tmp = store.data_dir / OUTPUTS_DIR / study.uid / f".tmp-{os.getpid()}"
+    tmp = outputs_dir / study.uid / f".tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     files = build_outputs(sources, ref, rois, f.measurements, result.model_results, labs_used, tmp,
                           ecv_map=f.ecv_map, images=images, missing=f.missing,
@@ -315,7 +323,8 @@ def _outputs(store: Store, study: Study, ref_series: Series | None, reference: V
                      card_versions=result.card_versions, file=path.name, job=job_id, replaces=result.replaces)
     with store.tx() as c:
         c.execute("INSERT INTO analyses (study_uid, job_id, sr_uid, out_dir, outputs, created_at) VALUES (?,?,?,?,?,?)",
-                  (study.uid, job_id, str(sr.SOPInstanceUID), str(final.relative_to(store.data_dir)),
+                  (study.uid, job_id, str(sr.SOPInstanceUID),
+                   str(final.relative_to(store.data_dir) if final.is_relative_to(store.data_dir) else final),
                    json.dumps(uids), now()))
 
 

@@ -95,6 +95,7 @@ EVENTS = {
     "lab.received": "a lab result was received (HL7 or CSV)",
     "lab.matched": "a lab value was matched to a scan for a model",
     "model.evaluated": "a model card was evaluated",
+    "analysis.reverified": "an SR's analysis was recomputed from the stored inputs (audit reverify): SR UID, verdict",
     "output.created": "an output object (SR, parametric map, SEG) was created",
     "output.queued": "an output was queued for a destination",
     "output.sent": "an output was accepted by a destination",

@@ -1,6 +1,7 @@
-"""CLI: `hccnode audit verify | show STUDY_UID | export --csv [FILE] | --sqlite FILE`.
+"""CLI: `hccnode audit verify | show STUDY_UID | export --csv [FILE] | --sqlite FILE | reverify SR_FILE`.
 
-Every command opens the database read-only: reading the audit log never changes it.
+verify, show and export open the database read-only: reading the audit log never changes it.
+reverify recomputes an analysis on a scratch copy and appends only its own `analysis.reverified` event.
 """
 
 from __future__ import annotations
@@ -51,6 +52,29 @@ def register(sub) -> None:
     fmt.add_argument("--sqlite", metavar="FILE", help="a new SQLite file holding only the audit table (FILE must not exist)")
     q.add_argument("--since", help="only events at or after this ISO 8601 date or date-time (UTC unless an offset is "
                                    "given); with --sqlite the copy is then not verifiable from row 1")
+
+    q = asub.add_parser(
+        "reverify", help="recompute an SR's analysis from the stored inputs; exit 1 unless every number is reproduced",
+        description="Read an SR the node wrote (its own file, or one retrieved from the PACS), find its study in the "
+                    "node's store, check the spool still holds every input instance it lists, run the analysis again "
+                    "on a scratch copy of the database into a temporary folder (nothing is queued for sending and "
+                    "the node's records of the original analysis stay as they were) and compare every number. "
+                    "Same inputs are proven by the recomputed SR having the same UID (UIDs derive from all inputs); "
+                    "an older SR is recomputed with the lab results and instances the node had when it was written. "
+                    "Prints one line per number (ok / DIFFERS / only in one report) and the verdict, and records an "
+                    "analysis.reverified audit event. Exit 0: every number reproduced; 1: a number differs, or the "
+                    "SR's inputs cannot be recomputed (study unknown, instances gone, inputs changed), with the reason.")
+    q.add_argument("sr_file", metavar="SR_FILE", nargs="?", help="the SR (DICOM file) to check")
+    q.add_argument("--from-pacs", metavar="SR_UID",
+                   help="instead of SR_FILE: retrieve the SR with this SOP Instance UID from the PACS ([priors] pacs, "
+                        "else the first [forward] destination) by C-GET, into memory (it is not stored in the node)")
+    q.add_argument("--study", metavar="STUDY_UID",
+                   help="with --from-pacs: the SR's study, when the node has no record of writing that SR")
+    q.add_argument("--rel-tol", type=float, default=0.0, metavar="R",
+                   help="relative tolerance |a-b| <= R*max(|a|,|b|); default 0: the pipeline is deterministic, so "
+                        "both the decimal (DS) and the double (FD) forms of each value must be equal")
+    q.add_argument("--keep", metavar="DIR", help="copy the recomputed outputs (SR, SEG, map, summary) to DIR")
+    q.set_defaults(func=cmd_reverify)
 
 
 def _open(args) -> sqlite3.Connection:
@@ -127,3 +151,79 @@ def cmd_export(args) -> int:
                 n = audit.write_csv(conn, f, since)
             print(f"{n} rows written to {args.csv}", file=sys.stderr)
     return 0
+
+
+def cmd_reverify(args) -> int:
+    from hccnode.cli import UsageError
+    from hccnode.imaging.phase_rules import RulesError, load_rules
+    from hccnode.store.db import Store
+    from hccnode.store.reverify import PullError, check_sr, pull_sr, read_sr, reverify, study_of
+
+    if args.rel_tol < 0:
+        raise UsageError(f"--rel-tol must be >= 0, got {args.rel_tol}")
+    if bool(args.sr_file) == bool(args.from_pacs):
+        raise UsageError("give either an SR_FILE or --from-pacs SR_UID")
+    if args.study and not args.from_pacs:
+        raise UsageError("--study goes with --from-pacs")
+    if args.from_pacs:
+        from hccnode.net.priors import pacs_destination
+
+        if pacs_destination(args.cfg) is None:
+            raise UsageError("--from-pacs: no PACS configured: set [priors] pacs or a [forward] destination")
+    if args.sr_file and not Path(args.sr_file).is_file():
+        raise UsageError(f"{args.sr_file}: no such file")
+    try:
+        sr = read_sr(args.sr_file) if args.sr_file else None
+        rules = load_rules(args.cfg.phases.rules_file or None)
+    except (ValueError, RulesError) as exc:
+        raise UsageError(str(exc)) from None
+    if not args.cfg.db_path.exists():
+        raise FileNotFoundError(f"no database at {args.cfg.db_path}: the node has recorded nothing yet")
+    store = Store(args.cfg.data_dir)
+    try:
+        if sr is None:
+            study = args.study or study_of(store, args.from_pacs)
+            if not study:
+                raise UsageError(f"the node has no record of writing SR {args.from_pacs}: give its study with --study")
+            try:
+                sr = check_sr(pull_sr(args.cfg, args.from_pacs, study), f"SR {args.from_pacs} from the PACS")
+            except (PullError, ValueError) as exc:
+                print(f"hccnode audit reverify: {exc}", file=sys.stderr)
+                return 1
+            print(f"retrieved SR {args.from_pacs} from the PACS")
+        out = reverify(store, sr, rel_tol=args.rel_tol, rules=rules, keep=args.keep)
+    finally:
+        store.close()
+    print(f"SR {out.sr_uid} of study {out.study_uid}")
+    for note in out.notes:
+        print(f"note: {note}")
+    if out.rows:
+        print("A = this SR, B = recomputed" + (f" ({out.recomputed_sr_uid})" if out.recomputed_sr_uid else ""))
+        _table(out.rows)
+    for p in out.problems:
+        print(f"cannot recompute: {p}", file=sys.stderr)
+    n_ok = sum(r.reproduced for r in out.rows)
+    tol = f"relative tolerance {out.rel_tol:g}" if out.rel_tol else "exact"
+    if out.verdict == "reproduced":
+        print(f"reproduced: all {len(out.rows)} numbers ({tol})")
+    elif out.verdict == "differs":
+        print(f"DIFFERS: {len(out.rows) - n_ok} of {len(out.rows)} numbers not reproduced ({tol})")
+    else:
+        print("NOT RECOMPUTED: the SR's numbers could not be recomputed from the inputs it used"
+              + (" (the table compares with a recomputation from other inputs, for information)" if out.rows else ""))
+    return out.exit_code
+
+
+def _table(rows) -> None:
+    """One line per number: result, group (tracking identifier), measurement (concept and marker
+    or algorithm), unit, A, B, and what differs."""
+    lines = [("result", "group", "measurement", "unit", "A", "B", "")]
+    for r in rows:
+        result = "ok" if r.reproduced else ("only-A" if r.b is None else "only-B" if r.a is None else "DIFFERS")
+        what = f"{r.meaning} ({r.concept})" + (f" {r.marker or r.algorithm}" if r.marker or r.algorithm else "")
+        lines.append((result, r.group or "-", what, r.unit or "-", r.a.shown() if r.a else "-",
+                      r.b.shown() if r.b else "-", f"({r.why})" if r.why and r.a and r.b else ""))
+    widths = [max(len(line[i]) for line in lines) for i in range(6)]
+    for line in lines:
+        print("  ".join(v.ljust(w) if i < 4 else v.rjust(w) for i, (v, w) in enumerate(zip(line, widths)))
+              + ("  " + line[6] if line[6] else ""))

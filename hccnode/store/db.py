@@ -149,12 +149,14 @@ class Store:
 
     `read_only=True` opens an existing database for reading only (SQLite `mode=ro`, `query_only`):
     no directory, table or secret is created and every write fails, for readers such as the
-    status page.
+    status page. `db_path` opens another database file than `<data_dir>/hccnode.db` with the
+    same data directory (spool paths resolve there): `audit reverify` runs the analysis on a
+    scratch copy of the database, so the node's own records stay as they were.
     """
 
-    def __init__(self, data_dir: str | os.PathLike, read_only: bool = False):
+    def __init__(self, data_dir: str | os.PathLike, read_only: bool = False, db_path: str | os.PathLike | None = None):
         self.data_dir = Path(data_dir).resolve()
-        self.path = self.data_dir / "hccnode.db"
+        self.path = Path(db_path).resolve() if db_path is not None else self.data_dir / "hccnode.db"
         self.read_only = read_only
         self._local = threading.local()
         self._secret: bytes | None = None
