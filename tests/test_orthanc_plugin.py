@@ -14,22 +14,27 @@ from dicomgen import ct_series
 pytestmark = pytest.mark.network
 
 
-def test_stable_liver_study_is_routed_to_the_node_and_others_are_not(node_factory, tmp_path):
+def routing_orthanc(tmp_path, node) -> Orthanc:
+    """A real Orthanc (not started) loading the routing plugin, knowing the node and a sender."""
     need("Orthanc")
     if not ORTHANC_PYTHON_PLUGIN.exists():
         msg = "orthanc-python is not installed (make test installs it)"
         pytest.fail(msg) if in_ci() else pytest.skip(msg)
-    node = node_factory().start()
     d = tmp_path / "orthanc"
     d.mkdir()
-    orthanc = Orthanc(d, {
+    return Orthanc(d, {
         "Plugins": [str(ORTHANC_PYTHON_PLUGIN)],
         "PythonScript": str(ROOT / "plugins" / "orthanc" / "hccnode_route.py"),
         "StableAge": 1,
         "DicomModalities": {"hccnode": ["HCCNODE", "127.0.0.1", node.port],
                             "sender": ["STORESCU", "127.0.0.1", 104]},
         "HccNode": {"Modality": "hccnode"},
-    }).start()
+    })
+
+
+def test_stable_liver_study_is_routed_to_the_node_and_others_are_not(node_factory, tmp_path):
+    node = node_factory().start()
+    orthanc = routing_orthanc(tmp_path, node).start()
     try:
         liver = ct_series(tmp_path / "liver", n=4, seed=1, description="CT ABDOMEN LIVER 3 PHASE")
         knee = ct_series(tmp_path / "knee", n=3, seed=2, description="KNEE RIGHT", body_part="KNEE")
@@ -55,26 +60,13 @@ def test_study_stored_in_orthanc_is_analysed_and_its_sr_comes_back_once(node_fac
     """Issue 9 deploy: a phantom CECT study stored into Orthanc is routed by the plugin, analysed by
     the node, and the node's SR lands in the same study in Orthanc. The results arriving make the
     study stable again; its images are not routed a second time, so it is analysed once."""
-    need("Orthanc")
-    if not ORTHANC_PYTHON_PLUGIN.exists():
-        msg = "orthanc-python is not installed (make test installs it)"
-        pytest.fail(msg) if in_ci() else pytest.skip(msg)
     from hccnode.phantom import StudySpec, generate
 
     truth = generate(StudySpec(kind="cect", seed=31, slices=8, matrix=64, noise_sd=2.0, progress=False),
                      tmp_path / "phantom")
     study_uid = truth.data["studies"][0]["study_instance_uid"]
     node = node_factory()
-    d = tmp_path / "orthanc"
-    d.mkdir()
-    orthanc = Orthanc(d, {
-        "Plugins": [str(ORTHANC_PYTHON_PLUGIN)],
-        "PythonScript": str(ROOT / "plugins" / "orthanc" / "hccnode_route.py"),
-        "StableAge": 1,
-        "DicomModalities": {"hccnode": ["HCCNODE", "127.0.0.1", node.port],
-                            "sender": ["STORESCU", "127.0.0.1", 104]},
-        "HccNode": {"Modality": "hccnode"},
-    })
+    orthanc = routing_orthanc(tmp_path, node)
     try:
         orthanc.start()
         text = node.config_path.read_text()

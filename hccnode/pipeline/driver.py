@@ -40,22 +40,8 @@ from hccnode.report import Reference, ReportRoi, build_outputs, load_template
 from hccnode.report.inputs import analysis_key
 from hccnode.report.outputs import output_uids
 from hccnode.store import audit, outbox
-from hccnode.store.db import Store, now, schema
+from hccnode.store.db import Store, now
 
-SCHEMA = schema(
-    """
-CREATE TABLE IF NOT EXISTS analyses (
-    id INTEGER PRIMARY KEY,
-    study_uid TEXT NOT NULL,
-    job_id INTEGER,
-    sr_uid TEXT NOT NULL,          -- SOP Instance UID of the SR written
-    out_dir TEXT NOT NULL,         -- relative to the data directory (absolute when outside it)
-    outputs TEXT NOT NULL,         -- JSON list of SOP Instance UIDs (SEG, map, SR, summary)
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS analyses_study ON analyses(study_uid, id);
-"""
-)
 
 ACTOR = "pipeline"
 OUTPUTS_DIR = "outputs"
@@ -95,10 +81,6 @@ class Analysis:
                 "software_version": hccnode.__version__}
 
 
-def ensure(store: Store) -> None:
-    store.conn().executescript(SCHEMA)
-
-
 def study_kind(study: Study) -> str:
     kinds = {s.kind for s in study.series}
     if kinds & {"mr_t2", "mr_dwi", "mr_adc"}:
@@ -129,7 +111,6 @@ def analyze_study(store: Store, study_uid: str, *, destinations: Sequence[str] =
         if progress:
             progress(name)
 
-    ensure(store)
     step("phases")
     study = Study.load(store, study_uid, rules)
     patient_key = _patient_key(store, study_uid)

@@ -32,6 +32,7 @@ SCHEMA_MODULES = (
     "hccnode.models.store",
     "hccnode.store.audit",
     "hccnode.imaging.phase_store",
+    "hccnode.store.analyses",
 )
 
 

@@ -237,9 +237,6 @@ def reverify(store: Store, sr: Dataset, *, rel_tol: float = 0.0, rules=None, kee
 
 def _run(store: Store, sr: Dataset, out: Outcome, rules, keep) -> None:
     from hccnode.pipeline import StudyError
-    from hccnode.pipeline.driver import ensure
-
-    ensure(store)  # the analyses table (empty on a node that never analysed)
     rows = store.query("SELECT sr_uid, created_at FROM analyses WHERE study_uid = ? ORDER BY id", (out.study_uid,))
     mine = [r["created_at"] for r in rows if r["sr_uid"] == out.sr_uid]
     as_of = None
