@@ -120,23 +120,39 @@ class WorkerPool:
         if result.state != "skipped":
             log.event("job.prior", job=job.id, study=job.study_uid, state=result.state, baseline=result.baseline_uid)
 
+    def _held_until(self, store: Store, job: jobs.Job, owner: str, done) -> bool:
+        """Renew the job's lease until `done(seconds)` (waits up to `seconds`) says True. False when
+        the node is stopping (the lease is left to expire; the job resumes after restart) or the
+        lease was lost."""
+        interval = max(0.5, self.cfg.worker.lease_seconds / 3)
+        while not done(interval):
+            if self.stop.is_set():
+                return False
+            if not jobs.heartbeat(store, job.id, owner, self.cfg.worker.lease_seconds):
+                log.event("job.lease_lost", level=30, job=job.id)
+                return False
+        return True
+
     def _run(self, store: Store, job: jobs.Job, owner: str) -> None:
-        wcfg = self.cfg.worker
-        if self.cfg.priors.enabled:
-            self._fetch_prior(store, job)
+        if self.cfg.priors.enabled:  # a C-MOVE may outlast the lease: keep it while waiting
+            fetch = threading.Thread(target=self._fetch_prior, args=(store, job), name=f"prior-{job.id}", daemon=True)
+            fetch.start()
+            if not self._held_until(store, job, owner, lambda s: (fetch.join(s), not fetch.is_alive())[1]):
+                return
         try:
             future = self._executor().submit(run_job, str(self.cfg.data_dir), job.id,
                                              list(self.cfg.forward.destinations), self.cfg.phases.rules_file)
-            while True:
+
+            def finished(seconds: float) -> bool:
                 try:
-                    result = future.result(timeout=max(0.5, wcfg.lease_seconds / 3))
-                    break
+                    future.result(timeout=seconds)
                 except FutureTimeout:
-                    if self.stop.is_set():  # leave the lease to expire; the job resumes after restart
-                        return
-                    if not jobs.heartbeat(store, job.id, owner, wcfg.lease_seconds):
-                        log.event("job.lease_lost", level=30, job=job.id)
-                        return
+                    return False
+                return True
+
+            if not self._held_until(store, job, owner, finished):
+                return
+            result = future.result()
         except BrokenProcessPool:
             self._reset_pool()
             jobs.fail(store, job.id, owner, "worker process died")
