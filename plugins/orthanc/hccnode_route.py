@@ -21,6 +21,7 @@ Configuration, in Orthanc's JSON (every key optional but "Modality"):
 Runs inside Orthanc's embedded Python: standard library and the `orthanc` module only.
 """
 
+import collections
 import json
 import re
 
@@ -73,7 +74,9 @@ def series_to_send(study_id):
 # What was last sent per study: (series id, instance count) pairs. The node's results arriving in
 # the study make it stable again; its images, unchanged, are not sent a second time. Kept in memory:
 # after an Orthanc restart a study may be sent once more, which the node stores as duplicates.
-SENT = {}
+# Bounded: the oldest studies are forgotten first.
+SENT = collections.OrderedDict()
+SENT_MAX = 10000
 
 
 def _signature(series):
@@ -93,6 +96,9 @@ def on_change(change_type, level, resource_id):
             orthanc.LogWarning("hccnode: study %s unchanged since it was sent, not sent again" % resource_id)
             return
         SENT[resource_id] = signature
+        SENT.move_to_end(resource_id)
+        while len(SENT) > SENT_MAX:
+            SENT.popitem(last=False)
         body = json.dumps({"Resources": series, "Synchronous": False})
         job = json.loads(orthanc.RestApiPost("/modalities/%s/store" % CONFIG["Modality"], body))
         orthanc.LogWarning("hccnode: study %s, %d series sent to %s (job %s)"
