@@ -193,10 +193,13 @@ def test_eight_concurrent_associations_are_all_stored(node_factory, tmp_path):
         rows = store.query("SELECT calling_ae FROM instances WHERE study_uid = ?",
                            (str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID),))
         assert [r["calling_ae"] for r in rows] == [f"SCU{i}"] * 20
-    jobs = wait_until(lambda: (j := store.query("SELECT * FROM jobs")) and len(j) == 8 and j, 30,
-                      what="eight stable studies queued")
-    assert {j["study_uid"] for j in jobs} == studies
-    wait_until(lambda: len(store.query("SELECT * FROM jobs WHERE state = 'done'")) == 8, 90, what="eight jobs done")
+    # A study may become stable mid-send on a loaded machine (a gap over stable_seconds) and be
+    # queued again by its later instances; what matters is that each ends analysed.
+    wait_until(lambda: {j["study_uid"] for j in store.query("SELECT study_uid FROM jobs")} == studies, 30,
+               what="eight stable studies queued")
+    wait_until(lambda: not store.query("SELECT 1 FROM jobs WHERE state != 'done'")
+               and len(store.query("SELECT DISTINCT study_uid FROM jobs WHERE state = 'done'")) == 8,
+               120, what="every study's jobs done")
     analysed = store.query("SELECT study_uid, out_dir FROM analyses")      # each study analysed, its SR written
     assert {a["study_uid"] for a in analysed} == studies
     assert all((node.data_dir / a["out_dir"] / "sr.dcm").is_file() for a in analysed)
