@@ -142,7 +142,7 @@ _CLAIMABLE_SQL = ("SELECT * FROM jobs WHERE state = 'queued' OR (state = 'runnin
 def claim(store: Store, owner: str, lease_seconds: float) -> Job | None:
     """Take the oldest claimable job (queued, or running with an expired lease)."""
     t = now()
-    dead = _dead_owners(store)
+    dead = lease.dead_holders(store.conn(), "jobs", "running")
     if not dead and not store.conn().execute(_CLAIMABLE_SQL, (t,)).fetchone():  # idle: no write lock taken
         return None
     with store.tx() as c:
@@ -178,13 +178,6 @@ def claim(store: Store, owner: str, lease_seconds: float) -> Job | None:
 def worker_owner(index: int) -> str:
     """Lease holder name of worker thread `index` of this process (hccnode.store.lease identity)."""
     return f"{lease.owner_id()}/{index}"
-
-
-def _dead_owners(store: Store) -> list[str]:
-    """Holders of running jobs whose process is no longer running on this host."""
-    owners = [r[0] for r in store.conn().execute(
-        "SELECT DISTINCT lease_owner FROM jobs WHERE state = 'running' AND lease_owner IS NOT NULL")]
-    return [o for o in owners if not lease.owner_alive(o.split("/")[0])]
 
 
 def heartbeat(store: Store, job_id: int, owner: str, lease_seconds: float) -> bool:

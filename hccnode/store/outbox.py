@@ -84,18 +84,11 @@ def enqueue(store: Store, destination: str, path: str | Path, study_uid: str | N
     return row_id
 
 
-def _dead_owners(store: Store) -> list[str]:
-    """Holders of sending rows that are no longer running."""
-    owners = [r[0] for r in store.conn().execute(
-        "SELECT DISTINCT lease_owner FROM outbox WHERE state = 'sending' AND lease_owner IS NOT NULL")]
-    return [o for o in owners if not lease.owner_alive(o)]
-
-
 def claim_due(store: Store, limit: int = 64, ids: list[int] | None = None) -> dict[str, list[Item]]:
     """Lease due rows, grouped by destination (one association each): pending rows whose time
     has come, and sending rows whose lease expired or whose holder died mid-send."""
     t = now()
-    dead = _dead_owners(store)
+    dead = lease.dead_holders(store.conn(), "outbox", "sending")
     sql = ("SELECT * FROM outbox WHERE ((state = 'pending' AND next_attempt_at <= ?)"
            " OR (state = 'sending' AND (lease_expires < ?"
            f" OR lease_owner IN ({','.join('?' * len(dead))}))))")
