@@ -50,24 +50,25 @@ def _get(uri):
 
 
 def series_to_send(study_id):
-    """Orthanc ids of the study's series that match the rules ([] when the study does not)."""
+    """{Orthanc series id: instance count} of the study's series that match the rules (empty when
+    the study does not)."""
     study = _get("/studies/%s" % study_id)
     texts = [study.get("MainDicomTags", {}).get("StudyDescription", "")]
-    chosen = []
+    chosen = {}
     for series_id in study.get("Series", []):
         tags = _get("/series/%s" % series_id).get("MainDicomTags", {})
         texts += [tags.get(k, "") for k in ("SeriesDescription", "ProtocolName", "BodyPartExamined")]
         if tags.get("Modality") not in CONFIG["Modalities"]:
             continue
-        first = _get("/series/%s/instances" % series_id)
-        maker = first[0].get("MainDicomTags", {}).get("Manufacturer", "") if first else ""
-        if not maker and first:
-            maker = _get("/instances/%s/simplified-tags" % first[0]["ID"]).get("Manufacturer", "")
+        instances = _get("/series/%s/instances" % series_id)
+        maker = instances[0].get("MainDicomTags", {}).get("Manufacturer", "") if instances else ""
+        if not maker and instances:
+            maker = _get("/instances/%s/simplified-tags" % instances[0]["ID"]).get("Manufacturer", "")
         if maker.lower() in [m.lower() for m in CONFIG["ExcludeManufacturers"]]:
             continue
-        chosen.append(series_id)
+        chosen[series_id] = len(instances)
     if PATTERN is not None and not any(PATTERN.search(t or "") for t in texts):
-        return []
+        return {}
     return chosen
 
 
@@ -79,10 +80,6 @@ SENT = collections.OrderedDict()
 SENT_MAX = 10000
 
 
-def _signature(series):
-    return tuple(sorted((s, len(_get("/series/%s" % s).get("Instances", []))) for s in series))
-
-
 def on_change(change_type, level, resource_id):
     if change_type != orthanc.ChangeType.STABLE_STUDY:
         return
@@ -91,7 +88,7 @@ def on_change(change_type, level, resource_id):
         if not series:
             orthanc.LogWarning("hccnode: study %s does not match the routing rules, not sent" % resource_id)
             return
-        signature = _signature(series)
+        signature = tuple(sorted(series.items()))
         if SENT.get(resource_id) == signature:
             orthanc.LogWarning("hccnode: study %s unchanged since it was sent, not sent again" % resource_id)
             return
@@ -99,7 +96,7 @@ def on_change(change_type, level, resource_id):
         SENT.move_to_end(resource_id)
         while len(SENT) > SENT_MAX:
             SENT.popitem(last=False)
-        body = json.dumps({"Resources": series, "Synchronous": False})
+        body = json.dumps({"Resources": sorted(series), "Synchronous": False})
         job = json.loads(orthanc.RestApiPost("/modalities/%s/store" % CONFIG["Modality"], body))
         orthanc.LogWarning("hccnode: study %s, %d series sent to %s (job %s)"
                            % (resource_id, len(series), CONFIG["Modality"], job.get("ID")))
