@@ -9,9 +9,8 @@ the work; if the node dies, the lease expires and the job is claimed again after
 from __future__ import annotations
 
 import multiprocessing
-import os
 import threading
-from concurrent.futures import ProcessPoolExecutor, TimeoutError as FutureTimeout
+from concurrent.futures import ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Sequence
 
@@ -137,20 +136,12 @@ class WorkerPool:
         if self.cfg.priors.enabled:  # a C-MOVE may outlast the lease: keep it while waiting
             fetch = threading.Thread(target=self._fetch_prior, args=(store, job), name=f"prior-{job.id}", daemon=True)
             fetch.start()
-            if not self._held_until(store, job, owner, lambda s: (fetch.join(s), not fetch.is_alive())[1]):
+            if not self._held_until(store, job, owner, lambda s: fetch.join(s) or not fetch.is_alive()):
                 return
         try:
             future = self._executor().submit(run_job, str(self.cfg.data_dir), job.id,
                                              list(self.cfg.forward.destinations), self.cfg.phases.rules_file)
-
-            def finished(seconds: float) -> bool:
-                try:
-                    future.result(timeout=seconds)
-                except FutureTimeout:
-                    return False
-                return True
-
-            if not self._held_until(store, job, owner, finished):
+            if not self._held_until(store, job, owner, lambda s: bool(wait([future], timeout=s).done)):
                 return
             result = future.result()
         except BrokenProcessPool:
