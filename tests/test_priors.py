@@ -53,14 +53,10 @@ def ingest(node, files) -> None:
     """Keep files in a stopped node's store through its spool, as its SCP would (no priors test needs
     the listener when nothing is retrieved, and each node start costs seconds)."""
     from hccnode.store.db import Store
-    from hccnode.store.spool import Spool
+    from hccnode.store.spool import Spool, ingest_file
     spool = Spool(Store(node.data_dir if hasattr(node, "data_dir") else node))
     for f in files:
-        raw = f.read_bytes()
-        ds = pydicom.dcmread(f, stop_before_pixels=True)
-        meta_len = int.from_bytes(raw[140:144], "little")       # (0002,0000) group length, PS3.10 7.1
-        r = spool.ingest(str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.file_meta.TransferSyntaxUID),
-                         raw[144 + meta_len:], "SCANNER")
+        r = ingest_file(spool, f, "SCANNER")
         assert r.outcome == "stored", r.comment
 
 
