@@ -31,7 +31,8 @@ class PhaseError(Exception):
 
 def read_headers(store: Store, study_uid: str, rules: RuleSet) -> tuple[list[SeriesHeader], dict[str, list[tuple[Path, Dataset]]]]:
     """Series headers of a study from its spool files; unreadable files are skipped and logged."""
-    rows = store.query("SELECT series_uid, path FROM instances WHERE study_uid = ? ORDER BY series_uid, instance_number",
+    rows = store.query("SELECT series_uid, path FROM instances WHERE study_uid = ?"
+                       " ORDER BY series_uid, instance_number, sop_uid",
                        (study_uid,))
     if not rows:
         raise PhaseError(f"study {study_uid}: not in the index")
@@ -162,6 +163,13 @@ def measure_volume(hu: np.ndarray, spacing: tuple[float, float, float]) -> Phase
 
 def classify_and_store(store: Store, study_uid: str, rules: RuleSet | None = None) -> list[Decision]:
     """Classify every series of a stored study and replace its rows in the `phases` table."""
+    return classify_and_keep_headers(store, study_uid, rules)[0]
+
+
+def classify_and_keep_headers(store: Store, study_uid: str, rules: RuleSet | None = None
+                              ) -> tuple[list[Decision], dict[str, list[tuple[Path, Dataset]]]]:
+    """`classify_and_store`, also returning the headers it read ({series UID: [(path, header
+    without pixel data)]}, unreadable files left out), so a caller need not parse them again."""
     rules = rules or load_rules()
     headers, by_series = read_headers(store, study_uid, rules)
 
@@ -178,4 +186,4 @@ def classify_and_store(store: Store, study_uid: str, rules: RuleSet | None = Non
     save_decisions(store, study_uid, decisions, rules)
     log.event("phases.decided", study_uid=study_uid, series=len(decisions),
               ambiguous=sum(d.kind == "ambiguous" for d in decisions), rules_version=rules.version)
-    return decisions
+    return decisions, by_series

@@ -16,7 +16,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from hccnode import log
-from hccnode.imaging.phase_index import classify_and_store
+from hccnode.imaging.phase_index import classify_and_keep_headers
 from hccnode.imaging.phase_rules import RuleSet
 from hccnode.imaging.phases import Decision
 from hccnode.imaging.rois import RTSTRUCT_SOP_CLASS, SEG_SOP_CLASS
@@ -84,15 +84,18 @@ class Study:
         by_series: dict[str, list[dict]] = defaultdict(list)
         for r in rows:
             by_series[r["series_uid"]].append(r)
-        decisions = classify_and_store(store, study_uid, rules)
+        decisions, read = classify_and_keep_headers(store, study_uid, rules)
         by_uid = {d.series_uid: d for d in decisions}
-        series = []
+        series, headers = [], {}
         for uid, items in by_series.items():
             first = items[0]
+            paths = [store.data_dir / r["path"] for r in items]
             series.append(Series(uid, first["series_number"], first["series_description"] or "", first["modality"],
-                                 first["sop_class_uid"], [store.data_dir / r["path"] for r in items], by_uid.get(uid)))
+                                 first["sop_class_uid"], paths, by_uid.get(uid)))
+            if [path for path, _ in read.get(uid, [])] == paths:  # the same files in the same order
+                headers[uid] = [ds for _, ds in read[uid]]
         series.sort(key=lambda s: (s.number if s.number is not None else 1 << 30, s.uid))
-        return cls(store, study_uid, series, decisions)
+        return cls(store, study_uid, series, decisions, _headers=headers)
 
     # ------------------------------------------------------------------ finding series
 
