@@ -151,3 +151,28 @@ def test_resampled_is_the_moving_image_on_the_fixed_grid(registered):
     want = sitk.Resample(moving, fixed, reg.transform, sitk.sitkLinear, float("nan"), sitk.sitkFloat32)
     np.testing.assert_array_equal(sitk.GetArrayViewFromImage(out), sitk.GetArrayViewFromImage(want))
     assert reg.resampled is out  # computed once
+
+
+@pytest.mark.parametrize("tx", [None, sitk.Euler3DTransform((0, 0, 0), 0.02, -0.03, 0.06, (3.0, -4.5, 2.2)),
+                                sitk.AffineTransform([1.05, 0.02, 0, -0.01, 0.97, 0, 0, 0.03, 1.02], [1, 2, -3])])
+def test_resample_mask_equals_a_full_resample(tx):
+    """The cropped resample of align.resample_mask gives the voxels a whole-grid resample gives."""
+    from hccnode.pipeline.align import resample_mask
+
+    ref = sitk.Image([64, 60, 40], sitk.sitkFloat32)
+    ref.SetSpacing((0.8, 0.8, 2.0))
+    ref.SetOrigin((-25.0, -20.0, -40.0))
+    arr = np.zeros((40, 60, 64), np.uint8)
+    arr[12:20, 25:34, 30:41] = 1
+    arr[5, 50, 10] = 1  # a far voxel widens the box
+    mask = sitk.GetImageFromArray(arr)
+    mask.SetSpacing((0.7, 0.9, 2.5))
+    mask.SetOrigin((-23.0, -21.5, -38.0))
+    fast = sitk.GetArrayFromImage(resample_mask(mask, ref, tx))
+    full = sitk.GetArrayFromImage(sitk.Resample(mask, ref, tx or sitk.Transform(), sitk.sitkNearestNeighbor, 0,
+                                                sitk.sitkUInt8))
+    assert full.sum() > 100
+    np.testing.assert_array_equal(fast, full)
+    empty = sitk.Image(mask.GetSize(), sitk.sitkUInt8)
+    empty.CopyInformation(mask)
+    assert sitk.GetArrayViewFromImage(resample_mask(empty, ref, tx)).sum() == 0

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from hccnode.imaging.roi_stats import mean_of_rois, roi_mean
+from hccnode.imaging.roi_stats import bounding_box, mean_of_rois, roi_mean
 
 
 def test_mean_of_rois():
@@ -22,3 +22,23 @@ def test_roi_mean_hand_worked_and_checks():
     img[0, 0] = np.nan
     with pytest.raises(ValueError, match="no data"):
         roi_mean(img, np.ones((2, 2), bool))
+
+
+@pytest.mark.parametrize("dtype", [bool, np.uint8, np.int16, np.float32])
+def test_bounding_box_matches_nonzero_extent(dtype):
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        m = np.zeros((7, 9, 11), dtype=dtype)
+        pts = rng.integers(0, [7, 9, 11], size=(int(rng.integers(1, 5)), 3))
+        m[tuple(pts.T)] = 1
+        box = bounding_box(m)
+        assert box == tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(m))
+        assert np.count_nonzero(m[box]) == np.count_nonzero(m)
+
+
+def test_bounding_box_margin_is_clipped_and_empty_is_none():
+    m = np.zeros((5, 6), np.uint8)
+    m[0, 3] = m[2, 4] = 1
+    assert bounding_box(m, margin=1) == (slice(0, 4), slice(2, 6))
+    assert bounding_box(m, margin=[0, 2]) == (slice(0, 3), slice(1, 6))
+    assert bounding_box(np.zeros((3, 3), bool)) is None

@@ -26,7 +26,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from hccnode.imaging.nic import nic_ratio
-from hccnode.imaging.roi_stats import mean_of_rois
+from hccnode.imaging.roi_stats import bounding_box, mean_of_rois
 
 # Gaussian sigma (mm) applied inside the mask to both phases before subtraction in the ECV map.
 # 1.5 mm is the slice thickness of paper 001's protocol: it halves voxel noise without blurring
@@ -182,16 +182,12 @@ def _check_map_inputs(unenhanced_hu, equilibrium_hu, mask, delta_hu_aorta, hct, 
 def _ecv_map_box(unenhanced_hu, equilibrium_hu, mask, delta_hu_aorta, hct, spacing_mm, sigma_mm):
     """(box, float32 ECV % over the box, NaN outside the mask) for `ecv_map_percent`, or None
     for an empty mask. Arguments already checked."""
-    if not mask.any():
-        return None
-    # Work on the mask's bounding box only (a liver is a fraction of a 512 x 512 x 200 volume).
+    # Work on the mask's bounding box only (a liver is a fraction of a 512 x 512 x 200 volume),
+    # widened by the smoothing kernel's reach.
     sigma_vox = [sigma_mm / float(s) for s in spacing_mm]
-    box = []
-    for axis, sv in enumerate(sigma_vox):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        pad = int(np.ceil(4 * sv)) + 1
-        box.append(slice(max(int(hit[0]) - pad, 0), int(hit[-1]) + pad + 1))
-    box = tuple(box)
+    box = bounding_box(mask, [int(np.ceil(4 * sv)) + 1 for sv in sigma_vox])
+    if box is None:
+        return None
     # float32 throughout: HU need no more, and a liver box of a 512 x 512 x 300 study is large.
     un = np.array(unenhanced_hu[box], dtype=np.float32)
     eq = np.array(equilibrium_hu[box], dtype=np.float32)

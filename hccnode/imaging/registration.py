@@ -20,6 +20,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from hccnode.imaging.roi_stats import bounding_box
+
 WORK_SPACING_MM = 4.0  # registration grid (mm, about); finer adds time, not accuracy for ECV ROIs
 # A small field of view keeps at least this many voxels per axis (MI needs the anatomy resolved;
 # such images are cheap at their own resolution).
@@ -221,10 +223,7 @@ def _margin_and_crop(fixed_w: sitk.Image, mask_w: sitk.Image) -> tuple[sitk.Imag
     body mask grown by MASK_MARGIN_MM (a box, separable, so linear time)."""
     radius = [max(1, int(round(MASK_MARGIN_MM / sp))) for sp in fixed_w.GetSpacing()[::-1]]  # z, y, x
     grown = ndimage.maximum_filter(sitk.GetArrayViewFromImage(mask_w) > 0, size=[2 * r + 1 for r in radius])
-    box = []
-    for axis in range(3):
-        hit = np.flatnonzero(grown.any(axis=tuple(a for a in range(3) if a != axis)))
-        box.append((int(hit[0]), int(hit[-1]) + 1) if hit.size else (0, grown.shape[axis]))
+    box = [(b.start, b.stop) for b in bounding_box(grown) or [slice(0, n) for n in grown.shape]]
     lo = [b[0] for b in box][::-1]
     size = [b[1] - b[0] for b in box][::-1]
     fixed_w, mask_w = (sitk.RegionOfInterest(img, size, lo) for img in (fixed_w, mask_w))

@@ -1,9 +1,10 @@
-"""ROI statistics shared by the markers: the mean of an image over a mask, and the average of
-several ROI means (papers 000, 001, 002 and 003 all average three ROIs). Unit = the image's."""
+"""ROI statistics shared by the markers: the mean of an image over a mask, the average of
+several ROI means (papers 000, 001, 002 and 003 all average three ROIs; unit = the image's), and
+the bounding box that lets them work on a ROI's few voxels instead of a 512 x 512 x 200 grid."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -29,3 +30,25 @@ def mean_of_rois(roi_means: Iterable[float]) -> float:
     if not np.all(np.isfinite(values)):
         raise ValueError(f"non-finite ROI value in {values.tolist()}")
     return float(values.mean())
+
+
+def bounding_box(mask: np.ndarray, margin: int | Sequence[int] = 0) -> tuple[slice, ...] | None:
+    """Slices of the smallest box holding `mask`'s non-zero voxels, widened by `margin` voxels
+    (one per axis, or one for all) and clipped to the array; None for an empty mask.
+
+    The whole array is scanned once, along its first axis; the other axes only within the
+    slices that hold the mask (np.nonzero on a full volume costs ~50x more)."""
+    m = np.asarray(mask)
+    m = m.view(np.uint8) if m.dtype == bool else (m if m.dtype.kind in "iu" else m != 0)
+    if m.ndim == 0 or m.size == 0:
+        return None
+    pad = [int(margin)] * m.ndim if np.ndim(margin) == 0 else [int(v) for v in margin]
+    hit = np.flatnonzero(m.reshape(m.shape[0], -1).max(axis=1))
+    if not hit.size:
+        return None
+    ranges = [(int(hit[0]), int(hit[-1]))]
+    inner = m[ranges[0][0]:ranges[0][1] + 1]
+    for axis in range(1, m.ndim):
+        h = np.flatnonzero(inner.max(axis=tuple(a for a in range(m.ndim) if a != axis)))
+        ranges.append((int(h[0]), int(h[-1])))
+    return tuple(slice(max(lo - p, 0), min(hi + p + 1, n)) for (lo, hi), p, n in zip(ranges, pad, m.shape))

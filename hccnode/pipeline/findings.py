@@ -9,7 +9,7 @@ import numpy as np
 from scipy import ndimage
 
 from hccnode.imaging.measure import AUTOMATIC, Measurement, RoiRef
-from hccnode.imaging.roi_stats import mean_of_rois, roi_mean
+from hccnode.imaging.roi_stats import bounding_box, mean_of_rois, roi_mean
 from hccnode.imaging.rois import RoiMask
 
 # ROI values are read in the ROI's core: one voxel off its in-plane border, where partial volume
@@ -48,42 +48,32 @@ _CORES: dict[int, tuple[weakref.ref, np.ndarray, tuple[slice, ...]]] = {}
 
 
 def _core_and_box(mask: np.ndarray) -> tuple[np.ndarray, tuple[slice, ...]]:
-    """The core of `mask` and the bounding box around it, computed once per mask array."""
+    """(core of `mask` within its bounding box, that box), computed once per mask array."""
     hit = _CORES.get(id(mask))
     if hit is not None and hit[0]() is mask:
         return hit[1], hit[2]
-    m = np.asarray(mask, dtype=bool)
-    idx = np.nonzero(m)
-    if not idx[0].size:
-        return m, tuple(slice(0, n) for n in m.shape)
     # erode inside the ROI's bounding box (plus one voxel): a 512 x 512 x 200 grid holds small ROIs
-    box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in idx)
-    inner = ndimage.binary_erosion(m[box], structure=_IN_PLANE)
-    out = np.zeros_like(m)
-    if np.count_nonzero(inner) >= MIN_CORE_VOXELS:
-        out[box] = inner
-    else:
-        out = m
+    box = bounding_box(mask, margin=1)
+    if box is None:
+        return np.zeros((0,) * np.ndim(mask), dtype=bool), tuple(slice(0, 0) for _ in np.shape(mask))
+    m = np.asarray(mask[box]) != 0
+    inner = ndimage.binary_erosion(m, structure=_IN_PLANE)
+    out = inner if np.count_nonzero(inner) >= MIN_CORE_VOXELS else m
     key = id(mask)
     _CORES[key] = (weakref.ref(mask, lambda _ref, k=key, cache=_CORES: cache.pop(k, None)), out, box)
     return out, box
 
 
-def core(mask: np.ndarray) -> np.ndarray:
-    """The ROI without its in-plane border voxels (see MIN_CORE_VOXELS)."""
-    return _core_and_box(mask)[0]
-
-
 def mean_in(image: np.ndarray, mask: np.ndarray) -> float:
-    """Mean of `image` over the ROI core (ValueError if any core voxel has no data)."""
+    """Mean of `image` over the ROI core (ValueError if any core voxel has no data, or the ROI is empty)."""
     inner, box = _core_and_box(mask)
-    return roi_mean(np.asarray(image)[box], inner[box])
+    return roi_mean(np.asarray(image)[box], inner)
 
 
 def values_in(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The image values in the ROI core."""
     inner, box = _core_and_box(mask)
-    return np.asarray(image)[box][inner[box]]
+    return np.asarray(image)[box][inner]
 
 
 def mean_over(image: np.ndarray, masks: list[np.ndarray]) -> float:
