@@ -135,7 +135,9 @@ def resample_mask(mask: sitk.Image, reference: sitk.Image, tx: sitk.Transform | 
     grid.SetDirection(reference.GetDirection())
     grid.SetOrigin(reference.TransformIndexToPhysicalPoint([int(v) for v in first]))
     piece = sitk.Resample(part, grid, tx or sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    return sitk.Paste(out, piece, piece.GetSize(), [0, 0, 0], [int(v) for v in first])
+    (x, y, z), (nx, ny, nz) = (int(v) for v in first), piece.GetSize()
+    out[x:x + nx, y:y + ny, z:z + nz] = piece  # in place
+    return out
 
 
 def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
