@@ -176,3 +176,30 @@ def test_resample_mask_equals_a_full_resample(tx):
     empty = sitk.Image(mask.GetSize(), sitk.sitkUInt8)
     empty.CopyInformation(mask)
     assert sitk.GetArrayViewFromImage(resample_mask(empty, ref, tx)).sum() == 0
+
+
+def test_aligner_limited_to_a_box_resamples_only_there():
+    """Aligner.limit_to: inside the box the values of a whole-grid resample, NaN (no data) outside."""
+    from hccnode.imaging.volumes import Volume
+    from hccnode.pipeline.align import Aligner
+
+    def volume(uid, spacing, origin, seed):
+        img = sitk.GetImageFromArray(np.random.default_rng(seed).normal(50, 20, (30, 40, 44)).astype(np.float32))
+        img.SetSpacing(spacing)
+        img.SetOrigin(origin)
+        return Volume(img, uid, 1, "1.2.3", [f"{uid}.{k}" for k in range(30)], [None] * 30)
+
+    ref = volume("1", (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), 1)
+    other = volume("2", (0.9, 1.1, 2.5), (-1.5, 2.0, -3.0), 2)
+    whole_aligned = Aligner(ref).through(other, register=False)  # kept: arrays are views of its image
+    whole = whole_aligned.array()
+    limited = Aligner(ref)
+    box = (slice(5, 12), slice(10, 30), slice(3, 20))
+    limited.limit_to(box)
+    part_aligned = limited.through(other, register=False)
+    part = part_aligned.array()
+    assert part.shape == whole.shape
+    np.testing.assert_allclose(part[box], whole[box], rtol=1e-6)  # the sub-grid origin may round differently
+    outside = np.ones(whole.shape, bool)
+    outside[box] = False
+    assert np.isnan(part[outside]).all() and np.isfinite(whole[box]).any()

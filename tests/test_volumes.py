@@ -77,6 +77,27 @@ def test_compressed_series_decodes(tmp_path, syntax):
     assert np.array_equal(sitk.GetArrayFromImage(vol.image), hu)
 
 
+@pytest.mark.parametrize("syntax", [None, RLELossless])
+def test_deferred_headers_give_the_volume_and_stay_headers(tmp_path, syntax):
+    """read_series with the headers classification read (pixel data deferred): the same volume as
+    reading the files, and the headers still hold no pixel data afterwards (uncompressed data is
+    read at its file offset, compressed data decoded from the file)."""
+    hu = _ramp((4, 64, 64))
+    paths = []
+    for i, ds in enumerate(ct_series(hu)):
+        if syntax:
+            ds.compress(syntax)
+        p = tmp_path / f"{i}.dcm"
+        ds.save_as(p, enforce_file_format=True)
+        paths.append(p)
+    headers = [pydicom.dcmread(p, defer_size=256) for p in paths]
+    vol = read_series(paths, headers)
+    assert np.array_equal(sitk.GetArrayFromImage(vol.image), hu)
+    for h in headers:
+        raw = h.get_item(0x7FE00010, keep_deferred=True)
+        assert raw.value is None and raw.value_tell > 0  # still deferred: nothing loaded into the header
+
+
 def test_missing_slice_named():
     slices = ct_series(_ramp((8, 4, 4)))
     del slices[3]

@@ -1,7 +1,7 @@
 """I/O shell of phase classification: headers and pixels from the spool, results into the index.
 
 `classify_and_store(store, study_uid)` reads every instance header of the study (pydicom,
-stop_before_pixels), builds one SeriesHeader per series, lets `phases.classify_study` decide,
+pixel data deferred), builds one SeriesHeader per series, lets `phases.classify_study` decide,
 reading pixels only for the CT series it asks to measure (evenly spaced slices, at most
 `[image] max_slices`), and replaces the study's rows in the `phases` table (phase_store).
 """
@@ -22,6 +22,7 @@ from hccnode.imaging.phase_rules import RuleSet, load_rules
 from hccnode.imaging.phase_store import save_decisions
 from hccnode.imaging.phases import Decision, PhaseMeasurement, classify_study
 from hccnode.imaging.series_header import SeriesHeader, header_from_datasets
+from hccnode.imaging.volumes import DEFER_BYTES, stored_values
 from hccnode.store.db import Store
 
 
@@ -30,7 +31,8 @@ class PhaseError(Exception):
 
 
 def read_headers(store: Store, study_uid: str, rules: RuleSet) -> tuple[list[SeriesHeader], dict[str, list[tuple[Path, Dataset]]]]:
-    """Series headers of a study from its spool files; unreadable files are skipped and logged."""
+    """Series headers of a study from its spool files (pixel data deferred: read from the file
+    when used, never kept); unreadable files are skipped and logged."""
     rows = store.query("SELECT series_uid, path FROM instances WHERE study_uid = ?"
                        " ORDER BY series_uid, instance_number, sop_uid",
                        (study_uid,))
@@ -40,7 +42,7 @@ def read_headers(store: Store, study_uid: str, rules: RuleSet) -> tuple[list[Ser
     for r in rows:
         path = store.data_dir / r["path"]
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            ds = pydicom.dcmread(path, defer_size=DEFER_BYTES)  # pixel data left in the file, read when used
         except Exception as exc:  # one bad file must not stop the study
             log.event("phases.unreadable", series_uid=r["series_uid"], path=r["path"], error=type(exc).__name__)
             continue
@@ -105,20 +107,22 @@ def load_volume(items: list[tuple[Path, Dataset]], max_slices: int,
     if len(frames) > max_slices:
         pick = np.linspace(0, len(frames) - 1, max_slices).round().astype(int)
         frames = [frames[i] for i in sorted(set(pick))]
-    cache: dict[Path, Dataset] = {}
+    headers = dict(items)
+    decoded: dict[Path, np.ndarray] = {}
     planes = []
     for path, frame, _, _, _ in frames:
-        if path not in cache:
-            cache[path] = pydicom.dcmread(path)
-        ds = cache[path]
-        arr = ds.pixel_array
+        if path not in decoded:
+            decoded[path] = stored_values(headers[path])
+        arr = decoded[path]
         plane = arr[frame] if frame is not None else arr
-        slope, intercept = _rescale(ds, frame)
+        slope, intercept = _rescale(headers[path], frame)
         planes.append(plane.astype(np.float32) * slope + intercept)
+        if frame is None:
+            del decoded[path]
     if len({p.shape for p in planes}) != 1:
         return None
     vol = np.stack(planes)
-    first = next(iter(cache.values()))
+    first = headers[frames[0][0]]
     ps = first.get("PixelSpacing")
     if ps is None:
         for g in first.get("SharedFunctionalGroupsSequence") or []:
@@ -168,8 +172,8 @@ def classify_and_store(store: Store, study_uid: str, rules: RuleSet | None = Non
 
 def classify_and_keep_headers(store: Store, study_uid: str, rules: RuleSet | None = None
                               ) -> tuple[list[Decision], dict[str, list[tuple[Path, Dataset]]]]:
-    """`classify_and_store`, also returning the headers it read ({series UID: [(path, header
-    without pixel data)]}, unreadable files left out), so a caller need not parse them again."""
+    """`classify_and_store`, also returning the headers it read ({series UID: [(path, header with
+    its pixel data deferred)]}, unreadable files left out), so a caller need not parse them again."""
     rules = rules or load_rules()
     headers, by_series = read_headers(store, study_uid, rules)
 

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
@@ -150,10 +151,13 @@ def _walk(ds: Dataset, depth: int = 0) -> Iterable[Dataset]:
     for tag in list(ds.keys()):
         # The raw element's VR decides; converting every value just to look at it costs most of
         # the header time of a large series. Implicit VR raw elements carry no VR: convert those.
+        # Deferred elements (pixel data, large blobs) stay in the file: their VR is the raw one
+        # or, in implicit VR, the dictionary's.
         try:
-            vr = ds.get_item(tag).VR
+            raw = ds.get_item(tag, keep_deferred=True)
+            vr = raw.VR
             if vr is None:
-                vr = ds[tag].VR
+                vr = (dictionary_VR(tag) if dictionary_has_tag(tag) else None) if raw.value is None else ds[tag].VR
         except Exception:  # a malformed element must not stop classification
             continue
         if vr == "SQ":

@@ -12,6 +12,7 @@ Compressed transfer syntaxes decode through pydicom's pixel handlers (pylibjpeg 
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +21,8 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
+from pydicom.pixels import pixel_array
 
-# Slices converted per in-place paste into the volume (bounds the memory beside the volume).
-SLAB_SLICES = 32
 # Elements above this size (the pixel data) are read from the file only when used.
 DEFER_BYTES = 64 * 1024
 # Slice gaps may differ by rounding of Image Position (Patient) (often 0.01 mm or coarser).
@@ -79,27 +79,31 @@ class _Frame:
     index: int  # frame index in the source (0 for single-frame)
 
 
-def read_series(paths: Iterable[str | Path]) -> Volume:
+def read_series(paths: Iterable[str | Path], headers: Sequence[Dataset] | None = None) -> Volume:
     """Read the files of one series and build its volume (see `volume_from_datasets`).
 
-    Pixel data stays on disk until its slice is filled in and is released right after, so a
-    series costs its float32 volume plus one slice, not the whole series' bytes as well."""
+    `headers`: the files' datasets already read with pixel data deferred (pydicom `defer_size`,
+    as phase classification reads them), one per path, so they are not parsed again. Pixel data
+    stays on disk until its slice is filled in and is not kept, so a series costs its float32
+    volume plus one slice, not the whole series' bytes as well."""
+    if headers is not None:
+        return _build(list(headers))
     datasets = []
     for p in paths:
         try:
             datasets.append(pydicom.dcmread(p, defer_size=DEFER_BYTES))
         except Exception as exc:  # noqa: BLE001 - report which file, whatever pydicom raised
             raise SeriesError(f"cannot read {Path(p).name}: {type(exc).__name__}: {exc}") from exc
-    return _build(datasets, release_pixels=True)
+    return _build(datasets)
 
 
 def volume_from_datasets(datasets: Sequence[Dataset]) -> Volume:
     """One volume from the datasets of one series: many single-frame images, or one enhanced
     multi-frame image (Shared / Per-frame Functional Groups)."""
-    return _build(datasets, release_pixels=False)
+    return _build(datasets)
 
 
-def _build(datasets: Sequence[Dataset], release_pixels: bool) -> Volume:
+def _build(datasets: Sequence[Dataset]) -> Volume:
     if not datasets:
         raise SeriesError("no images")
     first = datasets[0]
@@ -131,17 +135,13 @@ def _build(datasets: Sequence[Dataset], release_pixels: bool) -> Volume:
 
     frames, z_spacing = _check_and_sort(frames, fail)
     f0 = frames[0]
-    # The image is filled slab by slab (in-place paste), so a series costs its volume plus one
-    # slab, never a full-size numpy array and its copy.
     image = sitk.Image([f0.columns, f0.rows, len(frames)], sitk.sitkFloat32)
-    slab = np.empty((min(SLAB_SLICES, len(frames)), f0.rows, f0.columns), dtype=np.float32)
+    out = writable_view(image)
     decoded: tuple[int, np.ndarray] | None = None  # the last decoded source (one multi-frame object, or one slice)
     for k, fr in enumerate(frames):
         if decoded is None or decoded[0] != id(fr.source):
-            if release_pixels and decoded is not None:
-                _release(frames[k - 1].source)
             try:
-                decoded = (id(fr.source), _stored_values(fr.source))
+                decoded = (id(fr.source), stored_values(fr.source))
             except Exception as exc:  # noqa: BLE001 - decoder errors come in many types
                 syntax = getattr(getattr(fr.source, "file_meta", None), "TransferSyntaxUID", "?")
                 raise fail(f"cannot decode pixel data of {fr.sop_uid} (transfer syntax {syntax}): {exc}") from exc
@@ -149,19 +149,13 @@ def _build(datasets: Sequence[Dataset], release_pixels: bool) -> Volume:
         plane = arr[fr.index] if arr.ndim == 3 else arr
         if plane.shape != (f0.rows, f0.columns):
             raise fail(f"image {fr.sop_uid}: pixel data is {plane.shape}, header says {f0.rows}x{f0.columns}")
-        # Modality value = stored value x slope + intercept, computed in float32 straight into the slab.
-        row = slab[k % SLAB_SLICES]
+        # Modality value = stored value x slope + intercept, computed in float32 straight into the image.
         if fr.slope == 1.0:
-            np.add(plane, np.float32(fr.intercept), out=row, dtype=np.float32)
+            np.add(plane, np.float32(fr.intercept), out=out[k], dtype=np.float32)
         else:
-            np.multiply(plane, np.float32(fr.slope), out=row, dtype=np.float32)
-            row += np.float32(fr.intercept)
-        if k % SLAB_SLICES == SLAB_SLICES - 1 or k == len(frames) - 1:
-            n = k % SLAB_SLICES + 1
-            image[:, :, k + 1 - n:k + 1] = sitk.GetImageFromArray(slab[:n])
-    if release_pixels and frames:
-        _release(frames[-1].source)
-    del decoded, slab
+            np.multiply(plane, np.float32(fr.slope), out=out[k], dtype=np.float32)
+            out[k] += np.float32(fr.intercept)
+    del decoded, out
 
     row, col = f0.orientation[:3], f0.orientation[3:]
     normal = np.cross(row, col)
@@ -181,29 +175,49 @@ def _build(datasets: Sequence[Dataset], release_pixels: bool) -> Volume:
 
 
 NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+PIXEL_DATA = 0x7FE00010
 
 
-def _stored_values(ds: Dataset) -> np.ndarray:
-    """Stored pixel values ([frames,] rows, columns). Uncompressed little-endian data whose
-    stored bits fill the allocated bits is viewed in place (no decoder, no copy); everything
-    else (compressed, packed, 12 of 16 bits) goes through pydicom's pixel handlers."""
+def writable_view(image: sitk.Image) -> np.ndarray:
+    """A writable numpy view [z, y, x] of a new float32 SimpleITK image's buffer.
+
+    SimpleITK only hands out read-only views; filling the image through one in place avoids a
+    second full-size array and its copy (page faults on this size cost ~0.2 s per volume). Valid
+    while `image` lives and is not resized; used only on images this module has just created."""
+    view = sitk.GetArrayViewFromImage(image)  # also makes the buffer unique to `image`
+    buffer = (ctypes.c_float * view.size).from_address(view.__array_interface__["data"][0])
+    return np.frombuffer(buffer, dtype=np.float32).reshape(view.shape)
+
+
+def stored_values(ds: Dataset) -> np.ndarray:
+    """Stored pixel values ([frames,] rows, columns) of a dataset, leaving it as it was.
+
+    Pixel data that pydicom deferred (`defer_size`) is read from the file and not stored in the
+    dataset, which later steps keep as a header: uncompressed little-endian data whose stored
+    bits fill the allocated bits straight from its offset, anything else (compressed, packed,
+    12 of 16 bits) decoded from the file by pydicom. Pixel data in memory is viewed in place when
+    uncompressed, else decoded by pydicom's pixel handlers."""
+    raw = ds.get_item(PIXEL_DATA, keep_deferred=True) if PIXEL_DATA in ds else None
+    deferred = raw is not None and raw.value is None and getattr(raw, "value_tell", None) is not None and bool(ds.filename)
     syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
     bits = int(ds.get("BitsAllocated", 0) or 0)
-    if (syntax in NATIVE_LITTLE_ENDIAN and bits in (8, 16, 32) and int(ds.get("BitsStored", 0) or 0) == bits
-            and int(ds.get("SamplesPerPixel", 1) or 1) == 1 and "PixelData" in ds):
+    if (raw is not None and syntax in NATIVE_LITTLE_ENDIAN and bits in (8, 16, 32)
+            and int(ds.get("BitsStored", 0) or 0) == bits and int(ds.get("SamplesPerPixel", 1) or 1) == 1):
         dtype = np.dtype(f"<{'i' if int(ds.get('PixelRepresentation', 0) or 0) else 'u'}{bits // 8}")
         rows, cols, n = int(ds.Rows), int(ds.Columns), int(ds.get("NumberOfFrames", 1) or 1)
-        raw = ds.PixelData
-        if len(raw) >= rows * cols * n * dtype.itemsize:
-            arr = np.frombuffer(raw, dtype=dtype, count=rows * cols * n)
-            return arr.reshape((n, rows, cols) if n > 1 else (rows, cols))
+        nbytes = rows * cols * n * dtype.itemsize
+        shape = (n, rows, cols) if n > 1 else (rows, cols)
+        if deferred:
+            with open(ds.filename, "rb") as fh:
+                fh.seek(raw.value_tell)
+                data = fh.read(nbytes)
+        else:
+            data = ds.PixelData
+        if len(data) >= nbytes:
+            return np.frombuffer(data, dtype=dtype, count=nbytes // dtype.itemsize).reshape(shape)
+    if deferred:
+        return pixel_array(ds.filename)
     return ds.pixel_array
-
-
-def _release(ds: Dataset) -> None:
-    """Drop a dataset's pixel bytes (read_series owns its datasets; the volume has the values)."""
-    if "PixelData" in ds:
-        del ds.PixelData
 
 
 def _floats(value, n: int, what: str, where: str, fail) -> np.ndarray:

@@ -18,6 +18,7 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from hccnode import log
+from hccnode.imaging.roi_stats import bounding_box
 from hccnode.imaging.rois import AnnotationError, RoiMask, read_annotation, referenced_series
 from hccnode.imaging.volumes import Volume
 from hccnode.pipeline.align import Aligner
@@ -36,6 +37,14 @@ class Regions:
 
     def by_role(self, role: str) -> list[RoiMask]:
         return [r for r in self.rois if r.role == role]
+
+    def box(self, margin: int = 1) -> tuple[slice, ...] | None:
+        """Union of the ROIs' bounding boxes (numpy z, y, x) widened by `margin` voxels; None
+        without ROIs."""
+        boxes = [b for r in self.rois for b in [bounding_box(sitk.GetArrayViewFromImage(r.mask), margin)] if b]
+        if not boxes:
+            return None
+        return tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(3))
 
     _arrays: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 

@@ -20,7 +20,7 @@ from hccnode.imaging.phase_index import classify_and_keep_headers
 from hccnode.imaging.phase_rules import RuleSet
 from hccnode.imaging.phases import Decision
 from hccnode.imaging.rois import RTSTRUCT_SOP_CLASS, SEG_SOP_CLASS
-from hccnode.imaging.volumes import SeriesError, Volume, read_series
+from hccnode.imaging.volumes import DEFER_BYTES, SeriesError, Volume, read_series
 from hccnode.report.outputs import output_uids
 from hccnode.store.db import Store
 
@@ -145,7 +145,7 @@ class Study:
         """The series as a volume; None (with the reason in `problems`) when it is not one."""
         if series.uid not in self._volumes:
             try:
-                self._volumes[series.uid] = read_series(series.paths)
+                self._volumes[series.uid] = read_series(series.paths, self._headers.get(series.uid))
             except SeriesError as exc:
                 problem = f"{series.describe()} not used: {exc.problem}"
                 self.problems.append(problem)
@@ -155,7 +155,7 @@ class Study:
 
     def headers(self, series: Series) -> list[Dataset]:
         if series.uid not in self._headers:
-            self._headers[series.uid] = [pydicom.dcmread(p, stop_before_pixels=True) for p in series.paths]
+            self._headers[series.uid] = [pydicom.dcmread(p, defer_size=DEFER_BYTES) for p in series.paths]
         return self._headers[series.uid]
 
     def first_header(self) -> Dataset:
