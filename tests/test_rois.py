@@ -176,7 +176,8 @@ def _off_syntax(seg):
 
 
 def _off_locations(seg):
-    seg.PerFrameFunctionalGroupsSequence[1].DerivationImageSequence[0].SourceImageSequence[0].SpatialLocationsPreserved = "NO"
+    source = seg.PerFrameFunctionalGroupsSequence[1].DerivationImageSequence[0].SourceImageSequence[0]
+    source.SpatialLocationsPreserved = "NO"
 
 
 def _off_pixels(seg):

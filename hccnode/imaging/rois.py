@@ -1,7 +1,8 @@
 """Reader annotations as masks on a reference volume's grid.
 
 A reader's annotation wins over automatic ROIs (DESIGN.md). Read here: DICOM Segmentation
-(highdicom), RT Structure Set (closed planar contours rasterised onto the grid), and TID 1500
+(a binary SEG drawn on the reference's own images straight from its bits, any other through
+highdicom), RT Structure Set (closed planar contours rasterised onto the grid), and TID 1500
 measurement reports with planar (SCOORD on a referenced image) or volumetric (SCOORD3D) image
 regions. Each region's role (tumor / liver / aorta / muscle) comes from its code, else its name,
 through hccnode/data/roi_synonyms.toml. Regions that cannot be placed or recognised are listed in
