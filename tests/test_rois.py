@@ -1,5 +1,6 @@
 import highdicom as hd
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 from hypothesis import given
@@ -10,7 +11,8 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from hccnode.imaging import rois
-from hccnode.imaging.volumes import Volume, volume_from_datasets
+from hccnode.imaging.volumes import Volume, functional_group, read_series, volume_from_datasets
+from hccnode.phantom import StudySpec, generate
 from synth_dicom import ct_series
 
 SPACING = (2.0, 1.0, 1.0)  # z, y, x
@@ -90,6 +92,117 @@ def test_seg_other_frame_of_reference_refused(study):
     seg.FrameOfReferenceUID = generate_uid()
     with pytest.raises(rois.AnnotationError, match="frame of reference"):
         rois.read_annotation(seg, vol)
+
+
+def test_binary_frames_run_across_byte_boundaries():
+    # Three 5 x 3 frames are 45 bits: frame 1 starts at bit 15 and frame 2 at bit 30, mid-byte.
+    # Frame 0 all set, frame 1 clear, frame 2 only its first pixel (bit 30: byte 3, bit 6).
+    packed = bytes([0xFF, 0x7F, 0x00, 0x40, 0x00, 0x00])
+    frames = rois.binary_frames(packed, 5, 3, 3)
+    assert frames.shape == (3, 5, 3) and frames.dtype == bool
+    assert frames[0].all() and not frames[1].any()
+    assert frames[2, 0, 0] and frames[2].sum() == 1
+    # a trailing pad byte (even length) is allowed; a short Pixel Data is refused
+    np.testing.assert_array_equal(rois.binary_frames(packed + b"\0", 5, 3, 3), frames)
+    with pytest.raises(ValueError):
+        rois.binary_frames(packed[:-1], 5, 3, 3)
+
+
+def _read_both(monkeypatch, seg, vol):
+    """read_annotation through the fast path (checked to be taken) and through highdicom."""
+    assert rois._binary_seg_on_reference_slices(seg, vol) is not None
+    fast = rois.read_annotation(seg, vol)
+    with monkeypatch.context() as m:
+        m.setattr(rois, "_binary_seg_on_reference_slices", lambda ds, reference: None)
+        general = rois.read_annotation(seg, vol)
+    return fast, general
+
+
+def _assert_same(fast, general):
+    assert [r.ref for r in fast.rois] == [r.ref for r in general.rois] and fast.ignored == general.ignored
+    for a, b in zip(fast.rois, general.rois):
+        np.testing.assert_array_equal(sitk.GetArrayViewFromImage(a.mask), sitk.GetArrayViewFromImage(b.mask))
+        assert a.mask.GetOrigin() == b.mask.GetOrigin() and a.mask.GetDirection() == b.mask.GetDirection()
+
+
+def test_fast_seg_read_matches_highdicom_on_frames_not_byte_aligned(monkeypatch):
+    # 5 x 3 frames (15 bits) of random masks: every frame but the first starts mid-byte.
+    rng = np.random.default_rng(0)
+    slices = ct_series(np.zeros((4, 5, 3)), spacing=SPACING, origin=ORIGIN)
+    vol = volume_from_datasets(slices)
+    tumor, liver = rng.random((2, 4, 5, 3)) < 0.5
+    tumor[:, 0, 0] = liver[:, 0, 0] = True  # no empty frame (highdicom would leave it out)
+    seg = _seg(slices, [tumor, liver], ["Tumor", "Liver"], [codes.SCT.Neoplasm, codes.SCT.Liver])
+    fast, general = _read_both(monkeypatch, seg, vol)
+    _assert_same(fast, general)
+    by = {r.ref.label: sitk.GetArrayFromImage(r.mask) > 0 for r in fast.rois}
+    assert np.array_equal(by["Tumor"], tumor) and np.array_equal(by["Liver"], liver)
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["single-frame", "enhanced"])
+def phantom_seg(request, tmp_path_factory):
+    """A phantom CECT study with the reader's SEG on the equilibrium series, and that series."""
+    out = tmp_path_factory.mktemp("seg")
+    truth = generate(StudySpec(kind="cect", seed=8, slices=10, matrix=64, enhanced=request.param,
+                               seg_phase="equilibrium"), out)
+    seg = pydicom.dcmread(next((out / truth.series("seg")[0]["folder"]).glob("*.dcm")))
+    reference = read_series(sorted((out / truth.series("ct_equilibrium")[0]["folder"]).glob("*.dcm")))
+    return seg, reference
+
+
+def test_fast_seg_read_matches_highdicom_on_phantom(phantom_seg, monkeypatch):
+    seg, reference = phantom_seg
+    fast, general = _read_both(monkeypatch, seg, reference)
+    assert sorted(r.role for r in fast.rois) == ["aorta", "liver", "muscle", "tumor"]
+    _assert_same(fast, general)
+
+
+def test_seg_drawn_partly_off_the_reference_falls_back(study):
+    # The reference lacks the first slice the SEG was drawn on: the fast path declines and the
+    # highdicom path keeps the part on the reference's own slices.
+    slices, _ = study
+    ordered = sorted(slices, key=lambda s: s.ImagePositionPatient[2])
+    partial = volume_from_datasets(ordered[1:])
+    tumor = np.zeros((6, 32, 40), bool)
+    tumor[0:4, 10:20, 12:25] = True
+    seg = _seg(slices, [tumor], ["Tumor"], [codes.SCT.Neoplasm])
+    assert rois._binary_seg_on_reference_slices(seg, partial) is None
+    (found,) = rois.read_annotation(seg, partial).rois
+    assert np.array_equal(sitk.GetArrayFromImage(found.mask) > 0, tumor[1:])
+
+
+def _off_syntax(seg):
+    seg.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.50"
+
+
+def _off_locations(seg):
+    source = seg.PerFrameFunctionalGroupsSequence[1].DerivationImageSequence[0].SourceImageSequence[0]
+    source.SpatialLocationsPreserved = "NO"
+
+
+def _off_pixels(seg):
+    seg.PixelData = seg.PixelData[:-2]
+
+
+def _off_segment(seg):  # a segment number the Segment Sequence does not have (one segment: a shared group)
+    frame = seg.PerFrameFunctionalGroupsSequence[0]
+    functional_group(seg, frame, "SegmentIdentificationSequence")[0].ReferencedSegmentNumber = 7
+
+
+def _off_twice(seg):  # two frames of one segment on the same slice
+    first, second = seg.PerFrameFunctionalGroupsSequence[:2]
+    second.DerivationImageSequence = first.DerivationImageSequence
+
+
+@pytest.mark.parametrize("spoil", [_off_syntax, _off_locations, _off_pixels, _off_segment, _off_twice])
+def test_fast_seg_read_declines_what_it_does_not_check(study, spoil):
+    slices, vol = study
+    tumor = np.zeros((6, 32, 40), bool)
+    tumor[1:4, 10:20, 12:25] = True
+    seg = _seg(slices, [tumor], ["Tumor"], [codes.SCT.Neoplasm])
+    assert rois._binary_seg_on_reference_slices(seg, vol) is not None
+    spoil(seg)
+    assert rois._binary_seg_on_reference_slices(seg, vol) is None
 
 
 def _rtstruct(slices, contours):

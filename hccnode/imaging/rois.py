@@ -1,7 +1,8 @@
 """Reader annotations as masks on a reference volume's grid.
 
 A reader's annotation wins over automatic ROIs (DESIGN.md). Read here: DICOM Segmentation
-(highdicom), RT Structure Set (closed planar contours rasterised onto the grid), and TID 1500
+(a binary SEG drawn on the reference's own images straight from its bits, any other through
+highdicom), RT Structure Set (closed planar contours rasterised onto the grid), and TID 1500
 measurement reports with planar (SCOORD on a referenced image) or volumetric (SCOORD3D) image
 regions. Each region's role (tumor / liver / aorta / muscle) comes from its code, else its name,
 through hccnode/data/roi_synonyms.toml. Regions that cannot be placed or recognised are listed in
@@ -26,7 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr._snomed_dict import mapping as _snomed_mapping
 
 from hccnode.imaging.measure import READER, RoiRef
-from hccnode.imaging.volumes import Volume
+from hccnode.imaging.volumes import NATIVE_LITTLE_ENDIAN, Volume, functional_group
 
 ROLES = ("tumor", "liver", "aorta", "muscle")
 # DICOM's SNOMED-RT -> SNOMED CT code mapping, as shipped with pydicom (PS3.16 Annex O).
@@ -175,7 +176,7 @@ def _blank(reference: Volume) -> np.ndarray:
 
 
 def _to_image(arr: np.ndarray, reference: Volume) -> sitk.Image:
-    img = sitk.GetImageFromArray(arr.astype(np.uint8))
+    img = sitk.GetImageFromArray(arr.astype(np.uint8, copy=False))  # GetImageFromArray copies anyway
     img.CopyInformation(reference.image)
     return img
 
@@ -185,10 +186,9 @@ def _to_image(arr: np.ndarray, reference: Volume) -> sitk.Image:
 def _from_seg(ds: Dataset, reference: Volume, synonyms: Synonyms) -> AnnotationRois:
     sop_uid = str(ds.SOPInstanceUID)
     _check_frame_of_reference(sop_uid, ds.get("FrameOfReferenceUID"), reference)
-    try:
-        seg = hd.seg.Segmentation.from_dataset(ds, copy=False)
-    except Exception as exc:  # noqa: BLE001 - highdicom raises several types for bad objects
-        raise AnnotationError(sop_uid, f"not a readable Segmentation: {exc}") from exc
+    # Fast path first (a binary SEG drawn on the reference's own images); highdicom for the rest.
+    fast = _binary_seg_on_reference_slices(ds, reference)
+    seg = None if fast is not None else _highdicom_seg(ds, sop_uid)
     out = AnnotationRois()
     for item in ds.SegmentSequence:
         number = int(item.SegmentNumber)
@@ -197,22 +197,125 @@ def _from_seg(ds: Dataset, reference: Volume, synonyms: Synonyms) -> AnnotationR
         if role is None:
             out.ignored.append(f"{label}: label and code not in the ROI synonyms")
             continue
-        on_grid = _seg_on_reference_slices(seg, number, reference)
-        if on_grid is None:
-            try:
-                vol = seg.get_volume(segment_numbers=[number])  # one channel: this segment
-            except Exception as exc:  # noqa: BLE001
-                out.ignored.append(f"{label}: segment frames do not form a volume ({exc})")
-                continue
-            if vol is None:
-                out.ignored.append(f"{label}: empty segment")
-                continue
-            on_grid = _seg_mask_on(vol.squeeze_channel() if vol.number_of_channel_dimensions else vol, reference.image)
+        if fast is not None:
+            on_grid = _to_image(fast.mask(number, reference), reference)
+        else:
+            on_grid = _segment_mask(seg, number, reference)
+        if isinstance(on_grid, str):
+            out.ignored.append(f"{label}: {on_grid}")
+            continue
         if not sitk.GetArrayViewFromImage(on_grid).any():
             out.ignored.append(f"{label}: segment lies outside the reference volume")
             continue
         out.rois.append(RoiMask(on_grid, _ref(role, sop_uid, label)))
     return out
+
+
+def _highdicom_seg(ds: Dataset, sop_uid: str) -> hd.seg.Segmentation:
+    try:
+        return hd.seg.Segmentation.from_dataset(ds, copy=False)
+    except Exception as exc:  # noqa: BLE001 - highdicom raises several types for bad objects
+        raise AnnotationError(sop_uid, f"not a readable Segmentation: {exc}") from exc
+
+
+def _segment_mask(seg: hd.seg.Segmentation, number: int, reference: Volume) -> sitk.Image | str:
+    """One segment on the reference grid through highdicom: frame by frame on the reference's
+    images, else its volume pasted or resampled; a reason when it cannot be placed."""
+    on_grid = _seg_on_reference_slices(seg, number, reference)
+    if on_grid is not None:
+        return on_grid
+    try:
+        vol = seg.get_volume(segment_numbers=[number])  # one channel: this segment
+    except Exception as exc:  # noqa: BLE001
+        return f"segment frames do not form a volume ({exc})"
+    if vol is None:
+        return "empty segment"
+    return _seg_mask_on(vol.squeeze_channel() if vol.number_of_channel_dimensions else vol, reference.image)
+
+
+def binary_frames(packed: bytes, rows: int, columns: int, frames: int) -> np.ndarray:
+    """Pixel Data of Bits Allocated 1 (a BINARY Segmentation) as bool [frames, rows, columns].
+
+    PS3.5 8.1.1: one bit per pixel, eight pixels per byte with the first pixel in the least
+    significant bit; the frames of a multi-frame image follow one another bit by bit, with no
+    padding between frames (a 5 x 3 frame ends in the middle of a byte), and only the end of the
+    Pixel Data is padded to an even length. Raises ValueError when `packed` is shorter than the
+    frames need or longer by more than that one pad byte."""
+    bits = rows * columns * frames
+    need = -(-bits // 8)
+    if not need <= len(packed) <= need + 1:
+        raise ValueError(f"pixel data is {len(packed)} bytes; {frames} frames of {rows} x {columns} bits need {need}")
+    flat = np.unpackbits(np.frombuffer(packed, dtype=np.uint8, count=need), count=bits, bitorder="little")
+    return flat.view(bool).reshape(frames, rows, columns)
+
+
+@dataclass
+class _BinarySegFrames:
+    """A BINARY SEG's decoded frames and, per segment, which frame goes on which reference slice."""
+
+    pixels: np.ndarray  # bool [frames, rows, columns]
+    placed: dict[int, tuple[list[int], list[int]]]  # segment number -> (frame indices, slice indices)
+
+    def mask(self, number: int, reference: Volume) -> np.ndarray:
+        """The segment as a uint8 array on the reference grid (zeros where it has no frame)."""
+        arr = _blank(reference)
+        frames, slices = self.placed.get(number, ([], []))
+        for i, k in zip(frames, slices):  # frame by frame: a fancy-indexed copy of them all is slower
+            arr[k] = self.pixels[i]
+        return arr
+
+
+def _binary_seg_on_reference_slices(ds: Dataset, reference: Volume) -> _BinarySegFrames | None:
+    """A BINARY, uncompressed SEG whose every frame was drawn on one image (slice) of the
+    reference, read straight from its headers and bits: no highdicom lookup tables, no per-segment
+    query. None for anything else (other images, compressed, fractional, tiled, anything odd): the
+    highdicom path decides, and it validates the object.
+
+    Checked here because the masks rely on it: BINARY with Bits Allocated 1 and one sample, Rows
+    and Columns of the reference, one segment and one source image per frame (Segment
+    Identification and Derivation Image functional groups, per-frame or shared), spatial
+    locations preserved (as highdicom requires for reading by source image),
+    segment numbers of the Segment Sequence, at most one frame per segment and slice, and Pixel
+    Data of the size the frames need."""
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if (str(ds.get("SegmentationType", "")) != "BINARY" or syntax not in NATIVE_LITTLE_ENDIAN
+            or int(ds.get("BitsAllocated", 0) or 0) != 1 or int(ds.get("SamplesPerPixel", 1) or 1) != 1
+            or (columns, rows) != tuple(reference.image.GetSize()[:2]) or "PixelData" not in ds
+            or str(ds.get("DimensionOrganizationType", "")) == "TILED_FULL"):
+        return None
+    multi_frame = any(f is not None for f in reference.frame_numbers)
+    slice_of = {(uid, frame if multi_frame else None): k
+                for k, (uid, frame) in enumerate(zip(reference.sop_instance_uids, reference.frame_numbers))}
+    if not slice_of or len(slice_of) != len(reference.sop_instance_uids):
+        return None
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    placed: dict[int, tuple[list[int], list[int]]] = {}
+    seen: set[tuple[int, int]] = set()
+    try:
+        numbers = {int(item.SegmentNumber) for item in ds.SegmentSequence}
+        if len(numbers) != len(ds.SegmentSequence) or not per_frame or len(per_frame) != int(ds.NumberOfFrames):
+            return None
+        for i, item in enumerate(per_frame):
+            # Exactly one item each (else ValueError). A single-segment SEG may share its segment.
+            (segment,) = functional_group(ds, item, "SegmentIdentificationSequence") or ()
+            (derivation,) = functional_group(ds, item, "DerivationImageSequence") or ()
+            (source,) = derivation.SourceImageSequence
+            if source.get("SpatialLocationsPreserved") != "YES":
+                return None
+            number = int(segment.ReferencedSegmentNumber)
+            frame = int(source.ReferencedFrameNumber) if multi_frame else None
+            k = slice_of.get((str(source.ReferencedSOPInstanceUID), frame))
+            if k is None or number not in numbers or (number, k) in seen:
+                return None
+            seen.add((number, k))
+            frames, slices = placed.setdefault(number, ([], []))
+            frames.append(i)
+            slices.append(k)
+        pixels = binary_frames(ds.PixelData, rows, columns, len(per_frame))
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return _BinarySegFrames(pixels, placed)
 
 
 def _seg_on_reference_slices(seg: hd.seg.Segmentation, number: int, reference: Volume) -> sitk.Image | None:

@@ -257,14 +257,21 @@ def _single_frame(ds: Dataset, fail) -> _Frame:
     )
 
 
-def _group(ds: Dataset, per_frame: Dataset, keyword: str) -> Dataset | None:
-    """The functional group item `keyword` for a frame: per-frame wins over shared (PS3.3 C.7.6.16)."""
+def functional_group(ds: Dataset, per_frame: Dataset, keyword: str) -> Sequence | None:
+    """The functional group sequence `keyword` for a frame (its item of the Per-frame Functional
+    Groups Sequence): per-frame wins over shared (PS3.3 C.7.6.16); None when neither has an item."""
     if keyword in per_frame and len(per_frame[keyword].value):
-        return per_frame[keyword].value[0]
+        return per_frame[keyword].value
     shared = ds.get("SharedFunctionalGroupsSequence")
     if shared and keyword in shared[0] and len(shared[0][keyword].value):
-        return shared[0][keyword].value[0]
+        return shared[0][keyword].value
     return None
+
+
+def _group(ds: Dataset, per_frame: Dataset, keyword: str) -> Dataset | None:
+    """The first item of a frame's functional group `keyword` (see `functional_group`)."""
+    seq = functional_group(ds, per_frame, keyword)
+    return seq[0] if seq else None
 
 
 def _enhanced_frames(ds: Dataset, fail) -> list[_Frame]:
