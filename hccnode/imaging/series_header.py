@@ -193,6 +193,8 @@ def _b_values(ds: Dataset, tags: Sequence[BValueTag], items: Sequence[Dataset] |
                 pass
     if found:
         return found, sources
+    if str(_get(ds, "Modality") or "MR").upper() != "MR":
+        return [], []  # the private conventions below are MR ones; looking them up is costly
     for t in tags:
         try:
             elem = ds.private_block(t.group, t.creator)[t.element]
