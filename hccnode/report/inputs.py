@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import Sequence
 
 import numpy as np
@@ -21,7 +22,8 @@ from hccnode.report.uids import mask_digest, uid_from
 
 @dataclass(frozen=True)
 class ReportRoi:
-    """One measured region: its provenance (RoiRef) and its mask on the reference grid."""
+    """One measured region: its provenance (RoiRef) and its mask on the reference grid (a
+    read-only copy, so what is derived from it once stays true)."""
 
     ref: RoiRef
     mask: np.ndarray
@@ -33,12 +35,25 @@ class ReportRoi:
         mask = mask.astype(bool)
         if not mask.any():
             raise ValueError(f"ROI {self.describe()}: mask is empty")
+        mask.flags.writeable = False
         object.__setattr__(self, "mask", mask)
 
     @classmethod
     def from_roi_mask(cls, roi) -> "ReportRoi":
         """From hccnode.imaging.rois.RoiMask (SimpleITK mask on the reference grid)."""
-        return cls(roi.ref, sitk.GetArrayFromImage(roi.mask) > 0)
+        return cls(roi.ref, sitk.GetArrayViewFromImage(roi.mask) > 0)
+
+    @cached_property
+    def areas(self) -> np.ndarray:
+        """Voxels of the mask in each z slice (int64, length z). Counted once: the SEG and the
+        summary both ask which slices the ROI covers, and a full-volume scan costs ~10 ms."""
+        return np.array([np.count_nonzero(s) for s in self.mask], dtype=np.int64)
+
+    @property
+    def z_range(self) -> slice:
+        """The z slices from the first to the last the mask covers."""
+        z = np.flatnonzero(self.areas)
+        return slice(int(z[0]), int(z[-1]) + 1)
 
     def describe(self) -> str:
         who = "reader" if self.ref.source == READER else "automatic"
