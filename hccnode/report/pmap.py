@@ -35,12 +35,24 @@ def build_ecv_map(reference: Reference, ecv_percent: np.ndarray, liver: np.ndarr
     `quantity` is the ECV concept and `region` the liver's code, both from the SR template."""
     reference.check(ecv_percent, "ECV map")
     reference.check(liver, "liver mask")
-    values = masked_map(ecv_percent, liver)
+    liver = np.asarray(liver, dtype=bool)
+    # Only the slices from the first to the last with liver can hold a value: the masking and
+    # the range below then touch those alone, not the whole volume (4 bytes a voxel).
+    z = np.flatnonzero(liver.any(axis=(1, 2)))
+    span = slice(int(z[0]), int(z[-1]) + 1) if z.size else slice(0, 0)
+    values = masked_map(ecv_percent[span], liver[span])
     valid = values != PADDING
     if not valid.any():
         raise ValueError("ECV map has no finite value inside the liver mask")
-    sources, idx = reference.sources_for(valid.any(axis=(1, 2)))
-    low, high = float(values[valid].min()), float(values[valid].max())
+    covered = np.zeros(reference.shape[0], bool)
+    covered[span] = valid.any(axis=(1, 2))
+    sources, idx = reference.sources_for(covered)
+    # A multi-frame source takes every frame: those outside the span are all padding.
+    pixels = np.full((len(idx), *values.shape[1:]), PADDING, np.float32)
+    inside = (idx >= span.start) & (idx < span.stop)
+    pixels[inside] = values[idx[inside] - span.start]
+    low = float(values.min(where=valid, initial=np.inf))
+    high = float(values.max(where=valid, initial=-np.inf))
     mapping = hd.pm.RealWorldValueMapping(
         lut_label="ECV",
         lut_explanation="Extracellular volume fraction (%)",
@@ -52,7 +64,7 @@ def build_ecv_map(reference: Reference, ecv_percent: np.ndarray, liver: np.ndarr
     )
     pm = hd.pm.ParametricMap(
         source_images=sources,
-        pixel_array=values[idx],
+        pixel_array=pixels,
         series_instance_uid=series_uid,
         series_number=series_number,
         sop_instance_uid=sop_uid,
