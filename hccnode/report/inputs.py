@@ -41,7 +41,9 @@ class ReportRoi:
     @classmethod
     def from_roi_mask(cls, roi) -> "ReportRoi":
         """From hccnode.imaging.rois.RoiMask (SimpleITK mask on the reference grid)."""
-        return cls(roi.ref, sitk.GetArrayViewFromImage(roi.mask) > 0)
+        view = sitk.GetArrayViewFromImage(roi.mask)
+        # Unsigned voxels: nonzero is inside, and the bool copy __post_init__ makes is the only copy.
+        return cls(roi.ref, view if view.dtype.kind == "u" else view > 0)
 
     @cached_property
     def areas(self) -> np.ndarray:
@@ -49,11 +51,14 @@ class ReportRoi:
         summary both ask which slices the ROI covers, and a full-volume scan costs ~10 ms."""
         return np.array([np.count_nonzero(s) for s in self.mask], dtype=np.int64)
 
-    @property
-    def z_range(self) -> slice:
-        """The z slices from the first to the last the mask covers."""
+    @cached_property
+    def box(self) -> tuple[slice, slice, slice]:
+        """The smallest (z, y, x) box holding the mask, as index slices (voxels)."""
         z = np.flatnonzero(self.areas)
-        return slice(int(z[0]), int(z[-1]) + 1)
+        zs = slice(int(z[0]), int(z[-1]) + 1)
+        plane = self.mask[zs].any(axis=0)
+        y, x = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+        return zs, slice(int(y[0]), int(y[-1]) + 1), slice(int(x[0]), int(x[-1]) + 1)
 
     def describe(self) -> str:
         who = "reader" if self.ref.source == READER else "automatic"

@@ -32,8 +32,7 @@ def frames(rois: Sequence[ReportRoi], idx: np.ndarray) -> np.ndarray:
     label map it needs only the maximum (SegmentsOverlap is NO, as the stack's test would say)."""
     labels = np.zeros(rois[0].mask.shape, np.min_scalar_type(len(rois)))
     for n, r in enumerate(rois, 1):
-        span = r.z_range  # only the slices this ROI covers
-        part, mask = labels[span], r.mask[span]
+        part, mask = labels[r.box], r.mask[r.box]  # only the box this ROI lies in
         if part[mask].any():  # overlap: only a stack says which ROI each voxel is in
             return np.stack([r.mask[idx] for r in rois], axis=-1)
         part[mask] = n
