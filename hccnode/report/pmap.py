@@ -25,8 +25,23 @@ PADDING = -1024.0
 def masked_map(ecv_percent: np.ndarray, liver: np.ndarray) -> np.ndarray:
     """float32 map: ECV inside the liver where finite, PADDING elsewhere."""
     values = np.asarray(ecv_percent, dtype=np.float32)
-    keep = np.asarray(liver, dtype=bool) & np.isfinite(values)
-    return np.where(keep, values, np.float32(PADDING)).astype(np.float32)
+    out = np.full(values.shape, PADDING, np.float32)  # one new array (np.where + astype made two)
+    np.copyto(out, values, where=np.asarray(liver, dtype=bool) & np.isfinite(values))
+    return out
+
+
+def _frames(values: np.ndarray, start: int, idx: np.ndarray) -> np.ndarray:
+    """Slices `idx` of a volume whose slices `start`, `start` + 1, ... are `values` and whose
+    others are all PADDING. Consecutive slices within `values` (the usual single-frame case) are
+    a view; otherwise (e.g. every frame of a multi-frame source) a copy, padded."""
+    at = idx - start
+    if len(at) and np.array_equal(at, np.arange(at[0], at[0] + len(at))) and at[0] >= 0 and at[-1] < len(values):
+        return values[at[0]:at[-1] + 1]
+    out = np.empty((len(at), *values.shape[1:]), np.float32)
+    inside = (at >= 0) & (at < len(values))
+    out[~inside] = PADDING
+    out[inside] = values[at[inside]]
+    return out
 
 
 def build_ecv_map(reference: Reference, ecv_percent: np.ndarray, liver: np.ndarray, quantity: CodedConcept,
@@ -47,10 +62,7 @@ def build_ecv_map(reference: Reference, ecv_percent: np.ndarray, liver: np.ndarr
     covered = np.zeros(reference.shape[0], bool)
     covered[span] = valid.any(axis=(1, 2))
     sources, idx = reference.sources_for(covered)
-    # A multi-frame source takes every frame: those outside the span are all padding.
-    pixels = np.full((len(idx), *values.shape[1:]), PADDING, np.float32)
-    inside = (idx >= span.start) & (idx < span.stop)
-    pixels[inside] = values[idx[inside] - span.start]
+    pixels = _frames(values, span.start, idx)
     low = float(values.min(where=valid, initial=np.inf))
     high = float(values.max(where=valid, initial=-np.inf))
     mapping = hd.pm.RealWorldValueMapping(
