@@ -52,6 +52,12 @@ class ReportRoi:
         return np.array([np.count_nonzero(s) for s in self.mask], dtype=np.int64)
 
     @cached_property
+    def digest(self) -> str:
+        """mask_digest of the mask, kept: the analysis key is derived twice per run (the driver
+        needs the SR UID before the outputs are built)."""
+        return mask_digest(self.mask)
+
+    @cached_property
     def box(self) -> tuple[slice, slice, slice]:
         """The smallest (z, y, x) box holding the mask, as index slices (voxels)."""
         z = np.flatnonzero(self.areas)
@@ -143,7 +149,7 @@ def analysis_key(sources: Sequence[Dataset], reference: Reference, rois: Sequenc
     return uid_from({
         "sources": sorted(str(d.SOPInstanceUID) for d in sources),
         "reference": [str(d.SOPInstanceUID) for d in reference.datasets],
-        "rois": [{"ref": asdict(r.ref), "mask": mask_digest(r.mask)} for r in rois],
+        "rois": [{"ref": asdict(r.ref), "mask": r.digest} for r in rois],
         "labs": sorted((asdict(lab) for lab in labs_used), key=lambda d: (d["name"], d["time"])),
         # card versions and the inputs each got (clinical inputs come from outside the images)
         "cards": sorted(([f"{r.get('card_id')}@{r.get('card_version')}", r.get("inputs_used") or {}]
