@@ -6,7 +6,7 @@ from report_support import dciodvfy, shared_case, shared_outputs
 
 from hccnode.imaging.measure import READER, RoiRef
 from hccnode.report import Reference, ReportRoi
-from hccnode.report.inputs import tracking
+from hccnode.report.inputs import run_of, tracking
 from hccnode.report.seg import build_seg
 from hccnode.report.templates import load_template
 
@@ -96,3 +96,10 @@ def test_masks_read_back_whether_or_not_rois_overlap(case, tmp_path, overlap):
         source_sop_instance_uids=uids, segment_numbers=[1, 2, 3], assert_missing_frames_are_empty=True)
     for i, roi in enumerate(rois):
         np.testing.assert_array_equal(pixels[..., i].astype(bool), roi.mask[covered], err_msg=roi.describe())
+
+
+def test_run_of_gives_a_slice_only_for_consecutive_indices():
+    assert run_of(np.array([3, 4, 5])) == slice(3, 6)
+    assert run_of(np.array([7])) == slice(7, 8)
+    for idx in ([], [3, 5], [5, 4], [3, 4, 4]):
+        assert run_of(np.array(idx, dtype=int)) is None

@@ -143,6 +143,15 @@ class Reference:
         return self.datasets[k], None
 
 
+def run_of(idx: np.ndarray) -> slice | None:
+    """`idx` (increasing z indices) as a slice when they are consecutive, else None: a volume's
+    slices taken with a slice are a view, with an index array a new copy (~50 MB a mask of
+    200 x 512 x 512, and each new large array costs its page faults)."""
+    if len(idx) and int(idx[-1]) - int(idx[0]) == len(idx) - 1 and np.all(np.diff(idx) == 1):
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+    return None
+
+
 def analysis_key(sources: Sequence[Dataset], reference: Reference, rois: Sequence[ReportRoi],
                  labs_used: Sequence[LabRef], model_results: Sequence[dict], template_digest: str) -> str:
     """A UID naming this analysis: what decides the outputs' content (see hccnode.report.uids)."""

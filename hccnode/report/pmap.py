@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 import hccnode
-from hccnode.report.inputs import Reference
+from hccnode.report.inputs import Reference, run_of
 
 # Far outside any ECV (0..100 %) and exactly representable in float32.
 PADDING = -1024.0
@@ -35,8 +35,9 @@ def _frames(values: np.ndarray, start: int, idx: np.ndarray) -> np.ndarray:
     others are all PADDING. Consecutive slices within `values` (the usual single-frame case) are
     a view; otherwise (e.g. every frame of a multi-frame source) a copy, padded."""
     at = idx - start
-    if len(at) and np.array_equal(at, np.arange(at[0], at[0] + len(at))) and at[0] >= 0 and at[-1] < len(values):
-        return values[at[0]:at[-1] + 1]
+    run = run_of(at)
+    if run is not None and run.start >= 0 and run.stop <= len(values):
+        return values[run]
     out = np.empty((len(at), *values.shape[1:]), np.float32)
     inside = (at >= 0) & (at < len(values))
     out[~inside] = PADDING

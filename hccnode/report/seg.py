@@ -16,7 +16,7 @@ from pydicom.sr.codedict import codes
 
 import hccnode
 from hccnode.imaging.measure import READER
-from hccnode.report.inputs import Reference, ReportRoi, Tracking
+from hccnode.report.inputs import Reference, ReportRoi, Tracking, run_of
 from hccnode.report.templates import Template
 
 # The automatic ROIs are placed by thresholds and morphology on the images (DCM CID 7162).
@@ -30,13 +30,15 @@ def frames(rois: Sequence[ReportRoi], idx: np.ndarray) -> np.ndarray:
     highdicom writes the same BINARY frames from either; from a stack it tests the overlap with
     a sum over the whole stack as int64 (~1 s for 3 ROIs on 200 slices of 512 x 512), from a
     label map it needs only the maximum (SegmentsOverlap is NO, as the stack's test would say)."""
+    run = run_of(idx)
+    take = idx if run is None else run
     labels = np.zeros(rois[0].mask.shape, np.min_scalar_type(len(rois)))
     for n, r in enumerate(rois, 1):
         part, mask = labels[r.box], r.mask[r.box]  # only the box this ROI lies in
         if part[mask].any():  # overlap: only a stack says which ROI each voxel is in
-            return np.stack([r.mask[idx] for r in rois], axis=-1)
+            return np.stack([r.mask[take] for r in rois], axis=-1)
         part[mask] = n
-    return labels[idx]
+    return labels[take]
 
 
 def build_seg(reference: Reference, rois: Sequence[ReportRoi], tracks: Sequence[Tracking], template: Template,
