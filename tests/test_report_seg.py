@@ -103,3 +103,13 @@ def test_run_of_gives_a_slice_only_for_consecutive_indices():
     assert run_of(np.array([7])) == slice(7, 8)
     for idx in ([], [3, 5], [5, 4], [3, 4, 4]):
         assert run_of(np.array(idx, dtype=int)) is None
+
+
+def test_a_roi_keeps_a_read_only_mask_and_copies_any_other(case):
+    liver = next(r for r in case.rois if r.ref.name == "liver")
+    mine = liver.mask.copy()
+    copied = ReportRoi(liver.ref, mine)
+    assert not np.shares_memory(copied.mask, mine) and not copied.mask.flags.writeable
+    adopted = ReportRoi.adopt(liver.ref, mine)
+    assert adopted.mask is mine and not mine.flags.writeable
+    assert adopted.digest == liver.digest and adopted.box == liver.box

@@ -22,8 +22,8 @@ from hccnode.report.uids import mask_digest, uid_from
 
 @dataclass(frozen=True)
 class ReportRoi:
-    """One measured region: its provenance (RoiRef) and its mask on the reference grid (a
-    read-only copy, so what is derived from it once stays true)."""
+    """One measured region: its provenance (RoiRef) and its mask on the reference grid, read-only
+    so what is derived from it once stays true: a copy, unless given a read-only bool array."""
 
     ref: RoiRef
     mask: np.ndarray
@@ -32,7 +32,8 @@ class ReportRoi:
         mask = np.asarray(self.mask)
         if mask.ndim != 3:
             raise ValueError(f"ROI {self.describe()}: mask must be 3-D (z, y, x), got shape {mask.shape}")
-        mask = mask.astype(bool)
+        if mask.dtype != bool or mask.flags.writeable:
+            mask = mask.astype(bool)
         if not mask.any():
             raise ValueError(f"ROI {self.describe()}: mask is empty")
         mask.flags.writeable = False
@@ -44,6 +45,13 @@ class ReportRoi:
         view = sitk.GetArrayViewFromImage(roi.mask)
         # Unsigned voxels: nonzero is inside, and the bool copy __post_init__ makes is the only copy.
         return cls(roi.ref, view if view.dtype.kind == "u" else view > 0)
+
+    @classmethod
+    def adopt(cls, ref: RoiRef, mask: np.ndarray) -> "ReportRoi":
+        """ReportRoi(ref, mask) without the copy, for a bool mask its owner no longer changes: it is
+        made read-only and kept. (A new 200 x 512 x 512 mask is ~50 MB of fresh memory to fault in.)"""
+        mask.flags.writeable = False
+        return cls(ref, mask)
 
     @cached_property
     def areas(self) -> np.ndarray:
