@@ -60,3 +60,22 @@ def test_map_without_liver_values_is_refused(case):
         t = load_template()
         build_ecv_map(Reference(case.reference), empty, case.liver, t.measurements["paper001.ecv_cect"].name,
                       t.roles["liver"].site, "2.25.1", "2.25.2", 1)
+
+
+def test_slices_without_a_value_are_left_out_between_others(case, tmp_path):
+    # A liver slice with no finite ECV in the middle: the frames around it are not consecutive.
+    ecv_map = case.ecv_map.copy()
+    liver_slices = np.flatnonzero(case.liver.any(axis=(1, 2)))
+    gap = int(liver_slices[len(liver_slices) // 2])
+    ecv_map[gap] = np.nan
+    t = load_template()
+    ds = build_ecv_map(Reference(case.reference), ecv_map, case.liver, t.measurements["paper001.ecv_cect"].name,
+                       t.roles["liver"].site, "2.25.1", "2.25.2", 1)
+    assert int(ds.NumberOfFrames) == len(liver_slices) - 1
+    path = tmp_path / "map.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    got = read_back_map(path, [d.ImagePositionPatient for d in case.reference],
+                        [d.SOPInstanceUID for d in case.reference])
+    assert np.all(np.isnan(got[gap]))
+    inside = case.liver & np.isfinite(ecv_map)
+    np.testing.assert_allclose(got[inside], ecv_map[inside], rtol=0, atol=1e-4)

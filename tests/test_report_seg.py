@@ -6,7 +6,7 @@ from report_support import dciodvfy, shared_case, shared_outputs
 
 from hccnode.imaging.measure import READER, RoiRef
 from hccnode.report import Reference, ReportRoi
-from hccnode.report.inputs import tracking
+from hccnode.report.inputs import run_of, tracking
 from hccnode.report.seg import build_seg
 from hccnode.report.templates import load_template
 
@@ -73,3 +73,43 @@ def test_bad_roi_inputs_are_named(case):
     ref = Reference(case.reference)
     with pytest.raises(ValueError, match=r"shape \(2, 3, 3\) is not the reference series' grid"):
         build_seg(ref, [small], tracking([small], ref, {}), load_template(), "2.25.1", "2.25.2", 1)
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_masks_read_back_whether_or_not_rois_overlap(case, tmp_path, overlap):
+    # Disjoint ROIs go to highdicom as a label map, overlapping ones as a stack: same frames.
+    by_role = {r.ref.name: r for r in case.rois if r.ref.source == READER}
+    liver = by_role["liver"].mask & ~by_role["tumor"].mask
+    if overlap:
+        liver = liver | by_role["tumor"].mask
+    rois = [by_role["tumor"], ReportRoi(by_role["liver"].ref, liver), by_role["aorta"]]
+    ref = Reference(case.reference)
+    ds = build_seg(ref, rois, tracking(rois, ref, {}), load_template(), "2.25.1", "2.25.2", 1)
+    assert ds.SegmentsOverlap == ("YES" if overlap else "NO")
+    path = tmp_path / "seg.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    assert dciodvfy(path) == ([], [])
+    covered = np.any([r.mask for r in rois], axis=(0, 2, 3))
+    uids = [str(d.SOPInstanceUID) for d, c in zip(case.reference, covered) if c]
+    assert [str(s.ReferencedSOPInstanceUID) for s in ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence] == uids
+    pixels = hd.seg.segread(path).get_pixels_by_source_instance(
+        source_sop_instance_uids=uids, segment_numbers=[1, 2, 3], assert_missing_frames_are_empty=True)
+    for i, roi in enumerate(rois):
+        np.testing.assert_array_equal(pixels[..., i].astype(bool), roi.mask[covered], err_msg=roi.describe())
+
+
+def test_run_of_gives_a_slice_only_for_consecutive_indices():
+    assert run_of(np.array([3, 4, 5])) == slice(3, 6)
+    assert run_of(np.array([7])) == slice(7, 8)
+    for idx in ([], [3, 5], [5, 4], [3, 4, 4]):
+        assert run_of(np.array(idx, dtype=int)) is None
+
+
+def test_a_roi_keeps_a_read_only_mask_and_copies_any_other(case):
+    liver = next(r for r in case.rois if r.ref.name == "liver")
+    mine = liver.mask.copy()
+    copied = ReportRoi(liver.ref, mine)
+    assert not np.shares_memory(copied.mask, mine) and not copied.mask.flags.writeable
+    adopted = ReportRoi.adopt(liver.ref, mine)
+    assert adopted.mask is mine and not mine.flags.writeable
+    assert adopted.digest == liver.digest and adopted.box == liver.box

@@ -280,7 +280,7 @@ def _outputs(store: Store, study: Study, ref_series: Series | None, reference: V
             raise StudyError(f"study {study.uid}: no CT or MR image to attach an SR to")
         ref, images, used = Reference(study.headers(image)), None, [image]
     sources = [ds for s in used for ds in study.headers(s)] + list(regions.annotations)
-    rois = [ReportRoi.from_roi_mask(r) for r in regions.rois]
+    rois = [ReportRoi.adopt(r.ref, regions.array(r)) for r in regions.rois]  # the markers' masks, not copies
     template = load_template()
     key = analysis_key(sources, ref, rois, labs_used, result.model_results, template.digest)
     sr_uid = output_uids(key, ref.study_uid, ref.series_uid)["sr"][1]

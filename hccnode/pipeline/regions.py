@@ -48,14 +48,15 @@ class Regions:
 
     _arrays: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
+    def array(self, roi: RoiMask) -> np.ndarray:
+        """The bool mask (z, y, x) of one ROI, converted once."""
+        if id(roi.mask) not in self._arrays:
+            self._arrays[id(roi.mask)] = sitk.GetArrayViewFromImage(roi.mask) > 0
+        return self._arrays[id(roi.mask)]
+
     def arrays(self, role: str) -> list[tuple[RoiMask, np.ndarray]]:
         """(ROI, bool mask z, y, x) of a role; each mask converted once."""
-        out = []
-        for r in self.by_role(role):
-            if id(r.mask) not in self._arrays:
-                self._arrays[id(r.mask)] = sitk.GetArrayViewFromImage(r.mask) > 0
-            out.append((r, self._arrays[id(r.mask)]))
-        return out
+        return [(r, self.array(r)) for r in self.by_role(role)]
 
 
 def placer(name: str) -> Callable | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import Sequence
 
 import numpy as np
@@ -21,7 +22,8 @@ from hccnode.report.uids import mask_digest, uid_from
 
 @dataclass(frozen=True)
 class ReportRoi:
-    """One measured region: its provenance (RoiRef) and its mask on the reference grid."""
+    """One measured region: its provenance (RoiRef) and its mask on the reference grid, read-only
+    so what is derived from it once stays true: a copy, unless given a read-only bool array."""
 
     ref: RoiRef
     mask: np.ndarray
@@ -30,15 +32,47 @@ class ReportRoi:
         mask = np.asarray(self.mask)
         if mask.ndim != 3:
             raise ValueError(f"ROI {self.describe()}: mask must be 3-D (z, y, x), got shape {mask.shape}")
-        mask = mask.astype(bool)
+        if mask.dtype != bool or mask.flags.writeable:
+            mask = mask.astype(bool)
         if not mask.any():
             raise ValueError(f"ROI {self.describe()}: mask is empty")
+        mask.flags.writeable = False
         object.__setattr__(self, "mask", mask)
 
     @classmethod
     def from_roi_mask(cls, roi) -> "ReportRoi":
         """From hccnode.imaging.rois.RoiMask (SimpleITK mask on the reference grid)."""
-        return cls(roi.ref, sitk.GetArrayFromImage(roi.mask) > 0)
+        view = sitk.GetArrayViewFromImage(roi.mask)
+        # Unsigned voxels: nonzero is inside, and the bool copy __post_init__ makes is the only copy.
+        return cls(roi.ref, view if view.dtype.kind == "u" else view > 0)
+
+    @classmethod
+    def adopt(cls, ref: RoiRef, mask: np.ndarray) -> "ReportRoi":
+        """ReportRoi(ref, mask) without the copy, for a bool mask its owner no longer changes: it is
+        made read-only and kept. (A new 200 x 512 x 512 mask is ~50 MB of fresh memory to fault in.)"""
+        mask.flags.writeable = False
+        return cls(ref, mask)
+
+    @cached_property
+    def areas(self) -> np.ndarray:
+        """Voxels of the mask in each z slice (int64, length z). Counted once: the SEG and the
+        summary both ask which slices the ROI covers, and a full-volume scan costs ~10 ms."""
+        return np.array([np.count_nonzero(s) for s in self.mask], dtype=np.int64)
+
+    @cached_property
+    def digest(self) -> str:
+        """mask_digest of the mask, kept: the analysis key is derived twice per run (the driver
+        needs the SR UID before the outputs are built)."""
+        return mask_digest(self.mask)
+
+    @cached_property
+    def box(self) -> tuple[slice, slice, slice]:
+        """The smallest (z, y, x) box holding the mask, as index slices (voxels)."""
+        z = np.flatnonzero(self.areas)
+        zs = slice(int(z[0]), int(z[-1]) + 1)
+        plane = self.mask[zs].any(axis=0)
+        y, x = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+        return zs, slice(int(y[0]), int(y[-1]) + 1), slice(int(x[0]), int(x[-1]) + 1)
 
     def describe(self) -> str:
         who = "reader" if self.ref.source == READER else "automatic"
@@ -117,13 +151,22 @@ class Reference:
         return self.datasets[k], None
 
 
+def run_of(idx: np.ndarray) -> slice | None:
+    """`idx` (increasing z indices) as a slice when they are consecutive, else None: a volume's
+    slices taken with a slice are a view, with an index array a new copy (~50 MB a mask of
+    200 x 512 x 512, and each new large array costs its page faults)."""
+    if len(idx) and int(idx[-1]) - int(idx[0]) == len(idx) - 1 and np.all(np.diff(idx) == 1):
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+    return None
+
+
 def analysis_key(sources: Sequence[Dataset], reference: Reference, rois: Sequence[ReportRoi],
                  labs_used: Sequence[LabRef], model_results: Sequence[dict], template_digest: str) -> str:
     """A UID naming this analysis: what decides the outputs' content (see hccnode.report.uids)."""
     return uid_from({
         "sources": sorted(str(d.SOPInstanceUID) for d in sources),
         "reference": [str(d.SOPInstanceUID) for d in reference.datasets],
-        "rois": [{"ref": asdict(r.ref), "mask": mask_digest(r.mask)} for r in rois],
+        "rois": [{"ref": asdict(r.ref), "mask": r.digest} for r in rois],
         "labs": sorted((asdict(lab) for lab in labs_used), key=lambda d: (d["name"], d["time"])),
         # card versions and the inputs each got (clinical inputs come from outside the images)
         "cards": sorted(([f"{r.get('card_id')}@{r.get('card_version')}", r.get("inputs_used") or {}]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -97,7 +98,8 @@ def build_outputs(
     if ecv_map is not None:
         if liver_mask is None:
             livers = [r.mask for r in rois if r.ref.name == "liver"]
-            liver_mask = np.any(livers, axis=0) if livers else None
+            # pairwise, not np.any(livers, axis=0): that first stacks every mask into one array
+            liver_mask = functools.reduce(np.logical_or, livers) if livers else None
         if liver_mask is None or not np.any(liver_mask):
             missing.append("ECV map not written: no liver mask")
         elif ECV_FORMULA not in template.measurements:

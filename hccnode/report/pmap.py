@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 import hccnode
-from hccnode.report.inputs import Reference
+from hccnode.report.inputs import Reference, run_of
 
 # Far outside any ECV (0..100 %) and exactly representable in float32.
 PADDING = -1024.0
@@ -25,8 +25,24 @@ PADDING = -1024.0
 def masked_map(ecv_percent: np.ndarray, liver: np.ndarray) -> np.ndarray:
     """float32 map: ECV inside the liver where finite, PADDING elsewhere."""
     values = np.asarray(ecv_percent, dtype=np.float32)
-    keep = np.asarray(liver, dtype=bool) & np.isfinite(values)
-    return np.where(keep, values, np.float32(PADDING)).astype(np.float32)
+    out = np.full(values.shape, PADDING, np.float32)  # one new array (np.where + astype made two)
+    np.copyto(out, values, where=np.asarray(liver, dtype=bool) & np.isfinite(values))
+    return out
+
+
+def _frames(values: np.ndarray, start: int, idx: np.ndarray) -> np.ndarray:
+    """Slices `idx` of a volume whose slices `start`, `start` + 1, ... are `values` and whose
+    others are all PADDING. Consecutive slices within `values` (the usual single-frame case) are
+    a view; otherwise (e.g. every frame of a multi-frame source) a copy, padded."""
+    at = idx - start
+    run = run_of(at)
+    if run is not None and run.start >= 0 and run.stop <= len(values):
+        return values[run]
+    out = np.empty((len(at), *values.shape[1:]), np.float32)
+    inside = (at >= 0) & (at < len(values))
+    out[~inside] = PADDING
+    out[inside] = values[at[inside]]
+    return out
 
 
 def build_ecv_map(reference: Reference, ecv_percent: np.ndarray, liver: np.ndarray, quantity: CodedConcept,
@@ -35,12 +51,21 @@ def build_ecv_map(reference: Reference, ecv_percent: np.ndarray, liver: np.ndarr
     `quantity` is the ECV concept and `region` the liver's code, both from the SR template."""
     reference.check(ecv_percent, "ECV map")
     reference.check(liver, "liver mask")
-    values = masked_map(ecv_percent, liver)
+    liver = np.asarray(liver, dtype=bool)
+    # Only the slices from the first to the last with liver can hold a value: the masking and
+    # the range below then touch those alone, not the whole volume (4 bytes a voxel).
+    z = np.flatnonzero(liver.any(axis=(1, 2)))
+    span = slice(int(z[0]), int(z[-1]) + 1) if z.size else slice(0, 0)
+    values = masked_map(ecv_percent[span], liver[span])
     valid = values != PADDING
     if not valid.any():
         raise ValueError("ECV map has no finite value inside the liver mask")
-    sources, idx = reference.sources_for(valid.any(axis=(1, 2)))
-    low, high = float(values[valid].min()), float(values[valid].max())
+    covered = np.zeros(reference.shape[0], bool)
+    covered[span] = valid.any(axis=(1, 2))
+    sources, idx = reference.sources_for(covered)
+    pixels = _frames(values, span.start, idx)
+    low = float(values.min(where=valid, initial=np.inf))
+    high = float(values.max(where=valid, initial=-np.inf))
     mapping = hd.pm.RealWorldValueMapping(
         lut_label="ECV",
         lut_explanation="Extracellular volume fraction (%)",
@@ -52,7 +77,7 @@ def build_ecv_map(reference: Reference, ecv_percent: np.ndarray, liver: np.ndarr
     )
     pm = hd.pm.ParametricMap(
         source_images=sources,
-        pixel_array=values[idx],
+        pixel_array=pixels,
         series_instance_uid=series_uid,
         series_number=series_number,
         sop_instance_uid=sop_uid,

@@ -37,13 +37,13 @@ WRAP = 120
 def key_slices(rois: Sequence[ReportRoi], n: int = 2) -> list[int]:
     """Up to `n` slices to show: the largest tumor cross-section first, then the slice showing the
     most other ROIs (so reference ROIs such as the aorta are seen)."""
-    tumors = [r.mask for r in rois if r.ref.name == "tumor"]
+    tumors = [r.areas for r in rois if r.ref.name == "tumor"]
     picks: list[int] = []
     if tumors:
-        picks.append(int(np.argmax(np.sum(tumors, axis=0).sum(axis=(1, 2)))))
-    others = [r.mask for r in rois if r.ref.name != "tumor"]
+        picks.append(int(np.argmax(np.sum(tumors, axis=0))))
+    others = [r.areas > 0 for r in rois if r.ref.name != "tumor"]
     if others:
-        present = np.sum([m.any(axis=(1, 2)) for m in others], axis=0)
+        present = np.sum(others, axis=0)
         for k in np.argsort(-present, kind="stable"):
             if int(k) not in picks:
                 picks.append(int(k))
