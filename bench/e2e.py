@@ -17,7 +17,9 @@ Target (issue 8): <= 10 s plus the stable delay on the 2-core reference machine.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -56,13 +58,36 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def classes_in(orthanc: Orthanc) -> set[str]:
-    found = set()
-    for iid in orthanc.get("/instances"):
-        uid = orthanc.get(f"/instances/{iid}/simplified-tags").get("SOPClassUID")
-        if uid in WANTED:
-            found.add(WANTED[uid])
-    return found
+class Arrivals:
+    """The wanted objects Orthanc holds; each instance's tags are fetched once (polling every
+    instance's tags each time would load the 2-core machine the node runs on)."""
+
+    def __init__(self, orthanc: Orthanc):
+        self.orthanc = orthanc
+        self.seen: set[str] = set()
+        self.found: set[str] = set()
+
+    def poll(self) -> set[str]:
+        for iid in self.orthanc.get("/instances"):
+            if iid not in self.seen:
+                self.seen.add(iid)
+                uid = self.orthanc.get(f"/instances/{iid}/simplified-tags").get("SOPClassUID")
+                if uid in WANTED:
+                    self.found.add(WANTED[uid])
+        return self.found
+
+
+def timeline(data_dir: Path, t0_wall: float) -> str:
+    """Where the time went, from the node's own records (seconds after the last instance was
+    stored): job queued, started, finished (with the pipeline's steps), last wanted output sent."""
+    with sqlite3.connect(data_dir / "hccnode.db") as db:
+        job = db.execute("SELECT created_at, started_at, finished_at, result FROM jobs ORDER BY id DESC LIMIT 1").fetchone()
+        sent = db.execute("SELECT MAX(sent_at) FROM outbox WHERE path NOT LIKE '%summary%'").fetchone()[0]
+    if job is None:
+        return "no job recorded"
+    steps = json.loads(job[3] or "{}").get("seconds", {})
+    return (f"queued +{job[0] - t0_wall:.1f} s, started +{job[1] - t0_wall:.1f} s, analysed +{job[2] - t0_wall:.1f} s "
+            f"({', '.join(f'{k} {v:.1f}' for k, v in steps.items())}), SEG/PM/SR sent +{(sent or 0) - t0_wall:.1f} s")
 
 
 def one_run(work: Path, files: list[str], labs_csv: Path, stable: float) -> tuple[float, float, float]:
@@ -78,17 +103,13 @@ def one_run(work: Path, files: list[str], labs_csv: Path, stable: float) -> tupl
             raise RuntimeError(f"labs import failed: {imported.stdout} {imported.stderr}")
         subprocess.run(["storescu", "-R", "-aec", "HCCNODE", "127.0.0.1", str(node.port), *files], check=True,
                        capture_output=True, timeout=900)
-        t0 = time.perf_counter()
-        seen: set[str] = set()
-
-        def done() -> bool:
-            seen.update(classes_in(orthanc))
-            return seen >= set(WANTED.values())
-
-        wait_until(done, 600, interval=0.2, what="SR, PM and SEG in Orthanc")
+        t0, t0_wall = time.perf_counter(), time.time()
+        arrivals = Arrivals(orthanc)
+        wait_until(lambda: arrivals.poll() >= set(WANTED.values()), 600, interval=0.2, what="SR, PM and SEG in Orthanc")
         wall = time.perf_counter() - t0
         main_rss = vm_hwm_mb(node.proc.pid)
         worker_rss = max((vm_hwm_mb(p) for p in descendants(node.proc.pid)), default=0.0)
+        print(f"  {timeline(node.data_dir, t0_wall)}")
         return wall, main_rss, worker_rss
     finally:
         node.stop()

@@ -136,7 +136,7 @@ def _build(datasets: Sequence[Dataset]) -> Volume:
     frames, z_spacing = _check_and_sort(frames, fail)
     f0 = frames[0]
     image = sitk.Image([f0.columns, f0.rows, len(frames)], sitk.sitkFloat32)
-    out = writable_view(image)
+    out = _writable_view(image)
     decoded: tuple[int, np.ndarray] | None = None  # the last decoded source (one multi-frame object, or one slice)
     for k, fr in enumerate(frames):
         if decoded is None or decoded[0] != id(fr.source):
@@ -178,7 +178,7 @@ NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
 PIXEL_DATA = 0x7FE00010
 
 
-def writable_view(image: sitk.Image) -> np.ndarray:
+def _writable_view(image: sitk.Image) -> np.ndarray:
     """A writable numpy view [z, y, x] of a new float32 SimpleITK image's buffer.
 
     SimpleITK only hands out read-only views; filling the image through one in place avoids a

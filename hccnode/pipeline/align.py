@@ -20,17 +20,18 @@ import SimpleITK as sitk
 from hccnode import log
 from hccnode.imaging import registration
 from hccnode.imaging.roi_stats import bounding_box
-from hccnode.imaging.volumes import Volume, writable_view
+from hccnode.imaging.volumes import Volume
 
 SCANNER_COORDINATES = {"method": "scanner coordinates (same frame of reference, no registration)"}
 
 
 @dataclass
 class Aligned:
-    """`image`: the series on the reference grid (float32, NaN where it has no data);
-    `quality`: the registration record for provenance (None for the reference itself)."""
+    """`image`: the series on the reference grid (float32, NaN where it has no data), as a
+    SimpleITK image or, when resampled within a box, a numpy array (z, y, x); `quality`: the
+    registration record for provenance (None for the reference itself)."""
 
-    image: sitk.Image | None
+    image: sitk.Image | np.ndarray | None
     quality: dict | None
     problem: str | None = None
 
@@ -39,7 +40,7 @@ class Aligned:
         return self.image is not None and self.problem is None
 
     def array(self) -> np.ndarray:
-        return sitk.GetArrayViewFromImage(self.image)
+        return self.image if isinstance(self.image, np.ndarray) else sitk.GetArrayViewFromImage(self.image)
 
 
 class Aligner:
@@ -47,14 +48,14 @@ class Aligner:
         self.reference = reference
         self.study_uid = study_uid
         self._transforms: dict[str, tuple[sitk.Transform | None, dict | None, str | None]] = {}
-        self.box: tuple[slice, ...] | None = None
+        self.boxes: list[tuple[slice, ...]] | None = None
 
-    def limit_to(self, box: tuple[slice, ...] | None) -> None:
-        """Resample other series only within `box` (numpy z, y, x slices of the reference grid,
-        e.g. `Regions.box()`), leaving NaN (no data) elsewhere: the markers read values inside
+    def limit_to(self, boxes: list[tuple[slice, ...]] | None) -> None:
+        """Resample other series only within `boxes` (numpy z, y, x slices of the reference grid,
+        e.g. `Regions.boxes()`), leaving NaN (no data) elsewhere: the markers read values inside
         their ROIs only (the ECV map inside the liver ROIs), and a 512 x 512 x 200 resample costs
         seconds. None: the whole grid."""
-        self.box = box
+        self.boxes = boxes
 
     def transform(self, anatomy: Volume) -> tuple[sitk.Transform | None, dict | None, str | None]:
         """(transform fixed->moving, quality record, problem) registering `anatomy` to the reference;
@@ -102,25 +103,25 @@ class Aligner:
             return None, record, problem
         return resample_mask(mask, self.reference.image, tx), record, None
 
-    def _resample(self, image: sitk.Image, tx: sitk.Transform | None, interp) -> sitk.Image:
+    def _resample(self, image: sitk.Image, tx: sitk.Transform | None, interp) -> sitk.Image | np.ndarray:
         ref = self.reference.image
         if image.GetPixelID() != sitk.sitkFloat32:
             image = sitk.Cast(image, sitk.sitkFloat32)
         if tx is None and _same_grid(image, ref):
             return image  # volumes are float32 already: no copy
-        if self.box is None:
+        if self.boxes is None:
             return sitk.Resample(image, ref, tx or sitk.Transform(), interp, float("nan"), sitk.sitkFloat32)
-        lo = [int(b.start) for b in self.box][::-1]  # SimpleITK x, y, z
-        size = [int(b.stop - b.start) for b in self.box][::-1]
-        grid = sitk.Image(size, sitk.sitkUInt8)
-        grid.SetSpacing(ref.GetSpacing())
-        grid.SetDirection(ref.GetDirection())
-        grid.SetOrigin(ref.TransformIndexToPhysicalPoint(lo))
-        piece = sitk.Resample(image, grid, tx or sitk.Transform(), interp, float("nan"), sitk.sitkFloat32)
-        out = sitk.Image(ref.GetSize(), sitk.sitkFloat32)
-        out.CopyInformation(ref)
-        writable_view(out)[:] = np.nan
-        out[lo[0]:lo[0] + size[0], lo[1]:lo[1] + size[1], lo[2]:lo[2] + size[2]] = piece  # in place
+        # numpy, not a SimpleITK image: its large allocations use huge pages, so filling the
+        # grid with NaN costs a fraction of a zero-filled image's page faults.
+        out = np.full(ref.GetSize()[::-1], np.nan, dtype=np.float32)
+        for box in self.boxes:
+            lo = [int(b.start) for b in box][::-1]  # SimpleITK x, y, z
+            grid = sitk.Image([int(b.stop - b.start) for b in box][::-1], sitk.sitkUInt8)
+            grid.SetSpacing(ref.GetSpacing())
+            grid.SetDirection(ref.GetDirection())
+            grid.SetOrigin(ref.TransformIndexToPhysicalPoint(lo))
+            piece = sitk.Resample(image, grid, tx or sitk.Transform(), interp, float("nan"), sitk.sitkFloat32)
+            out[box] = sitk.GetArrayViewFromImage(piece)
         return out
 
 

@@ -109,11 +109,12 @@ def measure_cect(study: Study, aligner: Aligner, regions: Regions, labs: Labs, f
         else:
             f.add(Measurement.of(formula, marker, r.ecv_percent, roi=ref, series=series, lab=hct,
                                  registration=registration))
-    _ecv_map(un, eq, [m for _, m in livers], aorta_eq - aorta_un, hct, hct_reason, f)
+    spacing = tuple(reversed(aligner.reference.image.GetSpacing()))
+    _ecv_map(un, eq, spacing, [m for _, m in livers], aorta_eq - aorta_un, hct, hct_reason, f)
 
 
-def _ecv_map(un: Aligned, eq: Aligned, livers: list[np.ndarray], d_aorta: float, hct: LabRef | None,
-             hct_reason: str | None, f: Findings) -> None:
+def _ecv_map(un: Aligned, eq: Aligned, spacing: tuple[float, float, float], livers: list[np.ndarray], d_aorta: float,
+             hct: LabRef | None, hct_reason: str | None, f: Findings) -> None:
     """Voxelwise paper-001 ECV (%) over the liver ROIs (hccnode.imaging.ecv.ecv_map_percent)."""
     if not livers:
         f.note("ECV map not computed: no liver ROI")
@@ -124,8 +125,9 @@ def _ecv_map(un: Aligned, eq: Aligned, livers: list[np.ndarray], d_aorta: float,
     if not d_aorta > 0:
         f.note(f"ECV map not computed: aortic enhancement {d_aorta:.1f} HU is not positive")
         return
-    liver = np.any(livers, axis=0)
-    spacing = tuple(reversed(eq.image.GetSpacing()))
+    liver = livers[0].copy()  # the union, without stacking full-size masks
+    for m in livers[1:]:
+        liver |= m
     f.ecv_map = ecv.ecv_map_percent(un.array(), eq.array(), liver, d_aorta, hct.value, spacing)
 
 

@@ -152,7 +152,7 @@ def analyze_study(store: Store, study_uid: str, *, destinations: Sequence[str] =
                          source=roi.ref.source, annotation=roi.ref.annotation_uid, label=roi.ref.label,
                          reference_series=reference.series_uid, voxels=int(sitk.GetArrayViewFromImage(roi.mask).sum()),
                          carried=regions.registration.get(roi.ref.annotation_uid or ""))
-        aligner.limit_to(regions.box())  # other series are needed only where the ROIs are
+        aligner.limit_to(regions.boxes())  # other series are needed only where the ROIs are
         pid, issuer = study.patient()
         labs = Labs(store, study_uid, pid, issuer, study.scan_time(ref_series), patient_key)
         step("markers")
@@ -239,7 +239,7 @@ def _baseline(store: Store, study: Study, patient_key: str | None, f: Findings, 
     aligner = Aligner(t2, base.uid)
     regions = reader_rois(base, t2, aligner)
     complete_mr(regions, t2)
-    aligner.limit_to(regions.box())
+    aligner.limit_to(regions.boxes())
     if not regions.by_role("tumor"):
         f.note(f"baseline tumor not measured: {TUMOR_NOT_PLACED}")
     mr.measure_mr(base, t2, aligner, regions, f, when="baseline")

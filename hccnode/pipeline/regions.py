@@ -38,13 +38,9 @@ class Regions:
     def by_role(self, role: str) -> list[RoiMask]:
         return [r for r in self.rois if r.role == role]
 
-    def box(self, margin: int = 1) -> tuple[slice, ...] | None:
-        """Union of the ROIs' bounding boxes (numpy z, y, x) widened by `margin` voxels; None
-        without ROIs."""
-        boxes = [b for r in self.rois for b in [bounding_box(sitk.GetArrayViewFromImage(r.mask), margin)] if b]
-        if not boxes:
-            return None
-        return tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(3))
+    def boxes(self, margin: int = 1) -> list[tuple[slice, ...]]:
+        """Each ROI's bounding box (numpy z, y, x) widened by `margin` voxels."""
+        return [b for r in self.rois for b in [bounding_box(sitk.GetArrayViewFromImage(r.mask), margin)] if b]
 
     _arrays: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
