@@ -14,7 +14,6 @@ a changed input gives a new SR naming the last one as its predecessor.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -174,12 +173,14 @@ def analyze_study(store: Store, study_uid: str, *, destinations: Sequence[str] =
     result.card_versions = sorted({f"{r['card_id']}@{r['card_version']}" for r in result.model_results})
 
     step("outputs")
-    _outputs(store, study, ref_series, reference, regions, f, result, labs_used, patient_key, job_id,
-             Path(outputs_dir) if outputs_dir is not None else store.data_dir / OUTPUTS_DIR)
-    for dest in destinations:
-        for path in result.files:
+
+    def send(path: Path) -> None:  # queued as soon as written: the SR need not wait for the summary
+        for dest in destinations:
             if outbox.enqueue(store, dest, path.relative_to(store.data_dir), study_uid, job_id) is not None:
                 result.queued += 1
+
+    _outputs(store, study, ref_series, reference, regions, f, result, labs_used, patient_key, job_id,
+             Path(outputs_dir) if outputs_dir is not None else store.data_dir / OUTPUTS_DIR, send)
     step("done")
     timings.pop("start", None)
     result.timings = timings
@@ -268,7 +269,7 @@ def _previous_sr(store: Store, study_uid: str, sr_uid: str) -> pydicom.Dataset |
 
 def _outputs(store: Store, study: Study, ref_series: Series | None, reference: Volume | None, regions: Regions,
              f: Findings, result: Analysis, labs_used, patient_key: str | None, job_id: int | None,
-             outputs_dir: Path) -> None:
+             outputs_dir: Path, on_written) -> None:
     by_uid = {s.uid: s for s in study.series}
     if reference is not None:
         ref = Reference.from_volume(reference, study.headers(ref_series))
@@ -284,17 +285,18 @@ def _outputs(store: Store, study: Study, ref_series: Series | None, reference: V
     template = load_template()
     key = analysis_key(sources, ref, rois, labs_used, result.model_results, template.digest)
     sr_uid = output_uids(key, ref.study_uid, ref.series_uid)["sr"][1]
-    tmp = outputs_dir / study.uid / f".tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    files = build_outputs(sources, ref, rois, f.measurements, result.model_results, labs_used, tmp,
+    # Written in place, each file atomically, so each can be sent as soon as it is there. The same
+    # SR UID means the same analysis, whose files are the same: a re-run rewrites them. The analysis
+    # counts as made (analyses row) only once all are written.
+    final = outputs_dir / study.uid / sr_uid
+    files = build_outputs(sources, ref, rois, f.measurements, result.model_results, labs_used, final,
                           ecv_map=f.ecv_map, images=images, missing=f.missing,
                           previous_sr=_previous_sr(store, study.uid, sr_uid), template=template,
-                          data_dir=store.data_dir)
+                          data_dir=store.data_dir, on_written=on_written)
     uids = [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files]
-    sr = pydicom.dcmread(tmp / "sr.dcm", stop_before_pixels=True)
-    final = tmp.parent / str(sr.SOPInstanceUID)
-    shutil.rmtree(final, ignore_errors=True)  # the same SR UID means the same analysis: replace its copy
-    os.replace(tmp, final)
+    sr = pydicom.dcmread(final / "sr.dcm", stop_before_pixels=True)
+    if str(sr.SOPInstanceUID) != sr_uid:
+        raise RuntimeError(f"the SR was written as {sr.SOPInstanceUID}, expected {sr_uid}")
     pred = sr.get("PredecessorDocumentsSequence")
     if pred:
         result.replaces = str(pred[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from highdicom.sr import CodedConcept
@@ -44,10 +44,12 @@ def output_uids(key: str, study_uid: str, reference_series_uid: str) -> dict[str
     return {kind: (series[kind], uid_from(key, kind)) for kind in series}
 
 
-def _write(ds: Dataset, path: Path) -> Path:
+def _write(on_written: Callable[[Path], None] | None, ds: Dataset, path: Path) -> Path:
     tmp = path.with_name(path.name + ".tmp")
     ds.save_as(tmp, enforce_file_format=True)
     os.replace(tmp, path)
+    if on_written is not None:
+        on_written(path)
     return path
 
 
@@ -68,10 +70,13 @@ def build_outputs(
     template: Template | None = None,
     data_dir: str | Path | None = None,
     series_numbers: dict[str, int] | None = None,
+    on_written: Callable[[Path], None] | None = None,
 ) -> list[Path]:
     """Write the outputs of one analysis to `out_dir`; return the DICOM files to send, in order
     SEG, ECV map (when given), SR, summary (Encapsulated PDF). summary.pdf and summary.png are
-    written beside them for the audit. See the package docstring for the arguments."""
+    written beside them for the audit. `on_written(path)` is called as each DICOM file is in
+    place, so it can be sent while the next is made (the summary last: it takes longest and a
+    viewer needs the others). See the package docstring for the other arguments."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     template = template or load_template()
@@ -90,7 +95,7 @@ def build_outputs(
     seg_ds = None
     if rois:
         seg_ds = seg.build_seg(ref, rois, tracks, template, *uids["seg"], numbers["seg"])
-        written.append(_write(seg_ds, out / FILES["seg"]))
+        written.append(_write(on_written, seg_ds, out / FILES["seg"]))
     else:
         missing.append("Segmentation not written: no ROI was measured")
 
@@ -111,7 +116,7 @@ def build_outputs(
             except ValueError as exc:
                 missing.append(f"ECV map not written: {exc}")
             else:
-                written.append(_write(pm_ds, out / FILES["pm"]))
+                written.append(_write(on_written, pm_ds, out / FILES["pm"]))
 
     previous = []
     if previous_sr is not None and str(previous_sr.SOPInstanceUID) != uids["sr"][1]:
@@ -119,7 +124,7 @@ def build_outputs(
     sr_ds = sr.build_sr(sources, ref, rois, tracks, seg_ds, measurements, model_results, labs_used, missing,
                         template, *uids["sr"], numbers["sr"], previous=previous, lab_codes=lab_codes(data_dir),
                         other_evidence=[pm_ds] if pm_ds is not None else ())
-    written.append(_write(sr_ds, out / FILES["sr"]))
+    written.append(_write(on_written, sr_ds, out / FILES["sr"]))
 
     ct = str(ref.datasets[0].get("Modality", "")) == "CT"
     fig = summary.render(rois, tracks, measurements, model_results, labs_used, missing, images=images,
@@ -127,7 +132,7 @@ def build_outputs(
     pdf = summary.save(fig, out / SUMMARY_PDF, out / SUMMARY_PNG)
     doc = summary.encapsulate_pdf(pdf, sources[0] if sources else ref.datasets[0], ref, summary.key_slices(rois),
                                   *uids["pdf"], numbers["pdf"], title="hccnode research summary")
-    written.append(_write(doc, out / FILES["pdf"]))
+    written.append(_write(on_written, doc, out / FILES["pdf"]))
     log.event("report.built", objects=len(written), rois=len(rois), measurements=len(measurements),
               models=len(model_results), missing=len(missing) + sum(m.value is None for m in measurements),
               replaces=bool(previous))
