@@ -8,8 +8,8 @@ of the enhanced phases and a reader's SEG on the unenhanced phase) and the node'
 it in a Store, both in a RAM-backed scratch directory. Each round then runs in a fresh process
 (as a node job does) and times:
 
-    classify     phase_index.classify_and_store (headers, sampled pixels, rules, index rows)
-    load <phase> volumes.read_series of the four CT series
+    classify     phase_index.classify_and_keep_headers (headers, sampled pixels, rules, index rows)
+    load <phase> volumes.read_series of the four CT series (with the headers classification read)
     register <p> registration.register of each enhanced phase to the unenhanced one (only
                  the transform and quality of arterial and portal are kept)
     markers      the equilibrium phase resampled onto the unenhanced grid (on first use of
@@ -126,7 +126,7 @@ def analyse(data: Path) -> dict:
         return out
 
     start, cpu_start = time.perf_counter(), time.process_time()
-    decisions = timed("classify", lambda: phase_index.classify_and_store(store, meta["study_uid"]))
+    decisions, read = timed("classify", lambda: phase_index.classify_and_keep_headers(store, meta["study_uid"]))
     by_phase = {d.phase: d.series_uid for d in decisions if d.kind.startswith("ct_")}
     missing = [p for p in PHASES if p not in by_phase]
     if missing:
@@ -136,10 +136,13 @@ def analyse(data: Path) -> dict:
         rows = store.query("SELECT path FROM instances WHERE series_uid = ?", (series_uid,))
         return [store.data_dir / r["path"] for r in rows]
 
-    un = timed("load unenhanced", lambda: read_series(paths(by_phase["unenhanced"])))
+    def load(series_uid):  # with the headers classification read, as the pipeline's Study does
+        return read_series([p for p, _ in read[series_uid]], [ds for _, ds in read[series_uid]])
+
+    un = timed("load unenhanced", lambda: load(by_phase["unenhanced"]))
     regs = {}
     for phase in ENHANCED:
-        vol = timed(f"load {phase}", lambda: read_series(paths(by_phase[phase])))
+        vol = timed(f"load {phase}", lambda: load(by_phase[phase]))
         reg = timed(f"register {phase}", lambda: registration.register(un.image, vol.image))
         # The ECV needs the equilibrium phase on the unenhanced grid (resampled on first use); the
         # other phases carry ROIs by their transform, so only that is kept (not the image).

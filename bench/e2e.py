@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sqlite3
 import statistics
@@ -44,6 +45,15 @@ def vm_hwm_mb(pid: int) -> float:
     except OSError:
         pass
     return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def descendants(pid: int) -> list[int]:
@@ -77,9 +87,16 @@ class Arrivals:
         return self.found
 
 
+def job_finished(data_dir: Path) -> bool:
+    with sqlite3.connect(data_dir / "hccnode.db") as db:
+        row = db.execute("SELECT finished_at FROM jobs ORDER BY id DESC LIMIT 1").fetchone()
+    return bool(row and row[0])
+
+
 def timeline(data_dir: Path, t0_wall: float) -> str:
     """Where the time went, from the node's own records (seconds after the last instance was
-    stored): job queued, started, finished (with the pipeline's steps), last wanted output sent."""
+    stored): job queued, started, finished (with the pipeline's steps, the summary included), last
+    of SEG / map / SR sent (they are queued as written, before the summary)."""
     with sqlite3.connect(data_dir / "hccnode.db") as db:
         job = db.execute("SELECT created_at, started_at, finished_at, result FROM jobs ORDER BY id DESC LIMIT 1").fetchone()
         sent = db.execute("SELECT MAX(sent_at) FROM outbox WHERE path NOT LIKE '%summary%'").fetchone()[0]
@@ -87,7 +104,7 @@ def timeline(data_dir: Path, t0_wall: float) -> str:
         return "no job recorded"
     steps = json.loads(job[3] or "{}").get("seconds", {})
     return (f"queued +{job[0] - t0_wall:.1f} s, started +{job[1] - t0_wall:.1f} s, analysed +{job[2] - t0_wall:.1f} s "
-            f"({', '.join(f'{k} {v:.1f}' for k, v in steps.items())}), SEG/PM/SR sent +{(sent or 0) - t0_wall:.1f} s")
+            f"({', '.join(f'{k} {v:.1f}' for k, v in steps.items())}), SEG/PM/SR sent +{(sent or t0_wall) - t0_wall:.1f} s")
 
 
 def one_run(work: Path, files: list[str], labs_csv: Path, stable: float) -> tuple[float, float, float]:
@@ -104,12 +121,16 @@ def one_run(work: Path, files: list[str], labs_csv: Path, stable: float) -> tupl
         subprocess.run(["storescu", "-R", "-aec", "HCCNODE", "127.0.0.1", str(node.port), *files], check=True,
                        capture_output=True, timeout=900)
         t0, t0_wall = time.perf_counter(), time.time()
+        pids = {"node": [node.proc.pid], "workers": descendants(node.proc.pid), "Orthanc": [orthanc.proc.pid]}
+        cpu0 = {k: sum(map(cpu_seconds, p)) for k, p in pids.items()}
         arrivals = Arrivals(orthanc)
         wait_until(lambda: arrivals.poll() >= set(WANTED.values()), 600, interval=0.2, what="SR, PM and SEG in Orthanc")
         wall = time.perf_counter() - t0
+        used = ", ".join(f"{k} {sum(map(cpu_seconds, p)) - cpu0[k]:.1f}" for k, p in pids.items())
         main_rss = vm_hwm_mb(node.proc.pid)
         worker_rss = max((vm_hwm_mb(p) for p in descendants(node.proc.pid)), default=0.0)
-        print(f"  {timeline(node.data_dir, t0_wall)}")
+        wait_until(lambda: job_finished(node.data_dir), 120, interval=0.2, what="the job to finish (summary included)")
+        print(f"  {timeline(node.data_dir, t0_wall)}; CPU seconds until then: {used}")
         return wall, main_rss, worker_rss
     finally:
         node.stop()

@@ -172,7 +172,9 @@ class Watcher(threading.Thread):
 
     def __init__(self, cfg: Config, stop: threading.Event, period: float = 1.0):
         super().__init__(name="watcher", daemon=True)
-        self.cfg, self.stop, self.period = cfg, stop, min(period, max(0.1, cfg.study.stable_seconds / 2))
+        # A tenth of the stable delay (one indexed query each time): a study is queued at most 10 %
+        # later than it became stable.
+        self.cfg, self.stop, self.period = cfg, stop, min(period, max(0.1, cfg.study.stable_seconds / 10))
 
     def run(self) -> None:
         store = Store(self.cfg.data_dir)
