@@ -10,13 +10,12 @@ it in a Store, both in a RAM-backed scratch directory. Each round then runs in a
 
     classify     phase_index.classify_and_keep_headers (headers, sampled pixels, rules, index rows)
     load <phase> volumes.read_series of the four CT series (with the headers classification read)
-    register <p> registration.register of each enhanced phase to the unenhanced one (only
-                 the transform and quality of arterial and portal are kept)
-    markers      the equilibrium phase resampled onto the unenhanced grid (on first use of
-                 Registration.resampled), the reader's SEG onto that grid, tumor and liver ECV
-                 (paper 001; ROIs eroded 1 voxel in plane, as the papers keep off edges), tumor
-                 diameter and volume
-    ecv map      ecv.ecv_map_image over the liver
+    register <p> each enhanced phase registered to the unenhanced one (pipeline.align.Aligner,
+                 as the pipeline does: the transform and its quality are kept)
+    markers      the reader's SEG onto the unenhanced grid, the equilibrium phase resampled
+                 within the ROIs' boxes (Aligner.limit_to), tumor and liver ECV (paper 001; ROI
+                 cores as pipeline.findings reads them), tumor diameter and volume
+    ecv map      ecv.ecv_map_percent over the liver
 
 Modules are imported before the clock starts (a node's worker process has them loaded). Wall
 and CPU seconds (all threads) are printed per step: on a shared machine the CPU figure moves
@@ -47,29 +46,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 PHASES = ("unenhanced", "arterial", "portal_venous", "equilibrium")
 ENHANCED = PHASES[1:]
 HCT = 0.40
-IN_PLANE = [[[0, 0, 0], [0, 1, 0], [0, 0, 0]], [[0, 1, 0], [1, 1, 1], [0, 1, 0]], [[0, 0, 0], [0, 1, 0], [0, 0, 0]]]
 # Motion of the enhanced phases against the unenhanced one (mm, deg about z); the equilibrium
 # phase gets the acceptance case of issue 5 (5 mm shift, 3 deg rotation).
 MOTION = {"arterial": ((2.0, -3.0, 1.5), 1.0), "portal": ((-3.0, 2.0, -2.0), -2.0), "equilibrium": ((3.0, 4.0, 0.0), 3.0)}
-
-
-def bounding_box(mask) -> tuple[slice, ...]:
-    """Slices of the smallest box holding the mask's non-zero voxels (one voxel of margin)."""
-    import numpy as np
-
-    box = []
-    for axis in range(mask.ndim):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        box.append(slice(max(int(hit[0]) - 1, 0), int(hit[-1]) + 2))
-    return tuple(box)
-
-
-def roi_core(mask) -> tuple[tuple[slice, ...], object]:
-    """(box, ROI eroded one voxel in plane within the box): the papers keep ROIs off edges."""
-    from scipy import ndimage
-
-    box = bounding_box(mask)
-    return box, ndimage.binary_erosion(mask[box] > 0, structure=IN_PLANE)
 
 
 def setup(data: Path, slices: int, matrix: int) -> None:
@@ -100,11 +79,12 @@ def analyse(data: Path) -> dict:
     import numpy as np
     import pydicom
     import SimpleITK as sitk
-    from scipy import ndimage
 
-    from hccnode.imaging import ecv, phase_index, registration, rois, size
-    from hccnode.imaging.roi_stats import roi_mean
+    from hccnode.imaging import ecv, phase_index, rois, size
+    from hccnode.imaging.roi_stats import bounding_box
     from hccnode.imaging.volumes import read_series
+    from hccnode.pipeline.align import Aligner
+    from hccnode.pipeline.findings import mean_in
     from hccnode.store.db import Store
 
     meta = json.loads((data / "study.json").read_text())
@@ -140,52 +120,47 @@ def analyse(data: Path) -> dict:
         return read_series([p for p, _ in read[series_uid]], [ds for _, ds in read[series_uid]])
 
     un = timed("load unenhanced", lambda: load(by_phase["unenhanced"]))
-    regs = {}
+    aligner = Aligner(un)  # the pipeline's: registration cached per phase, resampling within the ROIs' boxes
+    quality = {}
     for phase in ENHANCED:
         vol = timed(f"load {phase}", lambda: load(by_phase[phase]))
-        reg = timed(f"register {phase}", lambda: registration.register(un.image, vol.image))
-        # The ECV needs the equilibrium phase on the unenhanced grid (resampled on first use); the
-        # other phases carry ROIs by their transform, so only that is kept (not the image).
-        regs[phase] = reg if phase == "equilibrium" else (reg.transform, reg.quality)
-        del vol, reg
+        quality[phase] = timed(f"register {phase}", lambda: aligner.transform(vol))[1]
+        # The ECV needs the equilibrium phase on the unenhanced grid; the other phases carry ROIs
+        # by their transform, so only that is kept (not the image).
+        if phase == "equilibrium":
+            eq_vol = vol
+        del vol
 
     def markers():
-        eq = sitk.GetArrayViewFromImage(regs["equilibrium"].resampled)  # resampled here, on first use
         seg_series = truth["studies"][0]["series"]
         seg_uid = next(s["series_instance_uid"] for s in seg_series if s["kind"] == "seg")
         found = rois.read_annotation(pydicom.dcmread(paths(seg_uid)[0]), un)
-        u = sitk.GetArrayViewFromImage(un.image)
-        # CECT needs tumor, liver and aorta; full-size masks are kept only for size and the map.
-        needed = {r.role: r.mask for r in found.rois if r.role in ("tumor", "liver", "aorta")}
+        # CECT needs tumor, liver and aorta (masks as the pipeline's Regions.arrays gives them)
+        needed = {r.role: sitk.GetArrayViewFromImage(r.mask) > 0 for r in found.rois if r.role in ("tumor", "liver", "aorta")}
         del found
-        core = {role: roi_core(sitk.GetArrayViewFromImage(m)) for role, m in needed.items()}
-
-        def mean(img, role):
-            box, m = core[role]
-            return roi_mean(img[box], m)
-
-        aorta = (mean(u, "aorta"), mean(eq, "aorta"))
-        out = {role: ecv.cect_ecv(mean(u, role), mean(eq, role), *aorta, hct=HCT).ecv_percent
+        aligner.limit_to([bounding_box(m, 1) for m in needed.values()])
+        eq = aligner.through(eq_vol)  # resampled within the ROIs' boxes
+        u, e = sitk.GetArrayViewFromImage(un.image), eq.array()
+        aorta = (mean_in(u, needed["aorta"]), mean_in(e, needed["aorta"]))
+        out = {role: ecv.cect_ecv(mean_in(u, needed[role]), mean_in(e, needed[role]), *aorta, hct=HCT).ecv_percent
                for role in ("tumor", "liver")}
         spacing = un.image.GetSpacing()[::-1]
-        tumor = sitk.GetArrayViewFromImage(needed["tumor"])
-        box = bounding_box(tumor)
-        out["diameter_mm"] = size.max_inplane_diameter_mm(tumor[box] > 0, spacing)[0]
-        out["volume_ml"] = size.volume_ml(tumor[box] > 0, spacing)
+        box = bounding_box(needed["tumor"])
+        out["diameter_mm"] = size.max_inplane_diameter_mm(needed["tumor"][box], spacing)[0]
+        out["volume_ml"] = size.volume_ml(needed["tumor"][box], spacing)
         out["delta_hu_aorta"] = aorta[1] - aorta[0]
-        return out, needed["liver"]
+        return out, needed["liver"], eq
 
-    values, liver = timed("markers", markers)
-    emap = timed("ecv map", lambda: ecv.ecv_map_image(un.image, regs["equilibrium"].resampled, liver,
-                                                      values["delta_hu_aorta"], HCT))
+    values, liver, eq = timed("markers", markers)
+    emap = timed("ecv map", lambda: ecv.ecv_map_percent(sitk.GetArrayViewFromImage(un.image), eq.array(), liver,
+                                                        values["delta_hu_aorta"], HCT, un.image.GetSpacing()[::-1]))
     t["total"] = time.perf_counter() - start
     cpu["total"] = time.process_time() - cpu_start
-    liver_box = bounding_box(sitk.GetArrayViewFromImage(liver))
-    values["map_mean"] = float(np.nanmean(sitk.GetArrayViewFromImage(emap)[liver_box]))
+    values["map_mean"] = float(np.nanmean(emap[bounding_box(liver)]))
     rois_truth = truth["studies"][0]["rois"]
     values["truth"] = {"tumor": 100 * rois_truth["tumor"]["ecv"], "liver": 100 * rois_truth["liver"]["ecv"],
                        "diameter_mm": rois_truth["tumor"]["diameter_mm"], "volume_ml": rois_truth["tumor"]["volume_ml"]}
-    values["registration"] = {p: (r.quality if p == "equilibrium" else r[1]).to_dict() for p, r in regs.items()}
+    values["registration"] = quality
     store.close()
     rss = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     return {"times": t, "cpu": cpu, "values": values, "peak_rss_mib": rss / 1024}
@@ -258,7 +233,7 @@ def main() -> int:
           f"map mean {v['map_mean']:.2f} %; tumor diameter {v['diameter_mm']:.1f} mm (truth {tr['diameter_mm']:.1f}), "
           f"volume {v['volume_ml']:.1f} mL (truth {tr['volume_ml']:.1f})")
     for phase, q in v["registration"].items():
-        print(f"  {phase:14s} ok={q['ok']} stage={q['stage_used']} ncc {q['ncc_before']:.3f}->{q['ncc_after']:.3f} "
+        print(f"  {phase:14s} ok={q['ok']} stage={q['stage']} ncc {q['ncc_before']:.3f}->{q['ncc_after']:.3f} "
               f"rot {q['rotation_deg']:.2f} deg shift {q['translation_mm']:.2f} mm")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other work on the machine slows the figures)")
     return 0

@@ -424,3 +424,15 @@ def test_label_variants_map_to_their_role(pair, sep, number, upper):
         text = f"{text}{sep}{number}"
     assert _SYN.role(text) == role
     assert rois.normalise_label(rois.normalise_label(text)) == rois.normalise_label(text)
+
+
+@pytest.mark.parametrize("rows,columns,frames", [(5, 3, 7), (4, 4, 5), (3, 3, 9)])
+def test_binary_frames_window_equals_the_same_frames_of_a_full_decode(rows, columns, frames):
+    """Frames decoded one at a time (as the masks are filled) equal those of a full decode, also
+    when frames start in the middle of a byte."""
+    full = np.random.default_rng(rows * frames).integers(0, 2, (frames, rows, columns)).astype(bool)
+    packed = np.packbits(full.ravel(), bitorder="little").tobytes()
+    np.testing.assert_array_equal(rois.binary_frames(packed, rows, columns, frames), full)
+    for first in range(frames):
+        np.testing.assert_array_equal(rois.binary_frames(packed, rows, columns, frames, first, 1), full[first:first + 1])
+    np.testing.assert_array_equal(rois.binary_frames(packed, rows, columns, frames, 2, 3), full[2:5])

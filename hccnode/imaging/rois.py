@@ -233,8 +233,10 @@ def _segment_mask(seg: hd.seg.Segmentation, number: int, reference: Volume) -> s
     return _seg_mask_on(vol.squeeze_channel() if vol.number_of_channel_dimensions else vol, reference.image)
 
 
-def binary_frames(packed: bytes, rows: int, columns: int, frames: int) -> np.ndarray:
-    """Pixel Data of Bits Allocated 1 (a BINARY Segmentation) as bool [frames, rows, columns].
+def binary_frames(packed: bytes, rows: int, columns: int, frames: int, first: int = 0, count: int | None = None
+                  ) -> np.ndarray:
+    """Pixel Data of Bits Allocated 1 (a BINARY Segmentation) as bool [frames, rows, columns]
+    (`count` frames from frame `first`, default all).
 
     PS3.5 8.1.1: one bit per pixel, eight pixels per byte with the first pixel in the least
     significant bit; the frames of a multi-frame image follow one another bit by bit, with no
@@ -245,23 +247,31 @@ def binary_frames(packed: bytes, rows: int, columns: int, frames: int) -> np.nda
     need = -(-bits // 8)
     if not need <= len(packed) <= need + 1:
         raise ValueError(f"pixel data is {len(packed)} bytes; {frames} frames of {rows} x {columns} bits need {need}")
-    flat = np.unpackbits(np.frombuffer(packed, dtype=np.uint8, count=need), count=bits, bitorder="little")
-    return flat.view(bool).reshape(frames, rows, columns)
+    count = frames - first if count is None else count
+    start, stop = first * rows * columns, (first + count) * rows * columns  # bit offsets
+    data = np.frombuffer(packed, dtype=np.uint8, count=need)[start // 8:-(-stop // 8)]
+    flat = np.unpackbits(data, count=stop - start + start % 8, bitorder="little")[start % 8:]
+    return flat.view(bool).reshape(count, rows, columns)
 
 
 @dataclass
 class _BinarySegFrames:
-    """A BINARY SEG's decoded frames and, per segment, which frame goes on which reference slice."""
+    """A BINARY SEG's packed frames and, per segment, which frame goes on which reference slice.
+    Frames are unpacked one at a time into the mask (a 500-frame SEG unpacked at once is a
+    140 MB array)."""
 
-    pixels: np.ndarray  # bool [frames, rows, columns]
+    packed: bytes
+    rows: int
+    columns: int
+    frames: int
     placed: dict[int, tuple[list[int], list[int]]]  # segment number -> (frame indices, slice indices)
 
     def mask(self, number: int, reference: Volume) -> np.ndarray:
         """The segment as a uint8 array on the reference grid (zeros where it has no frame)."""
         arr = _blank(reference)
         frames, slices = self.placed.get(number, ([], []))
-        for i, k in zip(frames, slices):  # frame by frame: a fancy-indexed copy of them all is slower
-            arr[k] = self.pixels[i]
+        for i, k in zip(frames, slices):
+            arr[k] = binary_frames(self.packed, self.rows, self.columns, self.frames, i, 1)[0]
         return arr
 
 
@@ -312,10 +322,11 @@ def _binary_seg_on_reference_slices(ds: Dataset, reference: Volume) -> _BinarySe
             frames, slices = placed.setdefault(number, ([], []))
             frames.append(i)
             slices.append(k)
-        pixels = binary_frames(ds.PixelData, rows, columns, len(per_frame))
+        packed = ds.PixelData
+        binary_frames(packed, rows, columns, len(per_frame), 0, 0)  # checks the length
     except (AttributeError, TypeError, ValueError):
         return None
-    return _BinarySegFrames(pixels, placed)
+    return _BinarySegFrames(packed, rows, columns, len(per_frame), placed)
 
 
 def _seg_on_reference_slices(seg: hd.seg.Segmentation, number: int, reference: Volume) -> sitk.Image | None:
