@@ -135,21 +135,36 @@ def analyse(data: Path) -> dict:
         seg_series = truth["studies"][0]["series"]
         seg_uid = next(s["series_instance_uid"] for s in seg_series if s["kind"] == "seg")
         found = rois.read_annotation(pydicom.dcmread(paths(seg_uid)[0]), un)
-        # CECT needs tumor, liver and aorta (masks as the pipeline's Regions.arrays gives them)
-        needed = {r.role: sitk.GetArrayViewFromImage(r.mask) > 0 for r in found.rois if r.role in ("tumor", "liver", "aorta")}
-        del found
-        aligner.limit_to([bounding_box(m, 1) for m in needed.values()])
+        # CECT needs tumor, liver and aorta (masks as the pipeline's Regions.arrays gives them);
+        # each SimpleITK mask is dropped once converted.
+        needed = {}
+        while found.rois:
+            r = found.rois.pop()
+            if r.role in ("tumor", "liver", "aorta"):
+                needed[r.role] = sitk.GetArrayViewFromImage(r.mask) > 0
+            del r
+        boxes = {role: bounding_box(m, 1) for role, m in needed.items()}
+        # Values are read within each ROI's box: only that part of its mask is kept (the whole
+        # liver mask too, for the map).
+        part = {role: needed[role][boxes[role]].copy() for role in needed}
+        liver = needed["liver"]
+        del needed
+        aligner.limit_to(list(boxes.values()))
         eq = aligner.through(eq_vol)  # resampled within the ROIs' boxes
+        eq_vol.image = None  # only its values within the boxes are needed from here on
         u, e = sitk.GetArrayViewFromImage(un.image), eq.array()
-        aorta = (mean_in(u, needed["aorta"]), mean_in(e, needed["aorta"]))
-        out = {role: ecv.cect_ecv(mean_in(u, needed[role]), mean_in(e, needed[role]), *aorta, hct=HCT).ecv_percent
+
+        def mean(img, role):
+            return mean_in(img[boxes[role]], part[role])
+
+        aorta = (mean(u, "aorta"), mean(e, "aorta"))
+        out = {role: ecv.cect_ecv(mean(u, role), mean(e, role), *aorta, hct=HCT).ecv_percent
                for role in ("tumor", "liver")}
         spacing = un.image.GetSpacing()[::-1]
-        box = bounding_box(needed["tumor"])
-        out["diameter_mm"] = size.max_inplane_diameter_mm(needed["tumor"][box], spacing)[0]
-        out["volume_ml"] = size.volume_ml(needed["tumor"][box], spacing)
+        out["diameter_mm"] = size.max_inplane_diameter_mm(part["tumor"], spacing)[0]
+        out["volume_ml"] = size.volume_ml(part["tumor"], spacing)
         out["delta_hu_aorta"] = aorta[1] - aorta[0]
-        return out, needed["liver"], eq
+        return out, liver, eq
 
     values, liver, eq = timed("markers", markers)
     emap = timed("ecv map", lambda: ecv.ecv_map_percent(sitk.GetArrayViewFromImage(un.image), eq.array(), liver,
