@@ -150,9 +150,10 @@ def load_volume(items: list[tuple[Path, Dataset]], max_slices: int,
 def measure_volume(hu: np.ndarray, spacing: tuple[float, float, float]) -> PhaseMeasurement:
     """Aorta and liver attenuation of one CT series (HU), for phase confirmation."""
     body = anatomy.body_mask(hu)
+    spine = anatomy.find_spine(hu, spacing, body)  # once, for both
     notes = []
-    aorta = anatomy.find_aorta(hu, spacing, body)
-    liver = anatomy.find_liver(hu, spacing, body)
+    aorta = anatomy.find_aorta(hu, spacing, body, spine)
+    liver = anatomy.find_liver(hu, spacing, body, spine=spine)
     if aorta is None:
         notes.append("aorta not found (no spine)")
     else:

@@ -143,8 +143,11 @@ def _values(v: Any) -> list[str]:
         return [str(v)]
 
 
-def _walk(ds: Dataset, depth: int = 0) -> Iterable[Dataset]:
-    """`ds` and every item of every sequence below it (functional groups, multi-energy sequences)."""
+def _walk(ds: Dataset, depth: int = 0, parsed: dict | None = None) -> Iterable[Dataset]:
+    """`ds` and every item of every sequence below it (functional groups, multi-energy sequences).
+
+    `parsed` (one dict per series) keeps each sequence's items by its raw bytes: the instances
+    of a series mostly repeat the same sequences, which are then parsed once."""
     yield ds
     if depth > 6:
         return
@@ -161,12 +164,21 @@ def _walk(ds: Dataset, depth: int = 0) -> Iterable[Dataset]:
         except Exception:  # a malformed element must not stop classification
             continue
         if vr == "SQ":
-            try:
-                items = ds[tag].value
-            except Exception:
-                continue
-            for item in items:
-                yield from _walk(item, depth + 1)
+            key = (int(tag), raw.value) if parsed is not None and isinstance(raw.value, bytes) else None
+            items = parsed.get(key) if key is not None else None
+            if items is None:
+                try:
+                    items = list(_walk_items(ds[tag].value, depth, parsed))
+                except Exception:
+                    continue
+                if key is not None:
+                    parsed[key] = items
+            yield from items
+
+
+def _walk_items(items, depth: int, parsed: dict | None) -> Iterable[Dataset]:
+    for item in items:
+        yield from _walk(item, depth + 1, parsed)
 
 
 def _frame_groups(ds: Dataset) -> list[Dataset]:
@@ -269,6 +281,7 @@ def header_from_datasets(datasets: Sequence[Dataset], b_value_tags: Sequence[BVa
     b_values: list[float] = []
     b_sources: list[str] = []
     acq: list[float] = []
+    parsed: dict = {}  # sequences parsed once per series (see _walk)
     frames = 0
     for ds in datasets:
         for attr, kw in (("modality", "Modality"), ("series_description", "SeriesDescription"),
@@ -288,7 +301,7 @@ def header_from_datasets(datasets: Sequence[Dataset], b_value_tags: Sequence[BVa
         t = _acq_seconds(ds)
         if t is not None:
             acq.append(t)
-        items = list(_walk(ds))  # walked once per instance, used below three times
+        items = list(_walk(ds, parsed=parsed))  # walked once per instance, used below three times
         for item in items:
             for v in _values(_get(item, "ImageType")) + _values(_get(item, "FrameType")):
                 if v.strip().upper() not in image_type:
