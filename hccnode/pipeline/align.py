@@ -115,11 +115,7 @@ class Aligner:
         # grid with NaN costs a fraction of a zero-filled image's page faults.
         out = np.full(ref.GetSize()[::-1], np.nan, dtype=np.float32)
         for box in self.boxes:
-            lo = [int(b.start) for b in box][::-1]  # SimpleITK x, y, z
-            grid = sitk.Image([int(b.stop - b.start) for b in box][::-1], sitk.sitkUInt8)
-            grid.SetSpacing(ref.GetSpacing())
-            grid.SetDirection(ref.GetDirection())
-            grid.SetOrigin(ref.TransformIndexToPhysicalPoint(lo))
+            grid = _sub_grid(ref, [b.start for b in box][::-1], [b.stop - b.start for b in box][::-1])
             piece = sitk.Resample(image, grid, tx or sitk.Transform(), interp, float("nan"), sitk.sitkFloat32)
             out[box] = sitk.GetArrayViewFromImage(piece)
         return out
@@ -152,14 +148,21 @@ def resample_mask(mask: sitk.Image, reference: sitk.Image, tx: sitk.Transform | 
     last = np.minimum(np.ceil(idx.max(axis=0)).astype(int) + 1, np.array(reference.GetSize()) - 1)
     if np.any(last < first):
         return out  # the mask maps outside the reference
-    grid = sitk.Image([int(v) for v in last - first + 1], sitk.sitkUInt8)
-    grid.SetSpacing(reference.GetSpacing())
-    grid.SetDirection(reference.GetDirection())
-    grid.SetOrigin(reference.TransformIndexToPhysicalPoint([int(v) for v in first]))
+    grid = _sub_grid(reference, first, last - first + 1)
     piece = sitk.Resample(part, grid, tx or sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     (x, y, z), (nx, ny, nz) = (int(v) for v in first), piece.GetSize()
     out[x:x + nx, y:y + ny, z:z + nz] = piece  # in place
     return out
+
+
+def _sub_grid(reference: sitk.Image, first, size) -> sitk.Image:
+    """A small image whose voxels are those of `reference` from index `first` (x, y, z), `size`
+    voxels per axis: the grid to resample only part of the reference onto."""
+    grid = sitk.Image([int(v) for v in size], sitk.sitkUInt8)
+    grid.SetSpacing(reference.GetSpacing())
+    grid.SetDirection(reference.GetDirection())
+    grid.SetOrigin(reference.TransformIndexToPhysicalPoint([int(v) for v in first]))
+    return grid
 
 
 def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:

@@ -129,6 +129,7 @@ def _ecv_map(un: Aligned, eq: Aligned, spacing: tuple[float, float, float], live
     for m in livers[1:]:
         liver |= m
     f.ecv_map = ecv.ecv_map_percent(un.array(), eq.array(), liver, d_aorta, hct.value, spacing)
+    f.ecv_map_liver = liver
 
 
 def measure_dect(study: Study, aligner: Aligner, regions: Regions, labs: Labs, f: Findings) -> None:

@@ -269,7 +269,7 @@ def _previous_sr(store: Store, study_uid: str, sr_uid: str) -> pydicom.Dataset |
 
 def _outputs(store: Store, study: Study, ref_series: Series | None, reference: Volume | None, regions: Regions,
              f: Findings, result: Analysis, labs_used, patient_key: str | None, job_id: int | None,
-             outputs_dir: Path, on_written) -> None:
+             outputs_dir: Path, on_written: Callable[[Path], None]) -> None:
     by_uid = {s.uid: s for s in study.series}
     if reference is not None:
         ref = Reference.from_volume(reference, study.headers(ref_series))
@@ -290,7 +290,7 @@ def _outputs(store: Store, study: Study, ref_series: Series | None, reference: V
     # counts as made (analyses row) only once all are written.
     final = outputs_dir / study.uid / sr_uid
     files = build_outputs(sources, ref, rois, f.measurements, result.model_results, labs_used, final,
-                          ecv_map=f.ecv_map, images=images, missing=f.missing,
+                          ecv_map=f.ecv_map, liver_mask=f.ecv_map_liver, images=images, missing=f.missing,
                           previous_sr=_previous_sr(store, study.uid, sr_uid), template=template,
                           data_dir=store.data_dir, on_written=on_written)
     uids = [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files]

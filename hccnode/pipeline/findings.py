@@ -28,6 +28,7 @@ class Findings:
     missing: list[str] = field(default_factory=list)
     series_used: set[str] = field(default_factory=set)
     ecv_map: np.ndarray | None = None
+    ecv_map_liver: np.ndarray | None = None  # the union of the liver ROIs the map covers
 
     def add(self, m: Measurement) -> Measurement:
         self.measurements.append(m)

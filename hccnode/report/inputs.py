@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 
 import hccnode
 from hccnode.imaging.measure import READER, LabRef, RoiRef
+from hccnode.imaging.roi_stats import bounding_box
 from hccnode.report.uids import mask_digest, uid_from
 
 
@@ -68,11 +69,7 @@ class ReportRoi:
     @cached_property
     def box(self) -> tuple[slice, slice, slice]:
         """The smallest (z, y, x) box holding the mask, as index slices (voxels)."""
-        z = np.flatnonzero(self.areas)
-        zs = slice(int(z[0]), int(z[-1]) + 1)
-        plane = self.mask[zs].any(axis=0)
-        y, x = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
-        return zs, slice(int(y[0]), int(y[-1]) + 1), slice(int(x[0]), int(x[-1]) + 1)
+        return bounding_box(self.mask)  # never None: the mask is not empty
 
     def describe(self) -> str:
         who = "reader" if self.ref.source == READER else "automatic"

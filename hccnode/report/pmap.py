@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 import hccnode
+from hccnode.imaging.roi_stats import bounding_box
 from hccnode.report.inputs import Reference, run_of
 
 # Far outside any ECV (0..100 %) and exactly representable in float32.
@@ -54,8 +55,8 @@ def build_ecv_map(reference: Reference, ecv_percent: np.ndarray, liver: np.ndarr
     liver = np.asarray(liver, dtype=bool)
     # Only the slices from the first to the last with liver can hold a value: the masking and
     # the range below then touch those alone, not the whole volume (4 bytes a voxel).
-    z = np.flatnonzero(liver.any(axis=(1, 2)))
-    span = slice(int(z[0]), int(z[-1]) + 1) if z.size else slice(0, 0)
+    box = bounding_box(liver)
+    span = box[0] if box is not None else slice(0, 0)
     values = masked_map(ecv_percent[span], liver[span])
     valid = values != PADDING
     if not valid.any():
