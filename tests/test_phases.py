@@ -210,6 +210,33 @@ def test_when_needed_policy_skips_images_for_confident_headers():
     assert calls == ["unsure"]
 
 
+def test_image_checks_go_through_the_given_map_and_decide_as_one_at_a_time():
+    """The I/O shell measures series in a thread pool (`map_measure`): the decisions are those of
+    measuring them one after another, each measurement attached to its own series."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    values = {"a": (330.0, 70.0), "b": (150.0, 110.0), "c": (45.0, 55.0)}
+
+    def measure(h):
+        aorta, liver = values[h.series_uid]
+        return PhaseMeasurement(aorta_hu=aorta, liver_hu=liver, air_fraction=0.4)
+
+    hs = [ct("a", t=T0 + 30), ct("b", t=T0 + 70), ct("c", t=T0 + 200)]
+    used = []
+
+    def pool_map(f, items):
+        items = list(items)
+        used.append([h.series_uid for h in items])
+        with ThreadPoolExecutor(2) as pool:
+            return list(pool.map(f, items))
+
+    one_by_one = classify_study(hs, RULES, measure)
+    pooled = classify_study(hs, RULES, measure, pool_map)
+    assert used == [["a", "b", "c"]]
+    assert pooled == one_by_one
+    assert [d.measurement.aorta_hu for d in pooled] == [330.0, 150.0, 45.0]
+
+
 def test_kind_conflict_between_header_and_image_is_reported():
     m = lambda h: PhaseMeasurement(aorta_hu=None, liver_hu=None, air_fraction=0.0, median_value=0.4, p99_value=14.0)
     d = by_uid([ct("1", "Abdomen 5mm")], m)["1"]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 
 import highdicom as hd
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from pipeline_support import add_labs, by_marker, phantom_store, scratch_dir
 from report_support import dciodvfy
 
+from hccnode.imaging import registration
 from hccnode.imaging.measure import READER
 from hccnode.phantom import Motion, StudySpec
 from hccnode.pipeline import analyze_study
@@ -164,12 +166,22 @@ def test_without_a_reader_annotation_automatic_liver_and_aorta_rois_give_liver_e
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_dect_nic_ecv_nicap_lambda_against_truth_and_nic_without_hct():
+def test_dect_nic_ecv_nicap_lambda_against_truth_and_nic_without_hct(monkeypatch):
     root = scratch_dir("pipe-dect")
+    threads = []
+    real = registration.register
+
+    def register(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(registration, "register", register)
     try:
         store, truth, (study,) = phantom_store(
             root, StudySpec(kind="dect", seed=4, slices=12, matrix=64, noise_sd=2.0, seg_phase="equilibrium"))
         a = analyze_study(store, study)
+        # every phase the markers need was registered ahead, in the background, while the ROIs were read
+        assert threads and all(t.startswith("register") for t in threads), threads
         nic = by_marker(a, "nic_tumor")
         want = truth.roi("tumor")["nic_equilibrium"]
         assert abs(nic.value - want) / want <= 0.02

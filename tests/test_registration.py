@@ -204,3 +204,37 @@ def test_aligner_limited_to_a_box_resamples_only_there():
         np.testing.assert_allclose(part[box], whole[box], rtol=1e-6)  # the sub-grid origin may round differently
         outside[box] = False
     assert np.isnan(part[outside]).all() and np.isfinite(whole[boxes[0]]).any()
+
+
+def test_registering_ahead_gives_the_transform_of_registering_when_asked(registered, monkeypatch):
+    """Aligner.register_ahead registers in a background thread while the caller goes on (e.g.
+    reading ROIs with SimpleITK filters of its own); `transform` then returns that result, bit
+    for bit what registering on demand gives, and registers nothing a second time."""
+    import threading
+
+    from hccnode.imaging.volumes import Volume
+    from hccnode.pipeline.align import Aligner
+
+    fixed, moving, *_, reg = registered
+    ref = Volume(fixed, "ref", 1, "1.2.3", [], [])
+    mov = Volume(moving, "mov", 2, "1.2.3", [], [])
+    threads = []
+    real = registration.register
+
+    def counted(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(registration, "register", counted)
+    threads_before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    aligner = Aligner(ref)
+    aligner.register_ahead(mov)
+    aligner.register_ahead(mov)  # already under way: not started twice
+    smoothed = sitk.SmoothingRecursiveGaussian(fixed, 2.0)  # the caller's own work meanwhile
+    tx, record, problem = aligner.transform(mov)
+    assert aligner.transform(mov)[0] is tx
+    assert len(threads) == 1 and threads[0].startswith("register")
+    assert tx.GetParameters() == reg.transform.GetParameters()
+    assert problem is None and record["ncc_after"] == round(reg.quality.ncc_after, 4)
+    assert smoothed.GetSize() == fixed.GetSize()
+    assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == threads_before  # restored by the background run

@@ -9,6 +9,7 @@ reading pixels only for the CT series it asks to measure (evenly spaced slices, 
 from __future__ import annotations
 
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,9 @@ from hccnode.imaging.phases import Decision, PhaseMeasurement, classify_study
 from hccnode.imaging.series_header import SeriesHeader, header_from_datasets
 from hccnode.imaging.volumes import DEFER_BYTES, stored_values
 from hccnode.store.db import Store
+
+
+MEASURE_THREADS = 2
 
 
 class PhaseError(Exception):
@@ -187,7 +191,10 @@ def classify_and_keep_headers(store: Store, study_uid: str, rules: RuleSet | Non
             return None
         return None if loaded is None else measure_volume(*loaded)
 
-    decisions = classify_study(headers, rules, measure)
+    # The image checks read and measure each series on its own, mostly in numpy and scipy,
+    # which release the GIL: two threads use both cores of the reference machine.
+    with ThreadPoolExecutor(MEASURE_THREADS) as pool:
+        decisions = classify_study(headers, rules, measure, pool.map)
     save_decisions(store, study_uid, decisions, rules)
     log.event("phases.decided", study_uid=study_uid, series=len(decisions),
               ambiguous=sum(d.kind == "ambiguous" for d in decisions), rules_version=rules.version)

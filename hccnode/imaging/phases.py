@@ -257,12 +257,14 @@ def relative_timing_votes(times: Sequence[float], status: Sequence[str], rules: 
 # ------------------------------------------------------------------ the study
 
 def classify_study(headers: Sequence[SeriesHeader], rules: RuleSet,
-                   measure: Callable[[SeriesHeader], PhaseMeasurement | None] | None = None) -> list[Decision]:
+                   measure: Callable[[SeriesHeader], PhaseMeasurement | None] | None = None,
+                   map_measure: Callable = map) -> list[Decision]:
     """Decide kind and phase of every series of one study.
 
     `measure(header)` returns the aorta/liver measurement of a CT series (or None when its
     pixels cannot be read); it is called only for series the image policy of the rules file
-    selects. Decisions come back in the order of `headers`.
+    selects, through `map_measure` (e.g. a thread pool's map: the series are independent).
+    Decisions come back in the order of `headers`.
     """
     header_votes = {h.series_uid: rule_votes(rules.header_rules, h.record(), "header") for h in headers}
     header_kind = {uid: decide(_axis(vs, "kind"), KINDS, rules)[0] for uid, vs in header_votes.items()}
@@ -276,6 +278,7 @@ def classify_study(headers: Sequence[SeriesHeader], rules: RuleSet,
 
     measured: dict[str, PhaseMeasurement] = {}
     if measure is not None and rules.image["use"] != "never":
+        selected = []
         for h in ct:
             if not _measurable(h, header_kind[h.series_uid], rules):
                 continue
@@ -283,7 +286,8 @@ def classify_study(headers: Sequence[SeriesHeader], rules: RuleSet,
                 own = phase_hv[h.series_uid] + timing_votes[group_of[h.series_uid].index]
                 if decide(own, PHASES, rules)[1] >= rules.image["confirm_below"]:
                     continue
-            m = measure(h)
+            selected.append(h)
+        for h, m in zip(selected, map_measure(measure, selected)):
             if m is not None:
                 measured[h.series_uid] = m
     image_votes = _image_votes(measured, group_of, rules)

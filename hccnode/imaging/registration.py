@@ -14,6 +14,7 @@ is applied to the full-resolution moving image when `Registration.resampled` is 
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -48,6 +49,9 @@ CLIP_PERCENTILES = (1.0, 99.0)
 # runs, which changes the last bits and can steer the optimiser; one thread makes a re-run
 # bit-identical. The sample count above keeps one thread fast.
 REGISTRATION_THREADS = 1
+# The thread count is SimpleITK's global default (the method's own setting does not reach the
+# metric), so registrations in different Python threads take turns: each sets and restores it.
+_THREADS_LOCK = threading.Lock()
 RANDOM_SEED = 20240101  # fixed, so a re-run of a job gives the same transform and the same outputs
 
 # Quality thresholds. Phases of one CT study aligned on our synthetic and phantom pairs correlate
@@ -275,12 +279,13 @@ def _run(fixed, moving, mask, initial, iterations, shrink_factors, step_mm):
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
     reg.SetInitialTransform(initial, inPlace=False)
     # The metric takes its thread count from the global default when Execute builds it.
-    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(REGISTRATION_THREADS)
-    try:
-        out = reg.Execute(fixed, moving)
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    with _THREADS_LOCK:
+        threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(REGISTRATION_THREADS)
+        try:
+            out = reg.Execute(fixed, moving)
+        finally:
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     if isinstance(out, sitk.CompositeTransform):
         out = out.GetNthTransform(out.GetNumberOfTransforms() - 1)
     out = out.Downcast()

@@ -12,6 +12,7 @@ markers that need it as not measured, never uses it silently.
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,7 +49,21 @@ class Aligner:
         self.reference = reference
         self.study_uid = study_uid
         self._transforms: dict[str, tuple[sitk.Transform | None, dict | None, str | None]] = {}
+        self._ahead: dict[str, Future] = {}
+        self._pool: ThreadPoolExecutor | None = None
         self.boxes: list[tuple[slice, ...]] | None = None
+
+    def register_ahead(self, anatomy: Volume) -> None:
+        """Start registering `anatomy` to the reference in a background thread, so the caller
+        can place ROIs meanwhile; `transform` takes the result (waiting for it if need be).
+        SimpleITK releases the GIL while it registers, so this uses the second core; the result
+        is the same as registering when asked (one registration thread, fixed seed)."""
+        uid = anatomy.series_uid
+        if uid == self.reference.series_uid or uid in self._transforms or uid in self._ahead:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="register")
+        self._ahead[uid] = self._pool.submit(self._register, anatomy)
 
     def limit_to(self, boxes: list[tuple[slice, ...]] | None) -> None:
         """Resample other series only within `boxes` (numpy z, y, x slices of the reference grid,
@@ -60,22 +75,30 @@ class Aligner:
     def transform(self, anatomy: Volume) -> tuple[sitk.Transform | None, dict | None, str | None]:
         """(transform fixed->moving, quality record, problem) registering `anatomy` to the reference;
         transform None = identity (`anatomy` is the reference)."""
-        if anatomy.series_uid == self.reference.series_uid:
+        uid = anatomy.series_uid
+        if uid == self.reference.series_uid:
             return None, None, None
-        if anatomy.series_uid not in self._transforms:
-            fixed_for, moving_for = self.reference.frame_of_reference_uid, anatomy.frame_of_reference_uid
-            reg = registration.register(self.reference.image, anatomy.image)
-            q = reg.quality
-            record = {"fixed_series": self.reference.series_uid, "moving_series": anatomy.series_uid,
-                      "ncc_before": round(q.ncc_before, 4), "ncc_after": round(q.ncc_after, 4),
-                      "rotation_deg": round(q.rotation_deg, 3), "translation_mm": round(q.translation_mm, 3),
-                      "stage": q.stage_used, "ok": q.ok, "problems": list(q.problems),
-                      "same_frame_of_reference": bool(fixed_for and fixed_for == moving_for)}
-            problem = None if q.ok else "registration flagged: " + "; ".join(q.problems)
-            log.event("pipeline.registered", study=self.study_uid, moving=anatomy.series_uid, ok=q.ok,
-                      ncc=round(q.ncc_after, 3))
-            self._transforms[anatomy.series_uid] = (reg.transform, record, problem)
-        return self._transforms[anatomy.series_uid]
+        if uid not in self._transforms:
+            ahead = self._ahead.pop(uid, None)
+            self._transforms[uid] = ahead.result() if ahead is not None else self._register(anatomy)
+            if not self._ahead and self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
+        return self._transforms[uid]
+
+    def _register(self, anatomy: Volume) -> tuple[sitk.Transform, dict, str | None]:
+        fixed_for, moving_for = self.reference.frame_of_reference_uid, anatomy.frame_of_reference_uid
+        reg = registration.register(self.reference.image, anatomy.image)
+        q = reg.quality
+        record = {"fixed_series": self.reference.series_uid, "moving_series": anatomy.series_uid,
+                  "ncc_before": round(q.ncc_before, 4), "ncc_after": round(q.ncc_after, 4),
+                  "rotation_deg": round(q.rotation_deg, 3), "translation_mm": round(q.translation_mm, 3),
+                  "stage": q.stage_used, "ok": q.ok, "problems": list(q.problems),
+                  "same_frame_of_reference": bool(fixed_for and fixed_for == moving_for)}
+        problem = None if q.ok else "registration flagged: " + "; ".join(q.problems)
+        log.event("pipeline.registered", study=self.study_uid, moving=anatomy.series_uid, ok=q.ok,
+                  ncc=round(q.ncc_after, 3))
+        return reg.transform, record, problem
 
     def through(self, volume: Volume, anatomy: Volume | None = None, *, register: bool = True,
                 nearest: bool = False) -> Aligned:
@@ -111,8 +134,7 @@ class Aligner:
             return image  # volumes are float32 already: no copy
         if self.boxes is None:
             return sitk.Resample(image, ref, tx or sitk.Transform(), interp, float("nan"), sitk.sitkFloat32)
-        # numpy, not a SimpleITK image: its large allocations use huge pages, so filling the
-        # grid with NaN costs a fraction of a zero-filled image's page faults.
+        # numpy, not a SimpleITK image: filled with NaN once (SimpleITK would zero-fill it first).
         out = np.full(ref.GetSize()[::-1], np.nan, dtype=np.float32)
         for box in self.boxes:
             grid = _sub_grid(ref, [b.start for b in box][::-1], [b.stop - b.start for b in box][::-1])

@@ -13,6 +13,7 @@ import numpy as np
 
 from hccnode.imaging import ecv, nic, spectral
 from hccnode.imaging.measure import LabRef, Measurement, SeriesRef
+from hccnode.imaging.roi_stats import bounding_box
 from hccnode.imaging.volumes import Volume
 from hccnode.pipeline.align import Aligned, Aligner
 from hccnode.pipeline.findings import Findings, group_ref, mean_in, mean_over
@@ -42,6 +43,16 @@ def _phase_image(study: Study, aligner: Aligner, series: Series | None, phase: s
     if not aligned.ok:
         return aligned, vol, aligned.problem
     return aligned, vol, None
+
+
+def registered_series(study: Study, kind: str) -> list[Series]:
+    """The anatomical series the markers below register to the reference: the unenhanced and
+    equilibrium CT (`measure_cect`), and for dual energy the equilibrium and arterial images the
+    iodine maps and VMIs go through (`measure_dect`); unenhanced first, as every ECV needs it."""
+    found = [study.ct("unenhanced"), study.ct("equilibrium")]
+    if kind == "dect":
+        found += [study.anatomy("equilibrium"), study.anatomy("arterial")]
+    return list({s.uid: s for s in found if s is not None}.values())
 
 
 def measure_cect(study: Study, aligner: Aligner, regions: Regions, labs: Labs, f: Findings) -> None:
@@ -236,6 +247,8 @@ def measure_size(reference: Volume, phase: str, regions: Regions, f: Findings) -
     spacing = tuple(reversed(reference.image.GetSpacing()))
     series = (SeriesRef(reference.series_uid, phase),)
     for roi, mask in regions.arrays("tumor"):
+        box = bounding_box(mask)
+        mask = mask[box] if box else mask  # the size functions scan every voxel: the tumor's box, not the grid
         d, _ = size.max_inplane_diameter_mm(mask, spacing)
         f.add(Measurement.of("size.max_inplane_diameter", "tumor_diameter", d, roi=roi.ref, series=series))
         f.add(Measurement.of("size.volume", "tumor_volume", size.volume_ml(mask, spacing), roi=roi.ref, series=series))

@@ -131,6 +131,11 @@ def analyze_study(store: Store, study_uid: str, *, destinations: Sequence[str] =
                else "nothing measured: the study holds no CT or MR series of a kind the papers measure")
     else:
         aligner = Aligner(reference, study_uid)
+        if kind in ("cect", "dect"):  # registered on the second core while the ROIs are placed
+            for anatomy in ct.registered_series(study, kind):
+                vol = study.volume(anatomy)
+                if vol is not None:
+                    aligner.register_ahead(vol)
         step("rois")
         regions = reader_rois(study, reference, aligner)
         if kind == "mr":
