@@ -207,9 +207,6 @@ def main() -> int:
         print(json.dumps(result))
         return 0
 
-    from hccnode.worker import huge_pages_for_children
-
-    huge_pages_for_children()  # the rounds run as the node's worker processes do
     scratch = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
     tmp = None if args.data else tempfile.mkdtemp(prefix="hccnode-bench-", dir=scratch)
     data = args.data or Path(tmp)

@@ -9,7 +9,6 @@ the work; if the node dies, the lease expires and the job is claimed again after
 from __future__ import annotations
 
 import multiprocessing
-import os
 import threading
 from concurrent.futures import ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -39,17 +38,6 @@ def run_job(data_dir: str, job_id: int, destinations: Sequence[str] = (), rules_
         return {**analysis.as_record(), "study_seq": job["study_seq"]}
     finally:
         store.close()
-
-
-def huge_pages_for_children() -> None:
-    """Let the worker processes' allocator ask for transparent huge pages (glibc >= 2.35 reads
-    GLIBC_TUNABLES when a process starts; other C libraries ignore it). An analysis allocates
-    volumes of hundreds of MB that SimpleITK zero-fills; with 4 KiB pages the page faults alone
-    cost 0.10 s per 200 MB image on the 2-core reference VM, 0.03 s with huge pages. A site's
-    own glibc.malloc.hugetlb setting is kept."""
-    tunables = os.environ.get("GLIBC_TUNABLES", "")
-    if "glibc.malloc.hugetlb" not in tunables:
-        os.environ["GLIBC_TUNABLES"] = ":".join(t for t in (tunables, "glibc.malloc.hugetlb=1") if t)
 
 
 def _warm_up() -> None:
@@ -87,7 +75,6 @@ class WorkerPool:
             if self._pool is None:
                 # spawn: the node has many threads; forking them is unsafe.
                 # The workers log as the node does (a spawned process starts unconfigured).
-                huge_pages_for_children()
                 self._pool = ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"),
                                                  initializer=log.setup, initargs=(self.cfg.log.level, self.cfg.log.file))
             return self._pool
