@@ -157,7 +157,7 @@ def test_fast_seg_read_matches_highdicom_on_phantom(phantom_seg, monkeypatch):
     _assert_same(fast, general)
 
 
-def test_seg_drawn_partly_off_the_reference_falls_back(study):
+def test_seg_drawn_partly_off_the_reference_falls_back_and_says_what_it_left_out(study, monkeypatch):
     # The reference lacks the first slice the SEG was drawn on: the fast path declines and the
     # highdicom path keeps the part on the reference's own slices.
     slices, _ = study
@@ -167,8 +167,15 @@ def test_seg_drawn_partly_off_the_reference_falls_back(study):
     tumor[0:4, 10:20, 12:25] = True
     seg = _seg(slices, [tumor], ["Tumor"], [codes.SCT.Neoplasm])
     assert rois._binary_seg_on_reference_slices(seg, partial) is None
-    (found,) = rois.read_annotation(seg, partial).rois
+    read = rois.read_annotation(seg, partial)
+    (found,) = read.rois
     assert np.array_equal(sitk.GetArrayFromImage(found.mask) > 0, tumor[1:])
+    # and says what it left out (the SR carries it as a note)
+    assert read.ignored == ["Tumor: 1 of the 4 frames it was drawn on lie outside the reference volume; "
+                            "only the part inside is used"]
+    monkeypatch.setattr(rois, "_binary_seg_on_reference_slices", lambda *a: None)  # the highdicom path, all of it on
+    whole = rois.read_annotation(seg, volume_from_datasets(ordered))                 # the reference: nothing to say
+    assert whole.ignored == [] and np.array_equal(sitk.GetArrayFromImage(whole.rois[0].mask) > 0, tumor)
 
 
 def _off_syntax(seg):

@@ -207,8 +207,38 @@ def _from_seg(ds: Dataset, reference: Volume, synonyms: Synonyms) -> AnnotationR
         if not sitk.GetArrayViewFromImage(on_grid).any():
             out.ignored.append(f"{label}: segment lies outside the reference volume")
             continue
+        if seg is not None:  # the fast path reads only SEGs drawn wholly on the reference's slices
+            off, drawn = _frames_off_reference(ds, seg, number, reference)
+            if off:
+                out.ignored.append(f"{label}: {off} of the {drawn} frames it was drawn on lie outside the reference "
+                                   "volume; only the part inside is used")
         out.rois.append(RoiMask(on_grid, _ref(role, sop_uid, label)))
     return out
+
+
+def _frames_off_reference(ds: Dataset, seg: hd.seg.Segmentation, number: int, reference: Volume) -> tuple[int, int]:
+    """(frames of segment `number` holding part of it whose plane lies beyond the reference's first
+    or last slice by more than half a slice, all frames holding part of it): what placing it on
+    the reference grid leaves out. Frames without a Plane Position count as inside."""
+    img = reference.image
+    normal = np.asarray(img.GetDirection()).reshape(3, 3)[:, 2]
+    first = float(np.dot(normal, img.GetOrigin()))
+    last = float(np.dot(normal, img.TransformIndexToPhysicalPoint((0, 0, img.GetSize()[2] - 1))))
+    half = img.GetSpacing()[2] / 2.0
+    lo, hi = min(first, last) - half, max(first, last) + half
+    off = drawn = 0
+    for i, item in enumerate(ds.get("PerFrameFunctionalGroupsSequence") or []):
+        segment = functional_group(ds, item, "SegmentIdentificationSequence")
+        if not segment or int(segment[0].ReferencedSegmentNumber) != number:
+            continue
+        if not np.asarray(seg.get_stored_frame(i + 1)).any():
+            continue
+        drawn += 1
+        position = functional_group(ds, item, "PlanePositionSequence")
+        if position and "ImagePositionPatient" in position[0]:
+            d = float(np.dot(normal, [float(v) for v in position[0].ImagePositionPatient]))
+            off += not lo <= d <= hi
+    return off, drawn
 
 
 def _highdicom_seg(ds: Dataset, sop_uid: str) -> hd.seg.Segmentation:
