@@ -11,11 +11,13 @@ it in a Store, both in a RAM-backed scratch directory. Each round then runs in a
     classify     phase_index.classify_and_keep_headers (headers, sampled pixels, rules, index rows)
     load <phase> volumes.read_series of the four CT series (with the headers classification read)
     register <p> each enhanced phase registered to the unenhanced one (pipeline.align.Aligner,
-                 as the pipeline does: the transform and its quality are kept)
-    markers      the reader's SEG onto the unenhanced grid, the equilibrium phase resampled
+                 as the pipeline does: in a background thread, started once the phase is loaded,
+                 so "(wait)" is only the part the loading of the next phase did not cover)
+    markers      the reader's SEG onto the unenhanced grid (the equilibrium phase's registration
+                 ends meanwhile), the equilibrium phase resampled
                  within the ROIs' boxes (Aligner.limit_to), tumor and liver ECV (paper 001; ROI
                  cores as pipeline.findings reads them), tumor diameter and volume
-    ecv map      ecv.ecv_map_percent over the liver
+    ecv map      ecv.ecv_map_boxed over the liver (as the pipeline: the values over its box)
 
 Modules are imported before the clock starts (a node's worker process has them loaded). Wall
 and CPU seconds (all threads) are printed per step: on a shared machine the CPU figure moves
@@ -121,20 +123,25 @@ def analyse(data: Path) -> dict:
 
     un = timed("load unenhanced", lambda: load(by_phase["unenhanced"]))
     aligner = Aligner(un)  # the pipeline's: registration cached per phase, resampling within the ROIs' boxes
-    quality = {}
+    # As in the pipeline, each phase is registered in a background thread (Aligner.register_ahead)
+    # while this one goes on: loading the next phase, and for the last one reading the SEG. The ECV
+    # needs the equilibrium phase on the unenhanced grid; the other phases carry ROIs by their
+    # transform, so only that image is kept.
+    quality, waiting = {}, None
     for phase in ENHANCED:
         vol = timed(f"load {phase}", lambda: load(by_phase[phase]))
-        quality[phase] = timed(f"register {phase}", lambda: aligner.transform(vol))[1]
-        # The ECV needs the equilibrium phase on the unenhanced grid; the other phases carry ROIs
-        # by their transform, so only that is kept (not the image).
-        if phase == "equilibrium":
-            eq_vol = vol
+        aligner.register_ahead(vol)
+        if waiting is not None:
+            quality[waiting[0]] = timed(f"register {waiting[0]} (wait)", lambda: aligner.transform(waiting[1]))[1]
+        waiting = (phase, vol)
         del vol
+    eq_vol = waiting[1]
 
     def markers():
         seg_series = truth["studies"][0]["series"]
         seg_uid = next(s["series_instance_uid"] for s in seg_series if s["kind"] == "seg")
         found = rois.read_annotation(pydicom.dcmread(paths(seg_uid)[0]), un)
+        quality["equilibrium"] = aligner.transform(eq_vol)[1]  # registered meanwhile
         # CECT needs tumor, liver and aorta (masks as the pipeline's Regions.arrays gives them);
         # each SimpleITK mask is dropped once converted.
         needed = {}
@@ -167,7 +174,7 @@ def analyse(data: Path) -> dict:
         return out, liver, eq
 
     values, liver, eq = timed("markers", markers)
-    emap = timed("ecv map", lambda: ecv.ecv_map_percent(sitk.GetArrayViewFromImage(un.image), eq.array(), liver,
+    emap = timed("ecv map", lambda: ecv.ecv_map_boxed(sitk.GetArrayViewFromImage(un.image), eq.array(), liver,
                                                         values["delta_hu_aorta"], HCT, un.image.GetSpacing()[::-1]))
     t["total"] = time.perf_counter() - start
     cpu["total"] = time.process_time() - cpu_start
@@ -232,13 +239,13 @@ def main() -> int:
 
     names = list(results[0]["times"])
     print(f"\nwall time (s) per round, then the median, and median CPU seconds (all threads)")
-    print(f"{'step':22s} " + " ".join(f"{'r' + str(i + 1):>7s}" for i in range(len(results))) + "   median      cpu")
+    print(f"{'step':30s} " + " ".join(f"{'r' + str(i + 1):>7s}" for i in range(len(results))) + "   median      cpu")
     for name in names:
         row = [r["times"][name] for r in results]
         cpu = statistics.median(r["cpu"][name] for r in results)
-        print(f"{name:22s} " + " ".join(f"{v:7.2f}" for v in row) + f"  {statistics.median(row):7.2f}  {cpu:7.2f}")
+        print(f"{name:30s} " + " ".join(f"{v:7.2f}" for v in row) + f"  {statistics.median(row):7.2f}  {cpu:7.2f}")
     rss = [r["peak_rss_mib"] for r in results]
-    print(f"{'peak RSS':22s} " + " ".join(f"{v:7.0f}" for v in rss) + f"  {statistics.median(rss):7.0f} MiB")
+    print(f"{'peak RSS':30s} " + " ".join(f"{v:7.0f}" for v in rss) + f"  {statistics.median(rss):7.0f} MiB")
     v = results[-1]["values"]
     tr = v["truth"]
     print(f"\nECV tumor {v['tumor']:.2f} % (truth {tr['tumor']:.2f}), liver {v['liver']:.2f} % (truth {tr['liver']:.2f}), "

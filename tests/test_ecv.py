@@ -132,6 +132,23 @@ def test_ecv_map_image_keeps_geometry_and_refuses_other_grid():
         ecv.ecv_map_image(imgs[0], imgs[1], mask, 150.0, 0.4)
 
 
+def test_ecv_map_boxed_from_boxed_phases_is_the_array_map():
+    """The pipeline's route: phases resampled only within the ROIs' boxes (BoxedArray, NaN
+    elsewhere) give the same map, held as the liver's box alone."""
+    from hccnode.imaging.boxed import BoxedArray
+    from hccnode.imaging.roi_stats import bounding_box
+
+    unenh, equil, liver, tumor = _synthetic_pair(10.0)
+    unenh, equil = unenh.astype(np.float32), equil.astype(np.float32)
+    spacing = (2.5, 1.0, 1.0)
+    want = ecv.ecv_map_percent(unenh, equil, liver, 150.0, 0.4, spacing)
+    box = bounding_box(liver, 1)  # what Aligner.limit_to resamples for this ROI
+    boxed_eq = BoxedArray(equil.shape, [(box, equil[box])])
+    got = ecv.ecv_map_boxed(unenh, boxed_eq, liver, 150.0, 0.4, spacing)
+    assert got.shape == liver.shape and len(got.pieces) == 1
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+
 def test_ecv_map_image_is_the_array_map_voxel_for_voxel():
     # noisy pair, mask reaching the volume's edge (the smoothing box is clipped there)
     unenh, equil, liver, tumor = _synthetic_pair(10.0)

@@ -26,6 +26,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from hccnode.imaging.boxed import BoxedArray
 from hccnode.imaging.nic import nic_ratio
 from hccnode.imaging.roi_stats import bounding_box, mean_of_rois
 
@@ -156,14 +157,25 @@ def ecv_map_percent(
     `sigma_mm` restricted to the mask (normalised convolution: sum(w*I*m)/sum(w*m)) so that
     vessels, fat or air outside the mask do not bleed into edge voxels; sigma_mm=0 disables it.
     """
+    return np.asarray(ecv_map_boxed(unenhanced_hu, equilibrium_hu, mask, delta_hu_aorta, hct, spacing_mm, sigma_mm))
+
+
+def ecv_map_boxed(
+    unenhanced_hu: np.ndarray | BoxedArray,
+    equilibrium_hu: np.ndarray | BoxedArray,
+    mask: np.ndarray,
+    delta_hu_aorta: float,
+    hct: float,
+    spacing_mm: Sequence[float],
+    sigma_mm: float = DEFAULT_MAP_SIGMA_MM,
+) -> BoxedArray:
+    """`ecv_map_percent` without its full-size array: the values over the mask's bounding box
+    (widened by the smoothing's reach), NaN elsewhere. The phases may be BoxedArrays too (a phase
+    resampled within the ROIs' boxes); only the mask's box of each is read."""
     mask = np.asarray(mask, dtype=bool)
     _check_map_inputs(unenhanced_hu, equilibrium_hu, mask, delta_hu_aorta, hct, spacing_mm, sigma_mm)
-    out = np.full(mask.shape, np.nan, dtype=np.float32)
     found = _ecv_map_box(unenhanced_hu, equilibrium_hu, mask, delta_hu_aorta, hct, spacing_mm, sigma_mm)
-    if found is not None:
-        box, values = found
-        out[box] = values
-    return out
+    return BoxedArray(mask.shape, [found] if found is not None else [])
 
 
 def _check_map_inputs(unenhanced_hu, equilibrium_hu, mask, delta_hu_aorta, hct, spacing_mm, sigma_mm) -> None:
@@ -202,11 +214,12 @@ def _ecv_map_box(unenhanced_hu, equilibrium_hu, mask, delta_hu_aorta, hct, spaci
         # Normalised convolution of the difference (linear, so the same as smoothing each phase).
         # The two filters are independent and scipy.ndimage releases the GIL: the weights are
         # smoothed in a second thread (same values, about half the time on two cores).
+        weight = m.astype(np.float32)  # filtered in place, as the difference is: no third box-sized array
         with ThreadPoolExecutor(1) as pool:
-            weight = pool.submit(ndimage.gaussian_filter, m.astype(np.float32), sigma_vox, mode="nearest")
+            done = pool.submit(ndimage.gaussian_filter, weight, sigma_vox, output=weight, mode="nearest")
             diff[~m] = 0.0
             ndimage.gaussian_filter(diff, sigma_vox, output=diff, mode="nearest")
-            weight = weight.result()
+            done.result()
         with np.errstate(invalid="ignore", divide="ignore"):
             diff /= weight
         del weight

@@ -20,6 +20,7 @@ import SimpleITK as sitk
 
 from hccnode import log
 from hccnode.imaging import registration
+from hccnode.imaging.boxed import BoxedArray
 from hccnode.imaging.roi_stats import bounding_box
 from hccnode.imaging.volumes import Volume
 
@@ -29,10 +30,10 @@ SCANNER_COORDINATES = {"method": "scanner coordinates (same frame of reference, 
 @dataclass
 class Aligned:
     """`image`: the series on the reference grid (float32, NaN where it has no data), as a
-    SimpleITK image or, when resampled within a box, a numpy array (z, y, x); `quality`: the
+    SimpleITK image or, when resampled within boxes, a BoxedArray (z, y, x); `quality`: the
     registration record for provenance (None for the reference itself)."""
 
-    image: sitk.Image | np.ndarray | None
+    image: sitk.Image | BoxedArray | None
     quality: dict | None
     problem: str | None = None
 
@@ -40,8 +41,9 @@ class Aligned:
     def ok(self) -> bool:
         return self.image is not None and self.problem is None
 
-    def array(self) -> np.ndarray:
-        return self.image if isinstance(self.image, np.ndarray) else sitk.GetArrayViewFromImage(self.image)
+    def array(self) -> np.ndarray | BoxedArray:
+        """The values (z, y, x) to index with a ROI's box: a view of the image, or the BoxedArray."""
+        return self.image if isinstance(self.image, BoxedArray) else sitk.GetArrayViewFromImage(self.image)
 
 
 class Aligner:
@@ -126,7 +128,7 @@ class Aligner:
             return None, record, problem
         return resample_mask(mask, self.reference.image, tx), record, None
 
-    def _resample(self, image: sitk.Image, tx: sitk.Transform | None, interp) -> sitk.Image | np.ndarray:
+    def _resample(self, image: sitk.Image, tx: sitk.Transform | None, interp) -> sitk.Image | BoxedArray:
         ref = self.reference.image
         if image.GetPixelID() != sitk.sitkFloat32:
             image = sitk.Cast(image, sitk.sitkFloat32)
@@ -134,13 +136,12 @@ class Aligner:
             return image  # volumes are float32 already: no copy
         if self.boxes is None:
             return sitk.Resample(image, ref, tx or sitk.Transform(), interp, float("nan"), sitk.sitkFloat32)
-        # numpy, not a SimpleITK image: filled with NaN once (SimpleITK would zero-fill it first).
-        out = np.full(ref.GetSize()[::-1], np.nan, dtype=np.float32)
+        pieces = []
         for box in self.boxes:
             grid = _sub_grid(ref, [b.start for b in box][::-1], [b.stop - b.start for b in box][::-1])
             piece = sitk.Resample(image, grid, tx or sitk.Transform(), interp, float("nan"), sitk.sitkFloat32)
-            out[box] = sitk.GetArrayViewFromImage(piece)
-        return out
+            pieces.append((box, sitk.GetArrayFromImage(piece)))
+        return BoxedArray(ref.GetSize()[::-1], pieces)  # no full-size grid of NaN
 
 
 def resample_mask(mask: sitk.Image, reference: sitk.Image, tx: sitk.Transform | None) -> sitk.Image:

@@ -126,7 +126,8 @@ def measure_cect(study: Study, aligner: Aligner, regions: Regions, labs: Labs, f
 
 def _ecv_map(un: Aligned, eq: Aligned, spacing: tuple[float, float, float], livers: list[np.ndarray], d_aorta: float,
              hct: LabRef | None, hct_reason: str | None, f: Findings) -> None:
-    """Voxelwise paper-001 ECV (%) over the liver ROIs (hccnode.imaging.ecv.ecv_map_percent)."""
+    """Voxelwise paper-001 ECV (%) over the liver ROIs (hccnode.imaging.ecv.ecv_map_percent), as the
+    values over the liver's box (a BoxedArray)."""
     if not livers:
         f.note("ECV map not computed: no liver ROI")
         return
@@ -139,7 +140,7 @@ def _ecv_map(un: Aligned, eq: Aligned, spacing: tuple[float, float, float], live
     liver = livers[0].copy()  # the union, without stacking full-size masks
     for m in livers[1:]:
         liver |= m
-    f.ecv_map = ecv.ecv_map_percent(un.array(), eq.array(), liver, d_aorta, hct.value, spacing)
+    f.ecv_map = ecv.ecv_map_boxed(un.array(), eq.array(), liver, d_aorta, hct.value, spacing)
     f.ecv_map_liver = liver
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from hccnode.imaging.boxed import BoxedArray
 from hccnode.imaging.measure import AUTOMATIC, Measurement, RoiRef
 from hccnode.imaging.roi_stats import bounding_box, mean_of_rois, roi_mean
 from hccnode.imaging.rois import RoiMask
@@ -27,7 +28,7 @@ class Findings:
     measurements: list[Measurement] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     series_used: set[str] = field(default_factory=set)
-    ecv_map: np.ndarray | None = None
+    ecv_map: BoxedArray | None = None  # ECV (%) on the reference grid, over the liver's box
     ecv_map_liver: np.ndarray | None = None  # the union of the liver ROIs the map covers
 
     def add(self, m: Measurement) -> Measurement:
@@ -65,19 +66,19 @@ def _core_and_box(mask: np.ndarray) -> tuple[np.ndarray, tuple[slice, ...]]:
     return out, box
 
 
-def mean_in(image: np.ndarray, mask: np.ndarray) -> float:
+def mean_in(image: np.ndarray | BoxedArray, mask: np.ndarray) -> float:
     """Mean of `image` over the ROI core (ValueError if any core voxel has no data, or the ROI is empty)."""
     inner, box = _core_and_box(mask)
-    return roi_mean(np.asarray(image)[box], inner)
+    return roi_mean(np.asarray(image[box]), inner)
 
 
-def values_in(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def values_in(image: np.ndarray | BoxedArray, mask: np.ndarray) -> np.ndarray:
     """The image values in the ROI core."""
     inner, box = _core_and_box(mask)
-    return np.asarray(image)[box][inner]
+    return np.asarray(image[box])[inner]
 
 
-def mean_over(image: np.ndarray, masks: list[np.ndarray]) -> float:
+def mean_over(image: np.ndarray | BoxedArray, masks: list[np.ndarray]) -> float:
     """Average of the ROI means (papers 000-003 average their ROIs)."""
     return mean_of_rois(mean_in(image, m) for m in masks)
 

@@ -14,7 +14,7 @@ Entry point (pure builders underneath, one module per object: seg, pmap, sr, sum
         model_results,  # [dict from hccnode.models.engine.evaluate]
         labs_used,      # [hccnode.imaging.measure.LabRef]
         out_dir,
-        ecv_map=None,      # float (z,y,x) ECV in %, NaN where not computed, on the reference grid
+        ecv_map=None,      # float (z,y,x) ECV in %, NaN where not computed, on the reference grid (array or BoxedArray)
         liver_mask=None,   # bool mask the map is restricted to (default: union of the liver ROIs)
         images=None,       # reference volume (z,y,x, HU) for the summary's key images
         missing=(),        # extra "not measured" notes, e.g. "ECV not measured: no hematocrit within 48 h"

@@ -12,6 +12,7 @@ from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 
 from hccnode import log
+from hccnode.imaging.boxed import BoxedArray
 from hccnode.imaging.measure import LabRef, Measurement
 from hccnode.labs import catalog
 from hccnode.report import pmap, seg, sr, summary
@@ -62,7 +63,7 @@ def build_outputs(
     labs_used: Sequence[LabRef],
     out_dir: str | Path,
     *,
-    ecv_map: np.ndarray | None = None,
+    ecv_map: np.ndarray | BoxedArray | None = None,
     liver_mask: np.ndarray | None = None,
     images: np.ndarray | None = None,
     missing: Sequence[str] = (),

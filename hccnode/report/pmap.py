@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 import hccnode
+from hccnode.imaging.boxed import BoxedArray
 from hccnode.imaging.roi_stats import bounding_box
 from hccnode.report.inputs import Reference, run_of
 
@@ -46,9 +47,10 @@ def _frames(values: np.ndarray, start: int, idx: np.ndarray) -> np.ndarray:
     return out
 
 
-def build_ecv_map(reference: Reference, ecv_percent: np.ndarray, liver: np.ndarray, quantity: CodedConcept,
+def build_ecv_map(reference: Reference, ecv_percent: np.ndarray | BoxedArray, liver: np.ndarray, quantity: CodedConcept,
                   region: CodedConcept, series_uid: str, sop_uid: str, series_number: int) -> hd.pm.ParametricMap:
-    """The ECV map on `reference` (array z, y, x in %, NaN where not computed), kept inside `liver`.
+    """The ECV map on `reference` (array or BoxedArray z, y, x in %, NaN where not computed), kept
+    inside `liver`.
     `quantity` is the ECV concept and `region` the liver's code, both from the SR template."""
     reference.check(ecv_percent, "ECV map")
     reference.check(liver, "liver mask")
