@@ -47,11 +47,12 @@ def _phase_image(study: Study, aligner: Aligner, series: Series | None, phase: s
 
 def registered_series(study: Study, kind: str) -> list[Series]:
     """The anatomical series the markers below register to the reference: the unenhanced and
-    equilibrium CT (`measure_cect`), and for dual energy the equilibrium and arterial images the
-    iodine maps and VMIs go through (`measure_dect`); unenhanced first, as every ECV needs it."""
+    equilibrium CT (`measure_cect`), and for dual energy the image of each phase whose iodine map
+    or VMIs go through its registration (`measure_dect`); unenhanced first, as every ECV needs it."""
     found = [study.ct("unenhanced"), study.ct("equilibrium")]
     if kind == "dect":
-        found += [study.anatomy("equilibrium"), study.anatomy("arterial")]
+        found += [study.anatomy(p) for p in ("equilibrium", "arterial")
+                  if study.of_kind("dect_iodine", p) or study.of_kind("dect_vmi", p)]
     return list({s.uid: s for s in found if s is not None}.values())
 
 
