@@ -43,6 +43,16 @@ def run_job(data_dir: str, job_id: int, destinations: Sequence[str] = (), rules_
 def _warm_up() -> None:
     import hccnode.pipeline.driver  # noqa: F401 - the analysis modules (SimpleITK, highdicom, matplotlib)
 
+    # highdicom reads its tables of the standard's modules (a large JSON file) on the first SEG
+    # it builds: half a second of the first study after a start, unless read here. A private
+    # function, so only tried: a highdicom without it reads the tables when first needed.
+    try:
+        from highdicom._standard_utils import get_module_attribute_map
+
+        get_module_attribute_map()
+    except (ImportError, AttributeError):
+        pass
+
 
 class WorkerPool:
     """`n` worker threads sharing a process pool of the same size."""
