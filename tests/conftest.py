@@ -141,6 +141,25 @@ def _toml(cfg: dict) -> str:
 
 
 @pytest.fixture
+def registration_threads(monkeypatch) -> list[str]:
+    """The name of the thread each image registration (hccnode.imaging.registration.register)
+    runs in, in order, while the test runs."""
+    import threading
+
+    from hccnode.imaging import registration
+
+    names: list[str] = []
+    real = registration.register
+
+    def register(*args, **kwargs):
+        names.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(registration, "register", register)
+    return names
+
+
+@pytest.fixture
 def node_factory(tmp_path):
     nodes: list[NodeProcess] = []
 

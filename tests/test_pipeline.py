@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import shutil
-import threading
 
 import highdicom as hd
 import numpy as np
@@ -13,7 +12,6 @@ import pytest
 from pipeline_support import add_labs, by_marker, phantom_store, scratch_dir
 from report_support import dciodvfy
 
-from hccnode.imaging import registration
 from hccnode.imaging.measure import READER
 from hccnode.phantom import Motion, StudySpec
 from hccnode.pipeline import analyze_study
@@ -166,16 +164,9 @@ def test_without_a_reader_annotation_automatic_liver_and_aorta_rois_give_liver_e
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_dect_nic_ecv_nicap_lambda_against_truth_and_nic_without_hct(monkeypatch):
+def test_dect_nic_ecv_nicap_lambda_against_truth_and_nic_without_hct(registration_threads):
     root = scratch_dir("pipe-dect")
-    threads = []
-    real = registration.register
-
-    def register(*args, **kwargs):
-        threads.append(threading.current_thread().name)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(registration, "register", register)
+    threads = registration_threads
     try:
         store, truth, (study,) = phantom_store(
             root, StudySpec(kind="dect", seed=4, slices=12, matrix=64, noise_sd=2.0, seg_phase="equilibrium"))

@@ -207,26 +207,17 @@ def test_aligner_limited_to_a_box_resamples_only_there():
     assert np.isnan(part[outside]).all() and np.isfinite(whole[boxes[0]]).any()
 
 
-def test_registering_ahead_gives_the_transform_of_registering_when_asked(registered, monkeypatch):
+def test_registering_ahead_gives_the_transform_of_registering_when_asked(registered, registration_threads):
     """Aligner.register_ahead registers in a background thread while the caller goes on (e.g.
     reading ROIs with SimpleITK filters of its own); `transform` then returns that result, bit
     for bit what registering on demand gives, and registers nothing a second time."""
-    import threading
-
     from hccnode.imaging.volumes import Volume
     from hccnode.pipeline.align import Aligner
 
     fixed, moving, *_, reg = registered
     ref = Volume(fixed, "ref", 1, "1.2.3", [], [])
     mov = Volume(moving, "mov", 2, "1.2.3", [], [])
-    threads = []
-    real = registration.register
-
-    def counted(*args, **kwargs):
-        threads.append(threading.current_thread().name)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(registration, "register", counted)
+    threads = registration_threads
     threads_before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     aligner = Aligner(ref)
     aligner.register_ahead(mov)
