@@ -42,13 +42,21 @@ class Regions:
         """Each ROI's bounding box (numpy z, y, x) widened by `margin` voxels."""
         return [b for r in self.rois for b in [bounding_box(sitk.GetArrayViewFromImage(r.mask), margin)] if b]
 
-    _arrays: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    _arrays: dict[int, tuple[sitk.Image, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def array(self, roi: RoiMask) -> np.ndarray:
-        """The bool mask (z, y, x) of one ROI, converted once."""
+        """The bool mask (z, y, x) of one ROI, read-only: a view of its image when that holds only
+        0 and 1 (as masks do; no full-size copy), else converted once. The image is kept with it,
+        so the view stays valid."""
         if id(roi.mask) not in self._arrays:
-            self._arrays[id(roi.mask)] = sitk.GetArrayViewFromImage(roi.mask) > 0
-        return self._arrays[id(roi.mask)]
+            values = sitk.GetArrayViewFromImage(roi.mask)
+            if values.dtype == np.uint8 and values.max(initial=0) <= 1:
+                mask = values.view(bool)
+            else:
+                mask = values > 0
+                mask.flags.writeable = False
+            self._arrays[id(roi.mask)] = (roi.mask, mask)
+        return self._arrays[id(roi.mask)][1]
 
     def arrays(self, role: str) -> list[tuple[RoiMask, np.ndarray]]:
         """(ROI, bool mask z, y, x) of a role; each mask converted once."""
