@@ -87,6 +87,7 @@ def analyse(data: Path) -> dict:
     from hccnode.imaging.volumes import read_series
     from hccnode.pipeline.align import Aligner
     from hccnode.pipeline.findings import mean_in
+    from hccnode.pipeline.regions import Regions
     from hccnode.store.db import Store
 
     meta = json.loads((data / "study.json").read_text())
@@ -142,20 +143,15 @@ def analyse(data: Path) -> dict:
         seg_uid = next(s["series_instance_uid"] for s in seg_series if s["kind"] == "seg")
         found = rois.read_annotation(pydicom.dcmread(paths(seg_uid)[0]), un)
         quality["equilibrium"] = aligner.transform(eq_vol)[1]  # registered meanwhile
-        # CECT needs tumor, liver and aorta (masks as the pipeline's Regions.arrays gives them);
-        # each SimpleITK mask is dropped once converted.
-        needed = {}
-        while found.rois:
-            r = found.rois.pop()
-            if r.role in ("tumor", "liver", "aorta"):
-                needed[r.role] = sitk.GetArrayViewFromImage(r.mask) > 0
-            del r
+        # CECT needs tumor, liver and aorta, as the pipeline's Regions gives them (bool views of
+        # the ROIs' images).
+        regions = Regions(rois=[r for r in found.rois if r.role in ("tumor", "liver", "aorta")])
+        del found
+        needed = {r.role: regions.array(r) for r in regions.rois}
         boxes = {role: bounding_box(m, 1) for role, m in needed.items()}
-        # Values are read within each ROI's box: only that part of its mask is kept (the whole
-        # liver mask too, for the map).
-        part = {role: needed[role][boxes[role]].copy() for role in needed}
+        # Values are read within each ROI's box (the whole liver mask too, for the map).
+        part = {role: needed[role][boxes[role]] for role in needed}
         liver = needed["liver"]
-        del needed
         aligner.limit_to(list(boxes.values()))
         eq = aligner.through(eq_vol)  # resampled within the ROIs' boxes
         eq_vol.image = None  # only its values within the boxes are needed from here on

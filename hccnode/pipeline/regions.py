@@ -42,25 +42,35 @@ class Regions:
         """Each ROI's bounding box (numpy z, y, x) widened by `margin` voxels."""
         return [b for r in self.rois for b in [bounding_box(sitk.GetArrayViewFromImage(r.mask), margin)] if b]
 
-    _arrays: dict[int, tuple[sitk.Image, np.ndarray]] = field(default_factory=dict, repr=False)
+    _arrays: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     def array(self, roi: RoiMask) -> np.ndarray:
-        """The bool mask (z, y, x) of one ROI, read-only: a view of its image when that holds only
-        0 and 1 (as masks do; no full-size copy), else converted once. The image is kept with it,
-        so the view stays valid."""
+        """The bool mask (z, y, x) of one ROI, read-only, converted once: a view of its image when
+        that holds only 0 and 1, as masks do (no full-size copy per ROI). The view holds the image
+        (through its base), so it stays valid however long it is kept."""
         if id(roi.mask) not in self._arrays:
             values = sitk.GetArrayViewFromImage(roi.mask)
             if values.dtype == np.uint8 and values.max(initial=0) <= 1:
-                mask = values.view(bool)
+                mask = np.asarray(_Pinned(roi.mask, values.view(bool)))
             else:
                 mask = values > 0
                 mask.flags.writeable = False
-            self._arrays[id(roi.mask)] = (roi.mask, mask)
-        return self._arrays[id(roi.mask)][1]
+            self._arrays[id(roi.mask)] = mask
+        return self._arrays[id(roi.mask)]
 
     def arrays(self, role: str) -> list[tuple[RoiMask, np.ndarray]]:
         """(ROI, bool mask z, y, x) of a role; each mask converted once."""
         return [(r, self.array(r)) for r in self.by_role(role)]
+
+
+class _Pinned:
+    """An array view of a SimpleITK image that keeps the image alive: numpy makes this object
+    the base of the array it builds from `__array_interface__` (a bare view of an image's buffer
+    does not hold the image, and reads freed memory once the image is gone)."""
+
+    def __init__(self, image: sitk.Image, view: np.ndarray):
+        self.image = image
+        self.__array_interface__ = view.__array_interface__
 
 
 def placer(name: str) -> Callable | None:
