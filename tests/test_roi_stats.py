@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from hccnode.imaging.roi_stats import bounding_box, mean_of_rois, roi_mean
+from hccnode.imaging.roi_stats import bounding_box, mean_of_rois, roi_mean, union
 
 
 def test_mean_of_rois():
@@ -42,3 +42,14 @@ def test_bounding_box_margin_is_clipped_and_empty_is_none():
     assert bounding_box(m, margin=1) == (slice(0, 4), slice(2, 6))
     assert bounding_box(m, margin=[0, 2]) == (slice(0, 3), slice(1, 6))
     assert bounding_box(np.zeros((3, 3), bool)) is None
+
+
+def test_union_is_any_of_the_masks_and_leaves_them_unchanged():
+    rng = np.random.default_rng(3)
+    masks = [rng.random((4, 5, 6)) > 0.7 for _ in range(3)]
+    masks[1] = masks[1].astype(np.uint8)  # any mask type: nonzero is inside
+    before = [m.copy() for m in masks]
+    got = union(masks)
+    assert got.dtype == bool and np.array_equal(got, np.any([m != 0 for m in masks], axis=0))
+    assert all(np.array_equal(m, b) for m, b in zip(masks, before))
+    assert union(masks[:1]) is not masks[0] and np.array_equal(union(masks[:1]), masks[0])

@@ -202,13 +202,14 @@ def _ecv_map_box(unenhanced_hu, equilibrium_hu, mask, delta_hu_aorta, hct, spaci
     if box is None:
         return None
     # float32 throughout: HU need no more, and a liver box of a 512 x 512 x 300 study is large.
-    un = np.array(unenhanced_hu[box], dtype=np.float32)
-    eq = np.array(equilibrium_hu[box], dtype=np.float32)
+    # The phases are only read (views where they are float32 arrays); the difference is the one
+    # new box-sized array, worked on in place from here.
+    un = np.asarray(unenhanced_hu[box], dtype=np.float32)
+    eq = np.asarray(equilibrium_hu[box], dtype=np.float32)
     # Voxels without data (NaN, e.g. outside a registered phase's coverage) stay NaN and are
     # left out of their neighbours' smoothing.
     m = (mask[box] != 0) & np.isfinite(un) & np.isfinite(eq)
-    diff = eq
-    np.subtract(eq, un, out=diff)
+    diff = np.subtract(eq, un)
     del un, eq
     if sigma_mm > 0:
         # Normalised convolution of the difference (linear, so the same as smoothing each phase).

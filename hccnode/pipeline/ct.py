@@ -13,7 +13,7 @@ import numpy as np
 
 from hccnode.imaging import ecv, nic, spectral
 from hccnode.imaging.measure import LabRef, Measurement, SeriesRef
-from hccnode.imaging.roi_stats import bounding_box
+from hccnode.imaging.roi_stats import bounding_box, union
 from hccnode.imaging.volumes import Volume
 from hccnode.pipeline.align import Aligned, Aligner
 from hccnode.pipeline.findings import Findings, group_ref, mean_in, mean_over
@@ -138,9 +138,7 @@ def _ecv_map(un: Aligned, eq: Aligned, spacing: tuple[float, float, float], live
     if not d_aorta > 0:
         f.note(f"ECV map not computed: aortic enhancement {d_aorta:.1f} HU is not positive")
         return
-    liver = livers[0].copy()  # the union, without stacking full-size masks
-    for m in livers[1:]:
-        liver |= m
+    liver = union(livers)
     f.ecv_map = ecv.ecv_map_boxed(un.array(), eq.array(), liver, d_aorta, hct.value, spacing)
     f.ecv_map_liver = liver
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -14,6 +13,7 @@ from pydicom.dataset import Dataset
 from hccnode import log
 from hccnode.imaging.boxed import BoxedArray
 from hccnode.imaging.measure import LabRef, Measurement
+from hccnode.imaging.roi_stats import union
 from hccnode.labs import catalog
 from hccnode.report import pmap, seg, sr, summary
 from hccnode.report.inputs import Reference, ReportRoi, analysis_key, tracking
@@ -104,8 +104,7 @@ def build_outputs(
     if ecv_map is not None:
         if liver_mask is None:
             livers = [r.mask for r in rois if r.ref.name == "liver"]
-            # pairwise, not np.any(livers, axis=0): that first stacks every mask into one array
-            liver_mask = functools.reduce(np.logical_or, livers) if livers else None
+            liver_mask = union(livers) if livers else None
         if liver_mask is None or not np.any(liver_mask):
             missing.append("ECV map not written: no liver mask")
         elif ECV_FORMULA not in template.measurements:
