@@ -34,7 +34,6 @@ BODY_HU = -500.0           # air / body boundary
 BONE_HU = 200.0            # cortical and dense cancellous bone
 ENHANCED_BLOOD_HU = 90.0   # intravenous iodine lifts blood (about 40 HU) above this
 AORTA_THRESHOLDS_HU = (ENHANCED_BLOOD_HU, 110.0, 125.0, 140.0, 160.0, 200.0, 250.0)
-SOFT_HU = (-30.0, 250.0)   # soft-tissue window for organ search (excludes fat, air, dense bone)
 AORTA_DIAMETER_MM = (12.0, 40.0)
 # Expected aorta centre relative to the vertebral body: x from its midline (towards Left),
 # y in front of its anterior cortex (towards Anterior), and the search window around it.
@@ -69,6 +68,7 @@ class Region:
     voxels: int
     method: str = ""
     notes: list[str] = field(default_factory=list)
+    organ: np.ndarray | None = None          # the organ's whole extent, where it was found (liver)
 
 
 @dataclass(frozen=True)
@@ -441,51 +441,26 @@ def _homogeneous_spot(img: np.ndarray, cy: float, cx: float, dy: float, dx: floa
     return best
 
 
-def find_liver(hu: np.ndarray, spacing, body: np.ndarray | None = None, erode_mm: float = 6.0,
-               spine: Spine | None = None) -> Region | None:
-    """A liver sample region: the largest soft-tissue component (eroded by `erode_mm` in plane)
-    whose centroid lies on the patient's right and in front of the vertebral body's middle,
-    trimmed to median +/- 2.5 robust SD of its HU (drops vessels, tumors and edges).
+def find_liver(hu: np.ndarray, spacing, body: np.ndarray | None = None, spine: Spine | None = None,
+               unenhanced: np.ndarray | None = None) -> Region | None:
+    """The liver: a homogeneous sample of its parenchyma (`Region.mask`, for its HU) and its
+    extent (`Region.organ`), found as hccnode.imaging.liver describes (its own attenuation on the
+    patient's right, separated from touching organs of similar attenuation by distance-transform
+    cores); `unenhanced`, the unenhanced phase registered onto the same grid, adds the
+    enhancement as a second feature. None when no liver is found; `Region.notes` of the
+    returned region say how it was found (`hccnode.imaging.liver.find_liver_extent` also says
+    what was found instead when it finds nothing)."""
+    from hccnode.imaging import liver as finder
 
-    The liver's bulk is anterior to the spine; the right erector spinae, which can outsize a
-    small liver, lies behind the vertebral body and is excluded that way. Without a spine the
-    posterior 30% of the body's depth (where the back muscles are) is excluded instead."""
-    dz, dy, dx = spacing
     body = body_mask(hu) if body is None else body
     spine = find_spine(hu, spacing, body) if spine is None else spine
-    soft = body & (hu > SOFT_HU[0]) & (hu < SOFT_HU[1])
-    ker = disk(erode_mm / min(dy, dx))
-    eroded = np.zeros_like(soft)
-    for k in range(hu.shape[0]):
-        eroded[k] = ndimage.binary_erosion(soft[k], structure=ker)
-    lab, n = ndimage.label(eroded)
-    if n == 0:
+    found, _ = finder.find_liver_extent(hu, spacing, body, spine.x, spine.anterior_y, unenhanced)
+    if found is None:
         return None
-    zz, yy, xx = np.nonzero(eroded)
-    ids = lab[zz, yy, xx]
-    sizes = np.bincount(ids, minlength=n + 1)[1:].astype(float)
-    centres = np.column_stack([np.bincount(ids, weights=c, minlength=n + 1)[1:] for c in (zz, yy, xx)])
-    centres /= np.maximum(sizes, 1.0)[:, None]
-    bz, by, bx = np.nonzero(body)
-    body_cx = bx.mean()
-    if spine.found:
-        y_limit = float(np.nanmedian(spine.anterior_y)) + VERTEBRAL_MID_MM / dy
-    else:
-        y_limit = by.min() + 0.7 * (by.max() - by.min())
-    best, best_size = 0, 0.0
-    for i, (c, s) in enumerate(zip(centres, sizes), start=1):
-        if c[2] < body_cx and c[1] < y_limit and s > best_size:
-            best, best_size = i, s
-    if not best:
-        return None
-    comp = lab == best
-    vals = hu[comp]
-    med = float(np.median(vals))
-    mad = 1.4826 * float(np.median(np.abs(vals - med))) or 1.0
-    core = comp & (np.abs(hu - med) <= 2.5 * mad)
-    region = _region("liver", hu, core, spacing, "largest right-sided soft-tissue organ in front of the spine")
+    region = _region("liver", hu, finder.sample(hu, spacing, found.organ), spacing, found.method)
     if region is not None:
-        region.notes.append(f"{int(best_size)} voxels before trimming to median +/- 2.5 robust SD")
+        region.organ = found.organ
+        region.notes.append(f"extent {found.volume_ml:.0f} mL on the search grid")
     return region
 
 

@@ -34,7 +34,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from hccnode.imaging.anatomy import (CALCIUM_ABOVE_LUMEN_HU, VERTEBRAL_MID_MM, Lumen, Spine, aortic_lumen,
-                                     body_mask, disk_mask, fill_holes_2d, find_liver, find_spine, image_lps_order)
+                                     body_mask, disk_mask, fill_holes_2d, find_spine, image_lps_order)
+from hccnode.imaging import liver
 from hccnode.imaging.measure import AUTOMATIC, RoiRef
 from hccnode.imaging.rois import RoiMask
 from hccnode.imaging.volumes import Volume
@@ -214,30 +215,23 @@ class LiverMap:
     threshold_hu: float
 
 
-def liver_map(hu: np.ndarray, spacing, body: np.ndarray, spine: Spine,
-              avoid: np.ndarray | None = None) -> LiverMap | None:
-    """Parenchyma of the liver found by `find_liver`: voxels of the body whose smoothed HU is within
-    the deviation threshold of the liver's median, connected to the liver sample (other organs of
-    similar attenuation are separate components); None when no liver is found."""
-    sample = find_liver(hu, spacing, body, spine=spine)
-    if sample is None:
-        return None
+def liver_map(hu: np.ndarray, spacing, body: np.ndarray, spine: Spine, avoid: np.ndarray | None = None,
+              unenhanced: np.ndarray | None = None, enhanced: bool = False) -> tuple[LiverMap | None, list[str]]:
+    """The liver's extent found by hccnode.imaging.liver (separated from touching organs of
+    similar attenuation) and its parenchyma: voxels of the extent whose smoothed HU is within the
+    deviation threshold of the liver's median. (None, what was found instead) when no liver is
+    found."""
+    found, why = liver.find_liver_extent(hu, spacing, body, spine.x, spine.anterior_y, unenhanced, enhanced)
+    if found is None:
+        return None, why
+    organ = found.organ & body
     smooth = _smooth(hu, spacing, SMOOTH_MM)
-    core = smooth[sample.mask]
+    core = smooth[liver.sample(hu, spacing, organ)]
     median = float(np.median(core))
     threshold = max(DEVIATION_HU, DEVIATION_NOISE_SD * _robust_sd(core))
-    parenchyma = body & (np.abs(smooth - median) <= threshold)
-    lab, n = ndimage.label(parenchyma)
-    ids = np.unique(lab[sample.mask & parenchyma])
-    ids = ids[ids > 0]
-    if ids.size == 0:
-        return None
-    liver = np.isin(lab, ids)
-    organ = np.zeros_like(liver)
-    for k in range(liver.shape[0]):
-        organ[k] = fill_holes_2d(liver[k])
-    clear = liver if avoid is None else liver & ~avoid
-    return LiverMap(organ, clear, median, threshold)
+    parenchyma = organ & (np.abs(smooth - median) <= threshold)
+    clear = parenchyma if avoid is None else parenchyma & ~avoid
+    return LiverMap(organ, clear, median, threshold), []
 
 
 def _liver_targets(organ2d: np.ndarray, x_mid: float, spacing) -> dict[str, tuple]:
@@ -346,10 +340,13 @@ def _aorta_roi(lumen: dict[int, Lumen], k0: int, shape, spacing) -> tuple[Placed
                       band_above_hu=CALCIUM_ABOVE_LUMEN_HU), None
 
 
-def ct_roi_masks(hu: np.ndarray, spacing, avoid: np.ndarray | None = None) -> tuple[list[PlacedMask], list[str]]:
+def ct_roi_masks(hu: np.ndarray, spacing, avoid: np.ndarray | None = None, unenhanced: np.ndarray | None = None
+                 ) -> tuple[list[PlacedMask], list[str]]:
     """Automatic CT ROIs on an LPS-ordered HU volume [z, y, x] with spacing (dz, dy, dx) mm:
     aorta, 'liver right anterior', 'liver right posterior', 'liver left lateral', 'erector spinae';
-    none touches `avoid` (bool, same shape). Returns the masks and notes on what is missing.
+    none touches `avoid` (bool, same shape). `unenhanced`, the unenhanced phase registered onto
+    the same grid, helps tell the liver from touching organs (its enhancement). Returns the masks
+    and notes on what is missing.
 
     The search runs on a reduced copy (slices about 5 mm apart, pixels of at least 1.5 mm, block
     means), which is enough to find organs and places; each ROI is then painted on every slice of
@@ -358,7 +355,10 @@ def ct_roi_masks(hu: np.ndarray, spacing, avoid: np.ndarray | None = None) -> tu
     if avoid is not None and avoid.shape != hu.shape:
         raise ValueError(f"avoid mask shape {avoid.shape} differs from the volume's {hu.shape}")
     grid = _Reduced(hu.shape, spacing)
-    coarse, notes = _search_ct(grid.reduce(hu), grid.spacing, None if avoid is None else grid.reduce_mask(avoid))
+    if unenhanced is not None and unenhanced.shape != hu.shape:
+        raise ValueError(f"unenhanced shape {unenhanced.shape} differs from the volume's {hu.shape}")
+    coarse, notes = _search_ct(grid.reduce(hu), grid.spacing, None if avoid is None else grid.reduce_mask(avoid),
+                               None if unenhanced is None else grid.reduce(unenhanced))
     placed = []
     cache: dict[int, np.ndarray] = {}
 
@@ -458,7 +458,8 @@ def _paint_fine(p: PlacedMask, grid: _Reduced, shape, spacing, smooth, avoid) ->
     return PlacedMask(p.role, p.label, mask, p.radius_mm, centres, p.clearance_mm, p.band, p.ref_hu, p.band_above_hu)
 
 
-def _search_ct(hu: np.ndarray, spacing, avoid: np.ndarray | None) -> tuple[list[PlacedMask], list[str]]:
+def _search_ct(hu: np.ndarray, spacing, avoid: np.ndarray | None, unenhanced: np.ndarray | None = None
+               ) -> tuple[list[PlacedMask], list[str]]:
     """The placement itself (on the reduced grid): see `ct_roi_masks`."""
     notes: list[str] = []
     placed: list[PlacedMask] = []
@@ -475,10 +476,10 @@ def _search_ct(hu: np.ndarray, spacing, avoid: np.ndarray | None) -> tuple[list[
     if lumen and avoid is not None:
         for lu_k, lu in lumen.items():
             lu.mask &= ~avoid[lu_k]
-    lm = liver_map(hu, spacing, body, spine, avoid)
+    lm, why_not = liver_map(hu, spacing, body, spine, avoid, unenhanced, enhanced=bool(lumen))
     if lm is None:
-        notes.append("liver ROIs not placed: no liver found (no large soft-tissue organ right of the midline "
-                     "in front of the spine)")
+        notes.append("liver ROIs not placed: no liver found"
+                     + (f" ({'; '.join(why_not)})" if why_not else ""))
 
     def x_mid(k: int) -> float:
         if np.isfinite(spine.x[k]):

@@ -1,0 +1,388 @@
+"""Finding the liver in an axial CT volume when it touches other organs without a fat plane.
+
+Pure functions on LPS-ordered HU arrays ([z, y, x], x towards the patient's Left, y Posterior;
+see hccnode.imaging.anatomy). `find_liver` returns the organ's extent and a homogeneous sample of
+its parenchyma; hccnode.imaging.auto_rois places paper 001's ROIs inside that extent and
+hccnode.imaging.phase_index reads the sample's median HU to confirm contrast phases.
+
+Why not "the largest soft-tissue component"
+-------------------------------------------
+Everything between fat (below -30 HU) and bone has soft-tissue attenuation: liver, spleen,
+kidneys, bowel, stomach, muscle, ascites. Where fat planes are thin or absent (the rule in
+cachectic cirrhotic patients, and usual between liver, diaphragm, abdominal wall, right kidney
+and bowel) all of them form one component whose centre is the midline.
+
+Method (and why this one)
+-------------------------
+1. **The liver's own attenuation.** Inside the right upper quadrant (patient's right of the
+   spine, in front of the vertebral body's middle) the liver is the thickest homogeneous organ.
+   The mode of the smoothed HU of that quadrant's soft tissue, each voxel weighted by how deep it
+   lies inside tissue of its own attenuation, is the liver's; two refinements on the band found
+   remove the pull of thin structures (walls, bowel, vessels). Several histogram peaks are kept
+   as candidates, in order of weight, and judged by step 4.
+2. **A band, two features when there are two phases.** Voxels within the band around that value
+   (at least +/- 15 HU, wider for noisy images or heterogeneous parenchyma) exclude fat, ascites
+   and fluid, gas, bone, contrast-filled vessels, kidneys and, at portal venous and equilibrium
+   phase, most muscle (muscle enhances far less than liver). With a registered unenhanced phase the
+   enhancement (enhanced minus unenhanced) must also lie in the liver's band: muscle and a fatty
+   liver can share an enhanced HU, never an enhancement.
+3. **Separating what still touches: distance-transform cores and their Voronoi cells.** Organs of
+   similar attenuation (spleen, a muscle, bowel wall, myocardium) can still touch the liver
+   within the band. Their contact is narrower than the organs themselves, so the voxels deeper
+   than r mm inside the band (3-D Euclidean distance transform in mm) fall apart into one core
+   per organ; every band voxel joins the core nearest to it. r starts at 6 mm and grows (x 1.35,
+   up to 30 mm) only while the liver's cell fails the anatomical checks of step 4, so a thin left
+   lobe stays attached to the liver wherever nothing forces a deeper cut. This was chosen over
+   a watershed on the distance map (one more dependency, and the same cells for convex organs),
+   over seeded region growing with gradient stops (the gradient between liver and spleen or muscle
+   at equilibrium is of the order of the noise) and over a graph cut (needs intensity models of
+   every touching organ, which is what is unknown).
+4. **Anatomical checks** (each from anatomy, none from a phantom): the liver's cell has its
+   centroid on the patient's right (at least 10 mm right of the spine's midline: even a left lobe
+   across the midline leaves the bulk in the right upper quadrant) and in front of the vertebral
+   body's middle; it does not reach into the left posterior quadrant where the spleen lies (at
+   most 10 % of it more than 40 mm left of the midline and behind the vertebral body's anterior
+   cortex) nor behind the vertebral body (erector spinae, psoas: at most 5 %); its volume is at
+   most 3.5 L (adult livers range 0.6-3.5 L: small cirrhotic to hepatomegaly), plus 20 % for the
+   band's partial-volume rim. Among the cells that pass, the largest is the liver. A scan that
+   covers only part of the liver gives a smaller cell, which is not held against it.
+
+When no cell passes at any depth, the liver is not found and `describe_failure` says what the
+band found instead (which is reported, and everything else is still measured).
+
+The search runs on a coarse grid (pixels of at least 3 mm, slices at least 4 mm apart, block
+means): organ-scale decisions need no finer grid; the extent is then refined on the input grid
+with the same band.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from hccnode.imaging.anatomy import VERTEBRAL_MID_MM
+
+# Soft tissue: above fat (fat is below -30 HU), below dense bone and undiluted contrast.
+SOFT_HU = (-30.0, 250.0)
+# Half width of the liver's band: at least this (HU), or this many robust SDs of the smoothed
+# parenchyma (noisy images, heterogeneous or cirrhotic parenchyma).
+BAND_MIN_HU = 15.0
+BAND_SD = 3.0
+# Enhancement band (HU) with a registered unenhanced phase: at least this wide; used only when the
+# liver enhanced by more than ENHANCED_MIN_HU (otherwise the "enhanced" phase is not one).
+ENH_BAND_MIN_HU = 12.0
+ENHANCED_MIN_HU = 10.0
+# In-plane smoothing before judging attenuation (mm, Gaussian sigma).
+SMOOTH_MM = 2.0
+# Coarse search grid.
+COARSE_PIXEL_MM = 3.0
+COARSE_SLICE_MM = 4.0
+# Core depths (mm): first, growth factor, last.
+CORE_START_MM = 6.0
+CORE_GROWTH = 1.35
+CORE_MAX_MM = 30.0
+# Anatomical checks (see the module docstring).
+RIGHT_OF_MIDLINE_MM = 10.0
+SPLEEN_ZONE_LEFT_MM = 40.0
+SPLEEN_ZONE_FRACTION = 0.10
+BEHIND_SPINE_FRACTION = 0.05
+VERTEBRAL_DEPTH_MM = 35.0        # anterior cortex to posterior edge (thoracolumbar 25-35 mm)
+LIVER_MAX_ML = 3500.0 * 1.2
+# Cells smaller than this (mL) are not judged (noise, vessels, bowel loops); a liver is larger
+# even when the scan covers only a few centimetres of it.
+MIN_CELL_ML = 20.0
+# A cell keeps the band's voxels within this distance beyond its core depth (the partial-volume
+# rim of one coarse voxel).
+REGAIN_MM = 3.0
+# In a contrast-enhanced phase the liver is not water-like: fluid (ascites, bile, cysts, fluid-filled
+# bowel) stays at 0-20 HU, while even a severely fatty liver (down to about 0 HU unenhanced) gains
+# tens of HU at portal venous and equilibrium phase (its extracellular space fills with contrast).
+LIVER_MIN_ENHANCED_HU = 30.0
+# Histogram peaks tried as the liver's attenuation, strongest first.
+PEAKS_TRIED = 3
+# The sample for phase confirmation: this deep inside the liver's extent (mm), trimmed to the
+# median +/- 2.5 robust SD.
+SAMPLE_DEPTH_MM = 6.0
+
+
+@dataclass
+class LiverFind:
+    """What `find_liver_extent` found: the organ's extent on the input grid (bool [z, y, x]), the
+    parenchyma band (HU, and enhancement HU when an unenhanced phase was used), the core depth
+    that separated it, and a sentence on how it was found."""
+
+    organ: np.ndarray
+    band_hu: tuple[float, float]
+    enhancement_hu: tuple[float, float] | None
+    core_mm: float
+    method: str
+    volume_ml: float
+
+
+def _robust_sd(values: np.ndarray) -> float:
+    if values.size == 0:
+        return 0.0
+    med = np.median(values)
+    return 1.4826 * float(np.median(np.abs(values - med)))
+
+
+def _smooth(img: np.ndarray, spacing) -> np.ndarray:
+    _, dy, dx = spacing
+    return ndimage.gaussian_filter(img.astype(np.float32, copy=False),
+                                   sigma=(0.0, max(SMOOTH_MM / dy, 0.5), max(SMOOTH_MM / dx, 0.5)))
+
+
+class _Grid:
+    """Block-mean reduction to the coarse search grid and nearest expansion back."""
+
+    def __init__(self, shape, spacing):
+        dz, dy, dx = spacing
+        self.shape = shape
+        self.fz = max(1, int(round(COARSE_SLICE_MM / dz))) if dz > 0 else 1
+        self.fy = max(1, int(round(COARSE_PIXEL_MM / dy)))
+        self.fx = max(1, int(round(COARSE_PIXEL_MM / dx)))
+        self.spacing = (dz * self.fz, dy * self.fy, dx * self.fx)
+
+    def _padded(self, a: np.ndarray) -> np.ndarray:
+        pads = [(0, (-n) % f) for n, f in zip(a.shape, (self.fz, self.fy, self.fx))]
+        return np.pad(a, pads, mode="edge") if any(p[1] for p in pads) else a
+
+    def reduce(self, a: np.ndarray) -> np.ndarray:
+        a = self._padded(a)
+        nz, ny, nx = a.shape
+        return a.reshape(nz // self.fz, self.fz, ny // self.fy, self.fy, nx // self.fx, self.fx).mean(
+            axis=(1, 3, 5), dtype=np.float32)
+
+    def reduce_mask(self, m: np.ndarray) -> np.ndarray:
+        return self.reduce(m.astype(np.float32)) >= 0.5
+
+    def expand(self, m: np.ndarray) -> np.ndarray:
+        out = m.repeat(self.fz, 0).repeat(self.fy, 1).repeat(self.fx, 2)
+        return out[:self.shape[0], :self.shape[1], :self.shape[2]]
+
+
+@dataclass
+class _Frame:
+    """Per coarse slice: the spine's midline x; the vertebral body's anterior cortex y (index)."""
+
+    x_mid: np.ndarray
+    spine_front: float | None
+
+
+def _frame(body: np.ndarray, spine_x: np.ndarray, spine_front: np.ndarray, grid: _Grid) -> _Frame:
+    nzc = len(range(0, grid.shape[0], grid.fz))
+    xs = np.full(nzc, np.nan)
+    for kc in range(nzc):
+        ks = range(kc * grid.fz, min(grid.shape[0], (kc + 1) * grid.fz))
+        sx = [spine_x[k] for k in ks if np.isfinite(spine_x[k])]
+        if sx:
+            xs[kc] = (np.median(sx) + 0.5) / grid.fx - 0.5
+        else:
+            cols = np.nonzero(body[kc].any(axis=0))[0]
+            if cols.size:
+                xs[kc] = (cols[0] + cols[-1]) / 2.0
+    if np.isnan(xs).all():
+        xs[:] = body.shape[2] / 2.0
+    xs = np.where(np.isnan(xs), np.nanmedian(xs), xs)
+    front = float(np.nanmedian(spine_front)) if np.isfinite(spine_front).any() else None
+    return _Frame(xs, None if front is None else (front + 0.5) / grid.fy - 0.5)
+
+
+def _quadrant(shape, frame: _Frame, spacing, body: np.ndarray) -> np.ndarray:
+    """Right upper quadrant of the body: right of the midline, in front of the vertebral body's
+    middle (without a spine: the anterior 70 % of the body's depth)."""
+    _, dy, _ = spacing
+    yy, xx = np.ogrid[:shape[1], :shape[2]]
+    right = xx[None] < frame.x_mid[:, None, None]
+    if frame.spine_front is not None:
+        y_limit = frame.spine_front + VERTEBRAL_MID_MM / dy
+    else:
+        rows = np.nonzero(body.any(axis=(0, 2)))[0]
+        y_limit = rows[0] + 0.7 * (rows[-1] - rows[0]) if rows.size else shape[1]
+    return body & right & (yy[None] < y_limit)
+
+
+def _peaks(values: np.ndarray, weights: np.ndarray, n: int) -> list[float]:
+    """The `n` strongest peaks of a weighted histogram (2 HU bins, smoothed over ~5 HU), at least
+    20 HU apart."""
+    if values.size == 0:
+        return []
+    lo, hi = SOFT_HU
+    hist, edges = np.histogram(values, bins=int((hi - lo) / 2), range=(lo, hi), weights=weights)
+    hist = ndimage.gaussian_filter1d(hist.astype(float), 2.5)
+    centres = (edges[:-1] + edges[1:]) / 2.0
+    local = np.nonzero((hist > 0) & (hist >= np.roll(hist, 1)) & (hist >= np.roll(hist, -1)))[0]
+    out: list[float] = []
+    for i in local[np.argsort(-hist[local], kind="stable")]:
+        if all(abs(centres[i] - p) >= 20.0 for p in out):
+            out.append(float(centres[i]))
+        if len(out) == n:
+            break
+    return out
+
+
+def _band(smooth: np.ndarray, centre: float, quadrant: np.ndarray, spacing, enh: np.ndarray | None
+          ) -> tuple[np.ndarray, tuple[float, float], tuple[float, float] | None]:
+    """The liver's band around `centre` (HU), refined twice on its own deep voxels in the quadrant."""
+    half = BAND_MIN_HU
+    enh_band = None
+    for _ in range(3):
+        mask = quadrant & (np.abs(smooth - centre) <= half)
+        if not mask.any():
+            break
+        depth = ndimage.distance_transform_edt(mask, sampling=spacing)
+        deep = mask & (depth >= min(8.0, max(depth.max() / 2.0, 1e-6)))
+        vals = smooth[deep]
+        centre = float(np.average(vals, weights=depth[deep]))
+        half = max(BAND_MIN_HU, BAND_SD * _robust_sd(vals))
+        if enh is not None:
+            e = enh[deep]
+            e_mid = float(np.median(e))
+            enh_band = (e_mid, max(ENH_BAND_MIN_HU, BAND_SD * _robust_sd(e))) if e_mid > ENHANCED_MIN_HU else None
+    return mask, (centre, half), enh_band
+
+
+def _cells(band: np.ndarray, spacing, core_mm: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """(cells, cores, number of cores). Cores: the band's voxels deeper than `core_mm`, labelled by
+    connected piece. Cells: the band's opening at that depth (voxels within `core_mm` + REGAIN_MM
+    of a core: what is thinner than twice the depth, a wall or a bowel loop attached to an organ,
+    is dropped), each voxel labelled with its nearest core."""
+    depth = ndimage.distance_transform_edt(band, sampling=spacing)
+    cores, n = ndimage.label(depth >= core_mm)
+    if n == 0:
+        return cores, cores, 0
+    dist, idx = ndimage.distance_transform_edt(cores == 0, sampling=spacing, return_indices=True)
+    cells = np.where(band & (dist <= core_mm + REGAIN_MM), cores[tuple(idx)], 0)
+    return cells, cores, n
+
+
+def _cell(cells: np.ndarray, cores: np.ndarray, i: int, sl) -> np.ndarray:
+    """Cell `i` within its bounding box `sl`: the part connected to its own core (a part reached
+    only across another organ's cell is not the organ)."""
+    c = cells[sl] == i
+    lab, _ = ndimage.label(c)
+    ids = np.unique(lab[cores[sl] == i])
+    return np.isin(lab, ids[ids > 0])
+
+
+def _judge(cell: np.ndarray, offset, frame: _Frame, spacing) -> tuple[bool, str, float]:
+    """(passes, why not, volume mL) for a candidate liver cell (its box, at `offset`) on the
+    coarse grid."""
+    dz, dy, dx = spacing
+    zz, yy, xx = (a + o for a, o in zip(np.nonzero(cell), offset))
+    volume = zz.size * dz * dy * dx / 1000.0
+    x_mid = frame.x_mid[zz]
+    right_mm = float(np.mean((x_mid - xx) * dx))
+    if right_mm < RIGHT_OF_MIDLINE_MM:
+        return False, f"its centre lies {right_mm:.0f} mm right of the midline", volume
+    if frame.spine_front is not None:
+        if float(yy.mean()) >= frame.spine_front + VERTEBRAL_MID_MM / dy:
+            return False, "its centre lies behind the vertebral body's middle", volume
+        spleen = ((xx - x_mid) * dx > SPLEEN_ZONE_LEFT_MM) & (yy > frame.spine_front)
+        if spleen.mean() > SPLEEN_ZONE_FRACTION:
+            return False, f"{100 * spleen.mean():.0f} % of it lies in the spleen's quadrant", volume
+        behind = yy > frame.spine_front + VERTEBRAL_DEPTH_MM / dy
+        if behind.mean() > BEHIND_SPINE_FRACTION:
+            return False, f"{100 * behind.mean():.0f} % of it lies behind the vertebral body", volume
+    if volume > LIVER_MAX_ML:
+        return False, f"{volume / 1000:.1f} L, more than any liver", volume
+    return True, "", volume
+
+
+def find_liver_extent(hu: np.ndarray, spacing, body: np.ndarray, spine_x: np.ndarray, spine_front: np.ndarray,
+                      unenhanced: np.ndarray | None = None, enhanced: bool = False
+                      ) -> tuple[LiverFind | None, list[str]]:
+    """The liver's extent on `hu`'s grid (see the module docstring), or None and what was found.
+
+    `spine_x` / `spine_front`: per slice the vertebral body's midline column and anterior cortex
+    row (index units, NaN where not found; hccnode.imaging.anatomy.find_spine). `unenhanced`, when
+    given, is the unenhanced phase registered onto the same grid."""
+    grid = _Grid(hu.shape, spacing)
+    sp = grid.spacing
+    coarse = grid.reduce(hu)
+    body_c = grid.reduce_mask(body)
+    smooth = _smooth(coarse, sp)
+    enh = None if unenhanced is None else smooth - _smooth(grid.reduce(unenhanced), sp)
+    frame = _frame(body_c, spine_x, spine_front, grid)
+    quadrant = _quadrant(coarse.shape, frame, sp, body_c)
+    soft = body_c & (smooth > SOFT_HU[0]) & (smooth < SOFT_HU[1])
+    q_soft = quadrant & soft
+    if not q_soft.any():
+        return None, ["no soft tissue right of the midline in front of the spine"]
+    depth = ndimage.distance_transform_edt(soft, sampling=sp)
+    peaks = _peaks(smooth[q_soft], depth[q_soft], PEAKS_TRIED)
+    tried: list[str] = []
+    for centre in peaks:
+        _, (mid, half), enh_band = _band(smooth, centre, q_soft, sp, enh)
+        if enhanced and mid < LIVER_MIN_ENHANCED_HU:
+            tried.append(f"tissue of {mid:.0f} HU: water-like in a contrast-enhanced phase (ascites, fluid)")
+            continue
+        if enh is not None and enh_band is None:
+            tried.append(f"tissue of {mid:.0f} HU: does not enhance (fluid)")
+            continue
+        band = soft & (np.abs(smooth - mid) <= half)
+        if enh_band is not None:
+            band &= np.abs(enh - enh_band[0]) <= enh_band[1]
+        core = CORE_START_MM
+        last_why = "no organ of that attenuation deep enough to be a liver"
+        while core <= CORE_MAX_MM:
+            cells, cores, n = _cells(band, sp, core)
+            if n == 0:
+                break
+            # the candidate: the cell with most of the right upper quadrant
+            in_quadrant = np.bincount(cells[q_soft], minlength=n + 1)
+            in_quadrant[0] = 0
+            i = int(np.argmax(in_quadrant))
+            if in_quadrant[i] * float(np.prod(sp)) / 1000.0 < MIN_CELL_ML:
+                break
+            sl = ndimage.find_objects((cells == i).astype(np.int8))[0]
+            c = _cell(cells, cores, i, sl)
+            ok, why, vol = _judge(c, [x.start for x in sl], frame, sp)
+            if ok:
+                organ_c = np.zeros(cells.shape, bool)
+                organ_c[sl] = c
+                organ = _refine(hu, spacing, body, grid, organ_c, mid, half, enh_band, unenhanced)
+                how = (f"organ of {mid:.0f} +/- {half:.0f} HU"
+                       + (f" enhancing {enh_band[0]:.0f} +/- {enh_band[1]:.0f} HU" if enh_band else "")
+                       + f" on the patient's right, separated from touching organs at {core:.0f} mm depth")
+                return LiverFind(organ, (mid, half), enh_band, core, how, vol), []
+            last_why = f"the largest organ of that attenuation on the right: {why}"
+            core *= CORE_GROWTH
+        tried.append(f"tissue of {mid:.0f} HU: {last_why}")
+    return None, tried
+
+
+def _refine(hu, spacing, body, grid: _Grid, organ_c: np.ndarray, mid: float, half: float,
+            enh_band, unenhanced) -> np.ndarray:
+    """The coarse cell on the input grid: within one coarse voxel of it, the voxels in the band,
+    holes (vessels, lesions) filled per slice."""
+    near = grid.expand(ndimage.binary_dilation(organ_c))
+    smooth = _smooth(hu, spacing)
+    inside = near & body & (np.abs(smooth - mid) <= half)
+    if enh_band is not None and unenhanced is not None:
+        inside &= np.abs(smooth - _smooth(unenhanced, spacing) - enh_band[0]) <= enh_band[1]
+    # keep what is connected to the cell's own voxels
+    lab, n = ndimage.label(inside)
+    ids = np.unique(lab[inside & grid.expand(organ_c)])
+    organ = np.isin(lab, ids[ids > 0])
+    for k in range(organ.shape[0]):
+        if organ[k].any():
+            organ[k] = ndimage.binary_fill_holes(organ[k])
+    return organ
+
+
+def sample(hu: np.ndarray, spacing, organ: np.ndarray) -> np.ndarray:
+    """Parenchyma sample: voxels at least SAMPLE_DEPTH_MM inside the organ (in plane; the organ's
+    own depth when it is thinner), trimmed to the median +/- 2.5 robust SD."""
+    _, dy, dx = spacing
+    depth = np.zeros(hu.shape, np.float32)
+    for k in range(hu.shape[0]):
+        if organ[k].any():
+            depth[k] = ndimage.distance_transform_edt(organ[k], sampling=(dy, dx))
+    deep = depth >= min(SAMPLE_DEPTH_MM, float(depth.max()) / 2.0)
+    vals = hu[deep]
+    med = float(np.median(vals))
+    mad = 1.4826 * float(np.median(np.abs(vals - med))) or 1.0
+    return deep & (np.abs(hu - med) <= 2.5 * mad)
