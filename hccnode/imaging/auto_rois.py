@@ -119,9 +119,11 @@ class PlacedMask:
 
 # ---------------------------------------------------------------- shells on a Volume
 
-def place_ct_rois(volume: Volume, avoid: sitk.Image | None = None) -> Placement:
+def place_ct_rois(volume: Volume, avoid: sitk.Image | None = None, unenhanced: sitk.Image | None = None) -> Placement:
     """Aorta, three liver ROIs (paper 001) and erector spinae on an enhanced CT phase (portal
-    venous or equilibrium); no ROI touches `avoid` (e.g. the reader's tumors)."""
+    venous or equilibrium); no ROI touches `avoid` (e.g. the reader's tumors). `unenhanced`: the
+    unenhanced phase (or a dual-energy virtual unenhanced image) on the volume's grid, whose
+    difference from the volume (the enhancement) helps tell the liver from touching organs."""
     if volume.modality not in (None, "", "CT"):
         raise ValueError(f"series {volume.series_number}: automatic CT ROIs need a CT series, got {volume.modality}")
     if volume.rescale_type not in (None, "", "HU"):
@@ -130,7 +132,12 @@ def place_ct_rois(volume: Volume, avoid: sitk.Image | None = None) -> Placement:
     avoid_lps = None
     if avoid is not None:
         avoid_lps = order.apply(_on_grid(avoid, volume) > 0)
-    placed, notes = ct_roi_masks(arr, spacing, avoid_lps)
+    unenhanced_lps = None
+    if unenhanced is not None:
+        values = order.apply(sitk.GetArrayViewFromImage(unenhanced).astype(np.float32, copy=False))
+        # no data (outside the other series' field) reads as the volume itself: no enhancement there
+        unenhanced_lps = np.where(np.isfinite(values), values, arr)
+    placed, notes = ct_roi_masks(arr, spacing, avoid_lps, unenhanced_lps)
     return _placement(placed, notes, volume, order)
 
 

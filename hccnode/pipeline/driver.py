@@ -141,7 +141,7 @@ def analyze_study(store: Store, study_uid: str, *, destinations: Sequence[str] =
         if kind == "mr":
             complete_mr(regions, reference)
         else:
-            complete_ct(regions, reference)
+            complete_ct(regions, reference, unenhanced=lambda: _unenhanced_on(study, aligner, ref_series))
         # the SEG shows where numbers came from: only the roles this kind of study measures
         unused = sorted({r.role for r in regions.rois} - ROLES[kind])
         regions.rois = [r for r in regions.rois if r.role in ROLES[kind]]
@@ -214,6 +214,22 @@ def _reference(study: Study, kind: str) -> tuple[Series | None, Volume | None]:
         if vol is not None:
             return s, vol
     return None, None
+
+
+def _unenhanced_on(study: Study, aligner: Aligner, ref_series: Series) -> sitk.Image | None:
+    """The unenhanced image on the reference grid, for telling the liver by its enhancement: the
+    virtual unenhanced image of the reference's own dual-energy acquisition (same grid, nothing to
+    register), else the true unenhanced phase through its registration; None when there is none
+    or its registration is flagged."""
+    vnc = study.first("dect_vnc", ref_series.phase) if ref_series.phase else None
+    for series, register in ((vnc, False), (study.ct("unenhanced"), True)):
+        vol = study.volume(series) if series is not None and series.uid != ref_series.uid else None
+        if vol is None:
+            continue
+        aligned = aligner.through(vol, register=register)
+        if aligned.ok and isinstance(aligned.image, sitk.Image):
+            return aligned.image
+    return None
 
 
 def _baseline(store: Store, study: Study, patient_key: str | None, f: Findings, rules: RuleSet | None) -> bool:

@@ -141,9 +141,14 @@ def _read_one(study: Study, ds: Dataset, reference: Volume, aligner: Aligner, ou
         out.annotations.append(ds)
 
 
-def complete_ct(regions: Regions, reference: Volume, roles=("aorta", "liver")) -> None:
+def complete_ct(regions: Regions, reference: Volume, roles=("aorta", "liver"),
+                unenhanced: Callable[[], sitk.Image | None] | None = None) -> None:
     """Automatic ROIs for the CT roles the reader did not draw (paper 001's aorta and three
-    liver ROIs), avoiding the reader's tumors. The CT markers need no muscle ROI."""
+    liver ROIs), avoiding the reader's tumors. The CT markers need no muscle ROI.
+
+    `unenhanced` gives, when called, the unenhanced phase on the reference grid (or None): when
+    the reference phase alone shows no liver, the placement is tried again with the enhancement
+    as a second feature (asked for only then: it waits for that phase's registration)."""
     wanted = [r for r in roles if not regions.by_role(r)]
     if not wanted:
         return
@@ -158,7 +163,16 @@ def complete_ct(regions: Regions, reference: Volume, roles=("aorta", "liver")) -
         avoid = tumors[0].mask
         for t in tumors[1:]:
             avoid = sitk.Or(avoid, t.mask)
-    _take(regions, place, wanted, reference, avoid=avoid)
+    placement = _run(regions, place, wanted, reference, avoid=avoid)
+    if placement is not None and "liver" in wanted and not placement.by_role("liver") and unenhanced is not None:
+        image = unenhanced()
+        second = None if image is None else _run(regions, place, wanted, reference, avoid=avoid, unenhanced=image)
+        if second is not None and second.by_role("liver"):
+            second.notes.insert(0, "liver found with its enhancement against the unenhanced phase (the "
+                                   "enhanced phase alone did not separate it from touching organs)")
+            placement = second
+    if placement is not None:
+        _add(regions, placement, wanted)
 
 
 def complete_mr(regions: Regions, t2: Volume) -> None:
@@ -174,13 +188,22 @@ def complete_mr(regions: Regions, t2: Volume) -> None:
 
 
 def _take(regions: Regions, place: Callable, wanted: list[str], volume: Volume, **kw) -> None:
+    placement = _run(regions, place, wanted, volume, **kw)
+    if placement is not None:
+        _add(regions, placement, wanted)
+
+
+def _run(regions: Regions, place: Callable, wanted: list[str], volume: Volume, **kw):
+    """The placement, or None (with a note per role) when it failed."""
     try:
-        placement = place(volume, **kw)
+        return place(volume, **kw)
     except Exception as exc:  # noqa: BLE001 - automatic placement failing leaves the roles unmeasured
         log.event("pipeline.auto_rois_failed", level=30, series=volume.series_uid, error=type(exc).__name__)
-        regions.notes.extend(f"{r} not measured: automatic ROI placement failed ({type(exc).__name__}: {exc})"
-                             for r in wanted)
-        return
+        regions.notes.extend(f"{r} not measured: automatic ROI placement failed ({exc})" for r in wanted)
+        return None
+
+
+def _add(regions: Regions, placement, wanted: list[str]) -> None:
     regions.notes.extend(placement.notes)
     for roi in placement.rois:
         if roi.role in wanted and roi.role != "tumor":
