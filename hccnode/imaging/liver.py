@@ -44,7 +44,7 @@ Method (and why this one)
    most 10 % of it more than 40 mm left of the midline and behind the vertebral body's anterior
    cortex) nor behind the vertebral body (erector spinae, psoas: at most 5 %); its volume is at
    most 3.5 L (adult livers range 0.6-3.5 L: small cirrhotic to hepatomegaly), plus 20 % for the
-   band's partial-volume rim. Among the cells that pass, the largest is the liver. A scan that
+   band's partial-volume rim, and its largest axial cross-section at least 30 cm^2. Among the cells that pass, the largest is the liver. A scan that
    covers only part of the liver gives a smaller cell, which is not held against it.
 
 When no cell passes at any depth, the liver is not found and `describe_failure` says what the
@@ -90,6 +90,9 @@ SPLEEN_ZONE_FRACTION = 0.10
 BEHIND_SPINE_FRACTION = 0.05
 VERTEBRAL_DEPTH_MM = 35.0        # anterior cortex to posterior edge (thoracolumbar 25-35 mm)
 LIVER_MAX_ML = 3500.0 * 1.2
+# The liver's largest axial cross-section: even a small cirrhotic liver (0.6 L, about 11 x 9 x 8 cm)
+# is some 70 cm^2 at its widest; 30 cm^2 leaves room for a scan that covers only its lower part.
+LIVER_MIN_AREA_MM2 = 3000.0
 # Cells smaller than this (mL) are not judged (noise, vessels, bowel loops); a liver is larger
 # even when the scan covers only a few centimetres of it.
 MIN_CELL_ML = 20.0
@@ -288,6 +291,9 @@ def _judge(cell: np.ndarray, offset, frame: _Frame, spacing) -> tuple[bool, str,
             return False, f"{100 * behind.mean():.0f} % of it lies behind the vertebral body", volume
     if volume > LIVER_MAX_ML:
         return False, f"{volume / 1000:.1f} L, more than any liver", volume
+    largest = float(np.bincount(zz).max()) * dy * dx
+    if largest < LIVER_MIN_AREA_MM2:
+        return False, f"its largest cross-section is {largest / 100:.0f} cm^2, less than a liver's", volume
     return True, "", volume
 
 
