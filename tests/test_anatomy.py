@@ -156,11 +156,12 @@ def test_bone_shell_next_to_the_spine_is_not_the_aorta():
 
 
 def test_small_liver_is_not_confused_with_the_erector_spinae():
-    # A small liver (22 mm radius) and a right erector spinae that outsizes it, both ~55 HU.
+    # A small liver (33 mm radius: 34 cm^2, near the smallest cross-section a liver has, see
+    # hccnode.imaging.liver) and a right erector spinae that outsizes it, both ~55 HU.
     vol, _ = abdomen(liver_hu=58.0)
     _with_ellipse(vol, -60.0, -10.0, 75.0, 75.0, -100.0)       # remove the big liver
-    _with_ellipse(vol, -60.0, -10.0, 22.0, 22.0, 58.0)
-    _with_ellipse(vol, -45.0, 80.0, 34.0, 18.0, 52.0)           # big right erector spinae
+    _with_ellipse(vol, -60.0, -10.0, 33.0, 33.0, 58.0)
+    _with_ellipse(vol, -45.0, 80.0, 48.0, 24.0, 52.0)           # big right erector spinae
     liver = A.find_liver(vol, SP)
     assert liver is not None
     n = vol.shape[1]

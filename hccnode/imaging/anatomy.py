@@ -444,7 +444,7 @@ def _homogeneous_spot(img: np.ndarray, cy: float, cx: float, dy: float, dx: floa
 def find_liver(hu: np.ndarray, spacing, body: np.ndarray | None = None, spine: Spine | None = None,
                unenhanced: np.ndarray | None = None) -> Region | None:
     """The liver: a homogeneous sample of its parenchyma (`Region.mask`, for its HU) and its
-    extent (`Region.organ`), found as hccnode.imaging.liver describes (its own attenuation on the
+    extent (`Region.organ`, on the search grid's blocks), found as hccnode.imaging.liver describes (its own attenuation on the
     patient's right, separated from touching organs of similar attenuation by distance-transform
     cores); `unenhanced`, the unenhanced phase registered onto the same grid, adds the
     enhancement as a second feature. None when no liver is found; `Region.notes` of the
@@ -454,10 +454,10 @@ def find_liver(hu: np.ndarray, spacing, body: np.ndarray | None = None, spine: S
 
     body = body_mask(hu) if body is None else body
     spine = find_spine(hu, spacing, body) if spine is None else spine
-    found, _ = finder.find_liver_extent(hu, spacing, body, spine.x, spine.anterior_y, unenhanced)
+    found, _ = finder.find_liver_extent(hu, spacing, body, spine.x, spine.anterior_y, unenhanced, refine=False)
     if found is None:
         return None
-    region = _region("liver", hu, finder.sample(hu, spacing, found.organ), spacing, found.method)
+    region = _region("liver", hu, found.sample, spacing, found.method)
     if region is not None:
         region.organ = found.organ
         region.notes.append(f"extent {found.volume_ml:.0f} mL on the search grid")

@@ -233,7 +233,7 @@ def liver_map(hu: np.ndarray, spacing, body: np.ndarray, spine: Spine, avoid: np
         return None, why
     organ = found.organ & body
     smooth = _smooth(hu, spacing, SMOOTH_MM)
-    core = smooth[liver.sample(hu, spacing, organ)]
+    core = smooth[found.sample]
     median = float(np.median(core))
     threshold = max(DEVIATION_HU, DEVIATION_NOISE_SD * _robust_sd(core))
     parenchyma = organ & (np.abs(smooth - median) <= threshold)

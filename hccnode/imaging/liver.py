@@ -112,11 +112,13 @@ SAMPLE_DEPTH_MM = 6.0
 
 @dataclass
 class LiverFind:
-    """What `find_liver_extent` found: the organ's extent on the input grid (bool [z, y, x]), the
-    parenchyma band (HU, and enhancement HU when an unenhanced phase was used), the core depth
+    """What `find_liver_extent` found: the organ's extent on the input grid (bool [z, y, x]), a
+    sample of its parenchyma for its HU (voxels at least SAMPLE_DEPTH_MM inside it, or half its
+    own depth when thinner, trimmed to the median +/- 2.5 robust SD), the parenchyma band (HU, and enhancement HU when an unenhanced phase was used), the core depth
     that separated it, and a sentence on how it was found."""
 
     organ: np.ndarray
+    sample: np.ndarray
     band_hu: tuple[float, float]
     enhancement_hu: tuple[float, float] | None
     core_mm: float
@@ -227,7 +229,7 @@ def _peaks(values: np.ndarray, weights: np.ndarray, n: int) -> list[float]:
 
 
 def _band(smooth: np.ndarray, centre: float, quadrant: np.ndarray, spacing, enh: np.ndarray | None
-          ) -> tuple[np.ndarray, tuple[float, float], tuple[float, float] | None]:
+          ) -> tuple[tuple[float, float], tuple[float, float] | None]:
     """The liver's band around `centre` (HU), refined twice on its own deep voxels in the quadrant."""
     half = BAND_MIN_HU
     enh_band = None
@@ -244,7 +246,7 @@ def _band(smooth: np.ndarray, centre: float, quadrant: np.ndarray, spacing, enh:
             e = enh[deep]
             e_mid = float(np.median(e))
             enh_band = (e_mid, max(ENH_BAND_MIN_HU, BAND_SD * _robust_sd(e))) if e_mid > ENHANCED_MIN_HU else None
-    return mask, (centre, half), enh_band
+    return (centre, half), enh_band
 
 
 def _cells(band: np.ndarray, spacing, core_mm: float) -> tuple[np.ndarray, np.ndarray, int]:
@@ -297,8 +299,17 @@ def _judge(cell: np.ndarray, offset, frame: _Frame, spacing) -> tuple[bool, str,
     return True, "", volume
 
 
+def _box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
+    """Bounding box of a non-empty mask, widened by `margin` voxels."""
+    out = []
+    for axis in range(mask.ndim):
+        hit = np.nonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))[0]
+        out.append(slice(max(0, int(hit[0]) - margin), min(mask.shape[axis], int(hit[-1]) + 1 + margin)))
+    return tuple(out)
+
+
 def find_liver_extent(hu: np.ndarray, spacing, body: np.ndarray, spine_x: np.ndarray, spine_front: np.ndarray,
-                      unenhanced: np.ndarray | None = None, enhanced: bool = False
+                      unenhanced: np.ndarray | None = None, enhanced: bool = False, refine: bool = True
                       ) -> tuple[LiverFind | None, list[str]]:
     """The liver's extent on `hu`'s grid (see the module docstring), or None and what was found.
 
@@ -317,11 +328,12 @@ def find_liver_extent(hu: np.ndarray, spacing, body: np.ndarray, spine_x: np.nda
     q_soft = quadrant & soft
     if not q_soft.any():
         return None, ["no soft tissue right of the midline in front of the spine"]
-    depth = ndimage.distance_transform_edt(soft, sampling=sp)
-    peaks = _peaks(smooth[q_soft], depth[q_soft], PEAKS_TRIED)
+    qbox = _box(q_soft, margin=2)
+    depth = ndimage.distance_transform_edt(soft[qbox], sampling=sp)
+    peaks = _peaks(smooth[qbox][q_soft[qbox]], depth[q_soft[qbox]], PEAKS_TRIED)
     tried: list[str] = []
     for centre in peaks:
-        _, (mid, half), enh_band = _band(smooth, centre, q_soft, sp, enh)
+        (mid, half), enh_band = _band(smooth[qbox], centre, q_soft[qbox], sp, None if enh is None else enh[qbox])
         if enhanced and mid < LIVER_MIN_ENHANCED_HU:
             tried.append(f"tissue of {mid:.0f} HU: water-like in a contrast-enhanced phase (ascites, fluid)")
             continue
@@ -349,11 +361,15 @@ def find_liver_extent(hu: np.ndarray, spacing, body: np.ndarray, spine_x: np.nda
             if ok:
                 organ_c = np.zeros(cells.shape, bool)
                 organ_c[sl] = c
-                organ = _refine(hu, spacing, body, grid, organ_c, mid, half, enh_band, unenhanced)
+                if refine:
+                    organ = _refine(hu, spacing, body, grid, organ_c, mid, half, enh_band, unenhanced)
+                else:
+                    organ = grid.expand(organ_c) & body
                 how = (f"organ of {mid:.0f} +/- {half:.0f} HU"
                        + (f" enhancing {enh_band[0]:.0f} +/- {enh_band[1]:.0f} HU" if enh_band else "")
                        + f" on the patient's right, separated from touching organs at {core:.0f} mm depth")
-                return LiverFind(organ, (mid, half), enh_band, core, how, vol), []
+                return LiverFind(organ, _sample(hu, grid, organ_c, organ), (mid, half), enh_band, core, how,
+                                 vol), []
             last_why = f"the largest organ of that attenuation on the right: {why}"
             core *= CORE_GROWTH
         tried.append(f"tissue of {mid:.0f} HU: {last_why}")
@@ -362,32 +378,34 @@ def find_liver_extent(hu: np.ndarray, spacing, body: np.ndarray, spine_x: np.nda
 
 def _refine(hu, spacing, body, grid: _Grid, organ_c: np.ndarray, mid: float, half: float,
             enh_band, unenhanced) -> np.ndarray:
-    """The coarse cell on the input grid: within one coarse voxel of it, the voxels in the band,
-    holes (vessels, lesions) filled per slice."""
-    near = grid.expand(ndimage.binary_dilation(organ_c))
-    smooth = _smooth(hu, spacing)
-    inside = near & body & (np.abs(smooth - mid) <= half)
+    """The coarse cell on the input grid: within one coarse voxel of it, the voxels in the band
+    connected to the cell, holes (vessels, lesions) filled per slice. Worked within the cell's box."""
+    near_full = grid.expand(ndimage.binary_dilation(organ_c))
+    box = _box(near_full, margin=3)
+    near = near_full[box]
+    smooth = _smooth(hu[box], spacing)
+    inside = near & body[box] & (np.abs(smooth - mid) <= half)
     if enh_band is not None and unenhanced is not None:
-        inside &= np.abs(smooth - _smooth(unenhanced, spacing) - enh_band[0]) <= enh_band[1]
-    # keep what is connected to the cell's own voxels
-    lab, n = ndimage.label(inside)
-    ids = np.unique(lab[inside & grid.expand(organ_c)])
-    organ = np.isin(lab, ids[ids > 0])
-    for k in range(organ.shape[0]):
-        if organ[k].any():
-            organ[k] = ndimage.binary_fill_holes(organ[k])
+        inside &= np.abs(smooth - _smooth(unenhanced[box], spacing) - enh_band[0]) <= enh_band[1]
+    lab, _ = ndimage.label(inside)
+    ids = np.unique(lab[inside & grid.expand(organ_c)[box]])
+    part = np.isin(lab, ids[ids > 0])
+    for k in range(part.shape[0]):
+        if part[k].any():
+            part[k] = ndimage.binary_fill_holes(part[k])
+    organ = np.zeros(hu.shape, bool)
+    organ[box] = part
     return organ
 
 
-def sample(hu: np.ndarray, spacing, organ: np.ndarray) -> np.ndarray:
-    """Parenchyma sample: voxels at least SAMPLE_DEPTH_MM inside the organ (in plane; the organ's
-    own depth when it is thinner), trimmed to the median +/- 2.5 robust SD."""
-    _, dy, dx = spacing
-    depth = np.zeros(hu.shape, np.float32)
-    for k in range(hu.shape[0]):
-        if organ[k].any():
-            depth[k] = ndimage.distance_transform_edt(organ[k], sampling=(dy, dx))
-    deep = depth >= min(SAMPLE_DEPTH_MM, float(depth.max()) / 2.0)
+def _sample(hu: np.ndarray, grid: _Grid, organ_c: np.ndarray, organ: np.ndarray) -> np.ndarray:
+    """Parenchyma sample (see LiverFind), its depth measured on the search grid."""
+    box = _box(organ_c, margin=1)
+    depth = np.zeros(organ_c.shape, np.float32)
+    depth[box] = ndimage.distance_transform_edt(organ_c[box], sampling=grid.spacing)
+    deep = grid.expand(depth >= min(SAMPLE_DEPTH_MM, float(depth.max()) / 2.0)) & organ
+    if not deep.any():
+        deep = organ
     vals = hu[deep]
     med = float(np.median(vals))
     mad = 1.4826 * float(np.median(np.abs(vals - med))) or 1.0
