@@ -84,11 +84,12 @@ def test_header_unit_from_real_world_value_mapping_with_its_slope():
     assert volume_value * h.slope + h.intercept == pytest.approx(1.1)
 
 
-def test_header_unit_in_enhanced_shared_functional_groups():
+@pytest.mark.parametrize("where", ["SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"])
+def test_header_unit_in_enhanced_functional_groups(where):
     ds = Dataset()
-    shared = Dataset()
-    shared.RealWorldValueMappingSequence = Sequence([rwvm("um2/s")])
-    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    group = Dataset()
+    group.RealWorldValueMappingSequence = Sequence([rwvm("um2/s")])
+    setattr(ds, where, Sequence([group]))
     assert au.header_unit(ds) == au.HeaderUnit("um2/s", 1.0, 0.0)
 
 
@@ -137,10 +138,13 @@ def test_site_configuration_wins_over_the_convention_and_is_checked_too():
     assert d.unit is None and "site configuration for Manufacturer 'ACME'" in d.text
 
 
-def test_claim_kept_when_tissue_values_are_too_few_to_check():
+def test_claim_kept_when_tissue_values_are_too_few_or_fit_no_scale():
     few = au.check_scales(np.full(100, 1100.0))
     d = au.decide("ACME", few, convention=CONV)
     assert d.unit == "um2/s" and "not checked against tissue values: only 100 voxels" in d.text
+    noise = au.check_scales(np.random.default_rng(3).uniform(0, 65535, 20000))
+    d = au.decide("ACME", noise, site="um2/s")
+    assert d.unit == "um2/s" and "neither confirm nor contradict it" in d.text
 
 
 def test_tissue_values_alone_when_unambiguous_else_refused_with_why():

@@ -7,7 +7,8 @@ Scanners store ADC maps as numbers whose unit the header often does not state: i
 2. the site's configuration for the Manufacturer ([adc] units in hccnode.toml);
 3. a vendor convention of hccnode/data/adc_units.toml (each entry cites its source);
 and 2. and 3. are checked against the values of the tissues in the map itself (`check_scales`):
-a claim the tissue values contradict is refused, naming the conflict. With none of the three, the
+a claim is refused, naming the conflict, when the tissue values fit another scale; when they fit
+none (a map of mostly noise, too few voxels) the claim stands and the provenance says so. With none of the three, the
 tissue values decide when exactly one candidate scale fits them; otherwise the map is not measured.
 
 Tissue values used for the check (ADC in 10^-3 mm^2/s):
@@ -96,11 +97,13 @@ def _number(item: Dataset, keyword: str, default: float) -> float:
 
 def header_unit(ds: Dataset) -> HeaderUnit | None:
     """The ADC unit stated by the map's Real World Value Mapping (top level or, for an enhanced
-    image, the shared functional groups), if it is one of UNIT_TO_MM2S, with its linear mapping."""
+    image, the shared or the first frame's functional groups), if it is one of UNIT_TO_MM2S, with
+    its linear mapping."""
     items = list(ds.get("RealWorldValueMappingSequence") or [])
-    for group in ds.get("SharedFunctionalGroupsSequence") or []:
-        for frame in group.get("RealWorldValueMappingSequence") or []:
-            items.append(frame)
+    groups = list(ds.get("SharedFunctionalGroupsSequence") or [])
+    groups += list(ds.get("PerFrameFunctionalGroupsSequence") or [])[:1]
+    for group in groups:
+        items += list(group.get("RealWorldValueMappingSequence") or [])
     rs, ri = _number(ds, "RescaleSlope", 1.0) or 1.0, _number(ds, "RescaleIntercept", 0.0)
     for item in items:
         for code in item.get("MeasurementUnitsCodeSequence") or []:
@@ -234,7 +237,8 @@ def decide(manufacturer: str, checks: dict[str, ScaleCheck], header: str | None 
     the site's configuration (`site`) and a vendor `convention`, each but the first checked against
     the tissue values (`checks`, from check_scales); without any, from the tissue values alone
     when exactly one candidate scale fits them. Refused (unit None) only when the evidence
-    conflicts or nothing decides, with the reason."""
+    conflicts (a claimed scale the tissue values do not fit while they fit another) or nothing
+    decides, with the reason."""
     who = f"'{manufacturer}'" if manufacturer else "(no Manufacturer in the header)"
     fitting = [u for u in CANDIDATES if checks[u].consistent]
     if header is not None:
@@ -246,12 +250,10 @@ def decide(manufacturer: str, checks: dict[str, ScaleCheck], header: str | None 
         if claim is None:
             continue
         check = next(c for u, c in checks.items() if same_scale(u, claim))
-        if check.consistent is False:
-            fits = (f"they fit {label(fitting[0])}" if len(fitting) == 1
-                    else "they fit none of 10^-6, 10^-5, 10^-3, 1 mm2/s")
+        if check.consistent is False and fitting:
             return UnitDecision(None, basis, (
                 f"conflicting evidence on the ADC map's unit: the {what} says {label(claim)}, but the tissue "
-                f"values contradict it ({check.describe()}; {fits})"))
+                f"values contradict it ({check.describe()}; they fit {' and '.join(label(u) for u in fitting)})"))
         return UnitDecision(claim, basis, f"{label(claim)} from the {what}; {_tissue_note(claim, checks, fitting)}")
     if len(fitting) == 1:
         return UnitDecision(fitting[0], TISSUE, (
@@ -259,8 +261,7 @@ def decide(manufacturer: str, checks: dict[str, ScaleCheck], header: str | None 
             f"{checks[fitting[0]].describe()}"))
     why = ("no candidate scale fits them" if not fitting else
            f"they fit {' and '.join(label(u) for u in fitting)}")
-    sample = next(iter(checks.values()))
-    detail = sample.describe() if sample.consistent is None else checks["10*-6.mm2/s"].describe()
+    detail = checks[CANDIDATES[0]].describe()
     return UnitDecision(None, TISSUE, (
         f"the ADC map does not state its unit (no {RWVM}), no {SITE} or {VENDOR} is known for {who}, "
         f"and the {TISSUE} do not decide it: {why} ({detail})"))
@@ -272,5 +273,6 @@ def _tissue_note(unit: str, checks: dict[str, ScaleCheck], fitting: list[str]) -
         return f"confirmed by {TISSUE} ({check.describe()})"
     if check.consistent is None:
         return f"not checked against {TISSUE}: {check.describe()}"
-    other = f"; they fit {label(fitting[0])}" if len(fitting) == 1 else ""
-    return f"{TISSUE} do not fit it ({check.describe()}{other})"
+    if fitting:
+        return f"{TISSUE} do not fit it ({check.describe()}; they fit {' and '.join(label(u) for u in fitting)})"
+    return f"{TISSUE} fit none of the candidate scales, so they neither confirm nor contradict it ({check.describe()})"
