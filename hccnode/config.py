@@ -131,6 +131,16 @@ RETRIEVE_METHODS = ("move", "get", "auto")
 
 
 @dataclass
+class AdcSection:
+    """The stored unit of ADC maps without a Real World Value Mapping, per Manufacturer (0008,0070),
+    e.g. units = { "ACME" = "1e-6 mm2/s" }. Wins over the packaged vendor conventions
+    (hccnode/data/adc_units.toml) and is still checked against the map's tissue values
+    (hccnode.imaging.adc_unit)."""
+
+    units: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class LogSection:
     level: str = "INFO"
     file: str = ""  # empty: standard error
@@ -147,6 +157,7 @@ class Config:
     phases: PhasesSection = field(default_factory=PhasesSection)
     priors: PriorsSection = field(default_factory=PriorsSection)
     status: StatusSection = field(default_factory=StatusSection)
+    adc: AdcSection = field(default_factory=AdcSection)
     log: LogSection = field(default_factory=LogSection)
     source: str = "defaults"  # where the values came from
 
@@ -177,6 +188,11 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list of {item.__name__}, got {value!r}")
         return [_check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if getattr(hint, "__origin__", None) is dict:
+        _, item = hint.__args__
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table of {item.__name__}, got {value!r}")
+        return {k: _check_type(f"{key}[{k!r}]", v, item) for k, v in value.items()}
     raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover
 
 
@@ -252,6 +268,15 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("priors.tolerance_days: must not be negative")
     if cfg.priors.timeout <= 0:
         raise ConfigError("priors.timeout: must be positive")
+    for name, unit in cfg.adc.units.items():
+        from hccnode.imaging.adc_unit import parse_unit
+
+        try:
+            parse_unit(unit)
+        except ValueError as exc:
+            raise ConfigError(f"adc.units[{name!r}]: {exc}") from None
+        if not name.strip():
+            raise ConfigError("adc.units: a Manufacturer name must not be empty")
     if cfg.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"log.level: {cfg.log.level!r} is not DEBUG, INFO, WARNING or ERROR")
 

@@ -20,21 +20,25 @@ from hccnode.store import jobs
 from hccnode.store.db import Store
 
 
-def run_job(data_dir: str, job_id: int, destinations: Sequence[str] = (), rules_file: str = "") -> dict:
+def run_job(data_dir: str, job_id: int, destinations: Sequence[str] = (), rules_file: str = "",
+            adc_units: dict[str, str] | None = None) -> dict:
     """Run one job: analyse its study (hccnode.pipeline) and return the result record.
 
     `destinations` are the configured forward destinations the outputs are queued for;
-    `rules_file` a site's phase rules (empty: the packaged ones)."""
+    `rules_file` a site's phase rules (empty: the packaged ones); `adc_units` the site's ADC
+    units per Manufacturer ([adc] units)."""
     from hccnode.imaging.phase_rules import load_rules
     from hccnode.pipeline import analyze_study
+    from hccnode.pipeline.mr import site_adc_units
 
     store = Store(data_dir)
     try:
         job = jobs.get(store, job_id)
         if job is None:
             raise LookupError(f"no job {job_id}")
-        analysis = analyze_study(store, job["study_uid"], destinations=destinations, job_id=job_id,
-                                 rules=load_rules(rules_file or None))
+        with site_adc_units(adc_units):
+            analysis = analyze_study(store, job["study_uid"], destinations=destinations, job_id=job_id,
+                                     rules=load_rules(rules_file or None))
         return {**analysis.as_record(), "study_seq": job["study_seq"]}
     finally:
         store.close()
@@ -150,7 +154,8 @@ class WorkerPool:
                 return
         try:
             future = self._executor().submit(run_job, str(self.cfg.data_dir), job.id,
-                                             list(self.cfg.forward.destinations), self.cfg.phases.rules_file)
+                                             list(self.cfg.forward.destinations), self.cfg.phases.rules_file,
+                                             dict(self.cfg.adc.units))
             if not self._held_until(store, job, owner, lambda s: bool(wait([future], timeout=s).done)):
                 return
             result = future.result()

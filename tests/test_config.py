@@ -27,6 +27,9 @@ def test_defaults_need_no_file(tmp_path, monkeypatch):
     ("[node]\nport = 70000\n", "node.port: 70000 is not a TCP port"),
     ("node = 1\n", "[node] must be a table"),
     ("[node\n", "not valid TOML"),
+    ("[adc]\nunits = { ACME = 'furlong' }\n", "adc.units['ACME']: 'furlong' is not an ADC unit"),
+    ("[adc]\nunits = { ACME = 1 }\n", "adc.units['ACME']: expected str, got int"),
+    ("[adc]\nunits = 'ACME'\n", "adc.units: expected a table of str"),
 ])
 def test_bad_files_are_reported_by_key(tmp_path, text, message):
     p = tmp_path / "hccnode.toml"
@@ -41,6 +44,12 @@ def test_ints_are_accepted_for_floats_and_destinations_parse():
     assert cfg.study.stable_seconds == 2.0
     d = config.parse_destination(cfg.forward.destinations[0])
     assert (d.ae_title, d.host, d.port) == ("PACS", "::1", 104)
+
+
+def test_adc_units_per_manufacturer():
+    cfg = config.from_dict({"adc": {"units": {"ACME": "1e-6 mm2/s", "Other Co": "10*-3.mm2/s"}}})
+    assert cfg.adc.units == {"ACME": "1e-6 mm2/s", "Other Co": "10*-3.mm2/s"}
+    assert config.Config().adc.units == {}
 
 
 def test_example_config_in_deploy_is_valid_and_complete():

@@ -74,6 +74,8 @@ class Measurement:
     `unit` is UCUM ('%', '1', 'mg/mL', '[hnsf\\'U]', 'mm', 'mL', '10*-3.mm2/s', '[hnsf\\'U]/keV').
     `formula` names the paper and formula, e.g. 'paper001.ecv_cect'.
     When `value` is None, `reason` says why; `lab_missing_reason` says why a lab is absent.
+    `input_unit` says in which unit an input image's values were read and why, when the image's
+    header alone does not settle it (an ADC map: hccnode.imaging.adc_unit).
     """
 
     marker: str
@@ -87,6 +89,7 @@ class Measurement:
     registration: dict | None = None
     reason: str | None = None
     software_version: str = field(default=hccnode.__version__)
+    input_unit: str | None = None
 
     def __post_init__(self) -> None:
         if self.formula in FORMULAS and FORMULAS[self.formula][0] != self.unit:

@@ -18,9 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Scale factors from a stored ADC unit to 10^-3 mm^2/s. The stored unit is never guessed: vendors
-# write ADC maps in 10^-6 mm^2/s (common), 10^-3 mm^2/s or mm^2/s, so the caller must say which.
-ADC_UNIT_TO_1E3 = {"mm2/s": 1e3, "10*-3.mm2/s": 1.0, "10*-6.mm2/s": 1e-3, "um2/s": 1e-3}
+from hccnode.imaging.adc_unit import UNIT_TO_MM2S
+
+# Scale factors from a stored ADC unit to 10^-3 mm^2/s. Vendors write ADC maps in 10^-6 mm^2/s
+# (common), 10^-3 mm^2/s or mm^2/s, so the caller says which (hccnode.imaging.adc_unit decides it).
+ADC_UNIT_TO_1E3 = {unit: per_unit * 1e3 for unit, per_unit in UNIT_TO_MM2S.items()}
 
 
 def t2_sir(tumor_t2_si: float, muscle_t2_si: float) -> float:

@@ -34,6 +34,7 @@ def run(args) -> int:
     from hccnode.imaging.phase_rules import RulesError, load_rules
     from hccnode.pipeline import StudyError, analyze_study
     from hccnode.pipeline.driver import copy_outputs
+    from hccnode.pipeline.mr import site_adc_units
     from hccnode.store.db import Store
 
     if bool(args.study_uid) == bool(args.dicom_dir):
@@ -58,7 +59,8 @@ def run(args) -> int:
                 bar.update(1)
 
             try:
-                analysis = analyze_study(store, uid, destinations=destinations, rules=rules, progress=step)
+                with site_adc_units(args.cfg.adc.units):
+                    analysis = analyze_study(store, uid, destinations=destinations, rules=rules, progress=step)
             except StudyError as exc:
                 print(f"hccnode analyze: {exc}")
                 status = 1

@@ -2,17 +2,24 @@
 (tumor / erector spinae on the T2 series) and ADC mean, max, min and heterogeneity in the tumor,
 at baseline and follow-up. Orchestration only: the formulas are hccnode.imaging.sir.
 
-The ADC map's stored unit is read from its Real World Value Mapping (Measurement Units Code
-Sequence, UCUM); a map that does not state it is not measured (vendors differ: 10^-6 or
-10^-3 mm^2/s), never guessed.
+The ADC map's unit is decided by hccnode.imaging.adc_unit: its Real World Value Mapping, else the
+site's configuration or a cited vendor convention for its Manufacturer, checked against the values
+of the tissues in the map; else the tissue values alone when unambiguous. Conflicting evidence is
+not measured, with the conflict named. The decision goes with each ADC value (`input_unit`, an
+algorithm parameter in the SR). A site's units reach the analysis through `site_adc_units`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+import numpy as np
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
-from hccnode.imaging import sir
+from hccnode.imaging import adc_unit, sir
 from hccnode.imaging.measure import FORMULAS, Measurement, SeriesRef
 from hccnode.imaging.volumes import Volume
 from hccnode.pipeline.align import Aligner
@@ -24,14 +31,31 @@ ADC_FORMULAS = {"mean": "paper003.adc_mean", "max": "paper003.adc_max", "min": "
                 "heterogeneity": "paper003.adc_heterogeneity"}
 
 
-def adc_unit(ds: Dataset) -> str | None:
-    """The UCUM unit of an ADC map's stored values (after rescale), if the header states one we know."""
-    for item in ds.get("RealWorldValueMappingSequence", []):
-        for unit in item.get("MeasurementUnitsCodeSequence", []):
-            value = str(unit.get("CodeValue", ""))
-            if value in sir.ADC_UNIT_TO_1E3:
-                return value
-    return None
+_SITE_UNITS: ContextVar[Mapping[str, str]] = ContextVar("hccnode_adc_site_units", default={})
+
+
+@contextmanager
+def site_adc_units(units: Mapping[str, str] | None) -> Iterator[None]:
+    """Analyses run inside use the site's ADC units per Manufacturer (config [adc] units)."""
+    token = _SITE_UNITS.set(dict(units or {}))
+    try:
+        yield
+    finally:
+        _SITE_UNITS.reset(token)
+
+
+def adc_decision(ds: Dataset, values: np.ndarray) -> tuple[adc_unit.UnitDecision, adc_unit.HeaderUnit | None]:
+    """The unit of an ADC map (first header `ds`, volume `values`) and the header's linear
+    mapping when its Real World Value Mapping states the unit."""
+    header = adc_unit.header_unit(ds)
+    manufacturer = str(ds.get("Manufacturer", "") or "").strip()
+    if header is not None and (header.slope != 1.0 or header.intercept != 0.0):
+        values = np.asarray(values, dtype=np.float64) * header.slope + header.intercept
+    checks = adc_unit.check_scales(values)
+    site = adc_unit.site_unit(manufacturer, _SITE_UNITS.get())
+    convention = adc_unit.find_convention(manufacturer, str(ds.get("ManufacturerModelName", "") or ""),
+                                          str(ds.get("SoftwareVersions", "") or ""))
+    return adc_unit.decide(manufacturer, checks, header.unit if header else None, site, convention), header
 
 
 def measure_mr(study: Study, t2: Volume, aligner: Aligner, regions: Regions, f: Findings, when: str = "") -> None:
@@ -54,16 +78,16 @@ def measure_mr(study: Study, t2: Volume, aligner: Aligner, regions: Regions, f: 
     adc_series = study.first("mr_adc")
     adc_vol = study.volume(adc_series) if adc_series is not None else None
     adc_ref = (SeriesRef(adc_vol.series_uid, f"{when} ADC".strip()),) if adc_vol else ()
-    why_adc, unit, adc_a, quality = None, None, None, None
+    why_adc, unit, adc_a, quality, decision, header = None, None, None, None, None, None
     if adc_series is None:
         why_adc = "no ADC map in the study"
     elif adc_vol is None:
         why_adc = f"{adc_series.describe()} cannot be read as a volume"
     else:
-        unit = adc_unit(study.headers(adc_series)[0])
+        decision, header = adc_decision(study.headers(adc_series)[0], sitk.GetArrayViewFromImage(adc_vol.image))
+        unit = decision.unit
         if unit is None:
-            why_adc = ("the ADC map does not state its unit (Real World Value Mapping, UCUM); "
-                       "vendors store 10^-6 or 10^-3 mm2/s, so it is not guessed")
+            why_adc = decision.text
         else:
             aligned = aligner.through(adc_vol, register=False, nearest=True)
             quality = aligned.quality
@@ -87,7 +111,10 @@ def measure_mr(study: Study, t2: Volume, aligner: Aligner, regions: Regions, f: 
         reason = why_adc
         if not reason:
             try:
-                stats = sir.adc_stats([values_in(adc_a, mask)], unit)
+                values = values_in(adc_a, mask)
+                if header is not None:
+                    values = values * header.slope + header.intercept
+                stats = sir.adc_stats([values], unit)
             except ValueError as exc:
                 reason = str(exc)
         for key, formula in ADC_FORMULAS.items():
@@ -97,4 +124,4 @@ def measure_mr(study: Study, t2: Volume, aligner: Aligner, regions: Regions, f: 
                                           roi=roi.ref, series=adc_ref, registration=quality))
             else:
                 f.add(Measurement.of(formula, marker, getattr(stats, key), roi=roi.ref, series=adc_ref,
-                                     registration=quality))
+                                     registration=quality, input_unit=decision.text))

@@ -5,7 +5,8 @@ Content (all groups are TID 1501 / TID 1411 measurement groups):
   segment it is drawn in (ReferencedSegment of the node's SEG, on the reference series), its
   measurements (TID 300, coded names and UCUM units from sr_templates/), each with a TID 4019
   algorithm identification: the formula id, software version and, as parameters, the marker, the
-  series and phases, the lab value used (time, source) and the registration quality;
+  series and phases, the lab value used (time, source), the registration quality and, for an ADC
+  map, the unit its values were read in and why ("input unit ...");
 - measurements over several ROIs of one role (e.g. the mean of three liver ROIs) in a group per role;
 - the laboratory values used: NUM with LOINC code, UCUM unit and Observation DateTime = when the
   sample was taken, and a TEXT with the source;
@@ -82,6 +83,8 @@ def provenance(m: Measurement) -> list[str]:
         out.append(f"lab {describe_lab(m.lab)}")
     if m.registration:
         out.append("registration " + json.dumps(m.registration, sort_keys=True, default=str))
+    if m.input_unit:
+        out.append(f"input unit {m.input_unit}")
     return out
 
 

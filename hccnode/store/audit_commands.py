@@ -191,7 +191,10 @@ def cmd_reverify(args) -> int:
                 print(f"hccnode audit reverify: {exc}", file=sys.stderr)
                 return 1
             print(f"retrieved SR {args.from_pacs} from the PACS")
-        out = reverify(store, sr, rel_tol=args.rel_tol, rules=rules, keep=args.keep)
+        from hccnode.pipeline.mr import site_adc_units
+
+        with site_adc_units(args.cfg.adc.units):
+            out = reverify(store, sr, rel_tol=args.rel_tol, rules=rules, keep=args.keep)
     finally:
         store.close()
     print(f"SR {out.sr_uid} of study {out.study_uid}")
