@@ -10,6 +10,8 @@ Evidence (all rules and thresholds are in the rules data file, hccnode/data/phas
            acquisitions against the injection windows of papers 000 and 001 (see the data file)
   image    aorta and liver HU of the series itself; series of the same acquisition (DECT maps,
            other reconstructions) share header and image evidence at a reduced weight
+  relation aorta and liver of every enhanced acquisition against each other, with the acquisition
+           order where times, series or instance numbers give it (hccnode.imaging.phase_relations)
 Every vote carries its rule name and the values that made it fire. A series whose evidence is
 weak or contradictory is reported "ambiguous" with those reasons, never given a phase silently.
 
@@ -27,7 +29,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hccnode.imaging.phase_rules import KINDS, PHASES, Rule, RuleSet
+from hccnode.imaging.phase_relations import Acquisition, RelationParams, relate_phases
+from hccnode.imaging.phase_rules import KINDS, PHASES, RELATION_MARGINS, Rule, RuleSet
 from hccnode.imaging.series_header import SeriesHeader
 
 ENHANCED = frozenset({"arterial", "portal_venous", "equilibrium"})
@@ -37,7 +40,7 @@ AMBIGUOUS = "ambiguous"
 
 @dataclass(frozen=True)
 class Vote:
-    source: str                 # header | timing | image | sibling-header | sibling-image
+    source: str                 # header | timing | image | relation | sibling-header | sibling-image
     rule: str
     axis: str                   # kind | phase
     labels: frozenset[str]
@@ -298,6 +301,8 @@ def classify_study(headers: Sequence[SeriesHeader], rules: RuleSet,
     phase_iv = {uid: _axis(vs, "phase") for uid, vs in image_votes.items()
                 if final_kind[uid][0] in ("ct", "dect_vmi", None)}
 
+    relation_votes, relation_notes = _relations(groups, measured, phase_iv, rules)
+
     relative_summary = None
     if not any(timing_votes[g.index] or timing_notes[g.index] for g in groups):
         relative_summary = _relative_timing(groups, phase_hv, phase_iv, timing_votes, rules)
@@ -319,7 +324,7 @@ def classify_study(headers: Sequence[SeriesHeader], rules: RuleSet,
                             "values": {"b_values": list(h.b_values), "from": list(h.b_value_sources)}})
         if kind in CT_FAMILY or (kind is None and uid in group_of):
             g = group_of[uid]
-            pv = phase_hv[uid] + timing_votes[g.index] + phase_iv.get(uid, [])
+            pv = phase_hv[uid] + timing_votes[g.index] + phase_iv.get(uid, []) + relation_votes.get(g.index, [])
             # Other series of the acquisition; one fact (a rule firing for the same labels) counts
             # once, however many reconstructions repeat it.
             seen = {(v.rule, v.labels) for v in pv}
@@ -334,7 +339,7 @@ def classify_study(headers: Sequence[SeriesHeader], rules: RuleSet,
                             pv.append(_scaled(v, source, rules.sibling_factor, sib.series_uid))
             phase, pconf, pranking = decide(pv, PHASES, rules)
             d.phase, d.phase_confidence = phase, pconf
-            reasons += [v.reason() for v in pv] + timing_notes[g.index]
+            reasons += [v.reason() for v in pv] + timing_notes[g.index] + relation_notes.get(g.index, [])
             if relative_summary is not None and g.time_s is not None and not any(v.rule == "relative-timing" for v in pv):
                 reasons.append({"source": "timing", "rule": "relative-timing-undecided", "values": relative_summary})
             reasons += _conflicts(pv, PHASES, "phase")
@@ -387,6 +392,49 @@ def _relative_timing(groups: Sequence[_Group], phase_hv: dict[str, list[Vote]], 
         if v is not None:
             timing_votes[g.index].append(v)
     return summary
+
+
+def _relations(groups: Sequence[_Group], measured: dict[str, PhaseMeasurement], phase_iv: dict[str, list[Vote]],
+               rules: RuleSet) -> tuple[dict[int, list[Vote]], dict[int, list[dict]]]:
+    """Phase votes (and notes when undecided) per acquisition from the study's enhancement relations
+    (hccnode.imaging.phase_relations): every acquisition whose own images show contrast, measured on
+    its conventional-looking series (median over them), ordered by time, series and instance numbers."""
+    cfg = rules.relations
+    if not cfg.get("use", True):
+        return {}, {}
+    acqs = []
+    t0 = min((g.time_s for g in groups if g.time_s is not None), default=0.0)
+    for g in groups:
+        uids = [u for u in g.uids if u in phase_iv and _image_enhanced(phase_iv[u], rules)]
+        if not uids:
+            continue
+        numbers = [h.series_number for h in g.series if h.series_uid in uids and h.series_number is not None]
+        ranges = [h.instance_range for h in g.series if h.series_uid in uids and h.instance_range is not None]
+        order = {"series number": min(numbers)} if numbers else {}
+        if g.time_s is not None:
+            order["acquisition time (s after the first)"] = round(g.time_s - t0, 1)
+        label = "series " + "/".join(str(n) for n in sorted(set(numbers))) if numbers else f"acquisition {g.index + 1}"
+        acqs.append(Acquisition(str(g.index), _median([measured[u].aorta_hu for u in uids]),
+                                _median([measured[u].liver_hu for u in uids]), order,
+                                (min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else None, label))
+    if not acqs:
+        return {}, {}
+    params = RelationParams(**{k: float(cfg[k]) for k in RELATION_MARGINS})
+    votes: dict[int, list[Vote]] = {}
+    notes: dict[int, list[dict]] = {}
+    for key, rel in relate_phases(acqs, params).items():
+        gi = int(key)
+        if rel.phases and rel.phases != ENHANCED:
+            rule = f"relation-{rel.phase}" if rel.phase else "relation-" + "-or-".join(sorted(rel.phases))
+            votes[gi] = [Vote("relation", rule, "phase", rel.phases, float(cfg["weight"]), rel.values())]
+        else:
+            notes[gi] = [{"source": "relation", "rule": "relation-undecided", "values": rel.values()}]
+    return votes, notes
+
+
+def _image_enhanced(votes: list[Vote], rules: RuleSet) -> bool:
+    """The series' own images show contrast (image phase evidence alone)."""
+    return decide(votes, PHASES, rules)[0] != "unenhanced" and set_belief(votes, PHASES, ENHANCED) >= 0.5
 
 
 def _delay(h: SeriesHeader) -> float | None:
@@ -484,7 +532,7 @@ def _conflicts(votes: Sequence[Vote], labels: Sequence[str], axis: str) -> list[
     """Report when header, timing and image evidence disagree: a source's best label (belief
     >= 0.3) is another's, or another source commits >= 0.5 of its mass against it."""
     masses = {}
-    for source in ("header", "timing", "image"):
+    for source in ("header", "timing", "image", "relation"):
         vs = [v for v in votes if v.source.split("-")[-1] == source]
         if vs:
             masses[source] = combine(vs, labels)
