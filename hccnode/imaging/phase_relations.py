@@ -80,6 +80,7 @@ class Relation:
     why: str
     evidence: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    order_against: frozenset[str] = frozenset()   # ordering keys that contradict every order the images allow
 
     @property
     def phase(self) -> str | None:
@@ -152,10 +153,12 @@ def relate_phases(acquisitions: Sequence[Acquisition], params: RelationParams) -
             by_enhancement.append((labels, evidence))
     fits: list[tuple[tuple[str, ...], list[dict]]] = []
     order_against: list[str] = []
+    clashing: set[str] = set()
     for labels, evidence in by_enhancement:
-        clash = _order_clash(usable, labels, keys)
+        key, clash = _order_clash(usable, labels, keys)
         if clash:
             order_against.append(f"{_describe(usable, labels)}: {clash}")
+            clashing.add(key)
         else:
             fits.append((labels, evidence))
 
@@ -165,7 +168,7 @@ def relate_phases(acquisitions: Sequence[Acquisition], params: RelationParams) -
         else:
             why = ("the acquisition order disagrees with the enhancement: " + "; ".join(order_against))
         for a in usable:
-            out[a.key] = Relation(a.key, frozenset(), why, notes=notes)
+            out[a.key] = Relation(a.key, frozenset(), why, notes=notes, order_against=frozenset(clashing))
         return out
 
     used_keys = sorted(keys)
@@ -238,14 +241,15 @@ def _order_keys(acqs: Sequence[Acquisition]) -> dict[str, dict[str, float]]:
     return {k: v for k, v in keys.items() if len(v) >= 2}
 
 
-def _order_clash(acqs: Sequence[Acquisition], labels: tuple[str, ...], keys: dict[str, dict[str, float]]) -> str:
+def _order_clash(acqs: Sequence[Acquisition], labels: tuple[str, ...], keys: dict[str, dict[str, float]]) -> tuple[str, str]:
+    """(name of the first ordering key that contradicts `labels`, how) or ("", "")."""
     for name, values in keys.items():
         for i, j in itertools.permutations(range(len(acqs)), 2):
             if ENHANCED_ORDER.index(labels[i]) < ENHANCED_ORDER.index(labels[j]):
                 vi, vj = values.get(acqs[i].key), values.get(acqs[j].key)
                 if vi is not None and vj is not None and vi > vj:
-                    return f"{name} put {acqs[j].name} ({vj:g}) before {acqs[i].name} ({vi:g})"
-    return ""
+                    return name, f"{name} put {acqs[j].name} ({vj:g}) before {acqs[i].name} ({vi:g})"
+    return "", ""
 
 
 def _describe(acqs: Sequence[Acquisition], labels: tuple[str, ...]) -> str:

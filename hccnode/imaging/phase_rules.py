@@ -204,7 +204,7 @@ def parse_rules(data: dict[str, Any], source: str = "<dict>", sha256: str = "") 
 
     relations = dict(data.get("relations", {}))
     relations.setdefault("use", True)
-    relations.setdefault("weight", 0.7)
+    relations.setdefault("weight", 0.8)
     for k, default in RELATION_MARGINS.items():
         relations.setdefault(k, default)
         if not (isinstance(relations[k], (int, float)) and not isinstance(relations[k], bool) and relations[k] >= 0):

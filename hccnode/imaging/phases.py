@@ -36,6 +36,7 @@ from hccnode.imaging.series_header import SeriesHeader
 ENHANCED = frozenset({"arterial", "portal_venous", "equilibrium"})
 CT_FAMILY = frozenset({"ct", "dect_iodine", "dect_vmi", "dect_vnc"})
 AMBIGUOUS = "ambiguous"
+TIME_KEY = "acquisition time (s after the first)"
 
 
 @dataclass(frozen=True)
@@ -301,11 +302,17 @@ def classify_study(headers: Sequence[SeriesHeader], rules: RuleSet,
     phase_iv = {uid: _axis(vs, "phase") for uid, vs in image_votes.items()
                 if final_kind[uid][0] in ("ct", "dect_vmi", None)}
 
-    relation_votes, relation_notes = _relations(groups, measured, phase_iv, rules)
+    relation_votes, relation_notes, times_contradicted = _relations(groups, measured, phase_iv, rules)
 
     relative_summary = None
     if not any(timing_votes[g.index] or timing_notes[g.index] for g in groups):
         relative_summary = _relative_timing(groups, phase_hv, phase_iv, timing_votes, rules)
+        # Relative timing reads the same times that the images contradict: set it aside there.
+        for gi in times_contradicted:
+            if any(v.rule == "relative-timing" for v in timing_votes[gi]):
+                timing_votes[gi] = [v for v in timing_votes[gi] if v.rule != "relative-timing"]
+                relation_notes.setdefault(gi, []).append({"source": "relation", "rule": "relative-timing-set-aside", "values": {
+                    "why": "the acquisition times disagree with the enhancement relations (see relation-undecided)"}})
 
     decisions = []
     for h in headers:
@@ -353,7 +360,36 @@ def classify_study(headers: Sequence[SeriesHeader], rules: RuleSet,
                 d.confidence = kconf * pconf
         d.reasons = reasons
         decisions.append(d)
+    named = {g.index for g in groups if any(phase_hv[h.series_uid] for h in g.series)
+             or any(v.rule != "relative-timing" for v in timing_votes[g.index])}
+    unnamed = {uid for uid, g in group_of.items() if g.index not in named}
+    _repeated_phases(decisions, group_of, unnamed)
     return decisions
+
+
+def _repeated_phases(decisions: list[Decision], group_of: dict[str, _Group], unnamed: set[str]) -> None:
+    """A liver protocol acquires each enhanced phase once. When images and relative timing alone (no
+    header names the phase, no bolus start time) give one enhanced phase to conventional CT series of
+    two acquisitions, at most one can be right and nothing says which: all of them, and the other
+    series of their acquisitions, become ambiguous, with the reason."""
+    by_phase: dict[str, set[int]] = {}
+    for d in decisions:
+        if d.series_uid in unnamed and d.kind in ("ct_arterial", "ct_portal_venous", "ct_equilibrium"):
+            by_phase.setdefault(d.phase, set()).add(group_of[d.series_uid].index)
+    for phase, groups in by_phase.items():
+        if len(groups) < 2:
+            continue
+        names = sorted({str(d.series_number) for d in decisions if d.series_uid in group_of
+                        and group_of[d.series_uid].index in groups and d.kind == f"ct_{phase}"})
+        for d in decisions:
+            if d.series_uid in group_of and group_of[d.series_uid].index in groups and d.phase == phase:
+                if d.kind == f"ct_{phase}":
+                    d.kind = AMBIGUOUS
+                d.phase, d.phase_confidence = None, 0.0
+                d.reasons.append({"source": "decision", "rule": "phase-repeated", "values": {
+                    "phase": phase, "series": names,
+                    "why": "the images and relative timing give this phase to more than one acquisition; "
+                           "a liver protocol acquires it once and nothing says which one it is"}})
 
 
 def _axis(votes: Iterable[Vote], axis: str) -> list[Vote]:
@@ -395,13 +431,14 @@ def _relative_timing(groups: Sequence[_Group], phase_hv: dict[str, list[Vote]], 
 
 
 def _relations(groups: Sequence[_Group], measured: dict[str, PhaseMeasurement], phase_iv: dict[str, list[Vote]],
-               rules: RuleSet) -> tuple[dict[int, list[Vote]], dict[int, list[dict]]]:
+               rules: RuleSet) -> tuple[dict[int, list[Vote]], dict[int, list[dict]], set[int]]:
     """Phase votes (and notes when undecided) per acquisition from the study's enhancement relations
     (hccnode.imaging.phase_relations): every acquisition whose own images show contrast, measured on
-    its conventional-looking series (median over them), ordered by time, series and instance numbers."""
+    its conventional-looking series (median over them), ordered by time, series and instance numbers.
+    Also returns the acquisitions whose times contradict every order their images allow."""
     cfg = rules.relations
     if not cfg.get("use", True):
-        return {}, {}
+        return {}, {}, set()
     acqs = []
     t0 = min((g.time_s for g in groups if g.time_s is not None), default=0.0)
     for g in groups:
@@ -412,24 +449,27 @@ def _relations(groups: Sequence[_Group], measured: dict[str, PhaseMeasurement], 
         ranges = [h.instance_range for h in g.series if h.series_uid in uids and h.instance_range is not None]
         order = {"series number": min(numbers)} if numbers else {}
         if g.time_s is not None:
-            order["acquisition time (s after the first)"] = round(g.time_s - t0, 1)
+            order[TIME_KEY] = round(g.time_s - t0, 1)
         label = "series " + "/".join(str(n) for n in sorted(set(numbers))) if numbers else f"acquisition {g.index + 1}"
         acqs.append(Acquisition(str(g.index), _median([measured[u].aorta_hu for u in uids]),
                                 _median([measured[u].liver_hu for u in uids]), order,
                                 (min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else None, label))
     if not acqs:
-        return {}, {}
+        return {}, {}, set()
     params = RelationParams(**{k: float(cfg[k]) for k in RELATION_MARGINS})
     votes: dict[int, list[Vote]] = {}
     notes: dict[int, list[dict]] = {}
+    contradicted = set()
     for key, rel in relate_phases(acqs, params).items():
         gi = int(key)
+        if TIME_KEY in rel.order_against:
+            contradicted.add(gi)
         if rel.phases and rel.phases != ENHANCED:
             rule = f"relation-{rel.phase}" if rel.phase else "relation-" + "-or-".join(sorted(rel.phases))
             votes[gi] = [Vote("relation", rule, "phase", rel.phases, float(cfg["weight"]), rel.values())]
         else:
             notes[gi] = [{"source": "relation", "rule": "relation-undecided", "values": rel.values()}]
-    return votes, notes
+    return votes, notes, contradicted
 
 
 def _image_enhanced(votes: list[Vote], rules: RuleSet) -> bool:
