@@ -182,8 +182,8 @@ def test_relations_off_in_the_rules_file(tmp_path):
     from importlib import resources
     text = resources.files("hccnode").joinpath("data", "phase_rules.toml").read_text(encoding="utf-8")
     f = tmp_path / "site.toml"
-    f.write_text(text.replace("[relations]\nuse = true", "[relations]\nuse = false", 1) if "[relations]\nuse = true" in text
-                 else text.replace("\nuse = true\nweight = 0.8", "\nuse = false\nweight = 0.8", 1))
+    assert "\nuse = true\nweight = 0.8\n" in text
+    f.write_text(text.replace("\nuse = true\nweight = 0.8\n", "\nuse = false\nweight = 0.8\n", 1))
     rules = load_rules(f)
     assert rules.relations["use"] is False
     d = by_uid([ct("a", 3), ct("p", 4), ct("e", 5)], {"a": A, "p": P, "e": E}, rules)

@@ -31,6 +31,12 @@ falling aorta over a flat liver follows any two post-arterial times (portal veno
 3 and 5 min), so such an acquisition is left "portal venous or equilibrium". More enhanced
 acquisitions than phases (repeated phases, or reconstructions without acquisition times to group
 them) are not related at all.
+
+Limits. The relations assume a liver protocol's timing: an arterial scan near the aortic peak (the
+papers' 25-35 s, late arterial) and each enhanced phase acquired once. Where the liver was not found
+in a series, its arterial relation rests on the aorta alone; an early arterial scan whose aorta is
+still 50 HU or more below the portal venous one would then be misread (with the liver measured, the
+liver relations hold it). A dual arterial protocol finds no fitting assignment and stays ambiguous.
 """
 
 from __future__ import annotations
