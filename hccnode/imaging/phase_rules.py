@@ -27,6 +27,9 @@ HEADER_FIELDS = TEXT_FIELDS | LIST_FIELDS | BOOL_FIELDS | NUMBER_FIELDS
 IMAGE_FIELDS = frozenset({"aorta_hu", "liver_hu", "aorta_minus_liver", "air_fraction", "liver_gain",
                           "aorta_gain", "liver_aorta_ratio", "aorta_rank_high", "aorta_rank_low",
                           "n_enhanced", "sibling_aorta_max", "median_value", "p99_value"})
+# [relations] margins (HU) and their defaults when a site's file has no such section.
+RELATION_MARGINS = {"liver_rise_min": 15.0, "gap_drop_min": 15.0, "aorta_drop_min": 15.0,
+                    "arterial_aorta_drop_min": 50.0, "liver_peak_tolerance": 15.0}
 MATCHER_KEYS = frozenset({"pattern", "any_of", "present", "min", "max"})
 
 
@@ -135,6 +138,7 @@ class RuleSet:
     image: dict[str, Any]
     header_rules: tuple[Rule, ...]
     image_rules: tuple[Rule, ...]
+    relations: dict[str, Any] = field(default_factory=dict)
     b_value_tags: tuple[BValueTag, ...] = field(default=())
 
     @property
@@ -198,6 +202,18 @@ def parse_rules(data: dict[str, Any], source: str = "<dict>", sha256: str = "") 
     if not (isinstance(image["min_pixel_mm"], (int, float)) and 0 <= image["min_pixel_mm"] <= 10):
         errors.append("[image] min_pixel_mm: must be a number of mm in [0, 10]")
 
+    relations = dict(data.get("relations", {}))
+    relations.setdefault("use", True)
+    relations.setdefault("weight", 0.8)
+    for k, default in RELATION_MARGINS.items():
+        relations.setdefault(k, default)
+        if not (isinstance(relations[k], (int, float)) and not isinstance(relations[k], bool) and relations[k] >= 0):
+            errors.append(f"[relations] {k}: must be a number of HU >= 0")
+    if not isinstance(relations["use"], bool):
+        errors.append("[relations] use: must be true or false")
+    if not (isinstance(relations["weight"], (int, float)) and 0 < relations["weight"] <= 1):
+        errors.append("[relations] weight: must be a number in (0, 1]")
+
     tags = []
     for i, t in enumerate(data.get("b_value_tag", [])):
         try:
@@ -209,13 +225,13 @@ def parse_rules(data: dict[str, Any], source: str = "<dict>", sha256: str = "") 
     names: set[str] = set()
     header = _parse_list(data.get("header_rule", []), "header", HEADER_FIELDS, names, errors)
     image_rules = _parse_list(data.get("image_rule", []), "image", IMAGE_FIELDS, names, errors)
-    unknown = set(data) - {"meta", "timing", "image", "b_value_tag", "header_rule", "image_rule"}
+    unknown = set(data) - {"meta", "timing", "image", "relations", "b_value_tag", "header_rule", "image_rule"}
     if unknown:
         errors.append(f"unknown sections: {', '.join(sorted(unknown))}")
     if errors:
         raise RulesError(f"{source}: {len(errors)} problem(s):\n  " + "\n  ".join(errors))
     return RuleSet(version=version, sha256=sha256, source=source, decide_at=decide_at, margin=margin,
-                   sibling_factor=sibling, timing=timing, image=image, header_rules=tuple(header),
+                   sibling_factor=sibling, timing=timing, image=image, relations=relations, header_rules=tuple(header),
                    image_rules=tuple(image_rules), b_value_tags=tuple(tags))
 
 

@@ -10,6 +10,8 @@ Evidence (all rules and thresholds are in the rules data file, hccnode/data/phas
            acquisitions against the injection windows of papers 000 and 001 (see the data file)
   image    aorta and liver HU of the series itself; series of the same acquisition (DECT maps,
            other reconstructions) share header and image evidence at a reduced weight
+  relation aorta and liver of every enhanced acquisition against each other, with the acquisition
+           order where times, series or instance numbers give it (hccnode.imaging.phase_relations)
 Every vote carries its rule name and the values that made it fire. A series whose evidence is
 weak or contradictory is reported "ambiguous" with those reasons, never given a phase silently.
 
@@ -27,17 +29,19 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hccnode.imaging.phase_rules import KINDS, PHASES, Rule, RuleSet
+from hccnode.imaging.phase_relations import Acquisition, RelationParams, relate_phases
+from hccnode.imaging.phase_rules import KINDS, PHASES, RELATION_MARGINS, Rule, RuleSet
 from hccnode.imaging.series_header import SeriesHeader
 
 ENHANCED = frozenset({"arterial", "portal_venous", "equilibrium"})
 CT_FAMILY = frozenset({"ct", "dect_iodine", "dect_vmi", "dect_vnc"})
 AMBIGUOUS = "ambiguous"
+TIME_KEY = "acquisition time (s after the first)"
 
 
 @dataclass(frozen=True)
 class Vote:
-    source: str                 # header | timing | image | sibling-header | sibling-image
+    source: str                 # header | timing | image | relation | sibling-header | sibling-image
     rule: str
     axis: str                   # kind | phase
     labels: frozenset[str]
@@ -298,9 +302,17 @@ def classify_study(headers: Sequence[SeriesHeader], rules: RuleSet,
     phase_iv = {uid: _axis(vs, "phase") for uid, vs in image_votes.items()
                 if final_kind[uid][0] in ("ct", "dect_vmi", None)}
 
+    relation_votes, relation_notes, times_contradicted = _relations(groups, measured, phase_iv, rules)
+
     relative_summary = None
     if not any(timing_votes[g.index] or timing_notes[g.index] for g in groups):
         relative_summary = _relative_timing(groups, phase_hv, phase_iv, timing_votes, rules)
+        # Relative timing reads the same times that the images contradict: set it aside there.
+        for gi in times_contradicted:
+            if any(v.rule == "relative-timing" for v in timing_votes[gi]):
+                timing_votes[gi] = [v for v in timing_votes[gi] if v.rule != "relative-timing"]
+                relation_notes.setdefault(gi, []).append({"source": "relation", "rule": "relative-timing-set-aside", "values": {
+                    "why": "the acquisition times disagree with the enhancement relations (see relation-undecided)"}})
 
     decisions = []
     for h in headers:
@@ -319,7 +331,7 @@ def classify_study(headers: Sequence[SeriesHeader], rules: RuleSet,
                             "values": {"b_values": list(h.b_values), "from": list(h.b_value_sources)}})
         if kind in CT_FAMILY or (kind is None and uid in group_of):
             g = group_of[uid]
-            pv = phase_hv[uid] + timing_votes[g.index] + phase_iv.get(uid, [])
+            pv = phase_hv[uid] + timing_votes[g.index] + phase_iv.get(uid, []) + relation_votes.get(g.index, [])
             # Other series of the acquisition; one fact (a rule firing for the same labels) counts
             # once, however many reconstructions repeat it.
             seen = {(v.rule, v.labels) for v in pv}
@@ -334,7 +346,7 @@ def classify_study(headers: Sequence[SeriesHeader], rules: RuleSet,
                             pv.append(_scaled(v, source, rules.sibling_factor, sib.series_uid))
             phase, pconf, pranking = decide(pv, PHASES, rules)
             d.phase, d.phase_confidence = phase, pconf
-            reasons += [v.reason() for v in pv] + timing_notes[g.index]
+            reasons += [v.reason() for v in pv] + timing_notes[g.index] + relation_notes.get(g.index, [])
             if relative_summary is not None and g.time_s is not None and not any(v.rule == "relative-timing" for v in pv):
                 reasons.append({"source": "timing", "rule": "relative-timing-undecided", "values": relative_summary})
             reasons += _conflicts(pv, PHASES, "phase")
@@ -348,7 +360,36 @@ def classify_study(headers: Sequence[SeriesHeader], rules: RuleSet,
                 d.confidence = kconf * pconf
         d.reasons = reasons
         decisions.append(d)
+    named = {g.index for g in groups if any(phase_hv[h.series_uid] for h in g.series)
+             or any(v.rule != "relative-timing" for v in timing_votes[g.index])}
+    unnamed = {uid for uid, g in group_of.items() if g.index not in named}
+    _repeated_phases(decisions, group_of, unnamed)
     return decisions
+
+
+def _repeated_phases(decisions: list[Decision], group_of: dict[str, _Group], unnamed: set[str]) -> None:
+    """A liver protocol acquires each enhanced phase once. When images and relative timing alone (no
+    header names the phase, no bolus start time) give one enhanced phase to conventional CT series of
+    two acquisitions, at most one can be right and nothing says which: all of them, and the other
+    series of their acquisitions, become ambiguous, with the reason."""
+    by_phase: dict[str, set[int]] = {}
+    for d in decisions:
+        if d.series_uid in unnamed and d.kind in ("ct_arterial", "ct_portal_venous", "ct_equilibrium"):
+            by_phase.setdefault(d.phase, set()).add(group_of[d.series_uid].index)
+    for phase, groups in by_phase.items():
+        if len(groups) < 2:
+            continue
+        names = sorted({str(d.series_number) for d in decisions if d.series_uid in group_of
+                        and group_of[d.series_uid].index in groups and d.kind == f"ct_{phase}"})
+        for d in decisions:
+            if d.series_uid in group_of and group_of[d.series_uid].index in groups and d.phase == phase:
+                if d.kind == f"ct_{phase}":
+                    d.kind = AMBIGUOUS
+                d.phase, d.phase_confidence = None, 0.0
+                d.reasons.append({"source": "decision", "rule": "phase-repeated", "values": {
+                    "phase": phase, "series": names,
+                    "why": "the images and relative timing give this phase to more than one acquisition; "
+                           "a liver protocol acquires it once and nothing says which one it is"}})
 
 
 def _axis(votes: Iterable[Vote], axis: str) -> list[Vote]:
@@ -387,6 +428,53 @@ def _relative_timing(groups: Sequence[_Group], phase_hv: dict[str, list[Vote]], 
         if v is not None:
             timing_votes[g.index].append(v)
     return summary
+
+
+def _relations(groups: Sequence[_Group], measured: dict[str, PhaseMeasurement], phase_iv: dict[str, list[Vote]],
+               rules: RuleSet) -> tuple[dict[int, list[Vote]], dict[int, list[dict]], set[int]]:
+    """Phase votes (and notes when undecided) per acquisition from the study's enhancement relations
+    (hccnode.imaging.phase_relations): every acquisition whose own images show contrast, measured on
+    its conventional-looking series (median over them), ordered by time, series and instance numbers.
+    Also returns the acquisitions whose times contradict every order their images allow."""
+    cfg = rules.relations
+    if not cfg.get("use", True):
+        return {}, {}, set()
+    acqs = []
+    t0 = min((g.time_s for g in groups if g.time_s is not None), default=0.0)
+    for g in groups:
+        uids = [u for u in g.uids if u in phase_iv and _image_enhanced(phase_iv[u], rules)]
+        if not uids:
+            continue
+        numbers = [h.series_number for h in g.series if h.series_uid in uids and h.series_number is not None]
+        ranges = [h.instance_range for h in g.series if h.series_uid in uids and h.instance_range is not None]
+        order = {"series number": min(numbers)} if numbers else {}
+        if g.time_s is not None:
+            order[TIME_KEY] = round(g.time_s - t0, 1)
+        label = "series " + "/".join(str(n) for n in sorted(set(numbers))) if numbers else f"acquisition {g.index + 1}"
+        acqs.append(Acquisition(str(g.index), _median([measured[u].aorta_hu for u in uids]),
+                                _median([measured[u].liver_hu for u in uids]), order,
+                                (min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else None, label))
+    if not acqs:
+        return {}, {}, set()
+    params = RelationParams(**{k: float(cfg[k]) for k in RELATION_MARGINS})
+    votes: dict[int, list[Vote]] = {}
+    notes: dict[int, list[dict]] = {}
+    contradicted = set()
+    for key, rel in relate_phases(acqs, params).items():
+        gi = int(key)
+        if TIME_KEY in rel.order_against:
+            contradicted.add(gi)
+        if rel.phases and rel.phases != ENHANCED:
+            rule = f"relation-{rel.phase}" if rel.phase else "relation-" + "-or-".join(sorted(rel.phases))
+            votes[gi] = [Vote("relation", rule, "phase", rel.phases, float(cfg["weight"]), rel.values())]
+        else:
+            notes[gi] = [{"source": "relation", "rule": "relation-undecided", "values": rel.values()}]
+    return votes, notes, contradicted
+
+
+def _image_enhanced(votes: list[Vote], rules: RuleSet) -> bool:
+    """The series' own images show contrast (image phase evidence alone)."""
+    return decide(votes, PHASES, rules)[0] != "unenhanced" and set_belief(votes, PHASES, ENHANCED) >= 0.5
 
 
 def _delay(h: SeriesHeader) -> float | None:
@@ -484,7 +572,7 @@ def _conflicts(votes: Sequence[Vote], labels: Sequence[str], axis: str) -> list[
     """Report when header, timing and image evidence disagree: a source's best label (belief
     >= 0.3) is another's, or another source commits >= 0.5 of its mass against it."""
     masses = {}
-    for source in ("header", "timing", "image"):
+    for source in ("header", "timing", "image", "relation"):
         vs = [v for v in votes if v.source.split("-")[-1] == source]
         if vs:
             masses[source] = combine(vs, labels)

@@ -54,6 +54,7 @@ class SeriesHeader:
     repetition_time: float | None = None       # ms
     instance_count: int = 0
     frame_count: int = 0
+    instance_range: tuple[int, int] | None = None   # smallest and largest Instance Number
 
     @property
     def text(self) -> str:
@@ -283,7 +284,11 @@ def header_from_datasets(datasets: Sequence[Dataset], b_value_tags: Sequence[BVa
     acq: list[float] = []
     parsed: dict = {}  # sequences parsed once per series (see _walk)
     frames = 0
+    numbers: list[int] = []
     for ds in datasets:
+        number = _int(_get(ds, "InstanceNumber"))
+        if number is not None:
+            numbers.append(number)
         for attr, kw in (("modality", "Modality"), ("series_description", "SeriesDescription"),
                          ("protocol_name", "ProtocolName"), ("image_comments", "ImageComments"),
                          ("manufacturer", "Manufacturer"), ("sequence_name", "SequenceName"),
@@ -342,6 +347,7 @@ def header_from_datasets(datasets: Sequence[Dataset], b_value_tags: Sequence[BVa
     h.b_value_sources = tuple(b_sources)
     h.acquisition_s = min(acq) if acq else None
     h.instance_count = len(datasets)
+    h.instance_range = (min(numbers), max(numbers)) if numbers else None
     h.frame_count = frames
     return h
 
