@@ -16,6 +16,7 @@ import pytest
 import SimpleITK as sitk
 from pipeline_support import add_labs, by_marker, phantom_store, scratch_dir
 from pydicom.sr.codedict import codes
+from report_support import dciodvfy
 from test_auto_rois import Phantom, _lps, _inplane_distance, check_ct
 
 from hccnode.imaging import auto_rois as AR
@@ -184,7 +185,15 @@ def test_an_organ_seg_on_another_misregistered_series_is_carried_and_rois_land_i
     regions, reference = _regions(store, study)
     assert [o.role for o in regions.organs].count("liver") == 1 and not any(o.role == "tumor" for o in regions.organs)
     assert str(pydicom.dcmread(seg).SOPInstanceUID) in regions.registration  # carried through the registration
-    check_in_organs(regions, reference, phantom.labels("ct_equilibrium", reference))
+    truth_eq = phantom.labels("ct_equilibrium", reference)
+    check_in_organs(regions, reference, truth_eq)
+    # the carried mask fits the reference's liver, the mask as drawn (on the moved phase) does not
+    (liver,) = [o for o in regions.organs if o.role == "liver"]
+    whole = np.isin(truth_eq, LIVER_LIKE) | (truth_eq >= Label.TUMOR)
+    portal = phantom.labels("ct_portal", phantom.volume("ct_portal"))  # the same grid, moved anatomy
+    as_drawn = np.isin(portal, LIVER_LIKE) | (portal >= Label.TUMOR)
+    carried = sitk.GetArrayFromImage(liver.mask) > 0
+    assert _dice(carried, whole) >= 0.95 > _dice(as_drawn, whole), (_dice(carried, whole), _dice(as_drawn, whole))
     assert any("organ SEG" in n and "1 segment(s) not used" in n for n in regions.notes), regions.notes  # spleen
 
 
@@ -210,12 +219,17 @@ def test_organ_seg_arriving_later_queues_the_study_again_and_gives_liver_ecv_nam
         assert len(named) >= 4, texts  # each of the three liver ROIs, the aorta (and the liver group)
         for t in named:
             assert str(pydicom.dcmread(seg).SOPInstanceUID) in t and "Example Hospital AI" in t and "2.0.5" in t
+        assert dciodvfy(second.out_dir / "sr.dcm")[0] == []
         evidence = pydicom.dcmread(second.out_dir / "sr.dcm").CurrentRequestedProcedureEvidenceSequence
         assert any(str(s.SeriesInstanceUID) == str(pydicom.dcmread(seg).SeriesInstanceUID)
                    for st in evidence for s in st.ReferencedSeriesSequence)
         store.close()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
 
 
 def _run_queued(store, expect_reason: str):

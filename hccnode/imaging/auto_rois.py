@@ -37,6 +37,7 @@ from scipy import ndimage
 from hccnode.imaging.anatomy import (CALCIUM_ABOVE_LUMEN_HU, VERTEBRAL_MID_MM, Lumen, Spine, aortic_lumen,
                                      body_mask, disk_mask, fill_holes_2d, find_liver, find_spine, image_lps_order)
 from hccnode.imaging.measure import AUTOMATIC, RoiRef
+from hccnode.imaging.roi_stats import bounding_box
 from hccnode.imaging.rois import RoiMask
 from hccnode.imaging.volumes import Volume
 
@@ -592,7 +593,7 @@ def ct_roi_masks_in_organs(hu: np.ndarray, spacing, organs: dict[str, np.ndarray
     organs = {role: m for role, m in organs.items() if m.any()}
     if not organs:
         return [], ["no ROI placed in the organ masks: they hold no voxel of this series"]
-    box = _organ_box(organs, hu.shape, spacing)
+    box = _organ_box(organs, spacing)
     sub = hu[box]
     parts = {role: m[box] for role, m in organs.items()}
     sub_avoid = None if avoid is None else avoid[box]
@@ -620,14 +621,11 @@ def ct_roi_masks_in_organs(hu: np.ndarray, spacing, organs: dict[str, np.ndarray
     return [_unboxed(p, box, hu.shape) for p in placed], notes
 
 
-def _organ_box(organs: dict[str, np.ndarray], shape, spacing) -> tuple[slice, slice, slice]:
+def _organ_box(organs: dict[str, np.ndarray], spacing) -> tuple[slice, ...]:
     """The organs' bounding box: their slices, and in-plane widened by ORGAN_BOX_MARGIN_MM."""
     _, dy, dx = spacing
-    any_organ = np.logical_or.reduce(list(organs.values()))
-    z, y, x = (np.nonzero(any_organ.any(axis=axes))[0] for axes in ((1, 2), (0, 2), (0, 1)))
-    my, mx = int(np.ceil(ORGAN_BOX_MARGIN_MM / dy)), int(np.ceil(ORGAN_BOX_MARGIN_MM / dx))
-    return (slice(int(z[0]), int(z[-1]) + 1), slice(max(0, int(y[0]) - my), min(shape[1], int(y[-1]) + my + 1)),
-            slice(max(0, int(x[0]) - mx), min(shape[2], int(x[-1]) + mx + 1)))
+    margin = (0, int(np.ceil(ORGAN_BOX_MARGIN_MM / dy)), int(np.ceil(ORGAN_BOX_MARGIN_MM / dx)))
+    return bounding_box(np.logical_or.reduce(list(organs.values())), margin)
 
 
 def _unboxed(p: PlacedMask, box, shape) -> PlacedMask:
@@ -647,6 +645,15 @@ def _midline(hu2d: np.ndarray, spacing) -> float:
     return float(np.nonzero(body[0])[1].mean()) if body.any() else hu2d.shape[1] / 2.0
 
 
+def _depth_boxed(mask2d: np.ndarray, dy: float, dx: float) -> np.ndarray:
+    """`_depth` computed in the mask's bounding box only (the same values: outside it, 0)."""
+    out = np.zeros(mask2d.shape)
+    box = bounding_box(mask2d, 0)
+    if box is not None:
+        out[box] = _depth(mask2d[box], dy, dx)
+    return out
+
+
 def _parenchyma(values: np.ndarray) -> tuple[float, float]:
     """Median and deviation threshold (HU) of smoothed tissue values: see DEVIATION_HU."""
     return float(np.median(values)), max(DEVIATION_HU, DEVIATION_NOISE_SD * _robust_sd(values))
@@ -663,7 +670,7 @@ def _liver_map_in_mask(hu: np.ndarray, spacing, liver: np.ndarray, avoid: np.nda
     for k in range(liver.shape[0]):
         if liver[k].any():
             organ[k] = fill_holes_2d(liver[k])
-            core[k] = _depth(liver[k], dy, dx) >= LIVER_MARGIN_MM
+            core[k] = _depth_boxed(liver[k], dy, dx) >= LIVER_MARGIN_MM
     median, threshold = _parenchyma(smooth[core if core.any() else liver])
     clear = liver & (np.abs(smooth - median) <= threshold)
     if avoid is not None:
@@ -698,7 +705,7 @@ def _lumen_in_mask(hu: np.ndarray, spacing, aorta: np.ndarray, avoid: np.ndarray
     core = np.zeros_like(aorta)
     for k in range(aorta.shape[0]):
         if aorta[k].any():
-            core[k] = _depth(aorta[k], dy, dx) >= AORTA_WALL_MARGIN_MM
+            core[k] = _depth_boxed(aorta[k], dy, dx) >= AORTA_WALL_MARGIN_MM
     median, threshold = _parenchyma(smooth[core if core.any() else aorta])
     out: dict[int, Lumen] = {}
     for k in range(aorta.shape[0]):
@@ -710,7 +717,7 @@ def _lumen_in_mask(hu: np.ndarray, spacing, aorta: np.ndarray, avoid: np.ndarray
         if n == 0:
             continue
         comp = lab == int(np.argmax(np.bincount(lab.ravel())[1:])) + 1
-        depth = _depth(comp, dy, dx)
+        depth = _depth_boxed(comp, dy, dx)
         cy, cx = np.unravel_index(int(np.argmax(depth)), depth.shape)
         out[k] = Lumen(float(cy), float(cx), float(depth[cy, cx]), float(np.sqrt(comp.sum() * dy * dx / np.pi)),
                        float(np.median(hu[k][comp])), comp)
@@ -730,7 +737,7 @@ def _muscle_in_mask(hu: np.ndarray, spacing, muscle: np.ndarray, k0: int,
         tissue = muscle[k] & (smooth[k] > MUSCLE_HU[0]) & (smooth[k] < MUSCLE_HU[1])
         if avoid is not None:
             tissue &= ~avoid[k]
-        depth = _depth(tissue, dy, dx)
+        depth = _depth_boxed(tissue, dy, dx)
         radius = min(ROI_RADIUS_MM, float(depth.max(initial=0.0)) - MUSCLE_MARGIN_MM)
         if radius < MIN_ROI_RADIUS_MM:
             continue
