@@ -14,6 +14,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 from pipeline_support import add_labs, by_marker, phantom_store, scratch_dir
 from pydicom.sr.codedict import codes
 from report_support import dciodvfy
@@ -85,7 +86,7 @@ def _regions(store, study_uid):
     return regions, reference
 
 
-def check_in_organs(regions, reference, labels: np.ndarray):
+def check_in_organs(rois, reference, labels: np.ndarray, notes=()):
     """The three liver ROIs inside the true liver, >= 3 mm from its edge, vessels and the tumor;
     the aortic ROI in the aorta, >= 2 mm from its wall (the same margins as test_auto_rois)."""
     lab, spacing = _lps(reference, labels)
@@ -93,10 +94,10 @@ def check_in_organs(regions, reference, labels: np.ndarray):
     to_avoid = _inplane_distance(avoid, spacing)
     outside_liver = _inplane_distance(~np.isin(lab, LIVER_LIKE) & (lab < Label.TUMOR), spacing)
     outside_aorta = _inplane_distance(lab != Label.AORTA, spacing)
-    livers = regions.by_role("liver")
-    assert sorted(r.ref.label for r in livers) == sorted(AR.LIVER_LABELS), regions.notes
-    for roi in livers + regions.by_role("aorta"):
-        assert roi.ref.source == ORGAN_MASK and "TotalSegmentator 2.0" in roi.ref.placed_in, roi.ref
+    livers = [r for r in rois if r.role == "liver"]
+    assert sorted(r.ref.label for r in livers) == sorted(AR.LIVER_LABELS), notes
+    assert [r.role for r in rois].count("aorta") == 1, notes
+    for roi in rois:
         m, _ = _lps(reference, sitk.GetArrayFromImage(roi.mask) > 0)
         assert m.any()
         if roi.role == "liver":
@@ -107,6 +108,12 @@ def check_in_organs(regions, reference, labels: np.ndarray):
             assert 80.0 <= area <= 120.0, (roi.ref.label, area)  # paper 001: about 100 mm^2
         else:
             assert (lab[m] == Label.AORTA).all() and outside_aorta[m].min() >= 2.0
+
+
+def check_named(regions):
+    """The liver and aortic ROIs were placed in the organ SEG's masks and name the tool."""
+    for roi in regions.by_role("liver") + regions.by_role("aorta"):
+        assert roi.ref.source == ORGAN_MASK and "TotalSegmentator 2.0" in roi.ref.placed_in, roi.ref
 
 
 # ---------------------------------------------------------------- the rule
@@ -186,7 +193,8 @@ def test_an_organ_seg_on_another_misregistered_series_is_carried_and_rois_land_i
     assert [o.role for o in regions.organs].count("liver") == 1 and not any(o.role == "tumor" for o in regions.organs)
     assert str(pydicom.dcmread(seg).SOPInstanceUID) in regions.registration  # carried through the registration
     truth_eq = phantom.labels("ct_equilibrium", reference)
-    check_in_organs(regions, reference, truth_eq)
+    check_in_organs(regions.rois, reference, truth_eq, regions.notes)
+    check_named(regions)
     # the carried mask fits the reference's liver, the mask as drawn (on the moved phase) does not
     (liver,) = [o for o in regions.organs if o.role == "liver"]
     whole = np.isin(truth_eq, LIVER_LIKE) | (truth_eq >= Label.TUMOR)
@@ -280,7 +288,8 @@ def test_a_name_only_organ_seg_is_used_when_the_reader_drew_no_liver():
         phantom = Known(spec, root / "phantom", truth)
         assert ingest_file(Spool(store), organ_seg(phantom, "ct_equilibrium", root, segments=LOCAL)).outcome == "stored"
         regions, reference = _regions(store, study)
-        check_in_organs(regions, reference, phantom.labels("ct_equilibrium", reference))
+        check_in_organs(regions.rois, reference, phantom.labels("ct_equilibrium", reference), regions.notes)
+        check_named(regions)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -299,3 +308,25 @@ def test_a_readers_whole_liver_drawn_manually_stays_the_readers_roi():
         assert liver.ref.source == READER and liver.ref.label == "liver"
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("grow_mm", [-4.0, 4.0])
+def test_a_mask_a_few_mm_off_the_organ_edge_still_gives_rois_inside_the_true_liver(cect, grow_mm):
+    """A tool's edge is not the true edge: a liver mask grown or shrunk by 4 mm in-plane. Grown,
+    the tissue it takes in outside the liver has no liver attenuation, so the deviation rule keeps
+    it out of the parenchyma the clearance is measured from; shrunk, the ROIs stay inside it."""
+    vol = cect.volume("ct_equilibrium")
+    lab = cect.labels("ct_equilibrium", vol)
+    liver = np.isin(lab, LIVER_LIKE) | (lab >= Label.TUMOR)
+    dx, dy, _ = vol.image.GetSpacing()
+    step = int(round(abs(grow_mm) / min(dx, dy)))
+    plane = ndimage.generate_binary_structure(3, 1)
+    plane[0] = plane[2] = False  # in-plane only
+    moved = (ndimage.binary_dilation if grow_mm > 0 else ndimage.binary_erosion)(liver, plane, iterations=step)
+    aorta = lab == Label.AORTA
+    organs = {}
+    for role, m in (("liver", moved), ("aorta", aorta)):
+        organs[role] = sitk.GetImageFromArray(m.astype(np.uint8))
+        organs[role].CopyInformation(vol.image)
+    placement = AR.place_ct_rois_in_organs(vol, organs)
+    check_in_organs(placement.rois, vol, lab, placement.notes)
