@@ -551,8 +551,8 @@ def _ct_muscle(hu, spacing, body, spine: Spine, k0: int, avoid) -> tuple[PlacedM
 
 # A whole-organ mask from a site's segmentation tool (hccnode.imaging.organ_masks) replaces the
 # finding of the organ, never the ROI rules: the same liver, aortic and muscle ROIs, placed by the
-# same helpers. The work is done on the organs' box widened by this margin (mm): room for the
-# in-plane smoothing and for the body outline the midline is read from.
+# same helpers. The work is done on the organs' box widened by this margin (mm), room for the
+# in-plane smoothing; the midline is read on the whole slice.
 ORGAN_BOX_MARGIN_MM = 15.0
 
 
