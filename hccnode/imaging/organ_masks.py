@@ -29,7 +29,11 @@ and Deep muscle of back SCT 244849004, TotalSegmentator's code for `autochthon_l
 `autochthon_right` (with a Left / Right modifier; wasserth/TotalSegmentator,
 totalsegmentator/resources/totalsegmentator_snomed_mapping.csv): the autochthonous back muscles,
 the erector spinae and the transversospinal group beneath it, which is the paraspinal region
-paper 003 places its muscle ROI in.
+paper 003 places its muscle ROI in. TotalSegmentator's own DICOM SEG writer (dicom_io.py,
+`save_mask_as_dicomseg`, highdicom) writes exactly what the rule reads: AUTOMATIC segments with
+Algorithm Identification "TotalSegmentator" and its version, family Artificial Intelligence, the
+class name as Segment Label, and for a class missing from its mapping the generic type Tissue
+(SCT 85756007), which is why a segment is also recognised by its label.
 """
 
 from __future__ import annotations
