@@ -685,7 +685,8 @@ def _liver_level(lm: LiverMap, lumen: dict, x_mid, spacing) -> tuple[list[Placed
     area = lm.organ.sum(axis=(1, 2))
     order = [int(k) for k in np.argsort(-area, kind="stable") if area[k] > 0]
     order = [k for k in order if k in lumen] + [k for k in order if k not in lumen]
-    best: tuple[list[PlacedMask], list[str], int | None] = ([], ["liver ROIs not placed: the liver mask is empty"], None)
+    best: tuple[list[PlacedMask], list[str], int | None] = ([], ["liver ROIs not placed: the liver mask is empty"],
+                                                            None)
     for k0 in order[:LEVEL_CANDIDATES]:
         got, why = _place_liver_rois(lm, k0, x_mid(k0), spacing)
         if best[2] is None or len(got) > len(best[0]):

@@ -102,7 +102,8 @@ def roi_source(ref: RoiRef) -> str:
     if ref.source == READER:
         return f"reader annotation {ref.annotation_uid or '(UID not given)'}, label {ref.label!r}"
     if ref.source == ORGAN_MASK:
-        return f"automatic, placed by paper 001's ROI rules inside the site's organ mask: {ref.placed_in or ref.annotation_uid}"
+        mask = ref.placed_in or ref.annotation_uid
+        return f"automatic, placed by paper 001's ROI rules inside the site's organ mask: {mask}"
     return "automatic"
 
 
