@@ -27,6 +27,7 @@ hccnode.imaging.anatomy); `place_ct_rois` / `place_mr_muscle` are the thin shell
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +38,7 @@ from hccnode.imaging.anatomy import (CALCIUM_ABOVE_LUMEN_HU, VERTEBRAL_MID_MM, L
                                      body_mask, disk_mask, fill_holes_2d, find_spine, image_lps_order)
 from hccnode.imaging import liver
 from hccnode.imaging.measure import AUTOMATIC, RoiRef
+from hccnode.imaging.roi_stats import bounding_box
 from hccnode.imaging.rois import RoiMask
 from hccnode.imaging.volumes import Volume
 
@@ -124,10 +126,7 @@ def place_ct_rois(volume: Volume, avoid: sitk.Image | None = None, unenhanced: s
     venous or equilibrium); no ROI touches `avoid` (e.g. the reader's tumors). `unenhanced`: the
     unenhanced phase (or a dual-energy virtual unenhanced image) on the volume's grid, whose
     difference from the volume (the enhancement) helps tell the liver from touching organs."""
-    if volume.modality not in (None, "", "CT"):
-        raise ValueError(f"series {volume.series_number}: automatic CT ROIs need a CT series, got {volume.modality}")
-    if volume.rescale_type not in (None, "", "HU"):
-        raise ValueError(f"series {volume.series_number}: values are {volume.rescale_type!r}, not HU")
+    _check_ct(volume)
     arr, spacing, order = _lps_array(volume)
     avoid_lps = None
     if avoid is not None:
@@ -233,9 +232,7 @@ def liver_map(hu: np.ndarray, spacing, body: np.ndarray, spine: Spine, avoid: np
         return None, why
     organ = found.organ & body
     smooth = _smooth(hu, spacing, SMOOTH_MM)
-    core = smooth[found.sample]
-    median = float(np.median(core))
-    threshold = max(DEVIATION_HU, DEVIATION_NOISE_SD * _robust_sd(core))
+    median, threshold = _parenchyma(smooth[found.sample])
     parenchyma = organ & (np.abs(smooth - median) <= threshold)
     clear = parenchyma if avoid is None else parenchyma & ~avoid
     return LiverMap(organ, clear, median, threshold), []
@@ -495,23 +492,13 @@ def _search_ct(hu: np.ndarray, spacing, avoid: np.ndarray | None, unenhanced: np
             return float(np.nonzero(body[k])[1].mean())
         return hu.shape[2] / 2.0
 
-    # The level: the largest liver cross-sections, preferring slices where the aorta was found
-    # (paper 001 measures the aorta "at the same level").
-    best: tuple[list[PlacedMask], list[str], int] | None = None
+    level = None
     if lm is not None:
-        area = lm.organ.sum(axis=(1, 2))
-        order = [int(k) for k in np.argsort(-area, kind="stable") if area[k] > 0]
-        order = [k for k in order if k in lumen] + [k for k in order if k not in lumen]
-        for k0 in order[:LEVEL_CANDIDATES]:
-            got, why = _place_liver_rois(lm, k0, x_mid(k0), spacing)
-            if best is None or len(got) > len(best[0]):
-                best = (got, why, k0)
-            if len(got) == len(LIVER_LABELS):
-                break
-    if best is not None:
-        placed.extend(best[0])
-        notes.extend(best[1])
-        k0 = best[2]
+        got, why, level = _liver_level(lm, lumen, x_mid, spacing)
+        placed.extend(got)
+        notes.extend(why)
+    if level is not None:
+        k0 = level
     elif lumen:
         k0 = int(np.median(sorted(lumen)))
     else:
@@ -553,6 +540,211 @@ def _ct_muscle(hu, spacing, body, spine: Spine, k0: int, avoid) -> tuple[PlacedM
     if not mask.any():
         return None, ("erector spinae not placed: no muscle beside the spine in the posterior half of the body "
                       f"thick enough for a {MIN_ROI_RADIUS_MM:g} mm ROI")
+    return PlacedMask("muscle", "erector spinae", mask, min(radii), centres, MUSCLE_MARGIN_MM, band=MUSCLE_HU), None
+
+
+# ---------------------------------------------------------------- CT: inside a site's organ masks
+
+# A whole-organ mask from a site's segmentation tool (hccnode.imaging.organ_masks) replaces the
+# finding of the organ, never the ROI rules: the same liver, aortic and muscle ROIs, placed by the
+# same helpers. The work is done on the organs' box widened by this margin (mm), room for the
+# in-plane smoothing; the midline is read on the whole slice.
+ORGAN_BOX_MARGIN_MM = 15.0
+
+
+def place_ct_rois_in_organs(volume: Volume, organs: dict[str, sitk.Image],
+                            avoid: sitk.Image | None = None) -> Placement:
+    """Paper 001's ROIs on a CT phase inside given organ masks ({"liver" | "aorta" | "muscle":
+    mask on any grid; resampled onto the volume's}); no ROI touches `avoid`. Roles without a
+    mask are not placed (the caller finds those organs otherwise)."""
+    _check_ct(volume)
+    arr, spacing, order = _lps_array(volume)
+    masks = {role: order.apply(_on_grid(mask, volume) > 0) for role, mask in organs.items()}
+    avoid_lps = None if avoid is None else order.apply(_on_grid(avoid, volume) > 0)
+    placed, notes = ct_roi_masks_in_organs(arr, spacing, masks, avoid_lps)
+    return _placement(placed, notes, volume, order)
+
+
+def _check_ct(volume: Volume) -> None:
+    if volume.modality not in (None, "", "CT"):
+        raise ValueError(f"series {volume.series_number}: automatic CT ROIs need a CT series, got {volume.modality}")
+    if volume.rescale_type not in (None, "", "HU"):
+        raise ValueError(f"series {volume.series_number}: values are {volume.rescale_type!r}, not HU")
+
+
+def ct_roi_masks_in_organs(hu: np.ndarray, spacing, organs: dict[str, np.ndarray],
+                           avoid: np.ndarray | None = None) -> tuple[list[PlacedMask], list[str]]:
+    """`ct_roi_masks` inside given organ masks (bool, LPS, shape of `hu`): three liver ROIs in
+    "liver" (organ = the mask, holes filled; parenchyma = the mask minus vessels and lesions by
+    the deviation rule of `liver_map`, minus `avoid`), the aortic ROI in the lumen within
+    "aorta" (wall thrombus and calcium cut out by the same rule), the erector spinae ROI in
+    "muscle"; at the liver's level as `ct_roi_masks` chooses it. Masks and notes."""
+    for role, mask in organs.items():
+        if role not in ("liver", "aorta", "muscle"):
+            raise ValueError(f"no ROI rule for an organ mask of role {role!r}")
+        if mask.shape != hu.shape:
+            raise ValueError(f"{role} mask shape {mask.shape} differs from the volume's {hu.shape}")
+    if avoid is not None and avoid.shape != hu.shape:
+        raise ValueError(f"avoid mask shape {avoid.shape} differs from the volume's {hu.shape}")
+    organs = {role: m for role, m in organs.items() if m.any()}
+    if not organs:
+        return [], ["no ROI placed in the organ masks: they hold no voxel of this series"]
+    box = _organ_box(organs, spacing)
+    sub = hu[box]
+    parts = {role: m[box] for role, m in organs.items()}
+    sub_avoid = None if avoid is None else avoid[box]
+    placed: list[PlacedMask] = []
+    notes: list[str] = []
+    lumen = _lumen_in_mask(sub, spacing, parts["aorta"], sub_avoid) if "aorta" in parts else {}
+    if "aorta" in parts and not lumen:
+        notes.append("aorta not placed: the aorta mask holds no lumen of blood attenuation")
+    k0 = None
+    if "liver" in parts:
+        lm = _liver_map_in_mask(sub, spacing, parts["liver"], sub_avoid)
+        got, why, k0 = _liver_level(lm, lumen, lambda k: _midline(hu[box[0]][k], spacing) - box[2].start, spacing)
+        placed += got
+        notes += why
+    if k0 is None:
+        k0 = int(np.median(sorted(lumen))) if lumen else int(np.argmax(sum(parts.values()).sum(axis=(1, 2))))
+    if lumen:
+        roi, why = _aorta_roi(lumen, k0, sub.shape, spacing)
+        placed += [roi] if roi is not None else []
+        notes += [why] if why else []
+    if "muscle" in parts:
+        roi, why = _muscle_in_mask(sub, spacing, parts["muscle"], k0, sub_avoid)
+        placed += [roi] if roi is not None else []
+        notes += [why] if why else []
+    return [_unboxed(p, box, hu.shape) for p in placed], notes
+
+
+def _organ_box(organs: dict[str, np.ndarray], spacing) -> tuple[slice, ...]:
+    """The organs' bounding box: their slices, and in-plane widened by ORGAN_BOX_MARGIN_MM."""
+    _, dy, dx = spacing
+    margin = (0, int(np.ceil(ORGAN_BOX_MARGIN_MM / dy)), int(np.ceil(ORGAN_BOX_MARGIN_MM / dx)))
+    return bounding_box(np.logical_or.reduce(list(organs.values())), margin)
+
+
+def _unboxed(p: PlacedMask, box, shape) -> PlacedMask:
+    mask = np.zeros(shape, bool)
+    mask[box] = p.mask
+    z0, y0, x0 = (s.start for s in box)
+    centres = {k + z0: (cy + y0, cx + x0) for k, (cy, cx) in p.centres.items()}
+    return dataclasses.replace(p, mask=mask, centres=centres)
+
+
+def _midline(hu2d: np.ndarray, spacing) -> float:
+    """Column of the body's midline on one full slice: the vertebral body's, else the body's centre."""
+    body = body_mask(hu2d[None])
+    spine = find_spine(hu2d[None], spacing, body)
+    if np.isfinite(spine.x[0]):
+        return float(spine.x[0])
+    return float(np.nonzero(body[0])[1].mean()) if body.any() else hu2d.shape[1] / 2.0
+
+
+def _depth_boxed(mask2d: np.ndarray, dy: float, dx: float) -> np.ndarray:
+    """`_depth` computed in the mask's bounding box only (the same values: outside it, 0)."""
+    out = np.zeros(mask2d.shape)
+    box = bounding_box(mask2d, 0)
+    if box is not None:
+        out[box] = _depth(mask2d[box], dy, dx)
+    return out
+
+
+def _parenchyma(values: np.ndarray) -> tuple[float, float]:
+    """Median and deviation threshold (HU) of smoothed tissue values: see DEVIATION_HU."""
+    return float(np.median(values)), max(DEVIATION_HU, DEVIATION_NOISE_SD * _robust_sd(values))
+
+
+def _liver_map_in_mask(hu: np.ndarray, spacing, liver: np.ndarray, avoid: np.ndarray | None) -> LiverMap:
+    """A LiverMap from a liver mask: organ = the mask with holes filled per slice; median and
+    threshold from the smoothed mask at least LIVER_MARGIN_MM inside its edge (the whole mask if
+    none is); clear = the mask within the threshold of the median, minus `avoid`."""
+    _, dy, dx = spacing
+    smooth = _smooth(hu, spacing, SMOOTH_MM)
+    organ = np.zeros_like(liver)
+    core = np.zeros_like(liver)
+    for k in range(liver.shape[0]):
+        if liver[k].any():
+            organ[k] = fill_holes_2d(liver[k])
+            core[k] = _depth_boxed(liver[k], dy, dx) >= LIVER_MARGIN_MM
+    median, threshold = _parenchyma(smooth[core if core.any() else liver])
+    clear = liver & (np.abs(smooth - median) <= threshold)
+    if avoid is not None:
+        clear &= ~avoid
+    return LiverMap(organ, clear, median, threshold)
+
+
+def _liver_level(lm: LiverMap, lumen: dict, x_mid, spacing) -> tuple[list[PlacedMask], list[str], int | None]:
+    """The three liver ROIs at the level `ct_roi_masks` would take: of the largest liver
+    cross-sections, those with an aortic lumen first (paper 001: the aorta "at the same level"),
+    the first where all three fit, else the one where most do. (ROIs, notes, level)."""
+    area = lm.organ.sum(axis=(1, 2))
+    order = [int(k) for k in np.argsort(-area, kind="stable") if area[k] > 0]
+    order = [k for k in order if k in lumen] + [k for k in order if k not in lumen]
+    best: tuple[list[PlacedMask], list[str], int | None] = ([], ["liver ROIs not placed: the liver mask is empty"],
+                                                            None)
+    for k0 in order[:LEVEL_CANDIDATES]:
+        got, why = _place_liver_rois(lm, k0, x_mid(k0), spacing)
+        if best[2] is None or len(got) > len(best[0]):
+            best = (got, why, k0)
+        if len(got) == len(LIVER_LABELS):
+            break
+    return best
+
+
+def _lumen_in_mask(hu: np.ndarray, spacing, aorta: np.ndarray, avoid: np.ndarray | None) -> dict[int, Lumen]:
+    """Per slice, the aortic lumen inside an aorta mask (which may hold wall, thrombus and
+    calcium): the mask's voxels within the deviation threshold of the blood's median (thrombus
+    reads lower, calcium higher), calcium (CALCIUM_ABOVE_LUMEN_HU above the median, as
+    `aortic_lumen` cuts it) and its rim removed; the largest component, its deepest point."""
+    _, dy, dx = spacing
+    smooth = _smooth(hu, spacing, SMOOTH_MM / 2.0, min_px=0.0)
+    core = np.zeros_like(aorta)
+    for k in range(aorta.shape[0]):
+        if aorta[k].any():
+            core[k] = _depth_boxed(aorta[k], dy, dx) >= AORTA_WALL_MARGIN_MM
+    median, threshold = _parenchyma(smooth[core if core.any() else aorta])
+    out: dict[int, Lumen] = {}
+    for k in range(aorta.shape[0]):
+        calcium = ndimage.binary_dilation(aorta[k] & (hu[k] > median + CALCIUM_ABOVE_LUMEN_HU))
+        blood = aorta[k] & (np.abs(smooth[k] - median) <= threshold) & ~calcium
+        if avoid is not None:
+            blood &= ~avoid[k]
+        lab, n = ndimage.label(blood)
+        if n == 0:
+            continue
+        comp = lab == int(np.argmax(np.bincount(lab.ravel())[1:])) + 1
+        depth = _depth_boxed(comp, dy, dx)
+        cy, cx = np.unravel_index(int(np.argmax(depth)), depth.shape)
+        out[k] = Lumen(float(cy), float(cx), float(depth[cy, cx]), float(np.sqrt(comp.sum() * dy * dx / np.pi)),
+                       float(np.median(hu[k][comp])), comp)
+    return out
+
+
+def _muscle_in_mask(hu: np.ndarray, spacing, muscle: np.ndarray, k0: int,
+                    avoid: np.ndarray | None) -> tuple[PlacedMask | None, str | None]:
+    """The erector spinae ROI in a muscle mask, on the slab around level `k0`: per slice a disk
+    at the deepest point of the mask's muscle-attenuation voxels (of the thicker side), radius
+    up to 100 mm^2 and MUSCLE_MARGIN_MM inside the muscle."""
+    dz, dy, dx = spacing
+    smooth = _smooth(hu, spacing, SMOOTH_MM / 2.0)
+    mask = np.zeros(hu.shape, bool)
+    centres, radii = {}, []
+    for k in _slab(k0, hu.shape[0], dz, SLAB_HALF_MM):
+        tissue = muscle[k] & (smooth[k] > MUSCLE_HU[0]) & (smooth[k] < MUSCLE_HU[1])
+        if avoid is not None:
+            tissue &= ~avoid[k]
+        depth = _depth_boxed(tissue, dy, dx)
+        radius = min(ROI_RADIUS_MM, float(depth.max(initial=0.0)) - MUSCLE_MARGIN_MM)
+        if radius < MIN_ROI_RADIUS_MM:
+            continue
+        cy, cx = np.unravel_index(int(np.argmax(depth)), depth.shape)
+        mask[k] = disk_mask(hu.shape[1:], int(cy), int(cx), radius, dy, dx) & tissue
+        centres[k] = (float(cy), float(cx))
+        radii.append(radius)
+    if not mask.any():
+        return None, (f"erector spinae not placed: the muscle mask is nowhere thick enough for a "
+                      f"{MIN_ROI_RADIUS_MM:g} mm ROI {MUSCLE_MARGIN_MM:g} mm inside it near the liver's level")
     return PlacedMask("muscle", "erector spinae", mask, min(radii), centres, MUSCLE_MARGIN_MM, band=MUSCLE_HU), None
 
 

@@ -14,6 +14,10 @@ import hccnode
 
 READER = "reader"
 AUTOMATIC = "automatic"
+# Placed by the node's ROI rules inside a whole-organ mask from a site's segmentation tool
+# (hccnode.imaging.organ_masks); `RoiRef.placed_in` names the mask and the tool.
+ORGAN_MASK = "organ mask"
+SOURCES = (READER, AUTOMATIC, ORGAN_MASK)
 
 # Formula id -> (unit in UCUM, where it is defined). The id names the paper file and formula.
 FORMULAS: dict[str, tuple[str, str]] = {
@@ -35,16 +39,26 @@ FORMULAS: dict[str, tuple[str, str]] = {
 @dataclass(frozen=True)
 class RoiRef:
     """The region a value was measured in: role name (tumor, liver, aorta, muscle), who drew it
-    (READER or AUTOMATIC), and the SOP Instance UID of the annotation object when a reader's."""
+    (READER, AUTOMATIC, or ORGAN_MASK: placed by the node inside a site's organ mask), and the SOP
+    Instance UID of the annotation object (a reader's, or the SEG holding the organ mask)."""
 
     name: str
     source: str
     annotation_uid: str | None = None
     label: str | None = None  # the label as written in the annotation (segment / ROI name)
+    placed_in: str | None = None  # ORGAN_MASK: the organ mask and the tool that drew it
 
     def __post_init__(self) -> None:
-        if self.source not in (READER, AUTOMATIC):
-            raise ValueError(f"ROI source must be {READER!r} or {AUTOMATIC!r}, got {self.source!r}")
+        if self.source not in SOURCES:
+            raise ValueError(f"ROI source must be one of {', '.join(map(repr, SOURCES))}, got {self.source!r}")
+
+    def key(self) -> dict:
+        """The fields as a dict for deriving UIDs; `placed_in` only when set, so the UIDs of the
+        reader's and automatic ROIs are those they had before organ masks."""
+        d = asdict(self)
+        if d["placed_in"] is None:
+            del d["placed_in"]
+        return d
 
 
 @dataclass(frozen=True)

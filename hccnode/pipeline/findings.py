@@ -9,7 +9,7 @@ import numpy as np
 from scipy import ndimage
 
 from hccnode.imaging.boxed import BoxedArray
-from hccnode.imaging.measure import AUTOMATIC, Measurement, RoiRef
+from hccnode.imaging.measure import AUTOMATIC, ORGAN_MASK, Measurement, RoiRef
 from hccnode.imaging.roi_stats import bounding_box, mean_of_rois, roi_mean
 from hccnode.imaging.rois import RoiMask
 
@@ -92,5 +92,7 @@ def group_ref(rois: list[RoiMask], role: str) -> RoiRef | None:
         return rois[0].ref
     sources = {r.ref.source for r in rois}
     uids = {r.ref.annotation_uid for r in rois}
-    return RoiRef(role, sources.pop() if len(sources) == 1 else AUTOMATIC,
-                  uids.pop() if len(uids) == 1 else None, None)
+    masks = {r.ref.placed_in for r in rois}
+    source = sources.pop() if len(sources) == 1 else AUTOMATIC
+    return RoiRef(role, source, uids.pop() if len(uids) == 1 else None, None,
+                  masks.pop() if len(masks) == 1 and source == ORGAN_MASK else None)

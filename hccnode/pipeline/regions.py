@@ -3,7 +3,10 @@ fill the roles the reader did not draw, and a tumor is never placed automaticall
 
 Annotations (SEG, RTSTRUCT, TID 1500 SR) in the study are read with hccnode.imaging.rois; one
 drawn on another series than the reference is carried over through that series' registration.
-Automatic placement (hccnode.imaging.auto_rois, optional) is reached only through `placer`.
+A SEG segment that is a site's whole-organ mask (hccnode.imaging.organ_masks: AUTOMATIC and
+organ-sized) is not a reader's ROI: it is kept in `Regions.organs`, carried over the same way,
+and the CT ROIs a reader did not draw are placed inside it before the node looks for the organ
+itself. Automatic placement (hccnode.imaging.auto_rois, optional) is reached only through `placer`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from hccnode import log
+from hccnode.imaging import organ_masks
+from hccnode.imaging.measure import ORGAN_MASK, RoiRef
 from hccnode.imaging.roi_stats import bounding_box
 from hccnode.imaging.rois import AnnotationError, RoiMask, read_annotation, referenced_series
 from hccnode.imaging.volumes import Volume
@@ -29,11 +34,27 @@ TUMOR_NOT_PLACED = "no reader's tumor ROI in the study (a tumor is never placed 
 
 
 @dataclass
+class OrganMask:
+    """A site's whole-organ mask on the reference grid: role, mask, the SEG it came from and its
+    segment label."""
+
+    role: str
+    mask: sitk.Image
+    seg: Dataset
+    label: str
+
+    @property
+    def seg_uid(self) -> str:
+        return str(self.seg.get("SOPInstanceUID", ""))
+
+
+@dataclass
 class Regions:
     rois: list[RoiMask] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)       # what is missing or was ignored, and why
-    annotations: list[Dataset] = field(default_factory=list)  # reader objects used (SR evidence)
+    annotations: list[Dataset] = field(default_factory=list)  # reader and organ SEG objects used (SR evidence)
     registration: dict[str, dict] = field(default_factory=dict)  # annotation UID -> carry-over record
+    organs: list[OrganMask] = field(default_factory=list)  # site's whole-organ masks (not ROIs)
 
     def by_role(self, role: str) -> list[RoiMask]:
         return [r for r in self.rois if r.role == role]
@@ -117,11 +138,14 @@ def _read_one(study: Study, ds: Dataset, reference: Volume, aligner: Aligner, ou
     except AnnotationError as exc:
         out.notes.append(f"annotation {sop} not used: {exc.problem}")
         return
-    out.notes.extend(f"annotation {sop}: {why}" for why in found.ignored)
-    if not found.rois:
-        return
-    used = False
+    organs = {id(r) for r in _organ_rois(ds, found.rois, base)}
+    if not organs:  # a tool's SEG lists all it segmented: one note below, not one per unused segment
+        out.notes.extend(f"annotation {sop}: {why}" for why in found.ignored)
+    used = 0
     for roi in found.rois:
+        organ = id(roi) in organs
+        if organs and not organ and _automatic(ds, roi):
+            continue  # the tool's other segments (e.g. a tumor it found) are no reader's ROIs
         mask = roi.mask
         if carry is not None:
             mask, record, problem = aligner.mask_from(roi.mask, carry)
@@ -135,34 +159,55 @@ def _read_one(study: Study, ds: Dataset, reference: Volume, aligner: Aligner, ou
                 out.notes.append(f"{roi.ref.name} ROI {roi.ref.label!r} of annotation {sop} lies outside the "
                                  "reference series")
                 continue
-        out.rois.append(RoiMask(mask, roi.ref))
-        used = True
+        if organ:
+            out.organs.append(OrganMask(roi.role, mask, ds, roi.ref.label or ""))
+        else:
+            out.rois.append(RoiMask(mask, roi.ref))
+        used += 1
+    if organs and len(ds.get("SegmentSequence") or []) > used:
+        out.notes.append(f"organ SEG {sop}: {len(ds.SegmentSequence) - used} segment(s) not used (organs no "
+                         "marker of papers 000-003 needs; a tumor is never taken from a tool)")
     if used:
         out.annotations.append(ds)
+
+
+def _organ_rois(ds: Dataset, rois: list[RoiMask], base: Volume) -> list[RoiMask]:
+    """The ROIs of `ds` that are a site's whole-organ masks (organ_masks.is_organ_mask, volume
+    on the grid they were drawn on)."""
+    voxel_ml = float(np.prod(base.image.GetSpacing())) / 1000.0
+    return [roi for roi in rois if _automatic(ds, roi) and organ_masks.is_organ_mask(
+        roi.role, "AUTOMATIC", float(np.count_nonzero(sitk.GetArrayViewFromImage(roi.mask))) * voxel_ml)]
+
+
+def _automatic(ds: Dataset, roi: RoiMask) -> bool:
+    item = organ_masks.segment_item(ds, roi.ref.label)
+    return item is not None and str(item.get("SegmentAlgorithmType", "")).upper() == "AUTOMATIC"
 
 
 def complete_ct(regions: Regions, reference: Volume, roles=("aorta", "liver"),
                 unenhanced: Callable[[], sitk.Image | None] | None = None) -> None:
     """Automatic ROIs for the CT roles the reader did not draw (paper 001's aorta and three
-    liver ROIs), avoiding the reader's tumors. The CT markers need no muscle ROI.
+    liver ROIs), avoiding the reader's tumors: inside a site's organ mask when the study has one,
+    else where the node finds the organ. The CT markers need no muscle ROI.
 
     `unenhanced` gives, when called, the unenhanced phase on the reference grid (or None): when
-    the reference phase alone shows no liver, the placement is tried again with the enhancement
-    as a second feature (asked for only then: it waits for that phase's registration)."""
+    the reference phase alone shows no liver, the node's own placement is tried again with the
+    enhancement as a second feature (asked for only then: it waits for that phase's registration)."""
     wanted = [r for r in roles if not regions.by_role(r)]
     if not wanted:
         return
+    avoid = _tumors(regions)
+    in_organs = [r for r in wanted if any(o.role == r for o in regions.organs)]
+    if in_organs:
+        _take_in_organs(regions, in_organs, reference, avoid)
+        wanted = [r for r in wanted if not regions.by_role(r)]
+        if not wanted:
+            return
     place = placer("place_ct_rois")
     if place is None:
         regions.notes.extend(f"{r} not measured: no reader's {r} ROI, and automatic ROI placement is not "
                              "available in this installation" for r in wanted)
         return
-    tumors = regions.by_role("tumor")
-    avoid = None
-    if tumors:
-        avoid = tumors[0].mask
-        for t in tumors[1:]:
-            avoid = sitk.Or(avoid, t.mask)
     placement = _run(regions, place, wanted, reference, avoid=avoid)
     if placement is not None and "liver" in wanted and not placement.by_role("liver") and unenhanced is not None:
         image = unenhanced()
@@ -175,10 +220,59 @@ def complete_ct(regions: Regions, reference: Volume, roles=("aorta", "liver"),
         _add(regions, placement, wanted)
 
 
+def _tumors(regions: Regions) -> sitk.Image | None:
+    tumors = regions.by_role("tumor")
+    avoid = None
+    if tumors:
+        avoid = tumors[0].mask
+        for t in tumors[1:]:
+            avoid = sitk.Or(avoid, t.mask)
+    return avoid
+
+
+def _take_in_organs(regions: Regions, roles: list[str], reference: Volume, avoid: sitk.Image | None) -> None:
+    """The ROIs of `roles` placed inside the site's organ masks (of each role, the masks of the
+    first SEG that has one, joined: e.g. a tool's left and right erector spinae), each ROI
+    naming the mask and the tool (RoiRef source ORGAN_MASK, `placed_in`)."""
+    place = placer("place_ct_rois_in_organs")
+    if place is None:
+        regions.notes.append("organ masks not used: automatic ROI placement is not available in this installation")
+        return
+    chosen: dict[str, list[OrganMask]] = {}
+    for role in roles:
+        masks = [o for o in regions.organs if o.role == role]
+        chosen[role] = [o for o in masks if o.seg is masks[0].seg]
+        others = {o.seg_uid for o in masks} - {masks[0].seg_uid}
+        if others:
+            regions.notes.append(f"{role} organ mask of SEG {', '.join(sorted(others))} not used: "
+                                 f"SEG {masks[0].seg_uid} has one too")
+    organs = {}
+    for role, masks in chosen.items():
+        organs[role] = masks[0].mask
+        for o in masks[1:]:
+            organs[role] = sitk.Or(organs[role], o.mask)
+    try:
+        placement = place(reference, organs, avoid=avoid)
+    except Exception as exc:  # noqa: BLE001 - the node's own finder still has its turn
+        log.event("pipeline.organ_rois_failed", level=30, series=reference.series_uid, error=type(exc).__name__)
+        regions.notes.append(f"organ masks not used: placing ROIs in them failed ({exc})")
+        return
+    regions.notes.extend(f"in the site's organ masks: {n}" for n in placement.notes)
+    for roi in placement.rois:
+        if roi.role in organs:
+            masks = chosen[roi.role]
+            ref = RoiRef(roi.role, ORGAN_MASK, masks[0].seg_uid, roi.ref.label,
+                         organ_masks.describe(masks[0].seg, [o.label for o in masks]))
+            regions.rois.append(RoiMask(roi.mask, ref))
+
+
 def complete_mr(regions: Regions, t2: Volume) -> None:
     """An automatic erector spinae ROI on the T2 series when the reader drew none (paper 003)."""
     if regions.by_role("muscle"):
         return
+    if any(o.role == "muscle" for o in regions.organs):
+        regions.notes.append("erector spinae organ mask not used: ROIs are placed in organ masks on CT only; "
+                             "the muscle is found on the T2 series instead")
     place = placer("place_mr_muscle")
     if place is None:
         regions.notes.append("muscle not measured: no reader's erector spinae ROI, and automatic ROI placement is "

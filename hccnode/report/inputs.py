@@ -72,8 +72,7 @@ class ReportRoi:
         return bounding_box(self.mask)  # never None: the mask is not empty
 
     def describe(self) -> str:
-        who = "reader" if self.ref.source == READER else "automatic"
-        return f"{self.ref.name} {self.ref.label or ''} ({who})".replace("  ", " ")
+        return f"{self.ref.name} {self.ref.label or ''} ({self.ref.source})".replace("  ", " ")
 
 
 @dataclass(frozen=True)
@@ -163,7 +162,7 @@ def analysis_key(sources: Sequence[Dataset], reference: Reference, rois: Sequenc
     return uid_from({
         "sources": sorted(str(d.SOPInstanceUID) for d in sources),
         "reference": [str(d.SOPInstanceUID) for d in reference.datasets],
-        "rois": [{"ref": asdict(r.ref), "mask": r.digest} for r in rois],
+        "rois": [{"ref": r.ref.key(), "mask": r.digest} for r in rois],
         "labs": sorted((asdict(lab) for lab in labs_used), key=lambda d: (d["name"], d["time"])),
         # card versions and the inputs each got (clinical inputs come from outside the images)
         "cards": sorted(([f"{r.get('card_id')}@{r.get('card_version')}", r.get("inputs_used") or {}]
@@ -191,7 +190,7 @@ def tracking(rois: Sequence[ReportRoi], reference: Reference, labels: dict[str, 
     seen: Counter = Counter()
     out: list[Tracking] = []
     for i, r in enumerate(rois, 1):
-        uid = uid_from("tracking", asdict(r.ref), None if r.ref.source == READER else reference.series_uid)
+        uid = uid_from("tracking", r.ref.key(), None if r.ref.source == READER else reference.series_uid)
         seen[uid] += 1
         if seen[uid] > 1:  # two ROIs with identical provenance: still distinct tracking UIDs
             uid = uid_from("tracking", uid, seen[uid])
@@ -199,6 +198,6 @@ def tracking(rois: Sequence[ReportRoi], reference: Reference, labels: dict[str, 
         text = labels.get(r.ref.name, r.ref.name)
         if per_role[r.ref.name] > 1:
             text += f" {count[r.ref.name]}"
-        text += " (reader)" if r.ref.source == READER else " (automatic)"
+        text += f" ({r.ref.source})"
         out.append(Tracking(i, text[:64], uid))
     return out

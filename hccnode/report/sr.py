@@ -34,7 +34,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 import hccnode
-from hccnode.imaging.measure import READER, LabRef, Measurement
+from hccnode.imaging.measure import ORGAN_MASK, READER, LabRef, Measurement, RoiRef
 from hccnode.report.inputs import Reference, ReportRoi, Tracking
 from hccnode.report.templates import Template
 from hccnode.report.uids import uid_from
@@ -99,6 +99,17 @@ def measurement_item(m: Measurement, template: Template) -> hd.sr.Measurement:
                                                    parameters=provenance(m)))
 
 
+def roi_source(ref: RoiRef) -> str:
+    """Who drew an ROI, for the SR: the reader's annotation, the node, or the node inside a
+    site's organ mask (named with the tool that drew it)."""
+    if ref.source == READER:
+        return f"reader annotation {ref.annotation_uid or '(UID not given)'}, label {ref.label!r}"
+    if ref.source == ORGAN_MASK:
+        mask = ref.placed_in or ref.annotation_uid
+        return f"automatic, placed by paper 001's ROI rules inside the site's organ mask: {mask}"
+    return "automatic"
+
+
 def not_measured(m: Measurement) -> str:
     where = f" in {m.roi.name} ({m.roi.label or m.roi.source})" if m.roi else ""
     text = f"{m.marker}{where} not measured: {m.reason}"
@@ -133,6 +144,7 @@ def build_sr(
     by_roi: dict[int, list[hd.sr.Measurement]] = defaultdict(list)
     by_role: dict[tuple[str, str], list[hd.sr.Measurement]] = defaultdict(list)
     study_level: list[hd.sr.Measurement] = []
+    role_refs: dict[tuple[str, str], RoiRef] = {}
     index = {r.ref: i for i, r in enumerate(rois)}
     for m in measurements:
         if m.value is None:
@@ -153,6 +165,7 @@ def build_sr(
             by_roi[index[m.roi]].append(item)
         else:
             by_role[(m.roi.name, m.roi.source)].append(item)
+            role_refs.setdefault((m.roi.name, m.roi.source), m.roi)
 
     groups: list = []
     for i, (roi, track) in enumerate(zip(rois, tracks)):
@@ -166,17 +179,18 @@ def build_sr(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=track.uid, identifier=track.identifier),
             referenced_segment=segment, finding_type=role.type, finding_category=role.category,
             finding_sites=[hd.sr.FindingSite(role.site)], measurements=by_roi.get(i) or None)
-        who = (f"reader annotation {roi.ref.annotation_uid or '(UID not given)'}, label {roi.ref.label!r}"
-               if roi.ref.source == READER else "automatic")
-        _add_texts(group, [_text(notes_t["roi_source"], who)])
+        _add_texts(group, [_text(notes_t["roi_source"], roi_source(roi.ref))])
         groups.append(group)
     for (role_name, source), items in sorted(by_role.items()):
         role = template.roles[role_name]
         ident = f"{role.label} (all {source} ROIs)"
-        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=uid_from("tracking", role_name, source, reference.series_uid),
                                                          identifier=ident),
-            finding_type=role.type, finding_sites=[hd.sr.FindingSite(role.site)], measurements=items))
+            finding_type=role.type, finding_sites=[hd.sr.FindingSite(role.site)], measurements=items)
+        if source == ORGAN_MASK:
+            _add_texts(group, [_text(notes_t["roi_source"], roi_source(role_refs[(role_name, source)]))])
+        groups.append(group)
     if study_level:
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=uid_from("tracking", "study", sop_uid), identifier="Study"),
