@@ -66,14 +66,20 @@ from hccnode.imaging.anatomy import VERTEBRAL_MID_MM
 
 # Soft tissue: above fat (fat is below -30 HU), below dense bone and undiluted contrast.
 SOFT_HU = (-30.0, 250.0)
+# The liver itself stays below this in every phase: unenhanced about 40-70 HU, and its enhancement
+# at the portal venous peak some 50-80 HU more; what is brighter in the right upper quadrant is
+# contrast-filled blood, the renal cortex, oral contrast in the bowel, calcium or bone.
+LIVER_MAX_HU = 200.0
 # Half width of the liver's band: at least this (HU), or this many robust SDs of the smoothed
 # parenchyma (noisy images, heterogeneous or cirrhotic parenchyma).
 BAND_MIN_HU = 15.0
 BAND_SD = 3.0
-# Enhancement band (HU) with a registered unenhanced phase: at least this wide; used only when the
-# liver enhanced by more than ENHANCED_MIN_HU (otherwise the "enhanced" phase is not one).
+# Enhancement band (HU) with a registered unenhanced phase: at least this wide. Tissue enhancing by
+# less than ENHANCED_MIN_HU is not the liver (fluid and oral contrast do not enhance, muscle little:
+# about 10 HU; the liver's extracellular space, a quarter to a third of it, takes 20 HU or more at
+# portal venous and equilibrium phase).
 ENH_BAND_MIN_HU = 12.0
-ENHANCED_MIN_HU = 10.0
+ENHANCED_MIN_HU = 15.0
 # In-plane smoothing before judging attenuation (mm, Gaussian sigma).
 SMOOTH_MM = 2.0
 # Coarse search grid.
@@ -333,12 +339,15 @@ def find_liver_extent(hu: np.ndarray, spacing, body: np.ndarray, spine_x: np.nda
     peaks = _peaks(smooth[qbox][q_soft[qbox]], depth[q_soft[qbox]], PEAKS_TRIED)
     tried: list[str] = []
     for centre in peaks:
+        if centre > LIVER_MAX_HU:
+            tried.append(f"tissue of {centre:.0f} HU: brighter than liver parenchyma (blood, kidney, oral contrast)")
+            continue
         (mid, half), enh_band = _band(smooth[qbox], centre, q_soft[qbox], sp, None if enh is None else enh[qbox])
         if enhanced and mid < LIVER_MIN_ENHANCED_HU:
             tried.append(f"tissue of {mid:.0f} HU: water-like in a contrast-enhanced phase (ascites, fluid)")
             continue
         if enh is not None and enh_band is None:
-            tried.append(f"tissue of {mid:.0f} HU: does not enhance (fluid)")
+            tried.append(f"tissue of {mid:.0f} HU: enhances too little for a liver (fluid, oral contrast, muscle)")
             continue
         band = soft & (np.abs(smooth - mid) <= half)
         if enh_band is not None:
