@@ -94,6 +94,12 @@ RIGHT_OF_MIDLINE_MM = 10.0
 SPLEEN_ZONE_LEFT_MM = 40.0
 SPLEEN_ZONE_FRACTION = 0.10
 BEHIND_SPINE_FRACTION = 0.05
+# The back muscles (erector spinae, multifidus) lie behind the vertebral body within about 50 mm of
+# the midline; the liver's posterior right lobe reaches back beside the ribs, lateral to them.
+PARASPINAL_MM = 50.0
+# The vertebral body's front is taken as the median over this height (mm): a disc space (not bone)
+# or a slice through the posterior elements only would otherwise move it from slice to slice.
+SPINE_WINDOW_MM = 50.0
 VERTEBRAL_DEPTH_MM = 35.0        # anterior cortex to posterior edge (thoracolumbar 25-35 mm)
 LIVER_MAX_ML = 3500.0 * 1.2
 # The liver's largest axial cross-section: even a small cirrhotic liver (0.6 L, about 11 x 9 x 8 cm)
@@ -176,29 +182,40 @@ class _Grid:
 
 @dataclass
 class _Frame:
-    """Per coarse slice: the spine's midline x; the vertebral body's anterior cortex y (index)."""
+    """Per coarse slice: the spine's midline x and the vertebral body's anterior cortex y (index
+    units; `spine_front` None when no vertebral body was found on any slice)."""
 
     x_mid: np.ndarray
-    spine_front: float | None
+    spine_front: np.ndarray | None
+
+
+def _per_slice(values: np.ndarray, grid: _Grid, scale: int) -> np.ndarray:
+    """Per coarse slice, the median of the finite per-slice `values` (index units) it stands for,
+    on the coarse grid (NaN where none)."""
+    nzc = len(range(0, grid.shape[0], grid.fz))
+    out = np.full(nzc, np.nan)
+    for kc in range(nzc):
+        v = values[kc * grid.fz:(kc + 1) * grid.fz]
+        v = v[np.isfinite(v)]
+        if v.size:
+            out[kc] = (np.median(v) + 0.5) / scale - 0.5
+    return out
 
 
 def _frame(body: np.ndarray, spine_x: np.ndarray, spine_front: np.ndarray, grid: _Grid) -> _Frame:
-    nzc = len(range(0, grid.shape[0], grid.fz))
-    xs = np.full(nzc, np.nan)
-    for kc in range(nzc):
-        ks = range(kc * grid.fz, min(grid.shape[0], (kc + 1) * grid.fz))
-        sx = [spine_x[k] for k in ks if np.isfinite(spine_x[k])]
-        if sx:
-            xs[kc] = (np.median(sx) + 0.5) / grid.fx - 0.5
-        else:
-            cols = np.nonzero(body[kc].any(axis=0))[0]
-            if cols.size:
-                xs[kc] = (cols[0] + cols[-1]) / 2.0
-    if np.isnan(xs).all():
-        xs[:] = body.shape[2] / 2.0
-    xs = np.where(np.isnan(xs), np.nanmedian(xs), xs)
-    front = float(np.nanmedian(spine_front)) if np.isfinite(spine_front).any() else None
-    return _Frame(xs, None if front is None else (front + 0.5) / grid.fy - 0.5)
+    xs = _per_slice(np.asarray(spine_x, float), grid, grid.fx)
+    for kc in np.nonzero(np.isnan(xs))[0]:  # no vertebral body here: the body's centre
+        cols = np.nonzero(body[kc].any(axis=0))[0]
+        if cols.size:
+            xs[kc] = (cols[0] + cols[-1]) / 2.0
+    xs = np.where(np.isnan(xs), np.nanmedian(xs) if np.isfinite(xs).any() else body.shape[2] / 2.0, xs)
+    front = _per_slice(np.asarray(spine_front, float), grid, grid.fy)
+    if np.isnan(front).all():
+        return _Frame(xs, None)
+    h = max(1, int(round(SPINE_WINDOW_MM / 2.0 / grid.spacing[0])))
+    front = np.array([np.nanmedian(front[max(0, k - h):k + h + 1]) if np.isfinite(front[max(0, k - h):k + h + 1]).any()
+                      else np.nan for k in range(front.size)])
+    return _Frame(xs, np.where(np.isnan(front), np.nanmedian(front), front))
 
 
 def _quadrant(shape, frame: _Frame, spacing, body: np.ndarray) -> np.ndarray:
@@ -208,16 +225,17 @@ def _quadrant(shape, frame: _Frame, spacing, body: np.ndarray) -> np.ndarray:
     yy, xx = np.ogrid[:shape[1], :shape[2]]
     right = xx[None] < frame.x_mid[:, None, None]
     if frame.spine_front is not None:
-        y_limit = frame.spine_front + VERTEBRAL_MID_MM / dy
+        y_limit = (frame.spine_front + VERTEBRAL_MID_MM / dy)[:, None, None]
     else:
         rows = np.nonzero(body.any(axis=(0, 2)))[0]
         y_limit = rows[0] + 0.7 * (rows[-1] - rows[0]) if rows.size else shape[1]
     return body & right & (yy[None] < y_limit)
 
 
-def _peaks(values: np.ndarray, weights: np.ndarray, n: int) -> list[float]:
+def _peaks(values: np.ndarray, weights: np.ndarray, n: int) -> list[tuple[float, float]]:
     """The `n` strongest peaks of a weighted histogram (2 HU bins, smoothed over ~5 HU), at least
-    20 HU apart."""
+    20 HU apart, each with the SD its full width at half maximum implies (HU): the spread of the
+    tissue's smoothed values, noise and texture, untruncated by any band."""
     if values.size == 0:
         return []
     lo, hi = SOFT_HU
@@ -225,29 +243,32 @@ def _peaks(values: np.ndarray, weights: np.ndarray, n: int) -> list[float]:
     hist = ndimage.gaussian_filter1d(hist.astype(float), 2.5)
     centres = (edges[:-1] + edges[1:]) / 2.0
     local = np.nonzero((hist > 0) & (hist >= np.roll(hist, 1)) & (hist >= np.roll(hist, -1)))[0]
-    out: list[float] = []
+    out: list[tuple[float, float]] = []
     for i in local[np.argsort(-hist[local], kind="stable")]:
-        if all(abs(centres[i] - p) >= 20.0 for p in out):
-            out.append(float(centres[i]))
+        if all(abs(centres[i] - p) >= 20.0 for p, _ in out):
+            below = hist < hist[i] / 2.0
+            left = next((j for j in range(i, -1, -1) if below[j]), 0)
+            right = next((j for j in range(i, hist.size) if below[j]), hist.size - 1)
+            out.append((float(centres[i]), float(centres[right] - centres[left]) / 2.355))
         if len(out) == n:
             break
     return out
 
 
-def _band(smooth: np.ndarray, centre: float, quadrant: np.ndarray, spacing, enh: np.ndarray | None
+def _band(smooth: np.ndarray, centre: float, sd: float, quadrant: np.ndarray, spacing, enh: np.ndarray | None
           ) -> tuple[tuple[float, float], tuple[float, float] | None]:
-    """The liver's band around `centre` (HU), refined twice on its own deep voxels in the quadrant."""
-    half = BAND_MIN_HU
+    """The liver's band: `centre` (HU) refined on the deep voxels of the tissue in the quadrant,
+    half width BAND_SD times the spread `sd` (at least BAND_MIN_HU); with `enh`, the enhancement
+    band of the same voxels."""
+    half = max(BAND_MIN_HU, BAND_SD * sd)
     enh_band = None
-    for _ in range(3):
+    for _ in range(2):
         mask = quadrant & (np.abs(smooth - centre) <= half)
         if not mask.any():
             break
         depth = ndimage.distance_transform_edt(mask, sampling=spacing)
         deep = mask & (depth >= min(8.0, max(depth.max() / 2.0, 1e-6)))
-        vals = smooth[deep]
-        centre = float(np.average(vals, weights=depth[deep]))
-        half = max(BAND_MIN_HU, BAND_SD * _robust_sd(vals))
+        centre = float(np.average(smooth[deep], weights=depth[deep]))
         if enh is not None:
             e = enh[deep]
             e_mid = float(np.median(e))
@@ -284,19 +305,20 @@ def _judge(cell: np.ndarray, offset, frame: _Frame, spacing) -> tuple[bool, str,
     dz, dy, dx = spacing
     zz, yy, xx = (a + o for a, o in zip(np.nonzero(cell), offset))
     volume = zz.size * dz * dy * dx / 1000.0
-    x_mid = frame.x_mid[zz]
-    right_mm = float(np.mean((x_mid - xx) * dx))
+    left_mm = (xx - frame.x_mid[zz]) * dx          # > 0: patient's left of the midline
+    right_mm = -float(np.mean(left_mm))
     if right_mm < RIGHT_OF_MIDLINE_MM:
         return False, f"its centre lies {right_mm:.0f} mm right of the midline", volume
     if frame.spine_front is not None:
-        if float(yy.mean()) >= frame.spine_front + VERTEBRAL_MID_MM / dy:
-            return False, "its centre lies behind the vertebral body's middle", volume
-        spleen = ((xx - x_mid) * dx > SPLEEN_ZONE_LEFT_MM) & (yy > frame.spine_front)
+        behind_mm = (yy - frame.spine_front[zz]) * dy  # > 0: behind the vertebral body's front
+        if float(np.mean(behind_mm)) >= VERTEBRAL_DEPTH_MM:
+            return False, "its centre lies behind the vertebral body", volume
+        spleen = (left_mm > SPLEEN_ZONE_LEFT_MM) & (behind_mm > 0)
         if spleen.mean() > SPLEEN_ZONE_FRACTION:
             return False, f"{100 * spleen.mean():.0f} % of it lies in the spleen's quadrant", volume
-        behind = yy > frame.spine_front + VERTEBRAL_DEPTH_MM / dy
-        if behind.mean() > BEHIND_SPINE_FRACTION:
-            return False, f"{100 * behind.mean():.0f} % of it lies behind the vertebral body", volume
+        back = (behind_mm > VERTEBRAL_DEPTH_MM) & (np.abs(left_mm) < PARASPINAL_MM)
+        if back.mean() > BEHIND_SPINE_FRACTION:
+            return False, f"{100 * back.mean():.0f} % of it lies among the back muscles behind the spine", volume
     if volume > LIVER_MAX_ML:
         return False, f"{volume / 1000:.1f} L, more than any liver", volume
     largest = float(np.bincount(zz).max()) * dy * dx
@@ -338,11 +360,11 @@ def find_liver_extent(hu: np.ndarray, spacing, body: np.ndarray, spine_x: np.nda
     depth = ndimage.distance_transform_edt(soft[qbox], sampling=sp)
     peaks = _peaks(smooth[qbox][q_soft[qbox]], depth[q_soft[qbox]], PEAKS_TRIED)
     tried: list[str] = []
-    for centre in peaks:
+    for centre, sd in peaks:
         if centre > LIVER_MAX_HU:
             tried.append(f"tissue of {centre:.0f} HU: brighter than liver parenchyma (blood, kidney, oral contrast)")
             continue
-        (mid, half), enh_band = _band(smooth[qbox], centre, q_soft[qbox], sp, None if enh is None else enh[qbox])
+        (mid, half), enh_band = _band(smooth[qbox], centre, sd, q_soft[qbox], sp, None if enh is None else enh[qbox])
         if enhanced and mid < LIVER_MIN_ENHANCED_HU:
             tried.append(f"tissue of {mid:.0f} HU: water-like in a contrast-enhanced phase (ascites, fluid)")
             continue
