@@ -18,23 +18,28 @@ from hccnode import log
 from hccnode.config import Config
 from hccnode.store import jobs
 from hccnode.store.db import Store
+from hccnode.store.jobs import NOT_APPLICABLE
 
 
 def run_job(data_dir: str, job_id: int, destinations: Sequence[str] = (), rules_file: str = "") -> dict:
     """Run one job: analyse its study (hccnode.pipeline) and return the result record.
 
     `destinations` are the configured forward destinations the outputs are queued for;
-    `rules_file` a site's phase rules (empty: the packaged ones)."""
+    `rules_file` a site's phase rules (empty: the packaged ones). A study the analysis does not
+    apply to gives a record with its reason under "not_applicable"."""
     from hccnode.imaging.phase_rules import load_rules
-    from hccnode.pipeline import analyze_study
+    from hccnode.pipeline import NotApplicable, analyze_study
 
     store = Store(data_dir)
     try:
         job = jobs.get(store, job_id)
         if job is None:
             raise LookupError(f"no job {job_id}")
-        analysis = analyze_study(store, job["study_uid"], destinations=destinations, job_id=job_id,
-                                 rules=load_rules(rules_file or None))
+        try:
+            analysis = analyze_study(store, job["study_uid"], destinations=destinations, job_id=job_id,
+                                     rules=load_rules(rules_file or None))
+        except NotApplicable as exc:
+            return {"study_uid": job["study_uid"], "study_seq": job["study_seq"], NOT_APPLICABLE: str(exc)}
         return {**analysis.as_record(), "study_seq": job["study_seq"]}
     finally:
         store.close()
@@ -161,7 +166,10 @@ class WorkerPool:
         except Exception as exc:
             jobs.fail(store, job.id, owner, f"{type(exc).__name__}: {exc}")
             return
-        jobs.complete(store, job.id, owner, result)
+        if NOT_APPLICABLE in result:
+            jobs.not_applicable(store, job.id, owner, result)
+        else:
+            jobs.complete(store, job.id, owner, result)
 
 
 class Watcher(threading.Thread):
