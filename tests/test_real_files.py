@@ -230,3 +230,71 @@ def test_every_pydicom_test_file_by_c_store_ends_done_or_not_applicable(test_fil
     assert events.count("job.not_applicable") == len(na)
     log = node.log()
     assert "Traceback" not in log and not any(v in log for v in phi_of(test_files))
+
+
+# Type 2 attributes a sender may leave out; our outputs must still carry them (empty).
+ABSENT = ("PatientBirthDate", "PatientSex", "PatientName", "ReferringPhysicianName", "StudyID", "AccessionNumber",
+          "StudyTime")
+
+
+def test_a_ct_study_without_birth_date_and_sex_is_analysed_and_its_outputs_carry_them_empty(tmp_path):
+    from phantom_index import index_files
+    from pipeline_support import add_labs
+    from report_support import dciodvfy
+
+    from hccnode.phantom import StudySpec, generate
+    from hccnode.pipeline import analyze_study
+    from hccnode.store.db import Store
+
+    truth = generate(StudySpec(kind="cect", seed=3, slices=8, matrix=48, noise_sd=2.0, seg_phase="equilibrium"),
+                     tmp_path / "phantom")
+    for f in (tmp_path / "phantom").rglob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        for keyword in ABSENT:
+            if keyword in ds:
+                delattr(ds, keyword)
+        ds.save_as(f)
+    store = Store(tmp_path / "data")
+    (study,) = index_files(store, tmp_path / "phantom")
+    add_labs(store, truth, [("hct", 100 * truth.data["hct"], "%", -2.0)])  # for the ECV map
+    a = analyze_study(store, study)
+    assert [p.name for p in a.files] == ["seg.dcm", "ecv_map.dcm", "sr.dcm", "summary.dcm"]
+    assert any(m.value is not None for m in a.measurements)
+    for p in a.files:
+        ds = pydicom.dcmread(p)
+        for keyword in ABSENT:
+            assert keyword in ds and ds[keyword].value in ("", None), (p.name, keyword)
+        assert str(ds.PatientID) and ds.StudyInstanceUID == study   # what was there is kept
+        errors, _ = dciodvfy(p)
+        assert errors == [], (p.name, errors)
+    store.close()
+
+
+def test_a_localizer_only_study_is_not_applicable_and_an_axial_ct_is_analysed(tmp_path):
+    from dicomgen import ct_series
+
+    from hccnode.pipeline import NotApplicable, analyze_study
+    from hccnode.store.db import Store
+    from hccnode.store.spool import Spool, ingest_file
+
+    scout = ct_series(tmp_path / "scout", n=2, seed=1, description="ABDOMEN")
+    for f in scout:                     # a topogram: Image Type value 3 LOCALIZER (PS3.3 C.8.2.1.1.1)
+        ds = pydicom.dcmread(f)
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+        ds.save_as(f)
+    axial = ct_series(tmp_path / "axial", n=6, seed=2)
+    store = Store(tmp_path / "data")
+    spool = Spool(store)
+    (scout_uid,) = {ingest_file(spool, f).study_uid for f in scout}
+    (axial_uid,) = {ingest_file(spool, f).study_uid for f in axial}
+    assert scout_uid != axial_uid
+    with pytest.raises(NotApplicable) as exc:
+        analyze_study(store, scout_uid)
+    assert "not applicable: no CT or MR image series that can be read as a volume" in str(exc.value)
+    assert "CT CT Image Storage (2 instances)" in str(exc.value)
+    rows = store.query("SELECT event, details FROM audit WHERE study_uid = ? AND event = 'analysis.not_applicable'",
+                       (scout_uid,))
+    assert len(rows) == 1 and "no CT or MR image series" in rows[0]["details"]
+    a = analyze_study(store, axial_uid)         # the same images, not a localizer: analysed
+    assert (a.out_dir / "sr.dcm").exists()
+    store.close()
