@@ -73,8 +73,8 @@ def run(args) -> int:
                 status = 1
                 continue
             except Exception:  # noqa: BLE001 - one study's failure never stops the others
-                log.event("analyze.failed", level=40, study=uid, exc_info=True)
-                print(f"hccnode analyze: study {uid}: analysis failed (an internal error; the log says where)")
+                log.event("analyze.failed", level=10, study=uid, exc_info=True)  # where, at [log] level DEBUG
+                print(f"hccnode analyze: study {uid}: analysis failed (an internal error; [log] level DEBUG says where)")
                 status = 1
                 continue
             finally:

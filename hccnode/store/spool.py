@@ -452,7 +452,7 @@ class Spool:
         elif isinstance(exc, OSError):
             comment = f"spool not writable: {errno.errorcode.get(exc.errno or 0, 'error')}"
         else:
-            comment = f"index unavailable: {type(exc).__name__}"
+            comment = "index unavailable"  # the log names the error (type) below
         log.event("instance.failed", level=40, sop=sop_uid, calling_ae=calling_ae, reason=comment,
                   error=type(exc).__name__)
         self._record_quarantine(sop_uid, sop_class, calling_ae, None, None, status.OUT_OF_RESOURCES, comment)
