@@ -298,3 +298,27 @@ def test_a_localizer_only_study_is_not_applicable_and_an_axial_ct_is_analysed(tm
     a = analyze_study(store, axial_uid)         # the same images, not a localizer: analysed
     assert (a.out_dir / "sr.dcm").exists()
     store.close()
+
+
+def test_a_study_whose_analysis_breaks_does_not_stop_the_next(tmp_path, capsys, monkeypatch):
+    from dicomgen import ct_series
+
+    from hccnode.pipeline import driver
+
+    first = ct_series(tmp_path / "in" / "a", n=4, seed=1)
+    ct_series(tmp_path / "in" / "b", n=4, seed=2)
+    broken = str(pydicom.dcmread(first[0]).StudyInstanceUID)
+    real = driver.analyze_study
+
+    def analyze(store, uid, **kw):
+        if uid == broken:
+            raise RuntimeError("an internal fault")
+        return real(store, uid, **kw)
+
+    monkeypatch.setattr(driver, "analyze_study", analyze)
+    node = _unstarted(tmp_path / "node")
+    code = cli.main(["-c", str(node.config_path), "analyze", "--dicom-dir", str(tmp_path / "in"), "--no-progress"])
+    out = capsys.readouterr()
+    assert code == 1                                           # documented: a study could not be analysed
+    assert f"study {broken}: analysis failed" in out.out and len(re.findall(r"^Study ", out.out, re.M)) == 1
+    assert not LEAK.search(out.out + out.err)
