@@ -7,6 +7,7 @@ applicable, never failed."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import urllib.request
@@ -26,17 +27,27 @@ ENDED = ("done", "not_applicable")
 
 
 def pydicom_files(dest: Path) -> list[Path]:
-    """Copies of every file of pydicom's data/test_files (as the installed wheel ships them) under
-    `dest`, keeping their relative paths (dicomdirtests/ holds file sets in sub-folders)."""
-    from pydicom.data import get_testdata_files
+    """Copies under `dest` of every file of pydicom's data/test_files as the installed wheel ships
+    them (what `pydicom.data.get_testdata_files()` lists locally; read from the folder, because that
+    function also tries to download pydicom-data's files), keeping their relative paths
+    (dicomdirtests/ holds file sets in sub-folders); and, when the `pydicom-data` package (the
+    test extra) is installed, its files under `dest/pydicom-data/`, found through pydicom's
+    external-source entry point, which only globs the installed package."""
+    from pydicom.data.data_manager import DataTypes, external_data_sources
 
-    root = Path(pydicom.data.__file__).parent / "test_files"
+    wheel = Path(pydicom.data.__file__).parent / "test_files"
+    sources = [(wheel, [f for f in wheel.rglob("*") if f.is_file() and f.suffix != ".py"], dest)]
+    extra = external_data_sources().get("pydicom-data")
+    if extra is not None:
+        paths = [Path(p) for p in extra.get_paths("**/*", DataTypes.DATASET)]
+        root = Path(os.path.commonpath(paths)) if paths else dest
+        sources.append((root, [p for p in paths if p.is_file()], dest / "pydicom-data"))
     files = []
-    for f in map(Path, get_testdata_files()):
-        if f.is_file():
-            target = dest / f.relative_to(root)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            files.append(Path(shutil.copy2(f, target)))
+    for root, found, target in sources:
+        for f in found:
+            copy = target / f.relative_to(root)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            files.append(Path(shutil.copy2(f, copy)))
     return sorted(files)
 
 
