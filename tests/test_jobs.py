@@ -121,30 +121,9 @@ def test_not_applicable_ends_the_job_at_once_and_it_is_never_claimed_again(store
     assert events == ["job.queued", "job.started", "job.not_applicable"]
 
 
-# The jobs table as databases made before the state not_applicable have it (hccnode 64ac683).
-OLD_JOBS = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL,
-    study_uid TEXT NOT NULL,
-    study_seq INTEGER NOT NULL,    -- the study's seq when queued: what this job analyses
-    reason TEXT NOT NULL,          -- stable | requeue | manual | lab | annotation
-    state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed')),
-    attempts INTEGER NOT NULL DEFAULT 0,
-    max_attempts INTEGER NOT NULL,
-    lease_owner TEXT,
-    lease_expires REAL,
-    heartbeat_at REAL,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    error TEXT,
-    result TEXT                    -- JSON
-);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, id);
-CREATE INDEX IF NOT EXISTS jobs_study ON jobs(study_uid);
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique_seq ON jobs(kind, study_uid, study_seq);
-"""
+# The jobs table as databases made before the state not_applicable have it (hccnode 64ac683):
+# the same table and indexes with the CHECK of four states.
+OLD_JOBS = jobs.SCHEMA.replace(jobs.STATE_CHECK, "CHECK (state IN ('queued', 'running', 'done', 'failed'))")
 
 
 def test_an_old_database_is_migrated_on_open_keeping_every_job(tmp_path):
@@ -153,6 +132,7 @@ def test_an_old_database_is_migrated_on_open_keeping_every_job(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     old = sqlite3.connect(data / "hccnode.db")
+    assert OLD_JOBS != jobs.SCHEMA
     old.executescript(OLD_JOBS)
     rows = [(1, "analyze", "1.1", 1, "stable", "done", 1, 3, None, None, 10.0, 5.0, 6.0, 7.0, None, '{"a": 1}'),
             (2, "analyze", "1.2", 1, "stable", "failed", 3, 3, None, None, 11.0, 5.5, 6.5, 7.5, "boom", None),
