@@ -281,7 +281,7 @@ def test_a_ct_study_without_birth_date_and_sex_is_analysed_and_its_outputs_carry
     store.close()
 
 
-def test_a_localizer_only_study_is_not_applicable_and_an_axial_ct_is_analysed(tmp_path):
+def test_a_localizer_only_study_or_images_without_frame_of_reference_are_not_applicable(tmp_path):
     from dicomgen import ct_series
 
     from hccnode.pipeline import NotApplicable, analyze_study
@@ -308,6 +308,14 @@ def test_a_localizer_only_study_is_not_applicable_and_an_axial_ct_is_analysed(tm
     assert len(rows) == 1 and "no CT or MR image series" in rows[0]["details"]
     a = analyze_study(store, axial_uid)         # the same images, not a localizer: analysed
     assert (a.out_dir / "sr.dcm").exists()
+    no_frame = ct_series(tmp_path / "no-frame", n=6, seed=3)
+    for f in no_frame:                  # Type 1 missing: no output could be placed on these images
+        ds = pydicom.dcmread(f)
+        del ds.FrameOfReferenceUID
+        ds.save_as(f)
+    (no_frame_uid,) = {ingest_file(spool, f).study_uid for f in no_frame}
+    with pytest.raises(NotApplicable, match="no Frame of Reference UID"):
+        analyze_study(store, no_frame_uid)
     store.close()
 
 

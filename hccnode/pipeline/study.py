@@ -151,7 +151,10 @@ class Study:
         """The series as a volume; None (with the reason in `problems`) when it is not one."""
         if series.uid not in self._volumes:
             try:
-                self._volumes[series.uid] = read_series(series.paths, self._headers.get(series.uid))
+                volume = read_series(series.paths, self._headers.get(series.uid))
+                if volume.frame_of_reference_uid is None:  # Type 1 in CT and MR images (PS3.3 C.7.4.1)
+                    raise SeriesError("no Frame of Reference UID: the SEG and map of its ROIs could not be placed")
+                self._volumes[series.uid] = volume
             except SeriesError as exc:
                 self._unusable(series, exc.problem)
             except Exception:  # noqa: BLE001 - a header no reader foresaw: the series is left out, never the study
