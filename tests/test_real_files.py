@@ -132,6 +132,10 @@ def test_every_pydicom_test_file_through_analyze_dicom_dir(test_files, tmp_path,
     # pydicom ships CT, MR and others: some studies are measured, others are not for this analysis
     assert counts["stored"] > 100 and counts["refused"] > 10 and counts["analysed"] >= 5 \
         and counts["not_applicable"] >= 10, counts
+    refusals = "\n".join(line for line in out.out.splitlines() if " refused: " in line or "skipped " in line)
+    for why in ("not a DICOM Part 10 file", "a DICOMDIR, the index of a file set", "pixel data truncated",
+                "File Meta Information lacks", "missing StudyInstanceUID"):
+        assert why in refusals, why
     reasons = "\n".join(line for line in out.out.splitlines() if "not applicable" in line)
     for what in ("RT Plan Storage", "12-lead ECG Waveform Storage", "Ultrasound Image Storage",
                  "Basic Text SR Storage", "Secondary Capture Image Storage"):

@@ -506,6 +506,9 @@ META_UIDS = {"MediaStorageSOPClassUID": "Media Storage SOP Class UID",
              "MediaStorageSOPInstanceUID": "Media Storage SOP Instance UID", "TransferSyntaxUID": "Transfer Syntax UID"}
 
 
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage (PS3.10 8.6, PS3.3 F)
+
+
 def part10_parts(path: Path) -> tuple[str, str, str, bytes]:
     """(SOP Class UID, SOP Instance UID, transfer syntax, data set bytes) of a DICOM Part 10 file:
     what a C-STORE request carries for it (the data set as written, File Meta Information removed)."""
@@ -525,6 +528,9 @@ def part10_parts(path: Path) -> tuple[str, str, str, bytes]:
         parts[:2] = [str(own.get(kw) or "") or part for kw, part in zip(("SOPClassUID", "SOPInstanceUID"), parts)]
     except Exception:  # an unreadable data set is refused, with its reason, when it is stored
         pass
+    if parts[0] == MEDIA_STORAGE_DIRECTORY:
+        raise ValueError(f"{Path(path).name}: a DICOMDIR, the index of a file set, not an instance "
+                         "(the files it lists are stored themselves)")
     missing = [name for name, value in zip(META_UIDS.values(), parts) if not value]
     if missing:
         raise ValueError(f"{Path(path).name}: File Meta Information lacks {', '.join(missing)}")
