@@ -6,8 +6,6 @@ import datetime
 import sys
 from pathlib import Path
 
-from pydicom.errors import InvalidDicomError
-
 from hccnode.cli import UsageError
 from hccnode.config import Destination, parse_destination
 from hccnode.net import scu, status
@@ -117,8 +115,11 @@ def cmd_send(args) -> int:
     for f in _dicom_files(args.files):
         try:
             row = outbox.enqueue(store, str(dest), f.resolve())
-        except (InvalidDicomError, OSError, AttributeError) as exc:
-            skipped.append(f"{f}: not a DICOM Part 10 file ({type(exc).__name__})")
+        except ValueError as exc:                      # names the file and what it lacks
+            skipped.append(str(exc).replace(f.name, str(f), 1))
+            continue
+        except OSError as exc:
+            skipped.append(f"{f}: cannot be read ({exc.strerror or 'input/output error'})")
             continue
         if row is not None:
             ids.append(row)

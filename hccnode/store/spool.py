@@ -516,11 +516,7 @@ def part10_parts(path: Path) -> tuple[str, str, str, bytes]:
     if len(raw) < 144 or raw[128:132] != b"DICM" or raw[132:136] != b"\x02\x00\x00\x00":
         raise ValueError(f"{Path(path).name}: not a DICOM Part 10 file (no DICM preamble)")
     (group_length,) = struct.unpack("<I", raw[140:144])
-    try:
-        meta = pydicom.filereader.read_file_meta_info(path)
-    except Exception as exc:  # pydicom raises many types for a broken file meta
-        raise ValueError(f"{Path(path).name}: unreadable File Meta Information") from exc
-    parts = [str(meta.get(kw) or "") for kw in META_UIDS]
+    parts = meta_uids(path)
     # A C-STORE sender (dcmtk's storescu among them) names the instance by the data set's own
     # SOP Class and Instance UIDs: where the file meta disagrees or lacks them, the data set wins.
     try:
@@ -531,10 +527,28 @@ def part10_parts(path: Path) -> tuple[str, str, str, bytes]:
     if parts[0] == MEDIA_STORAGE_DIRECTORY:
         raise ValueError(f"{Path(path).name}: a DICOMDIR, the index of a file set, not an instance "
                          "(the files it lists are stored themselves)")
+    _require(path, parts)
+    return (*parts, raw[144 + group_length:])
+
+
+def meta_uids(path: Path, required: bool = False) -> list[str]:
+    """[Media Storage SOP Class UID, Media Storage SOP Instance UID, Transfer Syntax UID] of a
+    Part 10 file ("" for each absent one); ValueError naming the file when its File Meta
+    Information cannot be read, or with `required` when one of them is absent."""
+    try:
+        meta = pydicom.filereader.read_file_meta_info(path)
+    except Exception as exc:  # pydicom raises many types for a broken or absent file meta
+        raise ValueError(f"{Path(path).name}: not a DICOM Part 10 file (unreadable File Meta Information)") from exc
+    parts = [str(meta.get(kw) or "") for kw in META_UIDS]
+    if required:
+        _require(path, parts)
+    return parts
+
+
+def _require(path: Path, parts: list[str]) -> None:
     missing = [name for name, value in zip(META_UIDS.values(), parts) if not value]
     if missing:
         raise ValueError(f"{Path(path).name}: File Meta Information lacks {', '.join(missing)}")
-    return (*parts, raw[144 + group_length:])
 
 
 def ingest_file(spool: "Spool", path: Path, calling_ae: str = "") -> Result:
