@@ -163,8 +163,9 @@ class WorkerPool:
             self._reset_pool()
             jobs.fail(store, job.id, owner, "worker process died")
             return
-        except Exception as exc:
-            jobs.fail(store, job.id, owner, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # the job's error is shown to users: the problem, not the exception's type
+            log.event("job.error", level=30, job=job.id, error=type(exc).__name__)
+            jobs.fail(store, job.id, owner, str(exc) or "internal error in the analysis")
             return
         if NOT_APPLICABLE in result:
             jobs.not_applicable(store, job.id, owner, result)
