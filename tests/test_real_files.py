@@ -187,6 +187,7 @@ def store_answers(output: str) -> dict[str, tuple[str, str | None]]:
     return answers
 
 
+@pytest.mark.network
 def test_every_pydicom_test_file_by_c_store_ends_done_or_not_applicable(test_files, node_factory):
     """storescu sends each file it can read; each is answered Success or refused with a status and
     an error comment; every resulting job ends done or not_applicable, none failed; jobs, studies
