@@ -69,5 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_ERROR
     except Exception as exc:  # a clean message, not a traceback that could quote a dataset
-        print(f"hccnode {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        log.event("command.failed", level=10, command=args.command, exc_info=True)  # the type, at DEBUG
+        print(f"hccnode {args.command}: error: {exc or 'internal error'}", file=sys.stderr)
         return EXIT_ERROR

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import warnings
 
 LOGGER = logging.getLogger("hccnode")
 PHI_FIELDS = frozenset({"patient_name", "patient_id", "patient_birth_date", "PatientName", "PatientID", "PatientBirthDate"})
@@ -54,3 +55,8 @@ def setup(level: str = "INFO", file: str = "") -> None:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("pynetdicom").handlers[:] = [handler]
     logging.getLogger("pynetdicom").propagate = False
+    # pydicom and highdicom warn about odd values by quoting them (a patient's name among them):
+    # never shown; what matters about a file is said by the node's own messages.
+    for lib in ("pydicom", "highdicom"):
+        warnings.filterwarnings("ignore", module=rf"{lib}(\.|$)")
+        logging.getLogger(lib).setLevel(logging.CRITICAL)

@@ -18,6 +18,7 @@ from hccnode import log
 from hccnode.config import Config
 from hccnode.store import jobs
 from hccnode.store.db import Store
+from hccnode.store.jobs import NOT_APPLICABLE
 
 
 def run_job(data_dir: str, job_id: int, destinations: Sequence[str] = (), rules_file: str = "",
@@ -26,9 +27,10 @@ def run_job(data_dir: str, job_id: int, destinations: Sequence[str] = (), rules_
 
     `destinations` are the configured forward destinations the outputs are queued for;
     `rules_file` a site's phase rules (empty: the packaged ones); `adc_units` the site's ADC
-    units per Manufacturer ([adc] units)."""
+    units per Manufacturer ([adc] units). A study the analysis does not apply to gives a record
+    with its reason under "not_applicable"."""
     from hccnode.imaging.phase_rules import load_rules
-    from hccnode.pipeline import analyze_study
+    from hccnode.pipeline import NotApplicable, analyze_study
     from hccnode.pipeline.mr import site_adc_units
 
     store = Store(data_dir)
@@ -36,9 +38,12 @@ def run_job(data_dir: str, job_id: int, destinations: Sequence[str] = (), rules_
         job = jobs.get(store, job_id)
         if job is None:
             raise LookupError(f"no job {job_id}")
-        with site_adc_units(adc_units):
-            analysis = analyze_study(store, job["study_uid"], destinations=destinations, job_id=job_id,
-                                     rules=load_rules(rules_file or None))
+        try:
+            with site_adc_units(adc_units):
+                analysis = analyze_study(store, job["study_uid"], destinations=destinations, job_id=job_id,
+                                         rules=load_rules(rules_file or None))
+        except NotApplicable as exc:
+            return {"study_uid": job["study_uid"], "study_seq": job["study_seq"], NOT_APPLICABLE: str(exc)}
         return {**analysis.as_record(), "study_seq": job["study_seq"]}
     finally:
         store.close()
@@ -163,10 +168,14 @@ class WorkerPool:
             self._reset_pool()
             jobs.fail(store, job.id, owner, "worker process died")
             return
-        except Exception as exc:
-            jobs.fail(store, job.id, owner, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # the job's error is shown to users: the problem, not the exception's type
+            log.event("job.error", level=30, job=job.id, error=type(exc).__name__)
+            jobs.fail(store, job.id, owner, str(exc) or "internal error in the analysis")
             return
-        jobs.complete(store, job.id, owner, result)
+        if NOT_APPLICABLE in result:
+            jobs.not_applicable(store, job.id, owner, result)
+        else:
+            jobs.complete(store, job.id, owner, result)
 
 
 class Watcher(threading.Thread):

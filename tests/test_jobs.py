@@ -103,3 +103,56 @@ def test_a_job_of_a_dead_worker_process_is_claimed_at_once_and_a_live_ones_is_no
     finally:
         live.kill()
         live.wait(10)
+
+
+def test_not_applicable_ends_the_job_at_once_and_it_is_never_claimed_again(store):
+    add_study(store)
+    (job_id,) = jobs.queue_stable_studies(store, 5, max_attempts=3)
+    job = jobs.claim(store, "w", 30)
+    reason = "study 1.2.3: not applicable: no CT or MR image series that can be read as a volume; ..."
+    assert jobs.not_applicable(store, job.id, "w", {"study_uid": "1.2.3", jobs.NOT_APPLICABLE: reason})
+    row = jobs.get(store, job_id)
+    assert row["state"] == "not_applicable" and row["attempts"] == 1 and row["error"] == reason
+    assert row["finished_at"] is not None and row["lease_owner"] is None
+    assert jobs.claim(store, "w", 30) is None                     # attempts remain, yet not retried
+    assert jobs.queue_stable_studies(store, 5) == []              # nor queued again for the same seq
+    assert [j["state"] for j in jobs.listing(store, "not_applicable")] == ["not_applicable"]
+    events = [r["event"] for r in store.query("SELECT event FROM audit WHERE study_uid = '1.2.3' ORDER BY id")]
+    assert events == ["job.queued", "job.started", "job.not_applicable"]
+
+
+# The jobs table as databases made before the state not_applicable have it (hccnode 64ac683):
+# the same table and indexes with the CHECK of four states.
+OLD_JOBS = jobs.SCHEMA.replace(jobs.STATE_CHECK, "CHECK (state IN ('queued', 'running', 'done', 'failed'))")
+
+
+def test_an_old_database_is_migrated_on_open_keeping_every_job(tmp_path):
+    import sqlite3
+
+    data = tmp_path / "data"
+    data.mkdir()
+    old = sqlite3.connect(data / "hccnode.db")
+    assert OLD_JOBS != jobs.SCHEMA
+    old.executescript(OLD_JOBS)
+    rows = [(1, "analyze", "1.1", 1, "stable", "done", 1, 3, None, None, 10.0, 5.0, 6.0, 7.0, None, '{"a": 1}'),
+            (2, "analyze", "1.2", 1, "stable", "failed", 3, 3, None, None, 11.0, 5.5, 6.5, 7.5, "boom", None),
+            (3, "analyze", "1.3", 2, "requeue", "queued", 0, 3, None, None, None, 8.0, None, None, None, None)]
+    old.executemany("INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+    with pytest.raises(sqlite3.IntegrityError):                   # the old CHECK refuses the new state
+        old.execute("UPDATE jobs SET state = 'not_applicable' WHERE id = 3")
+    old.commit()
+    old.close()
+
+    store = Store(data)
+    assert [tuple(r.values()) for r in store.query("SELECT * FROM jobs ORDER BY id")] == rows
+    indexes = {r["name"] for r in store.query("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'jobs'")}
+    assert {"jobs_state", "jobs_study", "jobs_unique_seq"} <= indexes
+    with store.tx() as c:
+        c.execute("UPDATE jobs SET state = 'not_applicable' WHERE id = 3")
+        with pytest.raises(sqlite3.IntegrityError):               # still a CHECK: unknown states refused
+            c.execute("UPDATE jobs SET state = 'lost' WHERE id = 3")
+    assert store.query("PRAGMA integrity_check")[0]["integrity_check"] == "ok"
+    store.close()
+    again = Store(data)                                           # a current database is left as it is
+    assert again.query("SELECT state FROM jobs WHERE id = 3") == [{"state": "not_applicable"}]
+    again.close()

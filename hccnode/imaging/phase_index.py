@@ -67,12 +67,29 @@ def _frames(items: list[tuple[Path, Dataset]]) -> list[tuple[Path, int | None, n
             for i, fg in enumerate(per):
                 pos = _first(fg, shared, "PlanePositionSequence", "ImagePositionPatient")
                 ori = _first(fg, shared, "PlaneOrientationSequence", "ImageOrientationPatient")
-                if pos is not None and ori is not None:
-                    out.append((path, i, np.array(pos, float), tuple(ori[:3]), tuple(ori[3:])))
-        elif "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds:
-            ori = [float(v) for v in ds.ImageOrientationPatient]
-            out.append((path, None, np.array(ds.ImagePositionPatient, float), tuple(ori[:3]), tuple(ori[3:])))
+                plane = _plane(pos, ori)
+                if plane is not None:
+                    out.append((path, i, *plane))
+        else:
+            try:  # pydicom converts on access, and raises for some malformed numbers
+                plane = _plane(ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient"))
+            except (TypeError, ValueError):
+                plane = None
+            if plane is not None:
+                out.append((path, None, *plane))
     return out
+
+
+def _plane(pos: Any, ori: Any) -> tuple[np.ndarray, tuple, tuple] | None:
+    """(position, row cosines, column cosines) of one plane; None when either is absent or not
+    3 and 6 numbers (a header no geometry can come from: the plane is left out, not the study)."""
+    try:
+        position, cosines = np.array(pos, float), [float(v) for v in ori]
+    except (TypeError, ValueError):
+        return None
+    if position.shape != (3,) or len(cosines) != 6:
+        return None
+    return position, tuple(cosines[:3]), tuple(cosines[3:])
 
 
 def _first(fg: Dataset, shared: Dataset, seq: str, kw: str) -> Any:

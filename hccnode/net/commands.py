@@ -6,13 +6,11 @@ import datetime
 import sys
 from pathlib import Path
 
-from pydicom.errors import InvalidDicomError
-
 from hccnode.cli import UsageError
 from hccnode.config import Destination, parse_destination
 from hccnode.net import scu, status
 from hccnode.net.forward import client_tls, drain_once
-from hccnode.store import outbox
+from hccnode.store import jobs, outbox
 from hccnode.store.db import Store
 
 
@@ -40,8 +38,10 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_studies)
 
     p = sub.add_parser("jobs", help="list analysis jobs",
-                       description="Jobs of the durable queue, newest first.")
-    p.add_argument("--state", choices=["queued", "running", "done", "failed"], help="only jobs in this state")
+                       description="Jobs of the durable queue, newest first. A job ends done, failed (after "
+                                   "its attempts; the error is shown) or not_applicable (the study holds no CT or "
+                                   "MR image series readable as a volume; the reason is shown; never retried).")
+    p.add_argument("--state", choices=list(jobs.STATES), help="only jobs in this state")
     p.add_argument("--limit", type=int, default=50, help="most rows to show (default 50)")
     p.set_defaults(func=cmd_jobs)
 
@@ -115,8 +115,11 @@ def cmd_send(args) -> int:
     for f in _dicom_files(args.files):
         try:
             row = outbox.enqueue(store, str(dest), f.resolve())
-        except (InvalidDicomError, OSError, AttributeError) as exc:
-            skipped.append(f"{f}: not a DICOM Part 10 file ({type(exc).__name__})")
+        except ValueError as exc:                      # names the file and what it lacks
+            skipped.append(str(exc).replace(f.name, str(f), 1))
+            continue
+        except OSError as exc:
+            skipped.append(f"{f}: cannot be read ({exc.strerror or 'input/output error'})")
             continue
         if row is not None:
             ids.append(row)
@@ -155,9 +158,7 @@ def cmd_studies(args) -> int:
 
 def cmd_jobs(args) -> int:
     store = Store(args.cfg.data_dir)
-    where, params = ("WHERE state = ?", [args.state]) if args.state else ("", [])
-    rows = store.query(f"SELECT id, kind, study_uid, study_seq, reason, state, attempts, created_at, finished_at, error"
-                       f" FROM jobs {where} ORDER BY id DESC LIMIT ?", tuple(params + [args.limit]))
+    rows = jobs.listing(store, args.state, args.limit)
     for r in rows:
         r["created_at"], r["finished_at"] = _when(r["created_at"]), _when(r["finished_at"])
     _table(rows, ["id", "kind", "study_uid", "study_seq", "reason", "state", "attempts", "created_at", "finished_at", "error"])

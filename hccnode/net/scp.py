@@ -196,7 +196,7 @@ class StorageSCP:
         except Exception as exc:  # never answer success for what we may not have kept
             log.event("instance.failed", level=40, calling_ae=calling, sop=str(req.AffectedSOPInstanceUID),
                       error=type(exc).__name__, exc_info=True)
-            return _status(status.OUT_OF_RESOURCES, f"internal error: {type(exc).__name__}")
+            return _status(status.OUT_OF_RESOURCES, "internal error: not stored (the node's log says where)")
         if result.status == status.SUCCESS:
             return status.SUCCESS
         return _status(result.status, result.comment)

@@ -11,7 +11,7 @@ regions (reader's and automatic ROIs), labs (values at scan time), ct / mr (mark
 (`hccnode analyze`). The science lives in hccnode.imaging; this package only orchestrates.
 """
 
-__all__ = ["Analysis", "StudyError", "analyze_study"]
+__all__ = ["Analysis", "NotApplicable", "StudyError", "analyze_study"]
 
 
 def __getattr__(name: str):
@@ -20,7 +20,7 @@ def __getattr__(name: str):
     if name in ("Analysis", "analyze_study"):
         from hccnode.pipeline import driver
         return getattr(driver, name)
-    if name == "StudyError":
-        from hccnode.pipeline.study import StudyError
-        return StudyError
+    if name in ("StudyError", "NotApplicable"):
+        from hccnode.pipeline import study
+        return getattr(study, name)
     raise AttributeError(f"module 'hccnode.pipeline' has no attribute {name!r}")

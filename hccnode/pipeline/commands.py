@@ -1,11 +1,17 @@
 """CLI: `hccnode analyze STUDY_UID` and `hccnode analyze --dicom-dir DIR` (by hand, the same
-pipeline the node's workers run)."""
+pipeline the node's workers run).
+
+With --dicom-dir every file is stored as a C-STORE of it would be, or named with the reason it
+was not (not DICOM, broken, missing UIDs...); then each study is analysed, or said to be not
+applicable (no CT or MR image series readable as a volume) with the reason. Exit code 0 when
+every study stored was analysed or is not applicable (files refused do not change it), 1 when
+a study could not be analysed or no study was stored, 2 on a usage error."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from hccnode import RESEARCH_USE
+from hccnode import RESEARCH_USE, log
 
 STEPS = ("phases", "volumes", "rois", "markers", "models", "outputs", "done")
 
@@ -32,7 +38,7 @@ def run(args) -> int:
 
     from hccnode.cli import UsageError
     from hccnode.imaging.phase_rules import RulesError, load_rules
-    from hccnode.pipeline import StudyError, analyze_study
+    from hccnode.pipeline import NotApplicable, StudyError, analyze_study
     from hccnode.pipeline.driver import copy_outputs
     from hccnode.pipeline.mr import site_adc_units
     from hccnode.store.db import Store
@@ -61,8 +67,16 @@ def run(args) -> int:
             try:
                 with site_adc_units(args.cfg.adc.units):
                     analysis = analyze_study(store, uid, destinations=destinations, rules=rules, progress=step)
+            except NotApplicable as exc:
+                print(f"hccnode analyze: {exc}")
+                continue
             except StudyError as exc:
                 print(f"hccnode analyze: {exc}")
+                status = 1
+                continue
+            except Exception:  # noqa: BLE001 - one study's failure never stops the others
+                log.event("analyze.failed", level=10, study=uid, exc_info=True)  # where, at [log] level DEBUG
+                print(f"hccnode analyze: study {uid}: analysis failed (an internal error; [log] level DEBUG says where)")
                 status = 1
                 continue
             finally:
@@ -105,11 +119,14 @@ def ingest(store, root: Path, progress: bool) -> list[str]:
     for path in tqdm(files, desc="store", unit="file", disable=not progress, leave=False):
         try:
             result = ingest_file(spool, path, calling_ae="ANALYZE")
-        except (ValueError, OSError) as exc:
+        except ValueError as exc:  # names the file and what is wrong with it
             print(f"hccnode analyze: skipped {path}: {exc}")
+            continue
+        except OSError as exc:
+            print(f"hccnode analyze: skipped {path}: cannot be read ({exc.strerror or 'input/output error'})")
             continue
         if result.outcome in ("stored", "replaced", "duplicate"):
             studies[result.study_uid] = None
         else:
-            print(f"hccnode analyze: {path.name} refused: {result.comment}")
+            print(f"hccnode analyze: {path} refused: {result.comment}")
     return list(studies)

@@ -5,7 +5,8 @@ annotation, automatic ROIs for the roles it lacks) -> register phases and measur
 applicable marker of papers 000-003 -> labs at scan time -> model cards -> SEG, ECV map, SR and
 summary (hccnode.report.build_outputs) in `<data_dir>/outputs/<study>/<SR UID>/` -> outbox.
 Each step is audited. A study that cannot be fully measured still gets an SR that says what
-is missing and why; only a study with no image at all raises `StudyError`.
+is missing and why; a study with no CT or MR image series readable as a volume raises
+`NotApplicable` (the analysis does not apply to it) with what it holds instead.
 
 Re-running with identical inputs gives identical output UIDs (they derive from the inputs);
 a changed input gives a new SR naming the last one as its predecessor.
@@ -16,12 +17,15 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import pydicom
 import SimpleITK as sitk
+from pydicom.multival import MultiValue
+from pydicom.uid import UID
 
 import hccnode
 from hccnode import log
@@ -34,7 +38,7 @@ from hccnode.pipeline.findings import Findings
 from hccnode.pipeline.labs import Labs
 from hccnode.pipeline.models import run_cards
 from hccnode.pipeline.regions import TUMOR_NOT_PLACED, Regions, complete_ct, complete_mr, reader_rois
-from hccnode.pipeline.study import Series, Study, StudyError
+from hccnode.pipeline.study import NotApplicable, Series, Study
 from hccnode.report import Reference, ReportRoi, build_outputs, load_template
 from hccnode.report.inputs import analysis_key
 from hccnode.report.outputs import output_uids
@@ -123,6 +127,7 @@ def analyze_study(store: Store, study_uid: str, *, destinations: Sequence[str] =
 
     step("volumes")
     ref_series, reference = _reference(study, kind)
+    image = ref_series if reference is not None else _image_series(store, study, patient_key)
     regions = Regions()
     follow_up = False
     labs_used: list = []
@@ -184,7 +189,7 @@ def analyze_study(store: Store, study_uid: str, *, destinations: Sequence[str] =
             if outbox.enqueue(store, dest, path.relative_to(store.data_dir), study_uid, job_id) is not None:
                 result.queued += 1
 
-    _outputs(store, study, ref_series, reference, regions, f, result, labs_used, patient_key, job_id,
+    _outputs(store, study, image, reference, regions, f, result, labs_used, patient_key, job_id,
              Path(outputs_dir) if outputs_dir is not None else store.data_dir / OUTPUTS_DIR, send)
     step("done")
     timings.pop("start", None)
@@ -288,18 +293,38 @@ def _previous_sr(store: Store, study_uid: str, sr_uid: str) -> pydicom.Dataset |
     return pydicom.dcmread(path) if path is not None and path.exists() else None
 
 
-def _outputs(store: Store, study: Study, ref_series: Series | None, reference: Volume | None, regions: Regions,
+def _image_series(store: Store, study: Study, patient_key: str | None) -> Series:
+    """The study's first CT or MR image series that reads as a volume, for an SR that says nothing
+    could be measured; a study without one is not one the analysis applies to (NotApplicable)."""
+    for s in study.series:
+        if s.modality in ("CT", "MR") and not _localizer(study, s) and study.volume(s) is not None:
+            return s
+    held = Counter(f"{s.modality or 'no modality'} {UID(s.sop_class).name}" for s in study.series
+                   for _ in s.paths)
+    reason = ("no CT or MR image series that can be read as a volume; the study holds "
+              + "; ".join(f"{what} ({n} instance{'s' if n > 1 else ''})" for what, n in held.items())
+              + "".join(f"; {p}" for p in study.problems))
+    audit.append(store, "analysis.not_applicable", ACTOR, study_uid=study.uid, patient_key=patient_key, reason=reason)
+    log.event("pipeline.not_applicable", study=study.uid, reason=reason)
+    raise NotApplicable(f"study {study.uid}: not applicable: {reason}")
+
+
+def _localizer(study: Study, series: Series) -> bool:
+    """A localizer (scout, topogram): Image Type value 3 LOCALIZER (PS3.3 C.8.2.1.1.1 for CT;
+    MR localizers written the same way). A projection to plan the scan, never a volume to measure."""
+    image_type = study.headers(series)[0].get("ImageType") or []
+    return "LOCALIZER" in [str(v).upper() for v in (image_type if isinstance(image_type, MultiValue) else [image_type])]
+
+
+def _outputs(store: Store, study: Study, image: Series, reference: Volume | None, regions: Regions,
              f: Findings, result: Analysis, labs_used, patient_key: str | None, job_id: int | None,
              outputs_dir: Path, on_written: Callable[[Path], None]) -> None:
     by_uid = {s.uid: s for s in study.series}
     if reference is not None:
-        ref = Reference.from_volume(reference, study.headers(ref_series))
+        ref = Reference.from_volume(reference, study.headers(image))
         images = sitk.GetArrayViewFromImage(reference.image)
-        used = [by_uid[u] for u in sorted(f.series_used | {ref_series.uid}) if u in by_uid]
+        used = [by_uid[u] for u in sorted(f.series_used | {image.uid}) if u in by_uid]
     else:
-        image = next((s for s in study.series if s.modality in ("CT", "MR")), None)
-        if image is None:
-            raise StudyError(f"study {study.uid}: no CT or MR image to attach an SR to")
         ref, images, used = Reference(study.headers(image)), None, [image]
     sources = [ds for s in used for ds in study.headers(s)] + list(regions.annotations)
     rois = [ReportRoi.adopt(r.ref, regions.array(r)) for r in regions.rois]  # the markers' masks, not copies

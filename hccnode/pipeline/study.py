@@ -35,6 +35,12 @@ class StudyError(Exception):
     """A study the pipeline cannot analyse at all (not stored, no image series)."""
 
 
+class NotApplicable(StudyError):
+    """A study the analysis does not apply to: it holds no CT or MR image series that can be read
+    as a volume (RT objects, US, ECG, SR alone, secondary capture, a localiser only). Its job ends
+    at once in state `not_applicable` with this reason; it is never retried."""
+
+
 @dataclass
 class Series:
     uid: str
@@ -145,13 +151,20 @@ class Study:
         """The series as a volume; None (with the reason in `problems`) when it is not one."""
         if series.uid not in self._volumes:
             try:
-                self._volumes[series.uid] = read_series(series.paths, self._headers.get(series.uid))
+                volume = read_series(series.paths, self._headers.get(series.uid))
+                if volume.frame_of_reference_uid is None:  # Type 1 in CT and MR images (PS3.3 C.7.4.1)
+                    raise SeriesError("no Frame of Reference UID: the SEG and map of its ROIs could not be placed")
+                self._volumes[series.uid] = volume
             except SeriesError as exc:
-                problem = f"{series.describe()} not used: {exc.problem}"
-                self.problems.append(problem)
-                log.event("pipeline.series_unusable", study=self.uid, series=series.uid, problem=exc.problem)
-                self._volumes[series.uid] = None
+                self._unusable(series, exc.problem)
+            except Exception:  # noqa: BLE001 - a header no reader foresaw: the series is left out, never the study
+                self._unusable(series, "its images cannot be read as a volume", exc_info=True)
         return self._volumes[series.uid]
+
+    def _unusable(self, series: Series, problem: str, exc_info: bool = False) -> None:
+        self.problems.append(f"{series.describe()} not used: {problem}")
+        log.event("pipeline.series_unusable", study=self.uid, series=series.uid, problem=problem, exc_info=exc_info)
+        self._volumes[series.uid] = None
 
     def headers(self, series: Series) -> list[Dataset]:
         if series.uid not in self._headers:

@@ -21,6 +21,22 @@ from hccnode.imaging.roi_stats import bounding_box
 from hccnode.report.uids import mask_digest, uid_from
 
 
+# Type 2 attributes of the Patient and General Study modules (PS3.3 C.7.1.1, C.7.2.1) that every
+# output copies from the images (highdicom reads them as attributes): a sender may leave them out,
+# while our objects must carry them, empty when unknown.
+COPIED_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def with_type2(ds: Dataset) -> Dataset:
+    """`ds` (a received header, in memory) with each absent COPIED_TYPE2 attribute added empty;
+    present values are kept as they are. Returns `ds`."""
+    for keyword in COPIED_TYPE2:
+        if keyword not in ds:
+            setattr(ds, keyword, None)
+    return ds
+
+
 @dataclass(frozen=True)
 class ReportRoi:
     """One measured region: its provenance (RoiRef) and its mask on the reference grid, read-only

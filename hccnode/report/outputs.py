@@ -16,7 +16,7 @@ from hccnode.imaging.measure import LabRef, Measurement
 from hccnode.imaging.roi_stats import union
 from hccnode.labs import catalog
 from hccnode.report import pmap, seg, sr, summary
-from hccnode.report.inputs import Reference, ReportRoi, analysis_key, tracking
+from hccnode.report.inputs import Reference, ReportRoi, analysis_key, tracking, with_type2
 from hccnode.report.templates import Template, load_template
 from hccnode.report.uids import uid_from
 
@@ -83,6 +83,8 @@ def build_outputs(
     template = template or load_template()
     numbers = {**SERIES_NUMBERS, **(series_numbers or {})}
     ref = reference if isinstance(reference, Reference) else Reference(reference)
+    for ds in {id(d): d for d in (*sources, *ref.datasets)}.values():
+        with_type2(ds)
     missing = list(missing)
     for r in rois:
         ref.check(r.mask, f"ROI {r.describe()}")

@@ -79,8 +79,9 @@ def _job(job: dict | None) -> str:
     text = f'<span class="job-state {esc(job["state"])}" data-state="{esc(job["state"])}">{esc(job["state"])}</span>'
     text += f' <span class="muted">#{esc(job["id"])}, {esc(job["reason"])}, attempt {esc(job["attempts"])}' \
             f'/{esc(job["max_attempts"])}</span>'
-    if job.get("error"):
-        text += f'<br><span class="failed">{esc(job["error"])}</span>'
+    if job.get("error"):  # a not_applicable job's reason is no failure: the study is not for this analysis
+        cls = "muted not-applicable" if job["state"] == "not_applicable" else "failed"
+        text += f'<br><span class="{cls}">{esc(job["error"])}</span>'
     return text
 
 

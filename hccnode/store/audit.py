@@ -89,6 +89,8 @@ EVENTS = {
     "job.started": "a worker took a job",
     "job.done": "a job finished",
     "job.failed": "a job attempt failed (to be retried, or for good)",
+    "job.not_applicable": "a job ended at once: its study is not one the analysis applies to, with the reason",
+    "analysis.not_applicable": "a study holds no CT or MR image series readable as a volume: what it holds instead",
     "phase.decided": "a series was assigned a contrast phase, with the reasons",
     "roi.source": "where an ROI came from (reader's SEG / RTSTRUCT / SR, or automatic)",
     "hl7.refused": "an HL7 (MLLP) connection was closed unread: host not allowed, or too many connections",

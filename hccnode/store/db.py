@@ -51,6 +51,17 @@ def added_column(table: str, name: str, declaration: str) -> None:
     _COLUMNS.append((table, name, declaration))
 
 
+_MIGRATIONS: list = []
+
+
+def migration(needed, apply) -> None:
+    """Register a change to older databases: on open, after the tables and added columns, when
+    `needed(connection)` says so, `apply(connection)` runs in a write transaction (foreign keys
+    off, as a table rebuild needs), after `needed` is asked again inside it (another process may
+    have applied it meanwhile). A current database costs one read, no write lock."""
+    _MIGRATIONS.append((needed, apply))
+
+
 CORE = schema(
     """
 CREATE TABLE IF NOT EXISTS studies (
@@ -179,6 +190,15 @@ class Store:
                 except sqlite3.OperationalError as exc:  # another process added it meanwhile
                     if "duplicate column" not in str(exc):
                         raise
+        if any(needed(conn) for needed, _ in _MIGRATIONS):
+            conn.execute("PRAGMA foreign_keys=OFF")  # a no-op inside a transaction: set before it
+            try:
+                with self.tx() as c:
+                    for needed, apply in _MIGRATIONS:
+                        if needed(c):
+                            apply(c)
+            finally:
+                conn.execute("PRAGMA foreign_keys=ON")
 
     def conn(self) -> sqlite3.Connection:
         """This thread's connection (autocommit; use `tx()` for transactions)."""

@@ -1,34 +1,44 @@
 """Durable job queue in SQLite: rows, not memory, so a restart or kill -9 resumes them.
 
-States: queued -> running -> done | failed. A running job holds a lease that its worker
-renews by heartbeat; a lease that expires (the worker died) makes the job claimable again,
-until `max_attempts` is used up. The stable-study watcher turns a study that has been
+States: queued -> running -> done | failed | not_applicable (the study holds nothing the
+analysis applies to, e.g. no CT or MR image series readable as a volume: ended at once, with the
+reason, never retried). A running job holds a lease that its worker renews by heartbeat; a lease
+that expires (the worker died) makes the job claimable again, until `max_attempts` is used up. The stable-study watcher turns a study that has been
 quiet for `stable_seconds` into an `analyze` job; a study that changes after it was queued
 (new or replaced instance, late annotation, late lab) is queued again.
 
-The interface (`enqueue`, `claim`, `heartbeat`, `complete`, `fail`) is what a distributed
+The interface (`enqueue`, `claim`, `heartbeat`, `complete`, `not_applicable`, `fail`) is what a distributed
 queue would implement for a multi-node site; a worker needs only a job id and the store.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from dataclasses import dataclass
 
 from hccnode import log
 from hccnode.store import audit, lease
-from hccnode.store.db import Store, now, schema
+from hccnode.store.db import Store, migration, now, schema
+
+STATES = ("queued", "running", "done", "failed", "not_applicable")
+NOT_APPLICABLE = "not_applicable"
+STATE_CHECK = f"CHECK (state IN ({', '.join(repr(s) for s in STATES)}))"
+
+INDEXES = """CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, id);
+CREATE INDEX IF NOT EXISTS jobs_study ON jobs(study_uid);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique_seq ON jobs(kind, study_uid, study_seq);"""
 
 SCHEMA = schema(
-    """
+    f"""
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY,
     kind TEXT NOT NULL,
     study_uid TEXT NOT NULL,
     study_seq INTEGER NOT NULL,    -- the study's seq when queued: what this job analyses
     reason TEXT NOT NULL,          -- stable | requeue | manual | lab | annotation
-    state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed')),
+    state TEXT NOT NULL {STATE_CHECK},
     attempts INTEGER NOT NULL DEFAULT 0,
     max_attempts INTEGER NOT NULL,
     lease_owner TEXT,
@@ -40,11 +50,34 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT,
     result TEXT                    -- JSON
 );
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, id);
-CREATE INDEX IF NOT EXISTS jobs_study ON jobs(study_uid);
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique_seq ON jobs(kind, study_uid, study_seq);
+{INDEXES}
 """
 )
+
+
+def _rebuild_for_states(c: sqlite3.Connection) -> None:
+    """A database made before a state was added has a CHECK that refuses it. SQLite cannot change
+    a CHECK in place: the table is rebuilt (sqlite.org/lang_altertable.html, "other kinds of table
+    schema changes"): a copy with the new CHECK, every row moved over, the old table dropped, the
+    copy renamed, the indexes made again; all in one transaction, so a crash leaves either."""
+    sql = _jobs_sql(c)
+    new = re.sub(r"CHECK\s*\(\s*state\s+IN\s*\([^)]*\)\s*\)", STATE_CHECK, sql, count=1)
+    new = re.sub(r"^CREATE TABLE\s+(IF NOT EXISTS\s+)?[\"`]?jobs[\"`]?", "CREATE TABLE jobs_rebuilt", new, count=1)
+    n = c.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+    c.execute(new)
+    c.execute("INSERT INTO jobs_rebuilt SELECT * FROM jobs")
+    c.execute("DROP TABLE jobs")
+    c.execute("ALTER TABLE jobs_rebuilt RENAME TO jobs")
+    for statement in INDEXES.strip().splitlines():
+        c.execute(statement)
+    log.event("store.migrated", table="jobs", change="job states " + ", ".join(STATES), rows=n)
+
+
+def _jobs_sql(c: sqlite3.Connection) -> str:
+    return c.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'jobs'").fetchone()["sql"]
+
+
+migration(lambda c: STATE_CHECK not in _jobs_sql(c), _rebuild_for_states)
 
 ANALYZE = "analyze"
 
@@ -205,6 +238,22 @@ def complete(store: Store, job_id: int, owner: str, result: dict) -> bool:
     return n == 1
 
 
+def not_applicable(store: Store, job_id: int, owner: str, result: dict) -> bool:
+    """End a running job in state not_applicable: `result[NOT_APPLICABLE]` says why (kept as the
+    job's error text too, so listings show it). Final: not retried, whatever attempts remain."""
+    reason = str(result[NOT_APPLICABLE])
+    with store.tx() as c:
+        n = c.execute("UPDATE jobs SET state = ?, finished_at = ?, result = ?, error = ?, lease_owner = NULL,"
+                      " lease_expires = NULL WHERE id = ? AND lease_owner = ? AND state = 'running'",
+                      (NOT_APPLICABLE, now(), json.dumps(result, sort_keys=True), reason[:2000], job_id, owner)).rowcount
+        if n:
+            study_uid = c.execute("SELECT study_uid FROM jobs WHERE id = ?", (job_id,)).fetchone()["study_uid"]
+            audit.append(c, "job.not_applicable", "worker", study_uid=study_uid, job=job_id, reason=reason[:500])
+    if n:
+        log.event("job.not_applicable", job=job_id, reason=reason[:200])
+    return n == 1
+
+
 def fail(store: Store, job_id: int, owner: str, error: str) -> str | None:
     """Record a failed attempt: queued again while attempts remain, else failed. Returns the new state."""
     with store.tx() as c:
@@ -220,6 +269,14 @@ def fail(store: Store, job_id: int, owner: str, error: str) -> str | None:
                   (state, error[:2000], state, now(), job_id))
     log.event("job.failed" if state == "failed" else "job.retry", level=30, job=job_id, error=error[:200])
     return state
+
+
+def listing(store: Store, state: str | None = None, limit: int = 50) -> list[dict]:
+    """The latest jobs (newest first), only those in `state` when given; `error` holds the
+    failure, or for a not_applicable job its reason."""
+    where, params = ("WHERE state = ?", [state]) if state else ("", [])
+    return store.query(f"SELECT id, kind, study_uid, study_seq, reason, state, attempts, created_at, finished_at, error"
+                       f" FROM jobs {where} ORDER BY id DESC LIMIT ?", tuple(params + [limit]))
 
 
 def get(store: Store, job_id: int) -> dict | None:

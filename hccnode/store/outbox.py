@@ -13,11 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom.filereader import read_file_meta_info
-
 from hccnode import log
 from hccnode.store import audit, lease
 from hccnode.store.db import Store, added_column, now, schema
+from hccnode.store.spool import meta_uids
 
 SCHEMA = schema(
     """
@@ -64,10 +63,10 @@ class Item:
 def enqueue(store: Store, destination: str, path: str | Path, study_uid: str | None = None,
             job_id: int | None = None) -> int | None:
     """Queue one DICOM file for `destination`; returns the row id, or None if the same
-    instance is already waiting for that destination."""
+    instance is already waiting for that destination. ValueError (naming the file) when it is
+    not a Part 10 file with its SOP Class, Instance and Transfer Syntax UIDs."""
     p = Path(path)
-    meta = read_file_meta_info(p if p.is_absolute() else store.data_dir / p)
-    sop_uid = str(meta.MediaStorageSOPInstanceUID)
+    sop_class, sop_uid, syntax = meta_uids(p if p.is_absolute() else store.data_dir / p, required=True)
     with store.tx() as c:
         if c.execute("SELECT 1 FROM outbox WHERE destination = ? AND sop_uid = ? AND path = ?"
                      " AND state IN ('pending', 'sending')", (destination, sop_uid, str(p))).fetchone():
@@ -76,8 +75,7 @@ def enqueue(store: Store, destination: str, path: str | Path, study_uid: str | N
         row_id = c.execute(
             "INSERT INTO outbox (destination, path, sop_uid, sop_class_uid, transfer_syntax, study_uid, job_id,"
             " state, next_attempt_at, created_at) VALUES (?,?,?,?,?,?,?, 'pending', ?, ?)",
-            (destination, str(p), sop_uid, str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID),
-             study_uid, job_id, t, t)).lastrowid
+            (destination, str(p), sop_uid, sop_class, syntax, study_uid, job_id, t, t)).lastrowid
         audit.append(c, "output.queued", "outbox", study_uid=study_uid, output_uids=[sop_uid],
                      destination=destination, job=job_id, outbox=row_id)
     log.event("outbox.queued", id=row_id, destination=destination, sop=sop_uid)

@@ -120,8 +120,17 @@ def file_preamble(sop_class: str, sop_uid: str, transfer_syntax: str, calling_ae
     return b"\0" * 128 + b"DICM" + _meta_element(0x0000, b"UL", struct.pack("<I", len(body))) + body
 
 
+def _value(ds: pydicom.Dataset, keyword: str):
+    """The value of `keyword`, None when absent or not readable as its VR (pydicom converts on
+    access and raises for a malformed number such as IS '1A'): an odd value is never a reason to refuse."""
+    try:
+        return ds.get(keyword)
+    except (ValueError, TypeError, OverflowError):
+        return None
+
+
 def _text(ds: pydicom.Dataset, keyword: str) -> str | None:
-    v = ds.get(keyword)
+    v = _value(ds, keyword)
     if v is None or v == "":
         return None
     if isinstance(v, pydicom.multival.MultiValue):
@@ -130,7 +139,7 @@ def _text(ds: pydicom.Dataset, keyword: str) -> str | None:
 
 
 def _num(ds: pydicom.Dataset, keyword: str) -> float | None:
-    v = ds.get(keyword)
+    v = _value(ds, keyword)
     if v is None or v == "":
         return None
     try:
@@ -139,8 +148,13 @@ def _num(ds: pydicom.Dataset, keyword: str) -> float | None:
         return None
 
 
+def _int(ds: pydicom.Dataset, keyword: str) -> int | None:
+    v = _num(ds, keyword)
+    return int(v) if v is not None and abs(v) < 2**63 else None
+
+
 def _json_list(ds: pydicom.Dataset, keyword: str) -> str | None:
-    v = ds.get(keyword)
+    v = _value(ds, keyword)
     if not v:
         return None
     try:
@@ -168,7 +182,7 @@ def header_row(ds: pydicom.Dataset) -> dict:
     """
     row = {
         "modality": _text(ds, "Modality"),
-        "instance_number": int(_num(ds, "InstanceNumber")) if _num(ds, "InstanceNumber") is not None else None,
+        "instance_number": _int(ds, "InstanceNumber"),
         "image_type": _text(ds, "ImageType"),
         "series_description": _text(ds, "SeriesDescription"),
         "acquisition_date": _text(ds, "AcquisitionDate"),
@@ -182,9 +196,9 @@ def header_row(ds: pydicom.Dataset) -> dict:
         "slice_location": _num(ds, "SliceLocation"),
         "slice_thickness": _num(ds, "SliceThickness"),
         "pixel_spacing": _json_list(ds, "PixelSpacing"),
-        "rows": int(ds.Rows) if "Rows" in ds else None,
-        "columns": int(ds.Columns) if "Columns" in ds else None,
-        "number_of_frames": int(_num(ds, "NumberOfFrames")) if _num(ds, "NumberOfFrames") is not None else None,
+        "rows": _int(ds, "Rows"),
+        "columns": _int(ds, "Columns"),
+        "number_of_frames": _int(ds, "NumberOfFrames"),
         "rescale_slope": _num(ds, "RescaleSlope"),
         "rescale_intercept": _num(ds, "RescaleIntercept"),
         "kvp": _num(ds, "KVP"),
@@ -223,9 +237,9 @@ def _check_pixels(ds: pydicom.Dataset) -> None:
         raise RejectedDataset(status.CANNOT_UNDERSTAND, "pixel data missing or truncated")
     if ds.file_meta.TransferSyntaxUID.is_compressed or present[0] != "PixelData":
         return
-    bits = int(ds.get("BitsAllocated", 0) or 0)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    expected = int(ds.Rows) * int(ds.Columns) * frames * int(ds.get("SamplesPerPixel", 1) or 1) * bits
+    bits = _int(ds, "BitsAllocated") or 0
+    frames = _int(ds, "NumberOfFrames") or 1
+    expected = (_int(ds, "Rows") or 0) * (_int(ds, "Columns") or 0) * frames * (_int(ds, "SamplesPerPixel") or 1) * bits
     expected = (expected + 7) // 8
     actual = len(ds.PixelData)
     if actual < expected:
@@ -256,7 +270,7 @@ def parse_header(path: Path) -> pydicom.Dataset:
         ds = pydicom.dcmread(path)
         _walk_sequences(ds)
     except Exception as exc:  # pydicom raises many types for broken streams
-        raise RejectedDataset(status.CANNOT_UNDERSTAND, f"unreadable header: {type(exc).__name__}") from exc
+        raise RejectedDataset(status.CANNOT_UNDERSTAND, "unreadable data set: broken encoding") from exc
     for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
         value = ds.get(kw)
         if not value:
@@ -403,7 +417,7 @@ class Spool:
                    VALUES (?,?,?,?,?,?,?,?,?)
                    ON CONFLICT(series_uid) DO UPDATE SET last_received = excluded.last_received""",
                 (series_uid, study_uid, row["modality"],
-                 int(_num(ds, "SeriesNumber")) if _num(ds, "SeriesNumber") is not None else None,
+                 _int(ds, "SeriesNumber"),
                  row["series_description"], row["image_type"], row["manufacturer"], t, t))
             cols = ", ".join(row)
             marks = ", ".join("?" * len(row))
@@ -438,7 +452,7 @@ class Spool:
         elif isinstance(exc, OSError):
             comment = f"spool not writable: {errno.errorcode.get(exc.errno or 0, 'error')}"
         else:
-            comment = f"index unavailable: {type(exc).__name__}"
+            comment = "index unavailable"  # the log names the error (type) below
         log.event("instance.failed", level=40, sop=sop_uid, calling_ae=calling_ae, reason=comment,
                   error=type(exc).__name__)
         self._record_quarantine(sop_uid, sop_class, calling_ae, None, None, status.OUT_OF_RESOURCES, comment)
@@ -487,6 +501,14 @@ class Spool:
             log.event("quarantine.unrecorded", level=40, error=type(exc).__name__)
 
 
+# What a C-STORE request carries about its data set, from a file's meta information (PS3.10 7.1).
+META_UIDS = {"MediaStorageSOPClassUID": "Media Storage SOP Class UID",
+             "MediaStorageSOPInstanceUID": "Media Storage SOP Instance UID", "TransferSyntaxUID": "Transfer Syntax UID"}
+
+
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage (PS3.10 8.6, PS3.3 F)
+
+
 def part10_parts(path: Path) -> tuple[str, str, str, bytes]:
     """(SOP Class UID, SOP Instance UID, transfer syntax, data set bytes) of a DICOM Part 10 file:
     what a C-STORE request carries for it (the data set as written, File Meta Information removed)."""
@@ -494,9 +516,39 @@ def part10_parts(path: Path) -> tuple[str, str, str, bytes]:
     if len(raw) < 144 or raw[128:132] != b"DICM" or raw[132:136] != b"\x02\x00\x00\x00":
         raise ValueError(f"{Path(path).name}: not a DICOM Part 10 file (no DICM preamble)")
     (group_length,) = struct.unpack("<I", raw[140:144])
-    meta = pydicom.filereader.read_file_meta_info(path)
-    return (str(meta.MediaStorageSOPClassUID), str(meta.MediaStorageSOPInstanceUID), str(meta.TransferSyntaxUID),
-            raw[144 + group_length:])
+    parts = meta_uids(path)
+    # A C-STORE sender (dcmtk's storescu among them) names the instance by the data set's own
+    # SOP Class and Instance UIDs: where the file meta disagrees or lacks them, the data set wins.
+    try:
+        own = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"])
+        parts[:2] = [str(own.get(kw) or "") or part for kw, part in zip(("SOPClassUID", "SOPInstanceUID"), parts)]
+    except Exception:  # an unreadable data set is refused, with its reason, when it is stored
+        pass
+    if parts[0] == MEDIA_STORAGE_DIRECTORY:
+        raise ValueError(f"{Path(path).name}: a DICOMDIR, the index of a file set, not an instance "
+                         "(the files it lists are stored themselves)")
+    _require(path, parts)
+    return (*parts, raw[144 + group_length:])
+
+
+def meta_uids(path: Path, required: bool = False) -> list[str]:
+    """[Media Storage SOP Class UID, Media Storage SOP Instance UID, Transfer Syntax UID] of a
+    Part 10 file ("" for each absent one); ValueError naming the file when its File Meta
+    Information cannot be read, or with `required` when one of them is absent."""
+    try:
+        meta = pydicom.filereader.read_file_meta_info(path)
+    except Exception as exc:  # pydicom raises many types for a broken or absent file meta
+        raise ValueError(f"{Path(path).name}: not a DICOM Part 10 file (unreadable File Meta Information)") from exc
+    parts = [str(meta.get(kw) or "") for kw in META_UIDS]
+    if required:
+        _require(path, parts)
+    return parts
+
+
+def _require(path: Path, parts: list[str]) -> None:
+    missing = [name for name, value in zip(META_UIDS.values(), parts) if not value]
+    if missing:
+        raise ValueError(f"{Path(path).name}: File Meta Information lacks {', '.join(missing)}")
 
 
 def ingest_file(spool: "Spool", path: Path, calling_ae: str = "") -> Result:
