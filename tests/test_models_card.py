@@ -92,8 +92,21 @@ def test_bad_field_is_named(mutate, field):
 def test_constant_failing_in_own_units_forbids_a_probability():
     def report_probability(d):
         d["logistic"]["probability"] = "reported"
+        d["logistic"].pop("intercept_use")
+        d["logistic"].pop("intercept_note")
     msg = _bad(report_probability, "p000-ecv-logistic.toml")
     assert "expect_consistent" in msg and "withheld" in msg
+
+
+def test_constant_failing_in_own_units_is_left_out_of_the_score():
+    """Issue 16 point 7: a constant the card's own check refutes may not be added to a reported score."""
+    def keep_constant(d):
+        d["logistic"].pop("intercept_use")
+        d["logistic"].pop("intercept_note")
+    msg = _bad(keep_constant, "p000-ecv-logistic.toml")
+    assert "intercept_use must be 'left_out'" in msg
+    c = load_card(CARD_DIR / "p000-ecv-logistic.toml")
+    assert c.logistic.intercept == -22.624 and c.logistic.score_intercept is None  # Table 3, kept as printed
 
 
 def test_cutoff_card_rejects_logistic_section():
