@@ -30,6 +30,7 @@ from hccnode.config import PriorsSection
 from hccnode.imaging.measure import Measurement
 from hccnode.imaging.phase_rules import RuleSet
 from hccnode.imaging.volumes import Volume
+from hccnode.models import p003_pairing
 from hccnode.pipeline import ct, mr
 from hccnode.pipeline.align import Aligner
 from hccnode.pipeline.findings import Findings
@@ -40,7 +41,6 @@ from hccnode.pipeline.study import Series, Study, StudyError
 from hccnode.report import Reference, ReportRoi, build_outputs, load_template
 from hccnode.report.inputs import analysis_key
 from hccnode.report.outputs import output_uids
-from hccnode.models import p003_pairing
 from hccnode.store import audit, outbox, studies
 from hccnode.store.db import Store, now
 

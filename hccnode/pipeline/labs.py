@@ -1,8 +1,9 @@
 """Lab values at scan time for one analysis (hccnode.labs.matching), with their provenance.
 
-Each paper's window comes from labs.toml, around the scan unless the window names another anchor
-(paper 003: treatment start) and the pipeline sets its time with `Labs.anchor`. Every match (found or missing) is recorded with
-`requeue.record_usage`, so a later or corrected result re-queues the study, and audited as
+Each paper's window comes from labs.toml, counted from the scan unless the pipeline gives the
+paper another anchor with `Labs.anchor` (paper 003: treatment start, else the baseline MRI).
+Every match (found or missing) is recorded with `requeue.record_usage` at the time it was counted
+from, so a later or corrected result re-queues the study, and audited as
 `lab.matched` (test, paper, status, lab row, gap; never the patient ID).
 """
 
@@ -13,8 +14,8 @@ from datetime import datetime, timezone
 
 from hccnode.imaging.measure import LabRef
 from hccnode.labs import catalog as catalog_mod
-from hccnode.labs.catalog import Window
 from hccnode.labs import indices
+from hccnode.labs.catalog import Window
 from hccnode.labs.matching import MATCHED, Match, match_lab, match_panel
 from hccnode.labs.requeue import record_usage
 from hccnode.store import audit
