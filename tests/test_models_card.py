@@ -80,6 +80,26 @@ def test_card_quotes_are_the_papers_words(path):
     for q in c.quotes:
         if q.quote:
             assert _flat(q.quote) in text, f"{q.fact} quote not in {c.paper}: {q.quote[:80]!r}"
+    ref = c.reference
+    if ref.title != cardmod.NOT_GIVEN:
+        assert ref.title in text
+    if ref.authors != cardmod.NOT_GIVEN:
+        assert all(a.split()[0] in text for a in ref.authors.split(", ")), "every author's surname is in the paper"
+    if ref.year != cardmod.NOT_GIVEN:
+        assert "Published online: " in text and ref.year in text
+
+
+def test_citations_name_what_the_text_gives_and_say_what_it_does_not():
+    """Issue 16 point 8: authors, title, journal, year from the papers' title pages (001: 'Published online:
+    20 April 2025'; the texts of 000, 002, 003 print no year, none prints a journal name)."""
+    cards = {c.id: c for c in load_cards([CARD_DIR]).values()}
+    assert cards["p001-tumor-ecv"].citation == (
+        "Fu X, Guo Y, Zhang K, Cheng Z, Liu C, Ren Y, Miao L, Liu W, Jiang S, Zhou C, Su Y, Yang L. Prognostic impact "
+        "of extracellular volume fraction derived from equilibrium contrast-enhanced CT in HCC patients receiving "
+        "immune checkpoint inhibitors. 2025. (journal not given in the source text)")
+    assert cards["p003-nomogram"].citation.endswith("(journal and year not given in the source text)")
+    assert cards["p000-ecv-logistic"].citation.startswith("[untitled: dual-energy CT assessment of ECV")
+    assert cards["p000-ecv-logistic"].citation.endswith("(authors, title, journal and year not given in the source text)")
 
 
 def test_cohort_facts_worked_from_the_papers():

@@ -81,6 +81,7 @@ def test_nlr_for_paper_003_is_drawn_before_the_baseline_not_around_the_follow_up
     labs.anchor("003", *lab_anchor(BASELINE_MRI, None))
     ref, why = labs.index("003", "nlr")
     assert why is None and ref.value == pytest.approx(2.0)
+    assert "window: <= 336 h before the baseline MRI (2026-01-10;" in ref.source   # the reader sees what it counted from
     usage = store.query("SELECT scan_time FROM lab_usage WHERE paper = '003'")
     assert {u["scan_time"] for u in usage} == {BASELINE_MRI.timestamp()}   # requeue re-matches at the same anchor
 

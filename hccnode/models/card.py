@@ -158,17 +158,27 @@ class Quote:
 
 @dataclass(frozen=True)
 class Reference:
-    """How outputs cite the paper: never by the file it is stored in."""
+    """How outputs cite the paper: never by the file it is stored in. A field the stored paper text
+    does not give is NOT_GIVEN (nothing is filled in from elsewhere); `about` then says what the
+    study is, from its own abstract, when the title is missing."""
 
     authors: str
     title: str
     journal: str
     year: str
     doi: str = ""
+    about: str = ""
 
     def __str__(self) -> str:
-        parts = [self.authors, self.title, self.journal, self.year]
-        text = ". ".join(p.rstrip(".") for p in parts if p) + "."
+        fields = {"authors": self.authors, "title": self.title, "journal": self.journal, "year": self.year}
+        given = [v.rstrip(".") for v in fields.values() if v != NOT_GIVEN]
+        if self.title == NOT_GIVEN and self.about:
+            given.insert(min(1, len(given)), f"[untitled: {self.about}]")
+        missing = [k for k, v in fields.items() if v == NOT_GIVEN]
+        text = ". ".join(given) + "."
+        if missing:
+            names = missing[0] if len(missing) == 1 else ", ".join(missing[:-1]) + " and " + missing[-1]
+            text += f" ({names} {NOT_GIVEN})"
         return text + (f" doi:{self.doi}" if self.doi else "")
 
 
@@ -446,7 +456,7 @@ def parse_card(data: dict[str, Any], path: str = "<card>") -> Card:
     src = top.table("source")
     paper, where = src.get("paper", str), src.get("where", str)
     reference = Reference(*(src.get(k, str) for k in ("authors", "title", "journal", "year")),
-                          src.get("doi", str, required=False, default=""))
+                          src.get("doi", str, required=False, default=""), src.get("about", str, required=False, default=""))
     citation = str(reference)
     src.done()
     quotes = _read_quotes(top.get("quotes", list), path)

@@ -105,7 +105,7 @@ class Labs:
             source = f"hl7:{row['message_type'] or 'ORU^R01'} {row['control_id'] or ''}".strip()
         else:
             source = f"{row['source']}:{row['origin'] or ''}:{row['source_ref'] or ''}"
-        if m.flagged:
+        if m.flagged or paper in self._anchors:  # a site default, or counted from other than the scan: say so
             source += f" (window: {m.window.describe()})"
         ref = LabRef(m.test, float(m.value), m.unit or "", when, source)
         self._use(ref)
