@@ -15,20 +15,22 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Sequence
 
 from hccnode import log
-from hccnode.config import Config
+from hccnode.config import Config, PriorsSection
 from hccnode.store import jobs
 from hccnode.store.db import Store
 from hccnode.store.jobs import NOT_APPLICABLE
 
 
 def run_job(data_dir: str, job_id: int, destinations: Sequence[str] = (), rules_file: str = "",
-            adc_units: dict[str, str] | None = None) -> dict:
+            adc_units: dict[str, str] | None = None,
+            baseline_tolerance_days: float = PriorsSection.tolerance_days) -> dict:
     """Run one job: analyse its study (hccnode.pipeline) and return the result record.
 
     `destinations` are the configured forward destinations the outputs are queued for;
     `rules_file` a site's phase rules (empty: the packaged ones); `adc_units` the site's ADC
-    units per Manufacturer ([adc] units). A study the analysis does not apply to gives a record
-    with its reason under "not_applicable"."""
+    units per Manufacturer ([adc] units); `baseline_tolerance_days` the site's margin around paper
+    003's baseline interval ([priors] tolerance_days). A study the analysis does not apply to
+    gives a record with its reason under "not_applicable"."""
     from hccnode.imaging.phase_rules import load_rules
     from hccnode.pipeline import NotApplicable, analyze_study
     from hccnode.pipeline.mr import site_adc_units
@@ -41,7 +43,8 @@ def run_job(data_dir: str, job_id: int, destinations: Sequence[str] = (), rules_
         try:
             with site_adc_units(adc_units):
                 analysis = analyze_study(store, job["study_uid"], destinations=destinations, job_id=job_id,
-                                         rules=load_rules(rules_file or None))
+                                         rules=load_rules(rules_file or None),
+                                         baseline_tolerance_days=baseline_tolerance_days)
         except NotApplicable as exc:
             return {"study_uid": job["study_uid"], "study_seq": job["study_seq"], NOT_APPLICABLE: str(exc)}
         return {**analysis.as_record(), "study_seq": job["study_seq"]}
@@ -160,7 +163,7 @@ class WorkerPool:
         try:
             future = self._executor().submit(run_job, str(self.cfg.data_dir), job.id,
                                              list(self.cfg.forward.destinations), self.cfg.phases.rules_file,
-                                             dict(self.cfg.adc.units))
+                                             dict(self.cfg.adc.units), self.cfg.priors.tolerance_days)
             if not self._held_until(store, job, owner, lambda s: bool(wait([future], timeout=s).done)):
                 return
             result = future.result()

@@ -70,7 +70,12 @@ def test_windows_from_the_papers():
     assert (w0.hours, w0.side, w0.limit, w0.published) == (48, "before", "le", True)
     w1 = CAT.window("001", "hct")
     assert (w1.hours, w1.side, w1.limit, w1.published) == (168, "either", "lt", True)
-    for paper, test in [("000", "crp"), ("003", "neutrophils"), ("004", "albumin"), ("002", "hct")]:
+    # paper 003, Patients (6): "laboratory results obtained within 2 weeks prior to treatment" = 14 x 24 h before
+    for test in ("neutrophils", "lymphocytes", "monocytes", "platelets", "albumin", "alp", "afp"):
+        w3 = CAT.window("003", test)
+        assert (w3.hours, w3.side, w3.limit, w3.published, w3.anchor) == (336, "before", "le", True, "treatment start")
+    assert CAT.window("003", "neutrophils").describe() == "<= 336 h before treatment start"
+    for paper, test in [("000", "crp"), ("004", "albumin"), ("002", "hct")]:
         w = CAT.window(paper, test)
         assert not w.published and w.hours == CAT.default.hours
         assert "site default" in w.describe()
@@ -80,7 +85,7 @@ def test_site_file_overrides_default_window_and_adds_synonym(tmp_path):
     (tmp_path / "labs.toml").write_text(
         '[windows.default]\nhours = 72\nside = "before"\n[tests.hct]\nsynonyms = ["HKT"]\n', encoding="utf-8")
     c = catalog.load(tmp_path)
-    assert c.window("003", "neutrophils").hours == 72
+    assert c.window("004", "neutrophils").hours == 72
     assert c.window("000", "hct").hours == 48  # published windows are not touched
     assert c.resolve("HKT", "L").key == "hct"
     assert c.resolve("4544-3", "LN").key == "hct"  # the rest of the test entry is kept

@@ -33,7 +33,10 @@ def test_list_and_show(run):
     assert rc == 0 and out.count("@1.0.0") == 8
     assert "swe_sites_increased" in out and "from clinical" in out
     rc, out, _ = run("show", "p003-nomogram")
-    assert rc == 0 and "intercept UNPUBLISHED" in out and "003_12b417b4b575f485.txt" in out and "Research use only" in out
+    assert rc == 0 and "intercept UNPUBLISHED" in out and "Research use only" in out
+    # cited by authors and title, never by the stored text's file name (issue 16 point 8)
+    assert "Han S, Meng F" in out and "Integration of multiparametric MRI" in out and ".txt" not in out
+    assert "etiology: HBV infection 57 of 78 (73.1%)" in out and "response timing: mRECIST response at 6 months" in out
     rc, out, _ = run("show", "p004-tipm", "--json")
     assert rc == 0 and json.loads(out)["id"] == "p004-tipm"
 

@@ -81,9 +81,14 @@ def test_p000_reports_linear_predictor_not_probability():
         "tumor_ecv_iodine": iv(0.40, "1"), "crp": iv(5.0, "mg/L"), "il6": iv(6.0, "pg/mL"),
         "neutrophils": iv(5.0, "x10^9/L"), "other_antitumor_therapy": iv("yes", "bool")})
     assert r["status"] == EVALUATED
-    lp = -22.624 + 1.068 * 0.40 + 0.921 * 5.0 + 0.906 * 6.0 + 0.525 * 5.0 + 1.777  # Table 3
-    assert r["outputs"]["linear_predictor"] == pytest.approx(lp)
-    assert "probability" not in r["outputs"]
+    # Table 3's betas; the constant -22.624 is left out (issue 16 point 7): the terms, not that sum
+    contributions = [1.068 * 0.40, 0.921 * 5.0, 0.906 * 6.0, 0.525 * 5.0, 1.777 * 1]  # 0.4272 4.605 5.436 2.625 1.777
+    o = r["outputs"]
+    assert [t["contribution"] for t in o["terms"]] == pytest.approx(contributions)
+    assert o["linear_predictor"] == pytest.approx(14.8702) and o["linear_predictor_includes_intercept"] is False
+    assert "-22.624" in o["linear_predictor_note"] and "left out" in o["linear_predictor_note"]
+    assert "+0.921 x C-reactive protein (5) = +4.605" in o["linear_predictor_note"]
+    assert "probability" not in o
     assert "cannot reproduce" in r["withheld"]["probability"]
 
 

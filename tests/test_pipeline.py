@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 
 import highdicom as hd
@@ -205,10 +206,14 @@ def test_mr_follow_up_paired_with_baseline_and_nomogram():
         assert any("reported as a baseline" in n for n in a.missing)
         want = truth.roi("tumor", 0)["t2_ratio"]
         assert abs(by_marker(a, "t2_sir_tumor").value - want) / want <= 0.02
-        # NLR for paper 003 from one draw: neutrophils / lymphocytes (site-default window, flagged)
-        add_labs(store, truth, [("neutrophils", 4.2, "10*9/L", 24 * 7 * 8 - 24), ("lymphocytes", 2.1, "10*9/L",
-                                                                                    24 * 7 * 8 - 24)])
+        # NLR for paper 003 from one draw in the 14 days before the baseline MRI (issue 16 point 1): 3 days
+        # before it NLR = 4.2 / 2.1 = 2.0; the draw a day before the follow-up (post-treatment, NLR 8) is not used
+        add_labs(store, truth, [("neutrophils", 4.2, "10*9/L", -72), ("lymphocytes", 2.1, "10*9/L", -72),
+                                ("neutrophils", 8.0, "10*9/L", 24 * 7 * 8 - 24), ("lymphocytes", 1.0, "10*9/L",
+                                                                                  24 * 7 * 8 - 24)])
         b = analyze_study(store, follow)
+        assert any("measured as its baseline: 56 days before the follow-up: within paper 003's 56-70 days" in n
+                   for n in b.missing), b.missing
         for study_index, suffix in ((1, ""), (0, "_baseline")):
             rois = truth.roi("tumor", study_index)
             t2 = by_marker(b, f"t2_sir_tumor{suffix}")
@@ -223,6 +228,30 @@ def test_mr_follow_up_paired_with_baseline_and_nomogram():
         assert "p002-nomogram" not in {r["card_id"] for r in b.model_results}
         for p in b.files:
             assert dciodvfy(p)[0] == [], p.name
+        store.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_mr_follow_up_outside_paper_003s_window_is_not_paired():
+    """Issue 16 point 1: a follow-up 12 weeks (84 days) after the earlier MR study is outside paper 003's
+    56-70 days (+ the default site tolerance of 7 = 77): not paired, said with the dates, no post-treatment input."""
+    root = scratch_dir("pipe-mr12")
+    try:
+        store, truth, (base, follow) = phantom_store(
+            root, StudySpec(kind="mr", seed=6, slices=8, matrix=48, noise_sd=2.0, seg_phase="t2", followup_weeks=12))
+        b = analyze_study(store, follow)
+        base_date, follow_date = (dt.date.fromisoformat(s["study_date"][:10]) if "-" in s["study_date"]
+                                  else dt.datetime.strptime(s["study_date"], "%Y%m%d").date()
+                                  for s in truth.data["studies"])
+        assert (follow_date - base_date).days == 84
+        note = next(n for n in b.missing if n.startswith("baseline not paired for paper 003"))
+        assert f"this study is of {follow_date.isoformat()}" in note and f"MR study of {base_date.isoformat()}" in note
+        assert "84 days before the follow-up: more than the window's 77" in note
+        assert not [m for m in b.measurements if m.marker.endswith("_baseline")]
+        p003 = next(r for r in b.model_results if r["card_id"] == "p003-nomogram")
+        assert p003["status"] == "not_evaluated"
+        assert any("not a follow-up" in r for r in p003["reasons"])
         store.close()
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -259,4 +288,7 @@ def test_analyze_cli_stores_a_folder_and_writes_the_outputs(tmp_path):
     usage = subprocess.run([sys.executable, "-m", "hccnode", "-c", str(node.config_path), "analyze"],
                            capture_output=True, text=True, timeout=60)
     assert usage.returncode == 2 and "STUDY_UID or --dicom-dir" in usage.stderr
+    bad = node.cli("analyze", study, "--no-progress", "--treatment-start", "12/01/2026", timeout=60)
+    assert bad.returncode == 2 and "--treatment-start '12/01/2026' is not a date (YYYY-MM-DD)" in bad.stderr
+    assert "Traceback" not in bad.stderr
     store.close()

@@ -129,7 +129,8 @@ def test_model_results_with_card_paper_limits_and_what_is_missing(case, outputs)
         algo = {meaning(i): i.TextValue for i in items if i.ValueType == "TEXT" and meaning(i).startswith("Algorithm")}
         assert algo["Algorithm Name"] == result["card_id"] and algo["Algorithm Version"] == result["card_version"]
         source = [i.TextValue for i in items if i.ValueType == "TEXT" and meaning(i) == "Model publication"]
-        assert len(source) == 1 and result["paper"] in source[0]
+        # cited by authors, title, journal and year, never by the stored text's file name (issue 16 point 8)
+        assert len(source) == 1 and result["citation"] in source[0] and result["paper"] not in source[0]
         limits = [i.TextValue for i in items if i.ValueType == "TEXT" and meaning(i) == "Model limitation"]
         assert all(str(lim) in limits for lim in result["limitations"])
         risk = [i.TextValue for i in items if i.ValueType == "TEXT" and meaning(i) == "Model risk group"]
@@ -243,3 +244,27 @@ def test_dicom_datetime_round_trips(t, tz):
     dt = dicom_datetime(t.isoformat())
     fmt = "%Y%m%d%H%M%S" + (".%f" if t.microsecond else "") + ("%z" if tz else "")
     assert datetime.strptime(dt, fmt) == t
+
+
+def test_paper_000_score_is_the_terms_without_the_refuted_constant(case, tmp_path):
+    """Issue 16 point 7: the SR gives paper 000's terms and their sum, never a sum with the constant
+    -22.624 that the card's own check shows cannot reproduce the cohort. Table 3 betas, by hand:
+    1.068 x 0.40 + 0.921 x 5 + 0.906 x 6 + 0.525 x 5 + 1.777 x 1 = 14.8702 (with the constant: -7.7538)."""
+    from hccnode.models.card import default_dirs, load_cards
+    from hccnode.models.engine import evaluate
+
+    card = load_cards(default_dirs())["p000-ecv-logistic@1.0.0"]
+    src = "test"
+    r = evaluate(card, {"tumor_ecv_iodine": {"value": 0.40, "unit": "1", "source": src},
+                        "crp": {"value": 5.0, "unit": "mg/L", "source": src},
+                        "il6": {"value": 6.0, "unit": "pg/mL", "source": src},
+                        "neutrophils": {"value": 5.0, "unit": "10^9/L", "source": src},
+                        "other_antitumor_therapy": {"value": True, "unit": "bool", "source": src}})
+    build_outputs(out_dir=tmp_path, **case.kwargs(model_results=[r]))
+    ds = pydicom.dcmread(tmp_path / "sr.dcm")
+    g = group(ds, "Model p000-ecv-logistic 1.0.0")
+    nums = {meaning(i): float(i.MeasuredValueSequence[0].NumericValue) for i in g.ContentSequence if i.ValueType == "NUM"}
+    assert nums == {"Model linear predictor": pytest.approx(14.8702, abs=1e-3)}
+    limits = [i.TextValue for i in g.ContentSequence if i.ValueType == "TEXT" and meaning(i) == "Model limitation"]
+    note = next(t for t in limits if t.startswith("sum of the terms without the published constant (-22.624)"))
+    assert "+1.068 x tumor ECV (DECT iodine) (0.4) = +0.4272" in note and "+1.777 x" in note

@@ -79,6 +79,7 @@ def test_page_states_research_use_measurements_models_and_what_is_missing(case):
     assert hccnode.RESEARCH_USE in text
     assert "ecv_tumor" in text and "paper001.ecv_cect" in text
     for r in case.model_results:
-        assert f"{r['card_id']} {r['card_version']} ({r['paper']})" in text
+        assert f"{r['card_id']} {r['card_version']}: " in text
+        assert r["citation"][:60] in text and r["paper"] not in text   # the citation, never the file name
     assert "tumor: no reader annotation" in text
     assert "nic_tumor in tumor (Tumor) not measured: no iodine map" in text

@@ -54,10 +54,11 @@ class Window:
     published: bool  # False: the paper gives no window, `hours` etc. are the site default
     quote: str = ""
     source: str = ""
+    anchor: str = "the scan"  # what the gap is counted from (paper 003: treatment start)
 
     def describe(self) -> str:
         op = "<=" if self.limit == "le" else "<"
-        where = {"before": " before the scan", "after": " after the scan", "either": " of the scan"}[self.side]
+        where = {"before": " before ", "after": " after ", "either": " of "}[self.side] + self.anchor
         text = f"{op} {self.hours:g} h{where}"
         if not self.published:
             text += f" (site default: paper {self.paper} publishes no window)"
@@ -127,7 +128,7 @@ class Catalog:
     def _window(paper: str, test: str, w: dict, source: str, where: str) -> Window:
         try:
             win = Window(paper, test, float(w["hours"]), w["side"], w.get("limit", "le"),
-                         bool(w.get("published", False)), w.get("quote", ""), source)
+                         bool(w.get("published", False)), w.get("quote", ""), source, w.get("anchor", "the scan"))
         except (KeyError, TypeError, ValueError) as exc:
             raise CatalogError(f"{where}: missing or malformed entry ({exc})") from None
         if win.side not in SIDES or win.limit not in LIMITS or win.hours < 0:

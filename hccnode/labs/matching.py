@@ -46,9 +46,9 @@ class Match:
         return not self.window.published
 
 
-def _gap_text(hours: float) -> str:
+def _gap_text(hours: float, anchor: str = "the scan") -> str:
     span = f"{abs(hours):.1f} h" if abs(hours) < 48 else f"{abs(hours) / 24:.1f} days"
-    return f"{span} {'before' if hours < 0 else 'after'} the scan" if hours else "at the scan time"
+    return f"{span} {'before' if hours < 0 else 'after'} {anchor}" if hours else f"at the time of {anchor}"
 
 
 def _evaluate(row: dict, scan: float, window: Window) -> tuple[bool, float, float]:
@@ -85,7 +85,7 @@ def match_lab(store: Store, patient_id: str, issuer: str | None, acquired: datet
         if scored:
             _, r = scored[0]
             _, _, gap = _evaluate(r, scan, window)
-            reason = f"nearest final {test} is {_gap_text(gap)}; window {wtext}"
+            reason = f"nearest final {test} is {_gap_text(gap, window.anchor)}; window {wtext}"
         elif rows:
             reason = f"only preliminary {test} results; window {wtext}"
         else:
@@ -94,7 +94,7 @@ def match_lab(store: Store, patient_id: str, issuer: str | None, acquired: datet
     _, r = inside[0]
     _, _, gap = _evaluate(r, scan, window)
     tie = len(inside) > 1 and inside[1][0][0] == inside[0][0][0]
-    why = (f"closest of {len(inside)} results in window {wtext}: {_gap_text(gap)}"
+    why = (f"closest of {len(inside)} results in window {wtext}: {_gap_text(gap, window.anchor)}"
            + (" (tie: the one drawn before the scan / received last)" if tie else ""))
     common = dict(value_text=r["value_text"], lab_id=r["id"], observed=r["observed"], gap_hours=gap)
     if r["value"] is None:
@@ -126,10 +126,10 @@ def match_panel(store: Store, patient_id: str, issuer: str | None, acquired: dat
     inside = [(rank, d) for rank, _, d in scored if _evaluate(d[tests[0]], scan, window)[0]]
     if not inside:
         _, _, gap = _evaluate(scored[0][2][tests[0]], scan, window)
-        reason = f"nearest draw with all of {names} is {_gap_text(gap)}; window {window.describe()}"
+        reason = f"nearest draw with all of {names} is {_gap_text(gap, window.anchor)}; window {window.describe()}"
         return {t: Match(t, MISSING, reason, window) for t in tests}
     draw = inside[0][1]
     _, _, gap = _evaluate(draw[tests[0]], scan, window)
-    why = f"closest of {len(inside)} draws with all of {names} in window {window.describe()}: {_gap_text(gap)}"
+    why = f"closest of {len(inside)} draws with all of {names} in window {window.describe()}: {_gap_text(gap, window.anchor)}"
     return {t: Match(t, MATCHED, why, window, value=r["value"], unit=r["unit"], value_text=r["value_text"],
                      lab_id=r["id"], observed=r["observed"], gap_hours=gap) for t, r in draw.items()}

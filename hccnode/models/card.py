@@ -7,7 +7,11 @@ worked numbers the self-check reproduces. `load_card` checks every field and nam
 one; nothing in a card is filled in by code.
 
 Forms:
-  logistic  linear predictor = intercept (if published) + sum(beta x); a term may give
+  logistic  linear predictor = intercept (if published and not left out) + sum(beta x); a
+            card leaves a published constant out (`intercept_use = "left_out"`, with
+            `intercept_note`) when its own self-check shows the constant cannot reproduce the
+            paper's cohort: the node then reports the terms, never a sum with that constant.
+            A term may give
             `odds_ratio` instead of `beta` (beta = ln OR) and an `indicator` (x = 1 when
             input <op> threshold). Probability only when `probability = "reported"`.
   cutoff    one input against one threshold: two groups, with the paper's group statistics.
@@ -54,6 +58,10 @@ INPUT_SOURCES = ("marker", "lab", "clinical")
 FORMS = ("logistic", "cutoff")
 OPS = {">": float.__gt__, ">=": float.__ge__, "<": float.__lt__, "<=": float.__le__}
 RESPONSES = ("CR", "PR", "SD", "PD")
+# What every card says about its paper's cohort, each with the paper's own words (`[[quotes]]`).
+COHORT_FACTS = ("etiology", "child_pugh", "bclc", "treatment", "response_timing", "n_events", "limitation")
+NOT_REPORTED = "not reported"
+NOT_GIVEN = "not given in the source text"
 SELFCHECK_KINDS = ("coefficients", "constant", "two_by_two", "evaluate", "order", "hazard_ratios")
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+([.+-][0-9A-Za-z.-]+)?$")
@@ -117,6 +125,13 @@ class Logistic:
     points_convention: str | None = None
     points_note: str = ""
     score_cutoff: ScoreCutoff | None = None
+    intercept_use: str = "reported"   # reported | left_out (published, but not added to the score)
+    intercept_note: str = ""
+
+    @property
+    def score_intercept(self) -> float | None:
+        """The constant the node adds to the linear predictor: the published one unless left out."""
+        return self.intercept if self.intercept_use == "reported" else None
 
 
 @dataclass(frozen=True)
@@ -129,6 +144,42 @@ class Cutoff:
     high_means: str
     low_means: str
     reference_group: str = ""
+
+
+@dataclass(frozen=True)
+class Quote:
+    """One fact a card states about its paper, with the sentence or table cell it relies on."""
+
+    fact: str        # one of COHORT_FACTS, or "model"
+    value: str       # the card's statement; "not reported" when the paper gives none
+    quote: str       # verbatim from the paper (whitespace aside); empty only for "not reported"
+    where: str       # section, table
+
+
+@dataclass(frozen=True)
+class Reference:
+    """How outputs cite the paper: never by the file it is stored in. A field the stored paper text
+    does not give is NOT_GIVEN (nothing is filled in from elsewhere); `about` then says what the
+    study is, from its own abstract, when the title is missing."""
+
+    authors: str
+    title: str
+    journal: str
+    year: str
+    doi: str = ""
+    about: str = ""
+
+    def __str__(self) -> str:
+        fields = {"authors": self.authors, "title": self.title, "journal": self.journal, "year": self.year}
+        given = [v.rstrip(".") for v in fields.values() if v != NOT_GIVEN]
+        if self.title == NOT_GIVEN and self.about:
+            given.insert(min(1, len(given)), f"[untitled: {self.about}]")
+        missing = [k for k, v in fields.items() if v == NOT_GIVEN]
+        text = ". ".join(given) + "."
+        if missing:
+            names = missing[0] if len(missing) == 1 else ", ".join(missing[:-1]) + " and " + missing[-1]
+            text += f" ({names} {NOT_GIVEN})"
+        return text + (f" doi:{self.doi}" if self.doi else "")
 
 
 @dataclass
@@ -153,6 +204,8 @@ class Card:
     selfchecks: list[dict[str, Any]]
     derived_from: str = ""
     recalibration: dict[str, Any] = field(default_factory=dict)
+    quotes: list[Quote] = field(default_factory=list)
+    reference: Reference | None = None
     path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -286,6 +339,12 @@ def _read_logistic(f: _Fields, inputs: dict[str, Input]) -> Logistic:
     if probability == "reported" and intercept is None:
         raise f.fail("probability", "'reported' needs a published intercept")
     note = f.get("probability_note", str, required=probability == "withheld", default="")
+    intercept_use = f.get("intercept_use", str, required=False, default="reported")
+    if intercept_use not in ("reported", "left_out"):
+        raise f.fail("intercept_use", f"{intercept_use!r} is not 'reported' or 'left_out'")
+    if intercept_use == "left_out" and (intercept is None or probability == "reported"):
+        raise f.fail("intercept_use", "'left_out' needs a published intercept and a withheld probability")
+    intercept_note = f.get("intercept_note", str, required=intercept_use == "left_out", default="")
     raw_terms = f.get("terms", list)
     if not raw_terms:
         raise f.fail("terms", "at least one term is required")
@@ -314,7 +373,8 @@ def _read_logistic(f: _Fields, inputs: dict[str, Input]) -> Logistic:
                                    sc.get("low_group", str), sc.get("where", str, required=False, default=""))
         sc.done()
     f.done()
-    return Logistic(intercept, probability, note, terms, convention, points_note, score_cutoff)
+    return Logistic(intercept, probability, note, terms, convention, points_note, score_cutoff,
+                    intercept_use, intercept_note)
 
 
 def _read_cutoff(f: _Fields, inputs: dict[str, Input]) -> Cutoff:
@@ -350,6 +410,29 @@ def _read_performance(items: Any, path: str) -> list[dict[str, Any]]:
     return out
 
 
+def _read_quotes(items: list, path: str) -> list[Quote]:
+    """`[[quotes]]`: every cohort fact once (or more), each with its verbatim source text."""
+    out = []
+    for i, item in enumerate(items):
+        f = _Fields(item, f"quotes[{i}]", path)
+        fact = f.get("fact", str)
+        if fact not in COHORT_FACTS + ("model",):
+            raise f.fail("fact", f"{fact!r} is not one of {', '.join(COHORT_FACTS + ('model',))}")
+        value = f.get("value", str)
+        quote = f.get("quote", str, required=not value.startswith(NOT_REPORTED), default="")
+        out.append(Quote(fact, value, quote, f.get("where", str)))
+        f.done()
+    missing = [k for k in COHORT_FACTS if k not in {q.fact for q in out}]
+    if missing:
+        raise CardError(f"{path}: quotes: no entry for {', '.join(missing)} (say '{NOT_REPORTED}' when the paper gives none)")
+    return out
+
+
+def cohort_summary(card: "Card") -> list[str]:
+    """The cohort facts as lines 'fact: value' for outputs (the quotes stay on the card)."""
+    return [f"{q.fact.replace('_', ' ')}: {q.value}" for q in card.quotes if q.fact in COHORT_FACTS]
+
+
 def parse_card(data: dict[str, Any], path: str = "<card>") -> Card:
     """Build a Card from parsed TOML, checking every field."""
     top = _Fields(data, "", path)
@@ -371,8 +454,12 @@ def parse_card(data: dict[str, Any], path: str = "<card>") -> Card:
     derived_from = top.get("derived_from", str, required=status != "published", default="")
 
     src = top.table("source")
-    paper, where, citation = src.get("paper", str), src.get("where", str), src.get("citation", str)
+    paper, where = src.get("paper", str), src.get("where", str)
+    reference = Reference(*(src.get(k, str) for k in ("authors", "title", "journal", "year")),
+                          src.get("doi", str, required=False, default=""), src.get("about", str, required=False, default=""))
+    citation = str(reference)
     src.done()
+    quotes = _read_quotes(top.get("quotes", list), path)
 
     coh = top.table("cohort")
     cohort = dict(coh.data)
@@ -435,9 +522,9 @@ def parse_card(data: dict[str, Any], path: str = "<card>") -> Card:
         logistic=logistic, cutoff=cutoff, performance=performance,
         unpublished=top.text_list("unpublished"), inconsistencies=top.text_list("inconsistencies"),
         notes=top.get("notes", str, required=False, default=""), selfchecks=selfchecks,
-        derived_from=derived_from, recalibration=recal, path=None, raw=data,
+        derived_from=derived_from, recalibration=recal, quotes=quotes, reference=reference, path=None, raw=data,
     )
-    top.done(allowed_extra=("performance", "selfcheck", "logistic", "cutoff"))
+    top.done(allowed_extra=("performance", "selfcheck", "logistic", "cutoff", "quotes"))
     # Every self-check's structure is checked by the self-check module itself, which names the field.
     from hccnode.models import selfcheck
 

@@ -90,7 +90,7 @@ def _pick(cards, refs):
 def cmd_list(args) -> int:
     cards = _cards(args)
     for c in sorted(cards.values(), key=lambda c: (c.id, c.version)):
-        print(f"{c.key:34} {c.form:8} {c.status:17} {c.paper}  outcome: {c.outcome['name']}")
+        print(f"{c.key:34} {c.form:8} {c.status:17} outcome: {c.outcome['name']}\n    {c.citation}")
         if args.inputs:
             for i in c.inputs.values():
                 print(f"    {i.name:26} {i.unit:14} {i.kind:10} from {i.source:8} {i.label}")
@@ -104,10 +104,15 @@ def cmd_show(args) -> int:
         return 0
     print(f"{c.key}  ({c.status}{', derived from ' + c.derived_from if c.derived_from else ''})")
     print(c.title)
-    print(f"paper: {c.paper} — {c.where}\n       {c.citation}")
+    print(f"paper: {c.citation}\n       {c.where}")
     coh = c.cohort
     print(f"cohort: n = {coh['n']} ({coh['unit_of_analysis']}), {coh['country']}, {coh.get('centres', '')}, "
           f"{coh.get('period', '')}, {coh['design']}\n        therapy: {coh['therapy']}\n        modality: {coh['modality']}")
+    if c.quotes:
+        print("cohort as the paper reports it (each with its quote on the card):")
+        for q in c.quotes:
+            if q.fact != "model":
+                print(f"  {q.fact.replace('_', ' ')}: {q.value} [{q.where}]")
     o = c.outcome
     print(f"outcome: {o['name']} — {o['definition']}\n         direction: {o['direction']}")
     print("inputs:")
@@ -116,7 +121,9 @@ def cmd_show(args) -> int:
         print(f"  {i.name} [{i.unit}{rng}] from {i.source}: {i.definition}")
     if c.logistic:
         m = c.logistic
-        print(f"model: logistic, intercept {m.intercept if m.intercept is not None else 'UNPUBLISHED'}, "
+        icpt = ("UNPUBLISHED" if m.intercept is None else f"{m.intercept:g}" if m.score_intercept is not None
+                else f"{m.intercept:g} as printed, LEFT OUT of every reported score: {m.intercept_note}")
+        print(f"model: logistic, intercept {icpt}, "
               f"probability {m.probability}{' — ' + m.probability_note if m.probability_note else ''}")
         for t in m.terms:
             ind = f" (indicator: {t.input} {t.indicator_op} {t.indicator_threshold:g})" if t.indicator_op else ""

@@ -7,7 +7,9 @@ the input and the expected unit, because the papers' own unit slips (ECV as a fr
 in %) are exactly what a silent conversion would hide.
 
 Outputs, depending on the card:
-  linear_predictor   sum(beta x) plus the intercept when published (flagged)
+  linear_predictor   sum(beta x) plus the intercept when published and not left out (flagged)
+  terms              each term: input, x, beta, beta x (logistic cards), so a reader can see
+                     what a score is made of; a constant the card leaves out is named, not added
   probability        only when the card says the paper's constant can be stood behind
   points             derived 0-100 nomogram points (only where the card defines them)
   risk_group         cutoff group, or score-cutoff group when its score is available
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from hccnode import RESEARCH_USE
-from hccnode.models.card import OPS, UNITS, Card, Input, normalize_unit
+from hccnode.models.card import OPS, UNITS, Card, Input, cohort_summary, normalize_unit
 
 NOT_EVALUATED = "not_evaluated"
 EVALUATED = "evaluated"
@@ -118,6 +120,28 @@ def linear_predictor(card: Card, values: Mapping[str, float], include_intercept:
     return lp
 
 
+def terms(card: Card, values: Mapping[str, float]) -> list[dict[str, Any]]:
+    """Each term of a logistic card: input, x (the value or its 0/1 indicator), beta and beta x."""
+    x = term_values(card, values)
+    out = []
+    for t in card.logistic.terms:
+        item = {"input": t.input, "x": x[t.input], "beta": t.beta, "contribution": t.beta * x[t.input]}
+        if t.indicator_op:
+            item["indicator"] = f"{t.input} {t.indicator_op} {t.indicator_threshold:g}"
+        out.append(item)
+    return out
+
+
+def describe_terms(card: Card, values: Mapping[str, float]) -> str:
+    """The terms as one line: 'beta x label (value) = contribution; ...'."""
+    parts = []
+    for t in terms(card, values):
+        label = card.inputs[t["input"]].label
+        what = f"[{t['indicator']}] = {t['x']:g}" if "indicator" in t else f"{t['x']:g}"
+        parts.append(f"{t['beta']:+.4g} x {label} ({what}) = {t['contribution']:+.4g}")
+    return "; ".join(parts)
+
+
 def points(card: Card, values: Mapping[str, float]) -> float:
     """Nomogram points on the 'max-abs-100' convention: each bounded term contributes
     100 |beta| / max|beta| at its higher-risk level and 0 at its lower-risk level."""
@@ -146,11 +170,13 @@ def evaluate(card: Card, inputs: Mapping[str, InputValue | Mapping[str, Any]]) -
         "card_version": card.version,
         "card_status": card.status,
         "title": card.title,
-        "paper": card.paper,
+        "paper": card.paper,          # the stored text's file: for the node's own bookkeeping, never shown
+        "citation": card.citation,    # what outputs show: authors, title, journal, year (DOI when given)
         "where": card.where,
         "form": card.form,
         "outcome": {k: card.outcome.get(k) for k in ("name", "definition", "direction", "positive_label")},
         "cohort": {k: card.cohort.get(k) for k in ("n", "n_positive", "unit_of_analysis", "country", "therapy", "modality")},
+        "cohort_facts": cohort_summary(card),
         "inputs_used": used,
         "limitations": card.limitations,
         "research_use": RESEARCH_USE,
@@ -169,11 +195,17 @@ def _logistic(card: Card, values: Mapping[str, float]) -> tuple[dict, dict]:
     m = card.logistic
     outputs: dict[str, Any] = {}
     withheld: dict[str, str] = {}
-    lp = linear_predictor(card, values)
+    lp = linear_predictor(card, values, include_intercept=m.score_intercept is not None)
     outputs["linear_predictor"] = lp
-    outputs["linear_predictor_includes_intercept"] = m.intercept is not None
+    outputs["linear_predictor_includes_intercept"] = m.score_intercept is not None
+    outputs["terms"] = terms(card, values)
     if m.intercept is None:
         outputs["linear_predictor_note"] = "intercept unpublished: relative log-odds; only differences between patients carry meaning"
+    elif m.score_intercept is None:
+        outputs["linear_predictor_note"] = (
+            f"sum of the terms without the published constant ({m.intercept:g}), which is left out: "
+            f"{m.intercept_note} Relative log-odds; only differences between patients carry meaning. "
+            f"Terms: {describe_terms(card, values)}")
     if m.probability == "reported":
         outputs["probability"] = expit(lp)
     else:

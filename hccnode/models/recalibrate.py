@@ -82,18 +82,21 @@ def recalibrated_card(card: Card, method: str, y: np.ndarray, score: np.ndarray,
         (a, b), (sa, sb) = logistic_fit(y, score)
         if not (math.isfinite(a) and math.isfinite(b)):
             raise RecalibrationError(f"{card.key}: the logistic fit did not converge (separated data?)")
-        old = card.logistic.intercept or 0.0
+        old = card.logistic.score_intercept or 0.0   # the constant inside the LP the fit was on
         lg = new["logistic"]
         lg["intercept"] = float(a + b * old)
         lg["probability"] = "reported"
         lg.pop("probability_note", None)
+        lg.pop("intercept_use", None)        # the fitted intercept replaces a constant left out
+        lg.pop("intercept_note", None)
         lg.pop("score_cutoff", None)
         for raw_term, term in zip(lg["terms"], card.logistic.terms):
             raw_term.pop("odds_ratio", None)
             raw_term["beta"] = float(b * term.beta)
         rec.update(fitted_intercept=float(a), fitted_intercept_se=float(sa), fitted_slope=float(b),
                    fitted_slope_se=float(sb),
-                   note=("y ~ a + b * LP, LP without the unpublished intercept" if card.logistic.intercept is None
+                   note=("y ~ a + b * LP, LP without the published intercept (unpublished or left out)"
+                         if card.logistic.score_intercept is None
                          else "y ~ a + b * LP, LP with the published intercept")
                    + "; published score cutoffs removed (they belong to the paper's scale)")
     elif method == "cutoff":

@@ -379,6 +379,10 @@ def validate(card: Card, path: str) -> None:
             if native and not check["expect_consistent"] and card.logistic.probability == "reported":
                 raise CardError(f"{w}.expect_consistent: the constant fails in the card's own units, "
                                 "so logistic.probability must be 'withheld'")
+            if native and not check["expect_consistent"] and card.logistic.intercept_use != "left_out":
+                raise CardError(f"{w}.expect_consistent: the constant fails in the card's own units, "
+                                "so logistic.intercept_use must be 'left_out' (the terms are reported, not a sum "
+                                "with that constant)")
         elif kind == "evaluate":
             _values(card, _need(check, "inputs", dict, w), f"{w}.inputs", complete=True)
             if not _need(check, "expect", dict, w):

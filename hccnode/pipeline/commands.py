@@ -9,6 +9,7 @@ a study could not be analysed or no study was stored, 2 on a usage error."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 from hccnode import RESEARCH_USE, log
@@ -30,6 +31,9 @@ def register(sub) -> None:
     p.add_argument("--out", metavar="OUTDIR", help="also copy the outputs (DICOM, summary PDF and PNG) to OUTDIR")
     p.add_argument("--no-forward", action="store_true", help="do not queue the outputs for the forward destinations")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--treatment-start", metavar="YYYY-MM-DD[THH:MM]",
+                   help="the day (or time) treatment started: paper 003's labs are those of the 14 days before it "
+                        "(\"within 2 weeks prior to treatment\"); without it, the 14 days before the baseline MRI")
     p.set_defaults(func=run)
 
 
@@ -45,6 +49,13 @@ def run(args) -> int:
 
     if bool(args.study_uid) == bool(args.dicom_dir):
         raise UsageError("give either a STUDY_UID or --dicom-dir DIR")
+    treatment_start = None
+    if args.treatment_start:
+        try:
+            treatment_start = datetime.fromisoformat(args.treatment_start)
+        except ValueError:
+            raise UsageError(f"--treatment-start {args.treatment_start!r} is not a date (YYYY-MM-DD) "
+                             "or date and time (YYYY-MM-DDTHH:MM)") from None
     try:
         rules = load_rules(args.cfg.phases.rules_file or None)
     except RulesError as exc:
@@ -66,7 +77,9 @@ def run(args) -> int:
 
             try:
                 with site_adc_units(args.cfg.adc.units):
-                    analysis = analyze_study(store, uid, destinations=destinations, rules=rules, progress=step)
+                    analysis = analyze_study(store, uid, destinations=destinations, rules=rules, progress=step,
+                                             baseline_tolerance_days=args.cfg.priors.tolerance_days,
+                                             treatment_start=treatment_start)
             except NotApplicable as exc:
                 print(f"hccnode analyze: {exc}")
                 continue

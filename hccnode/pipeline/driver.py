@@ -19,6 +19,7 @@ import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -29,9 +30,11 @@ from pydicom.uid import UID
 
 import hccnode
 from hccnode import log
+from hccnode.config import PriorsSection
 from hccnode.imaging.measure import Measurement
 from hccnode.imaging.phase_rules import RuleSet
 from hccnode.imaging.volumes import Volume
+from hccnode.models import p003_pairing
 from hccnode.pipeline import ct, mr
 from hccnode.pipeline.align import Aligner
 from hccnode.pipeline.findings import Findings
@@ -42,7 +45,7 @@ from hccnode.pipeline.study import NotApplicable, Series, Study
 from hccnode.report import Reference, ReportRoi, build_outputs, load_template
 from hccnode.report.inputs import analysis_key
 from hccnode.report.outputs import output_uids
-from hccnode.store import audit, outbox
+from hccnode.store import audit, outbox, studies
 from hccnode.store.db import Store, now
 
 
@@ -56,6 +59,7 @@ CT_REFERENCE_PHASES = ("equilibrium", "portal_venous", "arterial", "unenhanced")
 ROLES = {"cect": {"tumor", "liver", "aorta"}, "dect": {"tumor", "liver", "aorta"}, "mr": {"tumor", "muscle"}}
 
 Progress = Callable[[str], None]
+BASELINE_TOLERANCE_DAYS = PriorsSection.tolerance_days   # the site's margin's default; not paper 003's
 
 
 @dataclass
@@ -97,11 +101,15 @@ def study_kind(study: Study) -> str:
 
 def analyze_study(store: Store, study_uid: str, *, destinations: Sequence[str] = (), job_id: int | None = None,
                   rules: RuleSet | None = None, progress: Progress | None = None,
-                  outputs_dir: str | Path | None = None) -> Analysis:
+                  outputs_dir: str | Path | None = None, baseline_tolerance_days: float = BASELINE_TOLERANCE_DAYS,
+                  treatment_start: datetime | None = None) -> Analysis:
     """Analyse a stored study end to end (see the module docstring). `outputs_dir` replaces
     `<data_dir>/outputs` as the folder the study's output folders go in (`audit reverify` writes
     its recomputation elsewhere, so the original analysis' files are never replaced); outside the
-    data directory it takes no `destinations` (the outbox names files relative to the data directory)."""
+    data directory it takes no `destinations` (the outbox names files relative to the data directory).
+    `baseline_tolerance_days` is the site's `[priors] tolerance_days` around paper 003's 56-70-day
+    baseline interval; `treatment_start` (given by hand: `hccnode analyze --treatment-start`) is what
+    paper 003's labs are matched before, else the baseline MRI (hccnode.models.p003_pairing)."""
     if outputs_dir is not None and destinations and not Path(outputs_dir).resolve().is_relative_to(store.data_dir):
         raise ValueError("outputs outside the data directory cannot be queued for destinations")
     timings: dict[str, float] = {}
@@ -173,7 +181,9 @@ def analyze_study(store: Store, study_uid: str, *, destinations: Sequence[str] =
         elif kind == "mr":
             mr.measure_mr(study, reference, aligner, regions, f)
             ct.measure_size(reference, "T2", regions, f)
-            follow_up = _baseline(store, study, patient_key, f, rules)
+            follow_up, baseline_time = _baseline(store, study, patient_key, f, rules,
+                                                 p003_pairing.Window(baseline_tolerance_days))
+            labs.anchor("003", *p003_pairing.lab_anchor(baseline_time or labs.scan_time, treatment_start))
         step("models")
         result.model_results = run_cards(store, study_uid, f, labs, follow_up=follow_up, patient_key=patient_key)
         labs_used = labs.used
@@ -237,32 +247,41 @@ def _unenhanced_on(study: Study, aligner: Aligner, ref_series: Series) -> sitk.I
     return None
 
 
-def _baseline(store: Store, study: Study, patient_key: str | None, f: Findings, rules: RuleSet | None) -> bool:
-    """Paper 003 pairs baseline and follow-up: the latest earlier MR study of the same patient in
-    the node is the baseline; its values are measured again and reported beside this study's.
-    Returns True when this study is such a follow-up."""
+def _baseline(store: Store, study: Study, patient_key: str | None, f: Findings, rules: RuleSet | None,
+              window: p003_pairing.Window) -> tuple[bool, datetime | None]:
+    """Paper 003 pairs baseline and follow-up (hccnode.models.p003_pairing, the rule the priors fetcher
+    uses too): an earlier MR study of the same patient in the node 56-70 days before this one (plus the
+    site tolerance) is the baseline; its values are measured again and reported beside this study's.
+    Returns (True, the baseline's scan time) when this study is such a follow-up, else (False, None)."""
     if not patient_key:
-        return False
-    this = store.query("SELECT study_date, study_time FROM studies WHERE study_uid = ?", (study.uid,))[0]
-    if not this["study_date"]:
+        return False, None
+    this_date, this_time = studies.study_date_time(store, study.uid) or (None, None)
+    followup_date = p003_pairing.parse_date(this_date)
+    if followup_date is None:
         f.note("baseline not paired: the study has no Study Date")
-        return False
-    rows = store.query(
-        "SELECT DISTINCT st.study_uid, st.study_date, st.study_time FROM studies st JOIN series se"
-        " ON se.study_uid = st.study_uid WHERE st.patient_key = ? AND st.study_uid != ? AND se.modality = 'MR'"
-        " AND (st.study_date < ? OR (st.study_date = ? AND COALESCE(st.study_time, '') < COALESCE(?, '')))"
-        " ORDER BY st.study_date DESC, st.study_time DESC LIMIT 1",
-        (patient_key, study.uid, this["study_date"], this["study_date"], this["study_time"]))
+        return False, None
+    rows = studies.earlier_studies(store, patient_key, study.uid, this_date, this_time, p003_pairing.MODALITY)
     if not rows:
         f.note("no earlier MR study of this patient in the node: this study is reported as a baseline")
-        return False
-    base = Study.load(store, rows[0]["study_uid"], rules)
+        return False, None
+    sel = p003_pairing.select_baseline(
+        [p003_pairing.Candidate(r["study_uid"], p003_pairing.parse_date(r["study_date"]), r["study_time"] or "",
+                                (p003_pairing.MODALITY,)) for r in rows], study.uid, followup_date, window)
+    if sel.chosen is None:
+        tried = "; ".join(f"MR study of {v.candidate.study_date or 'unknown date'} ({v.candidate.study_uid}): {v.reason}"
+                          for v in sel.verdicts)
+        f.note(f"baseline not paired for paper 003: this study is of {followup_date.isoformat()}, paper 003 pairs "
+               f"a baseline {window.describe()}; {tried}. This study is reported as a baseline")
+        return False, None
+    base = Study.load(store, sel.chosen.study_uid, rules)
     t2_series = base.first("mr_t2")
     t2 = base.volume(t2_series) if t2_series is not None else None
-    f.note(f"follow-up of the MR study of {rows[0]['study_date']} ({rows[0]['study_uid']}), measured as its baseline")
+    f.note(f"follow-up ({followup_date.isoformat()}) of the MR study of {sel.chosen.study_date.isoformat()} "
+           f"({sel.chosen.study_uid}), measured as its baseline: {sel.reason}")
+    when = base.scan_time(t2_series)
     if t2 is None:
         f.note("baseline values not measured: the baseline study has no readable T2 series")
-        return True
+        return True, when
     aligner = Aligner(t2, base.uid)
     regions = reader_rois(base, t2, aligner)
     complete_mr(regions, t2)
@@ -272,7 +291,7 @@ def _baseline(store: Store, study: Study, patient_key: str | None, f: Findings, 
     mr.measure_mr(base, t2, aligner, regions, f, when="baseline")
     for p in base.problems:
         f.note(f"baseline: {p}")
-    return True
+    return True, when
 
 
 def _previous_sr(store: Store, study_uid: str, sr_uid: str) -> pydicom.Dataset | None:

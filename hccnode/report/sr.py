@@ -251,7 +251,8 @@ def _model_group(result: dict[str, Any], template: Template, sop_uid: str):
     if out.get("risk_group"):
         means = f" ({out['risk_group_means']})" if out.get("risk_group_means") else ""
         texts.append(_text(t["risk_group"], f"{out['risk_group']}{means}"))
-    paper = f"{result.get('paper')}, {result.get('where')}" if result.get("where") else str(result.get("paper"))
+    cited = result.get("citation") or "paper not identified"   # never the stored text's file name
+    paper = f"{cited} Where in the paper: {result.get('where')}" if result.get("where") else str(cited)
     texts.append(_text(t["source"], f"{result.get('title') or card}; {paper}"))
     for note_key in ("linear_predictor_note", "points_note", "reported_versus"):
         if out.get(note_key):

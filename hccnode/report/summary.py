@@ -117,7 +117,10 @@ def render(rois: Sequence[ReportRoi], tracks: Sequence[Tracking], measurements: 
         shown = [f"{k} {out[k]:.3g}" if isinstance(out[k], float) else f"{k} {out[k]}"
                  for k in ("risk_group", "probability", "points", "linear_predictor") if k in out]
         status = ", ".join(shown) if shown else "not evaluated: " + "; ".join(r.get("reasons") or ["no output"])
-        add(f"{r.get('card_id')} {r.get('card_version')} ({r.get('paper')}): {status}", size=7.5)
+        add(f"{r.get('card_id')} {r.get('card_version')}: {status}", size=7.5)
+        add(f"  {r.get('citation') or 'paper not identified'}", size=7, color="#555555")
+        if out.get("linear_predictor_note"):
+            add(f"  {out['linear_predictor_note']}", size=7, color="#555555")
         for k, v in sorted((r.get("withheld") or {}).items()):
             add(f"  withheld {k}: {v}", size=7, color="#555555")
         for lim in (r.get("limitations") or [])[:3]:

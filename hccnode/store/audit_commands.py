@@ -194,7 +194,8 @@ def cmd_reverify(args) -> int:
         from hccnode.pipeline.mr import site_adc_units
 
         with site_adc_units(args.cfg.adc.units):
-            out = reverify(store, sr, rel_tol=args.rel_tol, rules=rules, keep=args.keep)
+            out = reverify(store, sr, rel_tol=args.rel_tol, rules=rules, keep=args.keep,
+                           tolerance_days=args.cfg.priors.tolerance_days)
     finally:
         store.close()
     print(f"SR {out.sr_uid} of study {out.study_uid}")

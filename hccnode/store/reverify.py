@@ -29,6 +29,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from hccnode import log
+from hccnode.config import PriorsSection
 from hccnode.report.sr_compare import Row, compare, numbers
 from hccnode.store import audit
 from hccnode.store.db import Store
@@ -173,13 +174,15 @@ def _scratch(store: Store, where: Path, as_of: float | None) -> Store:
     return scratch
 
 
-def _recompute(store: Store, study_uid: str, where: Path, as_of: float | None, rules) -> Dataset:
+def _recompute(store: Store, study_uid: str, where: Path, as_of: float | None, rules,
+               tolerance_days: float) -> Dataset:
     from hccnode.pipeline import analyze_study
 
     where.mkdir(parents=True)
     scratch = _scratch(store, where, as_of)
     try:
-        analysis = analyze_study(scratch, study_uid, rules=rules, outputs_dir=where / "outputs")
+        analysis = analyze_study(scratch, study_uid, rules=rules, outputs_dir=where / "outputs",
+                                 baseline_tolerance_days=tolerance_days)
     finally:
         scratch.close()
     return pydicom.dcmread(analysis.out_dir / "sr.dcm")
@@ -210,9 +213,10 @@ def input_differences(original: Dataset, recomputed: Dataset) -> list[str]:
 
 
 def reverify(store: Store, sr: Dataset, *, rel_tol: float = 0.0, rules=None, keep: str | Path | None = None,
-             record: bool = True) -> Outcome:
+             record: bool = True, tolerance_days: float = PriorsSection.tolerance_days) -> Outcome:
     """Recompute `sr`'s analysis and compare (see the module docstring). `keep` copies the
-    recomputed outputs there; `record` appends the `analysis.reverified` audit event."""
+    recomputed outputs there; `record` appends the `analysis.reverified` audit event;
+    `tolerance_days` is the site's [priors] tolerance_days (paper 003's baseline pairing)."""
     sr_uid, study_uid = str(sr.SOPInstanceUID), str(sr.StudyInstanceUID)
     out = Outcome(sr_uid, study_uid, rel_tol=rel_tol)
     patient_key = None
@@ -223,7 +227,7 @@ def reverify(store: Store, sr: Dataset, *, rel_tol: float = 0.0, rules=None, kee
         patient_key = known[0]["patient_key"]
         out.problems += missing_inputs(store, sr)
     if not out.problems:
-        _run(store, sr, out, rules, keep)
+        _run(store, sr, out, rules, keep, tolerance_days)
     log.event("audit.reverified", study=study_uid, sr=sr_uid, verdict=out.verdict, numbers=len(out.rows),
               reproduced=sum(r.reproduced for r in out.rows), problems=len(out.problems))
     if record:
@@ -235,7 +239,7 @@ def reverify(store: Store, sr: Dataset, *, rel_tol: float = 0.0, rules=None, kee
     return out
 
 
-def _run(store: Store, sr: Dataset, out: Outcome, rules, keep) -> None:
+def _run(store: Store, sr: Dataset, out: Outcome, rules, keep, tolerance_days: float) -> None:
     from hccnode.pipeline import StudyError
     rows = store.query("SELECT sr_uid, created_at FROM analyses WHERE study_uid = ? ORDER BY id", (out.study_uid,))
     mine = [r["created_at"] for r in rows if r["sr_uid"] == out.sr_uid]
@@ -255,7 +259,7 @@ def _run(store: Store, sr: Dataset, out: Outcome, rules, keep) -> None:
             attempts = [None] if as_of is None else [as_of, None]
             tried = []
             for i, when in enumerate(attempts):
-                tried.append(_recompute(store, out.study_uid, tmp / str(i), when, rules))
+                tried.append(_recompute(store, out.study_uid, tmp / str(i), when, rules, tolerance_days))
                 if str(tried[-1].SOPInstanceUID) == out.sr_uid:
                     if when is not None:
                         out.notes.append("recomputed with the node's inputs as they were when this SR was written "

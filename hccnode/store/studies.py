@@ -1,0 +1,23 @@
+"""Queries on the studies the node holds (the `studies` and `series` tables of hccnode.store.db)."""
+
+from __future__ import annotations
+
+from hccnode.store.db import Store
+
+
+def study_date_time(store: Store, study_uid: str) -> tuple[str | None, str | None] | None:
+    """(Study Date, Study Time) as stored (DICOM DA / TM text), or None for a study the node does not hold."""
+    rows = store.query("SELECT study_date, study_time FROM studies WHERE study_uid = ?", (study_uid,))
+    return (rows[0]["study_date"], rows[0]["study_time"]) if rows else None
+
+
+def earlier_studies(store: Store, patient_key: str, study_uid: str, study_date: str, study_time: str | None,
+                    modality: str) -> list[dict]:
+    """The patient's other studies with a `modality` series acquired before (date, time), latest first:
+    rows of study_uid, study_date, study_time."""
+    return store.query(
+        "SELECT DISTINCT st.study_uid, st.study_date, st.study_time FROM studies st JOIN series se"
+        " ON se.study_uid = st.study_uid WHERE st.patient_key = ? AND st.study_uid != ? AND se.modality = ?"
+        " AND (st.study_date < ? OR (st.study_date = ? AND COALESCE(st.study_time, '') < COALESCE(?, '')))"
+        " ORDER BY st.study_date DESC, st.study_time DESC",
+        (patient_key, study_uid, modality, study_date, study_date, study_time))
