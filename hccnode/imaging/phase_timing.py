@@ -33,10 +33,11 @@ def delay_after_contrast_s(datasets: Sequence[Dataset]) -> float | None:
 
 def outside_window(delay_s: float | None, window: Sequence[float], paper: str, rule: dict) -> str | None:
     """None when `delay_s` lies in paper `paper`'s window [lo, hi] (s); else why its cutoff and
-    model are not applied (`rule`: the paper's [timing] entry: quote, section, basis)."""
+    model are not applied (`rule`: the paper's [timing] entry: quote, or `said` its plain-character
+    spelling, section, basis)."""
     lo, hi = float(window[0]), float(window[1])
     said = f"paper {paper} acquired its {rule.get('phase', 'equilibrium')} phase at {lo:g}-{hi:g} s ({rule.get('basis', '')}: " \
-           f"\"{rule['quote']}\", {rule['section']})"
+           f"\"{rule.get('said', rule['quote'])}\", {rule['section']})"
     if delay_s is None:
         return f"the delay after contrast is not in the series' headers (no Contrast/Bolus Start Time or acquisition " \
                f"time), so it cannot be checked against the paper's timing; {said}"

@@ -62,11 +62,20 @@ class Choice:
     reason: str | None = None
 
 
+# The SR's texts are in the default DICOM repertoire: the quotes' typography in plain characters.
+_PLAIN = str.maketrans({"\u2013": "-", "\u2014": "-", "\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"',
+                        "\u00b2": "^2", "\u2265": ">=", "\u2264": "<="})
+
+
 @cache
 def protocols() -> dict:
-    """hccnode/data/protocols.toml."""
+    """hccnode/data/protocols.toml; each entry's quote also as `said`, in plain characters."""
     text = resources.files("hccnode").joinpath("data", "protocols.toml").read_text(encoding="utf-8")
-    return tomllib.loads(text)
+    data = tomllib.loads(text)
+    for section in data.values():
+        for rule in section.values():
+            rule["said"] = rule["quote"].translate(_PLAIN)
+    return data
 
 
 def apply(regions, spacing_mm) -> list[str]:
@@ -113,7 +122,8 @@ def find(rois: list[RoiMask], masks: list[np.ndarray], spacing_mm) -> tuple[list
             if same:
                 les.extent = les.region
             elif les.extent is not None:
-                les.extent = _renamed(les.extent, f"lesion {n} extent")
+                says = parts.part_of(les.extent.ref.label, words) == parts.EXTENT or "(extent)" in (les.extent.ref.label or "")
+                les.extent = _renamed(les.extent, f"lesion {n}" if says else f"lesion {n} extent")
         shown += [les.region] + ([les.extent] if les.extent is not None and les.extent is not les.region else [])
     return found, shown, notes
 
@@ -166,7 +176,7 @@ def for_paper(lesions: list[Lesion], paper: str) -> Choice:
     if rule is None:
         return Choice(lesions[:1], f"lesion {lesions[0].number}")
     count = int(rule["count"])
-    quote = f"paper {paper}: \"{rule['quote']}\""
+    quote = f"paper {paper}: \"{rule['said']}\""
     if len(lesions) == 1:
         return Choice(lesions[:1], f"the study's one lesion ({lesions[0].describe()})")
     unsized = [les for les in lesions if les.diameter_mm is None]
