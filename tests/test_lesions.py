@@ -222,6 +222,7 @@ def test_aorta_at_the_tumours_level_for_tumour_ecv_and_at_the_liver_rois_level_f
         store, study = _store(root, truth)
         a = analyze_study(store, study)
         store.close()
+        _check_lumen_rois(truth, root / "phantom", x_hu, {str(images[k].SOPInstanceUID) for k in tumour_slices})
     finally:
         shutil.rmtree(root, ignore_errors=True)
     eq = {n: truth.roi(n)["phases"]["equilibrium"]["delta_hu"] for n in ("tumor", "liver", "aorta")}
@@ -234,6 +235,33 @@ def test_aorta_at_the_tumours_level_for_tumour_ecv_and_at_the_liver_rois_level_f
     assert abs(want_tumour - want_liver) > 4  # one pooled aorta could not give both
     assert "at the level of lesion 1" in tumour.notes[0] and "same level" in tumour.notes[0]
     assert "at the level of the liver ROIs" in liver.notes[0]
+
+
+def _check_lumen_rois(truth, root, x_hu: float, brightened: set[str]) -> None:
+    """The node's own aortic ROIs on the brightened slices: paper 001's ~100 mm² disk (the pixel
+    count closest to it) in the aorta (its equilibrium HU + X), and paper 002's ROI over >= 50 %
+    of the lumen."""
+    import SimpleITK as sitk
+
+    from hccnode.imaging import reference_level
+    from hccnode.imaging.volumes import read_series
+
+    vol = read_series(sorted((root / truth.series("ct_equilibrium")[0]["folder"]).glob("*.dcm")))
+    values = sitk.GetArrayFromImage(vol.image)
+    want_hu = truth.roi("aorta")["phases"]["equilibrium"]["hu"] + x_hu
+    bright = [k for k, uid in enumerate(vol.sop_instance_uids) if uid in brightened]
+    assert len(bright) == len(brightened)
+    pixel_mm2 = float(np.prod(vol.image.GetSpacing()[:2]))
+    disk, what = reference_level.lumen_roi(values, vol.image, bright)
+    assert disk is not None, what
+    for k in np.flatnonzero(disk.any(axis=(1, 2))):
+        assert abs(disk[k].sum() * pixel_mm2 - 100.0) <= pixel_mm2  # paper 001: "approximately 100 mm²"
+    assert values[disk].mean() == pytest.approx(want_hu, abs=3.0)
+    wide, what = reference_level.lumen_roi(values, vol.image, bright, area_mm2=None)
+    assert wide is not None, what
+    assert reference_level.lumen_coverage(wide, values, vol.image) >= reference_level.MIN_COVERAGE
+    assert not (disk & ~wide).any()  # the disk lies in the lumen the wide ROI covers
+    assert reference_level.lumen_coverage(disk, values, vol.image) <= reference_level.lumen_coverage(wide, values, vol.image)
 
 
 def test_paper_timing_windows_by_hand():
@@ -294,3 +322,26 @@ def test_protocol_quotes_are_the_papers_words():
         for paper, rule in data[section].items():
             text = next(papers.glob(f"{paper}_*.txt")).read_text(encoding="utf-8")
             assert rule["quote"] in text, (section, paper)
+
+
+def test_paper_003_muscle_on_the_tumours_slices():
+    """T2 SIR = tumour T2 / erector spinae T2 "at the same slice" (paper 003): the muscle's part
+    on the tumour's slices, not the muscle elsewhere."""
+    from hccnode.pipeline.mr import _t2_sir
+
+    t2 = np.full((6, 20, 20), 100.0)
+    t2[:, 10:16, 2:8] = 50.0      # muscle: 50 on every slice ...
+    t2[4, 10:16, 2:8] = 80.0      # ... but 80 on the tumour's slice
+    t2[4, 2:8, 10:16] = 160.0     # tumour on slice 4
+    tumour = np.zeros(t2.shape, bool)
+    tumour[4, 2:8, 10:16] = True
+    muscle = np.zeros(t2.shape, bool)
+    muscle[:, 10:16, 2:8] = True
+    roi, _ = _roi(tumour, "Tumor ROI")
+    les = lesions.Lesion(1, None, roi, [tumour])
+    value, why, notes = _t2_sir(t2, [_roi(muscle, "Erector spinae")], les)
+    assert why is None and value == pytest.approx(160.0 / 80.0)  # not 160 / 55 over all slices
+    assert "same slice" in notes[0]
+    muscle[4:] = False  # the muscle ROI stops above the tumour
+    value, why, _ = _t2_sir(t2, [_roi(muscle, "Erector spinae")], les)
+    assert value is None and "same slice" in why

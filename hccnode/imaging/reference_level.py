@@ -62,7 +62,8 @@ def lumen_roi(enhanced: np.ndarray, image: sitk.Image, slices: Sequence[int], ar
               ) -> tuple[np.ndarray | None, str]:
     """An aortic ROI on `slices` of `enhanced` (an enhanced phase, z y x on `image`'s grid): on
     each slice where the lumen is found, a disk of `area_mm2` at its deepest point, kept
-    WALL_MARGIN_MM inside the wall (or, `area_mm2` None, the whole lumen less that margin). Returns
+    WALL_MARGIN_MM inside the wall (or, `area_mm2` None, the lumen less that margin when that
+    leaves at least MIN_COVERAGE of it, else the whole lumen). Returns
     (mask, what was done) or (None, why not)."""
     found, why = _lumens(enhanced, image, slices)
     if found is None:
@@ -74,8 +75,11 @@ def lumen_roi(enhanced: np.ndarray, image: sitk.Image, slices: Sequence[int], ar
     lps = np.zeros(order.apply(np.zeros(np.shape(enhanced), bool)).shape, bool)
     for k, lu in lumen.items():
         if area_mm2 is None:
-            depth = ndimage.distance_transform_edt(lu.mask, sampling=(dy, dx))
-            lps[k] = lu.mask & (depth > WALL_MARGIN_MM)
+            # a pixel's edge, half a pixel nearer the wall than its centre, keeps the margin; on
+            # pixels too coarse for that to leave half the lumen, the whole lumen (paper 002's >= 50 %)
+            depth = ndimage.distance_transform_edt(lu.mask, sampling=(dy, dx)) - max(dy, dx) / 2.0
+            core = lu.mask & (depth >= WALL_MARGIN_MM)
+            lps[k] = core if core.sum() >= MIN_COVERAGE * lu.mask.sum() else lu.mask
         else:
             radius = min(float(np.sqrt(area_mm2 / np.pi)), lu.depth_mm - WALL_MARGIN_MM)
             if radius > 0:
