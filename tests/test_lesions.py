@@ -13,6 +13,7 @@ import pydicom
 import pytest
 from phantom_index import index_files
 from pipeline_support import add_labs, by_marker, phantom_store, scratch_dir
+from report_support import dciodvfy
 from pydicom.sr.codedict import codes
 from scipy import ndimage
 
@@ -133,6 +134,8 @@ def test_lesions_extent_apart_from_measurement_rois_and_the_largest_feeds_paper_
     assert used["value"] == ecvs[0].value  # the largest lesion's, as paper 001 says
     assert f"lesion 1 of 2 ({diameters[0].value:.0f} mm)" in used["source"]
     assert "the largest representative lesion" in used["source"]
+    for p in a.files:  # extents and measurement ROIs overlap in the SEG; the SR names each lesion's ROIs
+        assert dciodvfy(p)[0] == [], p.name
 
 
 def _roi(mask: np.ndarray, label: str) -> tuple[RoiMask, np.ndarray]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 
 import numpy as np
@@ -37,7 +37,7 @@ class Lesion:
     size_reason: str | None = None
     of: int = 1  # lesions in the study
 
-    @property
+    @cached_property
     def slices(self) -> list[int]:
         """The slices its values are read on (the level of its reference ROIs)."""
         return sorted(set().union(*(parts.slices_of(m) for m in self.rois)))
