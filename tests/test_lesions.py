@@ -348,3 +348,41 @@ def test_paper_003_muscle_on_the_tumours_slices():
     muscle[4:] = False  # the muscle ROI stops above the tumour
     value, why, _ = _t2_sir(t2, [_roi(muscle, "Erector spinae")], les)
     assert value is None and "same slice" in why
+
+
+def test_paper_002_nomogram_gets_no_size_from_small_rois(tmp_path):
+    """Three small ROIs and no extent: NIC-AP is read in them, but the nomogram's "tumor size"
+    is not measured and the card says why (no 4 mm "diameter")."""
+    from hccnode.imaging.measure import Measurement, SeriesRef
+    from hccnode.pipeline.findings import Findings
+    from hccnode.pipeline.models import run_cards
+
+    grid = np.zeros((6, 40, 40), bool)
+    rois = []
+    for x in (10, 20, 30):
+        m = grid.copy()
+        m[3, 20, x] = True
+        rois.append(_roi(m, "Tumor ROI"))
+    found, _, _ = lesions.find([r for r, _ in rois], [m for _, m in rois], (5.0, 4.0, 4.0))
+    les = found[0]
+    series = (SeriesRef("1.2.3.4", "arterial iodine map", 35.0),)
+    f = Findings(lesions=found)
+    f.add(Measurement.of("paper002.nic_ap", "nic_ap_tumor", 25.0, roi=les.region.ref, series=series))
+    f.add(Measurement.missing("tumor_diameter", "mm", "size.max_inplane_diameter", les.size_reason,
+                              roi=les.region.ref, series=series))
+
+    class NoLabs:
+        def value(self, paper, name):
+            return None, "no lab in this test"
+
+        index = value
+
+    store = Store(tmp_path / "data")
+    results = {r["card_id"]: r for r in run_cards(store, "1.2.3", f, NoLabs(), follow_up=False)}
+    store.close()
+    nomogram = results["p002-nomogram"]
+    assert nomogram["status"] == "not_evaluated"
+    assert any("tumor_diameter not measured" in r and "tumor extent" in r for r in nomogram["reasons"])
+    cutoff = results["p002-nicap-cutoff"]  # NIC-AP 25 % > 21.471 %: read in the three ROIs
+    assert cutoff["status"] == "evaluated" and cutoff["inputs_used"]["nic_ap"]["value"] == 25.0
+    assert "the study's one lesion" in cutoff["inputs_used"]["nic_ap"]["source"]
