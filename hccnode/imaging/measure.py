@@ -133,7 +133,8 @@ class Measurement:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["series"] = [asdict(s) for s in self.series]
+        # a delay only where the headers gave one: records of series without it stay as they were
+        d["series"] = [{k: v for k, v in asdict(s).items() if k != "delay_s" or v is not None} for s in self.series]
         return d
 
     def to_json(self) -> str:
