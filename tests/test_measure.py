@@ -21,6 +21,11 @@ def test_measurement_round_trips_through_json():
     assert d["software_version"] == hccnode.__version__
     assert d["series"][1] == {"series_uid": "1.2.3.11", "phase": "equilibrium"}
     assert Measurement.from_dict(d) == m
+    timed = Measurement.of("paper001.ecv_cect", "ecv_tumor", 24.0, series=(SeriesRef("1.2.3.11", "equilibrium", 150.0),),
+                           notes=("aorta at the level of lesion 1",))
+    d = json.loads(timed.to_json())
+    assert d["series"] == [{"series_uid": "1.2.3.11", "phase": "equilibrium", "delay_s": 150.0}]
+    assert Measurement.from_dict(d) == timed
 
 
 def test_missing_value_needs_reason():

@@ -170,7 +170,8 @@ def test_dect_nic_ecv_nicap_lambda_against_truth_and_nic_without_hct(registratio
     threads = registration_threads
     try:
         store, truth, (study,) = phantom_store(
-            root, StudySpec(kind="dect", seed=4, slices=12, matrix=64, noise_sd=2.0, seg_phase="equilibrium"))
+            root, StudySpec(kind="dect", seed=4, slices=12, matrix=64, noise_sd=2.0, seg_phase="equilibrium",
+                            equilibrium_delay_s=120.0))  # paper 000's "equilibrium phase (2 minutes)"
         a = analyze_study(store, study)
         # every phase the markers need was registered ahead, in the background, while the ROIs were read
         assert threads and all(t.startswith("register") for t in threads), threads

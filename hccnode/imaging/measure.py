@@ -63,10 +63,13 @@ class RoiRef:
 
 @dataclass(frozen=True)
 class SeriesRef:
-    """An input series and the contrast phase (or MR sequence) it was used as."""
+    """An input series, the contrast phase (or MR sequence) it was used as and, where its headers
+    give it, its delay after the start of contrast injection in seconds
+    (hccnode.imaging.phase_timing)."""
 
     series_uid: str
     phase: str
+    delay_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class Measurement:
     When `value` is None, `reason` says why; `lab_missing_reason` says why a lab is absent.
     `input_unit` says in which unit an input image's values were read and why, when the image's
     header alone does not settle it (an ADC map: hccnode.imaging.adc_unit).
+    `notes` say which lesion and which reference ROI (at which level) a value comes from.
     """
 
     marker: str
@@ -104,6 +108,7 @@ class Measurement:
     reason: str | None = None
     software_version: str = field(default=hccnode.__version__)
     input_unit: str | None = None
+    notes: tuple[str, ...] = ()  # how it was measured where the protocol matters (lesion, reference level)
 
     def __post_init__(self) -> None:
         if self.formula in FORMULAS and FORMULAS[self.formula][0] != self.unit:
@@ -128,7 +133,8 @@ class Measurement:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["series"] = [asdict(s) for s in self.series]
+        # a delay only where the headers gave one: records of series without it stay as they were
+        d["series"] = [{k: v for k, v in asdict(s).items() if k != "delay_s" or v is not None} for s in self.series]
         return d
 
     def to_json(self) -> str:
@@ -140,4 +146,5 @@ class Measurement:
         d["roi"] = RoiRef(**d["roi"]) if d.get("roi") else None
         d["lab"] = LabRef(**d["lab"]) if d.get("lab") else None
         d["series"] = tuple(SeriesRef(**s) for s in d.get("series") or ())
+        d["notes"] = tuple(d.get("notes") or ())
         return cls(**d)

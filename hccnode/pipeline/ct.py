@@ -2,19 +2,23 @@
 the equilibrium iodine map), paper 002 (NIC-AP on the arterial iodine map, lambda HU on the
 40/90 keV VMIs). Orchestration only: the formulas are hccnode.imaging.ecv / nic / spectral.
 
-Every value names its ROI (reader or automatic), the series and phase it was read on, the
-formula, the hematocrit used and the registration that brought the phase onto the reference
-grid. Whatever cannot be computed is a Measurement with value None and the reason.
+Every value names its ROI (reader or automatic), the series and phase it was read on (with its
+delay after contrast), the formula, the hematocrit used and the registration that brought the
+phase onto the reference grid. Each lesion (hccnode.pipeline.lesions) is measured in its
+measurement ROIs, averaged, against the aorta at its own level (hccnode.pipeline.levels); its
+size on its extent. Whatever cannot be computed is a Measurement with value None and the reason.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import SimpleITK as sitk
 
-from hccnode.imaging import ecv, nic, spectral
+from hccnode.imaging import ecv, nic, phase_timing, reference_level, spectral
 from hccnode.imaging.measure import LabRef, Measurement, SeriesRef
 from hccnode.imaging.roi_stats import bounding_box, union
 from hccnode.imaging.volumes import Volume
+from hccnode.pipeline import levels
 from hccnode.pipeline.align import Aligned, Aligner
 from hccnode.pipeline.findings import Findings, group_ref, mean_in, mean_over
 from hccnode.pipeline.labs import Labs
@@ -56,23 +60,45 @@ def registered_series(study: Study, kind: str) -> list[Series]:
     return list({s.uid: s for s in found if s is not None}.values())
 
 
+def _series(study: Study, volume: Volume | None, phase: str) -> tuple[SeriesRef, ...]:
+    """The SeriesRef of a phase's volume, with its delay after contrast where the headers give it."""
+    if volume is None:
+        return ()
+    found = next((s for s in study.series if s.uid == volume.series_uid), None)
+    delay = phase_timing.delay_after_contrast_s(study.headers(found)) if found is not None and phase != "unenhanced" \
+        else None
+    return (SeriesRef(volume.series_uid, phase, delay),)
+
+
+def _level_note(what: str, name: str, rois: str, quote: str) -> str:
+    return f"{what} at the level of {name}: {rois} ({quote})"
+
+
+LEVEL_001 = 'paper 001: "Within the abdominal aorta at the same level"'
+LEVEL_000 = 'paper 000: "adjacent main artery at the same level"'
+LEVEL_002 = 'paper 002: "An additional ROI was positioned on the abdominal aorta on the same slice"'
+
+
 def measure_cect(study: Study, aligner: Aligner, regions: Regions, labs: Labs, f: Findings) -> None:
-    """Paper 001: ECV (%) of each tumor ROI and of the liver (mean of its ROIs), and the ECV map."""
+    """Paper 001: ECV (%) of each lesion and of the liver (mean of its ROIs), each against the
+    aorta at its own level (hccnode.pipeline.levels), and the ECV map."""
     formula = "paper001.ecv_cect"
-    tumors, livers, aortas = regions.arrays("tumor"), regions.arrays("liver"), regions.arrays("aorta")
+    livers, aortas = regions.arrays("liver"), regions.arrays("aorta")
     liver_ref = group_ref([r for r, _ in livers], "liver")
-    targets = [("ecv_tumor", r.ref, [m]) for r, m in tumors] + (
-        [("ecv_liver", liver_ref, [m for _, m in livers])] if livers else [])
+    liver_level = dict(levels.levels(regions)).get("the liver ROIs", [])
+    # (marker, ROI reported against, masks averaged, level name, level slices, lesion note)
+    targets = [("ecv_tumor", les.region.ref, les.rois, les.describe(), les.slices) for les in regions.lesions] + (
+        [("ecv_liver", liver_ref, [m for _, m in livers], "the liver ROIs", liver_level)] if livers else [])
 
     un_s, eq_s = study.ct("unenhanced"), study.ct("equilibrium")
     un, un_vol, why_un = _phase_image(study, aligner, un_s, "unenhanced")
     eq, eq_vol, why_eq = _phase_image(study, aligner, eq_s, "equilibrium")
-    series = tuple(SeriesRef(v.series_uid, p) for v, p in ((un_vol, "unenhanced"), (eq_vol, "equilibrium")) if v)
+    series = _series(study, un_vol, "unenhanced") + _series(study, eq_vol, "equilibrium")
     registration = (un.quality if un is not None else None) or (eq.quality if eq is not None else None)
     hct, hct_reason = labs.value("001", "hct")
 
     def missing(reason: str) -> None:
-        for marker, ref, _ in targets:
+        for marker, ref, *_ in targets:
             f.add(Measurement.missing(marker, "%", formula, reason, roi=ref, series=series, registration=registration,
                                       lab=hct, lab_missing_reason=hct_reason))
         if not livers:
@@ -83,46 +109,50 @@ def measure_cect(study: Study, aligner: Aligner, regions: Regions, labs: Labs, f
         return
     un_a, eq_a = un.array(), eq.array()
     # ROI means per phase (HU) and enhancement, for every ROI: what the ECV is computed from.
-    for role_rois in (tumors, livers, aortas):
-        for roi, mask in role_rois:
-            try:
-                hu_un, hu_eq = mean_in(un_a, mask), mean_in(eq_a, mask)
-            except ValueError as exc:
-                f.note(f"{roi.role} ROI {roi.ref.label or ''}: HU not read ({exc})")
-                continue
-            name = roi.role
-            f.add(Measurement(f"{name}_hu_unenhanced", hu_un, HU, "roi.mean_hu", roi=roi.ref, series=series[:1],
-                              registration=registration))
-            f.add(Measurement(f"{name}_hu_equilibrium", hu_eq, HU, "roi.mean_hu", roi=roi.ref, series=series[1:]))
-            f.add(Measurement(f"{name}_delta_hu", hu_eq - hu_un, HU, "roi.delta_hu", roi=roi.ref, series=series,
-                              registration=registration))
-    if not aortas:
-        missing("no aorta ROI (the aortic enhancement is the reference of paper 001's formula)")
-        return
-    try:
-        aorta_un = mean_over(un_a, [m for _, m in aortas])
-        aorta_eq = mean_over(eq_a, [m for _, m in aortas])
-    except ValueError as exc:
-        missing(f"aorta HU not read: {exc}")
-        return
-    for marker, ref, masks in targets:
+    units = [(les.region.ref, les.rois) for les in regions.lesions] + [(r.ref, [m]) for r, m in livers + aortas]
+    for ref, masks in units:
         try:
+            hu_un, hu_eq = mean_over(un_a, masks), mean_over(eq_a, masks)
+        except ValueError as exc:
+            f.note(f"{ref.name} ROI {ref.label or ''}: HU not read ({exc})")
+            continue
+        f.add(Measurement(f"{ref.name}_hu_unenhanced", hu_un, HU, "roi.mean_hu", roi=ref, series=series[:1],
+                          registration=registration))
+        f.add(Measurement(f"{ref.name}_hu_equilibrium", hu_eq, HU, "roi.mean_hu", roi=ref, series=series[1:]))
+        f.add(Measurement(f"{ref.name}_delta_hu", hu_eq - hu_un, HU, "roi.delta_hu", roi=ref, series=series,
+                          registration=registration))
+    d_liver_aorta = None
+    for marker, ref, masks, name, slices in targets:
+        ring, which = levels.at_level(aortas, slices)
+        if not ring:
+            f.add(Measurement.missing(marker, "%", formula, f"no aorta ROI at the level of {name} ({LEVEL_001})",
+                                      roi=ref, series=series, registration=registration, lab=hct,
+                                      lab_missing_reason=hct_reason))
+            continue
+        try:
+            aorta_un, aorta_eq = mean_over(un_a, ring), mean_over(eq_a, ring)
             tissue_un = [mean_in(un_a, m) for m in masks]
             tissue_eq = [mean_in(eq_a, m) for m in masks]
         except ValueError as exc:
             f.add(Measurement.missing(marker, "%", formula, f"ROI HU not read: {exc}", roi=ref, series=series,
                                       registration=registration))
             continue
+        notes = (_level_note(f"aorta (delta {aorta_eq - aorta_un:.1f} HU)", name, which, LEVEL_001),)
+        if marker == "ecv_liver":
+            d_liver_aorta = aorta_eq - aorta_un
         r = ecv.cect_ecv(tissue_un, tissue_eq, aorta_un, aorta_eq, hct.value if hct else None,
                          hct_missing_reason=hct_reason or "no hematocrit")
         if r.ecv_percent is None:
             f.add(Measurement.missing(marker, "%", formula, r.missing_reason, roi=ref, series=series, lab=hct,
-                                      lab_missing_reason=hct_reason, registration=registration))
+                                      lab_missing_reason=hct_reason, registration=registration, notes=notes))
         else:
             f.add(Measurement.of(formula, marker, r.ecv_percent, roi=ref, series=series, lab=hct,
-                                 registration=registration))
+                                 registration=registration, notes=notes))
     spacing = tuple(reversed(aligner.reference.image.GetSpacing()))
-    _ecv_map(un, eq, spacing, [m for _, m in livers], aorta_eq - aorta_un, hct, hct_reason, f)
+    if livers and d_liver_aorta is None:
+        f.note("ECV map not computed: no aortic enhancement at the liver ROIs' level")
+        return
+    _ecv_map(un, eq, spacing, [m for _, m in livers], d_liver_aorta, hct, hct_reason, f)
 
 
 def _ecv_map(un: Aligned, eq: Aligned, spacing: tuple[float, float, float], livers: list[np.ndarray], d_aorta: float,
@@ -144,62 +174,71 @@ def _ecv_map(un: Aligned, eq: Aligned, spacing: tuple[float, float, float], live
 
 
 def measure_dect(study: Study, aligner: Aligner, regions: Regions, labs: Labs, f: Findings) -> None:
-    """Papers 000 and 002 on the iodine maps and VMIs of a dual-energy study."""
-    tumors, aortas = regions.arrays("tumor"), regions.arrays("aorta")
-    aorta_ref = group_ref([r for r, _ in aortas], "aorta")
+    """Papers 000 and 002 on the iodine maps and VMIs of a dual-energy study, per lesion, each
+    lesion's iodine normalised to the aorta at its own level."""
+    lesions, aortas = regions.lesions, regions.arrays("aorta")
+    reference = aligner.reference
 
     # paper 000: equilibrium iodine map -> NIC, ECV = NIC x (1 - HCT) (a fraction)
     iodine, vol, why = _phase_image(study, aligner, study.first("dect_iodine", "equilibrium"),
                                     "equilibrium iodine map", "equilibrium")
-    series = (SeriesRef(vol.series_uid, "equilibrium iodine map"),) if vol else ()
+    series = _series(study, vol, "equilibrium iodine map")
     hct, hct_reason = labs.value("000", "hct")
     reg = iodine.quality if iodine is not None else None
-    ic_aorta, why_aorta = _aorta_iodine(iodine, aortas, why, f, aorta_ref, series, reg)
-    for roi, mask in tumors:
-        ic_t, reason = _roi_iodine(iodine, roi, mask, why, f, series, reg)
+    for les in lesions:
+        roi = les.region
+        ic_aorta, why_aorta, notes = _aorta_iodine(iodine, aortas, les, why, f, series, reg, LEVEL_000)
+        ic_t, reason = _roi_iodine(iodine, roi, les.rois, why, f, series, reg)
         reason = reason or why_aorta
         if reason:
             f.add(Measurement.missing("nic_tumor", "1", "paper000.nic", reason, roi=roi.ref, series=series,
-                                      registration=reg))
+                                      registration=reg, notes=notes))
             f.add(Measurement.missing("ecv_tumor_iodine", "1", "paper000.ecv_dect", reason, roi=roi.ref,
-                                      series=series, registration=reg, lab=hct, lab_missing_reason=hct_reason))
+                                      series=series, registration=reg, lab=hct, lab_missing_reason=hct_reason,
+                                      notes=notes))
             continue
         r = ecv.dect_ecv(ic_t, ic_aorta, hct.value if hct else None, hct_missing_reason=hct_reason or "no hematocrit")
-        f.add(Measurement.of("paper000.nic", "nic_tumor", r.nic, roi=roi.ref, series=series, registration=reg))
+        f.add(Measurement.of("paper000.nic", "nic_tumor", r.nic, roi=roi.ref, series=series, registration=reg,
+                             notes=notes))
         if r.ecv_fraction is None:
             f.add(Measurement.missing("ecv_tumor_iodine", "1", "paper000.ecv_dect", r.missing_reason, roi=roi.ref,
-                                      series=series, registration=reg, lab_missing_reason=hct_reason))
+                                      series=series, registration=reg, lab_missing_reason=hct_reason, notes=notes))
         else:
             f.add(Measurement.of("paper000.ecv_dect", "ecv_tumor_iodine", r.ecv_fraction, roi=roi.ref, series=series,
-                                 lab=hct, registration=reg))
+                                 lab=hct, registration=reg, notes=notes))
 
     # paper 002: arterial iodine map -> NIC-AP (%); 40 / 90 keV VMIs -> lambda HU
     iodine, vol, why = _phase_image(study, aligner, study.first("dect_iodine", "arterial"),
                                     "arterial iodine map", "arterial")
-    series = (SeriesRef(vol.series_uid, "arterial iodine map"),) if vol else ()
+    series = _series(study, vol, "arterial iodine map")
     reg = iodine.quality if iodine is not None else None
-    ic_aorta, why_aorta = _aorta_iodine(iodine, aortas, why, f, aorta_ref, series, reg, "_arterial")
-    for roi, mask in tumors:
-        ic_t, reason = _roi_iodine(iodine, roi, mask, why, f, series, reg, "_arterial")
+    for les in lesions:
+        roi = les.region
+        ic_aorta, why_aorta, notes = _aorta_iodine(iodine, aortas, les, why, f, series, reg, LEVEL_002, "_arterial")
+        if not why_aorta:
+            why_aorta, coverage = _coverage_002(aortas, les, reference)
+            notes += (coverage,)
+        ic_t, reason = _roi_iodine(iodine, roi, les.rois, why, f, series, reg, "_arterial")
         reason = reason or why_aorta
         if reason:
             f.add(Measurement.missing("nic_ap_tumor", "%", "paper002.nic_ap", reason, roi=roi.ref, series=series,
-                                      registration=reg))
+                                      registration=reg, notes=notes))
         else:
             f.add(Measurement.of("paper002.nic_ap", "nic_ap_tumor", nic.nic_ap_percent(ic_t, ic_aorta), roi=roi.ref,
-                                 series=series, registration=reg))
+                                 series=series, registration=reg, notes=notes))
     v40, vol40, why40 = _phase_image(study, aligner, study.vmi("arterial", spectral.LOW_KEV),
                                      f"arterial {spectral.LOW_KEV:g} keV VMI", "arterial")
     v90, vol90, why90 = _phase_image(study, aligner, study.vmi("arterial", spectral.HIGH_KEV),
                                      f"arterial {spectral.HIGH_KEV:g} keV VMI", "arterial")
-    series = tuple(SeriesRef(v.series_uid, f"arterial {k:g} keV VMI")
-                   for v, k in ((vol40, spectral.LOW_KEV), (vol90, spectral.HIGH_KEV)) if v)
+    series = (_series(study, vol40, f"arterial {spectral.LOW_KEV:g} keV VMI")
+              + _series(study, vol90, f"arterial {spectral.HIGH_KEV:g} keV VMI"))
     reg = (v40.quality if v40 is not None else None)
-    for roi, mask in tumors:
+    for les in lesions:
+        roi = les.region
         reason = why40 or why90
         if not reason:
             try:
-                lam = spectral.lambda_hu(mean_in(v40.array(), mask), mean_in(v90.array(), mask))
+                lam = spectral.lambda_hu(mean_over(v40.array(), les.rois), mean_over(v90.array(), les.rois))
             except ValueError as exc:
                 reason = f"ROI not read: {exc}"
         if reason:
@@ -210,29 +249,45 @@ def measure_dect(study: Study, aligner: Aligner, regions: Regions, labs: Labs, f
                                  registration=reg))
 
 
-def _aorta_iodine(iodine: Aligned | None, aortas, why: str | None, f: Findings, ref, series, reg, suffix: str = ""
-                  ) -> tuple[float | None, str | None]:
+def _coverage_002(aortas, les, reference: Volume) -> tuple[str | None, str]:
+    """Paper 002's aortic ROI covers at least half the lumen: (why not, what was found)."""
+    ring, _ = levels.at_level(aortas, les.slices)
+    covered = reference_level.lumen_coverage(union(ring), sitk.GetArrayViewFromImage(reference.image), reference.image)
+    need = reference_level.MIN_COVERAGE
+    quote = 'paper 002: "covering at least 50% of the arterial cross-section"'
+    if covered is None:
+        return None, f"aortic ROI's share of the lumen not checked: no enhanced lumen found on the reference series ({quote})"
+    text = f"aortic ROI covers {100 * covered:.0f} % of the lumen's cross-section ({quote})"
+    return (None if covered >= need else f"the {text}"), text
+
+
+def _aorta_iodine(iodine: Aligned | None, aortas, les, why: str | None, f: Findings, series, reg, quote: str,
+                  suffix: str = "") -> tuple[float | None, str | None, tuple[str, ...]]:
+    """The aortic iodine (mg/mL) at the level of lesion `les`: (value, why not, notes)."""
     if why:
-        return None, why
-    if not aortas:
-        return None, "no aorta ROI (NIC is normalised to the aortic iodine concentration)"
+        return None, why, ()
+    ring, which = levels.at_level(aortas, les.slices)
+    if not ring:
+        return None, f"no aorta ROI at the level of {les.describe()} ({quote}; NIC is normalised to the aorta)", ()
     try:
-        value = mean_over(iodine.array(), [m for _, m in aortas])
+        value = mean_over(iodine.array(), ring)
     except ValueError as exc:
-        return None, f"aorta iodine not read: {exc}"
+        return None, f"aorta iodine not read: {exc}", ()
+    notes = (_level_note(f"aorta ({value:.2f} mg/mL)", les.describe(), which, quote),)
+    ref = group_ref([r for r, m in aortas if levels.at_level([(r, m)], les.slices)[0]], "aorta")
     f.add(Measurement(f"aorta_iodine{suffix}", value, MG_ML, "roi.iodine_concentration", roi=ref, series=series,
-                      registration=reg))
+                      registration=reg, notes=notes))
     if not value > 0:
-        return None, f"aortic iodine concentration {value:.2f} mg/mL is not positive"
-    return value, None
+        return None, f"aortic iodine concentration {value:.2f} mg/mL is not positive", notes
+    return value, None, notes
 
 
-def _roi_iodine(iodine: Aligned | None, roi, mask, why: str | None, f: Findings, series, reg, suffix: str = ""
+def _roi_iodine(iodine: Aligned | None, roi, masks, why: str | None, f: Findings, series, reg, suffix: str = ""
                 ) -> tuple[float | None, str | None]:
     if why:
         return None, why
     try:
-        value = mean_in(iodine.array(), mask)
+        value = mean_over(iodine.array(), masks)
     except ValueError as exc:
         return None, f"ROI not read: {exc}"
     f.add(Measurement(f"{roi.role}_iodine{suffix}", value, MG_ML, "roi.iodine_concentration", roi=roi.ref,
@@ -241,15 +296,22 @@ def _roi_iodine(iodine: Aligned | None, roi, mask, why: str | None, f: Findings,
 
 
 def measure_size(reference: Volume, phase: str, regions: Regions, f: Findings) -> None:
-    """Tumor maximal in-plane diameter (mm) and volume (mL) of each reader's tumor ROI."""
+    """Each lesion's maximal in-plane diameter (mm) and volume (mL), on its extent; a lesion
+    without one has its size reported as not measured, with the reason (hccnode.pipeline.lesions)."""
     from hccnode.imaging import size
 
     spacing = tuple(reversed(reference.image.GetSpacing()))
     series = (SeriesRef(reference.series_uid, phase),)
-    for roi, mask in regions.arrays("tumor"):
+    for les in regions.lesions:
+        if les.extent is None:
+            for marker, formula, unit in (("tumor_diameter", "size.max_inplane_diameter", "mm"),
+                                          ("tumor_volume", "size.volume", "mL")):
+                f.add(Measurement.missing(marker, unit, formula, les.size_reason, roi=les.region.ref, series=series))
+            continue
+        mask = regions.array(les.extent)
         box = bounding_box(mask)
         mask = mask[box] if box else mask  # the size functions scan every voxel: the tumor's box, not the grid
-        d, _ = size.max_inplane_diameter_mm(mask, spacing)
-        f.add(Measurement.of("size.max_inplane_diameter", "tumor_diameter", d, roi=roi.ref, series=series))
-        f.add(Measurement.of("size.volume", "tumor_volume", size.volume_ml(mask, spacing), roi=roi.ref, series=series))
-
+        f.add(Measurement.of("size.max_inplane_diameter", "tumor_diameter", les.diameter_mm, roi=les.extent.ref,
+                             series=series))
+        f.add(Measurement.of("size.volume", "tumor_volume", size.volume_ml(mask, spacing), roi=les.extent.ref,
+                             series=series))

@@ -35,7 +35,7 @@ from hccnode.imaging.measure import Measurement
 from hccnode.imaging.phase_rules import RuleSet
 from hccnode.imaging.volumes import Volume
 from hccnode.models import p003_pairing
-from hccnode.pipeline import ct, mr
+from hccnode.pipeline import ct, lesions, levels, mr
 from hccnode.pipeline.align import Aligner
 from hccnode.pipeline.findings import Findings
 from hccnode.pipeline.labs import Labs
@@ -158,6 +158,12 @@ def analyze_study(store: Store, study_uid: str, *, destinations: Sequence[str] =
         # the SEG shows where numbers came from: only the roles this kind of study measures
         unused = sorted({r.role for r in regions.rois} - ROLES[kind])
         regions.rois = [r for r in regions.rois if r.role in ROLES[kind]]
+        for note in lesions.apply(regions, tuple(reversed(reference.image.GetSpacing()))):
+            f.note(note)
+        if kind in ("cect", "dect"):  # the aorta at each lesion's and the liver ROIs' level
+            for note in levels.place_aortas(regions, reference, lumen_wide=kind == "dect"):
+                f.note(note)
+        f.lesions = regions.lesions
         if unused:
             f.note(f"reader's {', '.join(unused)} ROI(s) not used: no {kind.upper()} marker of papers 000-003 needs them")
         if not regions.by_role("tumor"):
@@ -285,6 +291,8 @@ def _baseline(store: Store, study: Study, patient_key: str | None, f: Findings, 
     aligner = Aligner(t2, base.uid)
     regions = reader_rois(base, t2, aligner)
     complete_mr(regions, t2)
+    for note in lesions.apply(regions, tuple(reversed(t2.image.GetSpacing()))):
+        f.note(f"baseline: {note}")
     aligner.limit_to(regions.boxes())
     if not regions.by_role("tumor"):
         f.note(f"baseline tumor not measured: {TUMOR_NOT_PLACED}")

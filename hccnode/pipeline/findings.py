@@ -30,6 +30,7 @@ class Findings:
     series_used: set[str] = field(default_factory=set)
     ecv_map: BoxedArray | None = None  # ECV (%) on the reference grid, over the liver's box
     ecv_map_liver: np.ndarray | None = None  # the union of the liver ROIs the map covers
+    lesions: list = field(default_factory=list)  # hccnode.pipeline.lesions.Lesion, largest first
 
     def add(self, m: Measurement) -> Measurement:
         self.measurements.append(m)

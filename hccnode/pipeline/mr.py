@@ -22,8 +22,9 @@ from pydicom.dataset import Dataset
 from hccnode.imaging import adc_unit, sir
 from hccnode.imaging.measure import FORMULAS, Measurement, SeriesRef
 from hccnode.imaging.volumes import Volume
+from hccnode.pipeline import levels
 from hccnode.pipeline.align import Aligner
-from hccnode.pipeline.findings import Findings, mean_in, mean_over, values_in
+from hccnode.pipeline.findings import Findings, mean_over, values_in
 from hccnode.pipeline.regions import Regions
 from hccnode.pipeline.study import Study
 
@@ -59,21 +60,13 @@ def adc_decision(ds: Dataset, values: np.ndarray) -> tuple[adc_unit.UnitDecision
 
 
 def measure_mr(study: Study, t2: Volume, aligner: Aligner, regions: Regions, f: Findings, when: str = "") -> None:
-    """T2 SIR and ADC statistics of each tumor ROI. `when` ("baseline") suffixes markers and phases
+    """T2 SIR and ADC statistics of each lesion (its ROIs; the muscle on its slices). `when` ("baseline") suffixes markers and phases
     for values of an earlier study reported alongside the current one."""
     tag = f"_{when}" if when else ""
     phase = f"{when} T2".strip()
-    tumors, muscles = regions.arrays("tumor"), regions.arrays("muscle")
+    muscles = regions.arrays("muscle")
     t2_series = (SeriesRef(t2.series_uid, phase),)
     t2_a = sitk.GetArrayViewFromImage(t2.image)
-    muscle_si, why_muscle = None, None
-    if not muscles:
-        why_muscle = "no erector spinae ROI (the T2 reference of paper 003)"
-    else:
-        try:
-            muscle_si = mean_over(t2_a, [m for _, m in muscles])
-        except ValueError as exc:
-            why_muscle = f"muscle T2 signal not read: {exc}"
 
     adc_series = study.first("mr_adc")
     adc_vol = study.volume(adc_series) if adc_series is not None else None
@@ -96,25 +89,22 @@ def measure_mr(study: Study, t2: Volume, aligner: Aligner, regions: Regions, f: 
             else:
                 adc_a = aligned.array()
 
-    for roi, mask in tumors:
-        reason = why_muscle
-        if not reason:
-            try:
-                value = sir.t2_sir(mean_in(t2_a, mask), muscle_si)
-            except ValueError as exc:
-                reason = str(exc)
+    for les in regions.lesions:
+        roi = les.region
+        value, reason, notes = _t2_sir(t2_a, muscles, les)
         if reason:
             f.add(Measurement.missing(f"t2_sir_tumor{tag}", "1", "paper003.t2_sir", reason, roi=roi.ref,
-                                      series=t2_series))
+                                      series=t2_series, notes=notes))
         else:
-            f.add(Measurement.of("paper003.t2_sir", f"t2_sir_tumor{tag}", value, roi=roi.ref, series=t2_series))
+            f.add(Measurement.of("paper003.t2_sir", f"t2_sir_tumor{tag}", value, roi=roi.ref, series=t2_series,
+                                 notes=notes))
         reason = why_adc
         if not reason:
             try:
-                values = values_in(adc_a, mask)
+                values = [values_in(adc_a, m) for m in les.rois]  # per ROI: paper 003 averages its three
                 if header is not None:
-                    values = values * header.slope + header.intercept
-                stats = sir.adc_stats([values], unit)
+                    values = [v * header.slope + header.intercept for v in values]
+                stats = sir.adc_stats(values, unit)
             except ValueError as exc:
                 reason = str(exc)
         for key, formula in ADC_FORMULAS.items():
@@ -125,3 +115,21 @@ def measure_mr(study: Study, t2: Volume, aligner: Aligner, regions: Regions, f: 
             else:
                 f.add(Measurement.of(formula, marker, getattr(stats, key), roi=roi.ref, series=adc_ref,
                                      registration=quality, input_unit=decision.text))
+
+
+SAME_SLICE = 'paper 003: "a single ROI was selected in the erector spinae muscle region at the same slice"'
+
+
+def _t2_sir(t2_a, muscles, les) -> tuple[float | None, str | None, tuple[str, ...]]:
+    """Paper 003's T2 SIR of lesion `les`: its mean T2 signal over its ROIs against the erector
+    spinae on the same slices (hccnode.pipeline.levels). (value, why not, notes)."""
+    if not muscles:
+        return None, "no erector spinae ROI (the T2 reference of paper 003)", ()
+    ring, which = levels.at_level(muscles, les.slices)
+    if not ring:
+        return None, f"no erector spinae ROI on the slices of {les.describe()} ({SAME_SLICE})", ()
+    notes = (f"erector spinae at the level of {les.describe()}: {which} ({SAME_SLICE})",)
+    try:
+        return sir.t2_sir(mean_over(t2_a, les.rois), mean_over(t2_a, ring)), None, notes
+    except ValueError as exc:
+        return None, f"T2 signal not read: {exc}", notes

@@ -55,6 +55,7 @@ class Regions:
     annotations: list[Dataset] = field(default_factory=list)  # reader and organ SEG objects used (SR evidence)
     registration: dict[str, dict] = field(default_factory=dict)  # annotation UID -> carry-over record
     organs: list[OrganMask] = field(default_factory=list)  # site's whole-organ masks (not ROIs)
+    lesions: list = field(default_factory=list)  # hccnode.pipeline.lesions.Lesion, largest first
 
     def by_role(self, role: str) -> list[RoiMask]:
         return [r for r in self.rois if r.role == role]

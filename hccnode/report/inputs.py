@@ -212,7 +212,9 @@ def tracking(rois: Sequence[ReportRoi], reference: Reference, labels: dict[str, 
             uid = uid_from("tracking", uid, seen[uid])
         count[r.ref.name] += 1
         text = labels.get(r.ref.name, r.ref.name)
-        if per_role[r.ref.name] > 1:
+        if "(lesion " in (r.ref.label or ""):  # one of several lesions (hccnode.pipeline.lesions): its own name
+            text = r.ref.label
+        elif per_role[r.ref.name] > 1:
             text += f" {count[r.ref.name]}"
         text += f" ({r.ref.source})"
         out.append(Tracking(i, text[:64], uid))

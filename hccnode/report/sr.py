@@ -78,14 +78,15 @@ def describe_lab(lab: LabRef) -> str:
 def provenance(m: Measurement) -> list[str]:
     """The algorithm parameters of one measurement: where each input came from."""
     out = [f"marker {m.marker}"]
-    out += [f"series {s.series_uid} as {s.phase}" for s in m.series]
+    out += [f"series {s.series_uid} as {s.phase}" + (f", {s.delay_s:g} s after contrast start" if s.delay_s is not None
+                                                      else "") for s in m.series]
     if m.lab is not None:
         out.append(f"lab {describe_lab(m.lab)}")
     if m.registration:
         out.append("registration " + json.dumps(m.registration, sort_keys=True, default=str))
     if m.input_unit:
         out.append(f"input unit {m.input_unit}")
-    return out
+    return out + list(m.notes)
 
 
 def measurement_item(m: Measurement, template: Template) -> hd.sr.Measurement:
