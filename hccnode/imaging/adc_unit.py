@@ -28,14 +28,15 @@ wrong scale puts nearly all tissue beyond free water or nearly none in the soft-
 
 from __future__ import annotations
 
-import re
-import tomllib
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
 import numpy as np
 from pydicom.dataset import Dataset
+
+from hccnode.imaging import unit_evidence
+from hccnode.imaging.unit_evidence import Convention, HeaderUnit, rwvm_unit
 
 # UCUM unit of the stored values -> mm^2/s per stored unit.
 UNIT_TO_MM2S = {"mm2/s": 1.0, "10*-3.mm2/s": 1e-3, "10*-5.mm2/s": 1e-5, "10*-6.mm2/s": 1e-6, "um2/s": 1e-6}
@@ -77,42 +78,11 @@ def same_scale(a: str, b: str) -> bool:
     return UNIT_TO_MM2S[a] == UNIT_TO_MM2S[b]
 
 
-@dataclass(frozen=True)
-class HeaderUnit:
-    """The unit a Real World Value Mapping states: ADC in `unit` = volume value * slope + intercept
-    (volume values are stored values after Rescale Slope / Intercept)."""
-
-    unit: str
-    slope: float = 1.0
-    intercept: float = 0.0
-
-
-def _number(item: Dataset, keyword: str, default: float) -> float:
-    value = item.get(keyword)
-    try:
-        return float(value) if value is not None and value != "" else default
-    except (TypeError, ValueError):
-        return default
-
-
 def header_unit(ds: Dataset) -> HeaderUnit | None:
     """The ADC unit stated by the map's Real World Value Mapping (top level or, for an enhanced
     image, the shared or the first frame's functional groups), if it is one of UNIT_TO_MM2S, with
-    its linear mapping."""
-    items = list(ds.get("RealWorldValueMappingSequence") or [])
-    groups = list(ds.get("SharedFunctionalGroupsSequence") or [])
-    groups += list(ds.get("PerFrameFunctionalGroupsSequence") or [])[:1]
-    for group in groups:
-        items += list(group.get("RealWorldValueMappingSequence") or [])
-    rs, ri = _number(ds, "RescaleSlope", 1.0) or 1.0, _number(ds, "RescaleIntercept", 0.0)
-    for item in items:
-        for code in item.get("MeasurementUnitsCodeSequence") or []:
-            unit = str(code.get("CodeValue", "")).strip()
-            if unit in UNIT_TO_MM2S:
-                ws, wi = _number(item, "RealWorldValueSlope", 1.0), _number(item, "RealWorldValueIntercept", 0.0)
-                # volume v = stored * rs + ri and ADC = stored * ws + wi, so ADC = v * ws/rs + (wi - ri * ws/rs)
-                return HeaderUnit(unit, ws / rs, wi - ri * ws / rs)
-    return None
+    its linear mapping (hccnode.imaging.unit_evidence.rwvm_unit)."""
+    return rwvm_unit(ds, lambda code: code if code in UNIT_TO_MM2S else None)
 
 
 @dataclass(frozen=True)
@@ -160,41 +130,10 @@ def check_scales(values: np.ndarray, units: tuple[str, ...] = CANDIDATES) -> dic
     return out
 
 
-@dataclass(frozen=True)
-class Convention:
-    """One entry of hccnode/data/adc_units.toml."""
-
-    manufacturer: re.Pattern
-    unit: str
-    source: str
-    model: re.Pattern | None = None
-    software: re.Pattern | None = None
-
-    def matches(self, manufacturer: str, model: str, software: str) -> bool:
-        return bool(self.manufacturer.search(manufacturer)
-                    and (self.model is None or self.model.search(model))
-                    and (self.software is None or self.software.search(software)))
-
-
 def parse_conventions(text: str) -> list[Convention]:
     """The conventions of a TOML text in the format of hccnode/data/adc_units.toml. ValueError,
     naming the entry, for an entry without a manufacturer, a known unit or a source."""
-    out = []
-    for i, entry in enumerate(tomllib.loads(text).get("convention", []), start=1):
-        where = f"adc_units convention {i}"
-        if not str(entry.get("source", "")).strip():
-            raise ValueError(f"{where}: no source; a convention without a source is not used")
-        if not str(entry.get("manufacturer", "")).strip():
-            raise ValueError(f"{where}: no manufacturer pattern")
-        try:
-            unit = parse_unit(entry.get("unit", ""))
-            pats = {k: re.compile(entry[k], re.IGNORECASE) if entry.get(k) else None
-                    for k in ("manufacturer", "model", "software")}
-        except (ValueError, re.error) as exc:
-            raise ValueError(f"{where}: {exc}") from None
-        out.append(Convention(pats["manufacturer"], unit, " ".join(str(entry["source"]).split()),
-                              pats["model"], pats["software"]))
-    return out
+    return unit_evidence.parse_conventions(text, parse_unit, "adc_units")
 
 
 @lru_cache(maxsize=1)
@@ -206,10 +145,7 @@ def conventions() -> tuple[Convention, ...]:
 
 def find_convention(manufacturer: str, model: str = "", software: str = "",
                     table: tuple[Convention, ...] | None = None) -> Convention | None:
-    for c in conventions() if table is None else table:
-        if c.matches(manufacturer or "", model or "", software or ""):
-            return c
-    return None
+    return unit_evidence.find_convention(conventions() if table is None else table, manufacturer, model, software)
 
 
 def site_unit(manufacturer: str, units: dict[str, str]) -> str | None:

@@ -7,6 +7,9 @@ delay after contrast), the formula, the hematocrit used and the registration tha
 phase onto the reference grid. Each lesion (hccnode.pipeline.lesions) is measured in its
 measurement ROIs, averaged, against the aorta at its own level (hccnode.pipeline.levels); its
 size on its extent. Whatever cannot be computed is a Measurement with value None and the reason.
+An iodine map's unit is decided by hccnode.imaging.iodine_unit (header, else a cited vendor
+convention, checked against the aorta): absolute iodine in mg/mL only when it is known, NIC either
+way; the decision goes with each value (`input_unit`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from hccnode.imaging import ecv, nic, phase_timing, reference_level, spectral
+from hccnode.imaging import ecv, iodine_unit, nic, phase_timing, reference_level, spectral
 from hccnode.imaging.measure import LabRef, Measurement, SeriesRef
 from hccnode.imaging.roi_stats import bounding_box, union
 from hccnode.imaging.volumes import Volume
@@ -180,15 +183,15 @@ def measure_dect(study: Study, aligner: Aligner, regions: Regions, labs: Labs, f
     reference = aligner.reference
 
     # paper 000: equilibrium iodine map -> NIC, ECV = NIC x (1 - HCT) (a fraction)
-    iodine, vol, why = _phase_image(study, aligner, study.first("dect_iodine", "equilibrium"),
-                                    "equilibrium iodine map", "equilibrium")
+    iodine, vol, why, unit = _iodine_map(study, aligner, aortas, "equilibrium")
     series = _series(study, vol, "equilibrium iodine map")
     hct, hct_reason = labs.value("000", "hct")
     reg = iodine.quality if iodine is not None else None
+    used = unit.nic_note if unit is not None else None
     for les in lesions:
         roi = les.region
-        ic_aorta, why_aorta, notes = _aorta_iodine(iodine, aortas, les, why, f, series, reg, LEVEL_000)
-        ic_t, reason = _roi_iodine(iodine, roi, les.rois, why, f, series, reg)
+        ic_aorta, why_aorta, notes = _aorta_iodine(iodine, unit, aortas, les, why, f, series, reg, LEVEL_000)
+        ic_t, reason = _roi_iodine(iodine, unit, roi, les.rois, why, f, series, reg)
         reason = reason or why_aorta
         if reason:
             f.add(Measurement.missing("nic_tumor", "1", "paper000.nic", reason, roi=roi.ref, series=series,
@@ -199,33 +202,33 @@ def measure_dect(study: Study, aligner: Aligner, regions: Regions, labs: Labs, f
             continue
         r = ecv.dect_ecv(ic_t, ic_aorta, hct.value if hct else None, hct_missing_reason=hct_reason or "no hematocrit")
         f.add(Measurement.of("paper000.nic", "nic_tumor", r.nic, roi=roi.ref, series=series, registration=reg,
-                             notes=notes))
+                             notes=notes, input_unit=used))
         if r.ecv_fraction is None:
             f.add(Measurement.missing("ecv_tumor_iodine", "1", "paper000.ecv_dect", r.missing_reason, roi=roi.ref,
                                       series=series, registration=reg, lab_missing_reason=hct_reason, notes=notes))
         else:
             f.add(Measurement.of("paper000.ecv_dect", "ecv_tumor_iodine", r.ecv_fraction, roi=roi.ref, series=series,
-                                 lab=hct, registration=reg, notes=notes))
+                                 lab=hct, registration=reg, notes=notes, input_unit=used))
 
     # paper 002: arterial iodine map -> NIC-AP (%); 40 / 90 keV VMIs -> lambda HU
-    iodine, vol, why = _phase_image(study, aligner, study.first("dect_iodine", "arterial"),
-                                    "arterial iodine map", "arterial")
+    iodine, vol, why, unit = _iodine_map(study, aligner, aortas, "arterial")
     series = _series(study, vol, "arterial iodine map")
     reg = iodine.quality if iodine is not None else None
     for les in lesions:
         roi = les.region
-        ic_aorta, why_aorta, notes = _aorta_iodine(iodine, aortas, les, why, f, series, reg, LEVEL_002, "_arterial")
+        ic_aorta, why_aorta, notes = _aorta_iodine(iodine, unit, aortas, les, why, f, series, reg, LEVEL_002,
+                                                   "_arterial")
         if not why_aorta:
             why_aorta, coverage = _coverage_002(aortas, les, reference)
             notes += (coverage,)
-        ic_t, reason = _roi_iodine(iodine, roi, les.rois, why, f, series, reg, "_arterial")
+        ic_t, reason = _roi_iodine(iodine, unit, roi, les.rois, why, f, series, reg, "_arterial")
         reason = reason or why_aorta
         if reason:
             f.add(Measurement.missing("nic_ap_tumor", "%", "paper002.nic_ap", reason, roi=roi.ref, series=series,
                                       registration=reg, notes=notes))
         else:
             f.add(Measurement.of("paper002.nic_ap", "nic_ap_tumor", nic.nic_ap_percent(ic_t, ic_aorta), roi=roi.ref,
-                                 series=series, registration=reg, notes=notes))
+                                 series=series, registration=reg, notes=notes, input_unit=unit.nic_note))
     v40, vol40, why40 = _phase_image(study, aligner, study.vmi("arterial", spectral.LOW_KEV),
                                      f"arterial {spectral.LOW_KEV:g} keV VMI", "arterial")
     v90, vol90, why90 = _phase_image(study, aligner, study.vmi("arterial", spectral.HIGH_KEV),
@@ -261,37 +264,67 @@ def _coverage_002(aortas, les, reference: Volume) -> tuple[str | None, str]:
     return (None if covered >= need else f"the {text}"), text
 
 
-def _aorta_iodine(iodine: Aligned | None, aortas, les, why: str | None, f: Findings, series, reg, quote: str,
-                  suffix: str = "") -> tuple[float | None, str | None, tuple[str, ...]]:
-    """The aortic iodine (mg/mL) at the level of lesion `les`: (value, why not, notes)."""
+def _iodine_map(study: Study, aligner: Aligner, aortas, phase: str
+                ) -> tuple[Aligned | None, Volume | None, str | None, iodine_unit.Decision | None]:
+    """The `phase` iodine map on the reference grid and how its values are read
+    (hccnode.imaging.iodine_unit: its header, else a cited vendor convention, checked against the
+    mean of the aorta ROIs on the map; else unknown, NIC only)."""
+    source = study.first("dect_iodine", phase)
+    iodine, vol, why = _phase_image(study, aligner, source, f"{phase} iodine map", phase)
+    if why:
+        return iodine, vol, why, None
+    try:
+        aorta = mean_over(iodine.array(), [m for _, m in aortas]) if aortas else None
+    except ValueError:
+        aorta = None
+    return iodine, vol, None, iodine_unit.decide_for(study.headers(source)[0], phase, aorta)
+
+
+def _iodine_value(marker: str, value: float, unit: iodine_unit.Decision, **kw) -> Measurement:
+    """An iodine concentration read on the map (`value` on its linear scale): in mg/mL when the
+    map's unit is decided, else not reported, with the reason."""
+    mg = unit.mg_ml(value)
+    if mg is None:
+        return Measurement.missing(marker, MG_ML, "roi.iodine_concentration",
+                                   f"absolute iodine concentration not reported: {unit.text}", **kw)
+    return Measurement(marker, mg, MG_ML, "roi.iodine_concentration", input_unit=unit.text, **kw)
+
+
+def _aorta_iodine(iodine: Aligned | None, unit: iodine_unit.Decision | None, aortas, les, why: str | None,
+                  f: Findings, series, reg, quote: str, suffix: str = ""
+                  ) -> tuple[float | None, str | None, tuple[str, ...]]:
+    """The aortic iodine at the level of lesion `les`, on the map's linear scale (mg/mL when its
+    unit is known): (value, why not, notes)."""
     if why:
         return None, why, ()
     ring, which = levels.at_level(aortas, les.slices)
     if not ring:
         return None, f"no aorta ROI at the level of {les.describe()} ({quote}; NIC is normalised to the aorta)", ()
     try:
-        value = mean_over(iodine.array(), ring)
+        value = unit.linear(mean_over(iodine.array(), ring))
     except ValueError as exc:
         return None, f"aorta iodine not read: {exc}", ()
-    notes = (_level_note(f"aorta ({value:.2f} mg/mL)", les.describe(), which, quote),)
+    shown = f"{value:.2f} mg/mL" if unit.unit is not None else f"{value:.3g} on the map's scale, unit unknown"
+    notes = (_level_note(f"aorta ({shown})", les.describe(), which, quote),)
     ref = group_ref([r for r, m in aortas if levels.at_level([(r, m)], les.slices)[0]], "aorta")
-    f.add(Measurement(f"aorta_iodine{suffix}", value, MG_ML, "roi.iodine_concentration", roi=ref, series=series,
-                      registration=reg, notes=notes))
+    f.add(_iodine_value(f"aorta_iodine{suffix}", value, unit, roi=ref,
+                        series=series, registration=reg, notes=notes))
     if not value > 0:
-        return None, f"aortic iodine concentration {value:.2f} mg/mL is not positive", notes
+        return None, f"aortic iodine {shown} is not positive", notes
     return value, None, notes
 
 
-def _roi_iodine(iodine: Aligned | None, roi, masks, why: str | None, f: Findings, series, reg, suffix: str = ""
-                ) -> tuple[float | None, str | None]:
+def _roi_iodine(iodine: Aligned | None, unit: iodine_unit.Decision | None, roi, masks, why: str | None, f: Findings,
+                series, reg, suffix: str = "") -> tuple[float | None, str | None]:
+    """A lesion's iodine over its ROIs on the map's linear scale: (value, why not)."""
     if why:
         return None, why
     try:
-        value = mean_over(iodine.array(), masks)
+        value = unit.linear(mean_over(iodine.array(), masks))
     except ValueError as exc:
         return None, f"ROI not read: {exc}"
-    f.add(Measurement(f"{roi.role}_iodine{suffix}", value, MG_ML, "roi.iodine_concentration", roi=roi.ref,
-                      series=series, registration=reg))
+    f.add(_iodine_value(f"{roi.role}_iodine{suffix}", value, unit,
+                        roi=roi.ref, series=series, registration=reg))
     return value, None
 
 
