@@ -20,7 +20,9 @@ import numpy as np
 def nic_ratio(ic_lesion_mg_ml: float, ic_aorta_mg_ml: float) -> float:
     """NIC = IC_lesion / IC_aorta (dimensionless ratio). Paper 000, Methods 2.2.
 
-    Both iodine concentrations in the same unit (mg/mL) from the same iodine map.
+    Both values from the same iodine map, in the same unit: mg/mL, or the map's own scale when its
+    unit is unknown, the ratio being unit-free for values proportional to iodine
+    (hccnode.imaging.iodine_unit decides which).
     """
     if not np.isfinite(ic_aorta_mg_ml) or ic_aorta_mg_ml <= 0:
         raise ValueError(f"aortic iodine concentration must be > 0 mg/mL, got {ic_aorta_mg_ml}")
