@@ -304,7 +304,7 @@ def _aorta_iodine(iodine: Aligned | None, unit: iodine_unit.Decision | None, aor
         value = unit.linear(mean_over(iodine.array(), ring))
     except ValueError as exc:
         return None, f"aorta iodine not read: {exc}", ()
-    shown = f"{value:.2f} mg/mL" if unit.unit is not None else f"{value:.3g} on the map's scale, unit unknown"
+    shown = f"{value:.2f} mg/mL" if unit.unit is not None else f"{value:.3g} on the map's own scale, unit not decided"
     notes = (_level_note(f"aorta ({shown})", les.describe(), which, quote),)
     ref = group_ref([r for r, m in aortas if levels.at_level([(r, m)], les.slices)[0]], "aorta")
     f.add(_iodine_value(f"aorta_iodine{suffix}", value, unit, roi=ref,
