@@ -115,8 +115,9 @@ def find_convention(manufacturer: str, model: str = "", software: str = "",
 @dataclass(frozen=True)
 class Decision:
     """How an iodine map's values are read: linear = volume value * slope + intercept (the header's
-    mapping), mg/mL = linear * UNIT_TO_MG_ML[unit] when `unit` is set; `unit` None: absolute iodine not reported (`text` says why), NIC still is,
-    from volume value * slope + intercept (proportional to iodine). `text` is the provenance."""
+    mapping), mg/mL = linear * UNIT_TO_MG_ML[unit] when `unit` is set. `unit` None: absolute iodine
+    is not reported (`text` says why), NIC still is, from the linear values (proportional to
+    iodine). `text` is the provenance."""
 
     unit: str | None
     basis: str
