@@ -30,7 +30,8 @@ for the venous phases):
 - portal venous / equilibrium: a few mg/mL. Yel et al., "Standardization of Dual-Energy CT Iodine
   Uptake of the Abdomen and Pelvis: Defining Reference Values in a Big Data Cohort", Diagnostics
   2024;14(18):2051 (doi:10.3390/diagnostics14182051), 597 portal-venous DECT scans: organ iodine
-  0.31-6.08 mg/mL and aorta-normalised ratios 0.06-1.20, so the aorta near 5 mg/mL. Band 1.5-10.
+  0.31-6.08 mg/mL and aorta-normalised ratios 0.06-1.20, so the aorta near 6.08 / 1.20 = 5 mg/mL
+  (this module's inference from the abstract; the aortic values themselves are not quoted). Band 1.5-10.
 - arterial: up to ~15-20 mg/mL (issue 16; DECT phantom studies of cardiac/arterial protocols use
   inserts of 0-20 mg/mL: Koonce et al., Eur Radiol 2014;24(2):512-518, PMC4126413). Band 2-25.
 """
