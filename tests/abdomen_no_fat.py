@@ -31,6 +31,7 @@ class Scene:
     phases: dict[str, np.ndarray]
     liver: np.ndarray
     spacing: tuple[float, float, float]
+    bowel: np.ndarray            # where bowel and mesentery fill the belly
     notes: list[str] = field(default_factory=list)
 
 
@@ -112,4 +113,4 @@ def scene(case: str = "standard", seed: int = 0, n: int = 224, px: float = 1.6, 
         img[lab == 1] += 25.0 * texture[lab == 1]          # bowel content is heterogeneous
         img += rng.normal(0.0, noise, img.shape).astype(np.float32)
         phases[phase] = img
-    return Scene(phases, lab == liver_kind, (dz, px, px))
+    return Scene(phases, lab == liver_kind, (dz, px, px), lab == 1)

@@ -69,8 +69,9 @@ def test_sample_reads_the_liver_attenuation_in_every_phase(case):
 def test_without_a_liver_nothing_is_taken_for_it_and_the_reason_says_what_was_found():
     s = scene("standard")
     eq = s.phases["equilibrium"].copy()
-    # a scan below the liver: bowel loops where the liver was
-    eq[s.liver] = bowel_loops(eq.shape, s.spacing, seed=5)[s.liver]
+    # a scan below the liver: bowel loops where the liver was, and filling the rest of the belly
+    belly = s.liver | s.bowel
+    eq[belly] = bowel_loops(eq.shape, s.spacing, seed=5)[belly]
     placed, notes = ct_roi_masks(eq, s.spacing)
     assert not [p for p in placed if p.role == "liver"]
     note = next(n for n in notes if n.startswith("liver ROIs not placed"))

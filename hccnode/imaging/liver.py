@@ -44,7 +44,9 @@ Method (and why this one)
    most 10 % of it more than 40 mm left of the midline and behind the vertebral body's anterior
    cortex) nor behind the vertebral body (erector spinae, psoas: at most 5 %); its volume is at
    most 3.5 L (adult livers range 0.6-3.5 L: small cirrhotic to hepatomegaly), plus 20 % for the
-   band's partial-volume rim, and its largest axial cross-section at least 30 cm^2. Among the cells that pass, the largest is the liver. A scan that
+   band's partial-volume rim; its largest axial cross-section at least 20 cm^2 on the search grid;
+   at least 20 cm^2 x 3 cm (or x the scan's height when shorter) in volume; and, when it ends
+   within the scan at both ends (the whole organ), at least 300 mL. Among the cells that pass, the largest is the liver. A scan that
    covers only part of the liver gives a smaller cell, which is not held against it.
 
 When no cell passes at any depth, the liver is not found and `describe_failure` says what the
@@ -74,11 +76,15 @@ LIVER_MAX_HU = 200.0
 # parenchyma (noisy images, heterogeneous or cirrhotic parenchyma).
 BAND_MIN_HU = 15.0
 BAND_SD = 3.0
+# ... and at most this: at portal venous and equilibrium phase muscle lies 30-40 HU below the liver
+# (it enhances far less), so a wider band would take the diaphragm and abdominal wall with it.
+BAND_MAX_HU = 25.0
 # Enhancement band (HU) with a registered unenhanced phase: at least this wide. Tissue enhancing by
 # less than ENHANCED_MIN_HU is not the liver (fluid and oral contrast do not enhance, muscle little:
 # about 10 HU; the liver's extracellular space, a quarter to a third of it, takes 20 HU or more at
 # portal venous and equilibrium phase).
 ENH_BAND_MIN_HU = 12.0
+ENH_BAND_MAX_HU = 25.0
 ENHANCED_MIN_HU = 15.0
 # In-plane smoothing before judging attenuation (mm, Gaussian sigma).
 SMOOTH_MM = 2.0
@@ -103,8 +109,16 @@ SPINE_WINDOW_MM = 50.0
 VERTEBRAL_DEPTH_MM = 35.0        # anterior cortex to posterior edge (thoracolumbar 25-35 mm)
 LIVER_MAX_ML = 3500.0 * 1.2
 # The liver's largest axial cross-section: even a small cirrhotic liver (0.6 L, about 11 x 9 x 8 cm)
-# is some 70 cm^2 at its widest; 30 cm^2 leaves room for a scan that covers only its lower part.
-LIVER_MIN_AREA_MM2 = 3000.0
+# is some 70 cm^2 at its widest. The bound is 20 cm^2 as measured on the smoothed search grid
+# (which loses a rim of about one 3-4 mm voxel to partial volume), leaving room for a scan that
+# covers only the liver's lower part.
+LIVER_MIN_AREA_MM2 = 2000.0
+# A cell that ends within the scan at both ends is the whole organ: a liver is at least 0.6 L; half
+# of that allows for what the band leaves out (vessels, lesions, its partial-volume rim).
+LIVER_MIN_WHOLE_ML = 300.0
+# Even cut by the scan's end, a liver extends over at least this height (mm) with sections of at
+# least LIVER_MIN_AREA_MM2 (or the scan's whole height, when the scan is shorter).
+LIVER_MIN_HEIGHT_MM = 30.0
 # Cells smaller than this (mL) are not judged (noise, vessels, bowel loops); a liver is larger
 # even when the scan covers only a few centimetres of it.
 MIN_CELL_ML = 20.0
@@ -260,7 +274,7 @@ def _band(smooth: np.ndarray, centre: float, sd: float, quadrant: np.ndarray, sp
     """The liver's band: `centre` (HU) refined on the deep voxels of the tissue in the quadrant,
     half width BAND_SD times the spread `sd` (at least BAND_MIN_HU); with `enh`, the enhancement
     band of the same voxels."""
-    half = max(BAND_MIN_HU, BAND_SD * sd)
+    half = min(BAND_MAX_HU, max(BAND_MIN_HU, BAND_SD * sd))
     enh_band = None
     for _ in range(2):
         mask = quadrant & (np.abs(smooth - centre) <= half)
@@ -272,7 +286,8 @@ def _band(smooth: np.ndarray, centre: float, sd: float, quadrant: np.ndarray, sp
         if enh is not None:
             e = enh[deep]
             e_mid = float(np.median(e))
-            enh_band = (e_mid, max(ENH_BAND_MIN_HU, BAND_SD * _robust_sd(e))) if e_mid > ENHANCED_MIN_HU else None
+            width = min(ENH_BAND_MAX_HU, max(ENH_BAND_MIN_HU, BAND_SD * _robust_sd(e)))
+            enh_band = (e_mid, width) if e_mid > ENHANCED_MIN_HU else None
     return (centre, half), enh_band
 
 
@@ -299,9 +314,9 @@ def _cell(cells: np.ndarray, cores: np.ndarray, i: int, sl) -> np.ndarray:
     return np.isin(lab, ids[ids > 0])
 
 
-def _judge(cell: np.ndarray, offset, frame: _Frame, spacing) -> tuple[bool, str, float]:
+def _judge(cell: np.ndarray, offset, frame: _Frame, spacing, nz: int) -> tuple[bool, str, float]:
     """(passes, why not, volume mL) for a candidate liver cell (its box, at `offset`) on the
-    coarse grid."""
+    coarse grid of `nz` slices."""
     dz, dy, dx = spacing
     zz, yy, xx = (a + o for a, o in zip(np.nonzero(cell), offset))
     volume = zz.size * dz * dy * dx / 1000.0
@@ -321,6 +336,11 @@ def _judge(cell: np.ndarray, offset, frame: _Frame, spacing) -> tuple[bool, str,
             return False, f"{100 * back.mean():.0f} % of it lies among the back muscles behind the spine", volume
     if volume > LIVER_MAX_ML:
         return False, f"{volume / 1000:.1f} L, more than any liver", volume
+    if zz.min() > 0 and zz.max() < nz - 1 and volume < LIVER_MIN_WHOLE_ML:
+        return False, f"a whole organ of {volume:.0f} mL within the scan, too small for a liver", volume
+    least = LIVER_MIN_AREA_MM2 * min(nz * dz, LIVER_MIN_HEIGHT_MM) / 1000.0
+    if volume < least:
+        return False, f"{volume:.0f} mL, less than the {least:.0f} mL a liver fills of this scan", volume
     largest = float(np.bincount(zz).max()) * dy * dx
     if largest < LIVER_MIN_AREA_MM2:
         return False, f"its largest cross-section is {largest / 100:.0f} cm^2, less than a liver's", volume
@@ -388,7 +408,7 @@ def find_liver_extent(hu: np.ndarray, spacing, body: np.ndarray, spine_x: np.nda
                 break
             sl = ndimage.find_objects((cells == i).astype(np.int8))[0]
             c = _cell(cells, cores, i, sl)
-            ok, why, vol = _judge(c, [x.start for x in sl], frame, sp)
+            ok, why, vol = _judge(c, [x.start for x in sl], frame, sp, cells.shape[0])
             if ok:
                 organ_c = np.zeros(cells.shape, bool)
                 organ_c[sl] = c
