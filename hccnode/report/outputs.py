@@ -130,7 +130,7 @@ def build_outputs(
 
     ct = str(ref.datasets[0].get("Modality", "")) == "CT"
     fig = summary.render(rois, tracks, measurements, model_results, labs_used, missing, images=images,
-                         window=CT_WINDOW if ct else None, reference=ref)
+                         window=CT_WINDOW if ct else None, reference=ref, template=template)
     pdf = summary.save(fig, out / SUMMARY_PDF, out / SUMMARY_PNG)
     doc = summary.encapsulate_pdf(pdf, sources[0] if sources else ref.datasets[0], ref, summary.key_slices(rois),
                                   *uids["pdf"], numbers["pdf"], title="hccnode research summary")

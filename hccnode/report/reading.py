@@ -82,7 +82,8 @@ def roi_level(roi: ReportRoi, reference: Reference | None) -> str:
     if reference is None:
         return f"slices {first + 1} to {last + 1}, largest section on slice {big + 1}"
     series = reference.datasets[0].get("SeriesNumber", "?")
-    images = _image(reference, first) if first == last else f"{_image(reference, first)} to {_image(reference, last)}"
+    ends = sorted({_image(reference, first), _image(reference, last)}, key=lambda t: (len(t), t))
+    images = ends[0] if len(ends) == 1 else f"{ends[0]} to {ends[1].split()[-1]}"
     z = [_z(reference, k) for k in (first, last, big)]
     where = ""
     if None not in z:

@@ -1,6 +1,12 @@
 """One-page summary: key images with the ROIs outlined, the measurements, the model results with
 their papers and limits, what is missing, and the research-use statement.
 
+Written for a person, not for our code: each value under a human label ("Tumor ECV", its contrast
+phase and the delay after contrast start), units as a reader writes them ("HU", from the SR
+template's [display_units]), each ROI with its level and lesion, each model with its citation and,
+for a logistic card, its terms (value, cutoff, published OR, which way each pushes) and any
+direction conflict the card records; no snake_case identifier reaches the page.
+
 The page is drawn with matplotlib and saved as PDF (wrapped as DICOM Encapsulated PDF Storage)
 and as PNG (for the audit). It carries no patient identifiers (Burned In Annotation NO): the
 DICOM header says whose study it belongs to.
@@ -8,7 +14,9 @@ DICOM header says whose study it belongs to.
 
 from __future__ import annotations
 
+import re
 import textwrap
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,14 +32,47 @@ from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID  # no
 
 import hccnode  # noqa: E402
 from hccnode.imaging.measure import LabRef, Measurement  # noqa: E402
+from hccnode.models.engine import term_line  # noqa: E402
 from hccnode.report.inputs import Reference, ReportRoi, Tracking  # noqa: E402
-from hccnode.report.sr import describe_lab, not_measured  # noqa: E402
+from hccnode.report.reading import lesion_of, phase_text, roi_level  # noqa: E402
+from hccnode.report.sr import describe_lab  # noqa: E402
+from hccnode.report.templates import Template, load_template  # noqa: E402
 
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45")
 PATIENT_KEYS = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex")
 STUDY_KEYS = ("StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
 WRAP = 120
+_SNAKE = re.compile(r"'?\b([A-Za-z0-9]+(?:_[A-Za-z0-9]+)+)\b'?")
+OUTPUT_NAMES = {"risk_group": "risk group", "probability": "probability",
+                "derived_points": "hccnode-derived points (not the paper's nomogram)",
+                "linear_predictor": "relative log-odds (sum of the terms)"}
+
+
+def human(text: str) -> str:
+    """`text` without code identifiers: a snake_case name becomes words ('t2_sir_post' -> 't2 sir post')."""
+    return _SNAKE.sub(lambda m: m.group(1).replace("_", " "), text)
+
+
+def paper_of(formula: str) -> str:
+    """'paper001.ecv_cect' -> 'paper 001'; the node's own statistics and sizes say so."""
+    head = formula.split(".")[0]
+    if head.startswith("paper") and head[5:].isdigit():
+        return f"paper {head[5:]}"
+    return {"roi": "ROI statistic", "size": "size"}.get(head, human(head))
+
+
+def value_label(m: Measurement, template: Template) -> str:
+    """'Tumor ECV, unenhanced + equilibrium (120 s after contrast start)'."""
+    entry = template.measurements.get(m.formula)
+    what = entry.label if entry else human(m.marker)
+    role = template.roles[m.roi.name].label if m.roi and m.roi.name in template.roles else "Study"
+    phase = phase_text(m)
+    return f"{role} {what}" + (f", {phase}" if phase else "")
+
+
+def unit_label(unit: str, template: Template) -> str:
+    return template.display_units.get(unit, unit)
 
 
 def key_slices(rois: Sequence[ReportRoi], n: int = 2) -> list[int]:
@@ -63,11 +104,12 @@ def image_label(reference: Reference | None, k: int) -> str:
 def render(rois: Sequence[ReportRoi], tracks: Sequence[Tracking], measurements: Sequence[Measurement],
            model_results: Sequence[dict[str, Any]], labs_used: Sequence[LabRef], missing: Sequence[str],
            images: np.ndarray | None = None, window: tuple[float, float] | None = None,
-           reference: Reference | None = None) -> Figure:
+           reference: Reference | None = None, template: Template | None = None) -> Figure:
     """The summary page (A4 portrait). `images` is the reference volume (z, y, x) in modality units
     for the key images; `window` (centre, width) its display window, default the 1st to 99th
     percentile of the images (pass (40, 400) for a CT soft-tissue window); `reference` names the
-    key images by series, instance and frame number."""
+    key images by series, instance and frame number; `template` gives the labels (default: the shipped one)."""
+    template = template or load_template()
     fig = plt.figure(figsize=(8.27, 11.69), dpi=100)
     fig.text(0.5, 0.975, "hccnode - liver imaging research measurements", ha="center", va="top", fontsize=13,
              weight="bold")
@@ -101,48 +143,60 @@ def render(rois: Sequence[ReportRoi], tracks: Sequence[Tracking], measurements: 
         for i, part in enumerate(textwrap.wrap(text, WRAP) or [""]):
             lines.append(("    " + part if i else part, style))
 
-    add("ROIs: " + "; ".join(f"{t.segment_number} = {t.identifier}" for t in tracks), size=7.5)
+    add("ROIs (number on the images = segment number)", weight="bold", size=9)
+    for r, t in zip(rois, tracks):
+        lesion = lesion_of(r, rois)
+        add(f"{t.segment_number} = {t.identifier}" + (f", {lesion}" if lesion else "") + f": {roi_level(r, reference)}",
+            size=7)
     add("")
-    add("Measurements", weight="bold", size=9)
+    add("Measurements (value, unit, paper; the SR holds each value's full provenance)", weight="bold", size=9)
     for m in measurements:
         if m.value is None:
             continue
-        roi = f"{m.roi.name} ({m.roi.label or m.roi.source})" if m.roi else "study"
-        lab = f"; {m.lab.name} {m.lab.value:g} {m.lab.unit} at {m.lab.time}" if m.lab else ""
-        add(f"{m.marker:<22} {roi:<28} {m.value:>10.4g} {m.unit:<14} {m.formula}{lab}", family="monospace", size=7)
+        lab = f"; {m.lab.name.upper()} {m.lab.value:g} {m.lab.unit} at {m.lab.time}" if m.lab else ""
+        add(f"{value_label(m, template)}: {m.value:.4g} {unit_label(m.unit, template)} ({paper_of(m.formula)}{lab})",
+            size=7)
     add("")
     add("Published models (research; see limits)", weight="bold", size=9)
     for r in model_results:
         out = r.get("outputs") or {}
-        shown = [f"{k} {out[k]:.3g}" if isinstance(out[k], float) else f"{k} {out[k]}"
-                 for k in ("risk_group", "probability", "points", "linear_predictor") if k in out]
+        shown = [f"{OUTPUT_NAMES[k]} {out[k]:.3g}" if isinstance(out[k], float) else f"{OUTPUT_NAMES[k]} {out[k]}"
+                 for k in OUTPUT_NAMES if k in out]
         status = ", ".join(shown) if shown else "not evaluated: " + "; ".join(r.get("reasons") or ["no output"])
-        add(f"{r.get('card_id')} {r.get('card_version')}: {status}", size=7.5)
+        add(human(f"{r.get('title') or r.get('card_id')} (card {r.get('card_id')} {r.get('card_version')}): {status}"),
+            size=7.5)
         add(f"  {r.get('citation') or 'paper not identified'}", size=7, color="#555555")
-        if out.get("linear_predictor_note"):
-            add(f"  {out['linear_predictor_note']}", size=7, color="#555555")
+        if out.get("direction_note"):
+            add(f"  {out['direction_note']}", size=7, color="#b00000")
+        for term in out.get("terms") or []:
+            if "label" in term:
+                add(f"  term: {term_line(term)}", size=7)
+        for key in ("linear_predictor_note", "derived_points_note"):
+            if out.get(key):
+                add(f"  {human(out[key])}", size=7, color="#555555")
         for k, v in sorted((r.get("withheld") or {}).items()):
-            add(f"  withheld {k}: {v}", size=7, color="#555555")
-        for lim in (r.get("limitations") or [])[:3]:
-            add(f"  limit: {lim}", size=7, color="#555555")
+            add(human(f"  withheld {k}: {v}"), size=7, color="#555555")
+        for lim in (r.get("limitations") or [])[:1]:
+            add(human(f"  limit: {lim}"), size=7, color="#555555")
     add("")
     add("Laboratory values used", weight="bold", size=9)
     for lab in labs_used:
-        add(describe_lab(lab), size=7.5)
+        add(describe_lab(replace(lab, unit=unit_label(lab.unit, template))), size=7.5)
     if not labs_used:
         add("none", size=7.5)
-    notes = list(missing) + [not_measured(m) for m in measurements if m.value is None]
+    notes = [human(n) for n in missing] + [f"{value_label(m, template)} not measured: {human(m.reason or '')}"
+                                          for m in measurements if m.value is None]
     add("")
     add("Not measured", weight="bold", size=9)
     for n in notes or ["nothing missing"]:
         add(n, size=7.5)
     y = 0.655
     for text, style in lines:
-        if y < 0.03:
+        if y < 0.045:
             fig.text(0.04, y, "... (truncated; the SR holds everything)", fontsize=7, style="italic")
             break
         fig.text(0.04, y, text, va="top", **style)
-        y -= 0.0135 if style.get("size", 8) < 8.5 else 0.017
+        y -= 0.0112 if style.get("size", 8) <= 7 else 0.012 if style.get("size", 8) < 8.5 else 0.016
     fig.text(0.5, 0.01, f"hccnode {hccnode.__version__} - {hccnode.RESEARCH_USE}", ha="center", fontsize=6.5,
              color="#777777")
     return fig
