@@ -161,10 +161,13 @@ def test_summary_pdf_text_is_for_people(built):
     assert not re.findall(r"\b[a-z0-9]+_[a-z0-9_]+\b", text), re.findall(r"\b[a-z0-9]+_[a-z0-9_]+\b", text)
     assert "Tumor ECV, unenhanced + equilibrium (180 s after contrast start): " in flat
     assert "Aorta Mean attenuation, equilibrium (180 s after contrast start): " in flat and " HU (ROI statistic)" in flat
-    assert "Tumor NIC, equilibrium (180 s after contrast start): 0.55 (ratio) (paper 000)" in flat
+    # paper 000's fractions in % as in the SR: NIC 0.55 -> 55 %, ECV 0.33 -> 33 %
+    assert "Tumor NIC, equilibrium (180 s after contrast start): 55 % (paper 000)" in flat
+    assert "Tumor ECV (iodine map), equilibrium (180 s after contrast start): 33 % (paper 000; HCT 0.4 L/L)" in flat
     assert "lesion 1 of 1: series " in flat and "largest section on image" in flat
     for r in case.model_results:
         assert r["citation"][:40] in flat
     # paper 003: its terms and its direction conflict; its derived total named as the node's
     assert "term: post-treatment T2 signal intensity ratio = 1.62; cutoff >= 1.418: met; published OR 8.692" in flat
+    assert "lowers the modelled odds of progression group" in flat   # the last term: nothing cut off
     assert "Direction conflict:" in flat and "hccnode-derived points (not the paper's nomogram)" in flat

@@ -34,7 +34,7 @@ import hccnode  # noqa: E402
 from hccnode.imaging.measure import LabRef, Measurement  # noqa: E402
 from hccnode.models.engine import term_line  # noqa: E402
 from hccnode.report.inputs import Reference, ReportRoi, Tracking  # noqa: E402
-from hccnode.report.reading import lesion_of, phase_text, roi_level  # noqa: E402
+from hccnode.report.reading import convert, lesion_of, phase_text, roi_level  # noqa: E402
 from hccnode.report.sr import describe_lab  # noqa: E402
 from hccnode.report.templates import Template, load_template  # noqa: E402
 
@@ -121,7 +121,7 @@ def render(rois: Sequence[ReportRoi], tracks: Sequence[Tracking], measurements: 
         finite = images[slices][np.isfinite(images[slices])]
         lo, hi = (float(v) for v in np.percentile(finite, (1, 99))) if finite.size else (0.0, 1.0)
     for j, k in enumerate(slices):
-        ax = fig.add_axes((0.06 + j * 0.47, 0.67, 0.41, 0.245))
+        ax = fig.add_axes((0.12 + j * 0.42, 0.745, 0.34, 0.18))
         if images is not None:
             ax.imshow(images[k], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
         else:
@@ -153,9 +153,23 @@ def render(rois: Sequence[ReportRoi], tracks: Sequence[Tracking], measurements: 
     for m in measurements:
         if m.value is None:
             continue
-        lab = f"; {m.lab.name.upper()} {m.lab.value:g} {m.lab.unit} at {m.lab.time}" if m.lab else ""
-        add(f"{value_label(m, template)}: {m.value:.4g} {unit_label(m.unit, template)} ({paper_of(m.formula)}{lab})",
-            size=7)
+        lab = f"; {m.lab.name.upper()} {m.lab.value:g} {unit_label(m.lab.unit, template)}" if m.lab else ""
+        entry = template.measurements.get(m.formula)
+        unit = entry.unit.value if entry else m.unit   # the SR's unit: one unit per concept (ECV, NIC in %)
+        add(f"{value_label(m, template)}: {convert(m.value, m.unit, unit):.4g} {unit_label(unit, template)} "
+            f"({paper_of(m.formula)}{lab})", size=7)
+    add("")
+    add("Laboratory values used", weight="bold", size=9)
+    for lab in labs_used:
+        add(describe_lab(replace(lab, unit=unit_label(lab.unit, template))), size=7.5)
+    if not labs_used:
+        add("none", size=7.5)
+    notes = [human(n) for n in missing] + [f"{value_label(m, template)} not measured: {human(m.reason or '')}"
+                                          for m in measurements if m.value is None]
+    add("")
+    add("Not measured", weight="bold", size=9)
+    for n in notes or ["nothing missing"]:
+        add(n, size=7.5)
     add("")
     add("Published models (research; see limits)", weight="bold", size=9)
     for r in model_results:
@@ -178,19 +192,7 @@ def render(rois: Sequence[ReportRoi], tracks: Sequence[Tracking], measurements: 
             add(human(f"  withheld {k}: {v}"), size=7, color="#555555")
         for lim in (r.get("limitations") or [])[:1]:
             add(human(f"  limit: {lim}"), size=7, color="#555555")
-    add("")
-    add("Laboratory values used", weight="bold", size=9)
-    for lab in labs_used:
-        add(describe_lab(replace(lab, unit=unit_label(lab.unit, template))), size=7.5)
-    if not labs_used:
-        add("none", size=7.5)
-    notes = [human(n) for n in missing] + [f"{value_label(m, template)} not measured: {human(m.reason or '')}"
-                                          for m in measurements if m.value is None]
-    add("")
-    add("Not measured", weight="bold", size=9)
-    for n in notes or ["nothing missing"]:
-        add(n, size=7.5)
-    y = 0.655
+    y = 0.73
     for text, style in lines:
         if y < 0.045:
             fig.text(0.04, y, "... (truncated; the SR holds everything)", fontsize=7, style="italic")
