@@ -171,3 +171,25 @@ def test_summary_pdf_text_is_for_people(built):
     assert "term: post-treatment T2 signal intensity ratio = 1.62; cutoff >= 1.418: met; published OR 8.692" in flat
     assert "lowers the modelled odds of progression group" in flat   # the last term: nothing cut off
     assert "Direction conflict:" in flat and "hccnode-derived points (not the paper's nomogram)" in flat
+
+
+def test_lesion_and_phase_are_read_from_the_records():
+    import numpy as np
+
+    from hccnode.imaging.measure import READER, RoiRef, SeriesRef
+    from hccnode.report import ReportRoi
+    from hccnode.report.reading import contrast_phase, lesion_of
+
+    mask = np.zeros((2, 4, 4), bool)
+    mask[0, 1, 1] = True
+
+    def roi(label, role="tumor"):
+        return ReportRoi(RoiRef(role, READER, "1.2.3", label), mask)
+
+    rois = [roi("Tumor (lesion 1)"), roi("Tumor extent (lesion 2 extent)"), roi("Tumor (lesion 2)"), roi("Liver", "liver")]
+    assert [lesion_of(r, rois) for r in rois] == ["lesion 1 of 2", "lesion 2 of 2 (extent)", "lesion 2 of 2", None]
+    assert lesion_of(roi("Tumor"), [roi("Tumor")]) == "lesion 1 of 1"
+    phases = {p: contrast_phase(SeriesRef("1.2", p)) for p in
+              ("equilibrium iodine map", "arterial 40 keV VMI", "portal_venous", "unenhanced", "T2", "baseline ADC")}
+    assert phases == {"equilibrium iodine map": "equilibrium", "arterial 40 keV VMI": "arterial",
+                      "portal_venous": "portal_venous", "unenhanced": "unenhanced", "T2": None, "baseline ADC": None}

@@ -19,6 +19,7 @@ from hccnode.report.inputs import Reference, ReportRoi
 
 # UCUM unit pairs the SR converts between: the same quantity, a fixed factor (UCUM: % = 10^-2 . 1).
 FACTORS = {("1", "%"): 100.0, ("%", "1"): 0.01}
+_LESION = re.compile(r"lesion (\d+)")
 _PHASE_WORDS = {p: re.compile(r"\b" + p.replace("_", "[ _-]") + r"\b", re.IGNORECASE) for p in PHASES}
 
 
@@ -98,9 +99,8 @@ def lesion_of(roi: ReportRoi, rois: Sequence[ReportRoi]) -> str | None:
     if roi.ref.name != "tumor":
         return None
     label = roi.ref.label or ""
-    found = re.search(r"lesion (\d+)", label)
-    numbers = {re.search(r"lesion (\d+)", r.ref.label or "") for r in rois if r.ref.name == "tumor"}
-    total = len({n.group(1) for n in numbers if n}) or 1
-    lesion = f"lesion {found.group(1) if found else 1} of {total}"
+    found = _LESION.search(label)
+    numbered = {m.group(1) for m in (_LESION.search(r.ref.label or "") for r in rois if r.ref.name == "tumor") if m}
+    lesion = f"lesion {found.group(1) if found else 1} of {len(numbered) or 1}"
     part = "extent" if "extent" in label.lower() else "measurement ROIs" if "measurement" in label.lower() else ""
     return f"{lesion}" + (f" ({part})" if part else "")

@@ -288,7 +288,8 @@ def _model_group(result: dict[str, Any], template: Template, sop_uid: str):
             texts.append(_text(t["limitation"], str(out[note_key])))
     texts += [_text(t["limitation"], str(x)) for x in _as_list(result.get("limitations"))]
     texts += [_text(t["not_available"], str(r)) for r in _as_list(result.get("reasons"))]
-    texts += [_text(t["not_available"], f"{k}: {v}") for k, v in sorted((result.get("withheld") or {}).items())]
+    texts += [_text(t["not_available"], f"{k.replace('_', ' ')}: {v}")
+              for k, v in sorted((result.get("withheld") or {}).items())]
     used = [f"{k} = {v.get('value')} {v.get('unit')} ({v.get('source')})"
             for k, v in sorted((result.get("inputs_used") or {}).items())]
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
