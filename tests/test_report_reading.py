@@ -171,6 +171,9 @@ def test_summary_pdf_text_is_for_people(built):
     assert "term: post-treatment T2 signal intensity ratio = 1.62; cutoff >= 1.418: met; published OR 8.692" in flat
     assert "lowers the modelled odds of progression group" in flat   # the last term: nothing cut off
     assert "Direction conflict:" in flat and "hccnode-derived points (not the paper's nomogram)" in flat
+    # what does not fit on page 1 continues on page 2 (PDF and PNG), nothing is cut off
+    assert "(continued, page 2)" in flat and (out / "summary-2.png").exists()
+    assert "withheld risk group: the 0.698 cutoff is on the probability" in flat
 
 
 def test_lesion_and_phase_are_read_from_the_records():

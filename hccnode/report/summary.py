@@ -1,4 +1,4 @@
-"""One-page summary: key images with the ROIs outlined, the measurements, the model results with
+"""The summary page(s): key images with the ROIs outlined, the measurements, the model results with
 their papers and limits, what is missing, and the research-use statement.
 
 Written for a person, not for our code: each value under a human label ("Tumor ECV", its contrast
@@ -26,6 +26,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID  # noqa: E402
@@ -101,11 +102,12 @@ def image_label(reference: Reference | None, k: int) -> str:
     return label + (f", frame {frame}" if frame is not None else "")
 
 
-def render(rois: Sequence[ReportRoi], tracks: Sequence[Tracking], measurements: Sequence[Measurement],
-           model_results: Sequence[dict[str, Any]], labs_used: Sequence[LabRef], missing: Sequence[str],
-           images: np.ndarray | None = None, window: tuple[float, float] | None = None,
-           reference: Reference | None = None, template: Template | None = None) -> Figure:
-    """The summary page (A4 portrait). `images` is the reference volume (z, y, x) in modality units
+def render_pages(rois: Sequence[ReportRoi], tracks: Sequence[Tracking], measurements: Sequence[Measurement],
+                 model_results: Sequence[dict[str, Any]], labs_used: Sequence[LabRef], missing: Sequence[str],
+                 images: np.ndarray | None = None, window: tuple[float, float] | None = None,
+                 reference: Reference | None = None, template: Template | None = None) -> list[Figure]:
+    """The summary (A4 portrait): page 1 with the key images, continuation pages when the text does
+    not fit on it. `images` is the reference volume (z, y, x) in modality units
     for the key images; `window` (centre, width) its display window, default the 1st to 99th
     percentile of the images (pass (40, 400) for a CT soft-tissue window); `reference` names the
     key images by series, instance and frame number; `template` gives the labels (default: the shipped one)."""
@@ -192,23 +194,42 @@ def render(rois: Sequence[ReportRoi], tracks: Sequence[Tracking], measurements: 
             add(human(f"  withheld {k}: {v}"), size=7, color="#555555")
         for lim in (r.get("limitations") or [])[:1]:
             add(human(f"  limit: {lim}"), size=7, color="#555555")
+    pages = [fig]
     y = 0.73
     for text, style in lines:
-        if y < 0.045:
-            fig.text(0.04, y, "... (truncated; the SR holds everything)", fontsize=7, style="italic")
-            break
+        if y < 0.04:  # continue on a new page: nothing is cut off
+            fig = plt.figure(figsize=(8.27, 11.69), dpi=100)
+            pages.append(fig)
+            fig.text(0.5, 0.975, f"hccnode - liver imaging research measurements (continued, page {len(pages)})",
+                     ha="center", va="top", fontsize=11, weight="bold")
+            fig.text(0.5, 0.955, hccnode.RESEARCH_USE, ha="center", va="top", fontsize=8.5, color="#b00000")
+            y = 0.93
         fig.text(0.04, y, text, va="top", **style)
         y -= 0.0112 if style.get("size", 8) <= 7 else 0.012 if style.get("size", 8) < 8.5 else 0.016
-    fig.text(0.5, 0.01, f"hccnode {hccnode.__version__} - {hccnode.RESEARCH_USE}", ha="center", fontsize=6.5,
-             color="#777777")
-    return fig
+    for page in pages:
+        page.text(0.5, 0.01, f"hccnode {hccnode.__version__} - {hccnode.RESEARCH_USE}", ha="center", fontsize=6.5,
+                  color="#777777")
+    return pages
 
 
-def save(fig: Figure, pdf_path: Path, png_path: Path) -> bytes:
-    """Write the page as PDF and PNG; return the PDF bytes."""
-    fig.savefig(pdf_path, format="pdf", metadata={"CreationDate": None, "Creator": f"hccnode {hccnode.__version__}"})
-    fig.savefig(png_path, format="png", dpi=100)
-    plt.close(fig)
+def render(*args, **kwargs) -> Figure:
+    """The first page of `render_pages` (the key images and what fits beside them)."""
+    first, *rest = render_pages(*args, **kwargs)
+    for page in rest:
+        plt.close(page)
+    return first
+
+
+def save(pages: Figure | Sequence[Figure], pdf_path: Path, png_path: Path) -> bytes:
+    """Write the pages as one PDF, page 1 as PNG (further pages as <name>-2.png ...); return the PDF bytes."""
+    pages = [pages] if isinstance(pages, Figure) else list(pages)
+    png_path = Path(png_path)
+    with PdfPages(pdf_path, metadata={"CreationDate": None, "Creator": f"hccnode {hccnode.__version__}"}) as pdf:
+        for n, page in enumerate(pages, 1):
+            pdf.savefig(page)
+            page.savefig(png_path if n == 1 else png_path.with_name(f"{png_path.stem}-{n}{png_path.suffix}"),
+                         format="png", dpi=100)
+            plt.close(page)
     return Path(pdf_path).read_bytes()
 
 
