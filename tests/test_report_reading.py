@@ -167,6 +167,9 @@ def test_summary_pdf_text_is_for_people(built):
     assert "lesion 1 of 1: series " in flat and "largest section on image" in flat
     for r in case.model_results:
         assert r["citation"][:40] in flat
+    # a cutoff card shows the value it compared, under its label (paper 001's liver ECV, in %)
+    liver = next(m for m in case.measurements if m.marker == "ecv_liver")
+    assert f"input: liver ECV (single-energy HU) = {liver.value:.4g} %" in flat
     # paper 003: its terms and its direction conflict; its derived total named as the node's
     assert "term: post-treatment T2 signal intensity ratio = 1.62; cutoff >= 1.418: met; published OR 8.692" in flat
     assert "lowers the modelled odds of progression group" in flat   # the last term: nothing cut off

@@ -212,6 +212,7 @@ def evaluate(card: Card, inputs: Mapping[str, InputValue | Mapping[str, Any]]) -
         "cohort": {k: card.cohort.get(k) for k in ("n", "n_positive", "unit_of_analysis", "country", "therapy", "modality")},
         "cohort_facts": cohort_summary(card),
         "inputs_used": used,
+        "input_labels": {name: spec.label for name, spec in card.inputs.items()},   # for people (summary page)
         "limitations": card.limitations,
         "research_use": RESEARCH_USE,
     }

@@ -187,6 +187,12 @@ def render_pages(rois: Sequence[ReportRoi], tracks: Sequence[Tracking], measurem
         for term in out.get("terms") or []:
             if "label" in term:
                 add(f"  term: {term_line(term)}", size=7)
+        if not out.get("terms"):   # a cutoff card: the value it was compared with, in the card's unit
+            labels = r.get("input_labels") or {}
+            for name, used in sorted((r.get("inputs_used") or {}).items()):
+                value, unit = used.get("value"), unit_label(str(used.get("unit")), template)
+                shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+                add(human(f"  input: {labels.get(name, name)} = {shown} {unit}"), size=7)
         for key in ("linear_predictor_note", "derived_points_note"):
             if out.get(key):
                 add(f"  {human(out[key])}", size=7, color="#555555")
