@@ -61,6 +61,27 @@ def test_evaluate_with_inputs_and_clinical_csv(run, tmp_path):
     assert tipm["status"] == "not_evaluated" and any("'albumin'" in r for r in tipm["reasons"])
 
 
+def test_evaluate_shows_p003_terms_and_its_direction_conflict(run, tmp_path):
+    """Issue 16 point 2: each term with its value, cutoff, published OR and which way it pushes; the
+    card's direction conflict; the derived total named as the node's, never as the paper's points."""
+    (tmp_path / "in.json").write_text(json.dumps({
+        "t2_sir_post": {"value": 1.62, "unit": "1", "source": "marker"},
+        "adc_mean_post": {"value": 0.9, "unit": "10^-3 mm^2/s", "source": "marker"},
+        "nlr": {"value": 5.0, "unit": "1", "source": "lab"}}), encoding="utf-8")
+    rc, out, _ = run("evaluate", "p003-nomogram", "--inputs", str(tmp_path / "in.json"))
+    assert rc == 0
+    (r,) = json.loads(out)
+    o = r["outputs"]
+    t2, adc, nlr = o["terms"]
+    # T2 SIR 1.62 >= 1.418: ln 8.692 = +2.162, raises; ADC 0.9 < 1.085: no effect; NLR 5 >= 4.41: ln 0.162 = -1.820
+    assert (t2["value"], t2["cutoff"], t2["x"]) == (1.62, ">= 1.418", 1.0) and t2["odds_ratio"] == pytest.approx(8.692)
+    assert t2["contribution"] == pytest.approx(2.1624, abs=1e-4) and t2["pushes"].startswith("raises")
+    assert adc["x"] == 0.0 and adc["contribution"] == 0.0 and adc["pushes"].startswith("no effect (below the cutoff)")
+    assert nlr["contribution"] == pytest.approx(-1.8202, abs=1e-4) and nlr["pushes"].startswith("lowers")
+    assert "an elevated T2 SIR in patients who respond to treatment" in o["direction_note"]
+    assert "points" not in o and o["derived_points_note"].startswith("hccnode's own derivation, not the paper's")
+
+
 def test_evaluate_bad_clinical_file_is_a_usage_error(run, tmp_path):
     (tmp_path / "clin.csv").write_text(f"study_uid,name,value,unit\n{UID},ps,fast,mL/min/100 g\n", encoding="utf-8")
     rc, _, err = run("evaluate", "--clinical", str(tmp_path / "clin.csv"), "--study", UID)

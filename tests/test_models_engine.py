@@ -99,7 +99,7 @@ def test_p003_points_and_withheld_risk_group():
     assert o["linear_predictor"] == pytest.approx(math.log(8.692) + math.log(0.189))
     assert o["linear_predictor_includes_intercept"] is False
     # 100 points for the largest |ln OR| (T2 SIR); NLR < 4.41 is NLR's higher-risk level (OR < 1).
-    assert o["points"] == pytest.approx(100 + 0 + 100 * abs(math.log(0.162)) / math.log(8.692))
+    assert o["derived_points"] == pytest.approx(100 + 0 + 100 * abs(math.log(0.162)) / math.log(8.692))
     assert "probability" in r["withheld"] and "0.698" in r["withheld"]["risk_group"]
 
 

@@ -40,4 +40,4 @@ def test_broken_site_template_names_the_entry_and_fails(run, tmp_path):
                                                        'value = "L", meaning = "Liter"'), encoding="utf-8")
     rc, out, _ = run("template", str(d))
     assert rc == 1
-    assert "(formula 'size.volume'): unit 'L' is not the formula's unit 'mL'" in out
+    assert "(formula 'size.volume'): unit 'L' is neither the formula's unit 'mL'" in out

@@ -77,9 +77,9 @@ def test_page_states_research_use_measurements_models_and_what_is_missing(case):
     text = "\n".join(t.get_text() for t in fig.texts)
     plt.close(fig)
     assert hccnode.RESEARCH_USE in text
-    assert "ecv_tumor" in text and "paper001.ecv_cect" in text
+    assert "Tumor ECV, unenhanced + equilibrium: " in text and "(paper 001" in text
     for r in case.model_results:
-        assert f"{r['card_id']} {r['card_version']}: " in text
+        assert f"(card {r['card_id']} {r['card_version']}): " in " ".join(text.split())
         assert r["citation"][:60] in text and r["paper"] not in text   # the citation, never the file name
     assert "tumor: no reader annotation" in text
-    assert "nic_tumor in tumor (Tumor) not measured: no iodine map" in text
+    assert "Tumor NIC not measured: no iodine map" in text

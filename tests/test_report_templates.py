@@ -30,7 +30,9 @@ def test_shipped_template_covers_every_formula_in_its_unit():
     t = load_template()
     for formula, (unit, _) in FORMULAS.items():
         assert formula in t.measurements, formula
-        assert t.measurements[formula].unit.value == unit
+        # the formula's unit, or % for paper 000's fractions (one unit per concept: ECV and NIC in %)
+        want = "%" if formula in ("paper000.ecv_dect", "paper000.nic") else unit
+        assert t.measurements[formula].unit.value == want, formula
     assert set(t.roles) == {"tumor", "liver", "aorta", "muscle"}
 
 
@@ -79,7 +81,11 @@ def test_site_change_is_loaded_without_code(site_dir):
 @pytest.mark.parametrize("old,new,expected", [
     ('value = "%", meaning = "Percent" }\n\n[[measurement]]\nformula = "paper000.ecv_dect"',
      'value = "1", meaning = "no units" }\n\n[[measurement]]\nformula = "paper000.ecv_dect"',
-     "[[measurement]] #1 (formula 'paper001.ecv_cect'): unit '1' is not the formula's unit '%'"),
+     "(formula 'paper000.ecv_dect'): concept 'Extracellular volume fraction' is in '1' for formula "
+     "'paper001.ecv_cect'; one concept has one unit across the document"),
+    ('unit = { scheme = "UCUM", value = "mL", meaning = "Milliliter" }', 'unit = { scheme = "UCUM", value = "%", '
+     'meaning = "Percent" }', "(formula 'size.volume'): unit '%' is neither the formula's unit 'mL' nor one the SR "
+     "converts it to exactly"),
     ('value = "T2SIR", meaning = "T2 signal intensity ratio"', 'value = "T2X", meaning = "T2 signal intensity ratio"',
      "private code 'T2X' is not listed in private_codes.toml"),
     ('value = "T2SIR", meaning = "T2 signal intensity ratio"', 'value = "T2SIR", meaning = "T2 ratio"',
@@ -94,7 +100,7 @@ def test_site_change_is_loaded_without_code(site_dir):
      'unit = { scheme = "SCT", value = "103339001", meaning = "Long axis" }', "unit must be a UCUM code"),
     ('version = "1"', 'version = 1', "'version' must be a non-empty string"),
     ('[notes]', '[notes_]', "[notes] table is missing"),
-    ('formula = "size.volume"\nname', 'formula = "size.volume"\nunits = 1\nname', "unknown key(s) units"),
+    ('formula = "size.volume"\nlabel', 'formula = "size.volume"\nunits = 1\nlabel', "unknown key(s) units"),
 ])
 def test_bad_entries_are_named(site_dir, old, new, expected):
     edit(site_dir, old, new)

@@ -482,7 +482,9 @@ def parse_card(data: dict[str, Any], path: str = "<card>") -> Card:
     positive = out.get("positive_responses", list, required=kind == "binary", default=[])
     if kind == "binary" and (not positive or any(r not in RESPONSES for r in positive)):
         raise out.fail("positive_responses", f"expected a non-empty list of {', '.join(RESPONSES)}")
-    out.done()
+    # where the direction the card infers disagrees with the paper's own reading (shown with every result)
+    out.get("direction_conflict", str, required=False)
+    out.done(allowed_extra=("direction_conflict",))
 
     inputs: dict[str, Input] = {}
     for i, raw in enumerate(top.get("inputs", list)):

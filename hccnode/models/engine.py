@@ -8,10 +8,15 @@ in %) are exactly what a silent conversion would hide.
 
 Outputs, depending on the card:
   linear_predictor   sum(beta x) plus the intercept when published and not left out (flagged)
-  terms              each term: input, x, beta, beta x (logistic cards), so a reader can see
-                     what a score is made of; a constant the card leaves out is named, not added
+  terms              each term: input (label, value, unit), its cutoff, x, beta, the published
+                     odds ratio, beta x and which way it pushes the modelled outcome (logistic
+                     cards), so a reader can see what a score is made of; a constant the card
+                     leaves out is named, not added
+  direction_note     the card's [outcome] direction_conflict: where the direction the card infers
+                     disagrees with the paper's own reading (paper 003), shown with every result
   probability        only when the card says the paper's constant can be stood behind
-  points             derived 0-100 nomogram points (only where the card defines them)
+  derived_points     the node's own 0-100 rescaling of the terms (only where the card defines it);
+                     never the paper's nomogram points
   risk_group         cutoff group, or score-cutoff group when its score is available
 Anything not computed is listed in `withheld` with the reason.
 """
@@ -120,16 +125,45 @@ def linear_predictor(card: Card, values: Mapping[str, float], include_intercept:
     return lp
 
 
+def pushes(contribution: float, outcome: str) -> str:
+    """Which way one term moves the modelled log-odds of `outcome` (the card's positive label)."""
+    if contribution > 0:
+        return f"raises the modelled odds of {outcome}"
+    if contribution < 0:
+        return f"lowers the modelled odds of {outcome}"
+    return "no effect (reference level)"
+
+
 def terms(card: Card, values: Mapping[str, float]) -> list[dict[str, Any]]:
-    """Each term of a logistic card: input, x (the value or its 0/1 indicator), beta and beta x."""
+    """Each term of a logistic card: input (label, value, unit), x (the value or its 0/1 indicator),
+    beta, the odds ratio the paper printed (when beta = ln OR), beta x, and which way it pushes."""
     x = term_values(card, values)
+    outcome = card.outcome.get("positive_label") or card.outcome.get("name") or "the outcome"
     out = []
     for t in card.logistic.terms:
-        item = {"input": t.input, "x": x[t.input], "beta": t.beta, "contribution": t.beta * x[t.input]}
+        spec = card.inputs[t.input]
+        item = {"input": t.input, "label": spec.label, "value": float(values[t.input]), "unit": spec.unit,
+                "x": x[t.input], "beta": t.beta, "contribution": t.beta * x[t.input] + 0.0}
+        if t.from_odds_ratio:
+            item["odds_ratio"] = math.exp(t.beta)
         if t.indicator_op:
             item["indicator"] = f"{t.input} {t.indicator_op} {t.indicator_threshold:g}"
+            item["cutoff"] = f"{t.indicator_op} {t.indicator_threshold:g}"
+        item["pushes"] = pushes(item["contribution"], outcome)
+        if t.indicator_op and not x[t.input]:
+            item["pushes"] = f"no effect (below the cutoff); at or above the cutoff it {pushes(t.beta, outcome)}"
         out.append(item)
     return out
+
+
+def term_line(t: dict[str, Any]) -> str:
+    """One term for a reader: label = value unit, cutoff, published OR, which way it pushes."""
+    unit = "" if t["unit"] == "1" else f" {t['unit']}"
+    text = f"{t['label']} = {t['value']:.4g}{unit}"
+    if "cutoff" in t:
+        text += f"; cutoff {t['cutoff']}{unit}: {'met' if t['x'] else 'not met'}"
+    text += f"; published OR {t['odds_ratio']:.4g}" if "odds_ratio" in t else f"; coefficient {t['beta']:+.4g}"
+    return text + f"; log-odds term {t['contribution']:+.3f}: {t['pushes']}"
 
 
 def describe_terms(card: Card, values: Mapping[str, float]) -> str:
@@ -143,7 +177,7 @@ def describe_terms(card: Card, values: Mapping[str, float]) -> str:
 
 
 def points(card: Card, values: Mapping[str, float]) -> float:
-    """Nomogram points on the 'max-abs-100' convention: each bounded term contributes
+    """The node's derived points (not a paper's nomogram axis) on the 'max-abs-100' convention: each bounded term contributes
     100 |beta| / max|beta| at its higher-risk level and 0 at its lower-risk level."""
     x = term_values(card, values)
     scale = 100.0 / max(abs(t.beta) for t in card.logistic.terms)
@@ -178,6 +212,7 @@ def evaluate(card: Card, inputs: Mapping[str, InputValue | Mapping[str, Any]]) -
         "cohort": {k: card.cohort.get(k) for k in ("n", "n_positive", "unit_of_analysis", "country", "therapy", "modality")},
         "cohort_facts": cohort_summary(card),
         "inputs_used": used,
+        "input_labels": {name: spec.label for name, spec in card.inputs.items()},   # for people (summary page)
         "limitations": card.limitations,
         "research_use": RESEARCH_USE,
     }
@@ -210,9 +245,11 @@ def _logistic(card: Card, values: Mapping[str, float]) -> tuple[dict, dict]:
         outputs["probability"] = expit(lp)
     else:
         withheld["probability"] = m.probability_note
+    if card.outcome.get("direction_conflict"):
+        outputs["direction_note"] = card.outcome["direction_conflict"]
     if m.points_convention:
-        outputs["points"] = points(card, values)
-        outputs["points_note"] = m.points_note
+        outputs["derived_points"] = points(card, values)
+        outputs["derived_points_note"] = m.points_note
     elif m.score_cutoff and m.score_cutoff.on == "points":
         withheld["points"] = "the paper's points scale is unpublished"
     sc = m.score_cutoff

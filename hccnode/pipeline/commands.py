@@ -42,6 +42,7 @@ def run(args) -> int:
 
     from hccnode.cli import UsageError
     from hccnode.imaging.phase_rules import RulesError, load_rules
+    from hccnode.models.engine import term_line
     from hccnode.pipeline import NotApplicable, StudyError, analyze_study
     from hccnode.pipeline.driver import copy_outputs
     from hccnode.pipeline.mr import site_adc_units
@@ -104,9 +105,15 @@ def run(args) -> int:
                 print(f"  note: {note}")
             for r in analysis.model_results:
                 out = r.get("outputs") or {}
-                what = out.get("risk_group") or ", ".join(f"{k} {out[k]:.4g}" for k in ("probability", "points",
-                                                          "linear_predictor") if isinstance(out.get(k), float))
+                names = {"probability": "probability", "derived_points": "hccnode-derived points (not the paper's)",
+                         "linear_predictor": "relative log-odds"}
+                what = out.get("risk_group") or ", ".join(f"{v} {out[k]:.4g}" for k, v in names.items()
+                                                          if isinstance(out.get(k), float))
                 print(f"  model {r['card_id']} {r['card_version']}: {what or r['status']}")
+                for term in out.get("terms") or []:
+                    print(f"    term: {term_line(term)}")
+                if out.get("direction_note"):
+                    print(f"    {out['direction_note']}")
             print(f"  outputs: {analysis.out_dir}" + (f" (queued {analysis.queued})" if analysis.queued else ""))
             if args.out:
                 copied = copy_outputs(analysis, Path(args.out) / uid if len(studies) > 1 else args.out)

@@ -129,9 +129,9 @@ def build_outputs(
     written.append(_write(on_written, sr_ds, out / FILES["sr"]))
 
     ct = str(ref.datasets[0].get("Modality", "")) == "CT"
-    fig = summary.render(rois, tracks, measurements, model_results, labs_used, missing, images=images,
-                         window=CT_WINDOW if ct else None, reference=ref)
-    pdf = summary.save(fig, out / SUMMARY_PDF, out / SUMMARY_PNG)
+    pages = summary.render_pages(rois, tracks, measurements, model_results, labs_used, missing, images=images,
+                                 window=CT_WINDOW if ct else None, reference=ref, template=template)
+    pdf = summary.save(pages, out / SUMMARY_PDF, out / SUMMARY_PNG)
     doc = summary.encapsulate_pdf(pdf, sources[0] if sources else ref.datasets[0], ref, summary.key_slices(rois),
                                   *uids["pdf"], numbers["pdf"], title="hccnode research summary")
     written.append(_write(on_written, doc, out / FILES["pdf"]))

@@ -3,15 +3,19 @@
 Content (all groups are TID 1501 / TID 1411 measurement groups):
 - one group per ROI: tracking identifier and UID, finding type / category / site, the SEG
   segment it is drawn in (ReferencedSegment of the node's SEG, on the reference series), its
-  measurements (TID 300, coded names and UCUM units from sr_templates/), each with a TID 4019
+  level (images, z) and, for a tumour ROI, its lesion; its measurements (TID 300, coded names and
+  UCUM units from sr_templates/, one unit per concept: ECV and NIC in %), each with the contrast
+  phase(s) it used as a coded concept modifier, the delay after contrast start (DCM 122665) and a TID 4019
   algorithm identification: the formula id, software version and, as parameters, the marker, the
   series and phases, the lab value used (time, source), the registration quality and, for an ADC
   map, the unit its values were read in and why ("input unit ...");
 - measurements over several ROIs of one role (e.g. the mean of three liver ROIs) in a group per role;
 - the laboratory values used: NUM with LOINC code, UCUM unit and Observation DateTime = when the
   sample was taken, and a TEXT with the source;
-- one group per model card result: algorithm = card id and version; probability, points,
-  linear predictor as NUM; risk group, paper, limitations and whatever was withheld as TEXT;
+- one group per model card result: algorithm = card id and version; probability, hccnode-derived
+  points (never coded as the paper's nomogram), linear predictor as NUM; risk group, paper, each
+  term (value, cutoff, published OR, which way it pushes), a direction conflict the card records,
+  limitations and whatever was withheld as TEXT;
 - notes: the research-use statement and every measurement not made, with its reason.
 
 Flags: COMPLETE (everything this analysis produced is in it), UNVERIFIED (no person verified
@@ -35,7 +39,9 @@ from pydicom.sr.codedict import codes
 
 import hccnode
 from hccnode.imaging.measure import ORGAN_MASK, READER, LabRef, Measurement, RoiRef
+from hccnode.models.engine import term_line
 from hccnode.report.inputs import Reference, ReportRoi, Tracking
+from hccnode.report.reading import convert, lesion_of, phases_of, roi_level
 from hccnode.report.templates import Template
 from hccnode.report.uids import uid_from
 
@@ -90,14 +96,29 @@ def provenance(m: Measurement) -> list[str]:
 
 
 def measurement_item(m: Measurement, template: Template) -> hd.sr.Measurement:
+    """One TID 300 measurement in the template's unit (a fraction written in %), with a HAS CONCEPT
+    MOD contrast phase per phase it used and, where the headers gave it, the delay after contrast
+    start (HAS ACQ CONTEXT NUM, s) of that phase."""
     entry = template.measurements[m.formula]
-    if entry.unit.value != m.unit:
+    try:
+        value = convert(m.value, m.unit, entry.unit.value)
+    except ValueError:
         raise ValueError(f"measurement {m.marker}: unit {m.unit!r} differs from the template's {entry.unit.value!r} "
-                         f"for formula {m.formula}")
-    return hd.sr.Measurement(
-        name=entry.name, value=m.value, unit=entry.unit, derivation=entry.derivation,
+                         f"for formula {m.formula}") from None
+    item = hd.sr.Measurement(
+        name=entry.name, value=value, unit=entry.unit, derivation=entry.derivation,
         algorithm_id=hd.sr.AlgorithmIdentification(name=m.formula, version=m.software_version,
                                                    parameters=provenance(m)))
+    context = []
+    for phase, delay in phases_of(m):
+        context.append(hd.sr.CodeContentItem(name=template.context["phase"], value=template.phases[phase],
+                                             relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD))
+        if delay is not None:
+            context.append(hd.sr.NumContentItem(name=template.context["delay"], value=float(delay), unit=ucum("s"),
+                                                relationship_type=hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT))
+    if context:
+        item[0].ContentSequence.extend(context)
+    return item
 
 
 def roi_source(ref: RoiRef) -> str:
@@ -180,7 +201,11 @@ def build_sr(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=track.uid, identifier=track.identifier),
             referenced_segment=segment, finding_type=role.type, finding_category=role.category,
             finding_sites=[hd.sr.FindingSite(role.site)], measurements=by_roi.get(i) or None)
-        _add_texts(group, [_text(notes_t["roi_source"], roi_source(roi.ref))])
+        where = [_text(template.context["level"], roi_level(roi, reference))]
+        lesion = lesion_of(roi, rois)
+        if lesion:
+            where.append(_text(template.context["lesion"], lesion))
+        _add_texts(group, [_text(notes_t["roi_source"], roi_source(roi.ref))] + where)
         groups.append(group)
     for (role_name, source), items in sorted(by_role.items()):
         role = template.roles[role_name]
@@ -245,7 +270,7 @@ def _model_group(result: dict[str, Any], template: Template, sop_uid: str):
     card, version = str(result.get("card_id")), str(result.get("card_version"))
     out = result.get("outputs") or {}
     nums = []
-    for key, unit in (("probability", "1"), ("points", "{points}"), ("linear_predictor", "1")):
+    for key, unit in (("probability", "1"), ("derived_points", "{points}"), ("linear_predictor", "1")):
         if isinstance(out.get(key), (int, float)) and not isinstance(out.get(key), bool):
             nums.append(hd.sr.Measurement(name=t[key], value=float(out[key]), unit=ucum(unit)))
     texts = []
@@ -255,12 +280,16 @@ def _model_group(result: dict[str, Any], template: Template, sop_uid: str):
     cited = result.get("citation") or "paper not identified"   # never the stored text's file name
     paper = f"{cited} Where in the paper: {result.get('where')}" if result.get("where") else str(cited)
     texts.append(_text(t["source"], f"{result.get('title') or card}; {paper}"))
-    for note_key in ("linear_predictor_note", "points_note", "reported_versus"):
+    texts += [_text(t["term"], term_line(term)) for term in out.get("terms") or [] if "label" in term]
+    if out.get("direction_note"):
+        texts.append(_text(t["direction"], str(out["direction_note"])))
+    for note_key in ("linear_predictor_note", "derived_points_note", "reported_versus"):
         if out.get(note_key):
             texts.append(_text(t["limitation"], str(out[note_key])))
     texts += [_text(t["limitation"], str(x)) for x in _as_list(result.get("limitations"))]
     texts += [_text(t["not_available"], str(r)) for r in _as_list(result.get("reasons"))]
-    texts += [_text(t["not_available"], f"{k}: {v}") for k, v in sorted((result.get("withheld") or {}).items())]
+    texts += [_text(t["not_available"], f"{k.replace('_', ' ')}: {v}")
+              for k, v in sorted((result.get("withheld") or {}).items())]
     used = [f"{k} = {v.get('value')} {v.get('unit')} ({v.get('source')})"
             for k, v in sorted((result.get("inputs_used") or {}).items())]
     group = hd.sr.MeasurementsAndQualitativeEvaluations(

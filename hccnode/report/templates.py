@@ -2,7 +2,9 @@
 
 `load_template(dir)` reads `measurements.toml` and `private_codes.toml` from `dir` (default: the
 shipped sr_templates/) and checks every entry; a bad entry raises TemplateError naming the file
-and the entry. Nothing here converts units: an entry's unit must be the Measurement record's.
+and the entry. One unit per concept across the document: every entry of one concept name has
+the same unit, and an entry's unit is the formula's or one the SR converts to exactly
+(hccnode.report.reading.FACTORS: a fraction written in %).
 """
 
 from __future__ import annotations
@@ -15,14 +17,17 @@ from pathlib import Path
 from highdicom.sr import CodedConcept
 
 from hccnode.imaging.measure import FORMULAS
+from hccnode.imaging.phase_rules import PHASES
 from hccnode.imaging.rois import ROLES
+from hccnode.report.reading import FACTORS
 
 STANDARD_SCHEMES = ("DCM", "SCT", "LN", "UCUM")
 PRIVATE_SCHEME = "99HCCNODE"
 MEASUREMENTS_FILE = "measurements.toml"
 PRIVATE_CODES_FILE = "private_codes.toml"
-MODEL_KEYS = ("group", "risk_group", "probability", "points", "linear_predictor", "source", "limitation",
-              "not_available")
+MODEL_KEYS = ("group", "risk_group", "probability", "derived_points", "linear_predictor", "source", "limitation",
+              "not_available", "term", "direction")
+CONTEXT_KEYS = ("phase", "delay", "level", "lesion")
 LAB_KEYS = ("group", "source")
 NOTE_KEYS = ("group", "research_use", "not_measured", "roi_source")
 ROLE_KEYS = ("category", "type", "site")
@@ -44,6 +49,7 @@ class Entry:
     name: CodedConcept
     unit: CodedConcept
     derivation: CodedConcept | None = None
+    label: str = ""  # what a person reads (summary page), e.g. "ECV"
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,9 @@ class Template:
     labs: dict[str, CodedConcept]
     lab_codes: dict[str, CodedConcept]
     notes: dict[str, CodedConcept]
+    context: dict[str, CodedConcept] = field(default_factory=dict)   # phase, delay, level, lesion concepts
+    phases: dict[str, CodedConcept] = field(default_factory=dict)    # contrast phase -> its code
+    display_units: dict[str, str] = field(default_factory=dict)      # UCUM -> as a person reads it
     private_codes: dict[str, str] = field(default_factory=dict)  # value -> meaning
     digest: str = ""  # SHA-256 of both files: part of the output UIDs
 
@@ -127,7 +136,7 @@ def load_template(directory: str | Path | None = None) -> Template:
             raise TemplateError(f"{where}: {what}: 'formula' is missing")
         if formula in measurements:
             raise TemplateError(f"{where}: {what}: formula listed twice")
-        unknown = set(e) - {"formula", "name", "unit", "derivation"}
+        unknown = set(e) - {"formula", "name", "unit", "derivation", "label"}
         if unknown:
             raise TemplateError(f"{where}: {what}: unknown key(s) {', '.join(sorted(unknown))}")
         for k in ("name", "unit"):
@@ -136,18 +145,37 @@ def load_template(directory: str | Path | None = None) -> Template:
         unit = code(e["unit"], f"{what} unit")
         if unit.scheme_designator != "UCUM":
             raise TemplateError(f"{where}: {what}: unit must be a UCUM code, got scheme {unit.scheme_designator!r}")
-        if formula in FORMULAS and FORMULAS[formula][0] != unit.value:
-            raise TemplateError(f"{where}: {what}: unit {unit.value!r} is not the formula's unit "
-                                f"{FORMULAS[formula][0]!r} (no conversion is done)")
+        if formula in FORMULAS and FORMULAS[formula][0] != unit.value and (FORMULAS[formula][0], unit.value) not in FACTORS:
+            raise TemplateError(f"{where}: {what}: unit {unit.value!r} is neither the formula's unit "
+                                f"{FORMULAS[formula][0]!r} nor one the SR converts it to exactly")
         derivation = code(e["derivation"], f"{what} derivation") if "derivation" in e else None
-        measurements[formula] = Entry(formula, code(e["name"], f"{what} name"), unit, derivation)
+        name = code(e["name"], f"{what} name")
+        for other in measurements.values():
+            if (other.name.scheme_designator, other.name.value) == (name.scheme_designator, name.value) \
+                    and other.unit.value != unit.value:
+                raise TemplateError(f"{where}: {what}: concept {name.meaning!r} is in {other.unit.value!r} for formula "
+                                    f"{other.formula!r}; one concept has one unit across the document")
+        label = e.get("label", name.meaning)
+        if not isinstance(label, str) or not label.strip():
+            raise TemplateError(f"{where}: {what}: 'label' must be a non-empty text")
+        measurements[formula] = Entry(formula, name, unit, derivation, label)
     labs_table = m.get("labs") or {}
     lab_codes = {key: code(v, f"[labs.codes] {key}") for key, v in (labs_table.get("codes") or {}).items()}
+    context_table = m.get("context") or {}
+    phases = {p: code(v, f"[context.phases] {p}") for p, v in (context_table.get("phases") or {}).items()}
+    missing_phases = [p for p in PHASES if p not in phases]
+    if missing_phases:
+        raise TemplateError(f"{where}: [context.phases] lacks {', '.join(missing_phases)}")
+    display = m.get("display_units") or {}
+    if not isinstance(display, dict) or not all(isinstance(v, str) for v in display.values()):
+        raise TemplateError(f"{where}: [display_units] must map UCUM units to texts")
     digest = hashlib.sha256("\0".join(texts[n] for n in sorted(texts)).encode()).hexdigest()
     return Template(version=version, title=code(m["title"], "title"), procedure=code(m["procedure"], "procedure"),
                     roles=roles, measurements=measurements, model=table("model", MODEL_KEYS),
                     labs=table("labs", LAB_KEYS), lab_codes=lab_codes, notes=table("notes", NOTE_KEYS),
-                    private_codes=private, digest=digest)
+                    context={k: code(context_table[k], f"[context] {k}") if k in context_table else _missing("context", k)
+                             for k in CONTEXT_KEYS},
+                    phases=phases, display_units=dict(display), private_codes=private, digest=digest)
 
 
 def _parse(name: str, text: str) -> dict:
@@ -171,6 +199,10 @@ def _private_codes(data: dict) -> dict[str, str]:
             raise TemplateError(f"{where}: [codes] {value}: code values are at most 16 characters (SH)")
         out[value] = spec["meaning"]
     return out
+
+
+def _missing(table: str, key: str):
+    raise TemplateError(f"{MEASUREMENTS_FILE}: [{table}] lacks {key}")
 
 
 def _code(value, what: str, private: dict[str, str]) -> CodedConcept:
