@@ -272,3 +272,23 @@ def orthanc(tmp_path):
     o = Orthanc(d).start()
     yield o
     o.stop()
+
+
+_KILLS: list[tuple[str, str]] = []
+
+
+@pytest.fixture
+def kill_landed(request):
+    """`kill_landed(where)` records where a test's kill -9 landed: in the test's report
+    (user_properties) and in a section at the end of the run."""
+    def record(where: str) -> None:
+        request.node.user_properties.append(("kill landed", where))
+        _KILLS.append((request.node.nodeid, where))
+    return record
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _KILLS:
+        terminalreporter.section("where each kill -9 landed")
+        for nodeid, where in _KILLS:
+            terminalreporter.write_line(f"{nodeid}: {where}")

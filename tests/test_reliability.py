@@ -48,7 +48,7 @@ def test_full_spool_disk_refuses_with_out_of_resources_and_recovers_without_rest
     # No analysis while the disk is full (its outputs would take the little space left for the
     # ingest): the study becomes stable only after the last send, well after the space is back.
     node = node_factory(study={"stable_seconds": 10.0})
-    with tmpfs(node.data_dir, SPOOL_FS_SIZE) as mounted:
+    with tmpfs(node.data_dir, SPOOL_FS_SIZE, fallback="a file-size limit (RLIMIT_FSIZE) on the node process") as mounted:
         try:
             node.start()
             pid = node.proc.pid
