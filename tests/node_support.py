@@ -28,6 +28,23 @@ def echoscu(node, aet="ECHOSCU", extra=(), port=None) -> subprocess.CompletedPro
                            str(port or node.port)], capture_output=True, text=True, timeout=30)
 
 
+# A stable_seconds that no stall of a loaded machine reaches: the watcher queues no study while
+# its instances are still arriving; `release_watcher` then lets it queue what is whole.
+WATCHER_HELD = {"stable_seconds": 3600.0}
+
+
+def release_watcher(node) -> None:
+    """(Re)start `node` with a one-second stable_seconds: each study, complete in the index by now,
+    becomes exactly one job."""
+    node.stop()
+    node.configure(study={"stable_seconds": 1.0}).start()
+
+
+def study_seqs(store) -> dict[str, int]:
+    """Each study's seq (its change counter) by study UID."""
+    return {r["study_uid"]: r["seq"] for r in store.query("SELECT study_uid, seq FROM studies")}
+
+
 def store_responses(output: str) -> list[tuple[str, str]]:
     """(file, response) for each C-STORE in `storescu -v` output, in order; the response is
     dcmtk's status name ('Success', 'Refused: OutOfResources', ...)."""
