@@ -14,8 +14,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# How long an example takes varies with the machine's load: no per-example deadline and no
+# "too slow" health check, project-wide (on top of hypothesis' own CI profile when CI is set).
+settings.register_profile("hccnode", parent=settings(), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("hccnode")
 
 ROOT = Path(__file__).resolve().parent.parent
 ORTHANC_PYTHON_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancPython.so")
@@ -77,11 +83,17 @@ class NodeProcess:
             "hl7": {"enabled": False},
             "status": {"port": self.status_port},
         }
-        for name, values in sections.items():
-            cfg.setdefault(name, {}).update(values)
+        self.cfg = cfg
         self.config_path = workdir / "hccnode.toml"
-        self.config_path.write_text(_toml(cfg))
+        self.configure(**sections)
         self.proc: subprocess.Popen | None = None
+
+    def configure(self, **sections) -> "NodeProcess":
+        """Change configuration values (read at the next start)."""
+        for name, values in sections.items():
+            self.cfg.setdefault(name, {}).update(values)
+        self.config_path.write_text(_toml(self.cfg))
+        return self
 
     def start(self, wait: bool = True) -> "NodeProcess":
         log = open(self.log_path, "ab")
@@ -260,3 +272,23 @@ def orthanc(tmp_path):
     o = Orthanc(d).start()
     yield o
     o.stop()
+
+
+_KILLS: list[tuple[str, str]] = []
+
+
+@pytest.fixture
+def kill_landed(request):
+    """`kill_landed(where)` records where a test's kill -9 landed: in the test's report
+    (user_properties) and in a section at the end of the run."""
+    def record(where: str) -> None:
+        request.node.user_properties.append(("kill landed", where))
+        _KILLS.append((request.node.nodeid, where))
+    return record
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _KILLS:
+        terminalreporter.section("where each kill -9 landed")
+        for nodeid, where in _KILLS:
+            terminalreporter.write_line(f"{nodeid}: {where}")

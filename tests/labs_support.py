@@ -36,7 +36,12 @@ def ack_fields(ack: bytes | str) -> dict:
             "errors": [s for s in segs if s[0] == "ERR"]}
 
 
-def exchange(port: int, data: bytes, timeout: float = 5.0) -> list[bytes]:
+# A hang guard, not a measure: the listener answers and closes once it reads the half-close,
+# however long a loaded machine makes that take.
+HANG_GUARD_SECONDS = 120.0
+
+
+def exchange(port: int, data: bytes, timeout: float = HANG_GUARD_SECONDS) -> list[bytes]:
     """Send raw bytes, half-close, and return every frame received until the server closes."""
     frames: list[bytes] = []
     reader = FrameReader(1 << 20)
@@ -44,6 +49,8 @@ def exchange(port: int, data: bytes, timeout: float = 5.0) -> list[bytes]:
         try:
             s.sendall(data)
             s.shutdown(socket.SHUT_WR)
+        except TimeoutError:
+            raise AssertionError(f"the listener took nothing for {timeout:g} s") from None
         except OSError:
             pass  # the server may close first (e.g. an oversized frame); read what it said
         while True:
@@ -51,6 +58,8 @@ def exchange(port: int, data: bytes, timeout: float = 5.0) -> list[bytes]:
                 chunk = s.recv(65536)
             except ConnectionResetError:
                 break
+            except TimeoutError:
+                raise AssertionError(f"the listener neither answered nor closed in {timeout:g} s") from None
             if not chunk:
                 break
             frames.extend(p for kind, p, _ in reader.feed(chunk) if kind == "message")

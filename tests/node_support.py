@@ -4,14 +4,18 @@ spool's contents, and a size-limited filesystem."""
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import sqlite3
 import subprocess
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 import pydicom
+import pytest
 
-from conftest import need
+from conftest import in_ci, need
 
 
 def storescu(node, files, aet="STORESCU", extra=(), timeout=120, port=None) -> subprocess.CompletedProcess:
@@ -22,6 +26,23 @@ def storescu(node, files, aet="STORESCU", extra=(), timeout=120, port=None) -> s
 def echoscu(node, aet="ECHOSCU", extra=(), port=None) -> subprocess.CompletedProcess:
     return subprocess.run([need("echoscu"), "-aet", aet, "-aec", "HCCNODE", *extra, "127.0.0.1",
                            str(port or node.port)], capture_output=True, text=True, timeout=30)
+
+
+# A stable_seconds that no stall of a loaded machine reaches: the watcher queues no study while
+# its instances are still arriving; `release_watcher` then lets it queue what is whole.
+WATCHER_HELD = {"stable_seconds": 3600.0}
+
+
+def release_watcher(node) -> None:
+    """(Re)start `node` with a one-second stable_seconds: each study, complete in the index by now,
+    becomes exactly one job."""
+    node.stop()
+    node.configure(study={"stable_seconds": 1.0}).start()
+
+
+def study_seqs(store) -> dict[str, int]:
+    """Each study's seq (its change counter) by study UID."""
+    return {r["study_uid"]: r["seq"] for r in store.query("SELECT study_uid, seq FROM studies")}
 
 
 def store_responses(output: str) -> list[tuple[str, str]]:
@@ -68,17 +89,30 @@ def unindexed_spool_files(node) -> list[Path]:
 
 
 @contextmanager
-def tmpfs(path: Path, size: str):
-    """A tmpfs of `size` mounted at `path` for the block; yields False (and mounts nothing) when
-    this process may not mount."""
+def tmpfs(path: Path, size: str, fallback: str):
+    """A real filesystem of `size` (tmpfs, which needs root) mounted at `path` for the block and
+    unmounted after it, whatever happens in it; yields True. Where it cannot be mounted it yields
+    False for the test to take its `fallback` (named in a warning); under CI=true the real
+    disk-full path must run, so the test fails there instead, saying why."""
     path.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
-                             capture_output=True).returncode == 0
+    if shutil.which("mount") is None:
+        reason = "no mount command"
+    else:
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
+                           capture_output=True, text=True)
+        reason = None if r.returncode == 0 else (r.stderr.strip() or f"mount exited with {r.returncode}").splitlines()[0]
+    if reason:
+        if os.geteuid() != 0:
+            reason += " (not running as root)"
+        msg = f"a {size} tmpfs could not be mounted at {path}: {reason}"
+        if in_ci():
+            pytest.fail(f"{msg}; under CI=true the disk-full tests need a real full filesystem (run them as root)")
+        warnings.warn(f"{msg}; the disk-full test falls back to {fallback}", UserWarning, stacklevel=3)
     try:
-        yield mounted
+        yield reason is None
     finally:
-        if mounted:
-            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+        if reason is None and subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)   # busy: detach it now
 
 
 def openssl(*args: str, cwd: Path) -> None:

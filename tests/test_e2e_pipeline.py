@@ -12,6 +12,7 @@ import pydicom
 import pytest
 from conftest import free_port, need, wait_until
 from labs_support import ack_fields, exchange, obx, oru
+from node_support import WATCHER_HELD, release_watcher
 from pipeline_support import ISSUER, scratch_dir
 from report_support import dciodvfy
 
@@ -56,7 +57,7 @@ def test_study_in_outputs_in_orthanc(node_factory, orthanc, tmp_path):
         pat = truth.data["patient"]
         hl7_port = free_port()
         node = node_factory(hl7={"enabled": True, "port": hl7_port},
-                            forward={"destinations": [orthanc.destination]}).start()
+                            forward={"destinations": [orthanc.destination]}, study=WATCHER_HELD).start()
 
         # the hematocrit two hours before the scan, over a real MLLP socket
         drawn = datetime.fromisoformat(truth.data["studies"][0]["series"][0]["acquisition_start"]) - timedelta(hours=2)
@@ -69,6 +70,7 @@ def test_study_in_outputs_in_orthanc(node_factory, orthanc, tmp_path):
         sent = subprocess.run([storescu, "-R", "-aec", "HCCNODE", "127.0.0.1", str(node.port), *files],
                               capture_output=True, text=True, timeout=120)
         assert sent.returncode == 0, sent.stderr
+        release_watcher(node)                  # the study whole in the index: analysed once
 
         wait_until(lambda: len(orthanc.get("/instances")) >= 4, 150, interval=0.5, what="outputs in Orthanc")
         got = _orthanc_files(orthanc, tmp_path)
@@ -124,7 +126,7 @@ def test_dect_and_mr_studies_in_outputs_in_orthanc(node_factory, orthanc, tmp_pa
         mri = generate(StudySpec(kind="mr", seed=23, slices=10, matrix=64, noise_sd=2.0, seg_phase="t2"), root / "mr")
         hl7_port = free_port()
         node = node_factory(hl7={"enabled": True, "port": hl7_port}, worker={"processes": 2},
-                            forward={"destinations": [orthanc.destination]}).start()
+                            forward={"destinations": [orthanc.destination]}, study=WATCHER_HELD).start()
         pat = dect.data["patient"]
         drawn = datetime.fromisoformat(dect.data["studies"][0]["series"][0]["acquisition_start"]) - timedelta(hours=2)
         msg = oru(obx(1, "4544-3", "40", "%", time=drawn.strftime("%Y%m%d%H%M")), control="E2EHCT2",
@@ -135,6 +137,7 @@ def test_dect_and_mr_studies_in_outputs_in_orthanc(node_factory, orthanc, tmp_pa
         sent = subprocess.run([storescu, "-R", "-aec", "HCCNODE", "127.0.0.1", str(node.port), *files],
                               capture_output=True, text=True, timeout=120)
         assert sent.returncode == 0, sent.stderr
+        release_watcher(node)                  # each study whole in the index: analysed once
         # DECT: SEG, map, SR, summary; MR baseline and follow-up: SEG, SR, summary each
         wait_until(lambda: len(orthanc.get("/instances")) >= 10, 240, interval=0.5, what="outputs in Orthanc")
 
@@ -183,13 +186,13 @@ def test_mr_follow_up_fetches_its_baseline_from_the_pacs_and_reports_both(node_f
     try:
         mri = generate(StudySpec(kind="mr", seed=24, slices=10, matrix=64, noise_sd=2.0, seg_phase="t2"), root / "mr")
         (base, follow) = mri.data["studies"]
-        node = node_factory(forward={"destinations": []})
+        node = node_factory(forward={"destinations": []}, study=WATCHER_HELD)
         (tmp_path / "orthanc").mkdir()
         orthanc = Orthanc(tmp_path / "orthanc", {"DicomModalities": {"hccnode": ["HCCNODE", "127.0.0.1", node.port]}})
         orthanc.start()
         try:
-            text = node.config_path.read_text().replace("destinations = []", f"destinations = [\"{orthanc.destination}\"]")
-            node.config_path.write_text(text + f"[priors]\nenabled = true\npacs = \"{orthanc.destination}\"\n")
+            node.configure(forward={"destinations": [orthanc.destination]},
+                           priors={"enabled": True, "pacs": orthanc.destination})
             for f in sorted((root / "mr" / base["label"]).rglob("*.dcm")):   # the PACS holds the baseline
                 req = urllib.request.Request(f"http://127.0.0.1:{orthanc.http_port}/instances", data=f.read_bytes(),
                                              method="POST")
@@ -199,6 +202,7 @@ def test_mr_follow_up_fetches_its_baseline_from_the_pacs_and_reports_both(node_f
             sent = subprocess.run([storescu, "-R", "-aec", "HCCNODE", "127.0.0.1", str(node.port), *files],
                                   capture_output=True, text=True, timeout=120)
             assert sent.returncode == 0, sent.stderr
+            release_watcher(node)              # the follow-up whole in the index: analysed once
 
             def follow_up_sr():
                 for inst in orthanc.get(f"/studies/{orthanc_study(orthanc, follow['study_instance_uid'])}/instances"):

@@ -19,6 +19,9 @@ from dicomgen import ct_series
 pytestmark = pytest.mark.network
 
 N_DATASETS, N_ASSOCIATIONS = 500, 500
+# A hang guard, not a measure: longer than the node's own network timeout (60 s), so only a node
+# that never answers or closes reaches it, however loaded the machine.
+HANG_GUARD_SECONDS = 120
 
 
 def mutate(data: bytes, rng: random.Random) -> bytes:
@@ -60,6 +63,7 @@ def test_fuzzed_datasets_and_associations_never_kill_the_node(node_factory, tmp_
     answered, closed = 0, 0
     path = tmp_path / "fuzz.dcm"
     ae = AE(ae_title="FUZZER")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = HANG_GUARD_SECONDS
     ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
     assoc = None
     for _ in range(N_DATASETS):
@@ -79,8 +83,8 @@ def test_fuzzed_datasets_and_associations_never_kill_the_node(node_factory, tmp_
         assoc.release()
     assert answered + closed == N_DATASETS and answered > N_DATASETS // 2
 
-    for _ in range(N_ASSOCIATIONS):                        # broken association requests on raw sockets
-        with socket.create_connection(("127.0.0.1", node.port), timeout=5) as s:
+    for attempt in range(N_ASSOCIATIONS):                  # broken association requests on raw sockets
+        with socket.create_connection(("127.0.0.1", node.port), timeout=HANG_GUARD_SECONDS) as s:
             kind = rng.randrange(4)
             if kind == 0:
                 pdu = rng.randbytes(rng.randrange(1, 300))
@@ -93,9 +97,11 @@ def test_fuzzed_datasets_and_associations_never_kill_the_node(node_factory, tmp_
             try:
                 s.sendall(pdu)
                 s.shutdown(socket.SHUT_WR)
-                s.settimeout(5)
                 while s.recv(4096):
                     pass
+            except TimeoutError:
+                pytest.fail(f"association attempt {attempt} (kind {kind}): the node neither answered nor closed"
+                            f" in {HANG_GUARD_SECONDS} s")
             except OSError:
                 pass                                       # a reset is a clean close too
     assert node.proc.poll() is None, "the node died"

@@ -26,10 +26,10 @@ def add_study(store, uid="1.2.3", age=100.0, seq=1):
 
 
 def test_only_quiet_studies_are_queued_and_only_once(store):
-    add_study(store, "1.1", age=10)
-    add_study(store, "1.2", age=1)
-    assert len(jobs.queue_stable_studies(store, stable_seconds=5)) == 1
-    assert jobs.queue_stable_studies(store, stable_seconds=5) == []
+    add_study(store, "1.1", age=1000)
+    add_study(store, "1.2", age=0)      # quiet for less than stable_seconds however slow this machine is
+    assert len(jobs.queue_stable_studies(store, stable_seconds=600)) == 1
+    assert jobs.queue_stable_studies(store, stable_seconds=600) == []
     assert [j["study_uid"] for j in store.query("SELECT * FROM jobs")] == ["1.1"]
 
 

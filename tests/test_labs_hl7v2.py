@@ -152,7 +152,7 @@ def test_lf_segment_separators_are_accepted(store):
     assert a["code"] == "AA" and len(labs(store)) == 1
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(st.binary(max_size=300) | st.text(max_size=300).map(lambda t: ("MSH|^~\\&|" + t).encode()))
 def test_handle_answers_any_bytes_with_an_ack(store, raw):
     ack, _ = hl7v2.handle(store, CAT, raw)

@@ -11,22 +11,39 @@ from hypothesis import given, settings, strategies as st
 
 from hccnode.labs.mllp import EB, SB, FrameReader, MllpListener, frame
 from hccnode.store.db import Store
-from labs_support import ack_fields, exchange, obx, oru
+from conftest import wait_until
+from labs_support import HANG_GUARD_SECONDS, ack_fields, exchange, obx, oru
 
 MAX = 8192
+# The listener's own timeouts, long enough that a loaded machine's stalls never reach them; the
+# tests of a timeout each set the one they test short and leave the others long.
+LONG = 60.0
 
 
 @pytest.fixture
-def node(tmp_path):
+def listen(tmp_path):
+    """Starts listeners on a store in tmp_path (stopped after the test); keyword arguments as MllpListener."""
     store = Store(tmp_path)
-    stored = []
-    listener = MllpListener(store, port=0, max_bytes=MAX, read_timeout=2.0, frame_timeout=3.0, idle_timeout=3.0,
-                            on_stored=stored.append)
-    listener.start()
-    listener.stored = stored
-    yield listener
-    listener.stop()
+    listeners = []
+
+    def start(**kwargs) -> MllpListener:
+        stored = []
+        kwargs = {"max_bytes": MAX, "read_timeout": LONG, "frame_timeout": LONG, "idle_timeout": LONG, **kwargs}
+        listener = MllpListener(store, port=0, on_stored=stored.append, **kwargs)
+        listener.start()
+        listener.stored = stored
+        listeners.append(listener)
+        return listener
+
+    yield start
+    for listener in listeners:
+        listener.stop()
     store.close()
+
+
+@pytest.fixture
+def node(listen):
+    return listen()
 
 
 def query(node, sql, params=()):
@@ -92,29 +109,32 @@ def test_truncated_frame_is_kept_unanswered_and_the_next_frame_served(node):
 def test_abrupt_close_mid_frame_keeps_partial(node):
     with socket.create_connection(("127.0.0.1", node.port)) as s:
         s.sendall(SB + b"MSH|^~\\&|LIS|LAB|||20240105||ORU^R01|X1|P|2.5\rPID|1||1")
-    deadline = time.monotonic() + 5
-    while not query(node, "SELECT 1 FROM labs_raw") and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: query(node, "SELECT 1 FROM labs_raw"), HANG_GUARD_SECONDS, interval=0.02, what="the partial kept")
     assert query(node, "SELECT outcome FROM labs_raw") == [{"outcome": "incomplete"}]
 
 
-def test_slow_client_is_disconnected_and_others_are_served(node):
+def incomplete_reasons(node) -> list[str]:
+    return [r["reason"] for r in query(node, "SELECT reason FROM labs_raw WHERE outcome = 'incomplete' ORDER BY id")]
+
+
+def test_slow_client_is_disconnected_and_others_are_served(listen):
+    node = listen(read_timeout=2.0)
     slow = socket.create_connection(("127.0.0.1", node.port))
-    slow.sendall(SB + b"MSH|")  # then nothing: read timeout (2 s) ends it
+    slow.sendall(SB + b"MSH|")  # then nothing: the read timeout ends it
     assert send(node, oru(obx(1, "4544-3", "42", "%"), control="FAST"))[0]["code"] == "AA"
-    slow.settimeout(10)
-    t0 = time.monotonic()
+    slow.settimeout(HANG_GUARD_SECONDS)
     assert slow.recv(100) == b""  # closed by the server, not by us
-    assert time.monotonic() - t0 < 9
     slow.close()
+    assert incomplete_reasons(node) == ["peer stopped sending in the middle of a frame"]  # for the read timeout
 
 
-def test_trickling_client_hits_the_frame_timeout(node):
+def test_trickling_client_hits_the_frame_timeout(listen):
+    node = listen(frame_timeout=3.0)  # the read timeout stays long: a stalled sleep never reaches it
     with socket.create_connection(("127.0.0.1", node.port)) as s:
-        s.settimeout(10)
+        s.settimeout(HANG_GUARD_SECONDS)
         s.sendall(SB)
         closed = False
-        for _ in range(100):  # one byte every 0.1 s: never a read timeout, but the frame never ends
+        for _ in range(100):  # one byte every 0.1 s or slower (10 s or more): the frame never ends
             try:
                 s.sendall(b"x")
             except OSError:
@@ -124,6 +144,7 @@ def test_trickling_client_hits_the_frame_timeout(node):
         if not closed:
             closed = s.recv(10) == b""
         assert closed
+    assert incomplete_reasons(node) == ["frame not completed within the frame timeout"]
 
 
 def test_allowed_hosts_refuses_other_peers(tmp_path):
@@ -148,8 +169,13 @@ def test_stop_closes_open_connections(tmp_path):
     listener = MllpListener(store, port=0)
     listener.start()
     s = socket.create_connection(("127.0.0.1", listener.port))
-    s.settimeout(10)
-    time.sleep(0.1)
+    s.settimeout(HANG_GUARD_SECONDS)
+    s.sendall(frame(oru(obx(1, "4544-3", "42", "%"))))  # its ACK: the listener is serving this connection
+    answered = b""
+    while not answered.endswith(EB + b"\r"):
+        chunk = s.recv(4096)
+        assert chunk, "closed before the ACK"
+        answered += chunk
     listener.stop()
     assert s.recv(10) == b""
     s.close()
@@ -220,7 +246,7 @@ def test_concurrent_senders(node):
     for t in threads:
         t.start()
     for t in threads:
-        t.join(30)
+        t.join(HANG_GUARD_SECONDS)
     assert not errors
     assert query(node, "SELECT count(*) AS n FROM labs")[0]["n"] == 60
 

@@ -47,12 +47,15 @@ def test_a_late_lab_result_requeues_the_study_that_was_analysed_without_it(node_
     from hccnode.labs.matching import match_lab
 
     hl7_port = free_port()
-    node = node_factory(hl7={"enabled": True, "port": hl7_port}).start()
+    from node_support import WATCHER_HELD, release_watcher
+
+    node = node_factory(hl7={"enabled": True, "port": hl7_port}, study=WATCHER_HELD).start()
     files = ct_series(tmp_path / "in", n=2)
     import subprocess
     assert subprocess.run([need("storescu"), "-aec", "HCCNODE", "127.0.0.1", str(node.port), *map(str, files)],
                           capture_output=True).returncode == 0
     store = node.store()
+    release_watcher(node)                      # the study whole in the index: one analysis before the lab
     first = wait_until(lambda: store.query("SELECT * FROM jobs WHERE state = 'done'"), 20, what="first analysis")
     study = str(pydicom.dcmread(files[0]).StudyInstanceUID)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from conftest import ORTHANC_PYTHON_PLUGIN, ROOT, Orthanc, in_ci, need, wait_until
 from dicomgen import ct_series
+from node_support import WATCHER_HELD, release_watcher
 
 pytestmark = pytest.mark.network
 
@@ -65,17 +67,23 @@ def test_study_stored_in_orthanc_is_analysed_and_its_sr_comes_back_once(node_fac
     truth = generate(StudySpec(kind="cect", seed=31, slices=8, matrix=64, noise_sd=2.0, progress=False),
                      tmp_path / "phantom")
     study_uid = truth.data["studies"][0]["study_instance_uid"]
-    node = node_factory()
+    node = node_factory(study=WATCHER_HELD)
     orthanc = routing_orthanc(tmp_path, node)
     try:
         orthanc.start()
-        text = node.config_path.read_text()
-        node.config_path.write_text(text.replace("[forward]\n", f'[forward]\ndestinations = ["{orthanc.destination}"]\n', 1))
-        node.start()
+        node.configure(forward={"destinations": [orthanc.destination]}).start()
         files = sorted(str(p) for p in (tmp_path / "phantom").rglob("*.dcm"))
         r = subprocess.run([need("storescu"), "-R", "-aet", "STORESCU", "-aec", "ORTHANC", "127.0.0.1",
                             str(orthanc.dicom_port), *files], capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
+        # The routing job ended: the study is whole in the node's index, then it becomes one job.
+        routed = re.compile(r"hccnode: study \S+, \d+ series sent to \S+ \(job (\S+)\)")
+        job_id = wait_until(lambda: (m := routed.search(orthanc.log_path.read_text())) and m.group(1), 150,
+                            interval=0.5, what="the study routed to the node")
+        wait_until(lambda: orthanc.get(f"/jobs/{job_id}")["State"] == "Success", 150, interval=0.5,
+                   what="the routing job to end")
+        store = node.store()
+        release_watcher(node)
 
         def srs():
             found = orthanc.post("/tools/lookup", study_uid)
@@ -88,7 +96,6 @@ def test_study_stored_in_orthanc_is_analysed_and_its_sr_comes_back_once(node_fac
         wait_until(lambda: srs(), 150, interval=0.5, what="the node's SR back in Orthanc")
         wait_until(lambda: "not sent again" in orthanc.log_path.read_text(), 30,
                    what="the study, stable again with the results, to be judged")
-        store = node.store()
         assert [j["study_uid"] for j in store.query("SELECT study_uid FROM jobs")] == [study_uid]
         assert len(srs()) == 1
     finally:

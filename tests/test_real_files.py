@@ -17,7 +17,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from conftest import NodeProcess, need, wait_until
-from node_support import storescu
+from node_support import storescu, study_seqs
 
 from hccnode import cli
 
@@ -219,11 +219,12 @@ def test_every_pydicom_test_file_by_c_store_ends_done_or_not_applicable(test_fil
     # storescu could not read the rest, and says so itself (they never reached the node)
     assert len(sent) >= len(test_files) - 5, sorted(set(map(str, test_files)) - sent)
 
-    studies = {row["study_uid"] for row in store.query("SELECT study_uid FROM studies")}
-
-    def ended():  # every study has a job, and none is waiting or running
-        rows = store.query("SELECT study_uid, state, attempts, error, result FROM jobs")
-        if {row["study_uid"] for row in rows} >= studies and all(row["state"] in ENDED + ("failed",) for row in rows):
+    def ended():  # every study has a job for all it holds (its seq), and none is waiting or running
+        rows = store.query("SELECT study_uid, study_seq, state, attempts, error, result FROM jobs")
+        covered: dict[str, int] = {}
+        for row in rows:
+            covered[row["study_uid"]] = max(covered.get(row["study_uid"], 0), row["study_seq"])
+        if covered == study_seqs(store) and all(row["state"] in ENDED + ("failed",) for row in rows):
             return rows
         return None
 

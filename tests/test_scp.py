@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 
 import pydicom
 import pytest
@@ -14,13 +13,14 @@ from pynetdicom.sop_class import CTImageStorage
 
 from conftest import need, wait_until
 from dicomgen import PATIENT_ID, PATIENT_NAME, ct_series
-from node_support import content_sha, dataset_bytes, echoscu, sop_of, store_responses, storescu
+from node_support import (WATCHER_HELD, content_sha, dataset_bytes, echoscu, release_watcher, sop_of, store_responses,
+                          storescu, study_seqs)
 
 pytestmark = pytest.mark.network
 
 
 def test_dcmtk_echo_and_store_are_durable_indexed_and_queued(node_factory, tmp_path):
-    node = node_factory().start()
+    node = node_factory(study=WATCHER_HELD).start()
     assert echoscu(node).returncode == 0
     files = ct_series(tmp_path / "in", n=20)
     r = storescu(node, files)
@@ -41,9 +41,13 @@ def test_dcmtk_echo_and_store_are_durable_indexed_and_queued(node_factory, tmp_p
     assert pydicom.dcmread(spooled).file_meta.SourceApplicationEntityTitle == "STORESCU"
     study = store.query("SELECT * FROM studies")[0]
     assert study["patient_key"] and PATIENT_ID not in study["patient_key"]
+    assert store.query("SELECT * FROM jobs") == []         # not quiet for stable_seconds yet: not queued
 
-    job = wait_until(lambda: store.query("SELECT * FROM jobs WHERE state = 'done'"), 20, what="stable job")
+    release_watcher(node)                                  # the whole study in the index: one job
+    wait_until(lambda: store.query("SELECT * FROM jobs WHERE state = 'done'"), 20, what="stable job")
+    job = store.query("SELECT * FROM jobs")
     assert len(job) == 1 and job[0]["reason"] == "stable" and job[0]["attempts"] == 1
+    assert job[0]["study_seq"] == study_seqs(store)[study["study_uid"]]   # it analysed all 20 instances
     result = json.loads(job[0]["result"])                 # analysed: a study it cannot measure says why
     assert result["study_uid"] == study["study_uid"] and result["missing"] and result["out_dir"]
     log = node.log()
@@ -61,16 +65,20 @@ def test_dcmtk_echo_and_store_are_durable_indexed_and_queued(node_factory, tmp_p
 
 
 def test_resend_is_idempotent_and_changed_content_replaces_and_requeues(node_factory, tmp_path):
-    node = node_factory().start()
+    node = node_factory(study=WATCHER_HELD).start()
     files = ct_series(tmp_path / "in", n=3)
     assert storescu(node, files).returncode == 0
     store = node.store()
+    release_watcher(node)
     wait_until(lambda: store.query("SELECT * FROM jobs WHERE state = 'done'"), 20, what="first job")
+    (first,) = store.query("SELECT * FROM jobs")
+    assert first["study_seq"] == study_seqs(store)[first["study_uid"]]
 
     assert storescu(node, files).returncode == 0          # same content again: nothing changes
-    time.sleep(2.0)                                        # longer than stable_seconds
-    assert len(store.query("SELECT * FROM jobs")) == 1
     assert len(store.query("SELECT * FROM instance_versions WHERE outcome = 'duplicate'")) == 3
+    # The study's seq did not move, so there is nothing for the watcher to queue, ever.
+    assert study_seqs(store)[first["study_uid"]] == first["study_seq"]
+    assert len(store.query("SELECT * FROM jobs")) == 1
 
     ds = pydicom.dcmread(files[0])
     ds.SeriesDescription = "CORRECTED"
@@ -121,8 +129,11 @@ def test_broken_datasets_get_failure_status_are_quarantined_and_node_keeps_servi
     assert store.query("SELECT COUNT(*) AS n FROM instances")[0]["n"] == 1
 
 
-def test_kill9_while_receiving_loses_nothing_acknowledged_and_runs_the_job_once(node_factory, tmp_path):
-    node = node_factory(worker={"processes": 1, "lease_seconds": 5.0}).start()
+def test_kill9_while_receiving_loses_nothing_acknowledged_and_runs_the_job_once(node_factory, tmp_path, kill_landed):
+    """Whenever the kill lands (mid-instance, between instances, after the send), every
+    acknowledged instance is stored and indexed after the restart, partials are cleaned, and the
+    study is analysed once."""
+    node = node_factory(worker={"processes": 1, "lease_seconds": 5.0}, study=WATCHER_HELD).start()
     files = ct_series(tmp_path / "in", n=200, size=128)
     sops = {str(f): sop_of(f) for f in files}
     log_path = tmp_path / "storescu.log"
@@ -134,12 +145,17 @@ def test_kill9_while_receiving_loses_nothing_acknowledged_and_runs_the_job_once(
                    interval=0.02, what="some instances stored")
         node.kill9()
         sender.wait(60)
-    assert sender.returncode != 0                          # the send was really cut short
-
     acked = [sops[f] for f, answer in store_responses(log_path.read_text()) if answer == "Success"]
-    assert 20 <= len(acked) < 200                         # a real cut: some acknowledged, not all
+    tmp = node.data_dir / "spool" / ".tmp"
+    partials = len(list(tmp.iterdir())) if tmp.is_dir() else 0
+    kill_landed(f"{len(acked)} of {len(files)} instances acknowledged, "
+                f"{'after the send had ended' if sender.returncode == 0 else 'the send cut short'}, "
+                f"{partials} partial file(s) in the spool")
+    if sender.returncode == 0:
+        assert len(acked) == len(files)                   # a send that ended had every instance answered
+    assert store.query("SELECT * FROM jobs") == []         # nothing queued while instances arrived
 
-    node.start()
+    release_watcher(node)
     store = node.store()
     indexed = {r["sop_uid"]: r for r in store.query("SELECT * FROM instances")}
     missing = [s for s in acked if s not in indexed]
@@ -148,10 +164,11 @@ def test_kill9_while_receiving_loses_nothing_acknowledged_and_runs_the_job_once(
         assert (node.data_dir / indexed[s]["path"]).exists()
     assert not list((node.data_dir / "spool" / ".tmp").iterdir())  # unacknowledged partials cleaned
 
-    jobs = wait_until(lambda: store.query("SELECT * FROM jobs WHERE state = 'done'"), 30, what="stable job")
-    time.sleep(2.0)                                        # give a second job the chance to appear
+    wait_until(lambda: store.query("SELECT * FROM jobs WHERE state = 'done'"), 30, what="stable job")
     jobs = store.query("SELECT * FROM jobs")
     assert len(jobs) == 1 and jobs[0]["state"] == "done" and jobs[0]["attempts"] == 1
+    # It analysed the study as the restarted node holds it: nothing is left for the watcher to queue.
+    assert jobs[0]["study_seq"] == study_seqs(store)[jobs[0]["study_uid"]]
 
 
 def test_need_fails_under_ci_and_skips_otherwise(monkeypatch):

@@ -101,7 +101,7 @@ def test_header_row_reads_multiframe_functional_groups():
 def test_disk_full_answers_out_of_resources_and_recovers(tmp_path, monkeypatch):
     f = ct_series(tmp_path / "in", n=2, size=256)
     mnt = tmp_path / "small"
-    with tmpfs(mnt, "4m") as mounted:
+    with tmpfs(mnt, "4m", fallback="os.write monkeypatched to raise ENOSPC") as mounted:
         spool = Spool(Store(mnt / "data"))
         spool.store.conn().execute("PRAGMA wal_autocheckpoint=0")
         filler = mnt / "filler"
@@ -125,3 +125,24 @@ def test_disk_full_answers_out_of_resources_and_recovers(tmp_path, monkeypatch):
             monkeypatch.setattr(os, "write", real_write)
         res = spool.ingest(*received(f[1]))                   # space is back: stored again
         assert res.status == status.SUCCESS
+
+
+def test_a_small_filesystem_that_cannot_be_mounted_fails_under_ci_and_warns_otherwise(tmp_path, monkeypatch):
+    """The disk-full tests never fall back silently: "bogus" is a size mount refuses."""
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"tmpfs could not be mounted .*under CI=true"):
+        with tmpfs(tmp_path / "ci", "bogus", fallback="an injected error"):
+            pass
+    monkeypatch.setenv("CI", "false")
+    with pytest.warns(UserWarning, match="falls back to an injected error"):
+        with tmpfs(tmp_path / "dev", "bogus", fallback="an injected error") as mounted:
+            assert mounted is False
+
+
+def test_the_small_filesystem_is_unmounted_even_when_the_test_fails(tmp_path):
+    mnt = tmp_path / "small"
+    with pytest.raises(RuntimeError):
+        with tmpfs(mnt, "1m", fallback="nothing") as mounted:
+            assert mounted and os.path.ismount(mnt)
+            raise RuntimeError("the test failed")
+    assert not os.path.ismount(mnt)

@@ -240,11 +240,14 @@ class MllpListener:
 
     def _converse(self, sock: socket.socket, peer: str) -> None:
         reader = FrameReader(self.max_bytes)
+        frame_late = "frame not completed within the frame timeout"
         while not self._stopping.is_set():
+            frame_bound = False  # whether the frame's deadline, not the read timeout, bounds this read
             if reader.in_frame:
                 left = self.frame_timeout - (time.monotonic() - reader.started)
                 if left <= 0:
-                    return self._keep_partial(reader, peer, "frame not completed within the frame timeout")
+                    return self._keep_partial(reader, peer, frame_late)
+                frame_bound = left < self.read_timeout
                 sock.settimeout(min(self.read_timeout, left))
             else:
                 sock.settimeout(self.idle_timeout)
@@ -252,7 +255,8 @@ class MllpListener:
                 data = sock.recv(65536)
             except TimeoutError:
                 if reader.in_frame:
-                    self._keep_partial(reader, peer, "peer stopped sending in the middle of a frame")
+                    self._keep_partial(reader, peer, frame_late if frame_bound else
+                                       "peer stopped sending in the middle of a frame")
                 return
             except OSError:
                 data = b""
