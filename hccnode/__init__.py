@@ -3,7 +3,7 @@
 Research measurements and published models only; not a diagnosis.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 RESEARCH_USE = (
     "Research use only. These are research measurements and published models, "
