@@ -91,6 +91,9 @@ SMOOTH_MM = 2.0
 # Coarse search grid.
 COARSE_PIXEL_MM = 3.0
 COARSE_SLICE_MM = 4.0
+# Holes in the band up to this area (mm^2) are filled: the largest intrahepatic vessels (portal
+# vein branches and hepatic veins up to about 15 mm) and small lesions.
+VESSEL_HOLE_MM2 = 300.0
 # Core depths (mm): first, growth factor, last.
 CORE_START_MM = 6.0
 CORE_GROWTH = 1.35
@@ -291,6 +294,24 @@ def _band(smooth: np.ndarray, centre: float, sd: float, quadrant: np.ndarray, sp
     return (centre, half), enh_band
 
 
+def _fill_small_holes(band: np.ndarray, spacing) -> np.ndarray:
+    """The band with, per slice, its enclosed holes up to VESSEL_HOLE_MM2 filled: intrahepatic
+    vessels (brighter than parenchyma at portal venous and equilibrium phase) and small lesions,
+    which would otherwise cut the liver's core into pieces of their own."""
+    _, dy, dx = spacing
+    most = max(1, int(VESSEL_HOLE_MM2 / (dy * dx)))
+    out = band.copy()
+    for k in range(band.shape[0]):
+        if not band[k].any():
+            continue
+        holes, n = ndimage.label(ndimage.binary_fill_holes(band[k]) & ~band[k])
+        if n:
+            small = np.bincount(holes.ravel(), minlength=n + 1) <= most
+            small[0] = False
+            out[k] |= small[holes]
+    return out
+
+
 def _cells(band: np.ndarray, spacing, core_mm: float) -> tuple[np.ndarray, np.ndarray, int]:
     """(cells, cores, number of cores). Cores: the band's voxels deeper than `core_mm`, labelled by
     connected piece. Cells: the band's opening at that depth (voxels within `core_mm` + REGAIN_MM
@@ -394,6 +415,7 @@ def find_liver_extent(hu: np.ndarray, spacing, body: np.ndarray, spine_x: np.nda
         band = soft & (np.abs(smooth - mid) <= half)
         if enh_band is not None:
             band &= np.abs(enh - enh_band[0]) <= enh_band[1]
+        band = _fill_small_holes(band, sp)
         core = CORE_START_MM
         last_why = "no organ of that attenuation deep enough to be a liver"
         while core <= CORE_MAX_MM:
