@@ -236,6 +236,38 @@ class _Waves:
         self.amp = amplitude / np.sqrt(n / 2.0)
 
     def __call__(self, x, y, z):
+        args = [np.asarray(v, np.float32) for v in (x, y, z)]
+        if all(a.ndim == 3 for a in args):
+            axes = [[i for i, n in enumerate(a.shape) if n > 1] for a in args]
+            if all(len(ax) <= 1 for ax in axes) and len({ax[0] for ax in axes if ax}) == sum(map(bool, axes)):
+                return self._on_grid(args, axes)
+        return self._general(x, y, z)
+
+    def _on_grid(self, args, axes):
+        """The field on a grid given by three 1-D coordinate axes: cos(a0 + a12) summed over the
+        waves is Re(E0) Re(E12) - Im(E0) Im(E12), one matrix product over the waves."""
+        by_axis = [np.zeros(1, np.float32) for _ in range(3)]
+        which = [None, None, None]
+        for i, (a, ax) in enumerate(zip(args, axes)):
+            if ax:
+                by_axis[ax[0]], which[ax[0]] = a.ravel(), i
+        free = [i for i in range(3) if i not in which]
+        for axis in range(3):
+            if which[axis] is None:
+                which[axis] = free.pop()
+                by_axis[axis] = args[which[axis]].ravel()[:1]
+        n0, n1, n2 = (len(v) for v in by_axis)
+        e0 = np.exp(1j * (np.outer(by_axis[0], self.k[:, which[0]]) + self.ph[None, :]))          # (n0, T)
+        e1 = np.exp(1j * np.outer(by_axis[1], self.k[:, which[1]]))                               # (n1, T)
+        e2 = np.exp(1j * np.outer(by_axis[2], self.k[:, which[2]]))                               # (n2, T)
+        e12 = (e1[:, None, :] * e2[None, :, :]).reshape(n1 * n2, -1)                             # (n1 n2, T)
+        a = np.concatenate([e0.real, -e0.imag], axis=1).astype(np.float32)                       # (n0, 2T)
+        b = np.concatenate([e12.real, e12.imag], axis=1).astype(np.float32)                      # (n1 n2, 2T)
+        out = (a @ b.T).reshape(n0, n1, n2)
+        out *= np.float32(self.amp)
+        return out
+
+    def _general(self, x, y, z):
         out = 0.0
         for (kx, ky, kz), ph in zip(self.k, self.ph):
             # separable in complex form: exp(i k.p) = exp(i kx x) exp(i ky y) exp(i kz z)
@@ -818,7 +850,8 @@ class _Anatomy:
         soft = np.isin(cur, [int(v) for v in (L.FAT, L.BOWEL_WALL, L.BOWEL_CONTENT, L.GAS)])
         if self.ascites:
             depth = self.prng.uniform(8, 30)
-            fluid = soft & (f < depth) & (f > -20)
+            zb, yb, xb = g.z[sl[0]][:, None, None], g.y[sl[1]][None, :, None], g.x[sl[2]][None, None, :]
+            fluid = soft & (f < depth) & (f > -20) & self.liver_clip(xb, yb, zb)
             cur[fluid] = L.ASCITES
             z_all = g.z[sl[0]]
             # gutters and pelvis: free fluid in the low lateral abdomen too
@@ -828,7 +861,7 @@ class _Anatomy:
                 c2 = lab[s2]
                 free = np.isin(c2, [int(L.FAT), int(L.BOWEL_CONTENT), int(L.BOWEL_WALL)])
                 rho = self.cavity_rho(x, y)
-                c2[free & (rho > 0.8) & (y < self.yv + 10)] = L.ASCITES
+                c2[free & (rho > 0.8) & (rho < 1.0) & (y < self.yv + 10)] = L.ASCITES
         elif self.fat_planes:
             gap = self.prng.uniform(2.5, 6.0)
             others = np.isin(cur, [int(v) for v in (L.BOWEL_WALL, L.BOWEL_CONTENT, L.GAS, L.STOMACH_WALL,
@@ -1029,11 +1062,13 @@ def generate_body(seed: int, **overrides) -> Body:
         if streaks is not None:
             img += streaks
         if noise_sd > 0:
-            img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(white_sd)
+            noise = rng.standard_normal(img.shape, dtype=np.float32)
+            noise *= np.float32(white_sd)
+            img += noise
+            del noise
+            _add_blotches(rng, img, blotch_px, blotch_sd)
         ndimage.gaussian_filter1d(img, sigma_px, axis=1, output=img, mode="nearest")
         ndimage.gaussian_filter1d(img, sigma_px, axis=2, output=img, mode="nearest")
-        if noise_sd > 0:
-            img += _blotches(rng, img.shape, blotch_px, blotch_sd)
         np.clip(img, -1024, 3071, out=img)
         hu[p] = img
     vol = anat.painted_ml
@@ -1055,29 +1090,28 @@ def _shifted(lab, shift_vox, order=0):
     return ndimage.shift(lab, shift_vox, order=order, mode="nearest")
 
 
-def _blotches(rng, shape, grain_px: int, sd: float) -> np.ndarray:
-    """In-plane noise of `grain_px` grain: a coarse white field per slice, interpolated
-    linearly to the full matrix (separable, as matrix products), scaled to SD `sd`."""
-    nz, ny, nx = shape
-    c = rng.standard_normal((nz, -(-ny // grain_px) + 1, -(-nx // grain_px) + 1)).astype(np.float32)
-    # linear interpolation of unit white noise has variance 4/9 on average over a cell (2/3 per axis)
-    c *= np.float32(sd * 1.5)
-    for axis, n in ((1, ny), (2, nx)):
-        w = _interp_matrix(n, c.shape[axis])
-        c = np.moveaxis(np.tensordot(w, c, axes=([1], [axis])), 0, axis)
-    return c
+def _add_blotches(rng, img: np.ndarray, grain_px: int, sd: float) -> None:
+    """Add in-plane noise of `grain_px` grain to `img` (in place): a coarse white field per
+    slice, interpolated linearly along the columns and held over `grain_px` rows (the point
+    spread filter applied afterwards softens the row steps), scaled to SD `sd`."""
+    nz, ny, nx = img.shape
+    rows = -(-ny // grain_px)
+    c = rng.standard_normal((nz, rows, -(-nx // grain_px) + 1)).astype(np.float32)
+    # linear interpolation of unit white noise has variance 2/3 on average over a cell
+    c *= np.float32(sd * np.sqrt(1.5))
+    i0, i1, t = _interp_weights(nx, c.shape[2])
+    c = c[:, :, i0] * (1 - t) + c[:, :, i1] * t                          # (nz, rows, nx)
+    full = ny // grain_px
+    img[:, :full * grain_px].reshape(nz, full, grain_px, nx)[...] += c[:, :full, None, :]
+    if full < rows:
+        img[:, full * grain_px:] += c[:, full:full + 1]
 
 
-def _interp_matrix(n: int, m: int) -> np.ndarray:
-    """(n, m) matrix of linear interpolation from m samples spread over n."""
+def _interp_weights(n: int, m: int):
+    """Indices and weights of linear interpolation from m samples spread over n."""
     pos = np.clip((np.arange(n) + 0.5) * m / n - 0.5, 0, m - 1)
     i0 = np.floor(pos).astype(int)
-    i1 = np.minimum(i0 + 1, m - 1)
-    t = (pos - i0).astype(np.float32)
-    w = np.zeros((n, m), np.float32)
-    w[np.arange(n), i0] += 1 - t
-    w[np.arange(n), i1] += t
-    return w
+    return i0, np.minimum(i0 + 1, m - 1), (pos - i0).astype(np.float32)
 
 
 def _touching(labels: np.ndarray, organ: np.ndarray, other: np.ndarray) -> bool:
