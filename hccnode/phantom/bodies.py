@@ -321,6 +321,7 @@ class _Anatomy:
         self.metal = o.get("metal", u() < 0.15)
         self.oral_contrast = o.get("oral_contrast", u() < 0.15)
         self.bowel_gas = o.get("bowel_gas", u() < 0.8)
+
         if "liver_volume_ml" in o:
             self.liver_volume_ml = float(o["liver_volume_ml"])
         elif self.cirrhotic:
@@ -329,10 +330,11 @@ class _Anatomy:
             self.liver_volume_ml = float(np.clip(np.exp(rng.normal(np.log(1600), 0.3)), 800, 3500))
         if not 600 <= self.liver_volume_ml <= 3500:
             raise ValueError(f"liver volume {self.liver_volume_ml} mL outside 600-3500 mL")
-
         # body wall: superellipse outline, subcutaneous fat, muscle, peritoneal cavity
-        self.a = u(130, 195) if not self.lean else u(120, 165)
-        self.a = min(self.a, float(o.get("fov_mm", 1e9)) / 2 - 10)   # the body fits the field
+        # a big liver comes with a big body (and the field of view is chosen to fit the body)
+        a_min = 125 + 22 * (self.liver_volume_ml / 1000 - 0.6)
+        self.a = u(a_min, a_min + 30) if self.lean else u(a_min + 5, a_min + 60)
+        self.a = min(self.a, 235.0, float(o.get("fov_mm", 1e9)) / 2 - 10)
         self.b_ant = self.a * u(0.62, 0.82)
         self.b_post = self.b_ant * u(0.85, 1.0)
         self.p = u(2.0, 2.8)
@@ -507,7 +509,7 @@ class _Anatomy:
         n_t = o.get("n_tumours", int(rng.integers(0, 4)))
         self.tumours = self._place_tumours(n_t)
         # ribs: z at the back of each rib, and how far it drops anteriorly
-        self.ribs = [(self.zr_dome + 20 - i * u(20, 24), u(60, 95)) for i in range(10)]
+        self.ribs = [(self.zr_dome + 40 - i * u(20, 24), u(90, 130)) for i in range(10)]
         self.costal_x = u(0.1, 0.3)
 
     def _depth_map(self):
@@ -612,7 +614,7 @@ class _Anatomy:
         retro = (y2 > self.yv - self.rv[1] - 4) & (np.abs(x2) < self.rv[0] + 45)
         lab[abdomen] = L.FAT
         # thorax: lungs lateral, mediastinum in the middle
-        medi = (np.abs(x2 - 10) < 0.28 * self.a) & (y2 < self.yv + 10)
+        medi = ((x2 - 10) / (0.3 * self.a)) ** 2 + ((y2 + 0.15 * self.b_ant) / (0.75 * self.b_ant)) ** 2 < 1
         lab[thorax & ~medi[None]] = L.LUNG
         lab[thorax & medi[None]] = L.FAT
         self._heart(g, lab)
@@ -667,14 +669,16 @@ class _Anatomy:
         t = self.t_sc + self.t_m
         scale = min(self.a - t, self.b_ant - t)
         d = (rho_c - 1.0) * scale          # mm outside the cavity (approx)
-        ring = (d > 0.5) & (d < 8.0) & (np.abs(x2) > 22)
-        phi = np.arctan2(y2, x2)           # posterior: +pi/2
-        sinp = np.sin(phi)
+        ring = (d > 0.5) & (d < 6.5) & (np.abs(x2) > 22)
+        # angle from straight back (0) round either side to straight front (pi)
+        theta = np.arccos(np.clip(y2 / np.maximum(np.hypot(x2, y2), 1e-3), -1, 1))
+        sinp = np.cos(theta)
         jj, ii = np.nonzero(ring)
         if len(jj) == 0:
             return
         for i, (zpost, drop) in enumerate(self.ribs):
-            zr = zpost - drop * (1 - sinp[jj, ii]) / 2
+            # a rib runs down at a steady slope from the spine round to its front end
+            zr = zpost - drop * theta[jj, ii] / np.pi
             # lower ribs end further from the anterior midline (the costal margin)
             reach = np.abs(x2[jj, ii]) > self.a * (self.costal_x + 0.05 * max(0, i - 6)) + 0 * zr
             ant = sinp[jj, ii] < -0.2
@@ -682,7 +686,7 @@ class _Anatomy:
             ks = np.nonzero((g.z >= zr.min() - 6) & (g.z <= zr.max() + 6))[0]
             if len(ks) == 0:
                 continue
-            hit = (np.abs(g.z[ks][:, None] - zr[None]) < 5.0) & keep[None]
+            hit = (np.abs(g.z[ks][:, None] - zr[None]) < 4.5) & keep[None]
             kk, pp = np.nonzero(hit)
             lab[ks[kk], jj[pp], ii[pp]] = L.RIB
 
@@ -1010,8 +1014,8 @@ def generate_body(seed: int, **overrides) -> Body:
     o = dict(overrides)
     rng = np.random.default_rng([int(seed), 15])
     u = rng.uniform
-    fov = o["fov_mm"] = float(o.get("fov_mm", u(300, 500)))
     anat = _Anatomy(rng, o)
+    fov = float(o.get("fov_mm", u(max(300.0, 2 * anat.a + 20), 500)))
     # scanner
     matrix = int(o.get("matrix", 512))
     matrix = min(matrix, int(o.get("max_matrix", matrix)))
