@@ -229,6 +229,14 @@ def test_evaluate_with_an_oracle_placer_meets_the_targets():
     assert r["aorta_inside"]
 
 
+def test_misregistration_moves_only_the_other_phases():
+    still = generate_body(4, max_matrix=96, max_slices=30, noise_sd=0.0)
+    moved = generate_body(4, max_matrix=96, max_slices=30, noise_sd=0.0, misregister_mm=4.0)
+    assert np.array_equal(still.labels, moved.labels)
+    assert np.array_equal(still.hu["equilibrium"], moved.hu["equilibrium"])
+    assert not np.array_equal(still.hu["unenhanced"], moved.hu["unenhanced"])
+
+
 ANATOMY_SAMPLE = list(range(100, 120))
 
 
@@ -242,3 +250,4 @@ def test_anatomy_sample():
     outside = sum(r["rois_outside"] for r in results)
     within = sum(r["ecv_error_pp"] is not None and abs(r["ecv_error_pp"]) <= ECV_TOLERANCE_PP for r in results)
     assert placed >= 19 and outside == 0 and within >= 19, (placed, outside, within)
+

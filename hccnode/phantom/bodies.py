@@ -124,7 +124,8 @@ class Tumour:
 
 @dataclass
 class Body:
-    """One generated body. `hu[phase]` and `labels` are LPS arrays [z, y, x] on one grid."""
+    """One generated body. `hu[phase]` and `labels` are LPS arrays [z, y, x] on one grid; with
+    `misregister_mm` the labels are those of the equilibrium phase (the others are moved)."""
 
     seed: int
     hu: dict[str, np.ndarray]
