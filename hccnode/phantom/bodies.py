@@ -963,8 +963,8 @@ def _phase_hu(rng, anat: _Anatomy) -> tuple[dict, dict]:
     return table, truth
 
 
-def _metal(rng, anat: _Anatomy, g: _Grid, lab: np.ndarray) -> np.ndarray | None:
-    """Paint a metal object and return its streak pattern (HU added, float32) or None."""
+def _metal(rng, anat: _Anatomy, g: _Grid, lab: np.ndarray):
+    """Paint a metal object; its streaks as (slices, 2-D HU added on each), or None."""
     kind = rng.choice(["clips", "coil", "rods"])
     if kind == "rods":
         cx, cy = (rng.choice([-1, 1]) * 22.0, anat.yv + anat.rv[1] + 25)
@@ -991,10 +991,9 @@ def _metal(rng, anat: _Anatomy, g: _Grid, lab: np.ndarray) -> np.ndarray | None:
         perp = np.abs(np.sin(ang - th)) * d
         streak += rng.uniform(-350, 250) * np.exp(-(perp / rng.uniform(1.5, 4.0)) ** 2)
     streak *= 1.0 / (1.0 + d / 60.0)
-    out = np.zeros(g.shape, np.float32)
     kz = np.nonzero((g.z >= z0 - 3) & (g.z <= z1 + 3))[0]
-    out[kz] = streak[None]
-    return out
+    streak *= lab[ks[len(ks) // 2]] != L.AIR      # within the body
+    return slice(int(kz[0]), int(kz[-1]) + 1), streak.astype(np.float32)
 
 
 def _gauss_kernel_ss(sigma_px: float) -> float:
@@ -1052,6 +1051,7 @@ def generate_body(seed: int, **overrides) -> Body:
     tex = None
     if liver_m.any():
         kk = np.nonzero(liver_m.any(axis=(1, 2)))[0]
+        kk = slice(int(kk[0]), int(kk[-1]) + 1)
         tex = anat.texture(g.x[None, None, :], g.y[None, :, None], g.z[kk][:, None, None]).astype(np.float32)
     misreg = float(o.get("misregister_mm", 0.0))
     hu = {}
@@ -1061,11 +1061,9 @@ def generate_body(seed: int, **overrides) -> Body:
             lab_p = _shifted(labels, rng.uniform(-misreg, misreg, 3) / np.array(g_spacing(g)), order=0)
         img = table[p][lab_p]
         if tex is not None:
-            sub = img[kk]
-            sub += np.where(lab_p[kk] == L.LIVER, tex, 0).astype(np.float32)
-            img[kk] = sub
+            img[kk] += np.where(lab_p[kk] == L.LIVER, tex, np.float32(0))
         if streaks is not None:
-            img += streaks
+            img[streaks[0]] += streaks[1]
         if noise_sd > 0:
             noise = rng.standard_normal(img.shape, dtype=np.float32)
             noise *= np.float32(white_sd)
