@@ -237,6 +237,11 @@ def test_misregistration_moves_only_the_other_phases():
     assert not np.array_equal(still.hu["unenhanced"], moved.hu["unenhanced"])
 
 
+
+def test_unknown_option_is_named():
+    with pytest.raises(ValueError, match="unknown body options: max_matrx"):
+        generate_body(0, max_matrx=64)
+
 ANATOMY_SAMPLE = list(range(100, 120))
 
 

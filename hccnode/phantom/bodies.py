@@ -1004,14 +1004,26 @@ def _gauss_kernel_ss(sigma_px: float) -> float:
     return float((w ** 2).sum())
 
 
+OVERRIDES = {
+    "max_matrix", "max_slices", "matrix", "fov_mm", "slice_mm", "n_slices", "z_centre_mm", "noise_sd", "feet_first",
+    "offset_mm", "misregister_mm", "metal", "cirrhotic", "fatty", "lean", "ascites", "splenomegaly", "fat_planes",
+    "riedel", "gallbladder", "calcified_aorta", "oral_contrast", "bowel_gas", "stomach_gas", "touch_wall",
+    "touch_kidney", "liver_volume_ml", "n_tumours",
+}
+
+
 def generate_body(seed: int, **overrides) -> Body:
     """A random body for `seed`. Overrides (all optional): max_matrix, max_slices, matrix,
-    fov_mm, slice_mm, n_slices, noise_sd, feet_first, offset_mm (x, y), misregister_mm (the
-    largest rigid shift of an enhanced phase, default 0), metal, and the anatomy flags
+    fov_mm, slice_mm, n_slices, z_centre_mm, noise_sd, feet_first, offset_mm (x, y),
+    misregister_mm (largest rigid shift per axis of each phase other than equilibrium, by whole
+    voxels of the label map; default 0: phases registered), metal, and the anatomy flags
     cirrhotic, fatty, lean, ascites, splenomegaly, fat_planes, riedel, gallbladder,
     calcified_aorta, oral_contrast, bowel_gas, stomach_gas, touch_wall, touch_kidney,
     liver_volume_ml, n_tumours."""
     o = dict(overrides)
+    unknown = set(o) - OVERRIDES
+    if unknown:
+        raise ValueError(f"unknown body options: {', '.join(sorted(unknown))}")
     rng = np.random.default_rng([int(seed), 15])
     u = rng.uniform
     anat = _Anatomy(rng, o)
