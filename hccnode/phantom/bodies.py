@@ -814,6 +814,8 @@ class _Anatomy:
         dz = g.z[:, None, None] * self.aorta_tilt
         d = np.sqrt((x2[None] - ax - dz) ** 2 + (y2[None] - ay) ** 2)
         lumen = d < self.aorta_r
+        # the descending aorta lies behind the heart with fat (and the oesophagus) between
+        lab[(d < self.aorta_r + 6) & (lab == L.HEART)] = L.FAT
         lab[lumen] = L.AORTA
         if self.calcified_aorta:
             ang = np.arctan2(y2[None] - ay, x2[None] - ax - dz)
