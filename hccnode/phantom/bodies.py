@@ -681,7 +681,7 @@ class _Anatomy:
             # a rib runs down at a steady slope from the spine round to its front end
             zr = zpost - drop * theta[jj, ii] / np.pi
             # lower ribs end further from the anterior midline (the costal margin)
-            reach = np.abs(x2[jj, ii]) > self.a * (self.costal_x + 0.05 * max(0, i - 6)) + 0 * zr
+            reach = np.abs(x2[jj, ii]) > self.a * (self.costal_x + 0.05 * max(0, i - 6))
             ant = sinp[jj, ii] < -0.2
             keep = ~ant | reach
             ks = np.nonzero((g.z >= zr.min() - 6) & (g.z <= zr.max() + 6))[0]
@@ -750,7 +750,7 @@ class _Anatomy:
         if self.stomach_gas:
             a = self.stomach[0][0]
             level = a[1] - self.stomach[0][2] * 0.3
-            self._paint_f(g, lab, np.subtract(a, 60), np.add(a, 60), lambda x, y, z: y - level + 0 * x * z,
+            self._paint_f(g, lab, np.subtract(a, 60), np.add(a, 60), lambda x, y, z: y - level + 0 * x * z,  # (full box shape)
                           L.GAS, only=(L.STOMACH_CONTENT,))
 
     def _liver(self, g, lab):
@@ -799,7 +799,7 @@ class _Anatomy:
         rm = (r[0] * 0.8, r[1] * 0.6, r[2] * 0.7)
 
         def f(x, y, z):
-            return np.maximum(_ellipsoid(x, y, z, c, r), -_ellipsoid(x, y, z, cm, rm)) + 0 * x
+            return np.maximum(_ellipsoid(x, y, z, c, r), -_ellipsoid(x, y, z, cm, rm))
         b = self._paint_f(g, lab, np.subtract(c, r), np.add(c, r), f, L.SPLEEN,
                           keep=(L.RIB, L.MUSCLE, L.DIAPHRAGM, L.VERTEBRA, L.CORTICAL_BONE, L.LUNG, L.HEART))
         if b is not None:  # clip to the cavity below the diaphragm
@@ -1129,14 +1129,6 @@ def _interp_weights(n: int, m: int):
     pos = np.clip((np.arange(n) + 0.5) * m / n - 0.5, 0, m - 1)
     i0 = np.floor(pos).astype(int)
     return i0, np.minimum(i0 + 1, m - 1), (pos - i0).astype(np.float32)
-
-
-def _touching(labels: np.ndarray, organ: np.ndarray, other: np.ndarray) -> bool:
-    """True when `organ` shares a face with `other` (6-neighbourhood) somewhere."""
-    if not organ.any() or not other.any():
-        return False
-    grown = ndimage.binary_dilation(organ, ndimage.generate_binary_structure(3, 1))
-    return bool((grown & other).any())
 
 
 def _features(anat, labels, g, dx, dz, fov, matrix, n, noise_sd, off, metal) -> dict:
