@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from hccnode.imaging.anatomy import image_lps_order
-from hccnode.phantom.bodies import GROUPS, PHASES, L, generate_body, hu_table
+from hccnode.phantom.bodies import PHASES, L, generate_body, hu_table
 from hccnode.phantom.bodies_eval import ECV_TOLERANCE_PP, evaluate, roi_check
 
 SMALL = {"max_matrix": 96, "max_slices": 40}
