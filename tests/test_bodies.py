@@ -53,7 +53,9 @@ def test_labels_and_truth_in_stated_ranges(small_bodies):
     t = hu_table()
     for b in small_bodies.values():
         assert b.labels.max() < len(L)
-        assert 600 <= b.liver_volume_ml <= 3500 * 1.03   # the fit to the drawn volume is within 2-3 %
+        # drawn within 0.6-3.5 L; the painted organ is refitted to within 3 % of the drawn volume
+        assert 600 <= b.features["liver_target_ml"] <= 3500
+        assert 600 * 0.97 <= b.liver_volume_ml <= 3500 * 1.03
         lo, hi = t["ecv"]["liver_cirrhotic"] if b.features["cirrhotic"] else t["ecv"]["liver"]
         assert lo <= b.liver_ecv <= hi
         lo, hi = t["ecv"]["hematocrit_cirrhotic"] if b.features["cirrhotic"] else t["ecv"]["hematocrit"]

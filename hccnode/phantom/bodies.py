@@ -369,9 +369,11 @@ class _Anatomy:
         # organs painted over the liver (kidney, IVC, gallbladder, spleen) take their share:
         # fit the drawn shape once more so the painted organ has the drawn volume
         painted = self.painted_liver_ml()
-        m, _ = self._liver_mask_coarse(4.0)
-        implicit = m.sum() * 64.0 / 1000.0
-        if abs(painted - self.liver_volume_ml) > 0.03 * self.liver_volume_ml and painted > 0:
+        for _ in range(3):
+            if abs(painted - self.liver_volume_ml) <= 0.03 * self.liver_volume_ml or painted <= 0:
+                break
+            m, _ = self._liver_mask_coarse(4.0)
+            implicit = m.sum() * 64.0 / 1000.0
             self._fit_liver_scale(self.liver_volume_ml * implicit / painted)
             self._organs(o)
             painted = self.painted_liver_ml()
