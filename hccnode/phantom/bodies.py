@@ -443,13 +443,30 @@ class _Anatomy:
         """Where an organ may be: inside the cavity, below the diaphragm."""
         return (self.cavity_rho(x, y) < 1.0) & (z < self.dome_z(x, y) - self.t_dia)
 
+    def liver_room(self, x, y):
+        """Where the liver may lie in the axial plane: in front of the vertebral body's back
+        edge; not around the vertebral body; left of the IVC only in front of the aorta (the
+        left lateral segment crosses the midline anteriorly; the aorta is retroperitoneal,
+        never enclosed; posterior-left belongs to spleen, kidney and stomach)."""
+        rx, ry = self.rv
+        x_ivc_left = self.ivc_c[0] + self.ivc_r[0]
+        y_aorta_front = self.aorta_c[1] - self.aorta_r - 8.0
+        # left of the IVC the liver's back edge runs forwards as it goes left (over the lesser
+        # sac and the stomach), a diagonal rather than a step
+        front = y_aorta_front - 0.6 * np.clip(x - x_ivc_left, 0, None)
+        return ((y < self.yv + ry) & ((x <= x_ivc_left) | (y < front))
+                & ~((np.abs(x) < rx + 8) & (y > self.yv - ry - 8)))
+
+    def liver_where(self, x, y, z):
+        return self.liver_clip(x, y, z) & self.liver_room(x, y)
+
     def _liver_mask_coarse(self, step=4.0):
         key = (step, self.s)
         if getattr(self, "_coarse_key", None) == key:
             return self._coarse
         g = _coarse_grid(self, step)
         sl, z, y, x = g.full()
-        self._coarse_key, self._coarse = key, ((self.liver_f(x, y, z) < 0) & self.liver_clip(x, y, z), g)
+        self._coarse_key, self._coarse = key, ((self.liver_f(x, y, z) < 0) & self.liver_where(x, y, z), g)
         return self._coarse
 
     def painted_liver_ml(self, step=3.0) -> float:
@@ -768,9 +785,10 @@ class _Anatomy:
             return None
         sl, z, y, x = b
         f = self.liver_f(x, y, z).astype(np.float32)
-        m = (f < 0) & self.liver_clip(x, y, z)
+        m = (f < 0) & self.liver_where(x, y, z)
         cur = lab[sl]
-        m &= ~np.isin(cur, [int(L.RIB), int(L.VERTEBRA), int(L.CORTICAL_BONE), int(L.DIAPHRAGM)])
+        m &= ~np.isin(cur, [int(v) for v in (L.RIB, L.VERTEBRA, L.CORTICAL_BONE, L.DIAPHRAGM, L.DISC, L.SPINAL_CANAL,
+                                               L.ERECTOR_SPINAE, L.MUSCLE)])
         cur[m] = L.LIVER
         return sl, f
 
