@@ -19,7 +19,7 @@ SMALL = {"max_matrix": 96, "max_slices": 40}
 
 @pytest.fixture(scope="module")
 def small_bodies():
-    return {s: generate_body(s, **SMALL) for s in range(24)}
+    return {s: generate_body(s, **SMALL) for s in range(16)}
 
 
 def _deep(mask: np.ndarray, px: int) -> np.ndarray:
@@ -158,7 +158,7 @@ def test_variation_over_seeds(small_bodies):
     assert any(b.feet_first for b in small_bodies.values()) and any(not b.feet_first for b in small_bodies.values())
     assert {x["n_tumours"] for x in f} >= {0, 1, 2}
     sizes = [b.liver_volume_ml for b in small_bodies.values()]
-    assert max(sizes) - min(sizes) > 1000 and len({round(v) for v in sizes}) >= 20
+    assert max(sizes) - min(sizes) > 1000 and len({round(v) for v in sizes}) >= 14
     offsets = np.array([x["offset_mm"] for x in f])
     assert np.abs(offsets).max() > 10
 
@@ -233,7 +233,8 @@ def test_evaluate_with_an_oracle_placer_meets_the_targets():
 
 def test_misregistration_moves_only_the_other_phases():
     still = generate_body(4, max_matrix=96, max_slices=30, noise_sd=0.0)
-    moved = generate_body(4, max_matrix=96, max_slices=30, noise_sd=0.0, misregister_mm=4.0)
+    # shifts are whole voxels of the label map: ask for up to three voxels
+    moved = generate_body(4, max_matrix=96, max_slices=30, noise_sd=0.0, misregister_mm=3 * max(still.spacing))
     assert np.array_equal(still.labels, moved.labels)
     assert np.array_equal(still.hu["equilibrium"], moved.hu["equilibrium"])
     assert not np.array_equal(still.hu["unenhanced"], moved.hu["unenhanced"])

@@ -336,13 +336,20 @@ class _Anatomy:
         a_min = 125 + 22 * (self.liver_volume_ml / 1000 - 0.6)
         self.a = u(a_min, a_min + 30) if self.lean else u(a_min + 5, a_min + 60)
         self.a = min(self.a, 235.0, float(o.get("fov_mm", 1e9)) / 2 - 10)
-        self.b_ant = self.a * u(0.62, 0.82)
-        self.b_post = self.b_ant * u(0.85, 1.0)
+        ratio_ant, ratio_post = u(0.62, 0.82), u(0.85, 1.0)
         self.p = u(2.0, 2.8)
         self.t_sc = u(4, 12) if self.lean else u(12, 45)
         self.t_m = u(7, 14)
+        # subcutaneous fat adds to the depth, not to the width only: the inner (muscle-lined)
+        # section keeps the proportions of the outline without fat
+        inner = self.a - self.t_sc
+        self.b_ant = inner * ratio_ant + self.t_sc
+        self.b_post = inner * ratio_ant * ratio_post + self.t_sc
         # spine: vertebral body centre
         self.t_back = u(55, 75)
+        # the back holds the erector spinae and the vertebra behind a cavity that reaches
+        # at least 30 mm behind the body's centre
+        self.b_post = max(self.b_post, self.t_sc + self.t_back + 17 + 30)
         self.yv = self.b_post - self.t_sc - self.t_back - 17
         self.rv = (u(18, 24), u(14, 18))
         # diaphragm domes (z of the top of the right and left domes; curvature radius)
@@ -415,7 +422,9 @@ class _Anatomy:
         self.visceral_n = nv / np.linalg.norm(nv)
         self.visceral_depth = u(45, 70)
         push = u(1.0, 1.15) if touch_wall else u(0.75, 0.9)
-        self.anchor0 = (-cav_a + 72 * push * 0.85, -cav_b * 0.1, self.zr_dome - u(60, 80))
+        # the right lobe's centre lies in front of the level of the vertebral body's front edge
+        self.anchor0 = (-cav_a + 72 * push * 0.85, max(-cav_b * 0.4, self.yv - self.rv[1] - u(10, 30)),
+                        self.zr_dome - u(60, 80))
         self.s = 1.0
         self._fit_liver_scale(self.liver_volume_ml)
 
@@ -480,7 +489,7 @@ class _Anatomy:
             v = m.sum() * 64.0 / 1000.0
             if abs(v - target) / target < 0.02:
                 break
-            self.s *= float(np.clip((target / max(v, 1.0)) ** (1 / 3), 0.7, 1.4))
+            self.s = min(2.5, self.s * float(np.clip((target / max(v, 1.0)) ** (1 / 3), 0.7, 1.4)))
         return self.s
 
     def _organs(self, o):
