@@ -1,0 +1,227 @@
+"""Automatic CT ROI placement judged against the truth of generated bodies (issue 15, point 2).
+
+`evaluate(body)` runs hccnode.imaging.auto_rois.ct_roi_masks on the body's equilibrium phase
+(LPS array, the tumours as `avoid`, and the unenhanced phase as `unenhanced=` when the placer
+takes it) and checks every ROI against the truth label map:
+
+* a liver ROI is *outside the liver* when any voxel lies outside the organ (parenchyma,
+  its vessels and tumours); it is *clean* when every voxel is parenchyma at least
+  `CLEARANCE_MM` from anything else (edge, vessel, lesion, gallbladder), 3-D distance;
+* liver ECV by paper 001 (hccnode.imaging.ecv.cect_ecv: the liver ROIs' mean HU averaged per
+  phase, the aorta ROI's mean HU, the body's hematocrit) against the truth, in percentage points;
+* the aorta ROI: inside the true lumen, and its dHU (equilibrium - unenhanced) against the truth.
+
+`summarise(results)` gives the rates the bench prints against the issue's targets (>= 98 %
+placed, 0 ROIs outside the liver, |liver ECV error| <= 1.0 pp in >= 95 %).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+
+import numpy as np
+from scipy import ndimage
+
+from hccnode.imaging.ecv import cect_ecv
+from hccnode.phantom.bodies import GROUPS, L, Body
+
+CLEARANCE_MM = 5.0
+ECV_TOLERANCE_PP = 1.0
+TARGET_PLACED = 0.98
+TARGET_ECV_SHARE = 0.95
+
+
+def _placer():
+    from hccnode.imaging.auto_rois import ct_roi_masks
+    return ct_roi_masks
+
+
+def place(body: Body, placer=None):
+    """(placed masks, notes) of the automatic CT placement on the body's equilibrium phase."""
+    placer = placer or _placer()
+    avoid = body.mask("tumours")
+    kwargs = {}
+    if "unenhanced" in inspect.signature(placer).parameters:
+        kwargs["unenhanced"] = body.hu["unenhanced"]
+    return placer(body.hu["equilibrium"], body.spacing, avoid=avoid, **kwargs)
+
+
+def roi_check(body: Body, mask: np.ndarray) -> dict:
+    """Where one liver ROI lies: the labels it covers, whether it is inside the organ, and its
+    smallest 3-D distance (mm) to anything that is not parenchyma."""
+    idx = np.argwhere(mask)
+    if len(idx) == 0:
+        return {"voxels": 0, "inside_organ": False, "in_parenchyma": False, "clearance_mm": 0.0, "labels": []}
+    labs = body.labels[mask]
+    hit = sorted({L(int(v)).name.lower() for v in np.unique(labs)})
+    inside_organ = bool(np.isin(labs, [int(v) for v in GROUPS["liver"]]).all())
+    in_par = bool((labs == L.LIVER).all())
+    pad = [int(np.ceil(CLEARANCE_MM / s)) + 1 for s in body.spacing]
+    lo = np.maximum(idx.min(axis=0) - pad, 0)
+    hi = np.minimum(idx.max(axis=0) + pad + 1, body.labels.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    par = body.labels[box] == L.LIVER
+    if par.all():
+        clearance = float(min(p * s for p, s in zip(pad, body.spacing)))
+    else:
+        dist = ndimage.distance_transform_edt(par, sampling=body.spacing)
+        clearance = float(dist[mask[box]].min())
+    return {"voxels": int(len(idx)), "inside_organ": inside_organ, "in_parenchyma": in_par,
+            "clearance_mm": round(clearance, 2), "labels": hit}
+
+
+def describe(body: Body) -> str:
+    """What the body has, in a few words (for failure lines)."""
+    f = body.features
+    words = [w for w in ("cirrhotic", "fatty", "lean", "ascites", "splenomegaly", "riedel", "fat_planes",
+                         "calcified_aorta", "metal", "oral_contrast") if f.get(w)]
+    touch = [k for k, v in f.get("liver_touches", {}).items() if v and k in ("kidney", "stomach", "bowel", "spleen")]
+    if touch:
+        words.append("touching " + "/".join(touch))
+    words.append(f"liver {body.liver_volume_ml:.0f} mL ({f['liver_in_scan_ml']:.0f} in scan)")
+    words.append(f"{f['n_tumours']} tumours")
+    words.append(f"{f['matrix']}px {f['pixel_mm']:.2f}mm x {f['slices']} x {f['slice_mm']:.2f}mm, "
+                 f"noise {f['noise_sd']:.0f} HU{', feet-first' if body.feet_first else ''}")
+    return ", ".join(words)
+
+
+def evaluate(body: Body, placer=None) -> dict:
+    """One body through the automatic placement; the checks described in the module docstring."""
+    t0 = time.perf_counter()
+    out: dict = {"seed": body.seed, "body": describe(body), "features": _plain(body.features),
+                 "truth_ecv_pct": round(body.liver_ecv_percent, 3), "error": None}
+    try:
+        placed, notes = place(body, placer)
+    except Exception as exc:  # the bench records a crash of the placer as a failed case
+        placed, notes = [], []
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    out["seconds_place"] = round(time.perf_counter() - t0, 2)
+    out["notes"] = list(notes)
+    un, eq = body.hu["unenhanced"], body.hu["equilibrium"]
+    livers = [p for p in placed if p.role == "liver" and np.asarray(p.mask).any()]
+    aortas = [p for p in placed if p.role == "aorta" and np.asarray(p.mask).any()]
+    out["placed"] = [p.label for p in placed]
+    out["liver_rois"] = []
+    for p in livers:
+        m = np.asarray(p.mask, bool)
+        chk = roi_check(body, m)
+        chk.update(label=p.label, un_hu=float(un[m].mean()), eq_hu=float(eq[m].mean()))
+        chk["clean"] = chk["in_parenchyma"] and chk["clearance_mm"] >= CLEARANCE_MM
+        out["liver_rois"].append(chk)
+    out["liver_found"] = len(livers) >= 1
+    out["liver_all_three"] = len({p.label for p in livers}) >= 3
+    out["rois_outside"] = sum(not r["inside_organ"] for r in out["liver_rois"])
+    out["rois_not_clean"] = sum(not r["clean"] for r in out["liver_rois"])
+    out["aorta_found"] = bool(aortas)
+    out["aorta_inside"] = None
+    out["aorta_delta_error_hu"] = None
+    out["ecv_pct"] = None
+    out["ecv_error_pp"] = None
+    if aortas:
+        am = np.asarray(aortas[0].mask, bool)
+        out["aorta_inside"] = bool((body.labels[am] == L.AORTA).all())
+        a_un, a_eq = float(un[am].mean()), float(eq[am].mean())
+        true_delta = body.aorta_hu["equilibrium"] - body.aorta_hu["unenhanced"]
+        out["aorta_delta_error_hu"] = round((a_eq - a_un) - true_delta, 2)
+        if livers:
+            r = cect_ecv([c["un_hu"] for c in out["liver_rois"]], [c["eq_hu"] for c in out["liver_rois"]],
+                         a_un, a_eq, body.hct)
+            if r.ecv_percent is not None:
+                out["ecv_pct"] = round(r.ecv_percent, 3)
+                out["ecv_error_pp"] = round(r.ecv_percent - body.liver_ecv_percent, 3)
+    out["ok"] = (out["liver_found"] and out["rois_outside"] == 0 and out["ecv_error_pp"] is not None
+                 and abs(out["ecv_error_pp"]) <= ECV_TOLERANCE_PP)
+    return out
+
+
+def _plain(d):
+    if isinstance(d, dict):
+        return {k: _plain(v) for k, v in d.items()}
+    if isinstance(d, (list, tuple)):
+        return [_plain(v) for v in d]
+    if isinstance(d, (np.floating, np.integer, np.bool_)):
+        return d.item()
+    return d
+
+
+def summarise(results: list[dict]) -> dict:
+    """Rates over evaluated bodies (see the module docstring)."""
+    n = len(results)
+    errs = np.array([abs(r["ecv_error_pp"]) for r in results if r["ecv_error_pp"] is not None])
+    signed = np.array([r["ecv_error_pp"] for r in results if r["ecv_error_pp"] is not None])
+    aerr = np.array([abs(r["aorta_delta_error_hu"]) for r in results if r["aorta_delta_error_hu"] is not None])
+    n_rois = sum(len(r["liver_rois"]) for r in results)
+    within = int((errs <= ECV_TOLERANCE_PP).sum()) if len(errs) else 0
+    return {
+        "bodies": n,
+        "liver_found": sum(r["liver_found"] for r in results),
+        "liver_all_three": sum(r["liver_all_three"] for r in results),
+        "liver_rois": n_rois,
+        "rois_outside_liver": sum(r["rois_outside"] for r in results),
+        "rois_not_clean": sum(r["rois_not_clean"] for r in results),
+        "ecv_measured": int(len(errs)),
+        "ecv_within_tolerance": within,
+        "ecv_abs_error_median_pp": float(np.median(errs)) if len(errs) else None,
+        "ecv_abs_error_p95_pp": float(np.percentile(errs, 95)) if len(errs) else None,
+        "ecv_error_median_pp": float(np.median(signed)) if len(signed) else None,
+        "aorta_found": sum(r["aorta_found"] for r in results),
+        "aorta_inside": sum(bool(r["aorta_inside"]) for r in results),
+        "aorta_abs_delta_error_median_hu": float(np.median(aerr)) if len(aerr) else None,
+        "aorta_abs_delta_error_p95_hu": float(np.percentile(aerr, 95)) if len(aerr) else None,
+        "errors": sum(r["error"] is not None for r in results),
+        "targets_met": bool(n and sum(r["liver_found"] for r in results) >= TARGET_PLACED * n
+                            and sum(r["rois_outside"] for r in results) == 0
+                            and within >= TARGET_ECV_SHARE * n),
+    }
+
+
+def report_lines(results: list[dict]) -> list[str]:
+    """Human-readable summary against the targets, then one line per failed case."""
+    s = summarise(results)
+    n = max(s["bodies"], 1)
+
+    def pct(k):
+        return f"{s[k]}/{s['bodies']} ({100.0 * s[k] / n:.1f} %)"
+
+    def num(v, unit):
+        return "n/a" if v is None else f"{v:.2f} {unit}"
+
+    lines = [
+        f"bodies: {s['bodies']}",
+        f"liver found (>= 1 liver ROI): {pct('liver_found')}   target >= {100 * TARGET_PLACED:.0f} %",
+        f"all three liver ROIs: {pct('liver_all_three')}",
+        f"liver ROIs outside the liver: {s['rois_outside_liver']} of {s['liver_rois']}   target 0",
+        f"liver ROIs not wholly in parenchyma >= {CLEARANCE_MM:g} mm from edge/vessels/lesions: "
+        f"{s['rois_not_clean']} of {s['liver_rois']}",
+        f"liver ECV measured: {s['ecv_measured']}/{s['bodies']}; |error| median "
+        f"{num(s['ecv_abs_error_median_pp'], 'pp')}, 95th percentile {num(s['ecv_abs_error_p95_pp'], 'pp')}, "
+        f"signed median {num(s['ecv_error_median_pp'], 'pp')}",
+        f"|liver ECV error| <= {ECV_TOLERANCE_PP:g} pp: {pct('ecv_within_tolerance')}   target >= "
+        f"{100 * TARGET_ECV_SHARE:.0f} %",
+        f"aorta found: {pct('aorta_found')}; inside the true lumen: {pct('aorta_inside')}; |dHU error| median "
+        f"{num(s['aorta_abs_delta_error_median_hu'], 'HU')}, 95th percentile {num(s['aorta_abs_delta_error_p95_hu'], 'HU')}",
+        f"placer errors: {s['errors']}",
+        f"targets met: {'yes' if s['targets_met'] else 'no'}",
+    ]
+    fails = [r for r in results if not r["ok"]]
+    if fails:
+        lines.append(f"failures ({len(fails)}):")
+    for r in fails:
+        what = []
+        if r["error"]:
+            what.append(f"error {r['error']}")
+        if not r["liver_found"]:
+            what.append("no liver ROI")
+        for c in r["liver_rois"]:
+            if not c["clean"]:
+                what.append(f"{c['label']} in {'+'.join(c['labels'])} (clearance {c['clearance_mm']:.1f} mm)")
+        if r["ecv_error_pp"] is not None:
+            what.append(f"ECV {r['ecv_pct']:.1f} % vs true {r['truth_ecv_pct']:.1f} % ({r['ecv_error_pp']:+.1f} pp)")
+        if not r["aorta_found"]:
+            what.append("no aorta ROI")
+        elif not r["aorta_inside"]:
+            what.append("aorta ROI leaves the lumen")
+        lines.append(f"  seed {r['seed']}: [{r['body']}] placed {r['placed'] or 'nothing'}; {'; '.join(what)}"
+                     f"; notes: {' | '.join(r['notes']) or '-'}")
+    return lines

@@ -1,0 +1,261 @@
+"""The second body generator (hccnode.phantom.bodies) and the anatomy sample of bench/anatomy.py.
+
+Expected values come from the generator's stated ranges (hccnode/data/body_hu.toml, the issue's
+scanner ranges) and from paper 001's ECV definition, never from a run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage
+
+from hccnode.imaging.anatomy import image_lps_order
+from hccnode.phantom.bodies import PHASES, L, generate_body, hu_table
+from hccnode.phantom.bodies_eval import ECV_TOLERANCE_PP, evaluate, roi_check
+
+SMALL = {"max_matrix": 96, "max_slices": 40}
+
+
+@pytest.fixture(scope="module")
+def small_bodies():
+    return {s: generate_body(s, **SMALL) for s in range(16)}
+
+
+def _deep(mask: np.ndarray, px: int) -> np.ndarray:
+    """`mask` eroded by `px` pixels in-plane (out of reach of the in-plane point spread)."""
+    st = np.zeros((1, 3, 3), bool)
+    st[0] = ndimage.generate_binary_structure(2, 1)
+    return ndimage.binary_erosion(mask, st, iterations=px) if px > 0 else mask
+
+
+def test_scanner_ranges_at_full_matrix():
+    for seed in range(4):
+        b = generate_body(seed, n_slices=20)
+        dz, dy, dx = b.spacing
+        assert b.shape[1:] == (512, 512)
+        assert 300 <= b.features["fov_mm"] <= 500
+        assert 300 / 512 <= dx <= 500 / 512 and dy == dx
+        assert 1.0 <= dz <= 5.0
+        for p in PHASES:
+            assert b.hu[p].dtype == np.float32 and b.hu[p].shape == b.shape
+
+
+def test_slices_and_noise_ranges(small_bodies):
+    for b in small_bodies.values():
+        f = b.features
+        assert 20 <= f["slices"] <= 400 or f["slices"] == SMALL["max_slices"]
+        assert b.shape[0] == f["slices"]
+        assert 8.0 <= b.noise_sd <= 30.0
+
+
+def test_labels_and_truth_in_stated_ranges(small_bodies):
+    t = hu_table()
+    for b in small_bodies.values():
+        assert b.labels.max() < len(L)
+        # drawn within 0.6-3.5 L; the painted organ is refitted to within 3 % of the drawn volume
+        assert 600 <= b.features["liver_target_ml"] <= 3500
+        assert 600 * 0.97 <= b.liver_volume_ml <= 3500 * 1.03
+        lo, hi = t["ecv"]["liver_cirrhotic"] if b.features["cirrhotic"] else t["ecv"]["liver"]
+        assert lo <= b.liver_ecv <= hi
+        lo, hi = t["ecv"]["hematocrit_cirrhotic"] if b.features["cirrhotic"] else t["ecv"]["hematocrit"]
+        assert lo <= b.hct <= hi
+        for p in ("arterial", "portal", "equilibrium"):
+            lo, hi = t["hu"]["aorta"][p]
+            assert lo <= b.aorta_hu[p] <= hi
+        lo, hi = t["hu"]["blood"]["unenhanced"]
+        assert lo <= b.aorta_hu["unenhanced"] <= hi
+        # enhancement order of the aorta: arterial > portal > equilibrium > unenhanced
+        a = b.aorta_hu
+        assert a["arterial"] > a["portal"] > a["equilibrium"] > a["unenhanced"]
+
+
+def test_liver_volume_when_the_scan_covers_it():
+    covered = 0
+    for seed in range(6):
+        b = generate_body(seed, max_matrix=128, slice_mm=5.0, n_slices=90)
+        liver = b.mask("liver")
+        if liver[0].any() or liver[-1].any():
+            continue
+        covered += 1
+        vol = liver.sum() * np.prod(b.spacing) / 1000.0
+        assert 600 * 0.95 <= vol <= 3500 * 1.05
+        # the painted organ is the drawn organ: same volume within voxelisation (coarse 5 mm slices)
+        assert abs(vol - b.liver_volume_ml) <= 0.08 * b.liver_volume_ml
+    assert covered >= 4
+
+
+def test_equilibrium_reproduces_truth_ecv_exactly_without_noise():
+    # paper 001: ECV = (1 - HCT) x dHU_liver / dHU_aorta; noiseless, parenchyma out of the
+    # point spread's reach, every voxel's enhancement gives the truth (texture cancels)
+    for seed in range(5):
+        b = generate_body(seed, max_matrix=128, max_slices=40, noise_sd=0.0)
+        reach = int(4 * b.noise_sigma_px + 0.5) + 1
+        deep = _deep(b.labels == L.LIVER, reach)
+        assert deep.sum() > 100
+        d_liver = (b.hu["equilibrium"] - b.hu["unenhanced"])[deep]
+        d_aorta = b.aorta_hu["equilibrium"] - b.aorta_hu["unenhanced"]
+        ecv = (1 - b.hct) * d_liver / d_aorta
+        assert np.allclose(ecv, b.liver_ecv, atol=1e-4)
+
+
+def test_equilibrium_reproduces_truth_ecv_within_noise(small_bodies):
+    for b in list(small_bodies.values())[:10]:
+        reach = int(4 * b.noise_sigma_px + 0.5) + 1
+        deep = _deep(b.labels == L.LIVER, reach)
+        n = int(deep.sum())
+        d = (b.hu["equilibrium"] - b.hu["unenhanced"])[deep]
+        d_aorta = b.aorta_hu["equilibrium"] - b.aorta_hu["unenhanced"]
+        # noise of the mean of a difference of two phases, counting one independent sample per
+        # correlation cell (the larger of the blotch grain and the point spread's area)
+        cell = max(b.noise_grain_px ** 2, 4 * np.pi * b.noise_sigma_px ** 2)
+        sd_mean = np.sqrt(2) * b.noise_sd * np.sqrt(cell / n)
+        ecv = (1 - b.hct) * d.mean() / d_aorta
+        assert abs(ecv - b.liver_ecv) <= 5 * (1 - b.hct) * sd_mean / d_aorta + 1e-4
+        # the noise itself is the stated SD (difference of two independent phases / sqrt 2)
+        assert d.std() / np.sqrt(2) == pytest.approx(b.noise_sd, rel=0.2)
+
+
+def test_feet_first_round_trip_through_simpleitk():
+    for ff in (False, True):
+        b = generate_body(3, max_matrix=96, max_slices=30, feet_first=ff)
+        img = b.to_sitk("portal")
+        order = image_lps_order(img)
+        back = order.apply(sitk.GetArrayFromImage(img))
+        if img.GetDirection()[8] < 0:   # z order is left to the caller by to_lps
+            back = back[::-1]
+        assert np.array_equal(back, b.hu["portal"])
+        # the liver's centre lies on the patient's right (smaller LPS x) of the vertebra's
+        k, j, i = np.argwhere(b.stored(b.mask("liver"))).mean(axis=0)
+        kv, jv, iv = np.argwhere(b.stored(b.labels == L.VERTEBRA)).mean(axis=0)
+        x_liver = img.TransformContinuousIndexToPhysicalPoint((i, j, k))[0]
+        x_spine = img.TransformContinuousIndexToPhysicalPoint((iv, jv, kv))[0]
+        assert x_liver < x_spine
+    assert b.feet_first
+
+
+def test_deterministic_per_seed():
+    a = generate_body(7, **SMALL)
+    b = generate_body(7, **SMALL)
+    assert np.array_equal(a.labels, b.labels)
+    for p in PHASES:
+        assert np.array_equal(a.hu[p], b.hu[p])
+    assert a.liver_ecv == b.liver_ecv and a.hct == b.hct
+    c = generate_body(8, **SMALL)
+    assert c.liver_ecv != a.liver_ecv
+
+
+def test_variation_over_seeds(small_bodies):
+    f = [b.features for b in small_bodies.values()]
+    assert any(x["cirrhotic"] for x in f) and any(not x["cirrhotic"] for x in f)
+    assert any(x["fatty"] for x in f)
+    assert any(x["ascites"] for x in f)
+    # the liver against the right kidney and the bowel with no fat between (faces shared)
+    assert any(x["liver_touches"].get("kidney") for x in f)
+    assert any(x["liver_touches"].get("bowel") for x in f)
+    assert any(x["liver_touches"].get("stomach") for x in f)
+    assert any(not x["liver_touches"].get("kidney") for x in f)
+    assert any(b.feet_first for b in small_bodies.values()) and any(not b.feet_first for b in small_bodies.values())
+    assert {x["n_tumours"] for x in f} >= {0, 1, 2}
+    sizes = [b.liver_volume_ml for b in small_bodies.values()]
+    assert max(sizes) - min(sizes) > 1000 and len({round(v) for v in sizes}) >= 14
+    offsets = np.array([x["offset_mm"] for x in f])
+    assert np.abs(offsets).max() > 10
+
+
+def test_fatty_liver_reads_below_the_spleen_before_contrast():
+    b = generate_body(0, max_matrix=96, max_slices=30, fatty=True, cirrhotic=False, noise_sd=0.0)
+    t = hu_table()["hu"]
+    assert b.liver_hu["unenhanced"] <= t["liver_fatty"]["unenhanced"][1]
+    spleen = b.hu["unenhanced"][_deep(b.labels == L.SPLEEN, 3)]
+    assert b.liver_hu["unenhanced"] < spleen.mean() - 5
+
+
+def test_tumours_inside_the_liver_and_vessels_of_real_calibre(small_bodies):
+    for b in small_bodies.values():
+        tum = b.mask("tumours")
+        if tum.any():
+            # painted only over liver: every tumour voxel's neighbours include liver or tumour
+            assert not (tum & ~b.mask("liver")).any()
+        for t in b.tumours:
+            assert 10.0 <= t.diameter_mm <= 80.0
+    b = generate_body(1, max_matrix=256, max_slices=60)
+    ves = b.mask("liver_vessels")
+    assert ves.sum() * np.prod(b.spacing) / 1000.0 > 5.0   # some mL of visible vessels
+
+
+def test_roi_check_against_truth():
+    b = generate_body(2, max_matrix=128, max_slices=40)
+    deep = _deep(b.labels == L.LIVER, 8)
+    k = int(np.argmax(deep.sum(axis=(1, 2))))
+    j, i = np.argwhere(deep[k])[0]
+    m = np.zeros(b.shape, bool)
+    m[k, j, i] = True
+    r = roi_check(b, m)
+    assert r["inside_organ"] and r["in_parenchyma"]
+    fat = np.zeros(b.shape, bool)
+    fat[tuple(np.argwhere(b.labels == L.FAT)[0])] = True
+    r = roi_check(b, fat)
+    assert not r["inside_organ"] and r["clearance_mm"] == 0.0
+
+
+def test_evaluate_with_an_oracle_placer_meets_the_targets():
+    """The evaluation itself: ROIs placed from the truth (deep parenchyma, aorta lumen centre)
+    are inside, clean, and give the truth ECV within the tolerance at low noise."""
+    from hccnode.imaging.auto_rois import PlacedMask
+
+    b = generate_body(5, max_matrix=160, max_slices=50, noise_sd=8.0)
+
+    def oracle(eq, spacing, avoid=None):
+        dz, dy, dx = spacing
+        par = b.labels == L.LIVER
+        dist = ndimage.distance_transform_edt(par, sampling=spacing)
+        k = int(np.argmax((dist > 12).sum(axis=(1, 2))))
+        out = []
+        cand = np.argwhere(dist[k] > 12)
+        for n, (j, i) in enumerate(cand[:: max(1, len(cand) // 3)][:3]):
+            yy, xx = np.mgrid[:eq.shape[1], :eq.shape[2]]
+            m = np.zeros(eq.shape, bool)
+            for kk in range(max(0, k - 1), min(eq.shape[0], k + 2)):
+                m[kk] = (((yy - j) * dy) ** 2 + ((xx - i) * dx) ** 2 <= 36) & par[kk]
+            out.append(PlacedMask("liver", f"liver {n}", m))
+        ao = b.labels == L.AORTA
+        ad = ndimage.distance_transform_edt(ao, sampling=spacing)
+        am = ad > 4
+        out.append(PlacedMask("aorta", "aorta", am))
+        return out, []
+
+    r = evaluate(b, placer=oracle)
+    assert r["liver_found"] and r["rois_outside"] == 0
+    assert abs(r["ecv_error_pp"]) <= 2 * ECV_TOLERANCE_PP
+    assert r["aorta_inside"]
+
+
+def test_misregistration_moves_only_the_other_phases():
+    still = generate_body(4, max_matrix=96, max_slices=30, noise_sd=0.0)
+    # shifts are whole voxels of the label map: ask for up to three voxels
+    moved = generate_body(4, max_matrix=96, max_slices=30, noise_sd=0.0, misregister_mm=3 * max(still.spacing))
+    assert np.array_equal(still.labels, moved.labels)
+    assert np.array_equal(still.hu["equilibrium"], moved.hu["equilibrium"])
+    assert not np.array_equal(still.hu["unenhanced"], moved.hu["unenhanced"])
+
+
+
+def test_unknown_option_is_named():
+    with pytest.raises(ValueError, match="unknown body options: max_matrx"):
+        generate_body(0, max_matrx=64)
+
+ANATOMY_SAMPLE = list(range(100, 120))
+
+
+@pytest.mark.xfail(strict=False, reason="issue 15 point 1: today's find_liver needs fat planes; the new finder "
+                                        "is expected to pass this (coordinator removes the mark)")
+def test_anatomy_sample():
+    """Issue 15 targets scaled to 20 bodies: >= 19 placed, 0 ROIs outside the liver, >= 19 with
+    |liver ECV error| <= 1.0 pp (the evaluation bench/anatomy.py runs)."""
+    results = [evaluate(generate_body(s, max_matrix=192, max_slices=60)) for s in ANATOMY_SAMPLE]
+    placed = sum(r["liver_found"] for r in results)
+    outside = sum(r["rois_outside"] for r in results)
+    within = sum(r["ecv_error_pp"] is not None and abs(r["ecv_error_pp"]) <= ECV_TOLERANCE_PP for r in results)
+    assert placed >= 19 and outside == 0 and within >= 19, (placed, outside, within)
+
