@@ -248,14 +248,25 @@ def test_unknown_option_is_named():
 ANATOMY_SAMPLE = list(range(100, 120))
 
 
-@pytest.mark.xfail(strict=False, reason="issue 15 point 1: today's find_liver needs fat planes; the new finder "
-                                        "is expected to pass this (coordinator removes the mark)")
-def test_anatomy_sample():
-    """Issue 15 targets scaled to 20 bodies: >= 19 placed, 0 ROIs outside the liver, >= 19 with
-    |liver ECV error| <= 1.0 pp (the evaluation bench/anatomy.py runs)."""
-    results = [evaluate(generate_body(s, max_matrix=192, max_slices=60)) for s in ANATOMY_SAMPLE]
-    placed = sum(r["liver_found"] for r in results)
-    outside = sum(r["rois_outside"] for r in results)
-    within = sum(r["ecv_error_pp"] is not None and abs(r["ecv_error_pp"]) <= ECV_TOLERANCE_PP for r in results)
-    assert placed >= 19 and outside == 0 and within >= 19, (placed, outside, within)
+@pytest.fixture(scope="module")
+def anatomy_sample():
+    """The 20 bodies of the sample through the evaluation bench/anatomy.py runs (once per module)."""
+    return [evaluate(generate_body(s, max_matrix=192, max_slices=60)) for s in ANATOMY_SAMPLE]
+
+
+def test_anatomy_sample_places_liver_rois_and_none_outside_the_liver(anatomy_sample):
+    """Issue 15 targets scaled to 20 bodies: >= 98 % placed (19 of 20), 0 ROIs outside the liver."""
+    placed = sum(r["liver_found"] for r in anatomy_sample)
+    outside = [(r["seed"], r["rois_outside"]) for r in anatomy_sample if r["rois_outside"]]
+    assert placed >= 19, [(r["seed"], r["notes"]) for r in anatomy_sample if not r["liver_found"]]
+    assert not outside, outside
+
+
+@pytest.mark.xfail(strict=False, reason="issue 15: |liver ECV error| <= 1.0 pp in 95 % is not met; with paper 001's "
+                                        "~100 mm^2 ROIs the noise of these bodies (8-30 HU, correlated) alone gives "
+                                        "errors of 1-2 pp SD (closing note of the session that added this test)")
+def test_anatomy_sample_liver_ecv_within_one_point(anatomy_sample):
+    """Issue 15 target scaled to 20 bodies: >= 19 with |liver ECV error| <= 1.0 pp."""
+    within = sum(r["ecv_error_pp"] is not None and abs(r["ecv_error_pp"]) <= ECV_TOLERANCE_PP for r in anatomy_sample)
+    assert within >= 19, within
 

@@ -412,6 +412,9 @@ def find_liver_extent(hu: np.ndarray, spacing, body: np.ndarray, spine_x: np.nda
         if enh is not None and enh_band is None:
             tried.append(f"tissue of {mid:.0f} HU: enhances too little for a liver (fluid, oral contrast, muscle)")
             continue
+        if enh_band is not None and mid - enh_band[0] < SOFT_HU[0]:
+            tried.append(f"tissue of {mid:.0f} HU: {mid - enh_band[0]:.0f} HU before contrast, fat rather than liver")
+            continue
         band = soft & (np.abs(smooth - mid) <= half)
         if enh_band is not None:
             band &= np.abs(enh - enh_band[0]) <= enh_band[1]
