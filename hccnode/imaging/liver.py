@@ -17,12 +17,14 @@ Method (and why this one)
 1. **The liver's own attenuation.** Inside the right upper quadrant (patient's right of the
    spine, in front of the vertebral body's middle) the liver is the thickest homogeneous organ.
    The mode of the smoothed HU of that quadrant's soft tissue, each voxel weighted by how deep it
-   lies inside tissue of its own attenuation, is the liver's; two refinements on the band found
-   remove the pull of thin structures (walls, bowel, vessels). Several histogram peaks are kept
-   as candidates, in order of weight, and judged by step 4.
+   lies inside tissue of its own attenuation, is the liver's; its centre is refined on the deep
+   voxels of that tissue (thin walls, bowel and vessels do not pull it). Up to three histogram
+   peaks are tried, strongest first; a peak that cannot be liver parenchyma is passed over with
+   its reason (water-like in an enhanced phase, brighter than 200 HU, enhancing less than 15 HU,
+   or fat-like before contrast).
 2. **A band, two features when there are two phases.** Voxels within the band around that value
-   (at least +/- 15 HU, wider for noisy images or heterogeneous parenchyma) exclude fat, ascites
-   and fluid, gas, bone, contrast-filled vessels, kidneys and, at portal venous and equilibrium
+   (three times the peak's spread, from +/- 15 to +/- 25 HU), with small enclosed holes filled
+   (vessels, small lesions), exclude fat, ascites and fluid, gas, bone, contrast-filled vessels, kidneys and, at portal venous and equilibrium
    phase, most muscle (muscle enhances far less than liver). With a registered unenhanced phase the
    enhancement (enhanced minus unenhanced) must also lie in the liver's band: muscle and a fatty
    liver can share an enhanced HU, never an enhancement.
@@ -30,27 +32,29 @@ Method (and why this one)
    similar attenuation (spleen, a muscle, bowel wall, myocardium) can still touch the liver
    within the band. Their contact is narrower than the organs themselves, so the voxels deeper
    than r mm inside the band (3-D Euclidean distance transform in mm) fall apart into one core
-   per organ; every band voxel joins the core nearest to it. r starts at 6 mm and grows (x 1.35,
-   up to 30 mm) only while the liver's cell fails the anatomical checks of step 4, so a thin left
-   lobe stays attached to the liver wherever nothing forces a deeper cut. This was chosen over
-   a watershed on the distance map (one more dependency, and the same cells for convex organs),
+   per organ; every band voxel within r + 3 mm of a core joins the core nearest to it (what is
+   thinner than 2r, a wall or a bowel loop, drops off). The candidate is the cell holding most of
+   the right upper quadrant; r starts at 6 mm and grows (x 1.35, up to 30 mm) only while that cell
+   fails the anatomical checks of step 4, so a thin left lobe stays attached to the liver wherever
+   nothing forces a deeper cut. This was chosen over a watershed on the distance map (one more dependency, and the same cells for convex organs),
    over seeded region growing with gradient stops (the gradient between liver and spleen or muscle
    at equilibrium is of the order of the noise) and over a graph cut (needs intensity models of
    every touching organ, which is what is unknown).
 4. **Anatomical checks** (each from anatomy, none from a phantom): the liver's cell has its
    centroid on the patient's right (at least 10 mm right of the spine's midline: even a left lobe
-   across the midline leaves the bulk in the right upper quadrant) and in front of the vertebral
-   body's middle; it does not reach into the left posterior quadrant where the spleen lies (at
-   most 10 % of it more than 40 mm left of the midline and behind the vertebral body's anterior
-   cortex) nor behind the vertebral body (erector spinae, psoas: at most 5 %); its volume is at
+   across the midline leaves the bulk in the right upper quadrant) and not behind the vertebral
+   body; it does not reach into the left posterior quadrant where the spleen lies (at most 10 %
+   of it more than 40 mm left of the midline and behind the vertebral body's anterior cortex)
+   nor among the back muscles (at most 5 % behind the vertebral body within 50 mm of the
+   midline; the posterior right lobe reaches back lateral to them); its volume is at
    most 3.5 L (adult livers range 0.6-3.5 L: small cirrhotic to hepatomegaly), plus 20 % for the
    band's partial-volume rim; its largest axial cross-section at least 20 cm^2 on the search grid;
    at least 20 cm^2 x 3 cm (or x the scan's height when shorter) in volume; and, when it ends
-   within the scan at both ends (the whole organ), at least 300 mL. Among the cells that pass, the largest is the liver. A scan that
-   covers only part of the liver gives a smaller cell, which is not held against it.
+   within the scan at both ends (the whole organ), at least 300 mL. A scan that covers only part
+   of the liver gives a smaller cell, which is held only to the smaller bounds.
 
-When no cell passes at any depth, the liver is not found and `describe_failure` says what the
-band found instead (which is reported, and everything else is still measured).
+When no cell passes at any depth, the liver is not found and `find_liver_extent` says, per
+tissue tried, what it found instead (the SR reports it; everything else is still measured).
 
 The search runs on a coarse grid (pixels of at least 3 mm, slices at least 4 mm apart, block
 means): organ-scale decisions need no finer grid; the extent is then refined on the input grid
