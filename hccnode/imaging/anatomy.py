@@ -68,7 +68,6 @@ class Region:
     voxels: int
     method: str = ""
     notes: list[str] = field(default_factory=list)
-    organ: np.ndarray | None = None          # the organ's whole extent, where it was found (liver)
 
 
 @dataclass(frozen=True)
@@ -441,25 +440,22 @@ def _homogeneous_spot(img: np.ndarray, cy: float, cx: float, dy: float, dx: floa
     return best
 
 
-def find_liver(hu: np.ndarray, spacing, body: np.ndarray | None = None, spine: Spine | None = None,
-               unenhanced: np.ndarray | None = None) -> Region | None:
-    """The liver: a homogeneous sample of its parenchyma (`Region.mask`, for its HU) and its
-    extent (`Region.organ`, on the search grid's blocks), found as hccnode.imaging.liver describes (its own attenuation on the
-    patient's right, separated from touching organs of similar attenuation by distance-transform
-    cores); `unenhanced`, the unenhanced phase registered onto the same grid, adds the
-    enhancement as a second feature. None when no liver is found; `Region.notes` of the
-    returned region say how it was found (`hccnode.imaging.liver.find_liver_extent` also says
-    what was found instead when it finds nothing)."""
+def find_liver(hu: np.ndarray, spacing, body: np.ndarray | None = None, spine: Spine | None = None
+               ) -> Region | None:
+    """A homogeneous sample of the liver's parenchyma (`Region.mask`, for its HU, as phase
+    confirmation reads it), the liver found as hccnode.imaging.liver describes (its own
+    attenuation on the patient's right, separated from touching organs of similar attenuation by
+    distance-transform cores). None when no liver is found (`find_liver_extent` there also says
+    what was found instead, and gives the organ's extent for placing ROIs)."""
     from hccnode.imaging import liver as finder
 
     body = body_mask(hu) if body is None else body
     spine = find_spine(hu, spacing, body) if spine is None else spine
-    found, _ = finder.find_liver_extent(hu, spacing, body, spine.x, spine.anterior_y, unenhanced, refine=False)
+    found, _ = finder.find_liver_extent(hu, spacing, body, spine.x, spine.anterior_y, refine=False)
     if found is None:
         return None
     region = _region("liver", hu, found.sample, spacing, found.method)
     if region is not None:
-        region.organ = found.organ
         region.notes.append(f"extent {found.volume_ml:.0f} mL on the search grid")
     return region
 

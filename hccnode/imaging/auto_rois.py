@@ -203,11 +203,6 @@ def _smooth(img: np.ndarray, spacing, mm: float, min_px: float = 1.0) -> np.ndar
     return ndimage.gaussian_filter(img.astype(np.float32), sigma=(0.0, max(mm / dy, min_px), max(mm / dx, min_px)))
 
 
-def _robust_sd(values: np.ndarray) -> float:
-    med = np.median(values)
-    return 1.4826 * float(np.median(np.abs(values - med)))
-
-
 # ---------------------------------------------------------------- CT
 
 @dataclass
@@ -441,7 +436,7 @@ def _paint_fine(p: PlacedMask, grid: _Reduced, shape, spacing, smooth, avoid) ->
     else:
         # Liver and blood: the reference HU +/- the deviation threshold at this resolution's noise
         # (robust SD over all clearance disks: a vessel or edge in a few of them does not count).
-        noise = _robust_sd(np.concatenate([smooth(k)[ys, xs][m] for k, (ys, xs, m) in around.items()]))
+        noise = liver.robust_sd(np.concatenate([smooth(k)[ys, xs][m] for k, (ys, xs, m) in around.items()]))
         width = max(DEVIATION_HU, DEVIATION_NOISE_SD * noise)
         lo, hi = p.ref_hu - width, p.ref_hu + (p.band_above_hu if p.band_above_hu is not None else width)
     mask = np.zeros(shape, bool)
@@ -652,7 +647,7 @@ def _depth_boxed(mask2d: np.ndarray, dy: float, dx: float) -> np.ndarray:
 
 def _parenchyma(values: np.ndarray) -> tuple[float, float]:
     """Median and deviation threshold (HU) of smoothed tissue values: see DEVIATION_HU."""
-    return float(np.median(values)), max(DEVIATION_HU, DEVIATION_NOISE_SD * _robust_sd(values))
+    return float(np.median(values)), max(DEVIATION_HU, DEVIATION_NOISE_SD * liver.robust_sd(values))
 
 
 def _liver_map_in_mask(hu: np.ndarray, spacing, liver: np.ndarray, avoid: np.ndarray | None) -> LiverMap:
@@ -812,7 +807,7 @@ def mr_body_mask(img: np.ndarray, spacing) -> np.ndarray:
     cy, cx = max(2, ny // 12), max(2, nx // 12)
     corners = np.concatenate([smooth[:, :cy, :cx].ravel(), smooth[:, :cy, -cx:].ravel(),
                               smooth[:, -cy:, :cx].ravel(), smooth[:, -cy:, -cx:].ravel()])
-    level = float(np.median(corners)) + 6.0 * max(_robust_sd(corners), 1e-6)
+    level = float(np.median(corners)) + 6.0 * max(liver.robust_sd(corners), 1e-6)
     out = np.zeros(img.shape, bool)
     for k in range(nz):
         lab, n = ndimage.label(smooth[k] > level)
@@ -830,7 +825,7 @@ def homogeneous_regions(img: np.ndarray, spacing, body: np.ndarray) -> np.ndarra
     _, dy, dx = spacing
     f = img.astype(np.float64)
     diffs = np.diff(f, axis=2)[body[:, :, 1:] & body[:, :, :-1]]
-    noise = _robust_sd(diffs) / np.sqrt(2.0) if diffs.size else 0.0
+    noise = liver.robust_sd(diffs) / np.sqrt(2.0) if diffs.size else 0.0
     if noise <= 0:
         noise = max(float(np.std(f[body])) * 1e-3, 1e-6)
     size = (1, 2 * max(1, int(round(2.0 / dy))) + 1, 2 * max(1, int(round(2.0 / dx))) + 1)

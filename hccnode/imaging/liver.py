@@ -159,7 +159,9 @@ class LiverFind:
     volume_ml: float
 
 
-def _robust_sd(values: np.ndarray) -> float:
+def robust_sd(values: np.ndarray) -> float:
+    """1.4826 x the median absolute deviation (HU): the SD of normal values, little moved by
+    vessels, lesions and edges; 0 for no values."""
     if values.size == 0:
         return 0.0
     med = np.median(values)
@@ -293,7 +295,7 @@ def _band(smooth: np.ndarray, centre: float, sd: float, quadrant: np.ndarray, sp
         if enh is not None:
             e = enh[deep]
             e_mid = float(np.median(e))
-            width = min(ENH_BAND_MAX_HU, max(ENH_BAND_MIN_HU, BAND_SD * _robust_sd(e)))
+            width = min(ENH_BAND_MAX_HU, max(ENH_BAND_MIN_HU, BAND_SD * robust_sd(e)))
             enh_band = (e_mid, width) if e_mid > ENHANCED_MIN_HU else None
     return (centre, half), enh_band
 
