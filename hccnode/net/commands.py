@@ -8,7 +8,8 @@ from pathlib import Path
 
 from hccnode.cli import UsageError
 from hccnode.config import Destination, parse_destination
-from hccnode.net import scu, status
+from hccnode import dicom_status as status
+from hccnode.net import scu
 from hccnode.net.forward import client_tls, drain_once
 from hccnode.store import jobs, outbox
 from hccnode.store.db import Store

@@ -47,7 +47,8 @@ from hccnode.models.p003_pairing import (  # noqa: F401 - the one pairing rule, 
     parse_date,
     select_baseline,
 )
-from hccnode.net import scu, status
+from hccnode import dicom_status as status
+from hccnode.net import scu
 from hccnode.net.forward import client_tls
 from hccnode.store import audit
 from hccnode.store.db import Store

@@ -82,7 +82,8 @@ def pull_sr(cfg, sr_uid: str, study_uid: str) -> Dataset:
     `[forward]` destination) by C-GET at IMAGE level into memory: nothing enters the spool. The
     Series Instance UID a C-GET needs is the node's SR series of the study (hccnode.report.outputs),
     so only SRs this node wrote can be pulled. No PACS configured: LookupError."""
-    from hccnode.net import scu, status
+    from hccnode import dicom_status as status
+    from hccnode.net import scu
     from hccnode.net.forward import client_tls
     from hccnode.net.priors import pacs_destination
     from hccnode.report.outputs import output_uids

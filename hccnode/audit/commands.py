@@ -157,7 +157,7 @@ def cmd_reverify(args) -> int:
     from hccnode.cli import UsageError
     from hccnode.imaging.phase_rules import RulesError, load_rules
     from hccnode.store.db import Store
-    from hccnode.store.reverify import PullError, check_sr, pull_sr, read_sr, reverify, study_of
+    from hccnode.audit.reverify import PullError, check_sr, pull_sr, read_sr, reverify, study_of
 
     if args.rel_tol < 0:
         raise UsageError(f"--rel-tol must be >= 0, got {args.rel_tol}")
