@@ -27,21 +27,15 @@ SQL_OUTSIDE_STORE = {
     "hccnode/audit/reverify.py",
     "hccnode/imaging/phase_index.py",
     "hccnode/imaging/phase_store.py",
-    "hccnode/labs/hl7v2.py",
-    "hccnode/labs/matching.py",
-    "hccnode/labs/requeue.py",
-    "hccnode/labs/store.py",
     "hccnode/models/store.py",
     "hccnode/net/commands.py",
     "hccnode/net/priors.py",
     "hccnode/pipeline/driver.py",
-    "hccnode/pipeline/labs.py",
     "hccnode/pipeline/study.py",
     "hccnode/status/snapshot.py",
 }
 # Modules outside store/ that declare tables, which the store imports by name when it opens.
-SCHEMAS_OUTSIDE_STORE = {"hccnode.labs.store", "hccnode.labs.requeue", "hccnode.models.store",
-                         "hccnode.imaging.phase_store"}
+SCHEMAS_OUTSIDE_STORE = {"hccnode.models.store", "hccnode.imaging.phase_store"}
 
 SQL_CALLS = {"execute", "executemany", "executescript", "query"}
 SQL_STATEMENT = re.compile(r"^\s*(SELECT|INSERT|UPDATE|DELETE|REPLACE|CREATE|ALTER|DROP|WITH|PRAGMA)\b")

@@ -27,8 +27,7 @@ _SCHEMAS: list[str] = []
 SCHEMA_MODULES = (
     "hccnode.store.jobs",
     "hccnode.store.outbox",
-    "hccnode.labs.store",
-    "hccnode.labs.requeue",
+    "hccnode.store.labs",
     "hccnode.models.store",
     "hccnode.store.audit",
     "hccnode.imaging.phase_store",
