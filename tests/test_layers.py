@@ -23,15 +23,11 @@ ABOVE_STORE = ("pipeline", "report", "net", "status", "labs", "models", "imaging
 
 # Modules outside store/ that still run SQL (to move into named store/ functions; see issue 19).
 SQL_OUTSIDE_STORE = {
-    "hccnode/audit/commands.py",
-    "hccnode/audit/reverify.py",
     "hccnode/imaging/phase_index.py",
     "hccnode/imaging/phase_store.py",
     "hccnode/models/store.py",
     "hccnode/net/commands.py",
     "hccnode/net/priors.py",
-    "hccnode/pipeline/driver.py",
-    "hccnode/pipeline/study.py",
     "hccnode/status/snapshot.py",
 }
 # Modules outside store/ that declare tables, which the store imports by name when it opens.
