@@ -28,7 +28,6 @@ SQL_OUTSIDE_STORE = {
     "hccnode/models/store.py",
     "hccnode/net/commands.py",
     "hccnode/net/priors.py",
-    "hccnode/status/snapshot.py",
 }
 # Modules outside store/ that declare tables, which the store imports by name when it opens.
 SCHEMAS_OUTSIDE_STORE = {"hccnode.models.store", "hccnode.imaging.phase_store"}

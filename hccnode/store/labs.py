@@ -268,3 +268,32 @@ def usage_of_patients(store: Store, patient_keys: list[str]) -> list[dict]:
         f"SELECT s.study_uid, s.patient_key, u.paper, u.test, u.panel, u.scan_time, u.status, u.lab_id"
         f" FROM studies s JOIN lab_usage u ON u.study_uid = s.study_uid WHERE s.patient_key IN ({marks})"
         " ORDER BY s.study_uid", tuple(patient_keys))
+
+
+def last_message(store: Store, source: str, outcomes: tuple[str, ...] | None = None) -> dict | None:
+    """The newest kept message of `source` (with one of `outcomes` when given): its received_at, outcome,
+    reason, sending_facility, message_type and control_id; never its bytes."""
+    sql = ("SELECT received_at, outcome, reason, sending_facility, message_type, control_id FROM labs_raw"
+           " WHERE source = ?")
+    params: tuple = (source,)
+    if outcomes:
+        sql += f" AND outcome IN ({','.join('?' * len(outcomes))})"
+        params += tuple(outcomes)
+    rows = store.query(sql + " ORDER BY id DESC LIMIT 1", params)
+    return rows[0] if rows else None
+
+
+def last_received(store: Store, source: str) -> float | None:
+    """When the newest message or file of `source` arrived (epoch seconds), or None."""
+    return store.conn().execute("SELECT MAX(received_at) FROM labs_raw WHERE source = ?", (source,)).fetchone()[0]
+
+
+def outcome_counts(store: Store, source: str, since: float) -> dict[str, int]:
+    """Messages of `source` per outcome received since `since` (epoch seconds)."""
+    return {r["outcome"]: r["n"] for r in store.query(
+        "SELECT outcome, COUNT(*) AS n FROM labs_raw WHERE source = ? AND received_at >= ? GROUP BY outcome",
+        (source, since))}
+
+
+def result_count(store: Store) -> int:
+    return store.conn().execute("SELECT COUNT(*) FROM labs").fetchone()[0]

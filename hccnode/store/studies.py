@@ -46,3 +46,26 @@ def instance_path(store: Store, sop_uid: str) -> str | None:
     """The spool path (relative to the data directory) of an instance, or None."""
     rows = store.query("SELECT path FROM instances WHERE sop_uid = ?", (sop_uid,))
     return rows[0]["path"] if rows else None
+
+
+def recent(store: Store, limit: int) -> list[dict]:
+    """The studies received last (study_uid, date, time, description, first and last received, seq), latest first."""
+    return store.query(
+        "SELECT study_uid, study_date, study_time, study_description, first_received, last_received, seq"
+        " FROM studies ORDER BY last_received DESC, study_uid LIMIT ?", (limit,))
+
+
+def series_counts(store: Store, study_uid: str) -> list[dict]:
+    """The study's series (series_uid, series_number, modality, series_description) with their instance counts."""
+    return store.query(
+        "SELECT s.series_uid, s.series_number, s.modality, s.series_description, COUNT(i.sop_uid) AS instances"
+        " FROM series s LEFT JOIN instances i ON i.series_uid = s.series_uid WHERE s.study_uid = ?"
+        " GROUP BY s.series_uid ORDER BY s.series_number, s.series_uid", (study_uid,))
+
+
+def ingest_summary(store: Store, since: float) -> dict:
+    """Instances held, datasets quarantined since `since` (epoch seconds), and when the last instance arrived."""
+    one = store.conn().execute
+    return {"instances": one("SELECT COUNT(*) FROM instances").fetchone()[0],
+            "quarantined": one("SELECT COUNT(*) FROM quarantine WHERE received_at >= ?", (since,)).fetchone()[0],
+            "last_received": one("SELECT MAX(received_at) FROM instance_versions").fetchone()[0]}
