@@ -23,14 +23,11 @@ ABOVE_STORE = ("pipeline", "report", "net", "status", "labs", "models", "imaging
 
 # Modules outside store/ that still run SQL (to move into named store/ functions; see issue 19).
 SQL_OUTSIDE_STORE = {
-    "hccnode/imaging/phase_index.py",
-    "hccnode/imaging/phase_store.py",
-    "hccnode/models/store.py",
     "hccnode/net/commands.py",
     "hccnode/net/priors.py",
 }
 # Modules outside store/ that declare tables, which the store imports by name when it opens.
-SCHEMAS_OUTSIDE_STORE = {"hccnode.models.store", "hccnode.imaging.phase_store"}
+SCHEMAS_OUTSIDE_STORE: set[str] = set()
 
 SQL_CALLS = {"execute", "executemany", "executescript", "query"}
 SQL_STATEMENT = re.compile(r"^\s*(SELECT|INSERT|UPDATE|DELETE|REPLACE|CREATE|ALTER|DROP|WITH|PRAGMA)\b")

@@ -197,7 +197,7 @@ def reverify(store: Store, sr: Dataset, *, rel_tol: float = 0.0, rules=None, kee
     if not studies.holds(store, study_uid):
         out.problems.append(f"study {study_uid} is not in the node's store: nothing to recompute from")
     else:
-        patient_key = studies.patient_key_of(store, study_uid)
+        patient_key = studies.patient_key(store, study_uid)
         out.problems += missing_inputs(store, sr)
     if not out.problems:
         _run(store, sr, out, rules, keep, tolerance_days)

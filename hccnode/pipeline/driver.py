@@ -123,7 +123,7 @@ def analyze_study(store: Store, study_uid: str, *, destinations: Sequence[str] =
 
     step("phases")
     study = Study.load(store, study_uid, rules)
-    patient_key = studies.patient_key_of(store, study_uid)
+    patient_key = studies.patient_key(store, study_uid)
     for d in study.decisions:
         audit.append(store, "phase.decided", ACTOR, study_uid=study_uid, patient_key=patient_key, series=d.series_uid,
                      series_number=d.series_number, kind=d.kind, phase=d.phase, kev=d.kev,
@@ -373,8 +373,7 @@ def _outputs(store: Store, study: Study, image: Series, reference: Volume | None
     for path, uid in zip(result.files, uids):
         audit.append(store, "output.created", ACTOR, study_uid=study.uid, patient_key=patient_key, output_uids=[uid],
                      card_versions=result.card_versions, file=path.name, job=job_id, replaces=result.replaces)
-    analyses.record(store, study.uid, job_id, str(sr.SOPInstanceUID),
-                    str(final.relative_to(store.data_dir) if final.is_relative_to(store.data_dir) else final), uids)
+    analyses.record(store, study.uid, job_id, str(sr.SOPInstanceUID), final, uids)
 
 
 def copy_outputs(analysis: Analysis, out: str | Path) -> list[Path]:

@@ -14,9 +14,9 @@ from typing import Any
 
 from hccnode import RESEARCH_USE, __version__
 from hccnode.config import Config
-from hccnode.imaging.phase_store import stored_phases
 from hccnode.store import jobs, labs, outbox, studies
 from hccnode.store.db import Store
+from hccnode.store.phases import stored_phases
 
 DAY_SECONDS = 86400.0
 REJECTED = ("AE", "AR", "incomplete")  # labs_raw outcomes of messages not accepted

@@ -28,9 +28,9 @@ SCHEMA_MODULES = (
     "hccnode.store.jobs",
     "hccnode.store.outbox",
     "hccnode.store.labs",
-    "hccnode.models.store",
+    "hccnode.store.model_results",
     "hccnode.store.audit",
-    "hccnode.imaging.phase_store",
+    "hccnode.store.phases",
     "hccnode.store.analyses",
 )
 

@@ -23,7 +23,7 @@ def earlier_studies(store: Store, patient_key: str, study_uid: str, study_date: 
         (patient_key, study_uid, modality, study_date, study_date, study_time))
 
 
-def patient_key_of(store: Store, study_uid: str) -> str | None:
+def patient_key(store: Store, study_uid: str) -> str | None:
     """The study's patient key, or None for a study the node does not hold (or one without a patient)."""
     rows = store.query("SELECT patient_key FROM studies WHERE study_uid = ?", (study_uid,))
     return rows[0]["patient_key"] if rows else None
