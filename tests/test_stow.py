@@ -339,7 +339,7 @@ def test_https_verified_and_a_wrong_password_is_a_clear_error_and_the_row_stays(
         assert secret not in audit and secret not in caplog.text
 
 
-def test_send_cli_with_a_wrong_bearer_token_names_the_error_and_keeps_the_row(node_factory, pacs, tmp_path):
+def test_send_cli_with_a_wrong_bearer_token_names_the_error_and_serve_retries_with_the_new_one(node_factory, pacs, tmp_path):
     proxy = Proxy(pacs, token="the-right-token")
     try:
         token = tmp_path / "token"
@@ -359,14 +359,24 @@ def test_send_cli_with_a_wrong_bearer_token_names_the_error_and_keeps_the_row(no
         assert rows(node.store())[0]["state"] == "pending"
 
         token.write_text("the-right-token\n")                      # read again at the next send
-        cfg = config.load(node.config_path).forward
-        cfg.retry_base_seconds = 0.0
+        node.start()                                               # the serving node's forwarder retries
         store = node.store()
-        wait_until(lambda: drain_once(store, cfg) and rows(store)[0]["state"] == "sent", 30, 0.5,
-                   what="the retry with the corrected token")
+        wait_until(lambda: rows(store)[0]["state"] == "sent", 30, what="the retry with the corrected token")
+        node.stop()
+        assert "a-wrong-token" not in node.log() and "the-right-token" not in node.log()
         assert sop(f) in pacs.sop_uids()
     finally:
         proxy.close()
+
+
+def test_an_unreadable_token_file_is_named_and_the_row_stays(tmp_path):
+    url = f"http://127.0.0.1:{free_port()}/dicom-web"
+    store, _ = queue(tmp_path, url, 1, seed=1708)
+    gone = tmp_path / "gone.token"
+    drain_once(store, fwd(url, opts=DicomWebOptions(token_file=str(gone))))
+    (r,) = rows(store)
+    assert r["state"] == "pending"
+    assert r["last_error"] == f"{url}: STOW-RS: token_file {gone}: cannot be read (No such file or directory)"
 
 
 @pytest.mark.parametrize("text, message", [
