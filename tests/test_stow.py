@@ -304,7 +304,7 @@ def test_409_partial_failure_fails_only_the_refused_instance_retried_then_given_
     refused = first[sop(bad)]
     assert refused["state"] == "pending" and refused["last_status"] == 0xA700
     assert refused["last_error"] == (f"{proxy.url}: STOW-RS refused the instance (HTTP 409): failure reason 0xA700"
-                                     " (out of resources)")
+                                     " (refused: out of resources)")
     assert in_pacs(pacs, files) == {sop(good)}
     drain_once(store, cfg)                                         # second attempt of max_attempts = 2
     assert {r["sop_uid"]: r["state"] for r in rows(store)}[sop(bad)] == "failed"
@@ -367,6 +367,17 @@ def test_send_cli_with_a_wrong_bearer_token_names_the_error_and_serve_retries_wi
         assert sop(f) in pacs.sop_uids()
     finally:
         proxy.close()
+
+
+@pytest.mark.parametrize("code, meaning", [
+    (0xA700, "refused: out of resources"), (0xA7FF, "refused: out of resources"),
+    (0xA912, "error: data set does not match SOP class"), (0xC122, "referenced transfer syntax not supported"),
+    (0xC123, "error: cannot understand"), (0x0110, "processing failure"),
+    (0x0122, "referenced SOP class not supported"), (0x1234, "not defined in PS3.18 Table I.2-2"),
+])
+def test_failure_reasons_read_as_ps3_18_table_i_2_2(code, meaning):
+    from hccnode.net.stow import failure_meaning
+    assert failure_meaning(code) == meaning
 
 
 def test_an_unreadable_token_file_is_named_and_the_row_stays(tmp_path):

@@ -24,17 +24,15 @@ from hccnode.config import DicomWebOptions
 from hccnode.net import status
 from hccnode.net.scu import SendResult
 
-# Failure Reason (0008,1197) values of a STOW-RS response: PS3.18 Table 10.5.3-2 (and the
-# Storage statuses of PS3.4 Table B.2-1, whose families A7xx/A9xx/Cxxx it reuses).
-FAILURE_REASONS = {
-    0x0110: "processing failure",
-    0x0122: "SOP class not supported",
-    0x0124: "not authorized",
-    0xA700: "out of resources",
-    0xA900: "data set does not match SOP class",
-    0xC000: "cannot understand",
-    0xC122: "transfer syntax not supported",
-}
+# Failure Reason (0008,1197) of a STOW-RS response: PS3.18 Table I.2-2, as (first, last, meaning).
+FAILURE_REASONS = (
+    (0xC122, 0xC122, "referenced transfer syntax not supported"),
+    (0x0110, 0x0110, "processing failure"),
+    (0x0122, 0x0122, "referenced SOP class not supported"),
+    (0xA700, 0xA7FF, "refused: out of resources"),
+    (0xA900, 0xA9FF, "error: data set does not match SOP class"),
+    (0xC000, 0xCFFF, "error: cannot understand"),
+)
 FAILURE_REASON, WARNING_REASON = 0x00081197, 0x00081196
 
 
@@ -43,10 +41,8 @@ class StowError(RuntimeError):
 
 
 def failure_meaning(code: int) -> str:
-    for key in (code, code & 0xFF00):
-        if key in FAILURE_REASONS:
-            return FAILURE_REASONS[key]
-    return "a reason the node has no meaning for"
+    """The meaning of a Failure Reason (the first matching row of PS3.18 Table I.2-2)."""
+    return next((m for lo, hi, m in FAILURE_REASONS if lo <= code <= hi), "not defined in PS3.18 Table I.2-2")
 
 
 class _Auth(requests.auth.AuthBase):
@@ -76,18 +72,23 @@ def _secret(path: str, key: str) -> str:
     return text
 
 
-def client(url: str, opts: DicomWebOptions, answers: list[int] | None = None) -> DICOMwebClient:
-    """A client for `url`: TLS verified (against `opts.ca_bundle`, else the system's CAs), the
-    configured credentials, no proxy or CA bundle from the environment, no retries of its own.
-    The HTTP status of each answer is appended to `answers`."""
-    session = requests.Session()
+def session(opts: DicomWebOptions, answers: list[int] | None = None) -> requests.Session:
+    """An HTTP session: TLS verified (against `opts.ca_bundle`, else the system's CAs), the
+    configured credentials, no proxy or CA bundle from the environment. The HTTP status of each
+    answer is appended to `answers`."""
+    s = requests.Session()
     if answers is not None:
-        session.hooks["response"].append(lambda rsp, *args, **kwargs: answers.append(rsp.status_code))
-    session.trust_env = False          # else REQUESTS_CA_BUNDLE would override ca_bundle
-    session.verify = str(Path(opts.ca_bundle).expanduser()) if opts.ca_bundle else True
-    session.auth = _Auth(opts)
-    session.headers["Accept"] = "application/dicom+json"
-    c = DICOMwebClient(url.strip().rstrip("/"), session=session, timeout=(min(10.0, opts.timeout), opts.timeout))
+        s.hooks["response"].append(lambda rsp, *args, **kwargs: answers.append(rsp.status_code))
+    s.trust_env = False          # else REQUESTS_CA_BUNDLE would override ca_bundle
+    s.verify = str(Path(opts.ca_bundle).expanduser()) if opts.ca_bundle else True
+    s.auth = _Auth(opts)
+    s.headers["Accept"] = "application/dicom+json"
+    return s
+
+
+def client(url: str, opts: DicomWebOptions, http: requests.Session) -> DICOMwebClient:
+    """A dicomweb-client for `url` over `http`, without retries of its own (the outbox retries)."""
+    c = DICOMwebClient(url, session=http, timeout=(min(10.0, opts.timeout), opts.timeout))
     c.set_http_retry_params(retry=False)
     return c
 
@@ -167,7 +168,14 @@ def send_files(url: str, opts: DicomWebOptions, paths: list[Path]) -> list[SendR
     if not datasets:
         return results  # type: ignore[return-value]
     answers: list[int] = []
-    c = client(where, opts, answers)
+    with session(opts, answers) as http:
+        return _store_and_confirm(client(where, opts, http), opts, paths, datasets, results, answers)
+
+
+def _store_and_confirm(c: DICOMwebClient, opts: DicomWebOptions, paths: list[Path],
+                       datasets: list[tuple[int, pydicom.Dataset]], results: list[SendResult | None],
+                       answers: list[int]) -> list[SendResult]:
+    where = c.base_url
     try:
         body = c.store_instances([ds for _, ds in datasets])
     except requests.HTTPError as exc:             # 409 and 4xx/5xx; a 409 carries per-instance reasons
@@ -183,6 +191,7 @@ def send_files(url: str, opts: DicomWebOptions, paths: list[Path]) -> list[SendR
         uid = str(ds.SOPInstanceUID)
         if uid in failed:
             code = _code(failed[uid], FAILURE_REASON)
+            code = None if code is not None and status.is_success(code) else code   # never "sent" from here
             what = f"0x{code:04X} ({failure_meaning(code)})" if code is not None else "no failure reason given"
             results[i] = SendResult(paths[i], code, f"{where}: STOW-RS refused the instance"
                                     f" (HTTP {http_code}): failure reason {what}")
