@@ -1,17 +1,20 @@
 """DICOMweb out: the outbox over STOW-RS to a real Orthanc with its DICOMweb plugin, each instance
 confirmed by QIDO-RS. Faults come from a small loopback HTTP proxy in front of Orthanc (503, a 409
-with a Failed SOP Sequence, a 200 that stores nothing, a bearer-token check), from Orthanc itself
-(connection refused, RegisteredUsers, TLS), never from mocks.
+with a Failed SOP Sequence, a 200 that stores nothing, a bearer-token check, the TLS end), from
+Orthanc itself (its RegisteredUsers) or from nothing listening (connection refused); no mocks.
 
-Cost: two Orthancs per module (plain, and with users behind HTTPS), a few seconds each; the rest
-in-process but for one `hccnode send` and one `hccnode outbox`.
+Cost: about 30 s on 2 busy cores for the module: two Orthancs (plain, and with users behind
+HTTPS), one `hccnode send`, one `hccnode outbox` and one `hccnode serve`; the rest in-process.
 """
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
+import ssl
 import threading
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import BytesIO
 from pathlib import Path
@@ -19,7 +22,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from conftest import ORTHANC_PYTHON_PLUGIN, Orthanc, free_port, need, wait_until
+from conftest import ORTHANC_PYTHON_PLUGIN, Orthanc, free_port, in_ci, need, wait_until
 from dicomgen import ct_series
 from node_support import make_pki
 
@@ -40,7 +43,9 @@ def _need_plugin() -> None:
     need("Orthanc")
     if not DICOMWEB_PLUGIN.exists():
         msg = f"{DICOMWEB_PLUGIN} is missing (Debian package orthanc-dicomweb; make test installs it)"
-        pytest.fail(msg) if __import__("conftest").in_ci() else pytest.skip(msg)
+        if in_ci():
+            pytest.fail(msg)
+        pytest.skip(msg)
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +60,6 @@ class UsersOrthanc(Orthanc):
     """Orthanc with a registered user (RegisteredUsers); the fixture's own probes authenticate."""
 
     def get(self, path: str):
-        import base64
-        import urllib.request
         req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", headers={
             "Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()})
         with urllib.request.urlopen(req, timeout=10) as r:
@@ -96,7 +99,6 @@ class Proxy(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", port), _Handler)
         self.upstream, self.token, self.scheme = upstream, token, "https" if tls else "http"
         if tls:
-            import ssl
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(*map(str, tls))
             self.socket = ctx.wrap_socket(self.socket, server_side=True)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pydicom
 import requests
-from pydicom.errors import InvalidDicomError
 from dicomweb_client.api import DICOMwebClient
+from pydicom.errors import InvalidDicomError
 
 from hccnode.config import DicomWebOptions
 from hccnode.net import status
