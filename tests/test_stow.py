@@ -105,6 +105,7 @@ class Proxy(ThreadingHTTPServer):
         self.plan: list[str] = []
         self.victim = ""
         self.requests: list[tuple[str, str]] = []   # (method, path)
+        self.chunked_posts = 0
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
     @property
@@ -124,6 +125,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            self.server.chunked_posts += 1
             out = BytesIO()
             while (size := int(self.rfile.readline().split(b";")[0], 16)):
                 out.write(self.rfile.read(size))
@@ -248,6 +250,17 @@ def test_stow_delivers_and_each_instance_is_confirmed_by_qido(proxy, pacs, tmp_p
                    for q in qido) for f in files)
     events = {r["event"] for r in store.query("SELECT event FROM audit")}
     assert "output.sent" in events
+
+
+def test_a_request_over_a_megabyte_goes_chunked_and_arrives(proxy, pacs, tmp_path):
+    store = Store(tmp_path / "data")                                # an ECV map is several MB
+    files = ct_series(tmp_path / "in", n=3, size=512, seed=1709)    # 3 x 512 KB
+    for f in files:
+        outbox.enqueue(store, proxy.url, f)
+    drain_once(store, fwd(proxy.url))
+    assert proxy.chunked_posts == 1
+    assert all(r["state"] == "sent" for r in rows(store))
+    assert in_pacs(pacs, files) == {sop(f) for f in files}
 
 
 def test_a_200_that_stored_nothing_is_not_marked_sent(proxy, pacs, tmp_path):
