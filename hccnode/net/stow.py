@@ -37,7 +37,7 @@ FAILURE_REASON, WARNING_REASON = 0x00081197, 0x00081196
 
 
 class StowError(RuntimeError):
-    """The whole request failed (unreachable, TLS, HTTP error without per-instance reasons)."""
+    """A credentials file cannot be used (raised while a request is prepared, before it is sent)."""
 
 
 def failure_meaning(code: int) -> str:
