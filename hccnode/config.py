@@ -160,6 +160,15 @@ class AdcSection:
 
 
 @dataclass
+class StoreSection:
+    """Where the node's database is: empty for the embedded SQLite file DATA_DIR/hccnode.db, or a
+    PostgreSQL URL "postgresql://user@host:port/database" (password in ~/.pgpass or PGPASSFILE,
+    never here) for a site whose hosts share one database."""
+
+    url: str = ""
+
+
+@dataclass
 class LogSection:
     level: str = "INFO"
     file: str = ""  # empty: standard error
@@ -177,6 +186,7 @@ class Config:
     priors: PriorsSection = field(default_factory=PriorsSection)
     status: StatusSection = field(default_factory=StatusSection)
     adc: AdcSection = field(default_factory=AdcSection)
+    store: StoreSection = field(default_factory=StoreSection)
     log: LogSection = field(default_factory=LogSection)
     source: str = "defaults"  # where the values came from
 
@@ -307,6 +317,12 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"adc.units[{name!r}]: {exc}") from None
         if not name.strip():
             raise ConfigError("adc.units: a Manufacturer name must not be empty")
+    from hccnode.store.engine import UrlError, check_url
+
+    try:
+        check_url(cfg.store.url)
+    except UrlError as exc:
+        raise ConfigError(f"store.url: {exc}") from None
     if cfg.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"log.level: {cfg.log.level!r} is not DEBUG, INFO, WARNING or ERROR")
 

@@ -22,12 +22,12 @@ class Node:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.stop_event = threading.Event()
-        self.store = Store(cfg.data_dir)
+        self.store = Store.of(cfg)
         self.spool = Spool(self.store)
         self.scp = StorageSCP(cfg.node, self.spool, cfg.tls)
         self.workers = WorkerPool(cfg, self.stop_event)
         self.watcher = Watcher(cfg, self.stop_event)
-        self.forwarder = Forwarder(cfg.data_dir, cfg.forward, self.stop_event, client_tls(cfg))
+        self.forwarder = Forwarder(cfg.data_dir, cfg.forward, self.stop_event, client_tls(cfg), cfg.store.url)
         self.mllp = MllpListener.from_config(cfg, self.store, on_stored=self.on_labs) if cfg.hl7.enabled else None
         self.status = StatusServer(cfg) if cfg.status.enabled else None
 

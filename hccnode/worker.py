@@ -23,19 +23,19 @@ from hccnode.store.jobs import NOT_APPLICABLE
 
 def run_job(data_dir: str, job_id: int, destinations: Sequence[str] = (), rules_file: str = "",
             adc_units: dict[str, str] | None = None,
-            baseline_tolerance_days: float = PriorsSection.tolerance_days) -> dict:
+            baseline_tolerance_days: float = PriorsSection.tolerance_days, store_url: str = "") -> dict:
     """Run one job: analyse its study (hccnode.pipeline) and return the result record.
 
     `destinations` are the configured forward destinations the outputs are queued for;
     `rules_file` a site's phase rules (empty: the packaged ones); `adc_units` the site's ADC
     units per Manufacturer ([adc] units); `baseline_tolerance_days` the site's margin around paper
-    003's baseline interval ([priors] tolerance_days). A study the analysis does not apply to
+    003's baseline interval ([priors] tolerance_days); `store_url` the [store] url (empty: SQLite). A study the analysis does not apply to
     gives a record with its reason under "not_applicable"."""
     from hccnode.imaging.phase_rules import load_rules
     from hccnode.pipeline import NotApplicable, analyze_study
     from hccnode.pipeline.mr import site_adc_units
 
-    store = Store(data_dir)
+    store = Store(data_dir, url=store_url)
     try:
         job = jobs.get(store, job_id)
         if job is None:
@@ -108,7 +108,7 @@ class WorkerPool:
             self._pool = None
 
     def _loop(self, index: int) -> None:
-        store = Store(self.cfg.data_dir)
+        store = Store.of(self.cfg)
         owner = jobs.worker_owner(index)
         wcfg = self.cfg.worker
         while not self.stop.is_set():
@@ -163,7 +163,8 @@ class WorkerPool:
         try:
             future = self._executor().submit(run_job, str(self.cfg.data_dir), job.id,
                                              list(self.cfg.forward.destinations), self.cfg.phases.rules_file,
-                                             dict(self.cfg.adc.units), self.cfg.priors.tolerance_days)
+                                             dict(self.cfg.adc.units), self.cfg.priors.tolerance_days,
+                                             self.cfg.store.url)
             if not self._held_until(store, job, owner, lambda s: bool(wait([future], timeout=s).done)):
                 return
             result = future.result()
@@ -191,7 +192,7 @@ class Watcher(threading.Thread):
         self.cfg, self.stop, self.period = cfg, stop, min(period, max(0.1, cfg.study.stable_seconds / 10))
 
     def run(self) -> None:
-        store = Store(self.cfg.data_dir)
+        store = Store.of(self.cfg)
         while not self.stop.is_set():
             try:
                 jobs.queue_stable_studies(store, self.cfg.study.stable_seconds, self.cfg.worker.max_attempts)

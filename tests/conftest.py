@@ -152,6 +152,41 @@ def _toml(cfg: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+@pytest.fixture(scope="session")
+def pg_server():
+    """A PostgreSQL server for the whole session (tests/pg_support.py); a skip saying why when there
+    is none here, a failure under CI=true."""
+    import pg_support
+
+    why = pg_support.missing()
+    if why:
+        if in_ci():
+            pytest.fail(why)
+        pytest.skip(why)
+    server = pg_support.start_server(free_port)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """The URL of a fresh, empty database on the session's server, dropped after the test."""
+    name = pg_server.create_database()
+    yield pg_server.url(name)
+    pg_server.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    """A Store on each engine: the embedded SQLite file, and a fresh PostgreSQL database."""
+    from hccnode.store.db import Store
+
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else ""
+    s = Store(tmp_path / "data", url=url)
+    yield s
+    s.close_all()
+
+
 @pytest.fixture
 def registration_threads(monkeypatch) -> list[str]:
     """The name of the thread each image registration (hccnode.imaging.registration.register)

@@ -27,7 +27,7 @@ def register(sub) -> None:
         q = asub.add_parser(name, help=help_, description=description)
         q.add_argument("--db", metavar="FILE",
                        help="an audit database file (e.g. one written by `audit export --sqlite`) "
-                            "instead of the node's DATA_DIR/hccnode.db")
+                            "instead of the node's database (DATA_DIR/hccnode.db, or [store] url)")
         q.set_defaults(func=fn)
         return q
 
@@ -78,9 +78,13 @@ def register(sub) -> None:
 
 
 def _open(args) -> sqlite3.Connection:
-    """A read-only connection to the audit database."""
+    """A read-only connection to the audit database: --db FILE, else the node's store ([store] url:
+    a PostgreSQL connection that answers the same calls)."""
     from hccnode.cli import UsageError
+    from hccnode.store.db import Store
 
+    if args.cfg.store.url and not args.db:
+        return Store.of(args.cfg, read_only=True).conn()
     path = Path(args.db) if args.db else args.cfg.db_path
     if not path.exists():
         if args.db:
@@ -174,9 +178,9 @@ def cmd_reverify(args) -> int:
         rules = load_rules(args.cfg.phases.rules_file or None)
     except (ValueError, RulesError) as exc:
         raise UsageError(str(exc)) from None
-    if not args.cfg.db_path.exists():
+    if not args.cfg.store.url and not args.cfg.db_path.exists():
         raise FileNotFoundError(f"no database at {args.cfg.db_path}: the node has recorded nothing yet")
-    store = Store(args.cfg.data_dir)
+    store = Store.of(args.cfg)
     try:
         if sr is None:
             study = args.study or analyses.study_of_sr(store, args.from_pacs)

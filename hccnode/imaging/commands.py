@@ -39,7 +39,7 @@ def run(args) -> int:
         return 0
     if not args.study_uid:
         raise UsageError("a STUDY_UID is required (or --check-rules)")
-    store = Store(args.cfg.data_dir)
+    store = Store.of(args.cfg)
     if not args.stored:
         try:
             classify_and_store(store, args.study_uid, rules)

@@ -53,7 +53,7 @@ def register(sub) -> None:
 
 
 def _store_and_catalog(args) -> tuple[Store, catalog_mod.Catalog]:
-    store = Store(args.cfg.data_dir)
+    store = Store.of(args.cfg)
     return store, catalog_mod.load(store.data_dir)
 
 

@@ -211,7 +211,7 @@ def _load_data(args, cards):
             preds = validate.parse_predictions(Path(args.predictions).read_text(encoding="utf-8-sig"), Path(args.predictions).name)
             source = f"predictions file {Path(args.predictions).name}"
         else:
-            preds = validate.predictions_from_store(mstore.latest_results(Store(args.cfg.data_dir)), cards)
+            preds = validate.predictions_from_store(mstore.latest_results(Store.of(args.cfg)), cards)
             source = f"model_results table in {args.cfg.data_dir}"
     except OSError as exc:
         raise UsageError(f"{exc.filename}: {exc.strerror}") from None

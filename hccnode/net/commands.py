@@ -120,7 +120,7 @@ def _dicom_files(paths: list[Path]) -> list[Path]:
 
 def cmd_send(args) -> int:
     dest = _dicomweb_url(args.to) if is_dicomweb(args.to) else _destination(args.to)
-    store = Store(args.cfg.data_dir)
+    store = Store.of(args.cfg)
     ids, skipped = [], []
     for f in _dicom_files(args.files):
         try:
@@ -150,7 +150,7 @@ def cmd_send(args) -> int:
 
 
 def cmd_studies(args) -> int:
-    store = Store(args.cfg.data_dir)
+    store = Store.of(args.cfg)
     rows = store.query(
         """SELECT s.study_uid, s.study_date, s.patient_key,
                   (SELECT GROUP_CONCAT(DISTINCT modality) FROM series WHERE study_uid = s.study_uid) AS modalities,
@@ -167,7 +167,7 @@ def cmd_studies(args) -> int:
 
 
 def cmd_jobs(args) -> int:
-    store = Store(args.cfg.data_dir)
+    store = Store.of(args.cfg)
     rows = jobs.listing(store, args.state, args.limit)
     for r in rows:
         r["created_at"], r["finished_at"] = _when(r["created_at"]), _when(r["finished_at"])
@@ -176,7 +176,7 @@ def cmd_jobs(args) -> int:
 
 
 def cmd_outbox(args) -> int:
-    store = Store(args.cfg.data_dir)
+    store = Store.of(args.cfg)
     if args.retry_failed:
         print(f"queued again: {outbox.retry_failed(store)}")
     where, params = ("WHERE state = ?", [args.state]) if args.state else ("", [])

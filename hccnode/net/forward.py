@@ -46,12 +46,13 @@ def drain_once(store: Store, cfg: ForwardSection, ids: list[int] | None = None,
 class Forwarder(threading.Thread):
     """Background loop: send what is due, then wait `poll_seconds`."""
 
-    def __init__(self, store_dir, cfg: ForwardSection, stop: threading.Event, tls_ctx: ssl.SSLContext | None = None):
+    def __init__(self, store_dir, cfg: ForwardSection, stop: threading.Event, tls_ctx: ssl.SSLContext | None = None,
+                 store_url: str = ""):
         super().__init__(name="forwarder", daemon=True)
-        self.store_dir, self.cfg, self.stop, self.tls_ctx = store_dir, cfg, stop, tls_ctx
+        self.store_dir, self.cfg, self.stop, self.tls_ctx, self.store_url = store_dir, cfg, stop, tls_ctx, store_url
 
     def run(self) -> None:
-        store = Store(self.store_dir)
+        store = Store(self.store_dir, url=self.store_url)
         while not self.stop.is_set():
             try:
                 tried = drain_once(store, self.cfg, tls_ctx=self.tls_ctx)

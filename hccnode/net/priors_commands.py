@@ -27,7 +27,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    store = Store(args.cfg.data_dir)
+    store = Store.of(args.cfg)
     try:
         result = fetch_baseline(args.cfg, store, args.study_uid, even_if_disabled=True,
                                 retrieve=not args.query_only)

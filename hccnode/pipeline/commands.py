@@ -61,7 +61,7 @@ def run(args) -> int:
         rules = load_rules(args.cfg.phases.rules_file or None)
     except RulesError as exc:
         raise UsageError(str(exc)) from None
-    store = Store(args.cfg.data_dir)
+    store = Store.of(args.cfg)
     try:
         studies = [args.study_uid] if args.study_uid else ingest(store, Path(args.dicom_dir), not args.no_progress)
         if not studies:

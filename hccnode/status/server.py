@@ -91,7 +91,7 @@ class StatusServer:
             log.event("status.stopped")
 
     def snapshot(self) -> dict:
-        store = Store(self.cfg.data_dir, read_only=True)
+        store = Store.of(self.cfg, read_only=True)
         try:
             return snapshot.collect(store, self.cfg, self.started_at)
         finally:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from hccnode.store import engine
 from hccnode.store.db import Store, now, schema
 
 SCHEMA = schema(
@@ -42,7 +43,7 @@ def of_study(store: Store, study_uid: str) -> list[dict]:
 
 def study_of_sr(store: Store, sr_uid: str) -> str | None:
     """The study of an SR the node recorded writing, or None (also for a database without analyses)."""
-    if not store.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'analyses'"):
+    if not engine.has_table(store.conn(), "analyses"):
         return None
     rows = store.query("SELECT study_uid FROM analyses WHERE sr_uid = ? ORDER BY id DESC LIMIT 1", (sr_uid,))
     return rows[0]["study_uid"] if rows else None

@@ -16,8 +16,9 @@ The chain alone cannot show that rows were cut off the end: keep heads (`head()`
 by `hccnode audit verify`, logged at start-up) elsewhere and pass one to `verify(expect=...)`.
 
 Ids are consecutive from 1: a row is appended as last id + 1 with the last hash, read and
-written under the database write lock (BEGIN IMMEDIATE), so concurrent writers, threads or
-processes sharing the file, extend one chain.
+written under the database write lock (SQLite: BEGIN IMMEDIATE; PostgreSQL: the store's advisory
+write lock, engine.serialize), so concurrent writers, threads or processes sharing the database
+(on one host or several), extend one chain.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from hccnode import __version__, log
+from hccnode.store import engine
 from hccnode.store.db import Store, schema
 
 TABLE_SQL = """
@@ -66,7 +68,16 @@ CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'audit log is append-only: DELETE refused'); END;
 """
 
-schema(TABLE_SQL + TRIGGERS_SQL)
+# PostgreSQL: the same refusal as a trigger function (and TRUNCATE, which skips row triggers).
+PG_TRIGGERS_SQL = """
+CREATE OR REPLACE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'audit log is append-only: % refused', TG_OP; END $$;
+CREATE OR REPLACE TRIGGER audit_no_update BEFORE UPDATE ON audit FOR EACH ROW EXECUTE FUNCTION audit_append_only();
+CREATE OR REPLACE TRIGGER audit_no_delete BEFORE DELETE ON audit FOR EACH ROW EXECUTE FUNCTION audit_append_only();
+CREATE OR REPLACE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit EXECUTE FUNCTION audit_append_only();
+"""
+
+schema(TABLE_SQL + TRIGGERS_SQL, postgresql=engine.pg_ddl(TABLE_SQL) + PG_TRIGGERS_SQL)
 
 COLUMNS = ("id", "time", "actor", "event", "study_uid", "patient_key", "input_hashes", "output_uids",
            "software_version", "card_versions", "details", "prev_hash", "row_hash")
@@ -189,7 +200,7 @@ def open_read_only(path: Path) -> sqlite3.Connection:
     """A read-only connection to a database holding an audit table (the node's, or an export);
     LookupError when it has none."""
     c = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
-    if not c.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit'").fetchone():
+    if not engine.has_table(c, "audit"):
         c.close()
         raise LookupError(f"{path} has no audit table")
     return c
@@ -232,19 +243,14 @@ def append(target: Store | sqlite3.Connection, event: str, actor: str, *, study_
     c = _conn(target)
     if c.in_transaction:
         return _insert(c, row)
-    c.execute("BEGIN IMMEDIATE")
-    try:
-        row_id = _insert(c, row)
-    except BaseException:
-        c.execute("ROLLBACK")
-        raise
-    c.execute("COMMIT")
-    return row_id
+    with engine.write_transaction(c):
+        return _insert(c, row)
 
 
 def _insert(c: sqlite3.Connection, row: dict) -> int:
     """Chain `row` onto the last one. The caller holds the write lock, so nobody appends in between;
     if it does not (a deferred transaction), the id's PRIMARY KEY makes a racing insert fail, not fork."""
+    engine.serialize(c)
     last = c.execute("SELECT id, row_hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
     row["id"] = last[0] + 1 if last else 1
     row["prev_hash"] = last[1] if last else GENESIS
@@ -287,7 +293,7 @@ def verify(target: Store | sqlite3.Connection, expect: tuple[int, str] | None = 
     recorded earlier, must still be in the chain: this is what shows rows cut off the end.
     """
     c = _conn(target)
-    triggers = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit'")}
+    triggers = engine.trigger_names(c, "audit")
     guarded = {"audit_no_update", "audit_no_delete"} <= triggers
     prev_id, prev_hash, n = 0, GENESIS, 0
 

@@ -1,9 +1,14 @@
-"""The node's SQLite database: one file, WAL journal, one connection per thread.
+"""The node's database: by default one SQLite file (WAL journal), or a PostgreSQL database named by
+`[store] url` (hccnode.store.engine); one connection per thread.
 
 Every module that keeps state declares its tables as `CREATE ... IF NOT EXISTS` SQL and
 registers it with `schema()`; `Store` applies them all when it opens, so a fresh data
 directory needs no set-up step. `synchronous=FULL` because a C-STORE success is only
 sent after the index row is committed, and that commit must survive a power cut.
+
+On PostgreSQL the same declarations (translated by `engine.pg_ddl`, or a module's own PostgreSQL
+text) are applied at start-up under an advisory lock, and numbered schema changes (`PG_STEPS`)
+are applied once each and recorded in the `schema_version` table.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ from pathlib import Path
 
 import sqlite_utils
 
+from hccnode.store import engine
+
 _SCHEMAS: list[str] = []
+_PG_SCHEMAS: list[str] = []
 # Modules that declare tables; Store imports them all, so any entry point gets every table.
 SCHEMA_MODULES = (
     "hccnode.store.jobs",
@@ -35,9 +43,11 @@ SCHEMA_MODULES = (
 )
 
 
-def schema(sql: str) -> str:
-    """Register table definitions to apply on open; returns `sql` unchanged."""
+def schema(sql: str, postgresql: str | None = None) -> str:
+    """Register table definitions to apply on open; returns `sql` unchanged. `postgresql` is the
+    PostgreSQL text where `engine.pg_ddl(sql)` cannot translate it (triggers)."""
     _SCHEMAS.append(sql)
+    _PG_SCHEMAS.append(engine.pg_ddl(sql) if postgresql is None else postgresql)
     return sql
 
 
@@ -54,12 +64,20 @@ _MIGRATIONS: list = []
 
 
 def migration(needed, apply) -> None:
-    """Register a change to older databases: on open, after the tables and added columns, when
+    """Register a change to older SQLite databases: on open, after the tables and added columns, when
     `needed(connection)` says so, `apply(connection)` runs in a write transaction (foreign keys
     off, as a table rebuild needs), after `needed` is asked again inside it (another process may
     have applied it meanwhile). A current database costs one read, no write lock."""
     _MIGRATIONS.append((needed, apply))
 
+
+# PostgreSQL schema versions (version, what it does, SQL), applied once each, in order, at start-up
+# and recorded in schema_version. Every start also runs the tables' CREATE ... IF NOT EXISTS and
+# adds registered columns (both idempotent, as on SQLite); a change that these cannot make (a
+# constraint, a type, moving data) is a new step here.
+PG_STEPS: tuple[tuple[int, str, str], ...] = (
+    (1, "baseline: the tables the schema modules declare", ""),
+)
 
 CORE = schema(
     """
@@ -156,7 +174,9 @@ def now() -> float:
 
 
 class Store:
-    """The database of one data directory; safe to share between threads.
+    """The database of one data directory; safe to share between threads. `url` names a PostgreSQL
+    database (`postgresql://user@host:port/db`) to use instead of `<data_dir>/hccnode.db`; the data
+    directory still holds the spool and the patient-key secret.
 
     `read_only=True` opens an existing database for reading only (SQLite `mode=ro`, `query_only`):
     no directory, table or secret is created and every write fails, for readers such as the
@@ -165,12 +185,20 @@ class Store:
     scratch copy of the database, so the node's own records stay as they were.
     """
 
-    def __init__(self, data_dir: str | os.PathLike, read_only: bool = False, db_path: str | os.PathLike | None = None):
+    def __init__(self, data_dir: str | os.PathLike, read_only: bool = False, db_path: str | os.PathLike | None = None,
+                 url: str = ""):
         self.data_dir = Path(data_dir).resolve()
+        self.url = engine.check_url(url or "")
+        self.engine = engine.kind(self.url)
         self.path = Path(db_path).resolve() if db_path is not None else self.data_dir / "hccnode.db"
         self.read_only = read_only
         self._local = threading.local()
         self._secret: bytes | None = None
+        if self.engine == engine.POSTGRESQL:
+            if not read_only:
+                self.data_dir.mkdir(parents=True, exist_ok=True)
+                self._migrate_pg()
+            return
         if read_only:
             if not self.path.is_file():
                 raise FileNotFoundError(f"{self.path}: no database (has the node ever started here?)")
@@ -199,10 +227,48 @@ class Store:
             finally:
                 conn.execute("PRAGMA foreign_keys=ON")
 
+    @classmethod
+    def of(cls, cfg, read_only: bool = False) -> "Store":
+        """The store a configuration (hccnode.config.Config) names: its data directory and [store] url."""
+        return cls(cfg.data_dir, read_only=read_only, url=cfg.store.url)
+
+    def _migrate_pg(self) -> None:
+        """Create the tables and apply the numbered steps not yet applied, one process at a time."""
+        for name in SCHEMA_MODULES:
+            importlib.import_module(name)
+        with engine.write_transaction(self.conn(), engine.MIGRATE_LOCK) as c:
+            c.executescript(engine.SCHEMA_VERSION_SQL)
+            for sql in _PG_SCHEMAS:
+                c.executescript(sql)
+            for table, name, declaration in _COLUMNS:
+                if name not in engine.column_names(c, table):
+                    c.execute(f"ALTER TABLE {table} ADD COLUMN {name} {engine.pg_ddl(declaration)}")
+            done = {r[0] for r in c.execute("SELECT version FROM schema_version")}
+            for version, what, sql in PG_STEPS:
+                if version not in done:
+                    if sql:
+                        c.executescript(sql)
+                    c.execute("INSERT INTO schema_version (version, name) VALUES (?, ?)", (version, what))
+
+    def schema_version(self) -> int | None:
+        """The last numbered schema step applied (PostgreSQL), or None (SQLite has no numbered steps)."""
+        if self.engine != engine.POSTGRESQL:
+            return None
+        return self.conn().execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
+
+    def where(self) -> str:
+        """The database, for messages: the SQLite file, or the PostgreSQL URL without user or password."""
+        return engine.safe_url(self.url) if self.url else str(self.path)
+
     def conn(self) -> sqlite3.Connection:
-        """This thread's connection (autocommit; use `tx()` for transactions)."""
+        """This thread's connection (autocommit; use `tx()` for transactions); on PostgreSQL an
+        `engine.PgConnection`, which answers the same calls."""
         c = getattr(self._local, "conn", None)
         if c is None:
+            if self.engine == engine.POSTGRESQL:
+                c = engine.connect_pg(self.url, self.read_only)
+                self._local.conn = c
+                return c
             if self.read_only:
                 c = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, timeout=30.0, isolation_level=None,
                                     check_same_thread=True)
@@ -219,6 +285,8 @@ class Store:
     @property
     def db(self) -> sqlite_utils.Database:
         """sqlite-utils view of this thread's connection, for queries and tables."""
+        if self.engine == engine.POSTGRESQL:
+            raise TypeError(f"sqlite-utils works on SQLite only, not on {self.where()}")
         d = getattr(self._local, "db", None)
         if d is None:
             d = sqlite_utils.Database(self.conn())
@@ -227,18 +295,10 @@ class Store:
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction, taken at once (BEGIN IMMEDIATE) so it cannot deadlock on upgrade."""
-        c = self.conn()
-        c.execute("BEGIN IMMEDIATE")
-        try:
+        """A write transaction, taken at once so it cannot deadlock on upgrade: SQLite's BEGIN
+        IMMEDIATE, PostgreSQL's advisory write lock (engine.write_transaction); one writer at a time."""
+        with engine.write_transaction(self.conn()) as c:
             yield c
-            c.execute("COMMIT")
-        except BaseException:
-            # SQLite may have rolled back already (it does on SQLITE_FULL and I/O errors); a
-            # failed COMMIT must not leave the transaction, and the write lock, open.
-            if c.in_transaction:
-                c.execute("ROLLBACK")
-            raise
 
     def query(self, sql: str, params: tuple | dict = ()) -> list[dict]:
         return [dict(r) for r in self.conn().execute(sql, params)]

@@ -19,7 +19,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from hccnode import log
-from hccnode.store import audit, lease
+from hccnode.store import audit, engine, lease
 from hccnode.store.db import Store, migration, now, schema
 
 STATES = ("queued", "running", "done", "failed", "not_applicable")
@@ -130,9 +130,9 @@ def _enqueue(c: sqlite3.Connection, study_uid: str, reason: str, max_attempts: i
         c.execute("UPDATE jobs SET study_seq = ?, reason = ? WHERE id = ?", (seq, reason, pending["id"]))
         job_id = pending["id"]
     else:
-        job_id = c.execute(
-            "INSERT INTO jobs (kind, study_uid, study_seq, reason, state, max_attempts, created_at)"
-            " VALUES (?,?,?,?, 'queued', ?, ?)", (kind, study_uid, seq, reason, max_attempts, now())).lastrowid
+        job_id = engine.insert_id(
+            c, "INSERT INTO jobs (kind, study_uid, study_seq, reason, state, max_attempts, created_at)"
+            " VALUES (?,?,?,?, 'queued', ?, ?)", (kind, study_uid, seq, reason, max_attempts, now()))
     audit.append(c, "job.queued", "jobs", study_uid=study_uid, job=job_id, seq=seq, reason=reason)
     return {"job": job_id, "study": study_uid, "seq": seq, "reason": reason}
 

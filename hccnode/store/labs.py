@@ -15,7 +15,7 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from hccnode.store import audit
+from hccnode.store import audit, engine
 from hccnode.store.db import Store, now, schema
 
 SCHEMA = schema(
@@ -137,13 +137,13 @@ class Stored:
 def save_raw(store: Store, raw: bytes, *, source: str, outcome: str, reason: str = "", origin: str = "",
              control_id: str = "", facility: str = "", message_type: str = "", size: int | None = None) -> int:
     """Keep a message or file as received; returns its id. Call inside a transaction or alone."""
-    cur = store.conn().execute(
+    return engine.insert_id(
+        store.conn(),
         "INSERT INTO labs_raw (received_at, source, origin, control_id, sending_facility, message_type,"
         " sha256, size, outcome, reason, raw) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
         (now(), source, origin, control_id, facility, message_type, hashlib.sha256(raw).hexdigest(),
          len(raw) if size is None else size, outcome, reason, raw),
     )
-    return int(cur.lastrowid)
 
 
 def find_duplicate(store: Store, facility: str, control_id: str, raw: bytes) -> int | None:
@@ -152,7 +152,7 @@ def find_duplicate(store: Store, facility: str, control_id: str, raw: bytes) -> 
         return None
     digest = hashlib.sha256(raw).hexdigest()
     row = store.conn().execute(
-        "SELECT id FROM labs_raw WHERE sending_facility IS ? AND control_id = ? AND sha256 = ? AND outcome = 'AA'"
+        "SELECT id FROM labs_raw WHERE sending_facility IS NOT DISTINCT FROM ? AND control_id = ? AND sha256 = ? AND outcome = 'AA'"
         " LIMIT 1", (facility, control_id, digest)).fetchone()
     return row[0] if row else None
 
@@ -183,7 +183,8 @@ def store_results(store: Store, results: list[Result], *, source: str, raw_id: i
             continue  # the same result again (e.g. a resent panel)
         elif cur:
             action = "replaced"
-        row = c.execute(
+        row = engine.insert_id(
+            c,
             "INSERT INTO labs (patient_id, issuer, patient_key, test, slot, code, code_system, code_text, value, unit,"
             " value_text, unit_text, comparator, reference_range, abnormal_flag, status, kind, state,"
             " observed, observed_start, observed_end, source, raw_id, control_id, sending_facility, source_ref, received_at, note)"
@@ -191,7 +192,7 @@ def store_results(store: Store, results: list[Result], *, source: str, raw_id: i
             (r.patient_id, r.issuer, key, r.test, r.slot, r.code, r.code_system, r.code_text, r.value, r.unit,
              r.value_text, r.unit_text, r.comparator, r.reference_range, r.abnormal_flag, r.status, r.kind, state,
              r.observed, start, end, source, raw_id, control_id, facility, r.source_ref, received, note),
-        ).lastrowid
+        )
         out.rows += 1
         audit.append(c, "lab.received", f"{source}:{facility or '-'}", patient_key=key, lab=row, test=r.test,
                      code=r.code, status=r.status, state=state, action=action, observed_start=start,
@@ -256,8 +257,10 @@ def record_usage(store: Store, study_uid: str, paper: str, panel: str, scan_time
     with store.tx() as c:
         for test, status, lab_id in used:
             c.execute(
-                "INSERT OR REPLACE INTO lab_usage (study_uid, paper, test, panel, scan_time, status, lab_id, recorded_at)"
-                " VALUES (?,?,?,?,?,?,?,?)", (study_uid, paper, test, panel, scan_time, status, lab_id, now()))
+                "INSERT INTO lab_usage (study_uid, paper, test, panel, scan_time, status, lab_id, recorded_at)"
+                " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (study_uid, paper, test, panel) DO UPDATE SET"
+                " scan_time = excluded.scan_time, status = excluded.status, lab_id = excluded.lab_id,"
+                " recorded_at = excluded.recorded_at", (study_uid, paper, test, panel, scan_time, status, lab_id, now()))
 
 
 def usage_of_patients(store: Store, patient_keys: list[str]) -> list[dict]:

@@ -11,6 +11,7 @@ import json
 import time
 from typing import Any
 
+from hccnode.store import engine
 from hccnode.store.db import Store, schema
 
 SCHEMA = schema(
@@ -31,8 +32,10 @@ CREATE INDEX IF NOT EXISTS model_results_study ON model_results(study_uid, card_
 
 
 def ensure(store: Store) -> None:
-    """Create the table on a store opened before this module was imported."""
-    store.conn().executescript(SCHEMA)
+    """Create the table on a SQLite store opened before this module was imported (a PostgreSQL
+    store creates every schema module's tables when it opens)."""
+    if store.engine == engine.SQLITE:
+        store.conn().executescript(SCHEMA)
 
 
 def record(store: Store, study_uid: str, result: dict[str, Any], evaluated_at: float | None = None) -> int:
@@ -40,14 +43,14 @@ def record(store: Store, study_uid: str, result: dict[str, Any], evaluated_at: f
     ensure(store)
     output = {k: result.get(k) for k in ("status", "outputs", "withheld", "reasons", "limitations", "title", "paper")}
     with store.tx() as c:
-        cur = c.execute(
+        return engine.insert_id(
+            c,
             "INSERT INTO model_results (study_uid, card_id, card_version, status, output, inputs, evaluated_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (study_uid, result["card_id"], result["card_version"], result["status"],
              json.dumps(output, sort_keys=True), json.dumps(result.get("inputs_used", {}), sort_keys=True),
              time.time() if evaluated_at is None else evaluated_at),
         )
-        return int(cur.lastrowid)
 
 
 def latest_results(store: Store, card_id: str | None = None) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hccnode import log
-from hccnode.store import audit, lease
+from hccnode.store import audit, engine, lease
 from hccnode.store.db import Store, added_column, now, schema
 from hccnode.store.spool import meta_uids
 
@@ -72,10 +72,10 @@ def enqueue(store: Store, destination: str, path: str | Path, study_uid: str | N
                      " AND state IN ('pending', 'sending')", (destination, sop_uid, str(p))).fetchone():
             return None
         t = now()
-        row_id = c.execute(
-            "INSERT INTO outbox (destination, path, sop_uid, sop_class_uid, transfer_syntax, study_uid, job_id,"
+        row_id = engine.insert_id(
+            c, "INSERT INTO outbox (destination, path, sop_uid, sop_class_uid, transfer_syntax, study_uid, job_id,"
             " state, next_attempt_at, created_at) VALUES (?,?,?,?,?,?,?, 'pending', ?, ?)",
-            (destination, str(p), sop_uid, sop_class, syntax, study_uid, job_id, t, t)).lastrowid
+            (destination, str(p), sop_uid, sop_class, syntax, study_uid, job_id, t, t))
         audit.append(c, "output.queued", "outbox", study_uid=study_uid, output_uids=[sop_uid],
                      destination=destination, job=job_id, outbox=row_id)
     log.event("outbox.queued", id=row_id, destination=destination, sop=sop_uid)

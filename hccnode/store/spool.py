@@ -21,7 +21,6 @@ import itertools
 import json
 import os
 import re
-import sqlite3
 import struct
 import threading
 import time
@@ -33,7 +32,7 @@ from pydicom.datadict import dictionary_VR
 
 from hccnode import __version__, log
 from hccnode import dicom_status as status
-from hccnode.store import audit
+from hccnode.store import audit, engine
 from hccnode.store.db import Store, now
 
 UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -371,7 +370,7 @@ class Spool:
                 placed = not existed
                 _fsync_dir(final.parent)
                 outcome = self._index(ds, rel, size, digest, transfer_syntax, calling_ae)
-            except (OSError, sqlite3.Error) as exc:
+            except (OSError, *engine.ERRORS) as exc:
                 tmp.unlink(missing_ok=True)
                 if placed:
                     final.unlink(missing_ok=True)
@@ -421,7 +420,8 @@ class Spool:
                  row["series_description"], row["image_type"], row["manufacturer"], t, t))
             cols = ", ".join(row)
             marks = ", ".join("?" * len(row))
-            c.execute(f"INSERT OR REPLACE INTO instances ({cols}) VALUES ({marks})", tuple(row.values()))
+            c.execute(f"INSERT INTO instances ({cols}) VALUES ({marks}) ON CONFLICT (sop_uid) DO UPDATE SET "
+                      + ", ".join(f"{k} = excluded.{k}" for k in row if k != "sop_uid"), tuple(row.values()))
             if old:
                 c.execute("UPDATE instance_versions SET outcome = 'replaced' WHERE sop_uid = ? AND sha256 = ?"
                           " AND outcome = 'stored'", (sop_uid, old["sha256"]))
@@ -497,7 +497,7 @@ class Spool:
                 audit.append(c, "instance.quarantined" if rel else "instance.rejected", f"AE:{calling_ae}",
                              sop=sop_uid if valid_uid(sop_uid) else None, sop_class=sop_class,
                              status=f"0x{code:04X}", reason=reason, path=rel, bytes=size)
-        except sqlite3.Error as exc:  # the refusal itself still goes out; the log keeps the record
+        except engine.ERRORS as exc:  # the refusal itself still goes out; the log keeps the record
             log.event("quarantine.unrecorded", level=40, error=type(exc).__name__)
 
 
