@@ -184,7 +184,7 @@ def store(request, tmp_path):
     url = request.getfixturevalue("pg_url") if request.param == "postgresql" else ""
     s = Store(tmp_path / "data", url=url)
     yield s
-    s.close_all()
+    s.close()
 
 
 @pytest.fixture

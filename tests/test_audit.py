@@ -1,5 +1,6 @@
 """The audit log: the chain verifies when intact and names the first edited, removed or moved row;
-SQLite refuses UPDATE/DELETE; concurrent writers (threads, processes) keep one chain; PHI is refused."""
+the database refuses UPDATE/DELETE; concurrent writers (threads, processes) keep one chain; PHI is refused.
+Each test that takes `store` runs on both engines (conftest: SQLite, and a fresh PostgreSQL database)."""
 
 from __future__ import annotations
 
@@ -20,18 +21,11 @@ import pytest
 from conftest import wait_until
 
 from hccnode import __version__, config
-from hccnode.store import audit
+from hccnode.store import audit, engine
 from hccnode.store.db import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "0123456789abcdef"
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "data")
-    yield s
-    s.close()
 
 
 def fill(store: Store, n: int = 6) -> None:
@@ -40,10 +34,16 @@ def fill(store: Store, n: int = 6) -> None:
                      input_hashes=[hashlib.sha256(str(i).encode()).hexdigest()], bytes=100 + i)
 
 
+def reopen(store: Store) -> Store:
+    """Another Store on the same database (another thread's or process's view)."""
+    return Store(store.data_dir, url=store.url)
+
+
 def unguard(store: Store) -> sqlite3.Connection:
     """What a determined editor would do first: drop the triggers."""
     c = store.conn()
-    c.executescript("DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;")
+    on = " ON audit" if store.url else ""
+    c.executescript(f"DROP TRIGGER audit_no_update{on}; DROP TRIGGER audit_no_delete{on};")
     return c
 
 
@@ -87,9 +87,9 @@ def test_row_carries_time_actor_version_and_json_fields(store):
 def test_triggers_refuse_update_and_delete(store):
     fill(store, 2)
     c = store.conn()
-    with pytest.raises(sqlite3.DatabaseError, match="append-only: UPDATE refused"):
+    with pytest.raises(engine.ERRORS, match="append-only: UPDATE refused"):
         c.execute("UPDATE audit SET details = '{}' WHERE id = 1")
-    with pytest.raises(sqlite3.DatabaseError, match="append-only: DELETE refused"):
+    with pytest.raises(engine.ERRORS, match="append-only: DELETE refused"):
         c.execute("DELETE FROM audit WHERE id = 2")
     assert store.query("SELECT COUNT(*) AS n FROM audit")[0]["n"] == 2 and audit.verify(store).ok
 
@@ -98,7 +98,7 @@ def test_dropped_triggers_are_reported_and_come_back_when_the_store_opens(store)
     fill(store, 1)
     unguard(store)
     assert not audit.verify(store).guarded and "triggers are missing" in str(audit.verify(store))
-    again = Store(store.data_dir)
+    again = reopen(store)
     assert audit.verify(again).guarded
     again.close()
 
@@ -178,7 +178,7 @@ def test_event_rolls_back_with_the_callers_transaction(store):
 
 
 def test_standalone_connection_gets_its_own_transaction(store):
-    c = sqlite3.connect(store.path, isolation_level=None)
+    c = engine.connect_pg(store.url) if store.url else sqlite3.connect(store.path, isolation_level=None)
     assert audit.append(c, "node.started", "node") == 1 and not c.in_transaction
     c.close()
     assert audit.verify(store).rows == 1
@@ -189,7 +189,7 @@ def test_concurrent_threads_keep_one_chain(store):
     start = threading.Barrier(n_threads)
 
     def writer(k: int) -> None:
-        s = Store(store.data_dir)
+        s = reopen(store)
         start.wait()
         for i in range(per_thread):
             if i % 2:
@@ -216,9 +216,9 @@ def test_concurrent_threads_keep_one_chain(store):
 WRITER = """
 import sys, time
 from pathlib import Path
-from hccnode.store import audit
+from hccnode.store import audit, engine
 from hccnode.store.db import Store
-s = Store(sys.argv[1])
+s = Store(sys.argv[1], url=sys.argv[4])
 (Path(sys.argv[1]) / ("ready-" + sys.argv[2])).touch()
 go = Path(sys.argv[1]) / "go"
 while not go.exists():
@@ -232,7 +232,7 @@ for i in range(int(sys.argv[3])):
 def test_concurrent_processes_keep_one_chain(store):
     per_process = 150
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(store.data_dir), name, str(per_process)], env=env)
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(store.data_dir), name, str(per_process), store.url], env=env)
              for name in ("A", "B")]
     try:
         wait_until(lambda: all((store.data_dir / f"ready-{n}").exists() for n in "AB"), 60, what="writers ready")
