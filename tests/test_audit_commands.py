@@ -1,4 +1,5 @@
-"""`hccnode audit verify / show / export` (reverify: test_reverify.py) as an administrator runs them: read-only, exit codes, every option documented."""
+"""`hccnode audit verify / show / export` (reverify: test_reverify.py) as an administrator runs them: read-only, exit codes, every option documented.
+The node's store is each engine in turn (conftest's `store`: SQLite, and PostgreSQL named by [store] url)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import csv
 import io
 import sqlite3
+import threading
 
 import pytest
 
@@ -15,12 +17,10 @@ from hccnode.store.db import Store
 
 
 @pytest.fixture
-def node(tmp_path, monkeypatch):
-    data = tmp_path / "data"
+def node(tmp_path, monkeypatch, store):
     cfg = tmp_path / "hccnode.toml"
-    cfg.write_text(f'[node]\ndata_dir = "{data}"\n')
+    cfg.write_text(f'[node]\ndata_dir = "{store.data_dir}"\n[store]\nurl = "{store.url}"\n')
     monkeypatch.delenv("HCCNODE_CONFIG", raising=False)
-    store = Store(data)
     audit.append(store, "association.accepted", "AE:CT01", peer="127.0.0.1")
     audit.append(store, "instance.stored", "AE:CT01", study_uid="1.2.3", input_hashes=["ab" * 32], bytes=10)
     audit.append(store, "instance.stored", "AE:CT01", study_uid="9.9.9", input_hashes=["cd" * 32], bytes=11)
@@ -31,8 +31,11 @@ def node(tmp_path, monkeypatch):
         return cli.main(["-c", str(cfg), "audit", *args])
 
     run.store = store
-    yield run
-    store.close()
+    return run
+
+
+def drop_trigger(store: Store, name: str) -> None:
+    store.conn().execute(f"DROP TRIGGER {name}" + (" ON audit" if store.url else ""))
 
 
 def test_verify_intact_exits_0_and_prints_the_head(node, capsys):
@@ -46,9 +49,8 @@ def test_verify_against_a_recorded_head(node, capsys):
     recorded = capsys.readouterr().out.split("head ")[1].split()[0]  # "ID:HASH", as printed
     audit.append(node.store, "node.stopped", "node")
     assert node("verify", "--head", recorded) == 0
-    c = node.store.conn()
-    c.executescript("DROP TRIGGER audit_no_delete;")
-    c.execute("DELETE FROM audit WHERE id >= 3")
+    drop_trigger(node.store, "audit_no_delete")
+    node.store.conn().execute("DELETE FROM audit WHERE id >= 3")
     capsys.readouterr()
     assert node("verify") == 0  # the chain alone cannot tell
     assert node("verify", "--head", recorded) == 1
@@ -57,13 +59,32 @@ def test_verify_against_a_recorded_head(node, capsys):
 
 
 def test_verify_tampered_exits_1_naming_the_row(node, capsys):
-    c = node.store.conn()
-    c.executescript("DROP TRIGGER audit_no_update;")
-    c.execute("""UPDATE audit SET details = '{"bytes":12}' WHERE id = 3""")
+    drop_trigger(node.store, "audit_no_update")
+    node.store.conn().execute("""UPDATE audit SET details = '{"bytes":12}' WHERE id = 3""")
     assert node("verify") == 1
     err = capsys.readouterr().err
     assert "row 3: hash mismatch" in err
     assert "triggers are missing" in err  # verify reads only: it does not quietly re-create them
+
+
+def test_verify_after_concurrent_writers_finds_one_intact_chain(node, capsys):
+    n_threads, per_thread = 4, 25
+    start = threading.Barrier(n_threads)
+
+    def writer(k: int) -> None:
+        s = Store(node.store.data_dir, url=node.store.url)
+        start.wait()
+        for i in range(per_thread):
+            audit.append(s, "job.started", f"worker-{k}", study_uid=f"1.9.{k}", i=i)
+        s.close()
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert node("verify") == 0
+    assert f"intact: {4 + n_threads * per_thread} rows" in capsys.readouterr().out
 
 
 def test_show_prints_one_studys_history_in_order(node, capsys):
