@@ -12,11 +12,6 @@ from hccnode.store import jobs, lease
 from hccnode.store.db import Store
 
 
-@pytest.fixture
-def store(tmp_path):
-    return Store(tmp_path / "data")
-
-
 def add_study(store, uid="1.2.3", age=100.0, seq=1):
     t = jobs.now() - age
     with store.tx() as c:

@@ -6,10 +6,12 @@ from hccnode import cli
 
 
 @pytest.fixture
-def run(tmp_path, monkeypatch):
+def run(tmp_path, monkeypatch, store):
+    """The CLI on the node's store: each engine in turn (conftest's `store`)."""
     cfg = tmp_path / "hccnode.toml"
     log = tmp_path / "node.log"
-    cfg.write_text(f'[node]\ndata_dir = "{tmp_path / "data"}"\n[log]\nfile = "{log}"\nlevel = "DEBUG"\n')
+    cfg.write_text(f'[node]\ndata_dir = "{store.data_dir}"\n[store]\nurl = "{store.url}"\n'
+                   f'[log]\nfile = "{log}"\nlevel = "DEBUG"\n')
     monkeypatch.delenv("HCCNODE_CONFIG", raising=False)
 
     def _run(*args):

@@ -13,13 +13,6 @@ CAT = catalog.load()
 HEADER = "patient_id,test,value,unit,time,issuer,status\n"
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "data")
-    yield s
-    s.close()
-
-
 def write(tmp_path, text, name="labs.csv"):
     p = tmp_path / name
     p.write_text(text, encoding="utf-8")

@@ -10,13 +10,6 @@ from labs_support import ack_fields, obx, oru
 CAT = catalog.load()
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path)
-    yield s
-    s.close()
-
-
 def handle(store, msg):
     ack, stored = hl7v2.handle(store, CAT, msg.encode() if isinstance(msg, str) else msg, "127.0.0.1:1")
     return ack_fields(ack), stored

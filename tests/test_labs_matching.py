@@ -17,13 +17,6 @@ W48 = CAT.window("000", "hct")  # <= 48 h before the scan
 W1W = CAT.window("001", "hct")  # < 168 h either side
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path)
-    yield s
-    s.close()
-
-
 def put(store, time, value="42", unit="%", test="HCT", pid="P1", issuer="", status="F"):
     rec = dict(patient_id=pid, test=test, value=value, unit=unit, time=time, issuer=issuer, status=status)
     result, errors = parse_row(rec, "t.csv", 2, CAT)

@@ -13,13 +13,6 @@ CAT = catalog.load()
 SCAN = datetime(2024, 1, 6, 9, 0, tzinfo=timezone.utc)
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path)
-    yield s
-    s.close()
-
-
 def add_study(store, uid, pid="123456", issuer="HOSP"):
     store.conn().execute("INSERT INTO studies (study_uid, patient_key, first_received, last_received) VALUES (?,?,?,?)",
                          (uid, store.patient_key(pid, issuer), now(), now()))

@@ -5,13 +5,12 @@ from pathlib import Path
 from hccnode.store import model_results as mstore
 from hccnode.models.card import load_cards
 from hccnode.models.engine import InputValue, evaluate
-from hccnode.store.db import Store
 
 CARDS = load_cards([Path(__file__).resolve().parents[1] / "plugins" / "models"])
 
 
-def test_record_and_latest(tmp_path):
-    st = Store(tmp_path)
+def test_record_and_latest(store):
+    st = store
     c = CARDS["p001-tumor-ecv@1.0.0"]
     first = evaluate(c, {"tumor_ecv_hu": InputValue(20.0, "%", "marker run 1")})
     second = evaluate(c, {"tumor_ecv_hu": InputValue(30.0, "%", "marker run 2")})

@@ -14,11 +14,6 @@ from hccnode.store import lease, outbox
 from hccnode.store.db import Store
 
 
-@pytest.fixture
-def store(tmp_path):
-    return Store(tmp_path / "data")
-
-
 def test_enqueue_dedupes_waiting_rows_and_reads_the_file_meta(store, tmp_path):
     f = ct_series(tmp_path / "in", n=1)[0]
     first = outbox.enqueue(store, "PACS@127.0.0.1:104", f)

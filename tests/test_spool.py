@@ -24,8 +24,9 @@ def received(path: Path) -> tuple[str, str, str, bytes]:
 
 
 @pytest.fixture
-def spool(tmp_path):
-    return Spool(Store(tmp_path / "data"))
+def spool(store):
+    """A spool on each engine's index (conftest's `store`: SQLite, PostgreSQL)."""
+    return Spool(store)
 
 
 def test_ingest_writes_a_readable_file_and_indexes_it(spool, tmp_path):

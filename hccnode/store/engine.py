@@ -180,6 +180,12 @@ def write_transaction(c, lock: int = WRITE_LOCK) -> Iterator[Any]:
         raise
 
 
+def in_list(n: int) -> str:
+    """The parenthesised list for `x IN (...)` with n `?` placeholders. An empty list (SQLite takes
+    `IN ()`, PostgreSQL does not) is a subquery without rows: false on both."""
+    return f"({','.join('?' * n)})" if n else "(SELECT NULL WHERE 1 = 0)"
+
+
 def insert_id(c, sql: str, params: tuple) -> int:
     """Run an INSERT and return the new row's id (RETURNING id, read to the end so SQLite finishes
     the statement before the transaction commits)."""

@@ -266,10 +266,10 @@ def record_usage(store: Store, study_uid: str, paper: str, panel: str, scan_time
 def usage_of_patients(store: Store, patient_keys: list[str]) -> list[dict]:
     """The recorded lab usage of every study of these patients (study_uid, patient_key, paper, test, panel,
     scan_time, status, lab_id), by study."""
-    marks = ",".join("?" * len(patient_keys))
     return store.query(
         f"SELECT s.study_uid, s.patient_key, u.paper, u.test, u.panel, u.scan_time, u.status, u.lab_id"
-        f" FROM studies s JOIN lab_usage u ON u.study_uid = s.study_uid WHERE s.patient_key IN ({marks})"
+        f" FROM studies s JOIN lab_usage u ON u.study_uid = s.study_uid"
+        f" WHERE s.patient_key IN {engine.in_list(len(patient_keys))}"
         " ORDER BY s.study_uid", tuple(patient_keys))
 
 

@@ -89,10 +89,10 @@ def claim_due(store: Store, limit: int = 64, ids: list[int] | None = None) -> di
     dead = lease.dead_holders(store.conn(), "outbox", "sending")
     sql = ("SELECT * FROM outbox WHERE ((state = 'pending' AND next_attempt_at <= ?)"
            " OR (state = 'sending' AND (lease_expires < ?"
-           f" OR lease_owner IN ({','.join('?' * len(dead))}))))")
+           f" OR lease_owner IN {engine.in_list(len(dead))})))")
     params: list = [t, t, *dead]
     if ids is not None:
-        sql += f" AND id IN ({','.join('?' * len(ids))})"
+        sql += f" AND id IN {engine.in_list(len(ids))}"
         params += ids
     sql += " ORDER BY id LIMIT ?"
     params.append(limit)
@@ -154,7 +154,7 @@ def counts(store: Store) -> dict[str, int]:
 def open_rows(store: Store, ids: list[int]) -> list[dict]:
     if not ids:
         return []
-    return store.query(f"SELECT * FROM outbox WHERE id IN ({','.join('?' * len(ids))}) ORDER BY id", tuple(ids))
+    return store.query(f"SELECT * FROM outbox WHERE id IN {engine.in_list(len(ids))} ORDER BY id", tuple(ids))
 
 
 STATUS_COLUMNS = ("id, destination, sop_uid, sop_class_uid, study_uid, state, attempts, next_attempt_at, last_status,"
