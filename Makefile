@@ -6,6 +6,8 @@ PY     := $(VENV)/bin/python
 SYSTEM_TOOLS := storescu storescp echoscu dsrdump dciodvfy Orthanc openssl chromium chromedriver
 ORTHANC_PYTHON := /usr/share/orthanc/plugins/libOrthancPython.so
 ORTHANC_DICOMWEB := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
+# Debian's PostgreSQL server binaries: the tests start a throwaway cluster with them (tests/pg_support.py).
+PG_CTL := $(firstword $(wildcard /usr/lib/postgresql/*/bin/pg_ctl))
 
 .PHONY: run test venv system-deps bench clean
 
@@ -20,15 +22,16 @@ venv: $(VENV)/.installed
 run: venv
 	$(VENV)/bin/hccnode serve
 
-# Installs dcmtk, dicom3tools, Orthanc (with its Python and DICOMweb plugins) and Chromium (headless browser
-# for the status page tests) when any is missing.
+# Installs dcmtk, dicom3tools, Orthanc (with its Python and DICOMweb plugins), Chromium (headless browser
+# for the status page tests) and PostgreSQL (the second store engine's tests) when any is missing.
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
 	[ -f $(ORTHANC_PYTHON) ] || missing="$$missing orthanc-python"; \
 	[ -f $(ORTHANC_DICOMWEB) ] || missing="$$missing orthanc-dicomweb"; \
+	[ -n "$(PG_CTL)" ] || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages (missing:$$missing)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools orthanc orthanc-python orthanc-dicomweb openssl chromium chromium-driver >/dev/null; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools orthanc orthanc-python orthanc-dicomweb openssl chromium chromium-driver postgresql >/dev/null; \
 	fi
 
 test: system-deps venv

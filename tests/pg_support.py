@@ -16,7 +16,15 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-PG_BIN = Path(os.environ.get("HCCNODE_PG_BIN", "/usr/lib/postgresql/15/bin"))
+def _pg_bin() -> Path:
+    """HCCNODE_PG_BIN, else the newest Debian server in /usr/lib/postgresql/VERSION/bin."""
+    if os.environ.get("HCCNODE_PG_BIN"):
+        return Path(os.environ["HCCNODE_PG_BIN"])
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+PG_BIN = _pg_bin()
 SUPERUSER = "postgres"
 
 

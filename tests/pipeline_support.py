@@ -22,15 +22,15 @@ def scratch_dir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir=SCRATCH))
 
 
-def phantom_store(root: Path, spec: StudySpec, drop: dict[str, int] | None = None):
-    """Generate `spec` under root/phantom and store it in a node store at root/data through the
-    spool. `drop` = {truth series kind: slice index} removes that file first (a missing slice).
-    Returns (store, truth, study UIDs in truth order)."""
+def phantom_store(root: Path, spec: StudySpec, drop: dict[str, int] | None = None, url: str = ""):
+    """Generate `spec` under root/phantom and store it in a node store at root/data (database: `url`,
+    empty for SQLite) through the spool. `drop` = {truth series kind: slice index} removes that file
+    first (a missing slice). Returns (store, truth, study UIDs in truth order)."""
     truth = generate(spec, root / "phantom")
     for kind, k in (drop or {}).items():
         s = truth.series(kind)[0]
         sorted((root / "phantom" / s["folder"]).glob("*.dcm"))[k].unlink()
-    store = Store(root / "data")
+    store = Store(root / "data", url=url)
     index_files(store, root / "phantom")
     return store, truth, [s["study_instance_uid"] for s in truth.data["studies"]]
 

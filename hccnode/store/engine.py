@@ -49,8 +49,8 @@ def kind(url: str) -> str:
     scheme = urllib.parse.urlsplit(url).scheme
     if scheme in ("postgresql", "postgres"):
         return POSTGRESQL
-    raise UrlError(f"unsupported store URL scheme {scheme + '://' if scheme else url!r}: "
-                   "leave it empty for the embedded SQLite file, or give postgresql://user@host:port/database")
+    what = f"unsupported store URL scheme {scheme}://" if scheme else f"{url!r} is not a URL"
+    raise UrlError(f"{what}: leave it empty for the embedded SQLite file, or give postgresql://user@host:port/database")
 
 
 def check_url(url: str) -> str:
