@@ -140,7 +140,7 @@ class NodeProcess:
 
     def store(self):
         from hccnode.store.db import Store
-        return Store(self.data_dir)
+        return Store(self.data_dir, url=self.cfg.get("store", {}).get("url", ""))
 
 
 def _toml(cfg: dict) -> str:

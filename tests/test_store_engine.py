@@ -17,6 +17,7 @@ from hccnode.pipeline import analyze_study
 from hccnode.store import audit, engine, labs
 from hccnode.store.db import PG_STEPS, Store
 from hccnode.store.scratch import scratch_copy
+from conftest import need, wait_until
 
 
 @pytest.mark.parametrize("url, problem", [
@@ -145,3 +146,29 @@ def test_an_analysis_on_postgresql_is_recorded_and_reverified(pg_url, capsys):
         store.close()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.network
+def test_serve_on_postgresql_indexes_analyses_and_audits(pg_url, node_factory, tmp_path):
+    """`hccnode serve` with [store] url: C-STOREs from dcmtk indexed in PostgreSQL, the stable study
+    analysed by a worker process, and the audit chain intact."""
+    import subprocess
+
+    from dicomgen import ct_series
+
+    node = node_factory(store={"url": pg_url}).start()
+    files = ct_series(tmp_path / "in", n=2)
+    assert subprocess.run([need("storescu"), "-aec", "HCCNODE", "127.0.0.1", str(node.port), *map(str, files)],
+                          capture_output=True, timeout=60).returncode == 0
+    store = node.store()
+    assert store.engine == engine.POSTGRESQL
+    assert sorted(r["sop_uid"] for r in store.query("SELECT sop_uid FROM instances")) == sorted(
+        str(pydicom.dcmread(f).SOPInstanceUID) for f in files)
+    job = wait_until(lambda: store.query("SELECT state FROM jobs WHERE state NOT IN ('queued', 'running')"), 60,
+                     what="the study's job to end")
+    assert job == [{"state": "done"}]
+    verified = node.cli("audit", "verify")
+    assert verified.returncode == 0 and "audit log intact" in verified.stdout
+    store.close()
+    node.stop()
+    assert not (node.data_dir / "hccnode.db").exists()  # nothing went to an SQLite file
