@@ -22,10 +22,7 @@ STORE_MODULES = sorted(p for p in (PACKAGE / "store").glob("*.py"))
 ABOVE_STORE = ("pipeline", "report", "net", "status", "labs", "models", "imaging", "audit", "cli", "worker", "node")
 
 # Modules outside store/ that still run SQL (to move into named store/ functions; see issue 19).
-SQL_OUTSIDE_STORE = {
-    "hccnode/net/commands.py",
-    "hccnode/net/priors.py",
-}
+SQL_OUTSIDE_STORE: set[str] = set()
 # Modules outside store/ that declare tables, which the store imports by name when it opens.
 SCHEMAS_OUTSIDE_STORE: set[str] = set()
 

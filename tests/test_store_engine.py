@@ -172,3 +172,17 @@ def test_serve_on_postgresql_indexes_analyses_and_audits(pg_url, node_factory, t
     store.close()
     node.stop()
     assert not (node.data_dir / "hccnode.db").exists()  # nothing went to an SQLite file
+
+
+def test_studies_listing_joins_modalities_and_counts_on_both_engines(store):
+    from hccnode.store import studies
+
+    with store.tx() as c:
+        c.execute("INSERT INTO studies (study_uid, first_received, last_received) VALUES ('1.2', 10, 30)")
+        for series, modality in (("1.2.1", "MR"), ("1.2.2", "MR"), ("1.2.3", "SR")):
+            c.execute("INSERT INTO series (series_uid, study_uid, modality, first_received, last_received)"
+                      " VALUES (?, '1.2', ?, 10, 30)", (series, modality))
+    (row,) = studies.listing(store, 10)
+    assert sorted(row["modalities"].split(",")) == ["MR", "SR"]  # distinct, order not defined
+    assert (row["series"], row["instances"], row["job"]) == (3, 0, None)
+    assert studies.modalities(store, "1.2") == {"MR", "SR"} and studies.an_instance_path(store, "1.2", "MR") is None

@@ -11,7 +11,7 @@ from hccnode import dicom_status as status
 from hccnode.config import Destination, check_dicomweb_url, is_dicomweb, parse_destination
 from hccnode.net import scu
 from hccnode.net.forward import client_tls, drain_once
-from hccnode.store import jobs, outbox
+from hccnode.store import jobs, outbox, studies
 from hccnode.store.db import Store
 
 
@@ -151,14 +151,7 @@ def cmd_send(args) -> int:
 
 def cmd_studies(args) -> int:
     store = Store.of(args.cfg)
-    rows = store.query(
-        """SELECT s.study_uid, s.study_date, s.patient_key,
-                  (SELECT GROUP_CONCAT(DISTINCT modality) FROM series WHERE study_uid = s.study_uid) AS modalities,
-                  (SELECT COUNT(*) FROM series WHERE study_uid = s.study_uid) AS series,
-                  (SELECT COUNT(*) FROM instances WHERE study_uid = s.study_uid) AS instances,
-                  s.last_received,
-                  (SELECT state FROM jobs WHERE study_uid = s.study_uid ORDER BY id DESC LIMIT 1) AS job
-           FROM studies s ORDER BY s.last_received DESC LIMIT ?""", (args.limit,))
+    rows = studies.listing(store, args.limit)
     for r in rows:
         r["last_received"] = _when(r["last_received"])
         r["job"] = r["job"] or "waiting"
@@ -179,9 +172,7 @@ def cmd_outbox(args) -> int:
     store = Store.of(args.cfg)
     if args.retry_failed:
         print(f"queued again: {outbox.retry_failed(store)}")
-    where, params = ("WHERE state = ?", [args.state]) if args.state else ("", [])
-    rows = store.query(f"SELECT id, destination, sop_uid, state, attempts, next_attempt_at, last_status, last_error,"
-                       f" sent_at FROM outbox {where} ORDER BY id DESC LIMIT ?", tuple(params + [args.limit]))
+    rows = outbox.listing(store, args.state, args.limit)
     for r in rows:
         r["next_attempt_at"], r["sent_at"] = _when(r["next_attempt_at"]), _when(r["sent_at"])
         if r["last_status"] is not None:

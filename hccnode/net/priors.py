@@ -50,7 +50,7 @@ from hccnode.models.p003_pairing import (  # noqa: F401 - the one pairing rule, 
 from hccnode import dicom_status as status
 from hccnode.net import scu
 from hccnode.net.forward import client_tls
-from hccnode.store import audit
+from hccnode.store import audit, studies
 from hccnode.store.db import Store
 
 MODALITY = "MR"
@@ -137,7 +137,7 @@ def _verdict_row(v: Verdict) -> dict:
 
 
 def _local_count(store: Store, study_uid: str) -> int:
-    return store.query("SELECT COUNT(*) AS n FROM instances WHERE study_uid = ?", (study_uid,))[0]["n"]
+    return studies.instance_count(store, study_uid)
 
 
 class _NotApplicable(Exception):
@@ -158,29 +158,27 @@ class _Followup:
 
 def _followup(store: Store, study_uid: str) -> _Followup:
     """The stored follow-up: its date from the index, Patient ID and issuer from one MR instance's header."""
-    rows = store.query("SELECT study_date, patient_key FROM studies WHERE study_uid = ?", (study_uid,))
-    if not rows:
+    held = studies.study_date_time(store, study_uid)
+    if held is None:
         raise _NotApplicable(f"study {study_uid} is not in the node's store")
-    mods = {r["modality"] for r in store.query("SELECT DISTINCT modality FROM series WHERE study_uid = ?",
-                                                (study_uid,))}
+    mods = studies.modalities(store, study_uid)
     if MODALITY not in mods:
         raise _NotApplicable(f"study {study_uid} has no {MODALITY} series (modalities: "
                              f"{', '.join(sorted(m or '?' for m in mods))}); paper 003 pairs MR studies")
-    inst = store.query("SELECT path FROM instances WHERE study_uid = ? AND modality = ? LIMIT 1",
-                       (study_uid, MODALITY))
+    path = studies.an_instance_path(store, study_uid, MODALITY)
     try:
-        ds = pydicom.dcmread(store.data_dir / inst[0]["path"], stop_before_pixels=True,
+        ds = pydicom.dcmread(store.data_dir / path, stop_before_pixels=True,
                              specific_tags=["PatientID", "IssuerOfPatientID", "StudyDate"])
     except (OSError, InvalidDicomError) as exc:
         raise _NotApplicable(f"study {study_uid}: cannot read a stored instance ({type(exc).__name__})") from None
     patient_id = str(ds.get("PatientID", "") or "").strip()
     if not patient_id:
         raise _NotApplicable(f"study {study_uid} has no Patient ID: the PACS cannot be asked for the same patient")
-    date = parse_date(rows[0]["study_date"]) or parse_date(ds.get("StudyDate", ""))
+    date = parse_date(held[0]) or parse_date(ds.get("StudyDate", ""))
     if date is None:
         raise _NotApplicable(f"study {study_uid} has no usable Study Date: no window to look in")
     issuer = str(ds.get("IssuerOfPatientID", "") or "").strip() or None
-    return _Followup(study_uid, date, rows[0]["patient_key"], patient_id, issuer)
+    return _Followup(study_uid, date, studies.patient_key(store, study_uid), patient_id, issuer)
 
 
 def _own_listener(cfg: Config) -> Destination | None:

@@ -180,6 +180,11 @@ def write_transaction(c, lock: int = WRITE_LOCK) -> Iterator[Any]:
         raise
 
 
+def group_concat(c, expr: str) -> str:
+    """SQL for the comma-joined distinct values of `expr` in a group (order not defined)."""
+    return f"string_agg(DISTINCT {expr}, ',')" if is_pg(c) else f"GROUP_CONCAT(DISTINCT {expr})"
+
+
 def in_list(n: int) -> str:
     """The parenthesised list for `x IN (...)` with n `?` placeholders. An empty list (SQLite takes
     `IN ()`, PostgreSQL does not) is a subquery without rows: false on both."""

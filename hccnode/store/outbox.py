@@ -147,6 +147,13 @@ def retry_failed(store: Store) -> int:
                          " WHERE state = 'failed'", (now(),)).rowcount
 
 
+def listing(store: Store, state: str | None = None, limit: int = 50) -> list[dict]:
+    """The latest rows (newest first), only those in `state` when given."""
+    where, params = ("WHERE state = ?", [state]) if state else ("", [])
+    return store.query(f"SELECT id, destination, sop_uid, state, attempts, next_attempt_at, last_status, last_error,"
+                       f" sent_at FROM outbox {where} ORDER BY id DESC LIMIT ?", tuple(params + [limit]))
+
+
 def counts(store: Store) -> dict[str, int]:
     return {r["state"]: r["n"] for r in store.query("SELECT state, COUNT(*) AS n FROM outbox GROUP BY state")}
 

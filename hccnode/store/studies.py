@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hccnode.store import engine
 from hccnode.store.db import Store
 
 
@@ -69,3 +70,32 @@ def ingest_summary(store: Store, since: float) -> dict:
     return {"instances": one("SELECT COUNT(*) FROM instances").fetchone()[0],
             "quarantined": one("SELECT COUNT(*) FROM quarantine WHERE received_at >= ?", (since,)).fetchone()[0],
             "last_received": one("SELECT MAX(received_at) FROM instance_versions").fetchone()[0]}
+
+
+def listing(store: Store, limit: int) -> list[dict]:
+    """The studies received last, latest first: study_uid, study_date, patient_key, modalities (comma-joined),
+    series and instance counts, last_received, and the state of its latest job (None before one)."""
+    modalities = engine.group_concat(store.conn(), "modality")
+    return store.query(
+        f"""SELECT s.study_uid, s.study_date, s.patient_key,
+                  (SELECT {modalities} FROM series WHERE study_uid = s.study_uid) AS modalities,
+                  (SELECT COUNT(*) FROM series WHERE study_uid = s.study_uid) AS series,
+                  (SELECT COUNT(*) FROM instances WHERE study_uid = s.study_uid) AS instances,
+                  s.last_received,
+                  (SELECT state FROM jobs WHERE study_uid = s.study_uid ORDER BY id DESC LIMIT 1) AS job
+           FROM studies s ORDER BY s.last_received DESC LIMIT ?""", (limit,))
+
+
+def instance_count(store: Store, study_uid: str) -> int:
+    return store.query("SELECT COUNT(*) AS n FROM instances WHERE study_uid = ?", (study_uid,))[0]["n"]
+
+
+def modalities(store: Store, study_uid: str) -> set[str | None]:
+    """The Modality of each of the study's series."""
+    return {r["modality"] for r in store.query("SELECT DISTINCT modality FROM series WHERE study_uid = ?", (study_uid,))}
+
+
+def an_instance_path(store: Store, study_uid: str, modality: str) -> str | None:
+    """The spool path of one of the study's instances of `modality`, or None."""
+    rows = store.query("SELECT path FROM instances WHERE study_uid = ? AND modality = ? LIMIT 1", (study_uid, modality))
+    return rows[0]["path"] if rows else None
