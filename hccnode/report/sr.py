@@ -239,12 +239,10 @@ def build_sr(
                 sop_class_uid=SEG_SOP_CLASS, sop_instance_uid=str(seg.SOPInstanceUID), segment_number=track.segment_number,
                 source_series=hd.sr.SourceSeriesForSegmentation(reference.series_uid))
         where = dict(finding_type=role.type, finding_category=role.category, finding_sites=[hd.sr.FindingSite(role.site)])
-        # The ROI's outline on its largest section (TID 1410) and, with the same tracking
-        # identifier and UID, the ROI as a whole: its SEG segment and measurements (TID 1411).
+        # The ROI as a whole: its SEG segment and measurements (TID 1411) and, with the same
+        # tracking identifier and UID, its outline on its largest section (TID 1410).
         # highdicom allows one kind of ROI reference per group, so the two are two groups of one
         # tracked region; OHIF 3.12 merges groups by tracking UID and draws the outline.
-        on_images.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=identifier, referenced_region=section(roi, reference), **where))
         volume = dict(referenced_segment=segment) if segment is not None else dict(referenced_regions=[
             section(roi, reference)])
         group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
@@ -255,6 +253,8 @@ def build_sr(
             level.append(_text(template.context["lesion"], lesion))
         _add_texts(group, [_text(notes_t["roi_source"], roi_source(roi.ref))] + level)
         on_images.append(group)
+        on_images.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=identifier, referenced_region=section(roi, reference), **where))
     other: list = []
     for (role_name, source), items in sorted(by_role.items()):
         role = template.roles[role_name]
@@ -283,7 +283,9 @@ def build_sr(
                + [_text(notes_t["not_measured"], n) for n in notes])
     other.append(notes_group)
 
-    evidence = list(sources) + ([seg] if seg is not None else []) + list(other_evidence)
+    listed = {str(d.SOPInstanceUID) for d in sources}
+    evidence = list(sources) + [d for d in reference.datasets if str(d.SOPInstanceUID) not in listed]  # outlines' images
+    evidence += ([seg] if seg is not None else []) + list(other_evidence)
     if not on_images:
         return [_document(other, template, False, document, evidence, previous, offset)]
     rest = _document(other, template, False, results, evidence, (), offset)
