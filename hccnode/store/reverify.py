@@ -273,8 +273,8 @@ def reverify(store: Store, sr: Dataset, *, rel_tol: float = 0.0, rules=None, kee
     if results_uid(sr) is not None:
         results = results if results is not None else find_results(store, sr)
         if results is None or str(results.SOPInstanceUID) != results_uid(sr):
-            out.problems.append(f"the SR's results SR {results_uid(sr)} (laboratory values, model results, notes) is "
-                                f"neither beside it nor in the node's outputs: its numbers cannot be compared")
+            out.notes.append(f"the SR's results SR {results_uid(sr)} (laboratory values, model results, notes) is "
+                             f"neither beside it nor in the node's outputs: its numbers are compared as absent")
         else:
             docs.append(results)
     if not out.problems:
