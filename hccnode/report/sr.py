@@ -1,25 +1,36 @@
-"""Comprehensive 3D SR, TID 1500 Measurement Report, of one analysis.
+"""Comprehensive 3D SRs, TID 1500 Measurement Reports, of one analysis: two documents, so that a
+viewer draws the ROIs and does not stop on the rest (issue 17; OHIF 3.12 stops at a measurement
+group without image coordinates and reads measurements only from a document titled 126000).
 
-Content (all groups are TID 1501 / TID 1411 measurement groups):
-- one group per ROI: tracking identifier and UID, finding type / category / site, the SEG
-  segment it is drawn in (ReferencedSegment of the node's SEG, on the reference series), its
-  level (images, z) and, for a tumour ROI, its lesion; its measurements (TID 300, coded names and
-  UCUM units from sr_templates/, one unit per concept: ECV and NIC in %), each with the contrast
-  phase(s) it used as a coded concept modifier, the delay after contrast start (DCM 122665) and a TID 4019
-  algorithm identification: the formula id, software version and, as parameters, the marker, the
-  series and phases, the lab value used (time, source), the registration quality and, for an ADC
-  map, the unit its values were read in and why ("input unit ...");
+The ROI document (template `title`, DCM 126000) holds, per ROI, two measurement groups with the
+same tracking identifier and UID:
+- TID 1411: finding type / category / site, the SEG segment it is drawn in (ReferencedSegment of
+  the node's SEG, on the reference series), its level (images, z) and, for a tumour ROI, its
+  lesion; its measurements (TID 300, coded names and UCUM units from sr_templates/, one unit per
+  concept: ECV and NIC in %), each with the contrast phase(s) it used as a coded concept modifier,
+  the delay after contrast start (DCM 122665) and a TID 4019 algorithm identification: the formula
+  id, software version and, as parameters, the marker, the series and phases, the lab value used
+  (time, source), the registration quality and, for an ADC map, the unit its values were read in
+  and why ("input unit ...");
+- TID 1410: the ROI's outline on its largest section, a closed SCOORD POLYLINE selected from that
+  image (hccnode.report.outline). highdicom allows one kind of ROI reference per group, so outline
+  and segment are two groups of one tracked region; OHIF merges groups by tracking UID.
+
+The results document (template `results_title`, DCM 126001), listed in the ROI document's
+evidence, holds what has no image coordinates (TID 1501 groups):
 - measurements over several ROIs of one role (e.g. the mean of three liver ROIs) in a group per role;
 - the laboratory values used: NUM with LOINC code, UCUM unit and Observation DateTime = when the
-  sample was taken, and a TEXT with the source;
+  sample was taken (in the document's Timezone Offset From UTC), and a TEXT with the source;
 - one group per model card result: algorithm = card id and version; probability, hccnode-derived
   points (never coded as the paper's nomogram), linear predictor as NUM; risk group, paper, each
   term (value, cutoff, published OR, which way it pushes), a direction conflict the card records,
   limitations and whatever was withheld as TEXT;
 - notes: the research-use statement and every measurement not made, with its reason.
+With no ROI there is one document, the results document, written under the ROI document's UIDs.
 
-Flags: COMPLETE (everything this analysis produced is in it), UNVERIFIED (no person verified
-it), FINAL for its inputs; a later analysis writes a new SR that names this one as predecessor.
+Flags: COMPLETE (everything this analysis produced is in the two), UNVERIFIED (no person verified
+them), FINAL for their inputs; a later analysis writes a new ROI SR that names this one as
+predecessor.
 
 TEXT items in a measurement group carry the free-text qualitative evaluations TID 1501 allows;
 their concept names are private codes (sr_templates/private_codes.toml).
