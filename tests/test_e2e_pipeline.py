@@ -105,8 +105,8 @@ def test_study_in_outputs_in_orthanc(node_factory, orthanc, tmp_path):
         store = node.store()
         wait_until(lambda: not store.query("SELECT 1 FROM outbox WHERE state IN ('pending', 'sending')"), 60,
                    what="re-sent outputs")
-        assert store.query("SELECT COUNT(*) AS n FROM outbox WHERE state = 'sent'")[0]["n"] == 8
-        assert orthanc.sop_uids() == before and len(orthanc.get("/instances")) == 4
+        assert store.query("SELECT COUNT(*) AS n FROM outbox WHERE state = 'sent'")[0]["n"] == 10  # 5 objects, twice
+        assert orthanc.sop_uids() == before and len(orthanc.get("/instances")) == 5
 
         node.stop()
         log = node.log()

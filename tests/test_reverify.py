@@ -106,7 +106,7 @@ def test_a_tampered_value_exits_1_naming_the_measurement(node, tmp_path, capsys)
     assert len(bad) == 1, out
     assert target.group in bad[0] and target.meaning in bad[0] and "ecv_tumor" in bad[0]
     assert f"Numeric Value (DS) {edited} vs {target.numeric}" in bad[0]  # A: this SR, B: recomputed
-    assert "DIFFERS: 1 of" in out
+    assert f"DIFFERS: 1 of {len(numbers(_docs(node.latest)))}" in out  # its results SR found in the node's outputs
     last = list(audit.rows(node.store, node.study))[-1]
     assert last["event"] == "analysis.reverified" and '"verdict":"differs"' in last["details"]
 

@@ -159,12 +159,11 @@ def find_results(store: Store, sr: Dataset) -> Dataset | None:
     folders += [store.data_dir / r["out_dir"] for r in rows]
     for folder in folders:
         for path in sorted(folder.glob("*.dcm")) if folder.is_dir() else []:
-            try:
-                ds = pydicom.dcmread(path)
+            try:  # headers first: the folder holds the SEG and the map too
+                if str(pydicom.dcmread(path, stop_before_pixels=True).get("SOPInstanceUID", "")) == uid:
+                    return pydicom.dcmread(path)
             except (OSError, pydicom.errors.InvalidDicomError):
                 continue
-            if str(ds.get("SOPInstanceUID", "")) == uid:
-                return ds
     return None
 
 
