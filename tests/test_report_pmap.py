@@ -39,6 +39,21 @@ def test_map_has_one_frame_per_reference_image_and_values_equal_the_input(case, 
     assert np.all(stored[~inside] == ds.FloatPixelPaddingValue)
 
 
+def test_map_frames_run_up_the_slice_normal_as_ohif_lays_out_its_volume(case, pm_path):
+    # OHIF 3.12 draws map frame k on slice k of its volume, sorted by position along row x column
+    # cosines, lowest first (issue 17): the frames must come in that order.
+    ds = pydicom.dcmread(pm_path, stop_before_pixels=True)
+    iop = np.asarray(case.reference[0].ImageOrientationPatient, float)
+    normal = np.cross(iop[:3], iop[3:])
+    along = [float(np.dot(np.asarray(f.PlanePositionSequence[0].ImagePositionPatient, float), normal))
+             for f in ds.PerFrameFunctionalGroupsSequence]
+    assert along == sorted(along) and len(set(along)) == len(case.reference)
+    positions = {d.SOPInstanceUID: tuple(map(float, d.ImagePositionPatient)) for d in case.reference}
+    for f in ds.PerFrameFunctionalGroupsSequence:  # each frame still names the image it lies on
+        uid = f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        assert positions[uid] == tuple(map(float, f.PlanePositionSequence[0].ImagePositionPatient))
+
+
 def test_map_padding_lies_inside_the_declared_range_just_below_every_value(case, pm_path):
     ds = pydicom.dcmread(pm_path)
     rwvm = ds.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]

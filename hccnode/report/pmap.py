@@ -3,15 +3,18 @@ reference series.
 
 What a viewer needs, measured on OHIF 3.12 (`@cornerstonejs/adapters` ParametricMap and the
 `cornerstone-dicom-pmap` extension, see /work/wt/notes/ohif_findings.md of issue 17):
-- one frame per referenced image: the adapter copies frame i into the slot of the image it
-  references inside a buffer as long as the map's own pixel data, so a map with fewer frames
-  than the series has images fails (RangeError) instead of displaying;
+- one frame per referenced image, in the volume's order: the adapter copies frame i into the slot
+  of the image it references inside a buffer as long as the map's own pixel data (so a map with
+  fewer frames than the series has images fails, RangeError), then returns the frames unmoved:
+  frame k is drawn on slice k of OHIF's volume, ascending along the slice normal. The frames are
+  written in that order (`frames_up_the_normal`);
 - OHIF multiplies every stored value by 100 and ignores the Real World Value Mapping: the map
   stores ECV as a fraction (0.30) with a mapping of slope 100 to % (LUT label "ECV (%)"), so a
   DICOM reader applying the mapping and OHIF both show 30;
-- OHIF windows the map over its whole stored range, padding included: the padding lies just
-  below the lowest value (PADDING_MARGIN under the lowest value or 0, whichever is lower), is
-  declared as Float Pixel Padding Value (0028,0122) and lies inside the declared value range.
+- OHIF draws the map (x 100) over a fixed window 0-100, transparent at 0: the padding lies just
+  below the lowest value (PADDING_MARGIN under the lowest value or 0, whichever is lower), so it is
+  never drawn nor taken for a value; it is declared as Float Pixel Padding Value (0028,0122) and
+  lies inside the declared value range.
 """
 
 from __future__ import annotations
@@ -37,6 +40,25 @@ def padding_for(low: float) -> float:
     """The padding value of a map whose lowest stored value is `low`: PADDING_MARGIN below
     min(low, 0), as float32 (what the pixel data holds), so no value is ever taken for padding."""
     return float(np.float32(min(low, 0.0) - PADDING_MARGIN))
+
+
+def frames_up_the_normal(pm: Dataset) -> None:
+    """Reorder the frames of `pm` (float pixel data, per-frame functional groups with their plane
+    positions) by position along the slice normal (row cosines x column cosines), lowest first:
+    the order of OHIF 3.12's volume (cornerstone3D sortImageIdsAndGetSpacing), in which its map
+    loader lays frames out by their index (it computes each frame's place from the image it
+    references, then returns the frames as they were). highdicom writes them the other way."""
+    shared = pm.SharedFunctionalGroupsSequence[0]
+    iop = np.asarray(shared.PlaneOrientationSequence[0].ImageOrientationPatient, float)
+    normal = np.cross(iop[:3], iop[3:])
+    items = list(pm.PerFrameFunctionalGroupsSequence)
+    along = [float(np.dot(np.asarray(f.PlanePositionSequence[0].ImagePositionPatient, float), normal)) for f in items]
+    order = np.argsort(along, kind="stable")
+    if np.array_equal(order, np.arange(len(items))):
+        return
+    frames = np.frombuffer(pm.FloatPixelData, np.float32).reshape(len(items), int(pm.Rows), int(pm.Columns))
+    pm.FloatPixelData = frames[order].tobytes()
+    pm.PerFrameFunctionalGroupsSequence = [items[k] for k in order]
 
 
 def masked_map(ecv_fraction: np.ndarray, liver: np.ndarray, padding: float) -> np.ndarray:
@@ -101,6 +123,7 @@ def build_ecv_map(reference: Reference, ecv_percent: np.ndarray | BoxedArray, li
         content_description=f"ECV in the liver mask, fraction x {SLOPE:g} = %; {padding:g} = no value",
         series_description="hccnode ECV map (research)",
     )
+    frames_up_the_normal(pm)
     # A single padding value, given as the range [padding, padding] so the condition on the
     # range limit (PS3.3 C.7.6.24) is unambiguous for validators.
     pm.FloatPixelPaddingValue = padding
