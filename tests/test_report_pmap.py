@@ -1,3 +1,4 @@
+import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
@@ -128,3 +129,18 @@ def test_slices_without_a_value_are_frames_of_padding(case, tmp_path):
     assert np.all(got[gap] == ds.FloatPixelPaddingValue)
     inside = case.liver & np.isfinite(ecv_map)
     np.testing.assert_allclose(got[inside] * SLOPE, ecv_map[inside], rtol=0, atol=1e-3)
+
+
+def test_highdicom_reads_the_map_back_as_a_volume_on_the_reference(case, pm_path):
+    pm = hd.pm.ParametricMap.from_dataset(pydicom.dcmread(pm_path))
+    # stored values (highdicom 0.28.2 fails applying a float map's real world value mapping itself:
+    # '_CombinedPixelTransform' has no 'input_dtype'), mapped here with the map's own slope
+    volume = pm.get_volume(apply_real_world_transform=False)
+    slope = pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0].RealWorldValueSlope
+    assert volume.shape == (len(case.reference), *case.liver.shape[1:])
+    inverse = np.linalg.inv(volume.affine)
+    for k, d in enumerate(case.reference):
+        s, r, c, _ = inverse @ np.r_[np.asarray(d.ImagePositionPatient, float), 1.0]
+        assert abs(r) < 1e-3 and abs(c) < 1e-3
+        inside = case.liver[k] & np.isfinite(case.ecv_map[k])
+        np.testing.assert_allclose(volume.array[int(round(s))][inside] * slope, case.ecv_map[k][inside], atol=1e-3)
