@@ -1,8 +1,9 @@
 """Parametric Map of voxelwise ECV, restricted to the liver mask, one frame per image of the
 reference series.
 
-What a viewer needs, measured on OHIF 3.12 (`@cornerstonejs/adapters` ParametricMap and the
-`cornerstone-dicom-pmap` extension, see /work/wt/notes/ohif_findings.md of issue 17):
+What a viewer needs, read from OHIF 3.12.0's code (npm `@ohif/app` dist: the
+`@cornerstonejs/adapters` ParametricMap adapter and the `cornerstone-dicom-pmap` extension;
+issue 17):
 - one frame per referenced image, in the volume's order: the adapter copies frame i into the slot
   of the image it references inside a buffer as long as the map's own pixel data (so a map with
   fewer frames than the series has images fails, RangeError), then returns the frames unmoved:
