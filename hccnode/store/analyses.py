@@ -46,3 +46,9 @@ def study_of_sr(store: Store, sr_uid: str) -> str | None:
         return None
     rows = store.query("SELECT study_uid FROM analyses WHERE sr_uid = ? ORDER BY id DESC LIMIT 1", (sr_uid,))
     return rows[0]["study_uid"] if rows else None
+
+
+def folders_of_sr(store: Store, sr_uid: str) -> list[Path]:
+    """The output folders of the analyses that wrote the SR `sr_uid`, newest first."""
+    rows = store.query("SELECT out_dir FROM analyses WHERE sr_uid = ? ORDER BY id DESC", (sr_uid,))
+    return [store.data_dir / r["out_dir"] for r in rows]
