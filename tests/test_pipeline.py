@@ -290,6 +290,6 @@ def test_analyze_cli_stores_a_folder_and_writes_the_outputs(tmp_path):
                            capture_output=True, text=True, timeout=60)
     assert usage.returncode == 2 and "STUDY_UID or --dicom-dir" in usage.stderr
     bad = node.cli("analyze", study, "--no-progress", "--treatment-start", "12/01/2026", timeout=60)
-    assert bad.returncode == 2 and "--treatment-start '12/01/2026' is not a date (YYYY-MM-DD)" in bad.stderr
+    assert bad.returncode == 2 and "--treatment-start: treatment start '12/01/2026' is not a date (YYYY-MM-DD)" in bad.stderr
     assert "Traceback" not in bad.stderr
     store.close()

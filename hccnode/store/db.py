@@ -33,6 +33,7 @@ SCHEMA_MODULES = (
     "hccnode.store.audit",
     "hccnode.imaging.phase_store",
     "hccnode.store.analyses",
+    "hccnode.store.studies",
 )
 
 

@@ -12,6 +12,8 @@ template versions; hccnode.report.uids), so the recomputed SR has the same UID e
 inputs are the same. When the SR is an older analysis of the study (a lab result arrived or an
 instance was received later), the copy is first rolled back to the node's inputs as they were
 when that SR was written (rows received later removed, results they superseded current again).
+The treatment start paper 003's labs were matched before is the one recorded with the SR's
+analysis (hccnode.store.analyses `inputs`), not one set or cleared since (hccnode.store.studies).
 If the UIDs still differ the node cannot reconstruct the SR's inputs, and the verdict says so
 and why, rather than calling the numbers reproduced or different.
 """
@@ -31,7 +33,7 @@ from pydicom.dataset import Dataset
 from hccnode import log
 from hccnode.config import PriorsSection
 from hccnode.report.sr_compare import Row, compare, numbers
-from hccnode.store import audit
+from hccnode.store import analyses, audit, studies
 from hccnode.store.db import Store
 
 REPRODUCED, DIFFERS, NOT_RECOMPUTED = "reproduced", "differs", "not recomputed"
@@ -155,8 +157,9 @@ def missing_inputs(store: Store, sr: Dataset) -> list[str]:
     return problems
 
 
-def _scratch(store: Store, where: Path, as_of: float | None) -> Store:
-    """A copy of the node's database in `where`, optionally rolled back to the inputs at `as_of`."""
+def _scratch(store: Store, where: Path, as_of: float | None, study_uid: str, inputs: dict | None) -> Store:
+    """A copy of the node's database in `where`, optionally rolled back to the inputs at `as_of`, with
+    the study's treatment start as the SR's analysis recorded it in `inputs` (when recorded)."""
     path = where / "hccnode.db"
     dst = sqlite3.connect(path)
     try:
@@ -171,15 +174,17 @@ def _scratch(store: Store, where: Path, as_of: float | None) -> Store:
             c.execute("UPDATE labs SET state = 'current', replaced_by = NULL WHERE replaced_by IS NOT NULL"
                       " AND replaced_by NOT IN (SELECT id FROM labs)")
             c.execute("DELETE FROM instances WHERE received_at > ?", (as_of,))
+    if inputs:
+        studies.restore_recorded(scratch, study_uid, inputs)
     return scratch
 
 
-def _recompute(store: Store, study_uid: str, where: Path, as_of: float | None, rules,
+def _recompute(store: Store, study_uid: str, where: Path, as_of: float | None, inputs: dict | None, rules,
                tolerance_days: float) -> Dataset:
     from hccnode.pipeline import analyze_study
 
     where.mkdir(parents=True)
-    scratch = _scratch(store, where, as_of)
+    scratch = _scratch(store, where, as_of, study_uid, inputs)
     try:
         analysis = analyze_study(scratch, study_uid, rules=rules, outputs_dir=where / "outputs",
                                  baseline_tolerance_days=tolerance_days)
@@ -241,8 +246,12 @@ def reverify(store: Store, sr: Dataset, *, rel_tol: float = 0.0, rules=None, kee
 
 def _run(store: Store, sr: Dataset, out: Outcome, rules, keep, tolerance_days: float) -> None:
     from hccnode.pipeline import StudyError
-    rows = store.query("SELECT sr_uid, created_at FROM analyses WHERE study_uid = ? ORDER BY id", (out.study_uid,))
+    rows = analyses.of_study(store, out.study_uid)
     mine = [r["created_at"] for r in rows if r["sr_uid"] == out.sr_uid]
+    inputs = analyses.inputs_of(store, out.sr_uid) if mine else None
+    if inputs and inputs.get(studies.TREATMENT_START):
+        out.notes.append(f"paper 003's treatment start as the SR's analysis used it: {inputs[studies.TREATMENT_START]} "
+                         f"(set on study {inputs[studies.TREATMENT_START_STUDY]})")
     as_of = None
     if not rows:
         out.notes.append("the node has no record of analysing this study")
@@ -259,7 +268,7 @@ def _run(store: Store, sr: Dataset, out: Outcome, rules, keep, tolerance_days: f
             attempts = [None] if as_of is None else [as_of, None]
             tried = []
             for i, when in enumerate(attempts):
-                tried.append(_recompute(store, out.study_uid, tmp / str(i), when, rules, tolerance_days))
+                tried.append(_recompute(store, out.study_uid, tmp / str(i), when, inputs, rules, tolerance_days))
                 if str(tried[-1].SOPInstanceUID) == out.sr_uid:
                     if when is not None:
                         out.notes.append("recomputed with the node's inputs as they were when this SR was written "
