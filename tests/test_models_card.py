@@ -87,6 +87,10 @@ def test_card_quotes_are_the_papers_words(path):
         assert all(a.split()[0] in text for a in ref.authors.split(", ")), "every author's surname is in the paper"
     if ref.year != cardmod.NOT_GIVEN:
         assert "Published online: " in text and ref.year in text
+    if ref.doi:
+        assert f"The online version contains supplementary material available at <https://doi.org/{ref.doi}>" in text
+    if ref.journal == cardmod.NOT_GIVEN:   # said so rather than filled in from the DOI's prefix
+        assert not re.search(r"Scientific Reports|European Radiology|Frontiers in", text.split("References")[0])
 
 
 def test_citations_name_what_the_text_gives_and_say_what_it_does_not():
@@ -96,7 +100,11 @@ def test_citations_name_what_the_text_gives_and_say_what_it_does_not():
     assert cards["p001-tumor-ecv"].citation == (
         "Fu X, Guo Y, Zhang K, Cheng Z, Liu C, Ren Y, Miao L, Liu W, Jiang S, Zhou C, Su Y, Yang L. Prognostic impact "
         "of extracellular volume fraction derived from equilibrium contrast-enhanced CT in HCC patients receiving "
-        "immune checkpoint inhibitors. 2025. (journal not given in the source text)")
+        "immune checkpoint inhibitors. 2025. (journal not given in the source text) doi:10.1038/s41598-025-97677-x")
+    # the DOI when the text gives the article's own (only 001's does; 004's DOIs are its references')
+    assert {c.id for c in cards.values() if c.reference.doi} == {"p001-tumor-ecv", "p001-liver-ecv"}
+    assert cards["p001-liver-ecv"].reference.short() == "Fu X et al., 2025"
+    assert cards["p000-ecv-cutoff"].reference.short() == "authors not given in the source text"
     assert cards["p003-nomogram"].citation.endswith("(journal and year not given in the source text)")
     assert cards["p000-ecv-logistic"].citation.startswith("[untitled: dual-energy CT assessment of ECV")
     assert cards["p000-ecv-logistic"].citation.endswith("(authors, title, journal and year not given in the source text)")

@@ -181,6 +181,12 @@ class Reference:
             text += f" ({names} {NOT_GIVEN})"
         return text + (f" doi:{self.doi}" if self.doi else "")
 
+    def short(self) -> str:
+        """First author (et al.) and year, for one-line listings; what the text does not give is said."""
+        first = self.authors.split(", ")[0] if self.authors != NOT_GIVEN else "authors not given in the source text"
+        more = " et al." if self.authors != NOT_GIVEN and ", " in self.authors else ""
+        return first + more + (f", {self.year}" if self.year != NOT_GIVEN else "")
+
 
 @dataclass
 class Card:

@@ -347,7 +347,7 @@ def validate_card(card: Card, preds: list[Prediction], outcomes: dict[str, Outco
                   n_boot: int = 1000, seed: int = 0, progress: bool = False) -> dict[str, Any]:
     """Validation of one card version on the joined data; writes its plots into out_dir."""
     res: dict[str, Any] = {"card_id": card.id, "card_version": card.version, "card_status": card.status,
-                           "paper": card.paper, "citation": card.citation, "title": card.title, "outcome": card.outcome["name"],
+                           "citation": card.citation, "title": card.title, "outcome": card.outcome["name"],
                            "limitations": card.limitations, "plots": {}, "notes": []}
     joined = [(p, outcomes[p.study_uid]) for p in preds if p.study_uid in outcomes]
     res["n_predictions"], res["n_joined"] = len(preds), len(joined)
