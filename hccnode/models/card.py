@@ -221,8 +221,11 @@ class Card:
 
     @property
     def limitations(self) -> list[str]:
-        """What the paper does not publish or gets wrong, as the node reports it with every result."""
-        out = [f"unpublished: {u}" for u in self.unpublished]
+        """What the paper itself names as its limitations, does not publish or gets wrong, as the node
+        reports it with every result."""
+        out = [f"stated by the paper: {q.value}" for q in self.quotes
+               if q.fact == "limitation" and not q.value.startswith(NOT_REPORTED)]
+        out += [f"unpublished: {u}" for u in self.unpublished]
         out += [f"inconsistent: {i}" for i in self.inconsistencies]
         return out
 

@@ -286,6 +286,7 @@ def _model_group(result: dict[str, Any], template: Template, sop_uid: str):
     for note_key in ("linear_predictor_note", "derived_points_note", "reported_versus"):
         if out.get(note_key):
             texts.append(_text(t["limitation"], str(out[note_key])))
+    texts += [_text(t["cohort"], str(x)) for x in _as_list(result.get("cohort_facts"))]
     texts += [_text(t["limitation"], str(x)) for x in _as_list(result.get("limitations"))]
     texts += [_text(t["not_available"], str(r)) for r in _as_list(result.get("reasons"))]
     texts += [_text(t["not_available"], f"{k.replace('_', ' ')}: {v}")

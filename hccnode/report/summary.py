@@ -198,7 +198,11 @@ def render_pages(rois: Sequence[ReportRoi], tracks: Sequence[Tracking], measurem
                 add(f"  {human(out[key])}", size=7, color="#555555")
         for k, v in sorted((r.get("withheld") or {}).items()):
             add(human(f"  withheld {k}: {v}"), size=7, color="#555555")
-        for lim in (r.get("limitations") or [])[:1]:
+        if r.get("cohort_facts"):
+            add(human(f"  cohort: {'; '.join(r['cohort_facts'])}"), size=7, color="#555555")
+        limits = r.get("limitations") or []
+        stated = [lim for lim in limits if lim.startswith("stated by the paper")]
+        for lim in stated + [lim for lim in limits if lim not in stated][:1]:
             add(human(f"  limit: {lim}"), size=7, color="#555555")
     pages = [fig]
     y = 0.73
