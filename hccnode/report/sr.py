@@ -41,7 +41,7 @@ import hccnode
 from hccnode.imaging.measure import ORGAN_MASK, READER, LabRef, Measurement, RoiRef
 from hccnode.models.engine import term_line
 from hccnode.report.inputs import Reference, ReportRoi, Tracking
-from hccnode.report.reading import convert, lesion_of, phases_of, roi_level
+from hccnode.report.reading import convert, earlier_study, lesion_of, phases_of, roi_level
 from hccnode.report.templates import Template
 from hccnode.report.uids import uid_from
 
@@ -186,8 +186,9 @@ def build_sr(
         elif m.roi in index:
             by_roi[index[m.roi]].append(item)
         else:
-            by_role[(m.roi.name, m.roi.source)].append(item)
-            role_refs.setdefault((m.roi.name, m.roi.source), m.roi)
+            key = (m.roi.name, m.roi.source, earlier_study(m))
+            by_role[key].append(item)
+            role_refs.setdefault(key, m.roi)
 
     groups: list = []
     for i, (roi, track) in enumerate(zip(rois, tracks)):
@@ -207,15 +208,15 @@ def build_sr(
             where.append(_text(template.context["lesion"], lesion))
         _add_texts(group, [_text(notes_t["roi_source"], roi_source(roi.ref))] + where)
         groups.append(group)
-    for (role_name, source), items in sorted(by_role.items()):
+    for (role_name, source, earlier), items in sorted(by_role.items()):
         role = template.roles[role_name]
-        ident = f"{role.label} (all {source} ROIs)"
+        ident = f"{role.label}, {earlier} study ({source} ROIs)" if earlier else f"{role.label} (all {source} ROIs)"
+        uid = uid_from("tracking", role_name, source, reference.series_uid, *([earlier] if earlier else []))
         group = hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=uid_from("tracking", role_name, source, reference.series_uid),
-                                                         identifier=ident),
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=ident[:64]),
             finding_type=role.type, finding_sites=[hd.sr.FindingSite(role.site)], measurements=items)
         if source == ORGAN_MASK:
-            _add_texts(group, [_text(notes_t["roi_source"], roi_source(role_refs[(role_name, source)]))])
+            _add_texts(group, [_text(notes_t["roi_source"], roi_source(role_refs[(role_name, source, earlier)]))])
         groups.append(group)
     if study_level:
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(

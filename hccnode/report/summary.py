@@ -35,7 +35,7 @@ import hccnode  # noqa: E402
 from hccnode.imaging.measure import LabRef, Measurement  # noqa: E402
 from hccnode.models.engine import term_line  # noqa: E402
 from hccnode.report.inputs import Reference, ReportRoi, Tracking  # noqa: E402
-from hccnode.report.reading import convert, lesion_of, phase_text, roi_level  # noqa: E402
+from hccnode.report.reading import convert, earlier_levels, lesion_of, phase_text, roi_level  # noqa: E402
 from hccnode.report.sr import describe_lab  # noqa: E402
 from hccnode.report.templates import Template, load_template  # noqa: E402
 
@@ -150,6 +150,8 @@ def render_pages(rois: Sequence[ReportRoi], tracks: Sequence[Tracking], measurem
         lesion = lesion_of(r, rois)
         add(f"{t.segment_number} = {t.identifier}" + (f", {lesion}" if lesion else "") + f": {roi_level(r, reference)}",
             size=7)
+    for note in earlier_levels(measurements):   # ROIs of the paired earlier study: not on these images
+        add(f"not shown: {note}", size=7)
     add("")
     add("Measurements (value, unit, paper; the SR holds each value's full provenance)", weight="bold", size=9)
     for m in measurements:
