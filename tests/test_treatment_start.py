@@ -11,15 +11,16 @@ from __future__ import annotations
 import shutil
 from datetime import datetime, timedelta
 
+import pydicom
 import pytest
 from conftest import NodeProcess
 from pipeline_support import add_labs, phantom_store, scratch_dir
 
 from hccnode.phantom import StudySpec
-from hccnode.pipeline import analyze_study
 from hccnode.store import analyses, studies
 from hccnode.store.db import Store
 from hccnode.store.reverify import REPRODUCED, reverify
+from hccnode.worker import run_job
 
 
 @pytest.fixture
@@ -72,26 +73,28 @@ def test_the_date_format_is_named():
 
 
 def test_the_worker_analysis_uses_the_stored_date_and_reverify_the_recorded_one():
-    """One MR pair 8 weeks apart (~3 analyses of a 8 x 48 x 48 phantom). NLR draws: 3 days before the
-    baseline MRI 4.2 / 2.1 = 2.0; 5 days after it 6.0 / 1.5 = 4.0. Without a treatment start the labs are
-    the 14 days before the baseline MRI: NLR 2.0. With the start set on the baseline to 7 days after the
-    baseline MRI (day 7, 00:00), the 336 h before it hold both draws (day -3 and day 5); the nearer is
-    day 5: NLR 4.0."""
+    """One MR pair 8 weeks apart (3 analyses of an 8 x 48 x 48 phantom, one through `hccnode analyze`).
+    NLR draws: 3 days before the baseline MRI 4.2 / 2.1 = 2.0; 5 days after it 6.0 / 1.5 = 4.0. Without a
+    treatment start the labs are the 14 days before the baseline MRI: NLR 2.0. With the start set on the
+    baseline to 7 days after the baseline MRI (day 7, 00:00), the 336 h before it hold both draws (day -3
+    and day 5); the nearer is day 5: NLR 4.0."""
     root = scratch_dir("treatment-start")
     try:
         store, truth, (base, follow) = phantom_store(
             root, StudySpec(kind="mr", seed=5, slices=8, matrix=48, noise_sd=2.0, seg_phase="t2"))
         add_labs(store, truth, [("neutrophils", 4.2, "10*9/L", -72), ("lymphocytes", 2.1, "10*9/L", -72),
                                 ("neutrophils", 6.0, "10*9/L", 120), ("lymphocytes", 1.5, "10*9/L", 120)])
-        nlr = lambda a: next(r for r in a.model_results if r["card_id"] == "p003-nomogram")["inputs_used"]["nlr"]
-        first = analyze_study(store, follow)
-        assert nlr(first)["value"] == pytest.approx(2.0)
+        node = NodeProcess(root)   # its data directory is root/data, the phantom store's
+        first = node.cli("analyze", follow, "--no-progress", timeout=300)
+        assert first.returncode == 0, first.stdout + first.stderr
+        # issue 16 point 2: the CLI shows each term and the direction conflict too
+        assert "term: neutrophil-to-lymphocyte ratio = 2; cutoff >= 4.41: not met; published OR 0.162" in first.stdout
+        assert "Direction conflict: the card reads Table 4's odds ratios" in first.stdout
         assert analyses.latest(store, follow)["inputs"] == {
             "treatment_start": None, "treatment_start_study": None, "baseline_study": base}
 
         baseline_day = datetime.fromisoformat(truth.data["studies"][0]["series"][0]["acquisition_start"]).date()
         start = (baseline_day + timedelta(days=7)).isoformat()
-        node = NodeProcess(root)   # its data directory is root/data, the phantom store's
         r = node.cli("studies", "treatment-start", base, start)
         assert r.returncode == 0, r.stderr
         assert f"study {base}: treatment start {start}T00:00:00" in r.stdout
@@ -99,16 +102,18 @@ def test_the_worker_analysis_uses_the_stored_date_and_reverify_the_recorded_one(
         bad = node.cli("studies", "treatment-start", base, "next monday")
         assert bad.returncode == 2 and "is not a date (YYYY-MM-DD)" in bad.stderr and "Traceback" not in bad.stderr
 
-        second = analyze_study(store, follow)   # as the worker calls it: no date given, the stored one read
-        assert nlr(second)["value"] == pytest.approx(4.0)
-        assert f"before treatment start ({start})" in nlr(second)["source"]
+        (job,) = store.query("SELECT id FROM jobs WHERE study_uid = ? AND reason = 'treatment_start'", (follow,))
+        record = run_job(str(store.data_dir), job["id"])   # the node's worker: no date handed to it
+        sr = pydicom.dcmread(f"{record['out_dir']}/sr.dcm")
+        params = [i.TextValue for i in _walk(sr.ContentSequence) if i.ValueType == "TEXT"
+                  and i.ConceptNameCodeSequence[0].CodeMeaning == "Algorithm Parameters" and i.TextValue.startswith("nlr = ")]
+        assert params and params[0].startswith("nlr = 4.0 1 ") and f"before treatment start ({start})" in params[0]
         assert analyses.latest(store, follow)["inputs"]["treatment_start"] == f"{start}T00:00:00"
-        assert not any("does not fit paper 003's time points" in n for n in second.missing)
+        texts = " ".join(i.TextValue for i in _walk(sr.ContentSequence) if i.ValueType == "TEXT")
+        assert "does not fit paper 003's time points" not in texts    # 7 days after the baseline MRI: fits
 
         # the date is changed afterwards: the SR written with the first date is still reproduced
         assert node.cli("studies", "treatment-start", base, "--clear").returncode == 0
-        import pydicom
-        sr = pydicom.dcmread(second.out_dir / "sr.dcm")
         out = reverify(store, sr, record=False)
         assert out.verdict == REPRODUCED, (out.problems, out.notes)
         assert any(f"treatment start as the SR's analysis used it: {start}T00:00:00 (set on study {base})" in n
@@ -116,3 +121,9 @@ def test_the_worker_analysis_uses_the_stored_date_and_reverify_the_recorded_one(
         store.close()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _walk(items):
+    for item in items or []:
+        yield item
+        yield from _walk(item.get("ContentSequence"))
