@@ -166,7 +166,8 @@ def test_summary_pdf_text_is_for_people(built):
     assert "Aorta Mean attenuation, equilibrium (180 s after contrast start): " in flat and " HU (ROI statistic)" in flat
     # paper 000's fractions in % as in the SR: NIC 0.55 -> 55 %, ECV 0.33 -> 33 %
     assert "Tumor NIC, equilibrium (180 s after contrast start): 55 % (paper 000)" in flat
-    assert "Tumor ECV (iodine map), equilibrium (180 s after contrast start): 33 % (paper 000; HCT 0.4 L/L)" in flat
+    assert "Tumor ECV (iodine map), equilibrium (180 s after contrast start): 33 % (paper 000; Hematocrit 0.4 L/L)" in flat
+    assert "Hematocrit = 0.4 L/L, taken " in flat   # the lab as people name it, not by its key
     assert "lesion 1 of 1: series " in flat and "largest section on image" in flat
     for r in case.model_results:
         assert r["citation"][:40] in flat

@@ -72,6 +72,15 @@ def value_label(m: Measurement, template: Template) -> str:
     return f"{role} {what}" + (f", {phase}" if phase else "")
 
 
+def lab_label(name: str) -> str:
+    """A lab test as people name it: the catalog's name ('hct' -> 'Hematocrit'); a derived index in
+    capitals ('nlr' -> 'NLR')."""
+    from hccnode.labs import catalog
+
+    test = catalog.load().tests.get(name)
+    return test.name if test is not None else name.upper()
+
+
 def unit_label(unit: str, template: Template) -> str:
     return template.display_units.get(unit, unit)
 
@@ -157,7 +166,7 @@ def render_pages(rois: Sequence[ReportRoi], tracks: Sequence[Tracking], measurem
     for m in measurements:
         if m.value is None:
             continue
-        lab = f"; {m.lab.name.upper()} {m.lab.value:g} {unit_label(m.lab.unit, template)}" if m.lab else ""
+        lab = f"; {lab_label(m.lab.name)} {m.lab.value:g} {unit_label(m.lab.unit, template)}" if m.lab else ""
         entry = template.measurements.get(m.formula)
         unit = entry.unit.value if entry else m.unit   # the SR's unit: one unit per concept (ECV, NIC in %)
         add(f"{value_label(m, template)}: {convert(m.value, m.unit, unit):.4g} {unit_label(unit, template)} "
@@ -165,7 +174,7 @@ def render_pages(rois: Sequence[ReportRoi], tracks: Sequence[Tracking], measurem
     add("")
     add("Laboratory values used", weight="bold", size=9)
     for lab in labs_used:
-        add(describe_lab(replace(lab, unit=unit_label(lab.unit, template))), size=7.5)
+        add(describe_lab(replace(lab, name=lab_label(lab.name), unit=unit_label(lab.unit, template))), size=7.5)
     if not labs_used:
         add("none", size=7.5)
     notes = [human(n) for n in missing] + [f"{value_label(m, template)} not measured: {human(m.reason or '')}"
