@@ -5,6 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 SYSTEM_TOOLS := storescu storescp echoscu dsrdump dciodvfy Orthanc openssl chromium chromedriver pdftotext
 ORTHANC_PYTHON := /usr/share/orthanc/plugins/libOrthancPython.so
+ORTHANC_DICOMWEB := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
 
 .PHONY: run test venv system-deps bench clean
 
@@ -19,14 +20,15 @@ venv: $(VENV)/.installed
 run: venv
 	$(VENV)/bin/hccnode serve
 
-# Installs dcmtk, dicom3tools, Orthanc (with its Python plugin) and Chromium (headless browser
+# Installs dcmtk, dicom3tools, Orthanc (with its Python and DICOMweb plugins) and Chromium (headless browser
 # for the status page tests) when any is missing.
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
 	[ -f $(ORTHANC_PYTHON) ] || missing="$$missing orthanc-python"; \
+	[ -f $(ORTHANC_DICOMWEB) ] || missing="$$missing orthanc-dicomweb"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages (missing:$$missing)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools orthanc orthanc-python openssl chromium chromium-driver poppler-utils >/dev/null; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools orthanc orthanc-python orthanc-dicomweb openssl chromium chromium-driver poppler-utils >/dev/null; \
 	fi
 
 test: system-deps venv

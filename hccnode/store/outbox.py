@@ -22,7 +22,7 @@ SCHEMA = schema(
     """
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY,
-    destination TEXT NOT NULL,      -- AE@host:port
+    destination TEXT NOT NULL,      -- AE@host:port, or a DICOMweb base URL (no credentials)
     path TEXT NOT NULL,             -- absolute, or relative to the data directory
     sop_uid TEXT NOT NULL,
     sop_class_uid TEXT NOT NULL,
