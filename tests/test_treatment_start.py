@@ -95,7 +95,8 @@ def test_the_worker_analysis_uses_the_stored_date_and_reverify_the_recorded_one(
 
         baseline_day = datetime.fromisoformat(truth.data["studies"][0]["series"][0]["acquisition_start"]).date()
         start = (baseline_day + timedelta(days=7)).isoformat()
-        r = node.cli("studies", "treatment-start", base, start)
+        accession = truth.data["studies"][0]["accession_number"]   # the baseline named by its Accession Number
+        r = node.cli("studies", "treatment-start", accession, start)
         assert r.returncode == 0, r.stderr
         assert f"study {base}: treatment start {start}T00:00:00" in r.stdout
         assert f"queued again: study {follow}" in r.stdout      # its date changed: from none to the baseline's

@@ -97,8 +97,8 @@ def find_study(store: Store, ref: str) -> str | None:
         try:
             ds = pydicom.dcmread(store.data_dir / row["path"], stop_before_pixels=True,
                                  specific_tags=["AccessionNumber"])
-        except (OSError, ValueError):
-            continue
+        except (OSError, ValueError, pydicom.errors.InvalidDicomError):
+            continue                      # an unreadable file names no study; the others still do
         if str(ds.get("AccessionNumber") or "").strip() == ref.strip():
             found.append(row["study_uid"])
     if len(found) > 1:
