@@ -77,6 +77,7 @@ class Analysis:
     queued: int = 0
     replaces: str | None = None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step
+    inputs: dict[str, Any] = field(default_factory=dict)     # recorded with the analysis (hccnode.store.analyses)
 
     def as_record(self) -> dict[str, Any]:
         return {"study_uid": self.study_uid, "kind": self.kind, "output_uids": self.output_uids,
@@ -139,7 +140,6 @@ def analyze_study(store: Store, study_uid: str, *, destinations: Sequence[str] =
     regions = Regions()
     follow_up = False
     labs_used: list = []
-    inputs: dict[str, Any] = {}  # recorded with the analysis (hccnode.store.analyses)
     if reference is None:
         f.note("nothing measured: no readable image series to measure on" if kind != "other"
                else "nothing measured: the study holds no CT or MR series of a kind the papers measure")
@@ -191,7 +191,7 @@ def analyze_study(store: Store, study_uid: str, *, destinations: Sequence[str] =
             follow_up, baseline_uid, baseline_time = _baseline(store, study, patient_key, f, rules,
                                                                p003_pairing.Window(baseline_tolerance_days))
             start, start_study = studies.effective_treatment_start(store, study_uid, baseline_uid)
-            inputs = {studies.TREATMENT_START: start.isoformat() if start else None,
+            result.inputs = {studies.TREATMENT_START: start.isoformat() if start else None,
                       studies.TREATMENT_START_STUDY: start_study, studies.BASELINE_STUDY: baseline_uid}
             base_scan = baseline_time or labs.scan_time
             if start is not None:
@@ -217,7 +217,7 @@ def analyze_study(store: Store, study_uid: str, *, destinations: Sequence[str] =
                 result.queued += 1
 
     _outputs(store, study, image, reference, regions, f, result, labs_used, patient_key, job_id,
-             Path(outputs_dir) if outputs_dir is not None else store.data_dir / OUTPUTS_DIR, send, inputs)
+             Path(outputs_dir) if outputs_dir is not None else store.data_dir / OUTPUTS_DIR, send)
     step("done")
     timings.pop("start", None)
     result.timings = timings
@@ -352,7 +352,7 @@ def _localizer(study: Study, series: Series) -> bool:
 
 def _outputs(store: Store, study: Study, image: Series, reference: Volume | None, regions: Regions,
              f: Findings, result: Analysis, labs_used, patient_key: str | None, job_id: int | None,
-             outputs_dir: Path, on_written: Callable[[Path], None], inputs: dict[str, Any]) -> None:
+             outputs_dir: Path, on_written: Callable[[Path], None]) -> None:
     by_uid = {s.uid: s for s in study.series}
     if reference is not None:
         ref = Reference.from_volume(reference, study.headers(image))
@@ -386,7 +386,7 @@ def _outputs(store: Store, study: Study, image: Series, reference: Volume | None
     for path, uid in zip(result.files, uids):
         audit.append(store, "output.created", ACTOR, study_uid=study.uid, patient_key=patient_key, output_uids=[uid],
                      card_versions=result.card_versions, file=path.name, job=job_id, replaces=result.replaces)
-    analyses.record(store, study.uid, job_id, str(sr.SOPInstanceUID), final, uids, inputs)
+    analyses.record(store, study.uid, job_id, str(sr.SOPInstanceUID), final, uids, result.inputs)
 
 
 def copy_outputs(analysis: Analysis, out: str | Path) -> list[Path]:
