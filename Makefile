@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-SYSTEM_TOOLS := storescu storescp echoscu dsrdump dciodvfy Orthanc openssl chromium chromedriver
+SYSTEM_TOOLS := storescu storescp echoscu dsrdump dciodvfy Orthanc openssl chromium chromedriver pdftotext
 ORTHANC_PYTHON := /usr/share/orthanc/plugins/libOrthancPython.so
 ORTHANC_DICOMWEB := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
 
@@ -28,7 +28,7 @@ system-deps:
 	[ -f $(ORTHANC_DICOMWEB) ] || missing="$$missing orthanc-dicomweb"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages (missing:$$missing)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools orthanc orthanc-python orthanc-dicomweb openssl chromium chromium-driver >/dev/null; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools orthanc orthanc-python orthanc-dicomweb openssl chromium chromium-driver poppler-utils >/dev/null; \
 	fi
 
 test: system-deps venv

@@ -228,6 +228,14 @@ def test_mr_follow_up_paired_with_baseline_and_nomogram():
         assert p003["inputs_used"]["nlr"]["value"] == pytest.approx(2.0)
         assert p003["inputs_used"]["t2_sir_post"]["value"] == by_marker(b, "t2_sir_tumor").value
         assert "p002-nomogram" not in {r["card_id"] for r in b.model_results}
+        # issue 16 point 9: the baseline's values in a group of their own, each saying its lesion and level
+        # (the baseline's ROIs are not in this SR's SEG)
+        base_t2 = by_marker(b, "t2_sir_tumor_baseline")
+        assert base_t2.notes[0].startswith("baseline study: lesion 1 of 1 (") and "ROI level series " in base_t2.notes[0]
+        sr = pydicom.dcmread(b.out_dir / "sr.dcm")
+        idents = [i.TextValue for i in _walk(sr.ContentSequence)
+                  if i.ValueType == "TEXT" and i.ConceptNameCodeSequence[0].CodeMeaning == "Tracking Identifier"]
+        assert "Tumor, baseline study (reader ROIs)" in idents and "Tumor (reader)" in idents
         for p in b.files:
             assert dciodvfy(p)[0] == [], p.name
         store.close()
@@ -291,6 +299,6 @@ def test_analyze_cli_stores_a_folder_and_writes_the_outputs(tmp_path):
                            capture_output=True, text=True, timeout=60)
     assert usage.returncode == 2 and "STUDY_UID or --dicom-dir" in usage.stderr
     bad = node.cli("analyze", study, "--no-progress", "--treatment-start", "12/01/2026", timeout=60)
-    assert bad.returncode == 2 and "--treatment-start '12/01/2026' is not a date (YYYY-MM-DD)" in bad.stderr
+    assert bad.returncode == 2 and "--treatment-start: treatment start '12/01/2026' is not a date (YYYY-MM-DD)" in bad.stderr
     assert "Traceback" not in bad.stderr
     store.close()

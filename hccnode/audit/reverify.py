@@ -12,6 +12,8 @@ template versions; hccnode.report.uids), so the recomputed SR has the same UID e
 inputs are the same. When the SR is an older analysis of the study (a lab result arrived or an
 instance was received later), the copy is first rolled back to the node's inputs as they were
 when that SR was written (rows received later removed, results they superseded current again).
+The treatment start paper 003's labs were matched before is the one recorded with the SR's
+analysis (hccnode.store.analyses `inputs`), not one set or cleared since (hccnode.store.studies).
 If the UIDs still differ the node cannot reconstruct the SR's inputs, and the verdict says so
 and why, rather than calling the numbers reproduced or different.
 
@@ -182,12 +184,14 @@ def missing_inputs(store: Store, sr: Dataset) -> list[str]:
     return problems
 
 
-def _recompute(store: Store, study_uid: str, where: Path, as_of: float | None, rules,
+def _recompute(store: Store, study_uid: str, where: Path, as_of: float | None, inputs: dict | None, rules,
                tolerance_days: float) -> list[Dataset]:
     from hccnode.pipeline import analyze_study
 
     where.mkdir(parents=True)
     scratch = scratch_copy(store, where, as_of)
+    if inputs:  # the treatment start the SR's analysis used, not one set or cleared since
+        studies.restore_recorded(scratch, study_uid, inputs)
     try:
         analysis = analyze_study(scratch, study_uid, rules=rules, outputs_dir=where / "outputs",
                                  baseline_tolerance_days=tolerance_days)
@@ -265,6 +269,10 @@ def _run(store: Store, docs: list[Dataset], out: Outcome, rules, keep, tolerance
     from hccnode.pipeline import StudyError
     rows = analyses.of_study(store, out.study_uid)
     mine = [r["created_at"] for r in rows if r["sr_uid"] == out.sr_uid]
+    inputs = analyses.inputs_of(store, out.sr_uid) if mine else None
+    if inputs and inputs.get(studies.TREATMENT_START):
+        out.notes.append(f"paper 003's treatment start as the SR's analysis used it: {inputs[studies.TREATMENT_START]} "
+                         f"(set on study {inputs[studies.TREATMENT_START_STUDY]})")
     as_of = None
     if not rows:
         out.notes.append("the node has no record of analysing this study")
@@ -281,7 +289,7 @@ def _run(store: Store, docs: list[Dataset], out: Outcome, rules, keep, tolerance
             attempts = [None] if as_of is None else [as_of, None]
             tried = []
             for i, when in enumerate(attempts):
-                tried.append(_recompute(store, out.study_uid, tmp / str(i), when, rules, tolerance_days))
+                tried.append(_recompute(store, out.study_uid, tmp / str(i), when, inputs, rules, tolerance_days))
                 if str(tried[-1][0].SOPInstanceUID) == out.sr_uid:
                     if when is not None:
                         out.notes.append("recomputed with the node's inputs as they were when this SR was written "

@@ -55,7 +55,7 @@ from hccnode.imaging.measure import ORGAN_MASK, READER, LabRef, Measurement, Roi
 from hccnode.models.engine import term_line
 from hccnode.report.inputs import Reference, ReportRoi, Tracking
 from hccnode.report.outline import outline
-from hccnode.report.reading import convert, lesion_of, phases_of, roi_level
+from hccnode.report.reading import convert, earlier_study, lesion_of, phases_of, roi_level
 from hccnode.report.templates import Template
 from hccnode.report.uids import uid_from
 
@@ -215,9 +215,9 @@ def build_sr(
     notes_t = template.notes
     notes: list[str] = list(missing)
     by_roi: dict[int, list[hd.sr.Measurement]] = defaultdict(list)
-    by_role: dict[tuple[str, str], list[hd.sr.Measurement]] = defaultdict(list)
+    by_role: dict[tuple[str, str, str | None], list[hd.sr.Measurement]] = defaultdict(list)
     study_level: list[hd.sr.Measurement] = []
-    role_refs: dict[tuple[str, str], RoiRef] = {}
+    role_refs: dict[tuple[str, str, str | None], RoiRef] = {}
     index = {r.ref: i for i, r in enumerate(rois)}
     for m in measurements:
         if m.value is None:
@@ -237,8 +237,9 @@ def build_sr(
         elif m.roi in index:
             by_roi[index[m.roi]].append(item)
         else:
-            by_role[(m.roi.name, m.roi.source)].append(item)
-            role_refs.setdefault((m.roi.name, m.roi.source), m.roi)
+            key = (m.roi.name, m.roi.source, earlier_study(m))
+            by_role[key].append(item)
+            role_refs.setdefault(key, m.roi)
 
     on_images: list = []
     for i, (roi, track) in enumerate(zip(rois, tracks)):
@@ -267,15 +268,15 @@ def build_sr(
         on_images.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=identifier, referenced_region=section(roi, reference), **where))
     other: list = []
-    for (role_name, source), items in sorted(by_role.items()):
+    for (role_name, source, earlier), items in sorted(by_role.items()):
         role = template.roles[role_name]
-        ident = f"{role.label} (all {source} ROIs)"
+        ident = f"{role.label}, {earlier} study ({source} ROIs)" if earlier else f"{role.label} (all {source} ROIs)"
+        uid = uid_from("tracking", role_name, source, reference.series_uid, *([earlier] if earlier else []))
         group = hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=uid_from("tracking", role_name, source, reference.series_uid),
-                                                         identifier=ident),
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=ident[:64]),
             finding_type=role.type, finding_sites=[hd.sr.FindingSite(role.site)], measurements=items)
         if source == ORGAN_MASK:
-            _add_texts(group, [_text(notes_t["roi_source"], roi_source(role_refs[(role_name, source)]))])
+            _add_texts(group, [_text(notes_t["roi_source"], roi_source(role_refs[(role_name, source, earlier)]))])
         other.append(group)
     sop_uid = document.sop_uid
     if study_level:
@@ -363,6 +364,7 @@ def _model_group(result: dict[str, Any], template: Template, sop_uid: str):
     for note_key in ("linear_predictor_note", "derived_points_note", "reported_versus"):
         if out.get(note_key):
             texts.append(_text(t["limitation"], str(out[note_key])))
+    texts += [_text(t["cohort"], str(x)) for x in _as_list(result.get("cohort_facts"))]
     texts += [_text(t["limitation"], str(x)) for x in _as_list(result.get("limitations"))]
     texts += [_text(t["not_available"], str(r)) for r in _as_list(result.get("reasons"))]
     texts += [_text(t["not_available"], f"{k.replace('_', ' ')}: {v}")

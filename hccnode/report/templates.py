@@ -27,7 +27,7 @@ PRIVATE_SCHEME = "99HCCNODE"
 MEASUREMENTS_FILE = "measurements.toml"
 PRIVATE_CODES_FILE = "private_codes.toml"
 MODEL_KEYS = ("group", "risk_group", "probability", "derived_points", "linear_predictor", "source", "limitation",
-              "not_available", "term", "direction")
+              "not_available", "term", "direction", "cohort")
 CONTEXT_KEYS = ("phase", "delay", "level", "lesion")
 LAB_KEYS = ("group", "source")
 NOTE_KEYS = ("group", "research_use", "not_measured", "roi_source")
