@@ -212,7 +212,8 @@ def test_outputs_cite_papers_never_by_file_name_and_carry_cohort_and_stated_limi
     case, _, out = built
     cards = load_cards(default_dirs()).values()
     stems = {c.paper.removesuffix(".txt") for c in cards} | {c.paper.split("_")[1].removesuffix(".txt") for c in cards}
-    dump = subprocess.run([DSRDUMP, "+Pl", str(out / "sr.dcm")], capture_output=True, text=True, timeout=60).stdout
+    dump = "".join(subprocess.run([DSRDUMP, "+Pl", str(out / name)], capture_output=True, text=True, timeout=60).stdout
+                   for name in ("sr.dcm", "sr_results.dcm"))      # the ROI SR and its results SR
     summary = " ".join(pdf_text(out / "summary.pdf").split())
     for text in (dump, summary):
         assert ".txt" not in text and not [s for s in stems if s in text]

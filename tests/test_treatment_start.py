@@ -15,11 +15,12 @@ import pydicom
 import pytest
 from conftest import NodeProcess
 from pipeline_support import add_labs, phantom_store, scratch_dir
+from report_support import analysis_sr
 
 from hccnode.phantom import StudySpec
 from hccnode.store import analyses, studies
 from hccnode.store.db import Store
-from hccnode.store.reverify import REPRODUCED, reverify
+from hccnode.audit.reverify import REPRODUCED, reverify
 from hccnode.worker import run_job
 
 
@@ -105,7 +106,7 @@ def test_the_worker_analysis_uses_the_stored_date_and_reverify_the_recorded_one(
 
         (job,) = store.query("SELECT id FROM jobs WHERE study_uid = ? AND reason = 'treatment_start'", (follow,))
         record = run_job(str(store.data_dir), job["id"])   # the node's worker: no date handed to it
-        sr = pydicom.dcmread(f"{record['out_dir']}/sr.dcm")
+        sr = analysis_sr(f"{record['out_dir']}/sr.dcm")
         params = [i.TextValue for i in _walk(sr.ContentSequence) if i.ValueType == "TEXT"
                   and i.ConceptNameCodeSequence[0].CodeMeaning == "Algorithm Parameters" and i.TextValue.startswith("nlr = ")]
         assert params and params[0].startswith("nlr = 4.0 1 ") and f"before treatment start ({start})" in params[0]
@@ -115,7 +116,7 @@ def test_the_worker_analysis_uses_the_stored_date_and_reverify_the_recorded_one(
 
         # the date is changed afterwards: the SR written with the first date is still reproduced
         assert node.cli("studies", "treatment-start", base, "--clear").returncode == 0
-        out = reverify(store, sr, record=False)
+        out = reverify(store, pydicom.dcmread(f"{record['out_dir']}/sr.dcm"), record=False)   # finds sr_results.dcm beside it
         assert out.verdict == REPRODUCED, (out.problems, out.notes)
         assert any(f"treatment start as the SR's analysis used it: {start}T00:00:00 (set on study {base})" in n
                    for n in out.notes)
