@@ -156,7 +156,7 @@ def cmd_export(args) -> int:
 def cmd_reverify(args) -> int:
     from hccnode.cli import UsageError
     from hccnode.imaging.phase_rules import RulesError, load_rules
-    from hccnode.audit.reverify import PullError, check_sr, pull_sr, read_sr, reverify
+    from hccnode.audit.reverify import PullError, check_sr, pull_sr, read_sr, results_uid, reverify
     from hccnode.store import analyses
     from hccnode.store.db import Store
 
@@ -181,6 +181,7 @@ def cmd_reverify(args) -> int:
     if not args.cfg.store.url and not args.cfg.db_path.exists():
         raise FileNotFoundError(f"no database at {args.cfg.db_path}: the node has recorded nothing yet")
     store = Store.of(args.cfg)
+    results = None
     try:
         if sr is None:
             study = args.study or analyses.study_of_sr(store, args.from_pacs)
@@ -192,11 +193,16 @@ def cmd_reverify(args) -> int:
                 print(f"hccnode audit reverify: {exc}", file=sys.stderr)
                 return 1
             print(f"retrieved SR {args.from_pacs} from the PACS")
+            if results_uid(sr):
+                try:  # its results SR (labs, models, notes); if the PACS lacks it, reverify looks in the node
+                    results = pull_sr(args.cfg, results_uid(sr), study, "results")
+                except PullError:
+                    results = None
         from hccnode.pipeline.mr import site_adc_units
 
         with site_adc_units(args.cfg.adc.units):
             out = reverify(store, sr, rel_tol=args.rel_tol, rules=rules, keep=args.keep,
-                           tolerance_days=args.cfg.priors.tolerance_days)
+                           tolerance_days=args.cfg.priors.tolerance_days, results=results)
     finally:
         store.close()
     print(f"SR {out.sr_uid} of study {out.study_uid}")

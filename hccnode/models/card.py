@@ -182,6 +182,12 @@ class Reference:
             text += f" ({names} {NOT_GIVEN})"
         return text + (f" doi:{self.doi}" if self.doi else "")
 
+    def short(self) -> str:
+        """First author (et al.) and year, for one-line listings; what the text does not give is said."""
+        first = self.authors.split(", ")[0] if self.authors != NOT_GIVEN else "authors not given in the source text"
+        more = " et al." if self.authors != NOT_GIVEN and ", " in self.authors else ""
+        return first + more + (f", {self.year}" if self.year != NOT_GIVEN else "")
+
 
 @dataclass
 class Card:
@@ -216,8 +222,11 @@ class Card:
 
     @property
     def limitations(self) -> list[str]:
-        """What the paper does not publish or gets wrong, as the node reports it with every result."""
-        out = [f"unpublished: {u}" for u in self.unpublished]
+        """What the paper itself names as its limitations, does not publish or gets wrong, as the node
+        reports it with every result."""
+        out = [f"stated by the paper: {q.value}" for q in self.quotes
+               if q.fact == "limitation" and not q.value.startswith(NOT_REPORTED)]
+        out += [f"unpublished: {u}" for u in self.unpublished]
         out += [f"inconsistent: {i}" for i in self.inconsistencies]
         return out
 

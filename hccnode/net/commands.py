@@ -39,6 +39,18 @@ def register(sub) -> None:
                        description="One row per received study (patient identity is not shown).")
     p.add_argument("--limit", type=int, default=50, help="most rows to show (default 50)")
     p.set_defaults(func=cmd_studies)
+    studies_sub = p.add_subparsers(dest="studies_command", metavar="{treatment-start}")
+    t = studies_sub.add_parser(
+        "treatment-start", help="set the date treatment started (paper 003's labs are the 14 days before it)",
+        description="Set, for an MR study (the baseline or the follow-up), the day (or time) treatment started: "
+                    "paper 003's labs are those \"obtained within 2 weeks prior to treatment\" (without a date, "
+                    "the 14 days before the baseline MRI). A follow-up uses the date set on it, else the one set "
+                    "on its baseline. Every analysed study whose date this changes is queued again, as a new lab "
+                    "result queues it. Library: hccnode.store.studies.set_treatment_start.")
+    t.add_argument("study", metavar="STUDY", help="Study Instance UID, or Accession Number of a study in the node")
+    t.add_argument("date", nargs="?", metavar="YYYY-MM-DD[THH:MM]", help="the treatment start")
+    t.add_argument("--clear", action="store_true", help="remove the study's treatment start instead")
+    t.set_defaults(func=cmd_treatment_start)
 
     p = sub.add_parser("jobs", help="list analysis jobs",
                        description="Jobs of the durable queue, newest first. A job ends done, failed (after "
@@ -156,6 +168,34 @@ def cmd_studies(args) -> int:
         r["last_received"] = _when(r["last_received"])
         r["job"] = r["job"] or "waiting"
     _table(rows, ["study_uid", "study_date", "patient_key", "modalities", "series", "instances", "last_received", "job"])
+    return 0
+
+
+def cmd_treatment_start(args) -> int:
+    if bool(args.date) == args.clear:
+        raise UsageError("give the treatment start date, or --clear")
+    try:
+        when = None if args.clear else studies.parse_treatment_start(args.date)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    store = Store.of(args.cfg)
+    try:
+        uid = studies.find_study(store, args.study)
+        if uid is None:
+            print(f"hccnode studies treatment-start: no study {args.study!r} in the node (neither a Study "
+                  "Instance UID nor an Accession Number it holds)", file=sys.stderr)
+            return 1
+        done = studies.set_treatment_start(store, uid, when, "hccnode studies treatment-start",
+                                           max_attempts=args.cfg.worker.max_attempts)
+    except LookupError as exc:
+        print(f"hccnode studies treatment-start: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    shown = when.isoformat() if when else "none"
+    print(f"study {uid}: treatment start {shown}" + ("" if done.changed else " (unchanged)"))
+    for other, job in done.requeued:
+        print(f"  queued again: study {other} (job {job})")
     return 0
 
 

@@ -76,7 +76,8 @@ def run_cards(store: Store, study_uid: str, f: Findings, labs: Labs, *, follow_u
                 elif m.value is None:
                     notes.append(f"input {name!r}: {m.marker} not measured: {m.reason}")
                 elif late:
-                    notes.append(f"input {name!r}: {m.marker} = {m.value:g} {m.unit} is reported but the paper's model "
+                    shown = f"{m.value:.4g}" + (" (a fraction, as the card takes it)" if m.unit == "1" else f" {m.unit}")
+                    notes.append(f"input {name!r}: {m.marker} = {shown} is reported but the paper's model "
                                  f"is not applied to it: {late}")
                 else:
                     inputs[name] = {"value": m.value, "unit": CARD_UNITS.get(m.unit, m.unit),

@@ -101,6 +101,7 @@ EVENTS = {
     "job.done": "a job finished",
     "job.failed": "a job attempt failed (to be retried, or for good)",
     "job.not_applicable": "a job ended at once: its study is not one the analysis applies to, with the reason",
+    "study.treatment_start": "the date treatment started was set or cleared for a study (paper 003's lab anchor)",
     "analysis.not_applicable": "a study holds no CT or MR image series readable as a volume: what it holds instead",
     "phase.decided": "a series was assigned a contrast phase, with the reasons",
     "roi.source": "where an ROI came from (reader's SEG / RTSTRUCT / SR, or automatic)",

@@ -40,6 +40,7 @@ SCHEMA_MODULES = (
     "hccnode.store.audit",
     "hccnode.store.phases",
     "hccnode.store.analyses",
+    "hccnode.store.studies",
 )
 
 

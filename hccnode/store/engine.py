@@ -185,6 +185,11 @@ def group_concat(c, expr: str) -> str:
     return f"string_agg(DISTINCT {expr}, ',')" if is_pg(c) else f"GROUP_CONCAT(DISTINCT {expr})"
 
 
+def json_field(c, column: str, key: str) -> str:
+    """SQL for the text of `key` in the JSON object held (as text) in `column`."""
+    return f"({column}::json ->> '{key}')" if is_pg(c) else f"json_extract({column}, '$.{key}')"
+
+
 def in_list(n: int) -> str:
     """The parenthesised list for `x IN (...)` with n `?` placeholders. An empty list (SQLite takes
     `IN ()`, PostgreSQL does not) is a subquery without rows: false on both."""

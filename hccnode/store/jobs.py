@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     kind TEXT NOT NULL,
     study_uid TEXT NOT NULL,
     study_seq INTEGER NOT NULL,    -- the study's seq when queued: what this job analyses
-    reason TEXT NOT NULL,          -- stable | requeue | manual | lab | annotation
+    reason TEXT NOT NULL,          -- stable | requeue | manual | lab | annotation | treatment_start
     state TEXT NOT NULL {STATE_CHECK},
     attempts INTEGER NOT NULL DEFAULT 0,
     max_attempts INTEGER NOT NULL,
