@@ -186,3 +186,24 @@ def test_studies_listing_joins_modalities_and_counts_on_both_engines(store):
     assert sorted(row["modalities"].split(",")) == ["MR", "SR"]  # distinct, order not defined
     assert (row["series"], row["instances"], row["job"]) == (3, 0, None)
     assert studies.modalities(store, "1.2") == {"MR", "SR"} and studies.an_instance_path(store, "1.2", "MR") is None
+
+
+def test_treatment_start_and_paired_analyses_on_both_engines(store, tmp_path):
+    """The upsert of a changed date and the JSON field read of the analyses' recorded baseline work on
+    each engine: a changed date re-queues the follow-up paired with the study and analysed with the old one."""
+    from datetime import datetime
+
+    from hccnode.store import analyses, studies
+
+    with store.tx() as c:
+        for uid in ("1.1", "1.2"):
+            c.execute("INSERT INTO studies (study_uid, first_received, last_received, seq) VALUES (?, 0, 0, 1)", (uid,))
+    analyses.record(store, "1.2", None, "2.9", tmp_path, [], {studies.BASELINE_STUDY: "1.1", studies.TREATMENT_START: None,
+                                                               studies.TREATMENT_START_STUDY: None})
+    assert analyses.studies_paired_with(store, "1.1") == ["1.2"] and analyses.studies_paired_with(store, "1.2") == []
+    first = studies.set_treatment_start(store, "1.1", datetime(2024, 1, 5), "test")
+    assert first.changed and [uid for uid, _ in first.requeued] == ["1.2"]
+    again = studies.set_treatment_start(store, "1.1", datetime(2024, 1, 9), "test", requeue=False)
+    assert again.changed and studies.treatment_start(store, "1.1") == datetime(2024, 1, 9)
+    assert store.query("SELECT COUNT(*) AS n FROM treatment_starts") == [{"n": 1}]
+    assert audit.verify(store).ok
