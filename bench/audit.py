@@ -10,7 +10,10 @@ hash, a few details) three ways and prints appends/s for each:
 each as the median over its transactions (with and without the append interleaved, so a busy
 machine moves both alike); then verifies the whole log and prints rows/s. Not run by the tests.
 
-    python bench/audit.py [N]
+    python bench/audit.py [N] [postgresql://user@host:port/db]
+
+With a PostgreSQL URL (an empty database) the same steps run on it ([store] url), so the two engines
+can be compared in one run of each.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hccnode.store import audit  # noqa: E402
+from hccnode.store import audit, engine  # noqa: E402
 from hccnode.store.db import Store  # noqa: E402
 
 
@@ -38,10 +41,11 @@ def rate(seconds: float) -> str:
     return f"{1 / seconds:,.0f}/s ({seconds * 1e6:,.0f} us each)"
 
 
-def main(n: int = 5000) -> None:
+def main(n: int = 5000, url: str = "") -> None:
     with tempfile.TemporaryDirectory() as d:
-        store = Store(d)
-        store.conn().execute("CREATE TABLE stand_in (id INTEGER PRIMARY KEY, sop TEXT, sha256 TEXT)")
+        store = Store(d, url=url)
+        ddl = "CREATE TABLE stand_in (id INTEGER PRIMARY KEY, sop TEXT, sha256 TEXT)"
+        store.conn().execute(engine.pg_ddl(ddl) if url else ddl)
         key = store.patient_key("BENCH")
 
         batches = []
@@ -81,8 +85,8 @@ def main(n: int = 5000) -> None:
     print(f"marginal one-instance transaction (commit incl.): {rate(without)} without the append, "
           f"{rate(with_)} with it: +{(with_ - without) * 1e6:,.0f} us per instance")
     print(f"own-tx   appends each committed on its own:    {rate(own_tx)}")
-    print(f"verify   {verdict.rows} rows: {verdict.rows / check:,.0f} rows/s")
+    print(f"verify   {verdict.rows} rows: {verdict.rows / check:,.0f} rows/s ({store.where() if url else 'SQLite'})")
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 5000)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 5000, sys.argv[2] if len(sys.argv) > 2 else "")

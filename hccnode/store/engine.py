@@ -120,6 +120,7 @@ class PgConnection:
     engine = POSTGRESQL
 
     def __init__(self, url: str, read_only: bool = False):
+        self.write_locked = False  # this transaction holds WRITE_LOCK (set by begin_write)
         self._c = psycopg.connect(url, autocommit=True, cursor_factory=psycopg.ClientCursor, row_factory=_rows,
                                   connect_timeout=30, application_name="hccnode")
         if read_only:
@@ -155,14 +156,16 @@ def begin_write(c, lock: int = WRITE_LOCK) -> None:
     if is_pg(c):
         c.execute("BEGIN")
         c.execute(f"SELECT pg_advisory_xact_lock({lock})")
+        c.write_locked = lock == WRITE_LOCK
     else:
         c.execute("BEGIN IMMEDIATE")
 
 
 def serialize(c) -> None:
     """Inside a transaction: make sure it holds the write lock before a read-then-append (the audit
-    chain). SQLite's BEGIN IMMEDIATE holds it already; on PostgreSQL the advisory lock is re-entrant."""
-    if is_pg(c):
+    chain). SQLite's BEGIN IMMEDIATE holds it already, and so does a PostgreSQL transaction opened by
+    `begin_write`; another one takes it here (the advisory lock is re-entrant, released at its end)."""
+    if is_pg(c) and not c.write_locked:
         c.execute(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
 
 
@@ -178,6 +181,9 @@ def write_transaction(c, lock: int = WRITE_LOCK) -> Iterator[Any]:
         if c.in_transaction:
             c.execute("ROLLBACK")
         raise
+    finally:
+        if is_pg(c):
+            c.write_locked = False
 
 
 def group_concat(c, expr: str) -> str:
