@@ -1,0 +1,84 @@
+"""Issue 17: `hccnode viewer check` (make viewer-check) on real parts: Orthanc with its DICOMweb and
+ServeFolders plugins serving the pinned OHIF, a node forwarding to it, a phantom CECT study sent by
+storescu, OHIF opened in Debian's headless Chromium through chromedriver. One run of the check
+(about 70 s on 2 cores: ~30 s for the node's analysis, ~40 s in the browser) serves every test."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, in_ci, need
+
+from hccnode.viewer import install
+from hccnode.viewer.stack import PLUGIN_DIR, PLUGINS
+
+pytestmark = pytest.mark.network
+
+
+def _require(ok: bool, what: str) -> None:
+    if not ok:
+        msg = f"{what} (make viewer-deps installs it)"
+        pytest.fail(msg) if in_ci() else pytest.skip(msg)
+
+
+@pytest.fixture(scope="module")
+def checked(tmp_path_factory):
+    """(exit code, result.json, output folder, stdout) of one `hccnode viewer check`."""
+    for tool in ("Orthanc", "storescu", "chromium", "chromedriver"):
+        need(tool)
+    for plugin in PLUGINS:
+        _require((PLUGIN_DIR / plugin).is_file(), f"Orthanc plugin {plugin} is not installed")
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        _require(False, "the selenium package is not installed")
+    viewer = ROOT / ".viewer"
+    _require(install.installed(viewer), f"OHIF {install.OHIF_VERSION} is not installed in {viewer}")
+    out = tmp_path_factory.mktemp("viewer-check")
+    r = subprocess.run([sys.executable, "-m", "hccnode", "viewer", "check", "--dir", str(viewer), "--out", str(out)],
+                       capture_output=True, text=True, timeout=900, cwd=out)
+    path = out / "result.json"
+    assert path.exists(), f"no result.json; exit {r.returncode}: {r.stderr[-2000:]}"
+    return r.returncode, json.loads(path.read_text()), out, r.stdout
+
+
+def test_check_writes_its_result_and_a_screenshot_per_step(checked):
+    _, result, out, stdout = checked
+    assert result["ohif"] == f"@ohif/app@{install.OHIF_VERSION}"
+    assert result["orthanc"]["dicom-web"] and result["orthanc"]["serve-folders"]
+    assert sorted(p.name for p in out.glob("*.png")) == ["01-study.png", "02-sr.png", "03-seg.png", "04-map.png",
+                                                       "05-pdf.png"]
+    assert set(result["screenshots"]) == {p.name for p in out.glob("*.png")}
+    for step in ("study", "sr", "seg", "map", "pdf"):
+        assert "errors" in result[step]["console"]        # every step reports its console
+    assert "/ohif/viewer?StudyInstanceUIDs=" in stdout and "passed:" in stdout
+
+
+def test_ohif_lists_our_segments_and_opens_our_pdf(checked):
+    _, result, _, _ = checked
+    seg = result["seg"]
+    # the phantom reader's SEG names the tumour, liver and aorta; ours carries them through
+    assert {"Tumor (reader)", "Liver (reader)", "Aorta (reader)"} <= set(seg["ours"])
+    assert seg["listed"] == seg["ours"] and seg["displayed"]
+    pdf = result["pdf"]
+    assert pdf["displayed"] and pdf["head"] == "%PDF-" and pdf["bytes"] > 1000
+
+
+def test_sr_values_are_compared_to_what_we_wrote(checked):
+    _, result, _, _ = checked
+    sr = result["sr"]
+    # our SR's ROI measurements are read back from the file Orthanc holds, whatever OHIF shows
+    assert sr["ours"] >= 8
+    assert {m["unit"] for m in sr["measurements"]} >= {"[hnsf'U]", "%"}
+    assert sr["shown"] == sum(m["shown"] is not None for m in sr["measurements"])
+
+
+@pytest.mark.xfail(strict=True, reason="issue 17 point 2 pending (branch objects17): OHIF 3.12 shows our SR as "
+                                       "'Measurements (0)' and places our map's frames in reverse slice order")
+def test_everything_displays_and_the_values_agree(checked):
+    code, result, _, _ = checked
+    assert result["passed"] and code == 0
