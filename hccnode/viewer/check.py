@@ -49,17 +49,20 @@ class CheckError(Exception):
 @dataclass
 class Expected:
     """What the node wrote, read from its objects in Orthanc."""
-    measurements: list[dict] = field(default_factory=list)   # {group, label, value, unit}
+    measurements: list[dict] = field(default_factory=list)   # {group, label, value, unit} on images
     segments: list[str] = field(default_factory=list)
     map_point_mm: list[float] | None = None
     map_value: float | None = None
     map_unit: str | None = None
+    not_on_images: list[dict] = field(default_factory=list)  # the same, of groups with no image reference
+    series: dict[str, str] = field(default_factory=dict)      # {"sr"|"seg"|"pmap"|"pdf": series description}
 
 
 # -- what we wrote -----------------------------------------------------------------------------
 def sr_measurements(ds) -> list[dict]:
     """Every NUM directly under a TID 1501 measurement group: its group's tracking identifier,
-    concept name, value and unit."""
+    concept name, value and unit, and whether the group refers to an image (a SCOORD/SCOORD3D,
+    or an IMAGE item such as the Referenced Segment): only those can be drawn on an image."""
     out = []
 
     def walk(items):
@@ -67,12 +70,15 @@ def sr_measurements(ds) -> list[dict]:
             if item.get("ValueType") == "CONTAINER" and _code(item) == MEASUREMENT_GROUP:
                 group = next((str(c.TextValue) for c in item.get("ContentSequence", [])
                               if c.get("ValueType") == "TEXT" and _code(c) == TRACKING_ID), "")
+                on_image = any(c.get("ValueType") in ("SCOORD", "SCOORD3D", "IMAGE")
+                               for c in item.get("ContentSequence", []))
                 for c in item.get("ContentSequence", []):
                     if c.get("ValueType") == "NUM" and c.get("MeasuredValueSequence"):
                         mv = c.MeasuredValueSequence[0]
                         out.append({"group": group, "label": str(c.ConceptNameCodeSequence[0].CodeMeaning),
                                     "value": float(mv.NumericValue),
-                                    "unit": str(mv.MeasurementUnitsCodeSequence[0].CodeValue)})
+                                    "unit": str(mv.MeasurementUnitsCodeSequence[0].CodeValue),
+                                    "on_image": on_image})
             walk(item.get("ContentSequence"))
 
     walk(ds.get("ContentSequence"))
@@ -187,7 +193,7 @@ class Page:
     def open_thumbnail(self, description: str) -> bool:
         from selenium.webdriver.common.action_chains import ActionChains
         labels = [e for e in self.d.find_elements("css selector", '[data-cy="series-description-label"]')
-                  if e.text.strip().startswith(description)]
+                  if (e.get_attribute("textContent") or "").strip() == description]
         if not labels:
             return False
         self.skip_tour()
@@ -208,36 +214,55 @@ class Page:
     def viewport_text(self) -> list[str]:
         """The text OHIF draws on the viewport: overlays and annotation labels (SVG text)."""
         return self.js("var v = document.querySelector('[data-cy=viewport-pane]'); if (!v) return [];"
-                       "return Array.from(v.querySelectorAll('svg text, svg tspan'))"
+                       "return Array.from(v.querySelectorAll('svg tspan, svg text'))"
+                       ".filter(function (t) { return !t.querySelector('tspan'); })"
                        ".map(function (t) { return t.textContent; }).filter(Boolean);") or []
 
 
 # -- the steps --------------------------------------------------------------------------------------
+NEXT_MEASUREMENT_JS = """
+var v = document.querySelector('[data-cy=viewport-pane]');
+var next = v && Array.from(v.querySelectorAll('svg.rotate-180')).find(function (g) {
+  var t = g.querySelector('title'); return t && t.textContent === 'arrow-left'; });
+if (!next) return false;
+next.parentElement.click();
+return true;
+"""
+
+
 def check_sr(page: Page, exp: Expected) -> dict:
-    opened = page.open_thumbnail("hccnode measurements")
-    page.wait(lambda: "Measurements (" in page.panel("trackedMeasurements-btn") and
-              not page.js("return !!document.querySelector('.loading-indicator')"), 20)
-    time.sleep(5)
+    """OHIF draws an SR's measurements on their image (one image at a time; the viewport's arrows
+    step through them) and lists tracked ones in the measurement panel: both are read."""
+    opened = page.open_thumbnail(exp.series["sr"])
+    page.wait(lambda: "Measurements (" in page.panel("trackedMeasurements-btn"), 20)
+    page.wait(lambda: page.viewport_text(), 15)
+    lines = set(page.viewport_text())
+    for _ in range(len({m["group"] for m in exp.measurements})):
+        if not page.js(NEXT_MEASUREMENT_JS):
+            break
+        time.sleep(1.5)
+        lines |= set(page.viewport_text())
     panel = page.panel("trackedMeasurements-btn")
-    svg = page.viewport_text()
     m = re.search(r"Measurements \((\d+)\)", panel)
     shown_count = int(m.group(1)) if m else None
     rows = [line for line in panel.splitlines()[1:] if line.strip()]
-    numbers = NUMBER.findall("\n".join(rows + svg))
+    texts = sorted(lines) + rows
     compared = []
     for e in exp.measurements:
-        hit = number_shown(e["value"], numbers)
-        compared.append({**e, "shown": hit})
+        line = next((t for t in texts if number_shown(e["value"], NUMBER.findall(t))), None)
+        compared.append({**e, "shown": number_shown(e["value"], NUMBER.findall(line)) if line else None,
+                         "page_line": line})
     page.shot("02-sr", "the SR opened from its thumbnail, measurement panel open")
     agree = bool(compared) and all(c["shown"] is not None for c in compared)
-    return {"thumbnail_found": opened, "panel_count": shown_count, "panel_rows": rows, "viewport_text": svg,
-            "measurements": compared, "ours": len(compared),
+    return {"thumbnail_found": opened, "panel_count": shown_count, "panel_rows": rows,
+            "viewport_text": sorted(lines), "measurements": compared, "ours": len(compared),
             "shown": sum(c["shown"] is not None for c in compared),
-            "displayed": bool(shown_count) and agree, "values_agree": agree, "console": page.console()}
+            "not_on_images": exp.not_on_images, "displayed": agree, "values_agree": agree,
+            "console": page.console()}
 
 
 def check_seg(page: Page, exp: Expected) -> dict:
-    opened = page.open_thumbnail("hccnode ROIs")
+    opened = page.open_thumbnail(exp.series["seg"])
     panel = page.wait(lambda: (lambda t: t if all(s in t for s in exp.segments) else None)(
         page.panel("panelSegmentation-btn"))) or page.panel("panelSegmentation-btn")
     time.sleep(2)
@@ -271,7 +296,7 @@ return {state: 'loaded', loading: loading, in_viewport: inViewport, ijk: ijk, va
 
 
 def check_map(page: Page, exp: Expected, pmap_series: str) -> dict:
-    opened = page.open_thumbnail("hccnode ECV map")
+    opened = page.open_thumbnail(exp.series["pmap"])
     probe = page.wait(lambda: (lambda r: r if r and r.get("state") == "loaded" and not r.get("loading") else None)(
         page.js(PROBE_JS, pmap_series, exp.map_point_mm))) or page.js(PROBE_JS, pmap_series, exp.map_point_mm)
     time.sleep(3)
@@ -302,8 +327,8 @@ fetch(src).then(function (r) { return r.arrayBuffer().then(function (b) {
 """
 
 
-def check_pdf(page: Page) -> dict:
-    opened = page.open_thumbnail("hccnode summary")
+def check_pdf(page: Page, exp: Expected) -> dict:
+    opened = page.open_thumbnail(exp.series["pdf"])
     page.wait(lambda: page.js("return !!document.querySelector('[data-cy=viewport-pane] object,"
                               "[data-cy=viewport-pane] iframe, [data-cy=viewport-pane] embed')"))
     time.sleep(3)
@@ -315,15 +340,24 @@ def check_pdf(page: Page) -> dict:
 
 # -- the whole check --------------------------------------------------------------------------------
 def expected_from(stack, study) -> Expected:
-    sr = pydicom.dcmread(stack.instance_file(study.results["sr"]))
+    """Our values, from our objects as Orthanc holds them. The SR to open is the node's SR with
+    measurements on images (the node may write a second SR for what has no image)."""
+    found = [(m, ds) for key, uid in sorted(study.results.items()) if key.rstrip("0123456789") == "sr"
+             for ds in [pydicom.dcmread(stack.instance_file(uid))] for m in [sr_measurements(ds)]]
+    measurements, sr = next(((m, ds) for m, ds in found if any(x["on_image"] for x in m)), found[0])
+    others = [x for m, ds in found if ds is not sr for x in m]
     seg = pydicom.dcmread(stack.instance_file(study.results["seg"]))
     pmap = pydicom.dcmread(stack.instance_file(study.results["pmap"]))
+    pdf = pydicom.dcmread(stack.instance_file(study.results["pdf"]), stop_before_pixels=True)
     truth = json.loads((study.folder / "truth.json").read_text())
     point = truth["studies"][0]["rois"]["liver"]["roi_centers_patient_mm"][0]
     unit = pmap.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0] \
         .MeasurementUnitsCodeSequence[0].CodeValue
     value, voxel = map_value_at(pmap, point)
-    return Expected(sr_measurements(sr), segment_labels(seg), voxel, value, str(unit))
+    return Expected([x for x in measurements if x["on_image"]], segment_labels(seg), voxel, value, str(unit),
+                    [x for x in measurements if not x["on_image"]] + others,
+                    {k: str(ds.get("SeriesDescription", "")) for k, ds in
+                     (("sr", sr), ("seg", seg), ("pmap", pmap), ("pdf", pdf))})
 
 
 def run(stack, study, out: Path) -> dict:
@@ -353,7 +387,7 @@ def run(stack, study, out: Path) -> dict:
         result["sr"] = check_sr(page, exp)
         result["seg"] = check_seg(page, exp)
         result["map"] = check_map(page, exp, pmap_series)
-        result["pdf"] = check_pdf(page)
+        result["pdf"] = check_pdf(page, exp)
         result["screenshots"] = page.shots
     finally:
         driver.quit()

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import pydicom
+
 from hccnode.config import Destination
 from hccnode.net import scu
 from hccnode.phantom import StudySpec, generate
@@ -77,7 +79,8 @@ def _toml(cfg: dict) -> str:
 @dataclass
 class SentStudy:
     """The phantom study sent to the node: its UID, its folder (truth.json inside) and the
-    node's results found in Orthanc ({"sr"|"seg"|"pmap"|"pdf": SOP Instance UID})."""
+    node's results found in Orthanc ({"sr"|"seg"|"pmap"|"pdf": SOP Instance UID}; a second
+    SR document is "sr2", and so on)."""
     study_uid: str
     folder: Path
     results: dict[str, str] = field(default_factory=dict)
@@ -248,7 +251,8 @@ class Stack:
             if r.returncode != 0:
                 raise StackError(f"storescu could not send the phantom study to {aec}: {r.stderr.strip()[-500:]}")
         study = SentStudy(truth.data["studies"][0]["study_instance_uid"], folder)
-        study.results = _wait(lambda: self._results(study.study_uid), timeout,
+        sent = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+        study.results = _wait(lambda: self._results(study.study_uid, sent), timeout,
                               "the node's SR, SEG, Parametric Map and PDF in Orthanc", self.procs[-1],
                               self.workdir / "node.log")
         return study
@@ -264,8 +268,9 @@ class Stack:
         if r.returncode != 0:
             raise StackError(f"the hematocrit could not be imported: {r.stderr.strip()[-500:]}")
 
-    def _results(self, study_uid: str) -> dict[str, str] | None:
-        """The node's four results in Orthanc (by QIDO-RS), or None while any is missing."""
+    def _results(self, study_uid: str, sent: set[str]) -> dict[str, str] | None:
+        """The node's four results in Orthanc (by QIDO-RS; instances not in `sent`, the study as
+        the scanner sent it, which has a reader's SEG), or None while any is missing."""
         try:
             found = self.get_json(f"/dicom-web/studies/{study_uid}/instances")
         except (OSError, urllib.error.URLError, ValueError):
@@ -273,6 +278,7 @@ class Stack:
         out = {}
         for inst in found:
             kind = OUTPUT_CLASSES.get(inst.get("00080016", {}).get("Value", [""])[0])
-            if kind:
-                out[kind] = inst["00080018"]["Value"][0]
-        return out if len(out) == len(OUTPUT_CLASSES) else None
+            if kind and inst["00080018"]["Value"][0] not in sent:
+                n = sum(k.rstrip("0123456789") == kind for k in out)
+                out[kind + (str(n + 1) if n else "")] = inst["00080018"]["Value"][0]
+        return out if set(OUTPUT_CLASSES.values()) <= set(out) else None
