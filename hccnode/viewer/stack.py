@@ -12,6 +12,7 @@ Everything listens on 127.0.0.1 on free ports; leaving the block stops both proc
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -91,7 +92,7 @@ class Stack:
 
     def __init__(self, workdir: Path, dist: Path, http_port: int = 0):
         self.workdir = Path(workdir)
-        self.dist = Path(dist)
+        self.dist = Path(dist).resolve()
         self.http_port = http_port or free_port()
         self.dicom_port = free_port()
         self.node_port = free_port()
@@ -179,7 +180,13 @@ class Stack:
         self.node_config.write_text(_toml(cfg))
         log = self.workdir / "node.log"
         proc = self._spawn([sys.executable, "-m", "hccnode", "-c", str(self.node_config), "serve"], log)
-        _wait(self._node_answers, 60, "the node to answer C-ECHO", proc, log)
+        quiet = logging.getLogger("pynetdicom")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)        # refused probes while the node starts are expected
+        try:
+            _wait(self._node_answers, 60, "the node to answer C-ECHO", proc, log)
+        finally:
+            quiet.setLevel(level)
 
     def _node_answers(self) -> bool:
         # A C-ECHO, not a bare TCP probe: pynetdicom would hold a silent connection as an association.
