@@ -78,7 +78,7 @@ def test_sr_values_are_compared_to_what_we_wrote(checked):
 
 
 @pytest.mark.xfail(strict=True, reason="issue 17 point 2 pending (branch objects17): OHIF 3.12 shows our SR as "
-                                       "'Measurements (0)' and places our map's frames in reverse slice order")
+                                       "'Measurements (0)' and places our map's frames in file order, not by their source images (our map is written superior first)")
 def test_everything_displays_and_the_values_agree(checked):
     code, result, _, _ = checked
     assert result["passed"] and code == 0
