@@ -4,8 +4,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 SYSTEM_TOOLS := storescu storescp echoscu dsrdump dciodvfy Orthanc openssl chromium chromedriver npm
-ORTHANC_PLUGINS := /usr/share/orthanc/plugins
-ORTHANC_PYTHON := $(ORTHANC_PLUGINS)/libOrthancPython.so
+ORTHANC_PYTHON := /usr/share/orthanc/plugins/libOrthancPython.so
+ORTHANC_DICOMWEB := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
 VIEWER_DIR ?= .viewer
 
 .PHONY: run test venv system-deps viewer-deps viewer viewer-check bench clean
@@ -26,7 +26,7 @@ run: venv
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
 	[ -f $(ORTHANC_PYTHON) ] || missing="$$missing orthanc-python"; \
-	[ -f $(ORTHANC_PLUGINS)/libOrthancDicomWeb.so ] || missing="$$missing orthanc-dicomweb"; \
+	[ -f $(ORTHANC_DICOMWEB) ] || missing="$$missing orthanc-dicomweb"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages (missing:$$missing)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools orthanc orthanc-python orthanc-dicomweb openssl chromium chromium-driver npm >/dev/null; \

@@ -22,7 +22,7 @@ COMMAND_MODULES = [
     "hccnode.labs.commands",
     "hccnode.models.commands",
     "hccnode.phantom.commands",
-    "hccnode.store.audit_commands",
+    "hccnode.audit.commands",
     "hccnode.imaging.commands",
     "hccnode.report.commands",
     "hccnode.pipeline.commands",

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from hccnode import cli
-from hccnode.models import store as mstore, validate
+from hccnode.models import validate
 from hccnode.models.card import load_cards
 from hccnode.models.engine import InputValue, evaluate
+from hccnode.store import model_results as mstore
 from hccnode.store.db import Store
 
 CARD_DIR = Path(__file__).resolve().parents[1] / "plugins" / "models"

@@ -15,7 +15,7 @@ import pytest
 
 from hccnode.labs import catalog
 from hccnode.labs.csvimport import parse_row
-from hccnode.labs.store import store_results
+from hccnode.store.labs import store_results
 from hccnode.models import p003_pairing
 from hccnode.models.p003_pairing import Candidate, Window, lab_anchor, select_baseline
 from hccnode.net import priors

@@ -14,7 +14,7 @@ from pipeline_support import add_labs, phantom_store, scratch_dir
 from hccnode import cli
 from hccnode.pipeline import analyze_study
 from hccnode.report.sr_compare import compare, numbers
-from hccnode.store.reverify import evidence, input_differences
+from hccnode.audit.reverify import evidence, input_differences
 from hccnode.store import audit
 
 OUTBOX_DEST = "PACS@127.0.0.1:11112"

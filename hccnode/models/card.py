@@ -23,6 +23,7 @@ import math
 import re
 import tomllib
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -549,8 +550,11 @@ def load_card(path: str | Path) -> Card:
 
 
 def default_dirs(data_dir: str | Path | None = None) -> list[Path]:
-    """Card directories: the shipped plugins/models, then the site's recalibrated cards."""
-    dirs = [Path(__file__).resolve().parents[2] / "plugins" / "models"]
+    """Card directories: the shipped cards, then the site's recalibrated cards.
+
+    The shipped cards are package data hccnode/data/models (in a source tree, a link to the
+    top-level plugins/models/, so the wheel carries them)."""
+    dirs = [Path(resources.files("hccnode").joinpath("data", "models")).resolve()]
     if data_dir is not None:
         dirs.append(Path(data_dir) / "models" / "site")
     return dirs

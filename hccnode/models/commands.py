@@ -201,7 +201,8 @@ def cmd_evaluate(args) -> int:
 
 def _load_data(args, cards):
     from hccnode.cli import UsageError
-    from hccnode.models import store as mstore, validate
+    from hccnode.models import validate
+    from hccnode.store import model_results as mstore
     from hccnode.store.db import Store
 
     try:

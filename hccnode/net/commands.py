@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 from hccnode.cli import UsageError
-from hccnode.config import Destination, parse_destination
-from hccnode.net import scu, status
+from hccnode import dicom_status as status
+from hccnode.config import Destination, check_dicomweb_url, is_dicomweb, parse_destination
+from hccnode.net import scu
 from hccnode.net.forward import client_tls, drain_once
 from hccnode.store import jobs, outbox
 from hccnode.store.db import Store
@@ -29,7 +30,9 @@ def register(sub) -> None:
                        description="Queue FILEs in the outbox for DESTINATION and send them now. Rows that "
                                    "cannot be delivered stay queued and are retried by `hccnode serve`.")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="DICOM Part 10 files or folders")
-    p.add_argument("--to", required=True, metavar="AE@host:port", help="destination")
+    p.add_argument("--to", required=True, metavar="AE@host:port|URL",
+                   help="destination: a DICOM peer, or a DICOMweb base URL (STOW-RS; its options and credentials"
+                        " come from [forward.dicomweb.\"URL\"])")
     p.set_defaults(func=cmd_send)
 
     p = sub.add_parser("studies", help="list received studies with series counts and job state",
@@ -96,6 +99,13 @@ def _destination(text: str) -> Destination:
         raise UsageError(str(exc)) from None
 
 
+def _dicomweb_url(text: str) -> str:
+    try:
+        return check_dicomweb_url(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _dicom_files(paths: list[Path]) -> list[Path]:
     files: list[Path] = []
     for p in paths:
@@ -109,7 +119,7 @@ def _dicom_files(paths: list[Path]) -> list[Path]:
 
 
 def cmd_send(args) -> int:
-    dest = _destination(args.to)
+    dest = _dicomweb_url(args.to) if is_dicomweb(args.to) else _destination(args.to)
     store = Store(args.cfg.data_dir)
     ids, skipped = [], []
     for f in _dicom_files(args.files):

@@ -14,7 +14,6 @@ a changed input gives a new SR naming the last one as its predecessor.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections import Counter
@@ -45,8 +44,8 @@ from hccnode.pipeline.study import NotApplicable, Series, Study
 from hccnode.report import Reference, ReportRoi, build_outputs, load_template
 from hccnode.report.inputs import analysis_key
 from hccnode.report.outputs import output_uids
-from hccnode.store import audit, outbox, studies
-from hccnode.store.db import Store, now
+from hccnode.store import analyses, audit, outbox, studies
+from hccnode.store.db import Store
 
 
 ACTOR = "pipeline"
@@ -124,7 +123,7 @@ def analyze_study(store: Store, study_uid: str, *, destinations: Sequence[str] =
 
     step("phases")
     study = Study.load(store, study_uid, rules)
-    patient_key = _patient_key(store, study_uid)
+    patient_key = studies.patient_key(store, study_uid)
     for d in study.decisions:
         audit.append(store, "phase.decided", ACTOR, study_uid=study_uid, patient_key=patient_key, series=d.series_uid,
                      series_number=d.series_number, kind=d.kind, phase=d.phase, kev=d.kev,
@@ -216,11 +215,6 @@ def analyze_study(store: Store, study_uid: str, *, destinations: Sequence[str] =
     return result
 
 
-def _patient_key(store: Store, study_uid: str) -> str | None:
-    rows = store.query("SELECT patient_key FROM studies WHERE study_uid = ?", (study_uid,))
-    return rows[0]["patient_key"] if rows else None
-
-
 def _reference(study: Study, kind: str) -> tuple[Series | None, Volume | None]:
     """The series ROIs, masks and the ECV map lie on, and its volume."""
     if kind == "mr":
@@ -305,8 +299,8 @@ def _baseline(store: Store, study: Study, patient_key: str | None, f: Findings, 
 def _previous_sr(store: Store, study_uid: str, sr_uid: str) -> pydicom.Dataset | None:
     """The SR the new one (`sr_uid`) replaces: the study's latest other SR. A re-run of an analysis
     already made keeps what that analysis replaced, so the same UID always has the same content."""
-    rows = store.query("SELECT sr_uid, out_dir FROM analyses WHERE study_uid = ? ORDER BY id DESC", (study_uid,))
-    files = {r["sr_uid"]: store.data_dir / r["out_dir"] / "sr.dcm" for r in reversed(rows)}
+    rows = analyses.of_study(store, study_uid)
+    files = {r["sr_uid"]: store.data_dir / r["out_dir"] / "sr.dcm" for r in rows}
     if sr_uid in files:
         if not files[sr_uid].exists():
             return None
@@ -316,7 +310,7 @@ def _previous_sr(store: Store, study_uid: str, sr_uid: str) -> pydicom.Dataset |
         old = str(pred[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
         path = files.get(old)
     else:
-        path = next((files[r["sr_uid"]] for r in rows), None)
+        path = files[rows[-1]["sr_uid"]] if rows else None
     return pydicom.dcmread(path) if path is not None and path.exists() else None
 
 
@@ -379,11 +373,7 @@ def _outputs(store: Store, study: Study, image: Series, reference: Volume | None
     for path, uid in zip(result.files, uids):
         audit.append(store, "output.created", ACTOR, study_uid=study.uid, patient_key=patient_key, output_uids=[uid],
                      card_versions=result.card_versions, file=path.name, job=job_id, replaces=result.replaces)
-    with store.tx() as c:
-        c.execute("INSERT INTO analyses (study_uid, job_id, sr_uid, out_dir, outputs, created_at) VALUES (?,?,?,?,?,?)",
-                  (study.uid, job_id, str(sr.SOPInstanceUID),
-                   str(final.relative_to(store.data_dir) if final.is_relative_to(store.data_dir) else final),
-                   json.dumps(uids), now()))
+    analyses.record(store, study.uid, job_id, str(sr.SOPInstanceUID), final, uids)
 
 
 def copy_outputs(analysis: Analysis, out: str | Path) -> list[Path]:

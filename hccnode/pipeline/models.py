@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from hccnode.labs import indices
-from hccnode.models import store as model_store
 from hccnode.models.card import Card, default_dirs, load_cards
 from hccnode.imaging.measure import Measurement
 from hccnode.models.engine import evaluate
@@ -20,6 +19,7 @@ from hccnode.pipeline import lesions
 from hccnode.pipeline.findings import Findings
 from hccnode.pipeline.labs import Labs
 from hccnode.store import audit
+from hccnode.store import model_results as model_store
 from hccnode.store.db import Store
 
 # Card input -> the marker that provides it. "_post" inputs (paper 003) are the follow-up study's

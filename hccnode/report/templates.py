@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import tomllib
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from highdicom.sr import CodedConcept
@@ -38,7 +39,9 @@ class TemplateError(ValueError):
 
 
 def default_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "sr_templates"
+    """The shipped templates: package data hccnode/data/sr_templates (in a source tree, a link to the
+    top-level sr_templates/, so the wheel carries the files a site edits)."""
+    return Path(resources.files("hccnode").joinpath("data", "sr_templates")).resolve()
 
 
 @dataclass(frozen=True)

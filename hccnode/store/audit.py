@@ -185,6 +185,16 @@ def _json(value: Any, field: str) -> str:
         raise AuditError(f"audit field {field} is not JSON: {exc}") from None
 
 
+def open_read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection to a database holding an audit table (the node's, or an export);
+    LookupError when it has none."""
+    c = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+    if not c.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit'").fetchone():
+        c.close()
+        raise LookupError(f"{path} has no audit table")
+    return c
+
+
 def _conn(target: Store | sqlite3.Connection) -> sqlite3.Connection:
     return target.conn() if isinstance(target, Store) else target
 

@@ -86,11 +86,7 @@ def _open(args) -> sqlite3.Connection:
         if args.db:
             raise UsageError(f"{path}: no such file")
         raise FileNotFoundError(f"no database at {path}: the node has recorded nothing yet")
-    c = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
-    if not c.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit'").fetchone():
-        c.close()
-        raise LookupError(f"{path} has no audit table")
-    return c
+    return audit.open_read_only(path)
 
 
 def _since(args) -> str | None:
@@ -156,8 +152,9 @@ def cmd_export(args) -> int:
 def cmd_reverify(args) -> int:
     from hccnode.cli import UsageError
     from hccnode.imaging.phase_rules import RulesError, load_rules
+    from hccnode.audit.reverify import PullError, check_sr, pull_sr, read_sr, reverify
+    from hccnode.store import analyses
     from hccnode.store.db import Store
-    from hccnode.store.reverify import PullError, check_sr, pull_sr, read_sr, reverify, study_of
 
     if args.rel_tol < 0:
         raise UsageError(f"--rel-tol must be >= 0, got {args.rel_tol}")
@@ -182,7 +179,7 @@ def cmd_reverify(args) -> int:
     store = Store(args.cfg.data_dir)
     try:
         if sr is None:
-            study = args.study or study_of(store, args.from_pacs)
+            study = args.study or analyses.study_of_sr(store, args.from_pacs)
             if not study:
                 raise UsageError(f"the node has no record of writing SR {args.from_pacs}: give its study with --study")
             try:

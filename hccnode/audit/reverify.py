@@ -19,7 +19,6 @@ and why, rather than calling the numbers reproduced or different.
 from __future__ import annotations
 
 import shutil
-import sqlite3
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -31,8 +30,9 @@ from pydicom.dataset import Dataset
 from hccnode import log
 from hccnode.config import PriorsSection
 from hccnode.report.sr_compare import Row, compare, numbers
-from hccnode.store import audit
+from hccnode.store import analyses, audit, studies
 from hccnode.store.db import Store
+from hccnode.store.scratch import scratch_copy
 
 REPRODUCED, DIFFERS, NOT_RECOMPUTED = "reproduced", "differs", "not recomputed"
 ACTOR = "audit reverify"
@@ -82,7 +82,8 @@ def pull_sr(cfg, sr_uid: str, study_uid: str) -> Dataset:
     `[forward]` destination) by C-GET at IMAGE level into memory: nothing enters the spool. The
     Series Instance UID a C-GET needs is the node's SR series of the study (hccnode.report.outputs),
     so only SRs this node wrote can be pulled. No PACS configured: LookupError."""
-    from hccnode.net import scu, status
+    from hccnode import dicom_status as status
+    from hccnode.net import scu
     from hccnode.net.forward import client_tls
     from hccnode.net.priors import pacs_destination
     from hccnode.report.outputs import output_uids
@@ -114,14 +115,6 @@ def pull_sr(cfg, sr_uid: str, study_uid: str) -> Dataset:
     return found[0]
 
 
-def study_of(store: Store, sr_uid: str) -> str | None:
-    """The study of an SR the node recorded writing, or None."""
-    if not store.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'analyses'"):
-        return None
-    rows = store.query("SELECT study_uid FROM analyses WHERE sr_uid = ? ORDER BY id DESC LIMIT 1", (sr_uid,))
-    return rows[0]["study_uid"] if rows else None
-
-
 def evidence(sr: Dataset) -> dict[str, list[str]]:
     """Series UID -> SOP Instance UIDs the SR lists as evidence (Current Requested Procedure Evidence)."""
     out: dict[str, list[str]] = {}
@@ -146,8 +139,8 @@ def missing_inputs(store: Store, sr: Dataset) -> list[str]:
             continue
         absent = []
         for sop in sops:
-            row = store.query("SELECT path FROM instances WHERE sop_uid = ?", (sop,))
-            if not row or not (store.data_dir / row[0]["path"]).is_file():
+            path = studies.instance_path(store, sop)
+            if path is None or not (store.data_dir / path).is_file():
                 absent.append(sop)
         if absent:
             problems.append(f"series {series}: {len(absent)} of {len(sops)} instance(s) not in the spool "
@@ -155,31 +148,12 @@ def missing_inputs(store: Store, sr: Dataset) -> list[str]:
     return problems
 
 
-def _scratch(store: Store, where: Path, as_of: float | None) -> Store:
-    """A copy of the node's database in `where`, optionally rolled back to the inputs at `as_of`."""
-    path = where / "hccnode.db"
-    dst = sqlite3.connect(path)
-    try:
-        store.conn().backup(dst)
-    finally:
-        dst.close()
-    scratch = Store(store.data_dir, db_path=path)
-    if as_of is not None:
-        with scratch.tx() as c:
-            # results received later did not exist; those they superseded or withdrew were current
-            c.execute("DELETE FROM labs WHERE received_at > ?", (as_of,))
-            c.execute("UPDATE labs SET state = 'current', replaced_by = NULL WHERE replaced_by IS NOT NULL"
-                      " AND replaced_by NOT IN (SELECT id FROM labs)")
-            c.execute("DELETE FROM instances WHERE received_at > ?", (as_of,))
-    return scratch
-
-
 def _recompute(store: Store, study_uid: str, where: Path, as_of: float | None, rules,
                tolerance_days: float) -> Dataset:
     from hccnode.pipeline import analyze_study
 
     where.mkdir(parents=True)
-    scratch = _scratch(store, where, as_of)
+    scratch = scratch_copy(store, where, as_of)
     try:
         analysis = analyze_study(scratch, study_uid, rules=rules, outputs_dir=where / "outputs",
                                  baseline_tolerance_days=tolerance_days)
@@ -220,11 +194,10 @@ def reverify(store: Store, sr: Dataset, *, rel_tol: float = 0.0, rules=None, kee
     sr_uid, study_uid = str(sr.SOPInstanceUID), str(sr.StudyInstanceUID)
     out = Outcome(sr_uid, study_uid, rel_tol=rel_tol)
     patient_key = None
-    known = store.query("SELECT patient_key FROM studies WHERE study_uid = ?", (study_uid,))
-    if not known:
+    if not studies.holds(store, study_uid):
         out.problems.append(f"study {study_uid} is not in the node's store: nothing to recompute from")
     else:
-        patient_key = known[0]["patient_key"]
+        patient_key = studies.patient_key(store, study_uid)
         out.problems += missing_inputs(store, sr)
     if not out.problems:
         _run(store, sr, out, rules, keep, tolerance_days)
@@ -241,7 +214,7 @@ def reverify(store: Store, sr: Dataset, *, rel_tol: float = 0.0, rules=None, kee
 
 def _run(store: Store, sr: Dataset, out: Outcome, rules, keep, tolerance_days: float) -> None:
     from hccnode.pipeline import StudyError
-    rows = store.query("SELECT sr_uid, created_at FROM analyses WHERE study_uid = ? ORDER BY id", (out.study_uid,))
+    rows = analyses.of_study(store, out.study_uid)
     mine = [r["created_at"] for r in rows if r["sr_uid"] == out.sr_uid]
     as_of = None
     if not rows:
