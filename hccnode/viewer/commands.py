@@ -18,7 +18,8 @@ def register(sub) -> None:
                                    "'install' fetches the pinned OHIF; 'serve' sends a phantom CECT study and "
                                    "prints its OHIF URL until Ctrl-C; 'check' opens it in headless Chromium and "
                                    "writes OUT/result.json and screenshots (exit 0 only if everything displayed).")
-    p.add_argument("action", choices=("install", "serve", "check"))
+    p.add_argument("action", choices=("install", "serve", "check"),
+                   help="install: fetch OHIF; serve: run the stack until Ctrl-C; check: headless check, then stop")
     p.add_argument("--dir", default=".viewer", help="where OHIF is installed (default: .viewer)")
     p.add_argument("--port", type=int, default=0, help="Orthanc's HTTP port for 'serve' (default: a free one)")
     p.add_argument("--out", default="viewer-check", help="result folder for 'check' (default: viewer-check)")
