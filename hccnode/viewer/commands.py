@@ -26,6 +26,12 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _interrupt(signum, frame):
+    """Ctrl-C or SIGTERM: Orthanc and the node are stopped on the way out (also when SIGINT
+    was ignored by the parent, as for a background job)."""
+    raise KeyboardInterrupt
+
+
 def run(args) -> int:
     root = Path(args.dir)
     try:
@@ -36,8 +42,8 @@ def run(args) -> int:
     if args.action == "install":
         print(f"OHIF {install.OHIF_VERSION} ready in {dist}")
         return 0
-    # SIGTERM ends the stack like Ctrl-C: Orthanc and the node are stopped on the way out.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
     work = Path(tempfile.mkdtemp(prefix="hccnode-viewer-"))
     try:
         with stack.Stack(work, dist, http_port=args.port) as s:
