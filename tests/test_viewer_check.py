@@ -72,8 +72,9 @@ def test_sr_values_are_compared_to_what_we_wrote(checked):
     _, result, _, _ = checked
     sr = result["sr"]
     # our SR's ROI measurements are read back from the file Orthanc holds, whatever OHIF shows
+    # (HU, enhancement, ECV for tumour and liver, HU and enhancement for the aorta, at the least)
     assert sr["ours"] >= 8
-    assert {m["unit"] for m in sr["measurements"]} >= {"[hnsf'U]", "%"}
+    assert all(m["label"] and m["unit"] and m["group"] for m in sr["measurements"])
     assert sr["shown"] == sum(m["shown"] is not None for m in sr["measurements"])
 
 

@@ -46,6 +46,7 @@ OUTPUT_CLASSES = {
 }
 PHANTOM_ISSUER = "HCCNODE-PHANTOM"
 SCANNER_AET = "VIEWERDEMO"      # storescu sending the phantom, as the scanner would: to the PACS and the node
+SETTLE_SECONDS = 3.0
 HEMATOCRIT_PERCENT = 40.0       # the phantom's own (StudySpec.hct = 0.4), drawn two hours before the scan
 
 
@@ -262,6 +263,14 @@ class Stack:
         study.results = _wait(lambda: self._results(study.study_uid, sent), timeout,
                               "the node's SR, SEG, Parametric Map and PDF in Orthanc", self.procs[-1],
                               self.workdir / "node.log")
+        # the node may send more than one object of a kind (a second SR): wait until the set
+        # stays the same for SETTLE_SECONDS
+        for _ in range(int(timeout / SETTLE_SECONDS)):
+            time.sleep(SETTLE_SECONDS)
+            now = self._results(study.study_uid, sent) or study.results
+            if now == study.results:
+                break
+            study.results = now
         return study
 
     def _import_hematocrit(self, truth) -> None:
