@@ -83,3 +83,45 @@ def test_sr_values_are_compared_to_what_we_wrote(checked):
 def test_everything_displays_and_the_values_agree(checked):
     code, result, _, _ = checked
     assert result["passed"] and code == 0
+
+
+# -- the check's own arithmetic, without a browser ---------------------------------------------------
+def test_a_value_counts_as_shown_only_at_the_decimals_printed():
+    from hccnode.viewer.check import number_shown
+    assert number_shown(41.474874, ["I", "9", "41.47"]) == "41.47"     # OHIF prints toFixed(2)
+    assert number_shown(41.474874, ["41.48"]) is None                   # off by one in the last digit
+    assert number_shown(41.474874, ["41"]) is None                      # a counter is not a measurement
+    assert number_shown(34.0, ["34"]) == "34"
+    assert number_shown(28.7972, ["28.8"]) == "28.8"
+
+
+def test_our_map_value_is_read_at_the_voxel_nearest_the_probe():
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from hccnode.viewer.check import map_value_at
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 4, 5, 3
+    ds.BitsAllocated, ds.SamplesPerPixel, ds.PhotometricInterpretation = 32, 1, "MONOCHROME2"
+    values = np.arange(60, dtype=np.float32).reshape(3, 4, 5)          # value = 20 k + 5 row + col
+    ds.FloatPixelData = values.tobytes()
+    shared = Dataset()
+    shared.PlaneOrientationSequence = [Dataset()]
+    shared.PlaneOrientationSequence[0].ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    shared.PixelMeasuresSequence = [Dataset()]
+    shared.PixelMeasuresSequence[0].PixelSpacing = [2.0, 3.0]          # rows 2 mm apart, columns 3 mm
+    ds.SharedFunctionalGroupsSequence = [shared]
+    frames = []
+    for k, z in enumerate((-10.0, -15.0, -20.0)):                       # frame 0 superior, as ours
+        f = Dataset()
+        f.PlanePositionSequence = [Dataset()]
+        f.PlanePositionSequence[0].ImagePositionPatient = [100.0, 50.0, z]
+        frames.append(f)
+    ds.PerFrameFunctionalGroupsSequence = frames
+    # x 100 + 3*2 + 1.0 -> column 2, y 50 + 2*3 - 0.6 -> row 3 (nearest), z -16 -> frame 1
+    value, centre = map_value_at(ds, [107.0, 55.4, -16.0])
+    assert value == 20 * 1 + 5 * 3 + 2
+    assert centre == [106.0, 56.0, -15.0]

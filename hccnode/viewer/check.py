@@ -4,9 +4,10 @@ The study (sent by hccnode.viewer.stack) is opened in OHIF; the SR, the SEG, the
 the PDF are displayed in turn by double-clicking their thumbnails, as a radiologist would. What the
 page shows is read back and set against what the node wrote:
 
-- SR: the measurement panel's count and rows, and the text OHIF draws on the image (SVG), against
-  every NUM of our SR's measurement groups (label, value, unit). A value counts as shown when a
-  number on the page equals it to the decimals the page prints.
+- SR: the measurement panel's count and rows, and the text OHIF draws on the images (SVG; the
+  viewport's arrows step through the measurements), against every NUM of our SR's measurement
+  groups that refer to an image (label, value, unit; the other groups are listed). A value counts
+  as shown when a number on the page equals it to the decimals the page prints.
 - SEG: the segment names in the segmentation panel against our SEG's segment labels.
 - Map: whether OHIF loaded it and added it to the viewport, and the value OHIF holds at a probed
   point in the liver (the phantom's liver ROI centre) against our map's value there. OHIF 3.12
@@ -113,7 +114,8 @@ def map_value_at(ds, point_mm) -> tuple[float, list[float]]:
     col = int(round(float(np.dot(d, row_dir)) / spacing[1]))
     row = int(round(float(np.dot(d, col_dir)) / spacing[0]))
     centre = ipps[k] + col * spacing[1] * row_dir + row * spacing[0] * col_dir
-    return float(ds.pixel_array[k, row, col]), [round(float(v), 4) for v in centre]
+    pixels = ds.pixel_array.reshape(len(frames), int(ds.Rows), int(ds.Columns))
+    return float(pixels[k, row, col]), [round(float(v), 4) for v in centre]
 
 
 def number_shown(value: float, numbers: list[str]) -> str | None:
