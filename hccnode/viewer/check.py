@@ -137,6 +137,7 @@ NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 def browser(profile: Path):
     """Debian's chromium driven by Debian's chromedriver (no Selenium Manager download)."""
     from selenium import webdriver
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.chrome.service import Service
 
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
@@ -147,7 +148,10 @@ def browser(profile: Path):
     for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(options=opts, service=Service(driver))
+    try:
+        return webdriver.Chrome(options=opts, service=Service(driver))
+    except WebDriverException as exc:
+        raise CheckError(f"chromium could not be started through chromedriver: {exc.msg or 'no message'}") from None
 
 
 class Page:
@@ -374,10 +378,11 @@ def run(stack, study, out: Path) -> dict:
     exp = expected_from(stack, study)
     pmap_series = stack.series_of(study.results["pmap"])
     url = stack.study_url(study.study_uid)
-    profile = Path(tempfile.mkdtemp(prefix="hccnode-chromium-"))
     result: dict = {"url": url, "ohif": stack.ohif_version(), "orthanc": stack.versions()}
-    driver = browser(profile)
+    profile = Path(tempfile.mkdtemp(prefix="hccnode-chromium-"))    # a fresh --user-data-dir
+    driver = None
     try:
+        driver = browser(profile)
         page = Page(driver, out)
         driver.get(url)
         if not page.wait(lambda: len(driver.find_elements("css selector", '[data-cy="series-description-label"]')) >= 5,
@@ -395,7 +400,8 @@ def run(stack, study, out: Path) -> dict:
         result["pdf"] = check_pdf(page, exp)
         result["screenshots"] = page.shots
     finally:
-        driver.quit()
+        if driver is not None:
+            driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
     result["passed"] = all(result[k]["displayed"] for k in ("sr", "seg", "map", "pdf")) \
         and result["sr"]["values_agree"] and result["map"]["values_agree"]
