@@ -63,7 +63,12 @@ def install(root: Path, npm: str | None = None) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
         members = [m for m in tar.getmembers() if m.name.startswith("package/dist/")]
-        tar.extractall(tmp, members=members, filter="data")
+        bad = [m.name for m in members if ".." in Path(m.name).parts or not (m.isfile() or m.isdir())]
+        if bad:
+            raise InstallError(f"{tgz.name}: unexpected entries {bad[:3]}")
+        # tarfile's "data" filter exists from Python 3.11.4 (Debian 12 ships 3.11.2)
+        extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(tmp, members=members, **extra)
     dist = tmp / "package" / "dist"
     rewrite_for_base(dist)
     (dist / "app-config.js").write_text(app_config(), encoding="utf-8")
