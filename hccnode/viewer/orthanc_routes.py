@@ -7,18 +7,27 @@ for /ohif (hccnode.viewer.stack writes it)."""
 import json
 import os
 
-import orthanc
-
-_DIST = json.loads(orthanc.GetConfiguration())["ServeFolders"]["Folders"]["/ohif"]
-with open(os.path.join(_DIST, "index.html"), "rb") as f:
-    _INDEX = f.read()
-
-
-def _index(output, uri, **request):
-    output.AnswerBuffer(_INDEX, "text/html")
-
+try:
+    import orthanc          # only inside Orthanc's Python plugin
+except ImportError:         # imported elsewhere (a module walk, a linter): nothing to register
+    orthanc = None
 
 # The app's routes (OHIF 3.12: study list, the modes' /<mode> and /<mode>/<data source>).
-for _route in ("/ohif", "/ohif/", "/ohif/(viewer|segmentation|tmtv|microscopy|localbasic)",
-               "/ohif/(viewer|segmentation|tmtv|microscopy|localbasic)/(.*)"):
-    orthanc.RegisterRestCallback(_route, _index)
+ROUTES = ("/ohif", "/ohif/", "/ohif/(viewer|segmentation|tmtv|microscopy|localbasic)",
+          "/ohif/(viewer|segmentation|tmtv|microscopy|localbasic)/(.*)")
+
+
+def _register() -> None:
+    dist = json.loads(orthanc.GetConfiguration())["ServeFolders"]["Folders"]["/ohif"]
+    with open(os.path.join(dist, "index.html"), "rb") as f:
+        index = f.read()
+
+    def answer(output, uri, **request):
+        output.AnswerBuffer(index, "text/html")
+
+    for route in ROUTES:
+        orthanc.RegisterRestCallback(route, answer)
+
+
+if orthanc is not None:
+    _register()
