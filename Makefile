@@ -3,13 +3,14 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-SYSTEM_TOOLS := storescu storescp echoscu dsrdump dciodvfy Orthanc openssl chromium chromedriver pdftotext
+SYSTEM_TOOLS := storescu storescp echoscu dsrdump dciodvfy Orthanc openssl chromium chromedriver pdftotext npm
 ORTHANC_PYTHON := /usr/share/orthanc/plugins/libOrthancPython.so
 ORTHANC_DICOMWEB := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
 # Debian's PostgreSQL server binaries: the tests start a throwaway cluster with them (tests/pg_support.py).
 PG_CTL := $(firstword $(wildcard /usr/lib/postgresql/*/bin/pg_ctl))
+VIEWER_DIR ?= .viewer
 
-.PHONY: run test venv system-deps bench clean
+.PHONY: run test venv system-deps viewer-deps viewer viewer-check bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +23,9 @@ venv: $(VENV)/.installed
 run: venv
 	$(VENV)/bin/hccnode serve
 
-# Installs dcmtk, dicom3tools, Orthanc (with its Python and DICOMweb plugins), Chromium (headless browser
-# for the status page tests) and PostgreSQL (the second store engine's tests) when any is missing.
+# Installs dcmtk, dicom3tools, Orthanc (with its Python and DICOMweb plugins), Chromium (headless
+# browser for the status page and OHIF tests), npm (fetches OHIF) and PostgreSQL (the second store
+# engine's tests) when any is missing.
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
 	[ -f $(ORTHANC_PYTHON) ] || missing="$$missing orthanc-python"; \
@@ -31,14 +33,26 @@ system-deps:
 	[ -n "$(PG_CTL)" ] || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages (missing:$$missing)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools orthanc orthanc-python orthanc-dicomweb openssl chromium chromium-driver poppler-utils postgresql >/dev/null; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools orthanc orthanc-python orthanc-dicomweb openssl chromium chromium-driver poppler-utils npm postgresql >/dev/null; \
 	fi
 
-test: system-deps venv
+# OHIF's prebuilt viewer, the pinned @ohif/app version (hccnode/viewer/install.py), in $(VIEWER_DIR)/.
+viewer-deps: system-deps venv
+	$(VENV)/bin/hccnode viewer install --dir $(VIEWER_DIR)
+
+# Orthanc + OHIF + a node on loopback, a phantom study sent through them; prints the OHIF URL.
+viewer: viewer-deps
+	$(VENV)/bin/hccnode viewer serve --dir $(VIEWER_DIR)
+
+# The same, opened in headless Chromium: viewer-check/result.json and screenshots.
+viewer-check: viewer-deps
+	$(VENV)/bin/hccnode viewer check --dir $(VIEWER_DIR) --out viewer-check
+
+test: viewer-deps
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: venv
 	$(PY) bench/ingest.py
 
 clean:
-	rm -rf $(VENV) hccnode-data
+	rm -rf $(VENV) hccnode-data $(VIEWER_DIR) viewer-check

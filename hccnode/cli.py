@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "hccnode.imaging.commands",
     "hccnode.report.commands",
     "hccnode.pipeline.commands",
+    "hccnode.viewer.commands",
 ]
 
 
