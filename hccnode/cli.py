@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "hccnode.report.commands",
     "hccnode.pipeline.commands",
     "hccnode.viewer.commands",
+    "hccnode.store_commands",
 ]
 
 

@@ -40,6 +40,13 @@ class NodeSection:
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0
     network_timeout: float = 60.0
+    # What this process runs (`hccnode serve --role`): "receiver" (DICOM and HL7 listeners),
+    # "worker" (the stable-study watcher and the analysis workers), "forwarder" (the outbox), or
+    # "all" of them. The status page runs in every role.
+    role: str = "all"
+
+
+ROLES = ("all", "receiver", "worker", "forwarder")
 
 
 @dataclass
@@ -261,6 +268,8 @@ def _validate(cfg: Config) -> None:
     for key, port in (("node.port", cfg.node.port), ("hl7.port", cfg.hl7.port), ("status.port", cfg.status.port)):
         if not 0 <= port <= 65535:
             raise ConfigError(f"{key}: {port} is not a TCP port")
+    if cfg.node.role not in ROLES:
+        raise ConfigError(f"node.role: {cfg.node.role!r} is not one of {', '.join(ROLES)}")
     for i, entry in enumerate(cfg.node.allowed):
         ae = entry.split("@", 1)[0]
         if not AE_RE.match(ae) or not ae.strip():

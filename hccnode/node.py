@@ -1,9 +1,22 @@
-"""One process runs the node: SCP, stable-study watcher, workers and forwarder."""
+"""One process runs the node, or one role of it (`[node] role`, `hccnode serve --role`):
+
+- receiver: the DICOM listener (SCP, plain and TLS) and the HL7 (MLLP) listener: everything that
+  accepts data from outside and must answer it at once;
+- worker: the stable-study watcher and the analysis workers (the queue's producer from the index,
+  and its consumers);
+- forwarder: the outbox sender;
+- all: the three in one process (the default).
+
+The status page runs in every role: it reads the shared database, so each process shows the whole
+site, and each host's supervisor can ask its own process for /health. The roles share nothing but
+the database and the data directory (spool, outputs, secret.key), so hosts can run them apart.
+"""
 
 from __future__ import annotations
 
 import signal
 import threading
+from contextlib import ExitStack
 
 from hccnode import __version__, log
 from hccnode.config import Config
@@ -12,62 +25,69 @@ from hccnode.labs.mllp import MllpListener
 from hccnode.net.forward import Forwarder, client_tls
 from hccnode.net.scp import StorageSCP
 from hccnode.status.server import StatusServer
-from hccnode.store import audit
+from hccnode.store import audit, running
 from hccnode.store.db import Store
 from hccnode.store.spool import Spool
 from hccnode.worker import Watcher, WorkerPool
+
+PARTS = {"receiver": {"receiver"}, "worker": {"worker"}, "forwarder": {"forwarder"},
+         "all": {"receiver", "worker", "forwarder"}}
 
 
 class Node:
     def __init__(self, cfg: Config):
         self.cfg = cfg
+        self.role = cfg.node.role
+        parts = PARTS[self.role]
         self.stop_event = threading.Event()
         self.store = Store.of(cfg)
         self.spool = Spool(self.store)
-        self.scp = StorageSCP(cfg.node, self.spool, cfg.tls)
-        self.workers = WorkerPool(cfg, self.stop_event)
-        self.watcher = Watcher(cfg, self.stop_event)
-        self.forwarder = Forwarder(cfg.data_dir, cfg.forward, self.stop_event, client_tls(cfg), cfg.store.url)
-        self.mllp = MllpListener.from_config(cfg, self.store, on_stored=self.on_labs) if cfg.hl7.enabled else None
+        receiver = "receiver" in parts
+        self.scp = StorageSCP(cfg.node, self.spool, cfg.tls) if receiver else None
+        self.mllp = (MllpListener.from_config(cfg, self.store, on_stored=self.on_labs)
+                     if receiver and cfg.hl7.enabled else None)
+        self.workers = WorkerPool(cfg, self.stop_event) if "worker" in parts else None
+        self.watcher = Watcher(cfg, self.stop_event) if "worker" in parts else None
+        self.forwarder = (Forwarder(cfg.data_dir, cfg.forward, self.stop_event, client_tls(cfg), cfg.store.url)
+                          if "forwarder" in parts else None)
         self.status = StatusServer(cfg) if cfg.status.enabled else None
+        self._held = ExitStack()  # the node.lock share, released at stop
 
     def on_labs(self, stored) -> None:
         """A lab result arrived: re-analyse the studies whose matched value it changes."""
         requeue.queue_jobs(self.store, stored.changes, self.cfg.worker.max_attempts)
 
     def start(self) -> None:
-        cleaned = self.spool.clean_tmp()
-        log.event("node.starting", version=__version__, data_dir=self.cfg.data_dir, config=self.cfg.source,
-                  unacknowledged_tmp_removed=cleaned)
+        self._held.enter_context(running.serving(self.cfg.data_dir))
+        # Only a receiver writes into spool/.tmp: another role must not empty it under a receiver
+        # that shares the spool.
+        cleaned = self.spool.clean_tmp() if self.scp else 0
+        log.event("node.starting", version=__version__, role=self.role, data_dir=self.cfg.data_dir,
+                  config=self.cfg.source, unacknowledged_tmp_removed=cleaned)
         audit.record_config(self.store, self.cfg)
-        audit.append(self.store, "node.started", "node", version=__version__, data_dir=str(self.cfg.data_dir),
-                     unacknowledged_tmp_removed=cleaned)
+        audit.append(self.store, "node.started", "node", version=__version__, role=self.role,
+                     data_dir=str(self.cfg.data_dir), unacknowledged_tmp_removed=cleaned)
         h = audit.head(self.store)
         log.event("audit.head", head=f"{h[0]}:{h[1]}" if h else None)
-        self.scp.start()
-        if self.mllp:
-            self.mllp.start()
-        self.watcher.start()
-        self.workers.start()
-        self.forwarder.start()
-        if self.status:
-            self.status.start()
-        log.event("node.ready", ae=self.cfg.node.ae_title, port=self.scp.port if self.scp.server else None,
-                  tls_port=self.scp.tls_port, workers=self.workers.n)
+        for part in (self.scp, self.mllp, self.watcher, self.workers, self.forwarder, self.status):
+            if part:
+                part.start()
+        log.event("node.ready", role=self.role, ae=self.cfg.node.ae_title,
+                  port=self.scp.port if self.scp and self.scp.server else None,
+                  tls_port=self.scp.tls_port if self.scp else None, workers=self.workers.n if self.workers else 0)
 
     def stop(self) -> None:
-        log.event("node.stopping")
+        log.event("node.stopping", role=self.role)
         self.stop_event.set()
-        if self.status:
-            self.status.stop()
-        self.scp.stop()
-        if self.mllp:
-            self.mllp.stop()
-        self.watcher.join(5)
-        self.forwarder.join(10)
-        self.workers.join(10)
-        audit.append(self.store, "node.stopped", "node")
-        log.event("node.stopped")
+        for part in (self.status, self.scp, self.mllp):
+            if part:
+                part.stop()
+        for part, timeout in ((self.watcher, 5), (self.forwarder, 10), (self.workers, 10)):
+            if part:
+                part.join(timeout)
+        audit.append(self.store, "node.stopped", "node", role=self.role)
+        self._held.close()
+        log.event("node.stopped", role=self.role)
 
     def serve_forever(self) -> None:
         """Run until SIGTERM or SIGINT."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from hccnode.cli import UsageError
 from hccnode import dicom_status as status
-from hccnode.config import Destination, check_dicomweb_url, is_dicomweb, parse_destination
+from hccnode.config import ROLES, Destination, check_dicomweb_url, is_dicomweb, parse_destination
 from hccnode.net import scu
 from hccnode.net.forward import client_tls, drain_once
 from hccnode.store import jobs, outbox, studies
@@ -17,7 +17,10 @@ from hccnode.store.db import Store
 
 def register(sub) -> None:
     p = sub.add_parser("serve", help="run the node: DICOM listener, analysis workers, forwarder",
-                       description="Run the node in the foreground until SIGTERM or Ctrl-C.")
+                       description="Run the node (or one role of it) in the foreground until SIGTERM or Ctrl-C.")
+    p.add_argument("--role", choices=ROLES,
+                   help="what this process runs: receiver (DICOM and HL7 listeners), worker (watcher and analysis"
+                        " workers), forwarder (outbox), or all (default: [node] role, which defaults to all)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("echo", help="C-ECHO a DICOM peer (default: this node)",
@@ -88,6 +91,8 @@ def _when(t: float | None) -> str | None:
 def cmd_serve(args) -> int:
     from hccnode.node import Node
 
+    if args.role:
+        args.cfg.node.role = args.role
     Node(args.cfg).serve_forever()
     return 0
 

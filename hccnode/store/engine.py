@@ -142,6 +142,11 @@ class PgConnection:
     def execute(self, sql: str, params: tuple | list | dict = ()):
         return self._c.execute(_pg_sql(sql, params), params or None)
 
+    def executemany(self, sql: str, rows: list) -> None:
+        if rows:
+            with self._c.cursor() as cur:
+                cur.executemany(_pg_sql(sql, rows[0]), rows)
+
     def executescript(self, sql: str) -> None:
         self._c.execute(sql)
 
@@ -229,6 +234,13 @@ def has_table(c, name: str) -> bool:
     else:
         sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
     return c.execute(sql, (name,)).fetchone() is not None
+
+
+def restart_identity(c, table: str) -> None:
+    """After rows were inserted with their ids: the next id `table` gives is above the largest one
+    (PostgreSQL identity columns keep their own counter; SQLite takes the largest id + 1 anyway)."""
+    if is_pg(c):
+        c.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), MAX(id)) FROM {table}")
 
 
 def trigger_names(c, table: str) -> set[str]:
