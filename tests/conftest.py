@@ -95,9 +95,11 @@ class NodeProcess:
         self.config_path.write_text(_toml(self.cfg))
         return self
 
-    def start(self, wait: bool = True) -> "NodeProcess":
+    def start(self, wait: bool = True, role: str | None = None) -> "NodeProcess":
+        """`hccnode serve` (`--role ROLE` when given); `wait`: until it answers C-ECHO."""
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "hccnode", "-c", str(self.config_path), "serve"],
+        self.proc = subprocess.Popen([sys.executable, "-m", "hccnode", "-c", str(self.config_path), "serve",
+                                      *(["--role", role] if role else [])],
                                      stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
                                      start_new_session=True)
         log.close()

@@ -234,10 +234,16 @@ class Store:
         return cls(cfg.data_dir, read_only=read_only, url=cfg.store.url)
 
     def _migrate_pg(self) -> None:
-        """Create the tables and apply the numbered steps not yet applied, one process at a time."""
+        """Create the tables and apply the numbered steps not yet applied, one process at a time.
+
+        Under the write lock every writer takes first: a lock of its own let a CREATE INDEX IF NOT
+        EXISTS (which takes a SHARE lock on its table even when the index exists) wait for a writer's
+        table while that writer waited for a table this transaction held, a deadlock PostgreSQL ended
+        by failing the start of a worker thread (seen with 2 worker processes starting beside a
+        receiver)."""
         for name in SCHEMA_MODULES:
             importlib.import_module(name)
-        with engine.write_transaction(self.conn(), engine.MIGRATE_LOCK) as c:
+        with engine.write_transaction(self.conn()) as c:
             c.executescript(engine.SCHEMA_VERSION_SQL)
             for sql in _PG_SCHEMAS:
                 c.executescript(sql)

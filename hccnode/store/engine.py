@@ -44,8 +44,7 @@ def _psycopg():
 
 
 # pg_advisory_xact_lock keys (64-bit; any constant the site's other programs do not use).
-WRITE_LOCK = 0x6863636E6F6465  # "hccnode": every write transaction
-MIGRATE_LOCK = WRITE_LOCK + 1  # schema changes at start-up
+WRITE_LOCK = 0x6863636E6F6465  # "hccnode": every write transaction, schema changes at start-up included
 
 
 class UrlError(ValueError):
