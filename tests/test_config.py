@@ -25,6 +25,7 @@ def test_defaults_need_no_file(tmp_path, monkeypatch):
     ("[node]\nae_title = 'SEVENTEEN_CHARSXX'\n", "not a valid AE title"),
     ("[forward]\ndestinations = ['PACS@host']\n", "forward.destinations[0]"),
     ("[node]\nport = 70000\n", "node.port: 70000 is not a TCP port"),
+    ("[node]\nrole = 'scanner'\n", "node.role: 'scanner' is not one of all, receiver, worker, forwarder"),
     ("node = 1\n", "[node] must be a table"),
     ("[node\n", "not valid TOML"),
     ("[adc]\nunits = { ACME = 'furlong' }\n", "adc.units['ACME']: 'furlong' is not an ADC unit"),
