@@ -21,13 +21,14 @@ import hashlib
 import io
 import itertools
 import json
+import logging
 import os
 import re
 import sqlite3
 import struct
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -395,6 +396,16 @@ def _helpers() -> ThreadPoolExecutor:
         return _HELPERS[1]
 
 
+def _done_now(fn, *args) -> Future:
+    """`fn(*args)` run in this thread, as a settled Future."""
+    future: Future = Future()
+    try:
+        future.set_result(fn(*args))
+    except Exception as exc:
+        future.set_exception(exc)
+    return future
+
+
 class Spool:
     """Durable storage of received instances under a data directory."""
 
@@ -409,6 +420,8 @@ class Spool:
         self._dirs_lock = threading.Lock()
         self._counter = itertools.count()
         self._sop_locks = [threading.Lock() for _ in range(64)]
+        self._receiving = 0                    # ingest() calls now running, all threads
+        self._receiving_lock = threading.Lock()
 
     def clean_tmp(self) -> int:
         """Remove in-flight files left by a crash: none of them was ever acknowledged."""
@@ -451,7 +464,22 @@ class Spool:
         file's and the directory's flushes overlap. Only when both are durable are the index and
         audit rows committed (in one transaction with other associations' rows when they commit
         at the same moment), and then the caller may answer success.
+
+        With other instances arriving at the same time, the fsync runs in this thread before the
+        rename instead: the associations already keep the disk and the processor busy together, and
+        a hand-off to a helper thread would only wait for the interpreter lock.
         """
+        with self._receiving_lock:
+            self._receiving += 1
+            alone = self._receiving == 1
+        try:
+            return self._ingest(sop_class, sop_uid, transfer_syntax, dataset, calling_ae, alone)
+        finally:
+            with self._receiving_lock:
+                self._receiving -= 1
+
+    def _ingest(self, sop_class: str, sop_uid: str, transfer_syntax: str, dataset: bytes, calling_ae: str,
+                alone: bool) -> Result:
         if not valid_uid(sop_uid):
             return self._quarantine(dataset, sop_class, sop_uid, calling_ae, status.CANNOT_UNDERSTAND,
                                     "invalid Affected SOP Instance UID", preamble=b"")
@@ -462,7 +490,7 @@ class Spool:
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             return self._failed(exc, sop_uid, sop_class, calling_ae)
-        synced = _helpers().submit(_sync_close, fd)
+        synced = _helpers().submit(_sync_close, fd) if alone else _done_now(_sync_close, fd)
         digest = content_hash(transfer_syntax, dataset)
         try:
             ds = parse_header(preamble + dataset)
@@ -508,7 +536,8 @@ class Spool:
                 return self._failed(exc, sop_uid, sop_class, calling_ae)
         # "duplicate": this content was indexed already (a resend, or another association stored it
         # meanwhile); the file name is content-addressed, so the rename landed on an identical file.
-        log.event("instance." + outcome, study=study_uid, series=series_uid, sop=sop_uid,
+        # DEBUG: the audit row records every instance; the SCP logs each association's counts.
+        log.event("instance." + outcome, level=logging.DEBUG, study=study_uid, series=series_uid, sop=sop_uid,
                   bytes=size, calling_ae=calling_ae)
         return Result(status.SUCCESS, outcome=outcome, sop_uid=sop_uid, study_uid=study_uid)
 
