@@ -3,10 +3,12 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-SYSTEM_TOOLS := storescu storescp echoscu dsrdump dciodvfy Orthanc openssl chromium chromedriver
+SYSTEM_TOOLS := storescu storescp echoscu dsrdump dciodvfy Orthanc openssl chromium chromedriver pdftotext npm
 ORTHANC_PYTHON := /usr/share/orthanc/plugins/libOrthancPython.so
+ORTHANC_DICOMWEB := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
+VIEWER_DIR ?= .viewer
 
-.PHONY: run test venv system-deps bench clean
+.PHONY: run test venv system-deps viewer-deps viewer viewer-check bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,21 +21,34 @@ venv: $(VENV)/.installed
 run: venv
 	$(VENV)/bin/hccnode serve
 
-# Installs dcmtk, dicom3tools, Orthanc (with its Python plugin) and Chromium (headless browser
-# for the status page tests) when any is missing.
+# Installs dcmtk, dicom3tools, Orthanc (with its Python and DICOMweb plugins), Chromium (headless
+# browser for the status page and OHIF tests) and npm (fetches OHIF) when any is missing.
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
 	[ -f $(ORTHANC_PYTHON) ] || missing="$$missing orthanc-python"; \
+	[ -f $(ORTHANC_DICOMWEB) ] || missing="$$missing orthanc-dicomweb"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages (missing:$$missing)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools orthanc orthanc-python openssl chromium chromium-driver >/dev/null; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools orthanc orthanc-python orthanc-dicomweb openssl chromium chromium-driver poppler-utils npm >/dev/null; \
 	fi
 
-test: system-deps venv
+# OHIF's prebuilt viewer, the pinned @ohif/app version (hccnode/viewer/install.py), in $(VIEWER_DIR)/.
+viewer-deps: system-deps venv
+	$(VENV)/bin/hccnode viewer install --dir $(VIEWER_DIR)
+
+# Orthanc + OHIF + a node on loopback, a phantom study sent through them; prints the OHIF URL.
+viewer: viewer-deps
+	$(VENV)/bin/hccnode viewer serve --dir $(VIEWER_DIR)
+
+# The same, opened in headless Chromium: viewer-check/result.json and screenshots.
+viewer-check: viewer-deps
+	$(VENV)/bin/hccnode viewer check --dir $(VIEWER_DIR) --out viewer-check
+
+test: viewer-deps
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: venv
 	$(PY) bench/ingest.py
 
 clean:
-	rm -rf $(VENV) hccnode-data
+	rm -rf $(VENV) hccnode-data $(VIEWER_DIR) viewer-check

@@ -22,10 +22,11 @@ COMMAND_MODULES = [
     "hccnode.labs.commands",
     "hccnode.models.commands",
     "hccnode.phantom.commands",
-    "hccnode.store.audit_commands",
+    "hccnode.audit.commands",
     "hccnode.imaging.commands",
     "hccnode.report.commands",
     "hccnode.pipeline.commands",
+    "hccnode.viewer.commands",
 ]
 
 

@@ -12,6 +12,7 @@ import ipaddress
 import os
 import re
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -59,11 +60,24 @@ class WorkerSection:
 
 
 @dataclass
-class ForwardSection:
-    """The outbox and its C-STORE SCU."""
+class DicomWebOptions:
+    """One DICOMweb destination: `[forward.dicomweb."URL"]`, URL exactly as in `destinations`.
+    Credentials live in files named here, never in the configuration itself."""
 
-    # Destinations, each "AE@host:port"; analysis outputs go to every one of them.
+    ca_bundle: str = ""         # PEM bundle that signs the server's certificate; empty: the system's
+    token_file: str = ""        # a file holding a bearer token (one line)
+    basic_auth_file: str = ""   # a file holding "user:password" (one line)
+    timeout: float = 60.0       # seconds to connect, and to wait for each answer
+
+
+@dataclass
+class ForwardSection:
+    """The outbox and its C-STORE SCU / DICOMweb STOW-RS client."""
+
+    # Destinations, each "AE@host:port" (C-STORE) or a DICOMweb base URL "https://host/dicom-web"
+    # (STOW-RS); analysis outputs go to every one of them.
     destinations: list[str] = field(default_factory=list)
+    dicomweb: dict[str, DicomWebOptions] = field(default_factory=dict)
     ae_title: str = "HCCNODE"  # calling AE title when sending
     retry_base_seconds: float = 5.0
     retry_max_seconds: float = 600.0
@@ -72,6 +86,11 @@ class ForwardSection:
     # Send over TLS (with [tls] certificate/private_key as client certificate when set,
     # verifying the peer against [tls] ca_certificates and its host name).
     tls: bool = False
+
+    def dicomweb_options(self, url: str) -> DicomWebOptions:
+        """The options of DICOMweb destination `url` (defaults when it has no table)."""
+        key = url.strip().rstrip("/")
+        return next((o for k, o in self.dicomweb.items() if k.strip().rstrip("/") == key), DicomWebOptions())
 
 
 @dataclass
@@ -193,6 +212,10 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a table of {item.__name__}, got {value!r}")
         return {k: _check_type(f"{key}[{k!r}]", v, item) for k, v in value.items()}
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {value!r}")
+        return _fill(hint(), value, key)
     raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover
 
 
@@ -205,15 +228,20 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
             raise ConfigError(f"unknown section [{name}] (known: {', '.join(sections)})")
         if not isinstance(values, dict):
             raise ConfigError(f"[{name}] must be a table")
-        section = getattr(cfg, name)
-        hints = get_type_hints(type(section))
-        for key, value in values.items():
-            if key not in hints:
-                known = ", ".join(hints)
-                raise ConfigError(f"unknown key {name}.{key} (known in [{name}]: {known})")
-            setattr(section, key, _check_type(f"{name}.{key}", value, hints[key]))
+        _fill(getattr(cfg, name), values, name)
     _validate(cfg)
     return cfg
+
+
+def _fill(section: Any, values: dict[str, Any], name: str) -> Any:
+    """Set `values` on the dataclass `section` (the table `name`), checking every key and type."""
+    hints = get_type_hints(type(section))
+    for key, value in values.items():
+        if key not in hints:
+            known = ", ".join(hints)
+            raise ConfigError(f"unknown key {name}.{key} (known in [{name}]: {known})")
+        setattr(section, key, _check_type(f"{name}.{key}", value, hints[key]))
+    return section
 
 
 def _validate(cfg: Config) -> None:
@@ -229,9 +257,10 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"node.allowed[{i}]: {entry!r} is not 'AE' or 'AE@host'")
     for i, dest in enumerate(cfg.forward.destinations):
         try:
-            parse_destination(dest)
+            check_dicomweb_url(dest) if is_dicomweb(dest) else parse_destination(dest)
         except ValueError as exc:
             raise ConfigError(f"forward.destinations[{i}]: {exc}") from None
+    _validate_dicomweb(cfg.forward)
     if cfg.tls.enabled or cfg.forward.tls:
         needed = ["ca_certificates"] if cfg.forward.tls and not cfg.tls.enabled else []
         if cfg.tls.enabled:
@@ -260,8 +289,9 @@ def _validate(cfg: Config) -> None:
             parse_destination(cfg.priors.pacs)
         except ValueError as exc:
             raise ConfigError(f"priors.pacs: {exc}") from None
-    elif cfg.priors.enabled and not cfg.forward.destinations:
-        raise ConfigError("priors.pacs: required when priors.enabled is true and [forward] destinations is empty")
+    elif cfg.priors.enabled and not dimse_destinations(cfg.forward):
+        raise ConfigError("priors.pacs: required when priors.enabled is true and [forward] destinations has no"
+                          " AE@host:port")
     if cfg.priors.retrieve not in RETRIEVE_METHODS:
         raise ConfigError(f"priors.retrieve: {cfg.priors.retrieve!r} is not one of {', '.join(RETRIEVE_METHODS)}")
     if cfg.priors.tolerance_days < 0:
@@ -279,6 +309,53 @@ def _validate(cfg: Config) -> None:
             raise ConfigError("adc.units: a Manufacturer name must not be empty")
     if cfg.log.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"log.level: {cfg.log.level!r} is not DEBUG, INFO, WARNING or ERROR")
+
+
+def _validate_dicomweb(fwd: ForwardSection) -> None:
+    urls = {d.strip().rstrip("/") for d in fwd.destinations if is_dicomweb(d)}
+    for url, opts in fwd.dicomweb.items():
+        key = f"forward.dicomweb[{url!r}]"
+        if url.strip().rstrip("/") not in urls:
+            raise ConfigError(f"{key}: not one of forward.destinations")
+        if opts.token_file and opts.basic_auth_file:
+            raise ConfigError(f"{key}: token_file and basic_auth_file exclude each other")
+        for name in ("ca_bundle", "token_file", "basic_auth_file"):
+            value = getattr(opts, name)
+            if value and not Path(value).expanduser().is_file():
+                raise ConfigError(f"{key}.{name}: {value!r} is not a readable file")
+        if opts.timeout <= 0:
+            raise ConfigError(f"{key}.timeout: must be positive")
+        parts = urllib.parse.urlsplit(url.strip())
+        if (opts.token_file or opts.basic_auth_file) and parts.scheme == "http" and not is_loopback_host(parts.hostname or ""):
+            raise ConfigError(f"{key}: credentials would cross the network in the clear; use https")
+
+
+def is_dicomweb(text: str) -> bool:
+    """True when a destination is a DICOMweb base URL rather than AE@host:port."""
+    return text.strip().lower().startswith(("http://", "https://"))
+
+
+def check_dicomweb_url(text: str) -> str:
+    """A DICOMweb base URL ('https://host[:port]/path'), without credentials, query or fragment;
+    ValueError naming what is wrong (the URL is shown only when it holds no credentials)."""
+    parts = urllib.parse.urlsplit(text.strip())
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("a DICOMweb URL must not hold credentials: name a token_file or basic_auth_file"
+                         " in [forward.dicomweb.\"URL\"]")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{text!r} is not an http(s):// URL")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{text!r}: a DICOMweb base URL has no query or fragment")
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError(f"{text!r}: the port is not a TCP port") from None
+    return text.strip().rstrip("/")
+
+
+def dimse_destinations(fwd: ForwardSection) -> list[str]:
+    """The AE@host:port destinations (the ones that can also answer C-FIND, C-MOVE, C-GET)."""
+    return [d for d in fwd.destinations if not is_dicomweb(d)]
 
 
 def is_loopback_host(host: str) -> bool:

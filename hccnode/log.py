@@ -55,6 +55,10 @@ def setup(level: str = "INFO", file: str = "") -> None:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("pynetdicom").handlers[:] = [handler]
     logging.getLogger("pynetdicom").propagate = False
+    # dicomweb-client logs request headers at DEBUG, and its `retrying` a traceback per failed
+    # request: the node's own events say what failed (hccnode.net.stow).
+    for lib in ("dicomweb_client", "retrying"):
+        logging.getLogger(lib).setLevel(logging.CRITICAL)
     # pydicom and highdicom warn about odd values by quoting them (a patient's name among them):
     # never shown; what matters about a file is said by the node's own messages.
     for lib in ("pydicom", "highdicom"):

@@ -143,6 +143,17 @@ def read_back_map(path, positions: list, sop_uids: list[str] | None = None) -> n
     return out
 
 
+def analysis_sr(path) -> pydicom.Dataset:
+    """The SR documents of one analysis read as one, for looking up content: the ROI SR at
+    `path` with the content items of its results SR (sr_results.dcm beside it, when written)
+    appended to its own."""
+    ds = pydicom.dcmread(path)
+    results = Path(path).with_name("sr_results.dcm")
+    if results.exists():
+        ds.ContentSequence = list(ds.ContentSequence) + list(pydicom.dcmread(results).ContentSequence)
+    return ds
+
+
 _CACHE: dict[str, object] = {}
 
 
@@ -154,11 +165,11 @@ def shared_case(tmp_path_factory) -> Case:
 
 
 def shared_outputs(tmp_path_factory) -> dict[str, Path]:
-    """build_outputs of the shared case, once per session: {"seg"|"pm"|"sr"|"pdf": path}."""
+    """build_outputs of the shared case, once per session: {"seg"|"pm"|"sr"|"results"|"pdf": path}."""
     if "outputs" not in _CACHE:
         from hccnode.report import build_outputs
 
         case = shared_case(tmp_path_factory)
         files = build_outputs(out_dir=tmp_path_factory.mktemp("report_out"), **case.kwargs())
-        _CACHE["outputs"] = dict(zip(("seg", "pm", "sr", "pdf"), files))
+        _CACHE["outputs"] = dict(zip(("seg", "pm", "sr", "results", "pdf"), files))
     return _CACHE["outputs"]

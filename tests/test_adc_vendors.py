@@ -26,6 +26,7 @@ from hccnode.pipeline.mr import site_adc_units
 from hccnode.store.db import Store
 from phantom_index import index_files
 from pipeline_support import by_marker, scratch_dir
+from report_support import analysis_sr
 
 ADC_MARKERS = ("adc_mean_tumor", "adc_max_tumor", "adc_min_tumor", "adc_heterogeneity_tumor")
 
@@ -88,7 +89,7 @@ def walk(items):
 def sr_parameters(sr_path: Path, algorithm: str) -> list[str]:
     """The Algorithm Parameters of the SR's NUM items measured by `algorithm`."""
     out = []
-    for item in walk(pydicom.dcmread(sr_path).ContentSequence):
+    for item in walk(analysis_sr(sr_path).ContentSequence):
         if item.ValueType != "NUM":
             continue
         texts = {(c.ConceptNameCodeSequence[0].CodeMeaning, c.TextValue) for c in item.get("ContentSequence", [])
@@ -99,7 +100,7 @@ def sr_parameters(sr_path: Path, algorithm: str) -> list[str]:
 
 
 def sr_notes(sr_path: Path) -> list[str]:
-    return [i.TextValue for i in walk(pydicom.dcmread(sr_path).ContentSequence) if i.ValueType == "TEXT"]
+    return [i.TextValue for i in walk(analysis_sr(sr_path).ContentSequence) if i.ValueType == "TEXT"]
 
 
 CASES = {

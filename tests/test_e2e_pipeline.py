@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import urllib.request
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -29,6 +30,14 @@ OUTPUT_CLASSES = {
 }
 
 
+def _kind(ds) -> str:
+    """Which output an instance is: by SOP class; the results SR by its title (DCM 126001)."""
+    kind = OUTPUT_CLASSES.get(str(ds.SOPClassUID), str(ds.SOPClassUID))
+    if kind == "sr" and ds.ConceptNameCodeSequence[0].CodeValue == "126001":
+        return "results"
+    return kind
+
+
 def _walk(items):
     for item in items or []:
         yield item
@@ -44,7 +53,7 @@ def _orthanc_files(orthanc, dest):
         path = dest / f"{iid}.dcm"
         path.write_bytes(data)
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-        out[OUTPUT_CLASSES.get(str(ds.SOPClassUID), str(ds.SOPClassUID))] = path
+        out[_kind(ds)] = path
     return out
 
 
@@ -72,9 +81,9 @@ def test_study_in_outputs_in_orthanc(node_factory, orthanc, tmp_path):
         assert sent.returncode == 0, sent.stderr
         release_watcher(node)                  # the study whole in the index: analysed once
 
-        wait_until(lambda: len(orthanc.get("/instances")) >= 4, 150, interval=0.5, what="outputs in Orthanc")
+        wait_until(lambda: len(orthanc.get("/instances")) >= 5, 150, interval=0.5, what="outputs in Orthanc")
         got = _orthanc_files(orthanc, tmp_path)
-        assert set(got) == {"seg", "pm", "sr", "pdf"}
+        assert set(got) == {"seg", "pm", "sr", "results", "pdf"}
         for kind, path in got.items():
             errors, _ = dciodvfy(path)
             assert errors == [], (kind, errors)
@@ -82,15 +91,12 @@ def test_study_in_outputs_in_orthanc(node_factory, orthanc, tmp_path):
         assert dump.returncode == 0 and "Imaging Measurement Report" in dump.stdout
 
         # SR values against the phantom's truth (issue 5: 0.5 pp with aligned phases)
-        sr = pydicom.dcmread(got["sr"])
-        ecv = [float(i.MeasuredValueSequence[0].NumericValue) for i in _walk(sr.ContentSequence)
-               if i.get("ValueType") == "NUM" and i.ConceptNameCodeSequence[0].CodeValue == "ECV"
-               and i.get("MeasuredValueSequence")]
+        ecv = _sr_values([got["sr"], got["results"]], "ECV")
         for role in ("tumor", "liver"):
             want = 100 * truth.roi(role)["ecv"]
             assert any(abs(v - want) <= 0.5 for v in ecv), (role, ecv)
         study = truth.data["studies"][0]["study_instance_uid"]
-        assert sr.StudyInstanceUID == study
+        assert pydicom.dcmread(got["sr"]).StudyInstanceUID == study
 
         # re-running the same analysis sends the same objects again: no duplicate in Orthanc
         before = orthanc.sop_uids()
@@ -99,8 +105,8 @@ def test_study_in_outputs_in_orthanc(node_factory, orthanc, tmp_path):
         store = node.store()
         wait_until(lambda: not store.query("SELECT 1 FROM outbox WHERE state IN ('pending', 'sending')"), 60,
                    what="re-sent outputs")
-        assert store.query("SELECT COUNT(*) AS n FROM outbox WHERE state = 'sent'")[0]["n"] == 8
-        assert orthanc.sop_uids() == before and len(orthanc.get("/instances")) == 4
+        assert store.query("SELECT COUNT(*) AS n FROM outbox WHERE state = 'sent'")[0]["n"] == 10  # 5 objects, twice
+        assert orthanc.sop_uids() == before and len(orthanc.get("/instances")) == 5
 
         node.stop()
         log = node.log()
@@ -110,9 +116,10 @@ def test_study_in_outputs_in_orthanc(node_factory, orthanc, tmp_path):
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _sr_values(path, code: str) -> list[float]:
-    sr = pydicom.dcmread(path)
-    return [float(i.MeasuredValueSequence[0].NumericValue) for i in _walk(sr.ContentSequence)
+def _sr_values(paths, code: str) -> list[float]:
+    """The values of the NUM items coded `code` in an analysis' SR documents (a path or several)."""
+    items = [i for p in ([paths] if isinstance(paths, Path) else paths) for i in _walk(pydicom.dcmread(p).ContentSequence)]
+    return [float(i.MeasuredValueSequence[0].NumericValue) for i in items
             if i.get("ValueType") == "NUM" and i.ConceptNameCodeSequence[0].CodeValue == code
             and i.get("MeasuredValueSequence")]
 
@@ -138,8 +145,8 @@ def test_dect_and_mr_studies_in_outputs_in_orthanc(node_factory, orthanc, tmp_pa
                               capture_output=True, text=True, timeout=120)
         assert sent.returncode == 0, sent.stderr
         release_watcher(node)                  # each study whole in the index: analysed once
-        # DECT: SEG, map, SR, summary; MR baseline and follow-up: SEG, SR, summary each
-        wait_until(lambda: len(orthanc.get("/instances")) >= 10, 240, interval=0.5, what="outputs in Orthanc")
+        # DECT: SEG, map, SR, results SR, summary; MR baseline and follow-up: SEG, SR, results SR, summary each
+        wait_until(lambda: len(orthanc.get("/instances")) >= 13, 240, interval=0.5, what="outputs in Orthanc")
 
         by_study: dict[str, dict[str, object]] = {}
         for iid in orthanc.get("/instances"):
@@ -147,23 +154,23 @@ def test_dect_and_mr_studies_in_outputs_in_orthanc(node_factory, orthanc, tmp_pa
                 path = tmp_path / f"{iid}.dcm"
                 path.write_bytes(r.read())
             ds = pydicom.dcmread(path, stop_before_pixels=True)
-            by_study.setdefault(str(ds.StudyInstanceUID), {})[OUTPUT_CLASSES[str(ds.SOPClassUID)]] = path
+            by_study.setdefault(str(ds.StudyInstanceUID), {})[_kind(ds)] = path
             assert dciodvfy(path)[0] == [], path
         d_uid = dect.data["studies"][0]["study_instance_uid"]
         base_uid, follow_uid = (s["study_instance_uid"] for s in mri.data["studies"])
-        assert set(by_study[d_uid]) == {"seg", "pm", "sr", "pdf"}
-        assert set(by_study[base_uid]) == set(by_study[follow_uid]) == {"seg", "sr", "pdf"}
+        assert set(by_study[d_uid]) == {"seg", "pm", "sr", "results", "pdf"}
+        assert set(by_study[base_uid]) == set(by_study[follow_uid]) == {"seg", "sr", "results", "pdf"}
         for outputs in by_study.values():
             dump = subprocess.run([dsrdump, str(outputs["sr"])], capture_output=True, text=True, timeout=60)
             assert dump.returncode == 0 and "Imaging Measurement Report" in dump.stdout
 
         want = 100 * dect.roi("tumor")["nic_equilibrium"]  # NIC and NIC-AP share the code, and its unit: %
-        assert any(abs(v - want) / want <= 0.02 for v in _sr_values(by_study[d_uid]["sr"], "NIC"))
-        ecv = _sr_values(by_study[d_uid]["sr"], "ECV")
+        assert any(abs(v - want) / want <= 0.02 for v in _sr_values([by_study[d_uid]["sr"], by_study[d_uid]["results"]], "NIC"))
+        ecv = _sr_values([by_study[d_uid]["sr"], by_study[d_uid]["results"]], "ECV")
         assert any(abs(v - 100 * dect.roi("tumor")["ecv"]) <= 0.5 for v in ecv), ecv   # paper 000's fraction, in %
         assert any(abs(v - 100 * dect.roi("liver")["ecv"]) <= 0.5 for v in ecv), ecv    # paper 001, in %
         # the follow-up SR holds its own T2 SIR and the baseline's
-        sir = _sr_values(by_study[follow_uid]["sr"], "T2SIR")
+        sir = _sr_values([by_study[follow_uid]["sr"], by_study[follow_uid]["results"]], "T2SIR")
         for study_index in (0, 1):
             want = mri.roi("tumor", study_index)["t2_ratio"]
             assert any(abs(v - want) / want <= 0.02 for v in sir), (study_index, sir)
@@ -204,19 +211,21 @@ def test_mr_follow_up_fetches_its_baseline_from_the_pacs_and_reports_both(node_f
             assert sent.returncode == 0, sent.stderr
             release_watcher(node)              # the follow-up whole in the index: analysed once
 
-            def follow_up_sr():
-                for inst in orthanc.get(f"/studies/{orthanc_study(orthanc, follow['study_instance_uid'])}/instances"):
-                    if orthanc.get(f"/instances/{inst['ID']}/tags?simplify")["SOPClassUID"] == "1.2.840.10008.5.1.4.1.1.88.34":
-                        return inst["ID"]
-                return None
+            def follow_up_srs():  # the ROI SR and the results SR
+                return [inst["ID"] for inst in
+                        orthanc.get(f"/studies/{orthanc_study(orthanc, follow['study_instance_uid'])}/instances")
+                        if orthanc.get(f"/instances/{inst['ID']}/tags?simplify")["SOPClassUID"]
+                        == "1.2.840.10008.5.1.4.1.1.88.34"]
 
-            wait_until(lambda: orthanc_study(orthanc, follow["study_instance_uid"]) and follow_up_sr(), 180,
-                       interval=0.5, what="follow-up SR in Orthanc")
-            path = tmp_path / "sr.dcm"
-            with urllib.request.urlopen(f"http://127.0.0.1:{orthanc.http_port}/instances/{follow_up_sr()}/file",
-                                        timeout=10) as r:
-                path.write_bytes(r.read())
-            sir = _sr_values(path, "T2SIR")
+            wait_until(lambda: orthanc_study(orthanc, follow["study_instance_uid"]) and len(follow_up_srs()) >= 2, 180,
+                       interval=0.5, what="follow-up SRs in Orthanc")
+            paths = []
+            for k, iid in enumerate(follow_up_srs()):
+                paths.append(tmp_path / f"sr{k}.dcm")
+                with urllib.request.urlopen(f"http://127.0.0.1:{orthanc.http_port}/instances/{iid}/file",
+                                            timeout=10) as r:
+                    paths[-1].write_bytes(r.read())
+            sir = _sr_values(paths, "T2SIR")
             for study_index in (0, 1):
                 want = mri.roi("tumor", study_index)["t2_ratio"]
                 assert any(abs(v - want) / want <= 0.02 for v in sir), (study_index, sir)

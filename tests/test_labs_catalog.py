@@ -95,3 +95,23 @@ def test_inconsistent_site_file_names_the_key(tmp_path):
     (tmp_path / "labs.toml").write_text('[windows.paper000]\nfoo = { hours = 1, side = "before", published = true }\n')
     with pytest.raises(CatalogError, match="windows.paper000.foo"):
         catalog.load(tmp_path)
+
+
+def test_window_quotes_are_the_papers_words():
+    """Every `quote` of labs.toml is the paper's own words (whitespace aside), compared with the papers
+    at <repo>/../shared/papers when that folder is there."""
+    import glob
+    import tomllib
+    from importlib import resources
+    from pathlib import Path
+
+    papers = Path(__file__).resolve().parents[1].parent / "shared" / "papers"
+    data = tomllib.loads(resources.files("hccnode").joinpath("data", "labs.toml").read_text(encoding="utf-8"))
+    quotes = [(paper[5:], test, w["quote"]) for paper, entries in data["windows"].items() if paper != "default"
+              for test, w in entries.items() if isinstance(w, dict) and w.get("quote")]
+    assert len(quotes) >= 20 and all(q.strip() for _, _, q in quotes)
+    if not papers.is_dir():
+        pytest.skip(f"the paper texts are not at {papers} (<repo>/../shared/papers): quotes not compared")
+    for paper, test, quote in quotes:
+        text = " ".join(Path(glob.glob(str(papers / f"{paper}_*.txt"))[0]).read_text(encoding="utf-8").split())
+        assert " ".join(quote.split()) in text, (paper, test, quote)

@@ -8,7 +8,7 @@ from hccnode.labs import catalog
 from hccnode.labs.catalog import Window
 from hccnode.labs.csvimport import parse_row
 from hccnode.labs.matching import CENSORED, MATCHED, MISSING, match_lab, match_panel
-from hccnode.labs.store import store_results
+from hccnode.store.labs import store_results
 from hccnode.store.db import Store
 
 CAT = catalog.load()

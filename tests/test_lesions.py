@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from phantom_index import index_files
 from pipeline_support import add_labs, by_marker, phantom_store, scratch_dir
-from report_support import dciodvfy
+from report_support import analysis_sr, dciodvfy
 from pydicom.sr.codedict import codes
 from scipy import ndimage
 
@@ -286,7 +286,7 @@ def test_a_late_equilibrium_phase_reports_the_ecv_and_its_delay_but_not_paper_00
                                                                seg_phase="equilibrium", equilibrium_delay_s=300.0))
         add_labs(store, truth, [("hct", 100 * HCT, "%", -2.0)])
         a = analyze_study(store, study)
-        sr = pydicom.dcmread(a.out_dir / "sr.dcm")
+        sr = analysis_sr(a.out_dir / "sr.dcm")
         store.close()
     finally:
         shutil.rmtree(root, ignore_errors=True)

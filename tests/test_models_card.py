@@ -87,6 +87,51 @@ def test_card_quotes_are_the_papers_words(path):
         assert all(a.split()[0] in text for a in ref.authors.split(", ")), "every author's surname is in the paper"
     if ref.year != cardmod.NOT_GIVEN:
         assert "Published online: " in text and ref.year in text
+    if ref.doi:
+        assert f"The online version contains supplementary material available at <https://doi.org/{ref.doi}>" in text
+    if ref.journal == cardmod.NOT_GIVEN:   # said so rather than filled in from the DOI's prefix
+        assert not re.search(r"Scientific Reports|European Radiology|Frontiers in", text.split("References")[0])
+
+
+SIGNED = re.compile(r"(?<![\d.])[-−]?\d+(?:\.\d+)?")
+
+
+def _unquoted_model_numbers(data: dict) -> list[str]:
+    """The coefficients, constant, odds ratios, indicator and score cutoffs a card computes with
+    that are no number of its 'model' quotes (the paper's table cells and sentences)."""
+    quoted = {float(n.replace("−", "-")) for q in data.get("quotes", []) if q["fact"] == "model"
+              for n in SIGNED.findall(q.get("quote", ""))}
+    numbers = []
+    lg = data.get("logistic") or {}
+    if "intercept" in lg:
+        numbers.append(("logistic.intercept", lg["intercept"]))
+    for i, t in enumerate(lg.get("terms", [])):
+        key = "odds_ratio" if "odds_ratio" in t else "beta"
+        numbers.append((f"logistic.terms[{i}].{key}", t[key]))
+        if "indicator" in t:
+            numbers.append((f"logistic.terms[{i}].indicator.threshold", t["indicator"]["threshold"]))
+    if "score_cutoff" in lg:
+        numbers.append(("logistic.score_cutoff.threshold", lg["score_cutoff"]["threshold"]))
+    if "cutoff" in data:
+        numbers.append(("cutoff.threshold", data["cutoff"]["threshold"]))
+    assert numbers, "a card computes with at least one published number"
+    return [f"{name} = {value:g}" for name, value in numbers if float(value) not in quoted]
+
+
+@pytest.mark.parametrize("path", CARD_FILES, ids=lambda p: p.stem)
+def test_card_model_numbers_are_in_its_model_quotes(path):
+    """Always, papers or not (issue 16, Tests): every number the card's model computes with is printed in
+    one of the verbatim table cells or sentences it keeps (fact 'model', with section and table); the
+    quotes themselves are compared with the papers in test_card_quotes_are_the_papers_words."""
+    assert _unquoted_model_numbers(raw(path.name)) == []
+    assert all(q.where for q in load_card(path).quotes if q.fact == "model")
+
+
+def test_a_model_number_not_in_the_quotes_is_named():
+    data = copy.deepcopy(raw("p002-nomogram.toml"))
+    data["logistic"]["terms"][1]["beta"] = 0.413            # the paper prints 0.143
+    data["logistic"]["intercept"] = 7.705                   # the paper prints -7.705
+    assert _unquoted_model_numbers(data) == ["logistic.intercept = 7.705", "logistic.terms[1].beta = 0.413"]
 
 
 def test_citations_name_what_the_text_gives_and_say_what_it_does_not():
@@ -96,7 +141,11 @@ def test_citations_name_what_the_text_gives_and_say_what_it_does_not():
     assert cards["p001-tumor-ecv"].citation == (
         "Fu X, Guo Y, Zhang K, Cheng Z, Liu C, Ren Y, Miao L, Liu W, Jiang S, Zhou C, Su Y, Yang L. Prognostic impact "
         "of extracellular volume fraction derived from equilibrium contrast-enhanced CT in HCC patients receiving "
-        "immune checkpoint inhibitors. 2025. (journal not given in the source text)")
+        "immune checkpoint inhibitors. 2025. (journal not given in the source text) doi:10.1038/s41598-025-97677-x")
+    # the DOI when the text gives the article's own (only 001's does; 004's DOIs are its references')
+    assert {c.id for c in cards.values() if c.reference.doi} == {"p001-tumor-ecv", "p001-liver-ecv"}
+    assert cards["p001-liver-ecv"].reference.short() == "Fu X et al., 2025"
+    assert cards["p000-ecv-cutoff"].reference.short() == "authors not given in the source text"
     assert cards["p003-nomogram"].citation.endswith("(journal and year not given in the source text)")
     assert cards["p000-ecv-logistic"].citation.startswith("[untitled: dual-energy CT assessment of ECV")
     assert cards["p000-ecv-logistic"].citation.endswith("(authors, title, journal and year not given in the source text)")

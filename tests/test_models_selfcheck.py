@@ -67,7 +67,8 @@ def test_check_command_one_line_per_card(capsys, tmp_path):
     assert len(lines) == len(CARDS)
     for line in lines:
         key = line.split(" ", 1)[0]
-        assert key in CARDS and f"({CARDS[key].paper}): ok" in line
+        # the paper by first author and year, never the stored text's file name (issue 16 point 8)
+        assert key in CARDS and f"({CARDS[key].reference.short()}): ok" in line and ".txt" not in line
 
 
 def test_check_command_fails_on_a_misquoted_card(capsys, tmp_path):

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from hccnode.models import store as mstore
+from hccnode.store import model_results as mstore
 from hccnode.models.card import load_cards
 from hccnode.models.engine import InputValue, evaluate
 from hccnode.store.db import Store

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from hccnode import cli
-from hccnode.models import store as mstore, validate
+from hccnode.models import validate
 from hccnode.models.card import load_cards
 from hccnode.models.engine import InputValue, evaluate
+from hccnode.store import model_results as mstore
 from hccnode.store.db import Store
 
 CARD_DIR = Path(__file__).resolve().parents[1] / "plugins" / "models"
@@ -238,3 +239,16 @@ def test_validate_command_usage_errors(tmp_path, capsys):
     (tmp_path / "o.csv").write_text("study_uid,best_response\n1.2.3,XX\n", encoding="utf-8")
     assert cli.main(["-c", str(cfg), "models", "validate", "--outcomes", str(tmp_path / "o.csv"), "--out", str(tmp_path / "r")]) == 2
     assert "o.csv: line 2: column best_response" in capsys.readouterr().err
+
+
+def test_the_direction_conflict_is_shown_with_a_validation(tmp_path):
+    """Issue 16 point 2, wherever a result is shown: paper 003's card's direction conflict heads its
+    validation (an AUC below 0.5 on a site's data may be the other reading of the paper)."""
+    p003 = CARDS["p003-nomogram@1.0.0"]
+    preds = [validate.Prediction(f"1.2.{i}", p003.id, p003.version, float(i), None, "") for i in range(4)]
+    outcomes = validate.parse_outcomes("study_uid,best_response\n1.2.0,PR\n1.2.1,SD\n1.2.2,PR\n1.2.3,PD\n")
+    rep = validate.run(CARDS, preds, outcomes, tmp_path, n_boot=20)
+    (card,) = rep["cards"]
+    assert card["direction_conflict"].startswith("Direction conflict: the card reads Table 4's odds ratios")
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert '<p class="warn">Direction conflict: the card reads Table 4' in html

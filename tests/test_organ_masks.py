@@ -17,7 +17,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 from pipeline_support import add_labs, by_marker, phantom_store, scratch_dir
 from pydicom.sr.codedict import codes
-from report_support import dciodvfy
+from report_support import analysis_sr, dciodvfy
 from test_auto_rois import Phantom, _lps, _inplane_distance, check_ct
 
 from hccnode.imaging import auto_rois as AR
@@ -251,7 +251,8 @@ def _run_queued(store, expect_reason: str):
 
 
 def _sr_texts(path) -> list[str]:
-    sr = hd.sr.srread(path)
+    hd.sr.srread(path)  # highdicom reads it
+    sr = analysis_sr(path)  # with its results SR
 
     def walk(items):
         for i in items or []:

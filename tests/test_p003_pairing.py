@@ -15,7 +15,7 @@ import pytest
 
 from hccnode.labs import catalog
 from hccnode.labs.csvimport import parse_row
-from hccnode.labs.store import store_results
+from hccnode.store.labs import store_results
 from hccnode.models import p003_pairing
 from hccnode.models.p003_pairing import Candidate, Window, lab_anchor, select_baseline
 from hccnode.net import priors
@@ -108,3 +108,21 @@ def test_earlier_studies_come_from_the_store(store):
     assert studies.study_date_time(store, "1.9") == ("20260309", "090000")
     rows = studies.earlier_studies(store, "K1", "1.9", "20260309", "090000", "MR")
     assert [r["study_uid"] for r in rows] == ["1.1"]
+
+
+@pytest.mark.parametrize("start, problem", [
+    (dt.date(2026, 1, 10), None),                     # on the baseline MRI's day
+    (dt.date(2026, 1, 24), None),                     # 14 days after it: "within 2 weeks"
+    (dt.date(2026, 1, 25), "it is 15 days after the baseline MRI of 2026-01-10 (paper 003 excludes"),
+    (dt.date(2026, 1, 9), "it is before the baseline MRI of 2026-01-10"),
+    (dt.date(2026, 3, 9), "it is not before the follow-up MRI of 2026-03-09"),
+])
+def test_a_treatment_start_that_contradicts_paper_003s_time_points_is_named(start, problem):
+    """Exclusion (3): "an interval exceeding 2 weeks between baseline MRI and therapy initiation" (> 14 days);
+    the follow-up is "at 8 weeks ... following therapy", so after the start."""
+    got = p003_pairing.treatment_start_problem(start, BASELINE_MRI.date(), FOLLOWUP)
+    if problem is None:
+        assert got is None
+    else:
+        assert got.startswith(f"treatment start {start.isoformat()} does not fit paper 003's time points: ")
+        assert problem in got

@@ -276,7 +276,7 @@ def test_sweep_ambiguous_series_say_why(sweep):
 
 def test_relation_reasons_are_stored(tmp_path):
     from hccnode.imaging import phase_index
-    from hccnode.imaging.phase_store import stored_phases
+    from hccnode.store.phases import stored_phases
     from hccnode.phantom import StudySpec, generate
     from hccnode.store.db import Store
     from phantom_index import expected, index_files

@@ -11,7 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 from pipeline_support import add_labs, by_marker, phantom_store, scratch_dir
-from report_support import dciodvfy
+from report_support import analysis_sr, dciodvfy
 
 from hccnode.imaging.measure import READER
 from hccnode.phantom import Motion, StudySpec
@@ -68,7 +68,7 @@ def test_missing_hct_reports_ecv_missing_with_the_reason(cect_runs):
         m = by_marker(a, marker)
         assert m.value is None and "hct" in m.reason and "no hct result" in m.lab_missing_reason
     assert by_marker(a, "tumor_delta_hu").value is not None  # what could be measured still is
-    sr = pydicom.dcmread(a.out_dir / "sr.dcm")
+    sr = analysis_sr(a.out_dir / "sr.dcm")
     texts = [str(i.get("TextValue", "")) for i in _walk(sr.ContentSequence)]
     assert any("ecv_tumor" in t and "not measured" in t and "hct" in t for t in texts)
     assert not (a.out_dir / "ecv_map.dcm").exists()
@@ -88,7 +88,7 @@ def test_changed_input_gives_a_new_sr_naming_the_old_and_a_rerun_the_same_uids(c
 def test_cect_outputs_validate_and_read_back(cect, cect_runs):
     store, truth, study = cect
     a = cect_runs["hct"]
-    assert [p.name for p in a.files] == ["seg.dcm", "ecv_map.dcm", "sr.dcm", "summary.dcm"]
+    assert [p.name for p in a.files] == ["seg.dcm", "ecv_map.dcm", "sr.dcm", "sr_results.dcm", "summary.dcm"]
     for p in a.files:
         errors, _ = dciodvfy(p)
         assert errors == [], (p.name, errors)
@@ -100,8 +100,9 @@ def test_cect_outputs_validate_and_read_back(cect, cect_runs):
     # the map over the liver: its median is the liver's ECV
     pm = pydicom.dcmread(a.out_dir / "ecv_map.dcm")
     arr = pm.pixel_array.astype(float)
-    inside = arr[arr > -1000]
-    assert abs(np.median(inside) - 100 * truth.roi("liver")["ecv"]) <= 1.0
+    inside = arr[arr != float(pm.FloatPixelPaddingValue)]
+    slope = pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0].RealWorldValueSlope
+    assert abs(np.median(inside) * slope - 100 * truth.roi("liver")["ecv"]) <= 1.0
     seg = hd.seg.segread(a.out_dir / "seg.dcm")
     assert {d.segment_label for d in seg.SegmentSequence} >= {"Tumor (reader)", "Liver (reader)", "Aorta (reader)"}
     events = {r["event"] for r in audit.rows(store, study)}
@@ -227,6 +228,14 @@ def test_mr_follow_up_paired_with_baseline_and_nomogram():
         assert p003["inputs_used"]["nlr"]["value"] == pytest.approx(2.0)
         assert p003["inputs_used"]["t2_sir_post"]["value"] == by_marker(b, "t2_sir_tumor").value
         assert "p002-nomogram" not in {r["card_id"] for r in b.model_results}
+        # issue 16 point 9: the baseline's values in a group of their own, each saying its lesion and level
+        # (the baseline's ROIs are not in this SR's SEG)
+        base_t2 = by_marker(b, "t2_sir_tumor_baseline")
+        assert base_t2.notes[0].startswith("baseline study: lesion 1 of 1 (") and "ROI level series " in base_t2.notes[0]
+        sr = pydicom.dcmread(b.out_dir / "sr.dcm")
+        idents = [i.TextValue for i in _walk(sr.ContentSequence)
+                  if i.ValueType == "TEXT" and i.ConceptNameCodeSequence[0].CodeMeaning == "Tracking Identifier"]
+        assert "Tumor, baseline study (reader ROIs)" in idents and "Tumor (reader)" in idents
         for p in b.files:
             assert dciodvfy(p)[0] == [], p.name
         store.close()
@@ -290,6 +299,6 @@ def test_analyze_cli_stores_a_folder_and_writes_the_outputs(tmp_path):
                            capture_output=True, text=True, timeout=60)
     assert usage.returncode == 2 and "STUDY_UID or --dicom-dir" in usage.stderr
     bad = node.cli("analyze", study, "--no-progress", "--treatment-start", "12/01/2026", timeout=60)
-    assert bad.returncode == 2 and "--treatment-start '12/01/2026' is not a date (YYYY-MM-DD)" in bad.stderr
+    assert bad.returncode == 2 and "--treatment-start: treatment start '12/01/2026' is not a date (YYYY-MM-DD)" in bad.stderr
     assert "Traceback" not in bad.stderr
     store.close()

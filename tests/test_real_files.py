@@ -275,7 +275,7 @@ def test_a_ct_study_without_birth_date_and_sex_is_analysed_and_its_outputs_carry
     (study,) = index_files(store, tmp_path / "phantom")
     add_labs(store, truth, [("hct", 100 * truth.data["hct"], "%", -2.0)])  # for the ECV map
     a = analyze_study(store, study)
-    assert [p.name for p in a.files] == ["seg.dcm", "ecv_map.dcm", "sr.dcm", "summary.dcm"]
+    assert [p.name for p in a.files] == ["seg.dcm", "ecv_map.dcm", "sr.dcm", "sr_results.dcm", "summary.dcm"]
     assert any(m.value is not None for m in a.measurements)
     for p in a.files:
         ds = pydicom.dcmread(p)

@@ -16,7 +16,7 @@ from pynetdicom.sop_class import CTImageStorage
 
 from conftest import wait_until
 from dicomgen import PATIENT_ID, PATIENT_NAME, ct_series
-from hccnode.net import status
+from hccnode import dicom_status as status
 from hccnode.store import outbox
 from node_support import (WATCHER_HELD, content_sha, integrity, release_watcher, sop_of, store_responses, storescu,
                           tmpfs, unindexed_spool_files)

@@ -13,7 +13,8 @@ from dataclasses import replace
 import highdicom as hd
 import pydicom
 import pytest
-from report_support import dciodvfy, shared_case
+from conftest import need
+from report_support import analysis_sr, dciodvfy, shared_case
 
 from hccnode.imaging.measure import Measurement
 from hccnode.models.card import default_dirs, load_cards
@@ -22,7 +23,6 @@ from hccnode.report import build_outputs
 from hccnode.report.reading import convert
 from hccnode.report.templates import load_template
 
-PDFTOTEXT = shutil.which("pdftotext")
 DSRDUMP = shutil.which("dsrdump") or "/usr/bin/dsrdump"
 DELAY_S = 180.0  # the equilibrium series' delay after contrast start given to the case's records
 
@@ -131,7 +131,7 @@ def test_each_roi_group_states_its_level_and_lesion(built):
 
 def test_p003_terms_and_direction_conflict_in_the_sr(built):
     _, _, out = built
-    ds = pydicom.dcmread(out / "sr.dcm")
+    ds = analysis_sr(out / "sr.dcm")
     names = [code(i) for i in walk(ds.ContentSequence)]
     assert not any(m == "Nomogram points" for _, _, m in names)   # never coded as the paper's nomogram
     texts = defaultdict(list)
@@ -151,11 +151,14 @@ def test_p003_terms_and_direction_conflict_in_the_sr(built):
     assert len(derived) == 1 and "not the paper's" in code(derived[0])[2]
 
 
-@pytest.mark.skipif(PDFTOTEXT is None, reason="pdftotext (poppler-utils) is not installed")
+def pdf_text(path) -> str:
+    return subprocess.run([need("pdftotext"), "-raw", str(path), "-"], capture_output=True, text=True,
+                          timeout=60).stdout
+
+
 def test_summary_pdf_text_is_for_people(built):
     case, _, out = built
-    text = subprocess.run([PDFTOTEXT, "-raw", str(out / "summary.pdf"), "-"], capture_output=True, text=True,
-                          timeout=60).stdout
+    text = pdf_text(out / "summary.pdf")
     flat = " ".join(text.split())
     assert "[hnsf'U]" not in text and "hnsf" not in text
     assert not re.findall(r"\b[a-z0-9]+_[a-z0-9_]+\b", text), re.findall(r"\b[a-z0-9]+_[a-z0-9_]+\b", text)
@@ -163,7 +166,8 @@ def test_summary_pdf_text_is_for_people(built):
     assert "Aorta Mean attenuation, equilibrium (180 s after contrast start): " in flat and " HU (ROI statistic)" in flat
     # paper 000's fractions in % as in the SR: NIC 0.55 -> 55 %, ECV 0.33 -> 33 %
     assert "Tumor NIC, equilibrium (180 s after contrast start): 55 % (paper 000)" in flat
-    assert "Tumor ECV (iodine map), equilibrium (180 s after contrast start): 33 % (paper 000; HCT 0.4 L/L)" in flat
+    assert "Tumor ECV (iodine map), equilibrium (180 s after contrast start): 33 % (paper 000; Hematocrit 0.4 L/L)" in flat
+    assert "Hematocrit = 0.4 L/L, taken " in flat   # the lab as people name it, not by its key
     assert "lesion 1 of 1: series " in flat and "largest section on image" in flat
     for r in case.model_results:
         assert r["citation"][:40] in flat
@@ -199,3 +203,25 @@ def test_lesion_and_phase_are_read_from_the_records():
               ("equilibrium iodine map", "arterial 40 keV VMI", "portal_venous", "unenhanced", "T2", "baseline ADC")}
     assert phases == {"equilibrium iodine map": "equilibrium", "arterial 40 keV VMI": "arterial",
                       "portal_venous": "portal_venous", "unenhanced": "unenhanced", "T2": None, "baseline ADC": None}
+
+
+def test_outputs_cite_papers_never_by_file_name_and_carry_cohort_and_stated_limits(built):
+    """Issue 16 point 8: the SR (as dsrdump prints it) and the summary name each model's paper by authors,
+    title, journal and year (DOI when given), never by the stored text's file name, and show the cohort and
+    the paper's own limitations (001: "equilibrium timing"; 003: "retrospective, single centre")."""
+    case, _, out = built
+    cards = load_cards(default_dirs()).values()
+    stems = {c.paper.removesuffix(".txt") for c in cards} | {c.paper.split("_")[1].removesuffix(".txt") for c in cards}
+    dump = "".join(subprocess.run([DSRDUMP, "+Pl", str(out / name)], capture_output=True, text=True, timeout=60).stdout
+                   for name in ("sr.dcm", "sr_results.dcm"))      # the ROI SR and its results SR
+    summary = " ".join(pdf_text(out / "summary.pdf").split())
+    for text in (dump, summary):
+        assert ".txt" not in text and not [s for s in stems if s in text]
+    p001 = next(r for r in case.model_results if r["card_id"] == "p001-liver-ecv")
+    assert p001["citation"].endswith("2025. (journal not given in the source text) doi:10.1038/s41598-025-97677-x")
+    assert p001["citation"] in dump and "doi:10.1038/s41598-025-97677-x" in summary
+    assert '"Model cohort")="etiology: HBV infection 63 of 151 (41.7%)' in dump           # 001 Table 1
+    assert '"Model limitation")="stated by the paper: equilibrium timing: 120-180 s used' in dump
+    assert "cohort: etiology: HBV infection 63 of 151 (41.7%)" in summary
+    assert "limit: stated by the paper: equilibrium timing: 120-180 s used" in summary
+    assert "limit: stated by the paper: retrospective, single centre, small sample" in summary   # 003

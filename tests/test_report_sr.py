@@ -4,16 +4,18 @@ from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import highdicom as hd
+import numpy as np
 import pydicom
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from report_support import dciodvfy, shared_case, shared_outputs, without_hct
+from scipy import ndimage
+from report_support import analysis_sr, dciodvfy, shared_case, shared_outputs, without_hct
 
 import hccnode
 from hccnode.imaging.measure import READER, Measurement, RoiRef
 from hccnode.report import build_outputs
-from hccnode.report.sr import dicom_datetime, measurement_item
+from hccnode.report.sr import dicom_datetime, measurement_item, offset_text
 from hccnode.report.templates import load_template
 
 DSRDUMP = shutil.which("dsrdump") or "/usr/bin/dsrdump"
@@ -52,12 +54,16 @@ def group(ds, identifier: str):
     raise KeyError(identifier)
 
 
-def test_sr_is_valid_dicom_and_dsrdump_prints_it(outputs):
-    errors, warnings = dciodvfy(outputs["sr"])
+@pytest.mark.parametrize("kind, title", [("sr", "Imaging Measurement Report"), ("results", "Oncology Measurement Report")])
+def test_sr_documents_are_valid_dicom_and_dsrdump_prints_them_without_warning(outputs, kind, title):
+    errors, warnings = dciodvfy(outputs[kind])
     assert errors == [] and warnings == []
-    out = subprocess.run([DSRDUMP, str(outputs["sr"])], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([DSRDUMP, str(outputs[kind])], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert "Imaging Measurement Report" in out.stdout and "Extracellular volume fraction" in out.stdout
+    assert title in out.stdout
+    assert [ln for ln in (out.stdout + out.stderr).splitlines() if ln.startswith(("W:", "E:"))] == []
+    report = hd.sr.srread(outputs[kind]).content  # highdicom reads it back as TID 1500
+    assert report.get_image_measurement_groups() or report.get_volumetric_roi_measurement_groups()
 
 
 def test_roi_measurements_read_back_with_codes_values_and_units(case, outputs):
@@ -97,7 +103,7 @@ def test_roi_groups_reference_their_seg_segment_and_source_series(case, outputs)
 
 
 def test_measurement_provenance_formula_lab_and_series(case, outputs):
-    ds = pydicom.dcmread(outputs["sr"])
+    ds = analysis_sr(outputs["sr"])
     ecv = next(m for m in case.measurements if m.marker == "ecv_tumor")
     num = next(i for i in walk(ds.ContentSequence) if i.ValueType == "NUM"
                and meaning(i) == "Extracellular volume fraction"
@@ -111,18 +117,21 @@ def test_measurement_provenance_formula_lab_and_series(case, outputs):
 
 
 def test_labs_used_with_code_unit_and_time(outputs):
-    ds = pydicom.dcmread(outputs["sr"])
+    ds = analysis_sr(outputs["sr"])
     g = group(ds, "Laboratory values")
     num = next(i for i in g.ContentSequence if i.ValueType == "NUM")
     assert num.ConceptNameCodeSequence[0].CodingSchemeDesignator == "LN"
     assert float(num.MeasuredValueSequence[0].NumericValue) == 0.4
     assert num.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "L/L"
-    assert num.ObservationDateTime == "20260102080000+0100"
+    # the instant the sample was taken (08:00 at +01:00), written in the SR's own offset from UTC
+    offset = ds.TimezoneOffsetFromUTC
+    taken = datetime.strptime(num.ObservationDateTime + offset, "%Y%m%d%H%M%S%z")
+    assert taken == datetime(2026, 1, 2, 7, 0, tzinfo=timezone.utc)
     assert any("hl7:ORU^R01 MSG0001" in t for t in texts(ds, "Laboratory value source"))
 
 
 def test_model_results_with_card_paper_limits_and_what_is_missing(case, outputs):
-    ds = pydicom.dcmread(outputs["sr"])
+    ds = analysis_sr(outputs["sr"])
     for result in case.model_results:
         g = group(ds, f"Model {result['card_id']} {result['card_version']}")
         items = list(g.ContentSequence)
@@ -142,7 +151,7 @@ def test_model_results_with_card_paper_limits_and_what_is_missing(case, outputs)
 
 
 def test_research_use_and_not_measured_are_stated(outputs):
-    ds = pydicom.dcmread(outputs["sr"])
+    ds = analysis_sr(outputs["sr"])
     assert texts(ds, "Research use statement") == [hccnode.RESEARCH_USE]
     assert "nic_tumor in tumor (Tumor) not measured: no iodine map: not a dual-energy study" in texts(ds, "Not measured")
     assert ds.VerificationFlag == "UNVERIFIED" and ds.CompletionFlag == "COMPLETE"
@@ -156,10 +165,11 @@ def test_study_that_cannot_be_fully_measured_still_gets_an_sr(case, tmp_path):
     files = build_outputs(out_dir=tmp_path, **partial.kwargs(
         rois=rois, measurements=ms, missing=["tumor not measured: no reader annotation of a tumor"]))
     names = [f.name for f in files]
-    assert names == ["seg.dcm", "sr.dcm", "summary.dcm"]  # no ECV map without hematocrit
-    errors, warnings = dciodvfy(tmp_path / "sr.dcm")
-    assert errors == [] and warnings == []
-    ds = pydicom.dcmread(tmp_path / "sr.dcm")
+    assert names == ["seg.dcm", "sr.dcm", "sr_results.dcm", "summary.dcm"]  # no ECV map without hematocrit
+    for name in ("sr.dcm", "sr_results.dcm"):
+        errors, warnings = dciodvfy(tmp_path / name)
+        assert errors == [] and warnings == []
+    ds = analysis_sr(tmp_path / "sr.dcm")
     notes = texts(ds, "Not measured")
     assert "tumor not measured: no reader annotation of a tumor" in notes
     assert any(n.startswith("ecv_liver in liver (Liver) not measured: no hematocrit within 48 h") for n in notes)
@@ -181,7 +191,7 @@ def test_measurement_without_template_entry_is_listed_not_dropped(case, tmp_path
     extra = Measurement(marker="spleen_hu", value=50.0, unit="[hnsf'U]", formula="roi.site_specific",
                         roi=case.rois[0].ref)
     build_outputs(out_dir=tmp_path, **case.kwargs(measurements=case.measurements + [extra]))
-    ds = pydicom.dcmread(tmp_path / "sr.dcm")
+    ds = analysis_sr(tmp_path / "sr.dcm")
     assert any(n.startswith("spleen_hu = 50 [hnsf'U] (roi.site_specific) is not reported") for n in texts(ds, "Not measured"))
 
 
@@ -191,16 +201,19 @@ def test_unit_differing_from_template_is_refused(case):
         measurement_item(m, load_template())
 
 
-def test_dicom_datetime():
-    assert dicom_datetime("2026-01-02T08:00:00") == "20260102080000"
-    assert dicom_datetime("2026-01-02T08:00:00Z") == "20260102080000+0000"
-    assert dicom_datetime("2026-01-02T08:00:00.5-05:00") == "20260102080000.500000-0500"
+def test_dicom_datetime_is_the_instant_in_the_given_offset_without_a_suffix():
+    one = timedelta(hours=1)
+    assert dicom_datetime("2026-01-02T08:00:00", one) == "20260102080000"  # no offset given: kept
+    assert dicom_datetime("2026-01-02T08:00:00Z", one) == "20260102090000"
+    assert dicom_datetime("2026-01-02T08:00:00Z", timedelta(0)) == "20260102080000"
+    assert dicom_datetime("2026-01-02T08:00:00.5-05:00", one) == "20260102140000.500000"
+    assert offset_text(one) == "+0100" and offset_text(timedelta(hours=-5, minutes=-30)) == "-0530"
     with pytest.raises(ValueError):
-        dicom_datetime("yesterday")
+        dicom_datetime("yesterday", one)
 
 
 def test_no_phi_in_texts(case, outputs):
-    ds = pydicom.dcmread(outputs["sr"])
+    ds = analysis_sr(outputs["sr"])
     values = " ".join(i.TextValue for i in walk(ds.ContentSequence) if i.ValueType == "TEXT")
     pid = str(case.reference[0].PatientID)
     assert pid and pid not in values and str(case.reference[0].PatientName) not in values
@@ -212,7 +225,7 @@ def test_measurement_over_several_rois_of_a_role_gets_a_role_group(case, tmp_pat
     mean_liver = Measurement.of("paper001.ecv_cect", "ecv_liver_mean", 29.5, roi=RoiRef("liver", READER),
                                 series=case.measurements[0].series, lab=case.labs[0])
     build_outputs(out_dir=tmp_path, **case.kwargs(measurements=[mean_liver]))
-    report = hd.sr.srread(tmp_path / "sr.dcm").content
+    report = hd.sr.srread(tmp_path / "sr_results.dcm").content  # no image coordinates: the results SR
     g = next(g for g in report.get_image_measurement_groups() if g.tracking_identifier == "Liver (all reader ROIs)")
     (m,) = g.get_measurements()
     assert (m.name.meaning, m.value, m.unit.value) == ("Extracellular volume fraction", 29.5, "%")
@@ -232,17 +245,18 @@ def test_measurement_in_an_unknown_role_is_listed_not_dropped(case, tmp_path):
     spleen = Measurement(marker="spleen_hu", value=50.0, unit="[hnsf'U]", formula="roi.mean_hu",
                          roi=RoiRef("spleen", READER))
     build_outputs(out_dir=tmp_path, **case.kwargs(measurements=[spleen]))
-    ds = pydicom.dcmread(tmp_path / "sr.dcm")
+    ds = analysis_sr(tmp_path / "sr.dcm")
     assert "spleen_hu = 50 [hnsf'U] is not reported: ROI role 'spleen' has no entry in the SR template" \
         in texts(ds, "Not measured")
 
 
-@given(st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2100, 1, 1)),
-       st.sampled_from([None, timezone.utc, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))]))
-def test_dicom_datetime_round_trips(t, tz):
+@given(st.datetimes(min_value=datetime(1900, 1, 2), max_value=datetime(2100, 1, 1)),
+       st.sampled_from([timezone.utc, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))]),
+       st.sampled_from([timedelta(0), timedelta(hours=1), timedelta(hours=-5, minutes=-30)]))
+def test_dicom_datetime_round_trips(t, tz, offset):
     t = t.replace(tzinfo=tz)
-    dt = dicom_datetime(t.isoformat())
-    fmt = "%Y%m%d%H%M%S" + (".%f" if t.microsecond else "") + ("%z" if tz else "")
+    dt = dicom_datetime(t.isoformat(), offset) + offset_text(offset)
+    fmt = "%Y%m%d%H%M%S" + (".%f" if t.microsecond else "") + "%z"
     assert datetime.strptime(dt, fmt) == t
 
 
@@ -261,10 +275,84 @@ def test_paper_000_score_is_the_terms_without_the_refuted_constant(case, tmp_pat
                         "neutrophils": {"value": 5.0, "unit": "10^9/L", "source": src},
                         "other_antitumor_therapy": {"value": True, "unit": "bool", "source": src}})
     build_outputs(out_dir=tmp_path, **case.kwargs(model_results=[r]))
-    ds = pydicom.dcmread(tmp_path / "sr.dcm")
+    ds = analysis_sr(tmp_path / "sr.dcm")
     g = group(ds, "Model p000-ecv-logistic 1.0.0")
     nums = {meaning(i): float(i.MeasuredValueSequence[0].NumericValue) for i in g.ContentSequence if i.ValueType == "NUM"}
     assert nums == {"Model linear predictor": pytest.approx(14.8702, abs=1e-3)}
     limits = [i.TextValue for i in g.ContentSequence if i.ValueType == "TEXT" and meaning(i) == "Model limitation"]
     note = next(t for t in limits if t.startswith("sum of the terms without the published constant (-22.624)"))
     assert "+1.068 x tumor ECV (DECT iodine) (0.4) = +0.4272" in note and "+1.777 x" in note
+
+
+def _groups_by_tracking_uid(ds) -> dict[str, list]:
+    """Measurement groups of the Imaging Measurements container, merged by tracking UID as
+    OHIF 3.12's SR loader merges them."""
+    (container,) = [i for i in ds.ContentSequence if meaning(i) == "Imaging Measurements"]
+    merged: dict[str, list] = {}
+    for g in container.ContentSequence:
+        items = list(g.ContentSequence)
+        uid = next(i.UID for i in items if meaning(i) == "Tracking Unique Identifier")
+        merged.setdefault(uid, []).extend(items)
+    return merged
+
+
+def test_every_roi_is_drawn_on_its_largest_section_with_the_image_selected_from(case, outputs):
+    # Issue 17: OHIF draws a measurement group only with image coordinates, and stops at a group
+    # without: every tracked region of the ROI SR carries a SCOORD on a reference image.
+    from matplotlib.path import Path as Polygon
+
+    ds = pydicom.dcmread(outputs["sr"])
+    merged = _groups_by_tracking_uid(ds)
+    assert len(merged) == len(case.rois)
+    by_label = {item.SegmentLabel: r for r, item in zip(case.rois, pydicom.dcmread(outputs["seg"]).SegmentSequence)}
+    for items in merged.values():
+        label = next(i.TextValue for i in items if meaning(i) == "Tracking Identifier")
+        roi = by_label[label]
+        (scoord,) = [i for i in items if i.ValueType == "SCOORD"]
+        assert meaning(scoord) == "Image Region" and scoord.GraphicType == "POLYLINE"
+        points = np.asarray(scoord.GraphicData, float).reshape(-1, 2)
+        assert np.array_equal(points[0], points[-1])  # closed
+        (source,) = scoord.ContentSequence
+        assert source.RelationshipType == "SELECTED FROM"
+        k = int(np.argmax(roi.areas))
+        ref = source.ReferencedSOPSequence[0]
+        assert ref.ReferencedSOPInstanceUID == case.reference[k].SOPInstanceUID
+        assert ref.ReferencedSOPClassUID == case.reference[k].SOPClassUID
+        # the outline encloses exactly the pixels of the ROI's largest part on that image, its
+        # holes filled (pixel centres at +0.5)
+        rows, cols = roi.mask.shape[1:]
+        cc, rr = np.meshgrid(np.arange(cols) + 0.5, np.arange(rows) + 0.5)
+        inside = Polygon(points).contains_points(np.c_[cc.ravel(), rr.ravel()]).reshape(rows, cols)
+        parts, n = ndimage.label(roi.mask[k])
+        largest = parts == 1 + int(np.argmax(np.bincount(parts.ravel())[1:]))
+        np.testing.assert_array_equal(inside, ndimage.binary_fill_holes(largest))
+        assert inside.sum() >= roi.mask[k].sum() / n
+
+
+def test_the_roi_sr_holds_only_groups_with_image_coordinates_and_lists_the_results_sr(outputs):
+    ds = pydicom.dcmread(outputs["sr"])
+    results = pydicom.dcmread(outputs["results"])
+    assert all(any(i.ValueType == "SCOORD" for i in items) for items in _groups_by_tracking_uid(ds).values())
+    assert results.ConceptNameCodeSequence[0].CodeValue == "126001"  # OHIF 3.12 lists it, never draws it
+    listed = {sop.ReferencedSOPInstanceUID for study in ds.CurrentRequestedProcedureEvidenceSequence
+              for series in study.ReferencedSeriesSequence for sop in series.ReferencedSOPSequence}
+    listed |= {sop.ReferencedSOPInstanceUID for study in ds.get("PertinentOtherEvidenceSequence", [])
+               for series in study.ReferencedSeriesSequence for sop in series.ReferencedSOPSequence}
+    assert results.SOPInstanceUID in listed
+    idents = {i.TextValue for i in walk(results.ContentSequence) if meaning(i) == "Tracking Identifier"}
+    assert {"Laboratory values", "Notes"} <= idents
+    assert not any(i.ValueType == "SCOORD" for i in walk(results.ContentSequence))
+
+
+def test_outline_runs_along_the_pixel_edges_of_the_largest_part():
+    from hccnode.report.outline import outline
+
+    mask = np.zeros((6, 7), bool)
+    mask[1:4, 1:3] = True      # an L: column 1-2 of rows 1-3 ...
+    mask[3, 3:5] = True        # ... and row 3 to column 4
+    mask[5, 6] = True          # a smaller part elsewhere: not outlined
+    pts = outline(mask).tolist()
+    assert pts[0] == pts[-1]
+    assert sorted(map(tuple, pts[:-1])) == sorted([(1, 1), (3, 1), (3, 3), (5, 3), (5, 4), (1, 4)])
+    with pytest.raises(ValueError):
+        outline(np.zeros((3, 3), bool))

@@ -14,7 +14,7 @@ from pipeline_support import add_labs, phantom_store, scratch_dir
 from hccnode import cli
 from hccnode.pipeline import analyze_study
 from hccnode.report.sr_compare import compare, numbers
-from hccnode.store.reverify import evidence, input_differences
+from hccnode.audit.reverify import evidence, input_differences
 from hccnode.store import audit
 
 OUTBOX_DEST = "PACS@127.0.0.1:11112"
@@ -44,6 +44,11 @@ def node():
     shutil.rmtree(root, ignore_errors=True)
 
 
+def _docs(path) -> list[pydicom.Dataset]:
+    """An analysis' SR documents: the ROI SR and its results SR beside it."""
+    return [pydicom.dcmread(path), pydicom.dcmread(path.with_name("sr_results.dcm"))]
+
+
 def _snapshot(store) -> dict[str, list]:
     """Every table of the node's database, row by row (audit separately)."""
     c = sqlite3.connect(store.path)
@@ -60,7 +65,8 @@ def _files(path) -> dict[str, bytes]:
 
 def test_latest_sr_is_reproduced_and_the_node_records_only_the_reverify_event(node, capsys):
     sr = pydicom.dcmread(node.latest)
-    nums = numbers(sr)
+    nums = numbers(_docs(node.latest))  # both documents' numbers are compared
+    assert any(n.group == "Laboratory values" for n in nums)
     assert len(nums) >= 10 and any(n.meaning.lower().startswith("extracellular") or "ECV" in n.meaning for n in nums)
     before = _snapshot(node.store)
     originals = _files(node.latest.parent)
@@ -100,13 +106,13 @@ def test_a_tampered_value_exits_1_naming_the_measurement(node, tmp_path, capsys)
     assert len(bad) == 1, out
     assert target.group in bad[0] and target.meaning in bad[0] and "ecv_tumor" in bad[0]
     assert f"Numeric Value (DS) {edited} vs {target.numeric}" in bad[0]  # A: this SR, B: recomputed
-    assert "DIFFERS: 1 of" in out
+    assert f"DIFFERS: 1 of {len(numbers(_docs(node.latest)))}" in out  # its results SR found in the node's outputs
     last = list(audit.rows(node.store, node.study))[-1]
     assert last["event"] == "analysis.reverified" and '"verdict":"differs"' in last["details"]
 
 
 def test_an_older_sr_is_recomputed_with_the_inputs_it_used(node, capsys):
-    older = pydicom.dcmread(node.older)
+    older = _docs(node.older)
     assert not any(n.group == "Laboratory values" for n in numbers(older))  # written before the hematocrit arrived
     assert node(node.older) == 0
     out = capsys.readouterr().out
@@ -126,10 +132,10 @@ def test_an_sr_whose_inputs_the_node_cannot_reconstruct_is_not_called_a_match(no
 
 
 def test_input_differences_name_what_changed(node):
-    latest, older = pydicom.dcmread(node.latest), pydicom.dcmread(node.older)
+    latest, older = _docs(node.latest), _docs(node.older)
     diffs = input_differences(latest, older)  # as if the node now lacked the hematocrit the SR used
     assert any(d.startswith("lab Hematocrit: 0.4 in the SR, none now") for d in diffs), diffs
-    older.SoftwareVersions = "0.0.1"
+    older[0].SoftwareVersions = "0.0.1"
     assert any(d.startswith("software version") for d in input_differences(latest, older))
 
 

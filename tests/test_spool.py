@@ -10,7 +10,7 @@ import pydicom
 import pytest
 
 from dicomgen import ct_series
-from hccnode.net import status
+from hccnode import dicom_status as status
 from hccnode.store.db import Store
 from hccnode.store.spool import Spool, header_row
 from node_support import tmpfs

@@ -83,7 +83,7 @@ def fed_node(tmp_path_factory):
 
 def test_health_and_status_json_show_study_phases_job_and_lab_feed(fed_node):
     from hccnode import __version__
-    from hccnode.imaging.phase_store import stored_phases
+    from hccnode.store.phases import stored_phases
 
     node, study, store = fed_node
     health = get_json(node.status_port, "/health")
@@ -174,7 +174,7 @@ def dump_dom(url: str, workdir: Path) -> str:
 
 
 def test_headless_chromium_renders_the_study_phases_and_job_state(fed_node, tmp_path):
-    from hccnode.imaging.phase_store import stored_phases
+    from hccnode.store.phases import stored_phases
 
     node, study, store = fed_node
     html = dump_dom(f"http://127.0.0.1:{node.status_port}/", tmp_path)

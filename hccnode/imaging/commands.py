@@ -25,7 +25,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from hccnode.cli import UsageError
     from hccnode.imaging.phase_index import PhaseError, classify_and_store
-    from hccnode.imaging.phase_store import stored_phases
+    from hccnode.store.phases import stored_phases
     from hccnode.imaging.phase_rules import RulesError, load_rules
     from hccnode.store.db import Store
 

@@ -3,7 +3,7 @@
 `classify_and_store(store, study_uid)` reads every instance header of the study (pydicom,
 pixel data deferred), builds one SeriesHeader per series, lets `phases.classify_study` decide,
 reading pixels only for the CT series it asks to measure (evenly spaced slices, at most
-`[image] max_slices`), and replaces the study's rows in the `phases` table (phase_store).
+`[image] max_slices`), and replaces the study's rows in the `phases` table (hccnode.store.phases).
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ from pydicom.dataset import Dataset
 from hccnode import log
 from hccnode.imaging import anatomy
 from hccnode.imaging.phase_rules import RuleSet, load_rules
-from hccnode.imaging.phase_store import save_decisions
 from hccnode.imaging.phases import Decision, PhaseMeasurement, classify_study
 from hccnode.imaging.series_header import SeriesHeader, header_from_datasets
 from hccnode.imaging.volumes import DEFER_BYTES, stored_values
+from hccnode.store import studies
 from hccnode.store.db import Store
+from hccnode.store.phases import save_decisions
 
 
 MEASURE_THREADS = 2
@@ -37,9 +38,7 @@ class PhaseError(Exception):
 def read_headers(store: Store, study_uid: str, rules: RuleSet) -> tuple[list[SeriesHeader], dict[str, list[tuple[Path, Dataset]]]]:
     """Series headers of a study from its spool files (pixel data deferred: read from the file
     when used, never kept); unreadable files are skipped and logged."""
-    rows = store.query("SELECT series_uid, path FROM instances WHERE study_uid = ?"
-                       " ORDER BY series_uid, instance_number, sop_uid",
-                       (study_uid,))
+    rows = studies.instances_of(store, study_uid)
     if not rows:
         raise PhaseError(f"study {study_uid}: not in the index")
     by_series: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)

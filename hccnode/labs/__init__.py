@@ -1,6 +1,4 @@
 """Lab results: HL7 v2 ORU^R01 over MLLP and CSV, matched to scan time, with derived indices.
 
-Importing this package registers its tables (labs, labs_raw, lab_usage) with the Store.
+Their tables (labs, labs_raw, lab_usage) and every statement on them are in hccnode.store.labs.
 """
-
-from hccnode.labs import requeue, store  # noqa: F401  (table schemas)

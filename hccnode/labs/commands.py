@@ -15,7 +15,7 @@ from hccnode.labs import csvimport, hl7v2
 from hccnode.labs.csvimport import CsvImportError, import_csv
 from hccnode.labs.matching import match_lab
 from hccnode.labs.requeue import queue_jobs
-from hccnode.labs.store import results_for
+from hccnode.store.labs import results_for
 from hccnode.store.db import Store
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from hccnode import log
 from hccnode.labs import catalog as catalog_mod
 from hccnode.labs.catalog import LabValueError
-from hccnode.labs.store import WITHDRAW, Result, Stored, save_raw, store_results
+from hccnode.store.labs import WITHDRAW, Result, Stored, save_raw, store_results
 from hccnode.labs.values import parse_iso_time, parse_value
 from hccnode.store.db import Store
 

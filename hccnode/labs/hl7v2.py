@@ -26,7 +26,8 @@ import hl7
 
 from hccnode import log
 from hccnode.labs.catalog import Catalog, LabValueError
-from hccnode.labs.store import FINAL, PRELIMINARY, Result, Stored, find_duplicate, save_raw, store_results
+from hccnode.store.labs import (FINAL, PRELIMINARY, Result, Stored, find_duplicate, raw_messages, save_raw, set_raw_outcome,
+                                store_results)
 from hccnode.labs.values import parse_hl7_time, parse_value
 from hccnode.store.db import Store
 
@@ -308,7 +309,7 @@ def handle(store: Store, catalog: Catalog, raw: bytes, peer: str = "",
     meta = dict(source="hl7", origin=peer, control_id=header.control_id, facility=header.sending_facility,
                 message_type=header.message_type)
     try:
-        with store.tx() as c:
+        with store.tx():
             if raw_id is None and find_duplicate(store, header.sending_facility, header.control_id, raw):
                 save_raw(store, raw, outcome="duplicate", reason="resend of an accepted message", **meta)
                 stored = Stored(None)
@@ -316,8 +317,7 @@ def handle(store: Store, catalog: Catalog, raw: bytes, peer: str = "",
                 if raw_id is None:
                     raw_id = save_raw(store, raw, outcome="AA", **meta)
                 else:
-                    c.execute("UPDATE labs_raw SET outcome = 'AA', reason = 'accepted when reprocessed' WHERE id = ?",
-                              (raw_id,))
+                    set_raw_outcome(store, raw_id, "AA", "accepted when reprocessed")
                 stored = store_results(store, parsed.results, source="hl7", raw_id=raw_id,
                                        control_id=header.control_id, facility=header.sending_facility)
     except Exception as exc:
@@ -344,7 +344,7 @@ def _reject(store: Store, raw: bytes, peer: str, header: Header, code: str, prob
     reason = "; ".join(p.text for p in problems)[:2000]
     try:
         if raw_id is not None:
-            store.conn().execute("UPDATE labs_raw SET outcome = ?, reason = ? WHERE id = ?", (code, reason, raw_id))
+            set_raw_outcome(store, raw_id, code, reason)
         else:
             save_raw(store, raw, source="hl7", outcome=code, reason=reason, origin=peer, control_id=header.control_id,
                      facility=header.sending_facility, message_type=header.message_type, size=size)
@@ -361,13 +361,8 @@ def reprocess(store: Store, catalog: Catalog, raw_ids: list[int] | None = None) 
     (row id, what was stored, or None if rejected again). AR messages are not retried: they
     cannot become acceptable without being changed.
     """
-    sql = "SELECT id, raw, origin FROM labs_raw WHERE source = 'hl7' AND outcome = 'AE'"
-    params: tuple = ()
-    if raw_ids:
-        sql += f" AND id IN ({','.join('?' * len(raw_ids))})"
-        params = tuple(raw_ids)
     out = []
-    for row in store.query(sql + " ORDER BY id", params):
+    for row in raw_messages(store, "hl7", "AE", raw_ids):
         _, stored = handle(store, catalog, row["raw"], row["origin"] or "", raw_id=row["id"])
         out.append((row["id"], stored))
     log.event("hl7.reprocessed", messages=len(out), accepted=sum(s is not None for _, s in out))

@@ -23,6 +23,7 @@ from datetime import datetime
 from hccnode.labs.catalog import Window
 from hccnode.labs.values import as_aware
 from hccnode.store.db import Store
+from hccnode.store.labs import current_results
 
 MATCHED, CENSORED, MISSING = "matched", "censored", "missing"
 
@@ -66,17 +67,11 @@ def _rank(row: dict, worst: float, gap: float) -> tuple:
     return (worst, 0 if gap <= 0 else 1, -row["received_at"], -row["id"])
 
 
-def _rows(store: Store, patient_id: str, issuer: str | None, test: str) -> list[dict]:
-    return store.query(
-        "SELECT * FROM labs WHERE patient_id = ? AND test = ? AND state = 'current'"
-        " AND (issuer IS NULL OR ? IS NULL OR issuer = ?)", (patient_id, test, issuer, issuer))
-
-
 def match_lab(store: Store, patient_id: str, issuer: str | None, acquired: datetime, test: str,
               window: Window) -> Match:
     """The result of `test` for the patient closest to the scan time `acquired`, within `window`."""
     scan = as_aware(acquired).timestamp()
-    rows = _rows(store, patient_id, issuer, test)
+    rows = current_results(store, patient_id, issuer, test)
     finals = [r for r in rows if r["kind"] == "final"]
     scored = sorted((_rank(r, *_evaluate(r, scan, window)[1:]), r) for r in finals)
     inside = [(rank, r) for rank, r in scored if _evaluate(r, scan, window)[0]]
@@ -112,7 +107,7 @@ def match_panel(store: Store, patient_id: str, issuer: str | None, acquired: dat
     scan = as_aware(acquired).timestamp()
     by_time: dict[float, dict[str, dict]] = {}
     for test in tests:
-        for r in _rows(store, patient_id, issuer, test):
+        for r in current_results(store, patient_id, issuer, test):
             if r["kind"] == "final" and r["value"] is not None:
                 by_time.setdefault(r["observed_start"], {})[test] = r
     complete = [d for d in by_time.values() if len(d) == len(tests)]

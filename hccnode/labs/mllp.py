@@ -24,7 +24,7 @@ from collections.abc import Callable
 from hccnode import log
 from hccnode.labs import catalog as catalog_mod
 from hccnode.labs import hl7v2
-from hccnode.labs.store import Stored, save_raw
+from hccnode.store.labs import Stored, save_raw
 from hccnode.store import audit
 from hccnode.store.db import Store
 

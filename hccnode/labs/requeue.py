@@ -18,24 +18,9 @@ from datetime import datetime, timezone
 
 from hccnode.labs import catalog as catalog_mod
 from hccnode.labs.matching import Match, match_lab, match_panel
-from hccnode.labs.store import Change
-from hccnode.store.db import Store, now, schema
-
-SCHEMA = schema(
-    """
-CREATE TABLE IF NOT EXISTS lab_usage (
-    study_uid TEXT NOT NULL,
-    paper TEXT NOT NULL,           -- "000", "001", ...
-    test TEXT NOT NULL,
-    panel TEXT NOT NULL DEFAULT '',-- comma-joined tests when matched as one draw (match_panel), else ''
-    scan_time REAL NOT NULL,       -- epoch seconds the match was made against
-    status TEXT NOT NULL,          -- matched | censored | missing
-    lab_id INTEGER,                -- labs.id used (NULL when missing)
-    recorded_at REAL NOT NULL,
-    PRIMARY KEY (study_uid, paper, test, panel)
-);
-"""
-)
+from hccnode.store import labs as labs_store
+from hccnode.store.db import Store
+from hccnode.store.labs import Change
 
 
 @dataclass(frozen=True)
@@ -49,12 +34,8 @@ def record_usage(store: Store, study_uid: str, scan_time: datetime, paper: str, 
     """Remember which lab rows an analysis of `study_uid` used (call once per paper, after matching)."""
     items = list(matches.values()) if isinstance(matches, dict) else list(matches)
     ts = scan_time.timestamp() if scan_time.tzinfo else scan_time.astimezone().timestamp()
-    with store.tx() as c:
-        for m in items:
-            c.execute(
-                "INSERT OR REPLACE INTO lab_usage (study_uid, paper, test, panel, scan_time, status, lab_id, recorded_at)"
-                " VALUES (?,?,?,?,?,?,?,?)",
-                (study_uid, paper, m.test, ",".join(panel or ()), ts, m.status, m.lab_id, now()))
+    labs_store.record_usage(store, study_uid, paper, ",".join(panel or ()), ts,
+                            [(m.test, m.status, m.lab_id) for m in items])
 
 
 def studies_needing_requeue(store: Store, patient_id: str, issuer: str | None = None,
@@ -63,15 +44,11 @@ def studies_needing_requeue(store: Store, patient_id: str, issuer: str | None = 
     """Analysed studies of this patient whose lab match (for `tests`, default all) would now differ."""
     catalog = catalog or catalog_mod.load(store.data_dir)
     issuers: list[str | None] = [issuer, None, *extra_issuers]
-    issuers += [r["issuer"] for r in store.query("SELECT DISTINCT issuer FROM labs WHERE patient_id = ?", (patient_id,))]
+    issuers += labs_store.issuers_of(store, patient_id)
     by_key = {}
     for i in issuers:
         by_key.setdefault(store.patient_key(patient_id, i), i)
-    marks = ",".join("?" * len(by_key))
-    rows = store.query(
-        f"SELECT s.study_uid, s.patient_key, u.paper, u.test, u.panel, u.scan_time, u.status, u.lab_id"
-        f" FROM studies s JOIN lab_usage u ON u.study_uid = s.study_uid WHERE s.patient_key IN ({marks})"
-        " ORDER BY s.study_uid", tuple(by_key))
+    rows = labs_store.usage_of_patients(store, list(by_key))
     out: dict[str, list[str]] = {}
     panels: dict[tuple, dict[str, Match]] = {}
     for r in rows:

@@ -23,6 +23,7 @@ import math
 import re
 import tomllib
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +182,12 @@ class Reference:
             text += f" ({names} {NOT_GIVEN})"
         return text + (f" doi:{self.doi}" if self.doi else "")
 
+    def short(self) -> str:
+        """First author (et al.) and year, for one-line listings; what the text does not give is said."""
+        first = self.authors.split(", ")[0] if self.authors != NOT_GIVEN else "authors not given in the source text"
+        more = " et al." if self.authors != NOT_GIVEN and ", " in self.authors else ""
+        return first + more + (f", {self.year}" if self.year != NOT_GIVEN else "")
+
 
 @dataclass
 class Card:
@@ -215,8 +222,11 @@ class Card:
 
     @property
     def limitations(self) -> list[str]:
-        """What the paper does not publish or gets wrong, as the node reports it with every result."""
-        out = [f"unpublished: {u}" for u in self.unpublished]
+        """What the paper itself names as its limitations, does not publish or gets wrong, as the node
+        reports it with every result."""
+        out = [f"stated by the paper: {q.value}" for q in self.quotes
+               if q.fact == "limitation" and not q.value.startswith(NOT_REPORTED)]
+        out += [f"unpublished: {u}" for u in self.unpublished]
         out += [f"inconsistent: {i}" for i in self.inconsistencies]
         return out
 
@@ -549,8 +559,11 @@ def load_card(path: str | Path) -> Card:
 
 
 def default_dirs(data_dir: str | Path | None = None) -> list[Path]:
-    """Card directories: the shipped plugins/models, then the site's recalibrated cards."""
-    dirs = [Path(__file__).resolve().parents[2] / "plugins" / "models"]
+    """Card directories: the shipped cards, then the site's recalibrated cards.
+
+    The shipped cards are package data hccnode/data/models (in a source tree, a link to the
+    top-level plugins/models/, so the wheel carries them)."""
+    dirs = [Path(resources.files("hccnode").joinpath("data", "models")).resolve()]
     if data_dir is not None:
         dirs.append(Path(data_dir) / "models" / "site")
     return dirs

@@ -31,7 +31,7 @@ def register(sub) -> None:
     q.add_argument("card", help="card id (its published version) or id@version")
     q.add_argument("--json", action="store_true", help="print the card as JSON")
     q = add("check", cmd_check, "self-check: cards reproduce their papers' numbers",
-            "One line per card naming its paper file and the result; exit 1 if any check fails.")
+            "One line per card naming its paper (first author, year) and the result; exit 1 if any check fails.")
     q.add_argument("card", nargs="*", help="cards to check (default: all)")
     q.add_argument("-v", "--verbose", action="store_true", help="one line per check")
     q = add("evaluate", cmd_evaluate, "evaluate cards on given inputs",
@@ -201,7 +201,8 @@ def cmd_evaluate(args) -> int:
 
 def _load_data(args, cards):
     from hccnode.cli import UsageError
-    from hccnode.models import store as mstore, validate
+    from hccnode.models import validate
+    from hccnode.store import model_results as mstore
     from hccnode.store.db import Store
 
     try:

@@ -64,7 +64,8 @@ def _fmt(x: float) -> str:
 def check_input(spec: Input, raw: InputValue | Mapping[str, Any] | None) -> tuple[float | None, str | None]:
     """The value as the model uses it (float), or None and the reason it cannot be used."""
     if raw is None:
-        return None, f"input {spec.name!r} ({spec.label}) is missing; expected {spec.unit} from {spec.source}"
+        unit = "a ratio or fraction (unit 1)" if spec.unit == "1" else spec.unit
+        return None, f"input {spec.name!r} ({spec.label}) is missing; expected {unit} from {spec.source}"
     iv = as_input(raw)
     if iv.value is None or (isinstance(iv.value, str) and not iv.value.strip()):
         return None, f"input {spec.name!r} ({spec.label}) has no value"

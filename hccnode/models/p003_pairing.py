@@ -181,3 +181,27 @@ def lab_anchor(baseline_mri: dt.datetime | None, treatment_start: dt.datetime | 
         return baseline_mri, (f"the baseline MRI ({baseline_mri.date().isoformat()}; no treatment-start date given, "
                               "paper 003 puts it within 2 weeks before treatment)")
     return None, "the baseline MRI (its time is unknown)"
+
+
+def treatment_start_problem(start: dt.date, baseline: dt.date | None, followup: dt.date | None) -> str | None:
+    """What in a treatment start contradicts paper 003's time points, or None.
+
+    Inclusion (3): baseline MRI "within 2 weeks prior to treatment initiation", follow-up "at 8 weeks
+    ... following therapy"; exclusion (3): "an interval exceeding 2 weeks between baseline MRI and
+    therapy initiation". `baseline` is the baseline MRI's date (the study itself when it is one),
+    `followup` the follow-up's (None when the study is not one). The labs are still matched before
+    the given date; the note says the pair is not one paper 003 would have included."""
+    problems = []
+    if followup is not None and start >= followup:
+        problems.append(f"it is not before the follow-up MRI of {followup.isoformat()} (paper 003: follow-up "
+                        "\"at 8 weeks ... following therapy\")")
+    if baseline is not None and start < baseline:
+        problems.append(f"it is before the baseline MRI of {baseline.isoformat()} (paper 003: baseline MRI "
+                        "\"within 2 weeks prior to treatment initiation\")")
+    elif baseline is not None and (start - baseline).days > BASELINE_BEFORE_TREATMENT_MAX_DAYS:
+        problems.append(f"it is {(start - baseline).days} days after the baseline MRI of {baseline.isoformat()} "
+                        "(paper 003 excludes \"an interval exceeding 2 weeks between baseline MRI and therapy "
+                        "initiation\")")
+    if not problems:
+        return None
+    return f"treatment start {start.isoformat()} does not fit paper 003's time points: " + "; ".join(problems)

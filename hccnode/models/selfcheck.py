@@ -278,21 +278,25 @@ def run(card: Card) -> list[CheckResult]:
         try:
             ok, msg = CHECKS[check["kind"]](card, check)
         except Exception as exc:  # a card's data must never crash the node
-            ok, msg = False, f"check failed to run: {type(exc).__name__}: {exc}"
+            ok, msg = False, f"check failed to run: {exc}"
         out.append(CheckResult(check["kind"], check["where"], ok, msg))
     return out
 
 
+def _cited(card: Card) -> str:
+    return card.reference.short() if card.reference is not None else card.citation
+
+
 def summary_line(card: Card, results: list[CheckResult]) -> str:
-    """One line per card: id@version, paper file, result."""
+    """One line per card: id@version, its paper (first author, year: never the stored text's file name), result."""
     if not results and card.status == "site-recalibrated":
-        return (f"{card.key} ({card.paper}): site version of {card.derived_from}, fitted on "
+        return (f"{card.key} ({_cited(card)}): site version of {card.derived_from}, fitted on "
                 f"{card.recalibration.get('data_file', '?')} (n = {card.recalibration.get('n', '?')}); "
                 f"the paper's worked numbers are checked on {card.derived_from}")
     if not results:
-        return f"{card.key} ({card.paper}): NO SELF-CHECK - the card states no worked numbers"
+        return f"{card.key} ({_cited(card)}): NO SELF-CHECK - the card states no worked numbers"
     failed = [r for r in results if not r.ok]
-    head = f"{card.key} ({card.paper}): "
+    head = f"{card.key} ({_cited(card)}): "
     if failed:
         return head + f"FAIL {len(failed)}/{len(results)} - " + " | ".join(f"{r.kind} [{r.where}]: {r.message}" for r in failed)
     return head + f"ok {len(results)}/{len(results)} - " + " | ".join(f"{r.kind}: {r.message}" for r in results)

@@ -347,8 +347,9 @@ def validate_card(card: Card, preds: list[Prediction], outcomes: dict[str, Outco
                   n_boot: int = 1000, seed: int = 0, progress: bool = False) -> dict[str, Any]:
     """Validation of one card version on the joined data; writes its plots into out_dir."""
     res: dict[str, Any] = {"card_id": card.id, "card_version": card.version, "card_status": card.status,
-                           "paper": card.paper, "citation": card.citation, "title": card.title, "outcome": card.outcome["name"],
-                           "limitations": card.limitations, "plots": {}, "notes": []}
+                           "citation": card.citation, "title": card.title, "outcome": card.outcome["name"],
+                           "limitations": card.limitations, "plots": {}, "notes": [],
+                           "direction_conflict": card.outcome.get("direction_conflict")}
     joined = [(p, outcomes[p.study_uid]) for p in preds if p.study_uid in outcomes]
     res["n_predictions"], res["n_joined"] = len(preds), len(joined)
     stem = _safe(f"{card.id}_{card.version}")
@@ -479,6 +480,8 @@ def render_html(report: dict[str, Any]) -> str:
         parts.append(f"<h2>{e(c['card_id'])} version {e(c['card_version'])} ({e(c['card_status'])})</h2>")
         parts.append(f"<p>{e(c['title'])}<br>Paper: {e(c['citation'])} Outcome: {e(c['outcome'])}. "
                      f"Predictions: {c['n_predictions']}, joined with outcomes: {c['n_joined']}.</p>")
+        if c.get("direction_conflict"):  # an AUC below 0.5 may be the other reading of the paper
+            parts.append(f"<p class=\"warn\">{e(c['direction_conflict'])}</p>")
         b = c.get("binary")
         if b:
             rows = [("n (events)", f"{b['n']} ({b['events']} {e(b['positive'])})")]

@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 from hccnode.cli import UsageError
-from hccnode.config import Destination, parse_destination
-from hccnode.net import scu, status
+from hccnode import dicom_status as status
+from hccnode.config import Destination, check_dicomweb_url, is_dicomweb, parse_destination
+from hccnode.net import scu
 from hccnode.net.forward import client_tls, drain_once
 from hccnode.store import jobs, outbox
 from hccnode.store.db import Store
@@ -29,13 +30,27 @@ def register(sub) -> None:
                        description="Queue FILEs in the outbox for DESTINATION and send them now. Rows that "
                                    "cannot be delivered stay queued and are retried by `hccnode serve`.")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="DICOM Part 10 files or folders")
-    p.add_argument("--to", required=True, metavar="AE@host:port", help="destination")
+    p.add_argument("--to", required=True, metavar="AE@host:port|URL",
+                   help="destination: a DICOM peer, or a DICOMweb base URL (STOW-RS; its options and credentials"
+                        " come from [forward.dicomweb.\"URL\"])")
     p.set_defaults(func=cmd_send)
 
     p = sub.add_parser("studies", help="list received studies with series counts and job state",
                        description="One row per received study (patient identity is not shown).")
     p.add_argument("--limit", type=int, default=50, help="most rows to show (default 50)")
     p.set_defaults(func=cmd_studies)
+    studies_sub = p.add_subparsers(dest="studies_command", metavar="{treatment-start}")
+    t = studies_sub.add_parser(
+        "treatment-start", help="set the date treatment started (paper 003's labs are the 14 days before it)",
+        description="Set, for an MR study (the baseline or the follow-up), the day (or time) treatment started: "
+                    "paper 003's labs are those \"obtained within 2 weeks prior to treatment\" (without a date, "
+                    "the 14 days before the baseline MRI). A follow-up uses the date set on it, else the one set "
+                    "on its baseline. Every analysed study whose date this changes is queued again, as a new lab "
+                    "result queues it. Library: hccnode.store.studies.set_treatment_start.")
+    t.add_argument("study", metavar="STUDY", help="Study Instance UID, or Accession Number of a study in the node")
+    t.add_argument("date", nargs="?", metavar="YYYY-MM-DD[THH:MM]", help="the treatment start")
+    t.add_argument("--clear", action="store_true", help="remove the study's treatment start instead")
+    t.set_defaults(func=cmd_treatment_start)
 
     p = sub.add_parser("jobs", help="list analysis jobs",
                        description="Jobs of the durable queue, newest first. A job ends done, failed (after "
@@ -96,6 +111,13 @@ def _destination(text: str) -> Destination:
         raise UsageError(str(exc)) from None
 
 
+def _dicomweb_url(text: str) -> str:
+    try:
+        return check_dicomweb_url(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _dicom_files(paths: list[Path]) -> list[Path]:
     files: list[Path] = []
     for p in paths:
@@ -109,7 +131,7 @@ def _dicom_files(paths: list[Path]) -> list[Path]:
 
 
 def cmd_send(args) -> int:
-    dest = _destination(args.to)
+    dest = _dicomweb_url(args.to) if is_dicomweb(args.to) else _destination(args.to)
     store = Store(args.cfg.data_dir)
     ids, skipped = [], []
     for f in _dicom_files(args.files):
@@ -153,6 +175,36 @@ def cmd_studies(args) -> int:
         r["last_received"] = _when(r["last_received"])
         r["job"] = r["job"] or "waiting"
     _table(rows, ["study_uid", "study_date", "patient_key", "modalities", "series", "instances", "last_received", "job"])
+    return 0
+
+
+def cmd_treatment_start(args) -> int:
+    from hccnode.store import studies
+
+    if bool(args.date) == args.clear:
+        raise UsageError("give the treatment start date, or --clear")
+    try:
+        when = None if args.clear else studies.parse_treatment_start(args.date)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    store = Store(args.cfg.data_dir)
+    try:
+        uid = studies.find_study(store, args.study)
+        if uid is None:
+            print(f"hccnode studies treatment-start: no study {args.study!r} in the node (neither a Study "
+                  "Instance UID nor an Accession Number it holds)", file=sys.stderr)
+            return 1
+        done = studies.set_treatment_start(store, uid, when, "hccnode studies treatment-start",
+                                           max_attempts=args.cfg.worker.max_attempts)
+    except LookupError as exc:
+        print(f"hccnode studies treatment-start: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    shown = when.isoformat() if when else "none"
+    print(f"study {uid}: treatment start {shown}" + ("" if done.changed else " (unchanged)"))
+    for other, job in done.requeued:
+        print(f"  queued again: study {other} (job {job})")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""The forwarder: drains the outbox to its destinations with the C-STORE SCU."""
+"""The forwarder: drains the outbox to its destinations with the C-STORE SCU, or STOW-RS for a
+DICOMweb base URL (hccnode.net.stow); same leases, retries and backoff for both."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import ssl
 import threading
 
 from hccnode import log
-from hccnode.config import Config, ForwardSection, parse_destination
-from hccnode.net import scu, tls
+from hccnode.config import Config, ForwardSection, is_dicomweb, parse_destination
+from hccnode.net import scu, stow, tls
 from hccnode.store import outbox
 from hccnode.store.db import Store
 
@@ -25,14 +26,15 @@ def drain_once(store: Store, cfg: ForwardSection, ids: list[int] | None = None,
         items = [i for i in items if i.path.exists()]
         if not items:
             continue
-        try:
-            results = scu.send_files(parse_destination(dest_text),
-                                     [(i.path, i.sop_class_uid, i.transfer_syntax) for i in items],
-                                     calling_ae=cfg.ae_title, tls=tls_ctx)
-        except scu.AssociationFailed as exc:
-            for item in items:
-                outbox.mark_failed(store, item, str(exc), None, **retry)
-            continue
+        if is_dicomweb(dest_text):
+            results = stow.send_files(dest_text, cfg.dicomweb_options(dest_text), [i.path for i in items])
+        else:
+            try:
+                results = scu.send_files(parse_destination(dest_text),
+                                         [(i.path, i.sop_class_uid, i.transfer_syntax) for i in items],
+                                         calling_ae=cfg.ae_title, tls=tls_ctx)
+            except scu.AssociationFailed as exc:
+                results = [scu.SendResult(i.path, None, str(exc)) for i in items]
         for item, res in zip(items, results):
             if res.ok:
                 outbox.mark_sent(store, item, res.status)

@@ -36,7 +36,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
 from hccnode import log
-from hccnode.config import Config, Destination, parse_destination
+from hccnode.config import Config, Destination, dimse_destinations, parse_destination
 from hccnode.models.p003_pairing import (  # noqa: F401 - the one pairing rule, re-exported for callers
     BASELINE_BEFORE_TREATMENT_MAX_DAYS,
     FOLLOWUP_AFTER_TREATMENT_DAYS,
@@ -47,7 +47,8 @@ from hccnode.models.p003_pairing import (  # noqa: F401 - the one pairing rule, 
     parse_date,
     select_baseline,
 )
-from hccnode.net import scu, status
+from hccnode import dicom_status as status
+from hccnode.net import scu
 from hccnode.net.forward import client_tls
 from hccnode.store import audit
 from hccnode.store.db import Store
@@ -123,8 +124,8 @@ class PriorResult:
 
 
 def pacs_destination(cfg: Config) -> Destination | None:
-    """`[priors] pacs`, else the first `[forward]` destination, else None."""
-    text = cfg.priors.pacs or (cfg.forward.destinations[0] if cfg.forward.destinations else "")
+    """`[priors] pacs`, else the first `[forward]` AE@host:port destination, else None."""
+    text = cfg.priors.pacs or next(iter(dimse_destinations(cfg.forward)), "")
     return parse_destination(text) if text else None
 
 

@@ -20,7 +20,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from hccnode import log
 from hccnode.config import NodeSection, TLSSection
-from hccnode.net import status, tls
+from hccnode import dicom_status as status
+from hccnode.net import tls
 from hccnode.store import audit
 from hccnode.store.spool import Spool
 

@@ -22,7 +22,7 @@ from pynetdicom.sop_class import (
 )
 
 from hccnode.config import Destination
-from hccnode.net import status
+from hccnode import dicom_status as status
 
 _config.STORE_SEND_CHUNKED_DATASET = True
 MAX_CONTEXTS = 128  # PS3.8: at most 128 presentation contexts per association

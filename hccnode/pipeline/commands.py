@@ -9,7 +9,6 @@ a study could not be analysed or no study was stored, 2 on a usage error."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 
 from hccnode import RESEARCH_USE, log
@@ -32,8 +31,9 @@ def register(sub) -> None:
     p.add_argument("--no-forward", action="store_true", help="do not queue the outputs for the forward destinations")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--treatment-start", metavar="YYYY-MM-DD[THH:MM]",
-                   help="the day (or time) treatment started: paper 003's labs are those of the 14 days before it "
-                        "(\"within 2 weeks prior to treatment\"); without it, the 14 days before the baseline MRI")
+                   help="the day (or time) treatment started, stored with the study as `hccnode studies "
+                        "treatment-start` does: paper 003's labs are those of the 14 days before it (\"within 2 "
+                        "weeks prior to treatment\"); without one, the 14 days before the baseline MRI")
     p.set_defaults(func=run)
 
 
@@ -46,6 +46,7 @@ def run(args) -> int:
     from hccnode.pipeline import NotApplicable, StudyError, analyze_study
     from hccnode.pipeline.driver import copy_outputs
     from hccnode.pipeline.mr import site_adc_units
+    from hccnode.store import studies as studies_mod
     from hccnode.store.db import Store
 
     if bool(args.study_uid) == bool(args.dicom_dir):
@@ -53,10 +54,9 @@ def run(args) -> int:
     treatment_start = None
     if args.treatment_start:
         try:
-            treatment_start = datetime.fromisoformat(args.treatment_start)
-        except ValueError:
-            raise UsageError(f"--treatment-start {args.treatment_start!r} is not a date (YYYY-MM-DD) "
-                             "or date and time (YYYY-MM-DDTHH:MM)") from None
+            treatment_start = studies_mod.parse_treatment_start(args.treatment_start)
+        except ValueError as exc:
+            raise UsageError(f"--treatment-start: {exc}") from None
     try:
         rules = load_rules(args.cfg.phases.rules_file or None)
     except RulesError as exc:
@@ -77,12 +77,17 @@ def run(args) -> int:
                 bar.update(1)
 
             try:
+                if treatment_start is not None:  # kept: the workers' later re-analyses use it too
+                    studies_mod.set_treatment_start(store, uid, treatment_start, "hccnode analyze", requeue=False)
                 with site_adc_units(args.cfg.adc.units):
                     analysis = analyze_study(store, uid, destinations=destinations, rules=rules, progress=step,
-                                             baseline_tolerance_days=args.cfg.priors.tolerance_days,
-                                             treatment_start=treatment_start)
+                                             baseline_tolerance_days=args.cfg.priors.tolerance_days)
             except NotApplicable as exc:
                 print(f"hccnode analyze: {exc}")
+                continue
+            except LookupError as exc:  # --treatment-start for a study the node does not hold
+                print(f"hccnode analyze: {exc}")
+                status = 1
                 continue
             except StudyError as exc:
                 print(f"hccnode analyze: {exc}")
@@ -95,6 +100,9 @@ def run(args) -> int:
                 continue
             finally:
                 bar.close()
+            if treatment_start is not None:  # follow-ups paired with this study as their baseline
+                for other, job in studies_mod.requeue_stale(store, uid, args.cfg.worker.max_attempts):
+                    print(f"  queued again for its new treatment start: study {other} (job {job})")
             print(f"Study {uid} ({analysis.kind}): {sum(m.value is not None for m in analysis.measurements)} measured, "
                   f"{sum(m.value is None for m in analysis.measurements) + len(analysis.missing)} not measured")
             for m in analysis.measurements:

@@ -14,7 +14,6 @@ a changed input gives a new SR naming the last one as its predecessor.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections import Counter
@@ -45,8 +44,8 @@ from hccnode.pipeline.study import NotApplicable, Series, Study
 from hccnode.report import Reference, ReportRoi, build_outputs, load_template
 from hccnode.report.inputs import analysis_key
 from hccnode.report.outputs import output_uids
-from hccnode.store import audit, outbox, studies
-from hccnode.store.db import Store, now
+from hccnode.store import analyses, audit, outbox, studies
+from hccnode.store.db import Store
 
 
 ACTOR = "pipeline"
@@ -78,6 +77,7 @@ class Analysis:
     queued: int = 0
     replaces: str | None = None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step
+    inputs: dict[str, Any] = field(default_factory=dict)     # recorded with the analysis (hccnode.store.analyses)
 
     def as_record(self) -> dict[str, Any]:
         return {"study_uid": self.study_uid, "kind": self.kind, "output_uids": self.output_uids,
@@ -101,15 +101,16 @@ def study_kind(study: Study) -> str:
 
 def analyze_study(store: Store, study_uid: str, *, destinations: Sequence[str] = (), job_id: int | None = None,
                   rules: RuleSet | None = None, progress: Progress | None = None,
-                  outputs_dir: str | Path | None = None, baseline_tolerance_days: float = BASELINE_TOLERANCE_DAYS,
-                  treatment_start: datetime | None = None) -> Analysis:
+                  outputs_dir: str | Path | None = None,
+                  baseline_tolerance_days: float = BASELINE_TOLERANCE_DAYS) -> Analysis:
     """Analyse a stored study end to end (see the module docstring). `outputs_dir` replaces
     `<data_dir>/outputs` as the folder the study's output folders go in (`audit reverify` writes
     its recomputation elsewhere, so the original analysis' files are never replaced); outside the
     data directory it takes no `destinations` (the outbox names files relative to the data directory).
     `baseline_tolerance_days` is the site's `[priors] tolerance_days` around paper 003's 56-70-day
-    baseline interval; `treatment_start` (given by hand: `hccnode analyze --treatment-start`) is what
-    paper 003's labs are matched before, else the baseline MRI (hccnode.models.p003_pairing)."""
+    baseline interval. Paper 003's labs are matched before the treatment start the site set on the
+    study or its baseline (hccnode.store.studies), else before the baseline MRI
+    (hccnode.models.p003_pairing); the date used is recorded with the analysis' inputs."""
     if outputs_dir is not None and destinations and not Path(outputs_dir).resolve().is_relative_to(store.data_dir):
         raise ValueError("outputs outside the data directory cannot be queued for destinations")
     timings: dict[str, float] = {}
@@ -124,7 +125,7 @@ def analyze_study(store: Store, study_uid: str, *, destinations: Sequence[str] =
 
     step("phases")
     study = Study.load(store, study_uid, rules)
-    patient_key = _patient_key(store, study_uid)
+    patient_key = studies.patient_key(store, study_uid)
     for d in study.decisions:
         audit.append(store, "phase.decided", ACTOR, study_uid=study_uid, patient_key=patient_key, series=d.series_uid,
                      series_number=d.series_number, kind=d.kind, phase=d.phase, kev=d.kev,
@@ -187,9 +188,19 @@ def analyze_study(store: Store, study_uid: str, *, destinations: Sequence[str] =
         elif kind == "mr":
             mr.measure_mr(study, reference, aligner, regions, f)
             ct.measure_size(reference, "T2", regions, f)
-            follow_up, baseline_time = _baseline(store, study, patient_key, f, rules,
-                                                 p003_pairing.Window(baseline_tolerance_days))
-            labs.anchor("003", *p003_pairing.lab_anchor(baseline_time or labs.scan_time, treatment_start))
+            follow_up, baseline_uid, baseline_time = _baseline(store, study, patient_key, f, rules,
+                                                               p003_pairing.Window(baseline_tolerance_days))
+            start, start_study = studies.effective_treatment_start(store, study_uid, baseline_uid)
+            result.inputs = {studies.TREATMENT_START: start.isoformat() if start else None,
+                      studies.TREATMENT_START_STUDY: start_study, studies.BASELINE_STUDY: baseline_uid}
+            base_scan = baseline_time or labs.scan_time
+            if start is not None:
+                problem = p003_pairing.treatment_start_problem(
+                    start.date(), base_scan.date() if base_scan else None,
+                    labs.scan_time.date() if follow_up and labs.scan_time else None)
+                if problem:
+                    f.note(problem)
+            labs.anchor("003", *p003_pairing.lab_anchor(base_scan, start))
         step("models")
         result.model_results = run_cards(store, study_uid, f, labs, follow_up=follow_up, patient_key=patient_key)
         labs_used = labs.used
@@ -214,11 +225,6 @@ def analyze_study(store: Store, study_uid: str, *, destinations: Sequence[str] =
               measured=sum(m.value is not None for m in f.measurements),
               not_measured=sum(m.value is None for m in f.measurements) + len(f.missing), queued=result.queued)
     return result
-
-
-def _patient_key(store: Store, study_uid: str) -> str | None:
-    rows = store.query("SELECT patient_key FROM studies WHERE study_uid = ?", (study_uid,))
-    return rows[0]["patient_key"] if rows else None
 
 
 def _reference(study: Study, kind: str) -> tuple[Series | None, Volume | None]:
@@ -254,22 +260,23 @@ def _unenhanced_on(study: Study, aligner: Aligner, ref_series: Series) -> sitk.I
 
 
 def _baseline(store: Store, study: Study, patient_key: str | None, f: Findings, rules: RuleSet | None,
-              window: p003_pairing.Window) -> tuple[bool, datetime | None]:
+              window: p003_pairing.Window) -> tuple[bool, str | None, datetime | None]:
     """Paper 003 pairs baseline and follow-up (hccnode.models.p003_pairing, the rule the priors fetcher
     uses too): an earlier MR study of the same patient in the node 56-70 days before this one (plus the
     site tolerance) is the baseline; its values are measured again and reported beside this study's.
-    Returns (True, the baseline's scan time) when this study is such a follow-up, else (False, None)."""
+    Returns (True, the baseline's UID, its scan time) when this study is such a follow-up, else
+    (False, None, None)."""
     if not patient_key:
-        return False, None
+        return False, None, None
     this_date, this_time = studies.study_date_time(store, study.uid) or (None, None)
     followup_date = p003_pairing.parse_date(this_date)
     if followup_date is None:
         f.note("baseline not paired: the study has no Study Date")
-        return False, None
+        return False, None, None
     rows = studies.earlier_studies(store, patient_key, study.uid, this_date, this_time, p003_pairing.MODALITY)
     if not rows:
         f.note("no earlier MR study of this patient in the node: this study is reported as a baseline")
-        return False, None
+        return False, None, None
     sel = p003_pairing.select_baseline(
         [p003_pairing.Candidate(r["study_uid"], p003_pairing.parse_date(r["study_date"]), r["study_time"] or "",
                                 (p003_pairing.MODALITY,)) for r in rows], study.uid, followup_date, window)
@@ -278,7 +285,7 @@ def _baseline(store: Store, study: Study, patient_key: str | None, f: Findings, 
                           for v in sel.verdicts)
         f.note(f"baseline not paired for paper 003: this study is of {followup_date.isoformat()}, paper 003 pairs "
                f"a baseline {window.describe()}; {tried}. This study is reported as a baseline")
-        return False, None
+        return False, None, None
     base = Study.load(store, sel.chosen.study_uid, rules)
     t2_series = base.first("mr_t2")
     t2 = base.volume(t2_series) if t2_series is not None else None
@@ -287,7 +294,7 @@ def _baseline(store: Store, study: Study, patient_key: str | None, f: Findings, 
     when = base.scan_time(t2_series)
     if t2 is None:
         f.note("baseline values not measured: the baseline study has no readable T2 series")
-        return True, when
+        return True, base.uid, when
     aligner = Aligner(t2, base.uid)
     regions = reader_rois(base, t2, aligner)
     complete_mr(regions, t2)
@@ -299,14 +306,14 @@ def _baseline(store: Store, study: Study, patient_key: str | None, f: Findings, 
     mr.measure_mr(base, t2, aligner, regions, f, when="baseline")
     for p in base.problems:
         f.note(f"baseline: {p}")
-    return True, when
+    return True, base.uid, when
 
 
 def _previous_sr(store: Store, study_uid: str, sr_uid: str) -> pydicom.Dataset | None:
     """The SR the new one (`sr_uid`) replaces: the study's latest other SR. A re-run of an analysis
     already made keeps what that analysis replaced, so the same UID always has the same content."""
-    rows = store.query("SELECT sr_uid, out_dir FROM analyses WHERE study_uid = ? ORDER BY id DESC", (study_uid,))
-    files = {r["sr_uid"]: store.data_dir / r["out_dir"] / "sr.dcm" for r in reversed(rows)}
+    rows = analyses.of_study(store, study_uid)
+    files = {r["sr_uid"]: store.data_dir / r["out_dir"] / "sr.dcm" for r in rows}
     if sr_uid in files:
         if not files[sr_uid].exists():
             return None
@@ -316,7 +323,7 @@ def _previous_sr(store: Store, study_uid: str, sr_uid: str) -> pydicom.Dataset |
         old = str(pred[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
         path = files.get(old)
     else:
-        path = next((files[r["sr_uid"]] for r in rows), None)
+        path = files[rows[-1]["sr_uid"]] if rows else None
     return pydicom.dcmread(path) if path is not None and path.exists() else None
 
 
@@ -379,11 +386,7 @@ def _outputs(store: Store, study: Study, image: Series, reference: Volume | None
     for path, uid in zip(result.files, uids):
         audit.append(store, "output.created", ACTOR, study_uid=study.uid, patient_key=patient_key, output_uids=[uid],
                      card_versions=result.card_versions, file=path.name, job=job_id, replaces=result.replaces)
-    with store.tx() as c:
-        c.execute("INSERT INTO analyses (study_uid, job_id, sr_uid, out_dir, outputs, created_at) VALUES (?,?,?,?,?,?)",
-                  (study.uid, job_id, str(sr.SOPInstanceUID),
-                   str(final.relative_to(store.data_dir) if final.is_relative_to(store.data_dir) else final),
-                   json.dumps(uids), now()))
+    analyses.record(store, study.uid, job_id, str(sr.SOPInstanceUID), final, uids, result.inputs)
 
 
 def copy_outputs(analysis: Analysis, out: str | Path) -> list[Path]:

@@ -20,6 +20,7 @@ from hccnode.labs.matching import MATCHED, Match, match_lab, match_panel
 from hccnode.labs.requeue import record_usage
 from hccnode.store import audit
 from hccnode.store.db import Store
+from hccnode.store.labs import provenance
 
 
 class Labs:
@@ -97,9 +98,7 @@ class Labs:
     def _ref(self, m: Match, paper: str) -> tuple[LabRef | None, str | None]:
         if m.status != MATCHED or m.value is None:
             return None, f"{m.test} for paper {paper}: {m.reason}"
-        row = self.store.query(
-            "SELECT l.observed_start, l.source, l.control_id, l.source_ref, r.origin, r.message_type"
-            " FROM labs l LEFT JOIN labs_raw r ON r.id = l.raw_id WHERE l.id = ?", (m.lab_id,))[0]
+        row = provenance(self.store, m.lab_id)
         when = datetime.fromtimestamp(row["observed_start"], timezone.utc).isoformat(timespec="seconds")
         if row["source"] == "hl7":
             source = f"hl7:{row['message_type'] or 'ORU^R01'} {row['control_id'] or ''}".strip()

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from hccnode.labs import indices
-from hccnode.models import store as model_store
 from hccnode.models.card import Card, default_dirs, load_cards
 from hccnode.imaging.measure import Measurement
 from hccnode.models.engine import evaluate
@@ -20,6 +19,7 @@ from hccnode.pipeline import lesions
 from hccnode.pipeline.findings import Findings
 from hccnode.pipeline.labs import Labs
 from hccnode.store import audit
+from hccnode.store import model_results as model_store
 from hccnode.store.db import Store
 
 # Card input -> the marker that provides it. "_post" inputs (paper 003) are the follow-up study's
@@ -76,7 +76,8 @@ def run_cards(store: Store, study_uid: str, f: Findings, labs: Labs, *, follow_u
                 elif m.value is None:
                     notes.append(f"input {name!r}: {m.marker} not measured: {m.reason}")
                 elif late:
-                    notes.append(f"input {name!r}: {m.marker} = {m.value:g} {m.unit} is reported but the paper's model "
+                    shown = f"{m.value:.4g}" + (" (a fraction, as the card takes it)" if m.unit == "1" else f" {m.unit}")
+                    notes.append(f"input {name!r}: {m.marker} = {shown} is reported but the paper's model "
                                  f"is not applied to it: {late}")
                 else:
                     inputs[name] = {"value": m.value, "unit": CARD_UNITS.get(m.unit, m.unit),

@@ -91,7 +91,10 @@ def measure_mr(study: Study, t2: Volume, aligner: Aligner, regions: Regions, f: 
 
     for les in regions.lesions:
         roi = les.region
+        # an earlier study's ROIs are not in this SR's SEG: each value says where they lie
+        where = (_level_note(study, t2, les, when),) if when else ()
         value, reason, notes = _t2_sir(t2_a, muscles, les)
+        notes = where + tuple(notes)
         if reason:
             f.add(Measurement.missing(f"t2_sir_tumor{tag}", "1", "paper003.t2_sir", reason, roi=roi.ref,
                                       series=t2_series, notes=notes))
@@ -111,10 +114,26 @@ def measure_mr(study: Study, t2: Volume, aligner: Aligner, regions: Regions, f: 
             marker = f"adc_{key}_tumor{tag}"
             if reason:
                 f.add(Measurement.missing(marker, FORMULAS[formula][0], formula, reason,
-                                          roi=roi.ref, series=adc_ref, registration=quality))
+                                          roi=roi.ref, series=adc_ref, registration=quality, notes=where))
             else:
                 f.add(Measurement.of(formula, marker, getattr(stats, key), roi=roi.ref, series=adc_ref,
-                                     registration=quality, input_unit=decision.text))
+                                     registration=quality, input_unit=decision.text, notes=where))
+
+
+def _level_note(study: Study, t2: Volume, les, when: str) -> str:
+    """'baseline study: lesion 1 of 1 (44 mm), ROI level series 3, image 3 to 9 (z ...)' for values of
+    an earlier study, whose ROIs and images are not in this SR's SEG (hccnode.report.reading)."""
+    from hccnode.report.inputs import Reference, ReportRoi
+    from hccnode.report.reading import roi_level
+
+    series = next((s for s in study.series if s.uid == t2.series_uid), None)
+    try:
+        reference = Reference.from_volume(t2, study.headers(series)) if series is not None else None
+    except ValueError:
+        reference = None
+    level = roi_level(ReportRoi.from_roi_mask(les.region), reference)
+    size = f" ({les.diameter_mm:.0f} mm)" if les.diameter_mm is not None else ""
+    return f"{when} study: lesion {les.number} of {les.of}{size}, ROI level {level}"
 
 
 SAME_SLICE = 'paper 003: "a single ROI was selected in the erector spinae muscle region at the same slice"'

@@ -22,6 +22,7 @@ from hccnode.imaging.phases import Decision
 from hccnode.imaging.rois import RTSTRUCT_SOP_CLASS, SEG_SOP_CLASS
 from hccnode.imaging.volumes import DEFER_BYTES, SeriesError, Volume, read_series
 from hccnode.report.outputs import output_uids
+from hccnode.store import studies
 from hccnode.store.db import Store
 
 # Conventional CT kinds by contrast phase (hccnode.imaging.phases), and the phase DECT kinds name.
@@ -81,10 +82,7 @@ class Study:
 
     @classmethod
     def load(cls, store: Store, study_uid: str, rules: RuleSet | None = None) -> "Study":
-        rows = store.query(
-            "SELECT i.series_uid, i.path, i.sop_class_uid, s.series_number, s.series_description, s.modality"
-            " FROM instances i JOIN series s ON s.series_uid = i.series_uid WHERE i.study_uid = ?"
-            " ORDER BY i.series_uid, i.instance_number, i.sop_uid", (study_uid,))
+        rows = studies.instances_of(store, study_uid)
         if not rows:
             raise StudyError(f"study {study_uid}: not in the node's store")
         by_series: dict[str, list[dict]] = defaultdict(list)

@@ -20,7 +20,8 @@ Entry point (pure builders underneath, one module per object: seg, pmap, sr, sum
         missing=(),        # extra "not measured" notes, e.g. "ECV not measured: no hematocrit within 48 h"
         previous_sr=None,  # the SR this analysis replaces (referenced as predecessor)
     )
-    # -> [seg.dcm, ecv_map.dcm (if a map), sr.dcm, summary.dcm]; summary.pdf/.png beside them.
+    # -> [seg.dcm, ecv_map.dcm (if a map), sr.dcm, sr_results.dcm (if ROIs), summary.dcm];
+    #    summary.pdf/.png beside them.
 
 Which measurements enter the SR, with their codes and units, is read from sr_templates/
 (`templates.load_template`). Measurements are matched to template entries by formula id; those

@@ -20,8 +20,8 @@ from hccnode.report.inputs import Reference, ReportRoi, analysis_key, tracking, 
 from hccnode.report.templates import Template, load_template
 from hccnode.report.uids import uid_from
 
-SERIES_NUMBERS = {"seg": 9910, "pm": 9911, "sr": 9912, "pdf": 9913}
-FILES = {"seg": "seg.dcm", "pm": "ecv_map.dcm", "sr": "sr.dcm", "pdf": "summary.dcm"}
+SERIES_NUMBERS = {"seg": 9910, "pm": 9911, "sr": 9912, "pdf": 9913, "results": 9914}
+FILES = {"seg": "seg.dcm", "pm": "ecv_map.dcm", "sr": "sr.dcm", "pdf": "summary.dcm", "results": "sr_results.dcm"}
 SUMMARY_PDF, SUMMARY_PNG = "summary.pdf", "summary.png"
 ECV_FORMULA = "paper001.ecv_cect"  # its template entry names the map's quantity
 CT_WINDOW = (40.0, 400.0)  # soft-tissue window (centre, width) in HU for the summary's key images
@@ -41,7 +41,8 @@ def output_uids(key: str, study_uid: str, reference_series_uid: str) -> dict[str
     series = {"seg": uid_from("series", study_uid, "seg", reference_series_uid),
               "pm": uid_from("series", study_uid, "pm", reference_series_uid),
               "sr": uid_from("series", study_uid, "sr"),
-              "pdf": uid_from("series", study_uid, "pdf")}
+              "pdf": uid_from("series", study_uid, "pdf"),
+              "results": uid_from("series", study_uid, "results")}
     return {kind: (series[kind], uid_from(key, kind)) for kind in series}
 
 
@@ -74,7 +75,8 @@ def build_outputs(
     on_written: Callable[[Path], None] | None = None,
 ) -> list[Path]:
     """Write the outputs of one analysis to `out_dir`; return the DICOM files to send, in order
-    SEG, ECV map (when given), SR, summary (Encapsulated PDF). summary.pdf and summary.png are
+    SEG, ECV map (when given), SR (the ROIs on their images), the results SR (labs, models,
+    notes; when there are ROIs), summary (Encapsulated PDF). summary.pdf and summary.png are
     written beside them for the audit. `on_written(path)` is called as each DICOM file is in
     place, so it can be sent while the next is made (the summary last: it takes longest and a
     viewer needs the others). See the package docstring for the other arguments."""
@@ -123,10 +125,11 @@ def build_outputs(
     previous = []
     if previous_sr is not None and str(previous_sr.SOPInstanceUID) != uids["sr"][1]:
         previous = [previous_sr]
-    sr_ds = sr.build_sr(sources, ref, rois, tracks, seg_ds, measurements, model_results, labs_used, missing,
-                        template, *uids["sr"], numbers["sr"], previous=previous, lab_codes=lab_codes(data_dir),
-                        other_evidence=[pm_ds] if pm_ds is not None else ())
-    written.append(_write(on_written, sr_ds, out / FILES["sr"]))
+    docs = sr.build_sr(sources, ref, rois, tracks, seg_ds, measurements, model_results, labs_used, missing,
+                       template, sr.Document(*uids["sr"], numbers["sr"]), sr.Document(*uids["results"], numbers["results"]),
+                       previous=previous, lab_codes=lab_codes(data_dir), other_evidence=[pm_ds] if pm_ds is not None else ())
+    for kind, doc in zip(("sr", "results"), docs):
+        written.append(_write(on_written, doc, out / FILES[kind]))
 
     ct = str(ref.datasets[0].get("Modality", "")) == "CT"
     pages = summary.render_pages(rois, tracks, measurements, model_results, labs_used, missing, images=images,

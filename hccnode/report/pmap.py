@@ -1,10 +1,21 @@
-"""Parametric Map of voxelwise ECV (%), restricted to the liver mask.
+"""Parametric Map of voxelwise ECV, restricted to the liver mask, one frame per image of the
+reference series.
 
-Float pixel data (32-bit) with a real-world value mapping in UCUM '%'. Voxels outside the liver
-mask, or without a value (NaN: no data after registration), hold PADDING and the map declares it
-as Float Pixel Padding Value (0028,0122), so viewers and readers can tell 'no value' from a value.
-Only slices that contain liver are encoded (single-frame reference); each frame references the
-source image it lies on.
+What a viewer needs, read from OHIF 3.12.0's code (npm `@ohif/app` dist: the
+`@cornerstonejs/adapters` ParametricMap adapter and the `cornerstone-dicom-pmap` extension;
+issue 17):
+- one frame per referenced image, in the volume's order: the adapter copies frame i into the slot
+  of the image it references inside a buffer as long as the map's own pixel data (so a map with
+  fewer frames than the series has images fails, RangeError), then returns the frames unmoved:
+  frame k is drawn on slice k of OHIF's volume, ascending along the slice normal. The frames are
+  written in that order (`frames_up_the_normal`);
+- OHIF multiplies every stored value by 100 and ignores the Real World Value Mapping: the map
+  stores ECV as a fraction (0.30) with a mapping of slope 100 to % (LUT label "ECV (%)"), so a
+  DICOM reader applying the mapping and OHIF both show 30;
+- OHIF draws the map (x 100) over a fixed window 0-100, transparent at 0: the padding lies just
+  below the lowest value (PADDING_MARGIN under the lowest value or 0, whichever is lower), so it is
+  never drawn nor taken for a value; it is declared as Float Pixel Padding Value (0028,0122) and
+  lies inside the declared value range.
 """
 
 from __future__ import annotations
@@ -18,69 +29,82 @@ from pydicom.sr.codedict import codes
 import hccnode
 from hccnode.imaging.boxed import BoxedArray
 from hccnode.imaging.roi_stats import bounding_box
-from hccnode.report.inputs import Reference, run_of
+from hccnode.report.inputs import Reference
 
-# Far outside any ECV (0..100 %) and exactly representable in float32.
-PADDING = -1024.0
+SLOPE = 100.0           # stored fraction x 100 = ECV in %
+PADDING_MARGIN = 0.01   # padding: one percentage point of ECV below the lowest stored value (or below 0)
+LUT_LABEL = "ECV (%)"   # Real World Value Mapping LUT Label (SH, 16 characters at most)
+WINDOW = (0.30, 0.60, "ECV 0-60 %")  # centre, width (stored fractions) and explanation
 
 
-def masked_map(ecv_percent: np.ndarray, liver: np.ndarray) -> np.ndarray:
-    """float32 map: ECV inside the liver where finite, PADDING elsewhere."""
-    values = np.asarray(ecv_percent, dtype=np.float32)
-    out = np.full(values.shape, PADDING, np.float32)  # one new array (np.where + astype made two)
+def padding_for(low: float) -> float:
+    """The padding value of a map whose lowest stored value is `low`: PADDING_MARGIN below
+    min(low, 0), as float32 (what the pixel data holds), so no value is ever taken for padding."""
+    return float(np.float32(min(low, 0.0) - PADDING_MARGIN))
+
+
+def frames_up_the_normal(pm: Dataset) -> None:
+    """Reorder the frames of `pm` (float pixel data, per-frame functional groups with their plane
+    positions) by position along the slice normal (row cosines x column cosines), lowest first:
+    the order of OHIF 3.12's volume (cornerstone3D sortImageIdsAndGetSpacing), in which its map
+    loader lays frames out by their index (it computes each frame's place from the image it
+    references, then returns the frames as they were). highdicom writes them the other way."""
+    shared = pm.SharedFunctionalGroupsSequence[0]
+    iop = np.asarray(shared.PlaneOrientationSequence[0].ImageOrientationPatient, float)
+    normal = np.cross(iop[:3], iop[3:])
+    items = list(pm.PerFrameFunctionalGroupsSequence)
+    along = [float(np.dot(np.asarray(f.PlanePositionSequence[0].ImagePositionPatient, float), normal)) for f in items]
+    order = np.argsort(along, kind="stable")
+    if np.array_equal(order, np.arange(len(items))):
+        return
+    frames = np.frombuffer(pm.FloatPixelData, np.float32).reshape(len(items), int(pm.Rows), int(pm.Columns))
+    pm.FloatPixelData = frames[order].tobytes()
+    pm.PerFrameFunctionalGroupsSequence = [items[k] for k in order]
+
+
+def masked_map(ecv_fraction: np.ndarray, liver: np.ndarray, padding: float) -> np.ndarray:
+    """float32 map: the value inside the liver where finite, `padding` elsewhere."""
+    values = np.asarray(ecv_fraction, dtype=np.float32)
+    out = np.full(values.shape, padding, np.float32)  # one new array (np.where + astype made two)
     np.copyto(out, values, where=np.asarray(liver, dtype=bool) & np.isfinite(values))
-    return out
-
-
-def _frames(values: np.ndarray, start: int, idx: np.ndarray) -> np.ndarray:
-    """Slices `idx` of a volume whose slices `start`, `start` + 1, ... are `values` and whose
-    others are all PADDING. Consecutive slices within `values` (the usual single-frame case) are
-    a view; otherwise (e.g. every frame of a multi-frame source) a copy, padded."""
-    at = idx - start
-    run = run_of(at)
-    if run is not None and run.start >= 0 and run.stop <= len(values):
-        return values[run]
-    out = np.empty((len(at), *values.shape[1:]), np.float32)
-    inside = (at >= 0) & (at < len(values))
-    out[~inside] = PADDING
-    out[inside] = values[at[inside]]
     return out
 
 
 def build_ecv_map(reference: Reference, ecv_percent: np.ndarray | BoxedArray, liver: np.ndarray, quantity: CodedConcept,
                   region: CodedConcept, series_uid: str, sop_uid: str, series_number: int) -> hd.pm.ParametricMap:
     """The ECV map on `reference` (array or BoxedArray z, y, x in %, NaN where not computed), kept
-    inside `liver`.
+    inside `liver`, one frame per image (or frame) of the reference.
     `quantity` is the ECV concept and `region` the liver's code, both from the SR template."""
     reference.check(ecv_percent, "ECV map")
     reference.check(liver, "liver mask")
     liver = np.asarray(liver, dtype=bool)
     # Only the slices from the first to the last with liver can hold a value: the masking and
-    # the range below then touch those alone, not the whole volume (4 bytes a voxel).
+    # the range below touch those alone (4 bytes a voxel).
     box = bounding_box(liver)
     span = box[0] if box is not None else slice(0, 0)
-    values = masked_map(ecv_percent[span], liver[span])
-    valid = values != PADDING
+    fraction = np.asarray(ecv_percent[span], dtype=np.float32) / np.float32(SLOPE)
+    valid = liver[span] & np.isfinite(fraction)
     if not valid.any():
         raise ValueError("ECV map has no finite value inside the liver mask")
-    covered = np.zeros(reference.shape[0], bool)
-    covered[span] = valid.any(axis=(1, 2))
-    sources, idx = reference.sources_for(covered)
-    pixels = _frames(values, span.start, idx)
-    low = float(values.min(where=valid, initial=np.inf))
-    high = float(values.max(where=valid, initial=-np.inf))
+    low = float(fraction.min(where=valid, initial=np.inf))
+    high = float(fraction.max(where=valid, initial=-np.inf))
+    padding = padding_for(low)
+    volume = np.full(reference.shape, padding, np.float32)
+    volume[span] = masked_map(fraction, liver[span], padding)
+    sources, idx = reference.sources_for(np.ones(reference.shape[0], bool))
     mapping = hd.pm.RealWorldValueMapping(
-        lut_label="ECV",
+        lut_label=LUT_LABEL,
         lut_explanation="Extracellular volume fraction (%)",
         unit=codes.UCUM.Percent,
-        value_range=(low, high),
-        slope=1.0,
+        value_range=(padding, high),
+        slope=SLOPE,
         intercept=0.0,
         quantity_definition=quantity,
     )
+    center, width, explanation = WINDOW
     pm = hd.pm.ParametricMap(
         source_images=sources,
-        pixel_array=pixels,
+        pixel_array=volume[idx],
         series_instance_uid=series_uid,
         series_number=series_number,
         sop_instance_uid=sop_uid,
@@ -91,16 +115,20 @@ def build_ecv_map(reference: Reference, ecv_percent: np.ndarray | BoxedArray, li
         device_serial_number="hccnode",
         contains_recognizable_visual_features=False,
         real_world_value_mappings=[mapping],
-        voi_lut_transformations=[hd.VOILUTTransformation(window_center=30.0, window_width=60.0,
-                                                         window_explanation="ECV 0-60 %")],
+        # One window, given as one-item lists: highdicom writes a str explanation as list(str),
+        # one value per character (issue 17); a list keeps it one value.
+        voi_lut_transformations=[hd.VOILUTTransformation(window_center=[center], window_width=[width],
+                                                         window_explanation=[explanation],
+                                                         voi_lut_function="LINEAR_EXACT")],
         content_label="ECV_MAP",
-        content_description=f"ECV in the liver mask; {PADDING:g} = no value",
+        content_description=f"ECV in the liver mask, fraction x {SLOPE:g} = %; {padding:g} = no value",
         series_description="hccnode ECV map (research)",
     )
-    # A single padding value, given as the range [PADDING, PADDING] so the condition on the
+    frames_up_the_normal(pm)
+    # A single padding value, given as the range [padding, padding] so the condition on the
     # range limit (PS3.3 C.7.6.24) is unambiguous for validators.
-    pm.FloatPixelPaddingValue = PADDING
-    pm.FloatPixelPaddingRangeLimit = PADDING
+    pm.FloatPixelPaddingValue = padding
+    pm.FloatPixelPaddingRangeLimit = padding
     # Frame anatomy: the liver, an unpaired structure (Frame Laterality U).
     anatomy = Dataset()
     anatomy.AnatomicRegionSequence = [region]

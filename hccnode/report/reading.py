@@ -104,3 +104,17 @@ def lesion_of(roi: ReportRoi, rois: Sequence[ReportRoi]) -> str | None:
     lesion = f"lesion {found.group(1) if found else 1} of {len(numbered) or 1}"
     part = "extent" if "extent" in label.lower() else "measurement ROIs" if "measurement" in label.lower() else ""
     return f"{lesion}" + (f" ({part})" if part else "")
+
+
+def earlier_study(m: Measurement) -> str:
+    """'baseline' for a value of the paired earlier study (hccnode.pipeline.mr names its series
+    'baseline T2', 'baseline ADC' and puts 'baseline study: lesion ..., ROI level ...' first in its
+    notes, since its ROIs are not in this analysis' SEG); '' for this study's own values."""
+    first = {s.phase.split()[0] for s in m.series if s.phase}
+    return "baseline" if first == {"baseline"} else ""
+
+
+def earlier_levels(measurements: Sequence[Measurement]) -> list[str]:
+    """The level and lesion notes of the earlier study's values, once each."""
+    return list(dict.fromkeys(n for m in measurements if (when := earlier_study(m))
+                              for n in m.notes if n.startswith(f"{when} study: ")))

@@ -1,25 +1,36 @@
-"""Comprehensive 3D SR, TID 1500 Measurement Report, of one analysis.
+"""Comprehensive 3D SRs, TID 1500 Measurement Reports, of one analysis: two documents, so that a
+viewer draws the ROIs and does not stop on the rest (issue 17; OHIF 3.12 stops at a measurement
+group without image coordinates and reads measurements only from a document titled 126000).
 
-Content (all groups are TID 1501 / TID 1411 measurement groups):
-- one group per ROI: tracking identifier and UID, finding type / category / site, the SEG
-  segment it is drawn in (ReferencedSegment of the node's SEG, on the reference series), its
-  level (images, z) and, for a tumour ROI, its lesion; its measurements (TID 300, coded names and
-  UCUM units from sr_templates/, one unit per concept: ECV and NIC in %), each with the contrast
-  phase(s) it used as a coded concept modifier, the delay after contrast start (DCM 122665) and a TID 4019
-  algorithm identification: the formula id, software version and, as parameters, the marker, the
-  series and phases, the lab value used (time, source), the registration quality and, for an ADC
-  map, the unit its values were read in and why ("input unit ...");
+The ROI document (template `title`, DCM 126000) holds, per ROI, two measurement groups with the
+same tracking identifier and UID:
+- TID 1411: finding type / category / site, the SEG segment it is drawn in (ReferencedSegment of
+  the node's SEG, on the reference series), its level (images, z) and, for a tumour ROI, its
+  lesion; its measurements (TID 300, coded names and UCUM units from sr_templates/, one unit per
+  concept: ECV and NIC in %), each with the contrast phase(s) it used as a coded concept modifier,
+  the delay after contrast start (DCM 122665) and a TID 4019 algorithm identification: the formula
+  id, software version and, as parameters, the marker, the series and phases, the lab value used
+  (time, source), the registration quality and, for an ADC map, the unit its values were read in
+  and why ("input unit ...");
+- TID 1410: the ROI's outline on its largest section, a closed SCOORD POLYLINE selected from that
+  image (hccnode.report.outline). highdicom allows one kind of ROI reference per group, so outline
+  and segment are two groups of one tracked region; OHIF merges groups by tracking UID.
+
+The results document (template `results_title`, DCM 126001), listed in the ROI document's
+evidence, holds what has no image coordinates (TID 1501 groups):
 - measurements over several ROIs of one role (e.g. the mean of three liver ROIs) in a group per role;
 - the laboratory values used: NUM with LOINC code, UCUM unit and Observation DateTime = when the
-  sample was taken, and a TEXT with the source;
+  sample was taken (in the document's Timezone Offset From UTC), and a TEXT with the source;
 - one group per model card result: algorithm = card id and version; probability, hccnode-derived
   points (never coded as the paper's nomogram), linear predictor as NUM; risk group, paper, each
   term (value, cutoff, published OR, which way it pushes), a direction conflict the card records,
   limitations and whatever was withheld as TEXT;
 - notes: the research-use statement and every measurement not made, with its reason.
+With no ROI there is one document, the results document, written under the ROI document's UIDs.
 
-Flags: COMPLETE (everything this analysis produced is in it), UNVERIFIED (no person verified
-it), FINAL for its inputs; a later analysis writes a new SR that names this one as predecessor.
+Flags: COMPLETE (everything this analysis produced is in the two), UNVERIFIED (no person verified
+them), FINAL for their inputs; a later analysis writes a new ROI SR that names this one as
+predecessor.
 
 TEXT items in a measurement group carry the free-text qualitative evaluations TID 1501 allows;
 their concept names are private codes (sr_templates/private_codes.toml).
@@ -29,10 +40,12 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any, Sequence
 
 import highdicom as hd
+import numpy as np
 from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
@@ -41,7 +54,8 @@ import hccnode
 from hccnode.imaging.measure import ORGAN_MASK, READER, LabRef, Measurement, RoiRef
 from hccnode.models.engine import term_line
 from hccnode.report.inputs import Reference, ReportRoi, Tracking
-from hccnode.report.reading import convert, lesion_of, phases_of, roi_level
+from hccnode.report.outline import outline
+from hccnode.report.reading import convert, earlier_study, lesion_of, phases_of, roi_level
 from hccnode.report.templates import Template
 from hccnode.report.uids import uid_from
 
@@ -54,14 +68,30 @@ def ucum(unit: str) -> CodedConcept:
     return CodedConcept(value=unit, scheme_designator="UCUM", meaning=unit or "1")
 
 
-def dicom_datetime(iso: str) -> str:
-    """ISO 8601 -> DICOM DT (with &ZZXX when the time has an offset). Unparseable: ValueError."""
+def local_offset() -> timedelta:
+    """This machine's offset from UTC now: the SR's Timezone Offset From UTC (0008,0201)."""
+    return datetime.now().astimezone().utcoffset() or timedelta(0)
+
+
+def offset_text(offset: timedelta) -> str:
+    """'+HHMM' / '-HHMM' of an offset from UTC."""
+    minutes = int(offset.total_seconds() // 60)
+    sign = "-" if minutes < 0 else "+"
+    return f"{sign}{abs(minutes) // 60:02d}{abs(minutes) % 60:02d}"
+
+
+def dicom_datetime(iso: str, offset: timedelta) -> str:
+    """ISO 8601 -> DICOM DT without a suffix, in the SR's Timezone Offset From UTC `offset`
+    (PS3.5 6.2: a DT without &ZZXX is in that offset): a time with an offset is converted to the
+    same instant at `offset`, a time without one is kept as given. (A suffix of hour 00, as in
+    +0000 for UTC, is valid DICOM but makes dcmtk 3.6.7's dsrdump warn that the value violates
+    its VR; issue 17.) Unparseable: ValueError."""
     t = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    if t.utcoffset() is not None:
+        t = t.astimezone(timezone(offset))
     out = t.strftime("%Y%m%d%H%M%S")
     if t.microsecond:
         out += f".{t.microsecond:06d}"
-    if t.utcoffset() is not None:
-        out += t.strftime("%z")
     return out
 
 
@@ -140,6 +170,26 @@ def not_measured(m: Measurement) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class Document:
+    """Where one SR document goes: its series, SOP Instance UID and series number."""
+
+    series_uid: str
+    sop_uid: str
+    series_number: int
+
+
+def section(roi: ReportRoi, reference: Reference) -> hd.sr.ImageRegion:
+    """The ROI's outline on its largest section (TID 1410 Image Region, SCOORD closed POLYLINE)
+    with the image (and frame) it is drawn on as SELECTED FROM."""
+    k = int(np.argmax(roi.areas))
+    ds, frame = reference.source_of(k)
+    return hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline(roi.mask[k]),
+        source_image=hd.sr.SourceImageForRegion(str(ds.SOPClassUID), str(ds.SOPInstanceUID),
+                                                [frame] if frame is not None else None))
+
+
 def build_sr(
     sources: Sequence[Dataset],
     reference: Reference,
@@ -151,22 +201,23 @@ def build_sr(
     labs_used: Sequence[LabRef],
     missing: Sequence[str],
     template: Template,
-    series_uid: str,
-    sop_uid: str,
-    series_number: int,
+    document: Document,
+    results: Document,
     previous: Sequence[Dataset] = (),
     lab_codes: dict[str, CodedConcept] | None = None,
     other_evidence: Sequence[Dataset] = (),
-) -> hd.sr.Comprehensive3DSR:
-    """The SR of one analysis (see the module docstring). `missing` are extra "not measured"
-    notes from the caller (e.g. "tumor: no reader annotation"); `previous` are SRs this one
-    replaces (Predecessor Documents Sequence); `lab_codes` maps a lab name to its code."""
+) -> list[hd.sr.Comprehensive3DSR]:
+    """The SR documents of one analysis (see the module docstring): [ROI document, results
+    document], or [results document] alone, written as `document`, when no ROI was measured.
+    `missing` are extra "not measured" notes from the caller (e.g. "tumor: no reader
+    annotation"); `previous` are SRs this one replaces (Predecessor Documents Sequence);
+    `lab_codes` maps a lab name to its code."""
     notes_t = template.notes
     notes: list[str] = list(missing)
     by_roi: dict[int, list[hd.sr.Measurement]] = defaultdict(list)
-    by_role: dict[tuple[str, str], list[hd.sr.Measurement]] = defaultdict(list)
+    by_role: dict[tuple[str, str, str | None], list[hd.sr.Measurement]] = defaultdict(list)
     study_level: list[hd.sr.Measurement] = []
-    role_refs: dict[tuple[str, str], RoiRef] = {}
+    role_refs: dict[tuple[str, str, str | None], RoiRef] = {}
     index = {r.ref: i for i, r in enumerate(rois)}
     for m in measurements:
         if m.value is None:
@@ -186,69 +237,96 @@ def build_sr(
         elif m.roi in index:
             by_roi[index[m.roi]].append(item)
         else:
-            by_role[(m.roi.name, m.roi.source)].append(item)
-            role_refs.setdefault((m.roi.name, m.roi.source), m.roi)
+            key = (m.roi.name, m.roi.source, earlier_study(m))
+            by_role[key].append(item)
+            role_refs.setdefault(key, m.roi)
 
-    groups: list = []
+    on_images: list = []
     for i, (roi, track) in enumerate(zip(rois, tracks)):
         role = template.roles[roi.ref.name]
+        identifier = hd.sr.TrackingIdentifier(uid=track.uid, identifier=track.identifier)
         segment = None
         if seg is not None:
             segment = hd.sr.ReferencedSegment(
                 sop_class_uid=SEG_SOP_CLASS, sop_instance_uid=str(seg.SOPInstanceUID), segment_number=track.segment_number,
                 source_series=hd.sr.SourceSeriesForSegmentation(reference.series_uid))
+        where = dict(finding_type=role.type, finding_category=role.category, finding_sites=[hd.sr.FindingSite(role.site)])
+        # The ROI as a whole: its SEG segment and measurements (TID 1411) and, with the same
+        # tracking identifier and UID, its outline on its largest section (TID 1410).
+        # highdicom allows one kind of ROI reference per group, so the two are two groups of one
+        # tracked region; OHIF 3.12 merges groups by tracking UID and draws the outline.
+        volume = dict(referenced_segment=segment) if segment is not None else dict(referenced_regions=[
+            section(roi, reference)])
         group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=track.uid, identifier=track.identifier),
-            referenced_segment=segment, finding_type=role.type, finding_category=role.category,
-            finding_sites=[hd.sr.FindingSite(role.site)], measurements=by_roi.get(i) or None)
-        where = [_text(template.context["level"], roi_level(roi, reference))]
+            tracking_identifier=identifier, measurements=by_roi.get(i) or None, **volume, **where)
+        level = [_text(template.context["level"], roi_level(roi, reference))]
         lesion = lesion_of(roi, rois)
         if lesion:
-            where.append(_text(template.context["lesion"], lesion))
-        _add_texts(group, [_text(notes_t["roi_source"], roi_source(roi.ref))] + where)
-        groups.append(group)
-    for (role_name, source), items in sorted(by_role.items()):
+            level.append(_text(template.context["lesion"], lesion))
+        _add_texts(group, [_text(notes_t["roi_source"], roi_source(roi.ref))] + level)
+        on_images.append(group)
+        on_images.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=identifier, referenced_region=section(roi, reference), **where))
+    other: list = []
+    for (role_name, source, earlier), items in sorted(by_role.items()):
         role = template.roles[role_name]
-        ident = f"{role.label} (all {source} ROIs)"
+        ident = f"{role.label}, {earlier} study ({source} ROIs)" if earlier else f"{role.label} (all {source} ROIs)"
+        uid = uid_from("tracking", role_name, source, reference.series_uid, *([earlier] if earlier else []))
         group = hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=uid_from("tracking", role_name, source, reference.series_uid),
-                                                         identifier=ident),
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=ident[:64]),
             finding_type=role.type, finding_sites=[hd.sr.FindingSite(role.site)], measurements=items)
         if source == ORGAN_MASK:
-            _add_texts(group, [_text(notes_t["roi_source"], roi_source(role_refs[(role_name, source)]))])
-        groups.append(group)
+            _add_texts(group, [_text(notes_t["roi_source"], roi_source(role_refs[(role_name, source, earlier)]))])
+        other.append(group)
+    sop_uid = document.sop_uid
     if study_level:
-        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+        other.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=uid_from("tracking", "study", sop_uid), identifier="Study"),
             measurements=study_level))
+    offset = local_offset()
     if labs_used:
-        groups.append(_labs_group(labs_used, template, lab_codes or {}, sop_uid))
+        other.append(_labs_group(labs_used, template, lab_codes or {}, sop_uid, offset))
     for result in model_results:
-        groups.append(_model_group(result, template, sop_uid))
+        other.append(_model_group(result, template, sop_uid))
     notes_group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=uid_from("tracking", "notes", sop_uid), identifier="Notes"),
         finding_type=notes_t["group"])
     _add_texts(notes_group, [_text(notes_t["research_use"], hccnode.RESEARCH_USE)]
                + [_text(notes_t["not_measured"], n) for n in notes])
-    groups.append(notes_group)
+    other.append(notes_group)
 
+    listed = {str(d.SOPInstanceUID) for d in sources}
+    evidence = list(sources) + [d for d in reference.datasets if str(d.SOPInstanceUID) not in listed]  # outlines' images
+    evidence += ([seg] if seg is not None else []) + list(other_evidence)
+    if not on_images:
+        return [_document(other, template, False, document, evidence, previous, offset)]
+    rest = _document(other, template, False, results, evidence, (), offset)
+    main = _document(on_images, template, True, document, evidence + [rest], previous, offset)
+    return [main, rest]
+
+
+def _document(groups: list, template: Template, images: bool, where: Document, evidence: list[Dataset],
+              previous: Sequence[Dataset], offset: timedelta) -> hd.sr.Comprehensive3DSR:
+    """One TID 1500 document: the ROI document (`images`) or the results document."""
+    title = template.title if images else template.results_title
+    description = "hccnode measurements (research)" if images else "hccnode labs, models and notes (research)"
     observation = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=DEVICE_UID, name="hccnode", manufacturer_name="hccnode", model_name=f"hccnode {hccnode.__version__}")))
     report = hd.sr.MeasurementReport(observation_context=observation, procedure_reported=template.procedure,
-                                     imaging_measurements=groups, title=template.title)
-    evidence = list(sources) + ([seg] if seg is not None else []) + list(other_evidence)
+                                     imaging_measurements=groups, title=title)
     sr = hd.sr.Comprehensive3DSR(
-        evidence=evidence, content=report[0], series_instance_uid=series_uid, series_number=series_number,
-        sop_instance_uid=sop_uid, instance_number=1, manufacturer="hccnode", is_complete=True, is_final=True,
-        is_verified=False, previous_versions=list(previous) or None,
-        series_description="hccnode measurements (research)")
+        evidence=evidence, content=report[0], series_instance_uid=where.series_uid, series_number=where.series_number,
+        sop_instance_uid=where.sop_uid, instance_number=1, manufacturer="hccnode", is_complete=True, is_final=True,
+        is_verified=False, previous_versions=list(previous) or None, series_description=description)
     sr.SoftwareVersions = hccnode.__version__
+    sr.TimezoneOffsetFromUTC = offset_text(offset)  # the offset of every DA/TM/DT in it (PS3.3 C.12.1)
     return sr
 
 
-def _labs_group(labs: Sequence[LabRef], template: Template, lab_codes: dict[str, CodedConcept], sop_uid: str):
+def _labs_group(labs: Sequence[LabRef], template: Template, lab_codes: dict[str, CodedConcept], sop_uid: str,
+                offset: timedelta):
     items, texts = [], []
     for lab in labs:
         code = template.lab_codes.get(lab.name) or lab_codes.get(lab.name)
@@ -256,7 +334,7 @@ def _labs_group(labs: Sequence[LabRef], template: Template, lab_codes: dict[str,
         if code is None:
             continue
         item = hd.sr.Measurement(name=code, value=float(lab.value), unit=ucum(lab.unit))
-        item[0].ObservationDateTime = dicom_datetime(lab.time)
+        item[0].ObservationDateTime = dicom_datetime(lab.time, offset)
         items.append(item)
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=uid_from("tracking", "labs", sop_uid), identifier="Laboratory values"),
@@ -286,6 +364,7 @@ def _model_group(result: dict[str, Any], template: Template, sop_uid: str):
     for note_key in ("linear_predictor_note", "derived_points_note", "reported_versus"):
         if out.get(note_key):
             texts.append(_text(t["limitation"], str(out[note_key])))
+    texts += [_text(t["cohort"], str(x)) for x in _as_list(result.get("cohort_facts"))]
     texts += [_text(t["limitation"], str(x)) for x in _as_list(result.get("limitations"))]
     texts += [_text(t["not_available"], str(r)) for r in _as_list(result.get("reasons"))]
     texts += [_text(t["not_available"], f"{k.replace('_', ' ')}: {v}")

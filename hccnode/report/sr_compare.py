@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from pydicom.dataset import Dataset
 
@@ -112,11 +112,13 @@ def _walk(items, group: str) -> Iterator[tuple[str, Dataset]]:
             yield from _walk(children, _identifier(children) or group)
 
 
-def numbers(sr: Dataset) -> list[Number]:
-    """Every NUM content item of `sr`, in document order."""
+def numbers(sr: Dataset | Sequence[Dataset]) -> list[Number]:
+    """Every NUM content item of `sr`, in document order; of several documents (the node's ROI
+    SR and its results SR), in the order given."""
+    docs = [sr] if isinstance(sr, Dataset) else list(sr)
     seen: Counter = Counter()
     out = []
-    for group, item in _walk(sr.get("ContentSequence"), ""):
+    for group, item in (pair for doc in docs for pair in _walk(doc.get("ContentSequence"), "")):
         if item.get("ValueType") != "NUM":
             continue
         scheme, value, meaning = _code(item)
@@ -175,8 +177,9 @@ def same_value(a: Number, b: Number, rel_tol: float = 0.0) -> tuple[bool, str]:
     return True, ""
 
 
-def compare(a: Dataset, b: Dataset, rel_tol: float = 0.0) -> list[Row]:
-    """One Row per number in either report: A's order first, then numbers only B has."""
+def compare(a: Dataset | Sequence[Dataset], b: Dataset | Sequence[Dataset], rel_tol: float = 0.0) -> list[Row]:
+    """One Row per number in either report (a report: one SR, or the documents of one
+    analysis): A's order first, then numbers only B has."""
     if rel_tol < 0:
         raise ValueError(f"relative tolerance must be >= 0, got {rel_tol}")
     na, nb = numbers(a), numbers(b)

@@ -35,7 +35,7 @@ import hccnode  # noqa: E402
 from hccnode.imaging.measure import LabRef, Measurement  # noqa: E402
 from hccnode.models.engine import term_line  # noqa: E402
 from hccnode.report.inputs import Reference, ReportRoi, Tracking  # noqa: E402
-from hccnode.report.reading import convert, lesion_of, phase_text, roi_level  # noqa: E402
+from hccnode.report.reading import convert, earlier_levels, lesion_of, phase_text, roi_level  # noqa: E402
 from hccnode.report.sr import describe_lab  # noqa: E402
 from hccnode.report.templates import Template, load_template  # noqa: E402
 
@@ -70,6 +70,15 @@ def value_label(m: Measurement, template: Template) -> str:
     role = template.roles[m.roi.name].label if m.roi and m.roi.name in template.roles else "Study"
     phase = phase_text(m)
     return f"{role} {what}" + (f", {phase}" if phase else "")
+
+
+def lab_label(name: str) -> str:
+    """A lab test as people name it: the catalog's name ('hct' -> 'Hematocrit'); a derived index in
+    capitals ('nlr' -> 'NLR')."""
+    from hccnode.labs import catalog
+
+    test = catalog.load().tests.get(name)
+    return test.name if test is not None else name.upper()
 
 
 def unit_label(unit: str, template: Template) -> str:
@@ -150,12 +159,14 @@ def render_pages(rois: Sequence[ReportRoi], tracks: Sequence[Tracking], measurem
         lesion = lesion_of(r, rois)
         add(f"{t.segment_number} = {t.identifier}" + (f", {lesion}" if lesion else "") + f": {roi_level(r, reference)}",
             size=7)
+    for note in earlier_levels(measurements):   # ROIs of the paired earlier study: not on these images
+        add(f"not shown: {note}", size=7)
     add("")
     add("Measurements (value, unit, paper; the SR holds each value's full provenance)", weight="bold", size=9)
     for m in measurements:
         if m.value is None:
             continue
-        lab = f"; {m.lab.name.upper()} {m.lab.value:g} {unit_label(m.lab.unit, template)}" if m.lab else ""
+        lab = f"; {lab_label(m.lab.name)} {m.lab.value:g} {unit_label(m.lab.unit, template)}" if m.lab else ""
         entry = template.measurements.get(m.formula)
         unit = entry.unit.value if entry else m.unit   # the SR's unit: one unit per concept (ECV, NIC in %)
         add(f"{value_label(m, template)}: {convert(m.value, m.unit, unit):.4g} {unit_label(unit, template)} "
@@ -163,7 +174,7 @@ def render_pages(rois: Sequence[ReportRoi], tracks: Sequence[Tracking], measurem
     add("")
     add("Laboratory values used", weight="bold", size=9)
     for lab in labs_used:
-        add(describe_lab(replace(lab, unit=unit_label(lab.unit, template))), size=7.5)
+        add(describe_lab(replace(lab, name=lab_label(lab.name), unit=unit_label(lab.unit, template))), size=7.5)
     if not labs_used:
         add("none", size=7.5)
     notes = [human(n) for n in missing] + [f"{value_label(m, template)} not measured: {human(m.reason or '')}"
@@ -198,7 +209,11 @@ def render_pages(rois: Sequence[ReportRoi], tracks: Sequence[Tracking], measurem
                 add(f"  {human(out[key])}", size=7, color="#555555")
         for k, v in sorted((r.get("withheld") or {}).items()):
             add(human(f"  withheld {k}: {v}"), size=7, color="#555555")
-        for lim in (r.get("limitations") or [])[:1]:
+        if r.get("cohort_facts"):
+            add(human(f"  cohort: {'; '.join(r['cohort_facts'])}"), size=7, color="#555555")
+        limits = r.get("limitations") or []
+        stated = [lim for lim in limits if lim.startswith("stated by the paper")]
+        for lim in stated + [lim for lim in limits if lim not in stated][:1]:
             add(human(f"  limit: {lim}"), size=7, color="#555555")
     pages = [fig]
     y = 0.73

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import tomllib
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from highdicom.sr import CodedConcept
@@ -26,7 +27,7 @@ PRIVATE_SCHEME = "99HCCNODE"
 MEASUREMENTS_FILE = "measurements.toml"
 PRIVATE_CODES_FILE = "private_codes.toml"
 MODEL_KEYS = ("group", "risk_group", "probability", "derived_points", "linear_predictor", "source", "limitation",
-              "not_available", "term", "direction")
+              "not_available", "term", "direction", "cohort")
 CONTEXT_KEYS = ("phase", "delay", "level", "lesion")
 LAB_KEYS = ("group", "source")
 NOTE_KEYS = ("group", "research_use", "not_measured", "roi_source")
@@ -38,7 +39,9 @@ class TemplateError(ValueError):
 
 
 def default_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "sr_templates"
+    """The shipped templates: package data hccnode/data/sr_templates (in a source tree, a link to the
+    top-level sr_templates/, so the wheel carries the files a site edits)."""
+    return Path(resources.files("hccnode").joinpath("data", "sr_templates")).resolve()
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class Role:
 class Template:
     version: str
     title: CodedConcept
+    results_title: CodedConcept
     procedure: CodedConcept
     roles: dict[str, Role]
     measurements: dict[str, Entry]
@@ -108,7 +112,7 @@ def load_template(directory: str | Path | None = None) -> Template:
     version = m.get("version")
     if not isinstance(version, str) or not version:
         raise TemplateError(f"{where}: 'version' must be a non-empty string")
-    for key in ("title", "procedure"):
+    for key in ("title", "results_title", "procedure"):
         if key not in m:
             raise TemplateError(f"{where}: '{key}' is missing")
     roles: dict[str, Role] = {}
@@ -170,7 +174,8 @@ def load_template(directory: str | Path | None = None) -> Template:
     if not isinstance(display, dict) or not all(isinstance(v, str) for v in display.values()):
         raise TemplateError(f"{where}: [display_units] must map UCUM units to texts")
     digest = hashlib.sha256("\0".join(texts[n] for n in sorted(texts)).encode()).hexdigest()
-    return Template(version=version, title=code(m["title"], "title"), procedure=code(m["procedure"], "procedure"),
+    return Template(version=version, title=code(m["title"], "title"),
+                    results_title=code(m["results_title"], "results_title"), procedure=code(m["procedure"], "procedure"),
                     roles=roles, measurements=measurements, model=table("model", MODEL_KEYS),
                     labs=table("labs", LAB_KEYS), lab_codes=lab_codes, notes=table("notes", NOTE_KEYS),
                     context={k: code(context_table[k], f"[context] {k}") if k in context_table else _missing("context", k)

@@ -14,9 +14,9 @@ from typing import Any
 
 from hccnode import RESEARCH_USE, __version__
 from hccnode.config import Config
-from hccnode.imaging.phase_store import stored_phases
+from hccnode.store import jobs, labs, outbox, studies
 from hccnode.store.db import Store
-from hccnode.store.outbox import counts as outbox_counts
+from hccnode.store.phases import stored_phases
 
 DAY_SECONDS = 86400.0
 REJECTED = ("AE", "AR", "incomplete")  # labs_raw outcomes of messages not accepted
@@ -58,27 +58,19 @@ def _node(cfg: Config, started_at: float, now: float) -> dict[str, Any]:
 
 
 def _studies(store: Store, limit: int) -> list[dict[str, Any]]:
-    studies = store.query(
-        "SELECT study_uid, study_date, study_time, study_description, first_received, last_received, seq"
-        " FROM studies ORDER BY last_received DESC, study_uid LIMIT ?", (limit,))
-    for s in studies:
+    recent = studies.recent(store, limit)
+    for s in recent:
         uid = s["study_uid"]
         s["first_received"], s["last_received"] = iso(s["first_received"]), iso(s["last_received"])
-        s["series"] = store.query(
-            "SELECT s.series_uid, s.series_number, s.modality, s.series_description, COUNT(i.sop_uid) AS instances"
-            " FROM series s LEFT JOIN instances i ON i.series_uid = s.series_uid WHERE s.study_uid = ?"
-            " GROUP BY s.series_uid ORDER BY s.series_number, s.series_uid", (uid,))
+        s["series"] = studies.series_counts(store, uid)
         s["instances"] = sum(x["instances"] for x in s["series"])
         s["phases"] = [{k: p[k] for k in PHASE_FIELDS} for p in stored_phases(store, uid)]
         for p in s["phases"]:
             p["decided_at"] = iso(p["decided_at"])
-        job = store.query(
-            "SELECT id, state, reason, study_seq, attempts, max_attempts, created_at, started_at, finished_at, error"
-            " FROM jobs WHERE study_uid = ? ORDER BY id DESC LIMIT 1", (uid,))
-        s["job"] = _job_row(job[0]) if job else None
-        s["outputs"] = {r["state"]: r["n"] for r in store.query(
-            "SELECT state, COUNT(*) AS n FROM outbox WHERE study_uid = ? GROUP BY state", (uid,))}
-    return studies
+        job = jobs.latest_of_study(store, uid)
+        s["job"] = _job_row(job) if job else None
+        s["outputs"] = outbox.counts_of_study(store, uid)
+    return recent
 
 
 def _job_row(r: dict) -> dict:
@@ -90,69 +82,46 @@ def _job_row(r: dict) -> dict:
 
 
 def _jobs(store: Store) -> dict[str, Any]:
-    counts = {r["state"]: r["n"] for r in store.query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
     # A study counts as failed while its newest job is failed; a later successful run clears it.
-    failed = store.query(
-        "SELECT j.id, j.study_uid, j.state, j.reason, j.study_seq, j.attempts, j.max_attempts, j.created_at,"
-        " j.started_at, j.finished_at, j.error FROM jobs j"
-        " WHERE j.state = 'failed' AND j.id = (SELECT MAX(id) FROM jobs k WHERE k.kind = j.kind AND k.study_uid = j.study_uid)"
-        " ORDER BY j.id DESC LIMIT 50")
-    return {"counts": counts, "failed_studies": [_job_row(r) for r in failed]}
+    return {"counts": jobs.counts(store), "failed_studies": [_job_row(r) for r in jobs.failed_studies(store)]}
 
 
 def _outbox(store: Store, now: float) -> dict[str, Any]:
-    cols = ("id, destination, sop_uid, sop_class_uid, study_uid, state, attempts, next_attempt_at, last_status,"
-            " last_error, created_at, sent_at")
-    failed = store.query(f"SELECT {cols} FROM outbox WHERE state = 'failed' ORDER BY id DESC LIMIT 50")
-    # Waiting after a failed attempt, or being sent again (claiming counts the attempt being made).
-    retry_sql = "FROM outbox WHERE (state = 'pending' AND attempts > 0) OR (state = 'sending' AND attempts > 1)"
-    retrying = store.query(f"SELECT {cols} {retry_sql} ORDER BY id DESC LIMIT 50")
-    n_retrying = store.conn().execute(f"SELECT COUNT(*) {retry_sql}").fetchone()[0]
-    oldest = store.conn().execute("SELECT MIN(created_at) FROM outbox WHERE state IN ('pending', 'sending')").fetchone()[0]
+    failed = outbox.failed_rows(store)
+    retrying, n_retrying = outbox.retrying_rows(store)
+    oldest = outbox.oldest_waiting(store)
     for r in failed + retrying:
         for k in ("next_attempt_at", "created_at", "sent_at"):
             r[k] = iso(r[k])
         r["last_status"] = None if r["last_status"] is None else f"0x{r['last_status']:04X}"
-    return {"counts": outbox_counts(store), "failed": failed, "retrying": retrying, "retrying_count": n_retrying,
+    return {"counts": outbox.counts(store), "failed": failed, "retrying": retrying, "retrying_count": n_retrying,
             "oldest_waiting_seconds": None if oldest is None else round(now - oldest, 1)}
 
 
 def _ingest(store: Store, now: float) -> dict[str, Any]:
-    one = store.conn().execute
-    return {"instances": one("SELECT COUNT(*) FROM instances").fetchone()[0],
-            "quarantined_last_24h": one("SELECT COUNT(*) FROM quarantine WHERE received_at >= ?",
-                                        (now - DAY_SECONDS,)).fetchone()[0],
-            "last_received": iso(one("SELECT MAX(received_at) FROM instance_versions").fetchone()[0])}
+    ingest = studies.ingest_summary(store, now - DAY_SECONDS)
+    return {"instances": ingest["instances"], "quarantined_last_24h": ingest["quarantined"],
+            "last_received": iso(ingest["last_received"])}
 
 
 def _last_message(store: Store, outcomes: tuple[str, ...] | None) -> dict | None:
-    sql = "SELECT received_at, outcome, reason, sending_facility, message_type, control_id FROM labs_raw WHERE source = 'hl7'"
-    params: tuple = ()
-    if outcomes:
-        sql += f" AND outcome IN ({','.join('?' * len(outcomes))})"
-        params = outcomes
-    rows = store.query(sql + " ORDER BY id DESC LIMIT 1", params)
-    if not rows:
-        return None
-    r = rows[0]
-    r["received_at"] = iso(r["received_at"])
+    r = labs.last_message(store, "hl7", outcomes)
+    if r is not None:
+        r["received_at"] = iso(r["received_at"])
     return r
 
 
 def _labs(store: Store, cfg: Config, started_at: float, now: float) -> dict[str, Any]:
-    last_epoch = store.conn().execute("SELECT MAX(received_at) FROM labs_raw WHERE source = 'hl7'").fetchone()[0]
-    counts = {r["outcome"]: r["n"] for r in store.query(
-        "SELECT outcome, COUNT(*) AS n FROM labs_raw WHERE source = 'hl7' AND received_at >= ? GROUP BY outcome",
-        (now - DAY_SECONDS,))}
+    last_epoch = labs.last_received(store, "hl7")
+    counts = labs.outcome_counts(store, "hl7", now - DAY_SECONDS)
     # Silence is counted from the last message, or from start-up when none came since.
     since = max(started_at, last_epoch or 0.0)
     return {"hl7_enabled": cfg.hl7.enabled, "last_received": _last_message(store, None),
             "last_accepted": _last_message(store, ACCEPTED), "last_rejected": _last_message(store, REJECTED),
             "messages_last_24h": counts,
             "silent_seconds": round(now - since, 1),
-            "results_stored": store.conn().execute("SELECT COUNT(*) FROM labs").fetchone()[0],
-            "last_csv_import": iso(store.conn().execute(
-                "SELECT MAX(received_at) FROM labs_raw WHERE source = 'csv'").fetchone()[0])}
+            "results_stored": labs.result_count(store),
+            "last_csv_import": iso(labs.last_received(store, "csv"))}
 
 
 def health(snap: dict[str, Any], lab_silent_hours: float) -> dict[str, Any]:

@@ -90,6 +90,7 @@ EVENTS = {
     "job.done": "a job finished",
     "job.failed": "a job attempt failed (to be retried, or for good)",
     "job.not_applicable": "a job ended at once: its study is not one the analysis applies to, with the reason",
+    "study.treatment_start": "the date treatment started was set or cleared for a study (paper 003's lab anchor)",
     "analysis.not_applicable": "a study holds no CT or MR image series readable as a volume: what it holds instead",
     "phase.decided": "a series was assigned a contrast phase, with the reasons",
     "roi.source": "where an ROI came from (reader's SEG / RTSTRUCT / SR, or automatic)",
@@ -183,6 +184,16 @@ def _json(value: Any, field: str) -> str:
         return _canonical(value)
     except (TypeError, ValueError) as exc:
         raise AuditError(f"audit field {field} is not JSON: {exc}") from None
+
+
+def open_read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection to a database holding an audit table (the node's, or an export);
+    LookupError when it has none."""
+    c = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+    if not c.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit'").fetchone():
+        c.close()
+        raise LookupError(f"{path} has no audit table")
+    return c
 
 
 def _conn(target: Store | sqlite3.Connection) -> sqlite3.Connection:

@@ -28,12 +28,12 @@ _SCHEMAS: list[str] = []
 SCHEMA_MODULES = (
     "hccnode.store.jobs",
     "hccnode.store.outbox",
-    "hccnode.labs.store",
-    "hccnode.labs.requeue",
-    "hccnode.models.store",
+    "hccnode.store.labs",
+    "hccnode.store.model_results",
     "hccnode.store.audit",
-    "hccnode.imaging.phase_store",
+    "hccnode.store.phases",
     "hccnode.store.analyses",
+    "hccnode.store.studies",
 )
 
 

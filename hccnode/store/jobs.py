@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     kind TEXT NOT NULL,
     study_uid TEXT NOT NULL,
     study_seq INTEGER NOT NULL,    -- the study's seq when queued: what this job analyses
-    reason TEXT NOT NULL,          -- stable | requeue | manual | lab | annotation
+    reason TEXT NOT NULL,          -- stable | requeue | manual | lab | annotation | treatment_start
     state TEXT NOT NULL {STATE_CHECK},
     attempts INTEGER NOT NULL DEFAULT 0,
     max_attempts INTEGER NOT NULL,
@@ -282,3 +282,27 @@ def listing(store: Store, state: str | None = None, limit: int = 50) -> list[dic
 def get(store: Store, job_id: int) -> dict | None:
     rows = store.query("SELECT * FROM jobs WHERE id = ?", (job_id,))
     return rows[0] if rows else None
+
+
+STATUS_COLUMNS = "id, state, reason, study_seq, attempts, max_attempts, created_at, started_at, finished_at, error"
+
+
+def latest_of_study(store: Store, study_uid: str) -> dict | None:
+    """The study's newest job (STATUS_COLUMNS), or None."""
+    rows = store.query(f"SELECT {STATUS_COLUMNS} FROM jobs WHERE study_uid = ? ORDER BY id DESC LIMIT 1", (study_uid,))
+    return rows[0] if rows else None
+
+
+def counts(store: Store) -> dict[str, int]:
+    """Jobs per state."""
+    return {r["state"]: r["n"] for r in store.query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
+
+
+def failed_studies(store: Store, limit: int = 50) -> list[dict]:
+    """Jobs (study_uid and STATUS_COLUMNS) that failed and are their study's newest of their kind, newest first:
+    a later successful run clears a failure."""
+    cols = ", ".join(f"j.{c}" for c in ("id", "study_uid", *STATUS_COLUMNS.split(", ")[1:]))
+    return store.query(
+        f"SELECT {cols} FROM jobs j WHERE j.state = 'failed'"
+        " AND j.id = (SELECT MAX(id) FROM jobs k WHERE k.kind = j.kind AND k.study_uid = j.study_uid)"
+        " ORDER BY j.id DESC LIMIT ?", (limit,))

@@ -22,7 +22,7 @@ SCHEMA = schema(
     """
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY,
-    destination TEXT NOT NULL,      -- AE@host:port
+    destination TEXT NOT NULL,      -- AE@host:port, or a DICOMweb base URL (no credentials)
     path TEXT NOT NULL,             -- absolute, or relative to the data directory
     sop_uid TEXT NOT NULL,
     sop_class_uid TEXT NOT NULL,
@@ -156,3 +156,30 @@ def open_rows(store: Store, ids: list[int]) -> list[dict]:
         return []
     return store.query(f"SELECT * FROM outbox WHERE id IN ({','.join('?' * len(ids))}) ORDER BY id", tuple(ids))
 
+
+STATUS_COLUMNS = ("id, destination, sop_uid, sop_class_uid, study_uid, state, attempts, next_attempt_at, last_status,"
+                  " last_error, created_at, sent_at")
+# Waiting after a failed attempt, or being sent again (claiming counts the attempt being made).
+_RETRYING = "FROM outbox WHERE (state = 'pending' AND attempts > 0) OR (state = 'sending' AND attempts > 1)"
+
+
+def counts_of_study(store: Store, study_uid: str) -> dict[str, int]:
+    """The study's rows per state."""
+    return {r["state"]: r["n"] for r in store.query(
+        "SELECT state, COUNT(*) AS n FROM outbox WHERE study_uid = ? GROUP BY state", (study_uid,))}
+
+
+def failed_rows(store: Store, limit: int = 50) -> list[dict]:
+    """Rows that failed for good (STATUS_COLUMNS), newest first."""
+    return store.query(f"SELECT {STATUS_COLUMNS} FROM outbox WHERE state = 'failed' ORDER BY id DESC LIMIT ?", (limit,))
+
+
+def retrying_rows(store: Store, limit: int = 50) -> tuple[list[dict], int]:
+    """Rows waiting to be sent again or being sent again (STATUS_COLUMNS, newest first), and how many there are."""
+    rows = store.query(f"SELECT {STATUS_COLUMNS} {_RETRYING} ORDER BY id DESC LIMIT ?", (limit,))
+    return rows, store.conn().execute(f"SELECT COUNT(*) {_RETRYING}").fetchone()[0]
+
+
+def oldest_waiting(store: Store) -> float | None:
+    """When the oldest row still to send was queued (epoch seconds), or None."""
+    return store.conn().execute("SELECT MIN(created_at) FROM outbox WHERE state IN ('pending', 'sending')").fetchone()[0]

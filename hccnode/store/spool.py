@@ -36,7 +36,7 @@ import pydicom
 from pydicom.datadict import dictionary_VR
 
 from hccnode import __version__, log
-from hccnode.net import status
+from hccnode import dicom_status as status
 from hccnode.store import audit
 from hccnode.store.db import Store, now
 

@@ -86,11 +86,7 @@ def _open(args) -> sqlite3.Connection:
         if args.db:
             raise UsageError(f"{path}: no such file")
         raise FileNotFoundError(f"no database at {path}: the node has recorded nothing yet")
-    c = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
-    if not c.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit'").fetchone():
-        c.close()
-        raise LookupError(f"{path} has no audit table")
-    return c
+    return audit.open_read_only(path)
 
 
 def _since(args) -> str | None:
@@ -156,8 +152,9 @@ def cmd_export(args) -> int:
 def cmd_reverify(args) -> int:
     from hccnode.cli import UsageError
     from hccnode.imaging.phase_rules import RulesError, load_rules
+    from hccnode.audit.reverify import PullError, check_sr, pull_sr, read_sr, results_uid, reverify
+    from hccnode.store import analyses
     from hccnode.store.db import Store
-    from hccnode.store.reverify import PullError, check_sr, pull_sr, read_sr, reverify, study_of
 
     if args.rel_tol < 0:
         raise UsageError(f"--rel-tol must be >= 0, got {args.rel_tol}")
@@ -180,9 +177,10 @@ def cmd_reverify(args) -> int:
     if not args.cfg.db_path.exists():
         raise FileNotFoundError(f"no database at {args.cfg.db_path}: the node has recorded nothing yet")
     store = Store(args.cfg.data_dir)
+    results = None
     try:
         if sr is None:
-            study = args.study or study_of(store, args.from_pacs)
+            study = args.study or analyses.study_of_sr(store, args.from_pacs)
             if not study:
                 raise UsageError(f"the node has no record of writing SR {args.from_pacs}: give its study with --study")
             try:
@@ -191,11 +189,16 @@ def cmd_reverify(args) -> int:
                 print(f"hccnode audit reverify: {exc}", file=sys.stderr)
                 return 1
             print(f"retrieved SR {args.from_pacs} from the PACS")
+            if results_uid(sr):
+                try:  # its results SR (labs, models, notes); if the PACS lacks it, reverify looks in the node
+                    results = pull_sr(args.cfg, results_uid(sr), study, "results")
+                except PullError:
+                    results = None
         from hccnode.pipeline.mr import site_adc_units
 
         with site_adc_units(args.cfg.adc.units):
             out = reverify(store, sr, rel_tol=args.rel_tol, rules=rules, keep=args.keep,
-                           tolerance_days=args.cfg.priors.tolerance_days)
+                           tolerance_days=args.cfg.priors.tolerance_days, results=results)
     finally:
         store.close()
     print(f"SR {out.sr_uid} of study {out.study_uid}")

@@ -1,4 +1,4 @@
-"""Lab results in the node's database: the `labs` and `labs_raw` tables.
+"""Lab results in the node's database: the `labs`, `labs_raw` and `lab_usage` tables.
 
 Patient IDs are stored in clear in `labs` (matching to studies and `hccnode labs show` need
 them) together with the keyed hash `patient_key`; logs carry only the hash.
@@ -69,6 +69,17 @@ CREATE TABLE IF NOT EXISTS labs (
 );
 CREATE INDEX IF NOT EXISTS labs_patient ON labs(patient_id, test, observed_start);
 CREATE INDEX IF NOT EXISTS labs_slot ON labs(patient_key, slot, observed_start);
+CREATE TABLE IF NOT EXISTS lab_usage (
+    study_uid TEXT NOT NULL,
+    paper TEXT NOT NULL,           -- "000", "001", ...
+    test TEXT NOT NULL,
+    panel TEXT NOT NULL DEFAULT '',-- comma-joined tests when matched as one draw (match_panel), else ''
+    scan_time REAL NOT NULL,       -- epoch seconds the match was made against
+    status TEXT NOT NULL,          -- matched | censored | missing
+    lab_id INTEGER,                -- labs.id used (NULL when missing)
+    recorded_at REAL NOT NULL,
+    PRIMARY KEY (study_uid, paper, test, panel)
+);
 """
 )
 
@@ -203,3 +214,86 @@ def results_for(store: Store, patient_id: str, test: str | None = None) -> list[
         sql += " AND test = ?"
         params.append(test)
     return store.query(sql + " ORDER BY observed_start, id", tuple(params))
+
+
+def set_raw_outcome(store: Store, raw_id: int, outcome: str, reason: str) -> None:
+    """Record what became of a kept message (e.g. when it is reprocessed). Inside a transaction or alone."""
+    store.conn().execute("UPDATE labs_raw SET outcome = ?, reason = ? WHERE id = ?", (outcome, reason, raw_id))
+
+
+def raw_messages(store: Store, source: str, outcome: str, ids: list[int] | None = None) -> list[dict]:
+    """Kept messages of `source` with `outcome` (id, raw, origin), optionally only `ids`, oldest first."""
+    sql = "SELECT id, raw, origin FROM labs_raw WHERE source = ? AND outcome = ?"
+    params: list = [source, outcome]
+    if ids:
+        sql += f" AND id IN ({','.join('?' * len(ids))})"
+        params += ids
+    return store.query(sql + " ORDER BY id", tuple(params))
+
+
+def current_results(store: Store, patient_id: str, issuer: str | None, test: str) -> list[dict]:
+    """The current rows of `test` for a patient: of this issuer, or all when the row or the issuer has none."""
+    return store.query(
+        "SELECT * FROM labs WHERE patient_id = ? AND test = ? AND state = 'current'"
+        " AND (issuer IS NULL OR ? IS NULL OR issuer = ?)", (patient_id, test, issuer, issuer))
+
+
+def provenance(store: Store, lab_id: int) -> dict:
+    """Where a result came from: observed_start, source, control_id, source_ref and its message's origin and type."""
+    return store.query(
+        "SELECT l.observed_start, l.source, l.control_id, l.source_ref, r.origin, r.message_type"
+        " FROM labs l LEFT JOIN labs_raw r ON r.id = l.raw_id WHERE l.id = ?", (lab_id,))[0]
+
+
+def issuers_of(store: Store, patient_id: str) -> list[str | None]:
+    """Every issuer seen with this patient ID in the labs table."""
+    return [r["issuer"] for r in store.query("SELECT DISTINCT issuer FROM labs WHERE patient_id = ?", (patient_id,))]
+
+
+def record_usage(store: Store, study_uid: str, paper: str, panel: str, scan_time: float,
+                 used: list[tuple[str, str, int | None]]) -> None:
+    """Remember the lab rows an analysis used: one (test, status, lab id) per test of one paper (and panel)."""
+    with store.tx() as c:
+        for test, status, lab_id in used:
+            c.execute(
+                "INSERT OR REPLACE INTO lab_usage (study_uid, paper, test, panel, scan_time, status, lab_id, recorded_at)"
+                " VALUES (?,?,?,?,?,?,?,?)", (study_uid, paper, test, panel, scan_time, status, lab_id, now()))
+
+
+def usage_of_patients(store: Store, patient_keys: list[str]) -> list[dict]:
+    """The recorded lab usage of every study of these patients (study_uid, patient_key, paper, test, panel,
+    scan_time, status, lab_id), by study."""
+    marks = ",".join("?" * len(patient_keys))
+    return store.query(
+        f"SELECT s.study_uid, s.patient_key, u.paper, u.test, u.panel, u.scan_time, u.status, u.lab_id"
+        f" FROM studies s JOIN lab_usage u ON u.study_uid = s.study_uid WHERE s.patient_key IN ({marks})"
+        " ORDER BY s.study_uid", tuple(patient_keys))
+
+
+def last_message(store: Store, source: str, outcomes: tuple[str, ...] | None = None) -> dict | None:
+    """The newest kept message of `source` (with one of `outcomes` when given): its received_at, outcome,
+    reason, sending_facility, message_type and control_id; never its bytes."""
+    sql = ("SELECT received_at, outcome, reason, sending_facility, message_type, control_id FROM labs_raw"
+           " WHERE source = ?")
+    params: tuple = (source,)
+    if outcomes:
+        sql += f" AND outcome IN ({','.join('?' * len(outcomes))})"
+        params += tuple(outcomes)
+    rows = store.query(sql + " ORDER BY id DESC LIMIT 1", params)
+    return rows[0] if rows else None
+
+
+def last_received(store: Store, source: str) -> float | None:
+    """When the newest message or file of `source` arrived (epoch seconds), or None."""
+    return store.conn().execute("SELECT MAX(received_at) FROM labs_raw WHERE source = ?", (source,)).fetchone()[0]
+
+
+def outcome_counts(store: Store, source: str, since: float) -> dict[str, int]:
+    """Messages of `source` per outcome received since `since` (epoch seconds)."""
+    return {r["outcome"]: r["n"] for r in store.query(
+        "SELECT outcome, COUNT(*) AS n FROM labs_raw WHERE source = ? AND received_at >= ? GROUP BY outcome",
+        (source, since))}
+
+
+def result_count(store: Store) -> int:
+    return store.conn().execute("SELECT COUNT(*) FROM labs").fetchone()[0]

@@ -1,16 +1,13 @@
-"""The `phases` table: one row per series of a study with its kind, confidence and reasons."""
+"""The `phases` table: one row per series of a study with its kind, confidence and reasons
+(decided by hccnode.imaging.phases)."""
 
 from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hccnode.store.db import Store, schema
-
-if TYPE_CHECKING:
-    from hccnode.imaging.phase_rules import RuleSet
-    from hccnode.imaging.phases import Decision
 
 PHASES_SQL = schema(
     """
@@ -36,8 +33,9 @@ CREATE TABLE IF NOT EXISTS phases (
 )
 
 
-def save_decisions(store: Store, study_uid: str, decisions: list[Decision], rules: RuleSet) -> None:
-    """Replace the study's rows with `decisions` (one transaction)."""
+def save_decisions(store: Store, study_uid: str, decisions: list, rules) -> None:
+    """Replace the study's rows with `decisions` (hccnode.imaging.phases.Decision, one transaction);
+    `rules` (hccnode.imaging.phase_rules.RuleSet) gives the rules' version and SHA-256."""
     now = time.time()
     with store.tx() as c:
         c.execute("DELETE FROM phases WHERE study_uid = ?", (study_uid,))

@@ -12,14 +12,20 @@ template versions; hccnode.report.uids), so the recomputed SR has the same UID e
 inputs are the same. When the SR is an older analysis of the study (a lab result arrived or an
 instance was received later), the copy is first rolled back to the node's inputs as they were
 when that SR was written (rows received later removed, results they superseded current again).
+The treatment start paper 003's labs were matched before is the one recorded with the SR's
+analysis (hccnode.store.analyses `inputs`), not one set or cleared since (hccnode.store.studies).
 If the UIDs still differ the node cannot reconstruct the SR's inputs, and the verdict says so
 and why, rather than calling the numbers reproduced or different.
+
+An analysis writes two SRs (hccnode.report.sr): the ROI SR, whose UID names the analysis, and
+its results SR (laboratory values, model results, notes), listed in the ROI SR's evidence. The
+numbers of both are compared; the results SR is taken beside the ROI SR's file, from the node's
+outputs or, with --from-pacs, from the PACS.
 """
 
 from __future__ import annotations
 
 import shutil
-import sqlite3
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -31,8 +37,9 @@ from pydicom.dataset import Dataset
 from hccnode import log
 from hccnode.config import PriorsSection
 from hccnode.report.sr_compare import Row, compare, numbers
-from hccnode.store import audit
+from hccnode.store import analyses, audit, studies
 from hccnode.store.db import Store
+from hccnode.store.scratch import scratch_copy
 
 REPRODUCED, DIFFERS, NOT_RECOMPUTED = "reproduced", "differs", "not recomputed"
 ACTOR = "audit reverify"
@@ -77,12 +84,14 @@ class PullError(RuntimeError):
     """The SR could not be retrieved from the PACS (unreachable, refused, not there)."""
 
 
-def pull_sr(cfg, sr_uid: str, study_uid: str) -> Dataset:
+def pull_sr(cfg, sr_uid: str, study_uid: str, kind: str = "sr") -> Dataset:
     """The SR `sr_uid` of `study_uid`, retrieved from the PACS (`[priors] pacs`, else the first
     `[forward]` destination) by C-GET at IMAGE level into memory: nothing enters the spool. The
     Series Instance UID a C-GET needs is the node's SR series of the study (hccnode.report.outputs),
-    so only SRs this node wrote can be pulled. No PACS configured: LookupError."""
-    from hccnode.net import scu, status
+    so only SRs this node wrote can be pulled (`kind` "results": its results SR). No PACS
+    configured: LookupError."""
+    from hccnode import dicom_status as status
+    from hccnode.net import scu
     from hccnode.net.forward import client_tls
     from hccnode.net.priors import pacs_destination
     from hccnode.report.outputs import output_uids
@@ -93,7 +102,7 @@ def pull_sr(cfg, sr_uid: str, study_uid: str) -> Dataset:
     ident = Dataset()
     ident.QueryRetrieveLevel = "IMAGE"
     ident.StudyInstanceUID = study_uid
-    ident.SeriesInstanceUID = output_uids("-", study_uid, "-")["sr"][0]
+    ident.SeriesInstanceUID = output_uids("-", study_uid, "-")[kind][0]
     ident.SOPInstanceUID = sr_uid
     got: list[Dataset] = []
 
@@ -114,14 +123,6 @@ def pull_sr(cfg, sr_uid: str, study_uid: str) -> Dataset:
     return found[0]
 
 
-def study_of(store: Store, sr_uid: str) -> str | None:
-    """The study of an SR the node recorded writing, or None."""
-    if not store.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'analyses'"):
-        return None
-    rows = store.query("SELECT study_uid FROM analyses WHERE sr_uid = ? ORDER BY id DESC LIMIT 1", (sr_uid,))
-    return rows[0]["study_uid"] if rows else None
-
-
 def evidence(sr: Dataset) -> dict[str, list[str]]:
     """Series UID -> SOP Instance UIDs the SR lists as evidence (Current Requested Procedure Evidence)."""
     out: dict[str, list[str]] = {}
@@ -130,6 +131,34 @@ def evidence(sr: Dataset) -> dict[str, list[str]]:
             out.setdefault(str(series.SeriesInstanceUID), []).extend(
                 str(i.ReferencedSOPInstanceUID) for i in series.get("ReferencedSOPSequence") or [])
     return out
+
+
+def results_uid(sr: Dataset) -> str | None:
+    """The SOP Instance UID of the results SR (labs, models, notes; hccnode.report.sr) the node's
+    ROI SR lists among its evidence, or None (an SR written before the split, or the only one)."""
+    from hccnode.report.outputs import output_uids
+
+    series = output_uids("-", str(sr.StudyInstanceUID), "-")["results"][0]
+    sops = evidence(sr).get(series) or []
+    return sops[0] if sops else None
+
+
+def find_results(store: Store, sr: Dataset) -> Dataset | None:
+    """The results SR of `sr`: beside the SR's file, else in the node's output folder of that
+    analysis; None when neither holds it."""
+    uid = results_uid(sr)
+    if uid is None:
+        return None
+    folders = [Path(sr.filename).parent] if isinstance(getattr(sr, "filename", None), str) else []
+    folders += analyses.folders_of_sr(store, str(sr.SOPInstanceUID))
+    for folder in folders:
+        for path in sorted(folder.glob("*.dcm")) if folder.is_dir() else []:
+            try:  # headers first: the folder holds the SEG and the map too
+                if str(pydicom.dcmread(path, stop_before_pixels=True).get("SOPInstanceUID", "")) == uid:
+                    return pydicom.dcmread(path)
+            except (OSError, pydicom.errors.InvalidDicomError):
+                continue
+    return None
 
 
 def missing_inputs(store: Store, sr: Dataset) -> list[str]:
@@ -146,8 +175,8 @@ def missing_inputs(store: Store, sr: Dataset) -> list[str]:
             continue
         absent = []
         for sop in sops:
-            row = store.query("SELECT path FROM instances WHERE sop_uid = ?", (sop,))
-            if not row or not (store.data_dir / row[0]["path"]).is_file():
+            path = studies.instance_path(store, sop)
+            if path is None or not (store.data_dir / path).is_file():
                 absent.append(sop)
         if absent:
             problems.append(f"series {series}: {len(absent)} of {len(sops)} instance(s) not in the spool "
@@ -155,47 +184,34 @@ def missing_inputs(store: Store, sr: Dataset) -> list[str]:
     return problems
 
 
-def _scratch(store: Store, where: Path, as_of: float | None) -> Store:
-    """A copy of the node's database in `where`, optionally rolled back to the inputs at `as_of`."""
-    path = where / "hccnode.db"
-    dst = sqlite3.connect(path)
-    try:
-        store.conn().backup(dst)
-    finally:
-        dst.close()
-    scratch = Store(store.data_dir, db_path=path)
-    if as_of is not None:
-        with scratch.tx() as c:
-            # results received later did not exist; those they superseded or withdrew were current
-            c.execute("DELETE FROM labs WHERE received_at > ?", (as_of,))
-            c.execute("UPDATE labs SET state = 'current', replaced_by = NULL WHERE replaced_by IS NOT NULL"
-                      " AND replaced_by NOT IN (SELECT id FROM labs)")
-            c.execute("DELETE FROM instances WHERE received_at > ?", (as_of,))
-    return scratch
-
-
-def _recompute(store: Store, study_uid: str, where: Path, as_of: float | None, rules,
-               tolerance_days: float) -> Dataset:
+def _recompute(store: Store, study_uid: str, where: Path, as_of: float | None, inputs: dict | None, rules,
+               tolerance_days: float) -> list[Dataset]:
     from hccnode.pipeline import analyze_study
 
     where.mkdir(parents=True)
-    scratch = _scratch(store, where, as_of)
+    scratch = scratch_copy(store, where, as_of)
+    if inputs:  # the treatment start the SR's analysis used, not one set or cleared since
+        studies.restore_recorded(scratch, study_uid, inputs)
     try:
         analysis = analyze_study(scratch, study_uid, rules=rules, outputs_dir=where / "outputs",
                                  baseline_tolerance_days=tolerance_days)
     finally:
         scratch.close()
-    return pydicom.dcmread(analysis.out_dir / "sr.dcm")
+    return [pydicom.dcmread(p) for p in (analysis.out_dir / "sr.dcm", analysis.out_dir / "sr_results.dcm")
+            if p.exists()]
 
 
-def input_differences(original: Dataset, recomputed: Dataset) -> list[str]:
-    """What the SR's UID says differs, as far as the two SRs show it."""
+def input_differences(original: list[Dataset], recomputed: list[Dataset]) -> list[str]:
+    """What the SR's UID says differs, as far as the two analyses' SRs show it (the ROI SR
+    first in each list, then its results SR)."""
     out = []
-    a, b = str(original.get("SoftwareVersions", "")), str(recomputed.get("SoftwareVersions", ""))
+    a, b = str(original[0].get("SoftwareVersions", "")), str(recomputed[0].get("SoftwareVersions", ""))
     if a != b:
         out.append(f"software version {a or '(none)'} in the SR, {b} now")
-    ea = {s for sops in evidence(original).values() for s in sops}
-    eb = {s for sops in evidence(recomputed).values() for s in sops}
+    ea = {s for sops in evidence(original[0]).values() for s in sops}
+    eb = {s for sops in evidence(recomputed[0]).values() for s in sops}
+    ea -= {results_uid(original[0])}
+    eb -= {results_uid(recomputed[0])}
     if ea - eb:
         out.append(f"{len(ea - eb)} evidence instance(s) of the SR not used now (first: {sorted(ea - eb)[0]})")
     if eb - ea:
@@ -213,21 +229,31 @@ def input_differences(original: Dataset, recomputed: Dataset) -> list[str]:
 
 
 def reverify(store: Store, sr: Dataset, *, rel_tol: float = 0.0, rules=None, keep: str | Path | None = None,
-             record: bool = True, tolerance_days: float = PriorsSection.tolerance_days) -> Outcome:
+             record: bool = True, tolerance_days: float = PriorsSection.tolerance_days,
+             results: Dataset | None = None) -> Outcome:
     """Recompute `sr`'s analysis and compare (see the module docstring). `keep` copies the
     recomputed outputs there; `record` appends the `analysis.reverified` audit event;
-    `tolerance_days` is the site's [priors] tolerance_days (paper 003's baseline pairing)."""
+    `tolerance_days` is the site's [priors] tolerance_days (paper 003's baseline pairing);
+    `results` is the SR's results SR (labs, models, notes) when the caller has it, else it is
+    looked for beside the SR's file and in the node's outputs (`find_results`)."""
     sr_uid, study_uid = str(sr.SOPInstanceUID), str(sr.StudyInstanceUID)
     out = Outcome(sr_uid, study_uid, rel_tol=rel_tol)
     patient_key = None
-    known = store.query("SELECT patient_key FROM studies WHERE study_uid = ?", (study_uid,))
-    if not known:
+    if not studies.holds(store, study_uid):
         out.problems.append(f"study {study_uid} is not in the node's store: nothing to recompute from")
     else:
-        patient_key = known[0]["patient_key"]
+        patient_key = studies.patient_key(store, study_uid)
         out.problems += missing_inputs(store, sr)
+    docs = [sr]
+    if results_uid(sr) is not None:
+        results = results if results is not None else find_results(store, sr)
+        if results is None or str(results.SOPInstanceUID) != results_uid(sr):
+            out.notes.append(f"the SR's results SR {results_uid(sr)} (laboratory values, model results, notes) is "
+                             f"neither beside it nor in the node's outputs: its numbers are compared as absent")
+        else:
+            docs.append(results)
     if not out.problems:
-        _run(store, sr, out, rules, keep, tolerance_days)
+        _run(store, docs, out, rules, keep, tolerance_days)
     log.event("audit.reverified", study=study_uid, sr=sr_uid, verdict=out.verdict, numbers=len(out.rows),
               reproduced=sum(r.reproduced for r in out.rows), problems=len(out.problems))
     if record:
@@ -239,10 +265,14 @@ def reverify(store: Store, sr: Dataset, *, rel_tol: float = 0.0, rules=None, kee
     return out
 
 
-def _run(store: Store, sr: Dataset, out: Outcome, rules, keep, tolerance_days: float) -> None:
+def _run(store: Store, docs: list[Dataset], out: Outcome, rules, keep, tolerance_days: float) -> None:
     from hccnode.pipeline import StudyError
-    rows = store.query("SELECT sr_uid, created_at FROM analyses WHERE study_uid = ? ORDER BY id", (out.study_uid,))
+    rows = analyses.of_study(store, out.study_uid)
     mine = [r["created_at"] for r in rows if r["sr_uid"] == out.sr_uid]
+    inputs = analyses.inputs_of(store, out.sr_uid) if mine else None
+    if inputs and inputs.get(studies.TREATMENT_START):
+        out.notes.append(f"paper 003's treatment start as the SR's analysis used it: {inputs[studies.TREATMENT_START]} "
+                         f"(set on study {inputs[studies.TREATMENT_START_STUDY]})")
     as_of = None
     if not rows:
         out.notes.append("the node has no record of analysing this study")
@@ -259,8 +289,8 @@ def _run(store: Store, sr: Dataset, out: Outcome, rules, keep, tolerance_days: f
             attempts = [None] if as_of is None else [as_of, None]
             tried = []
             for i, when in enumerate(attempts):
-                tried.append(_recompute(store, out.study_uid, tmp / str(i), when, rules, tolerance_days))
-                if str(tried[-1].SOPInstanceUID) == out.sr_uid:
+                tried.append(_recompute(store, out.study_uid, tmp / str(i), when, inputs, rules, tolerance_days))
+                if str(tried[-1][0].SOPInstanceUID) == out.sr_uid:
                     if when is not None:
                         out.notes.append("recomputed with the node's inputs as they were when this SR was written "
                                          "(lab results and instances received later left out)")
@@ -269,18 +299,18 @@ def _run(store: Store, sr: Dataset, out: Outcome, rules, keep, tolerance_days: f
             out.problems.append(f"the analysis cannot be recomputed: {exc}")
             return
         # no match: compare with the recomputation closest to the SR's inputs (the first), for information
-        recomputed = tried[-1] if str(tried[-1].SOPInstanceUID) == out.sr_uid else tried[0]
-        out.recomputed_sr_uid = str(recomputed.SOPInstanceUID)
-        out.rows = compare(sr, recomputed, out.rel_tol)
+        recomputed = tried[-1] if str(tried[-1][0].SOPInstanceUID) == out.sr_uid else tried[0]
+        out.recomputed_sr_uid = str(recomputed[0].SOPInstanceUID)
+        out.rows = compare(docs, recomputed, out.rel_tol)
         if out.recomputed_sr_uid != out.sr_uid:
             out.problems.append("the node cannot reconstruct the inputs this SR used (the recomputed SR has another "
-                                "UID, so its inputs differ): " + "; ".join(input_differences(sr, recomputed)))
+                                "UID, so its inputs differ): " + "; ".join(input_differences(docs, recomputed)))
         else:
             out.verdict = REPRODUCED if all(r.reproduced for r in out.rows) else DIFFERS
         if keep:
             dest = Path(keep)
             dest.mkdir(parents=True, exist_ok=True)
-            for p in sorted(Path(recomputed.filename).parent.iterdir()):
+            for p in sorted(Path(recomputed[0].filename).parent.iterdir()):
                 if p.is_file():
                     shutil.copy2(p, dest / p.name)
     finally:
