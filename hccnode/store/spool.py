@@ -1,9 +1,9 @@
 """The spool: received instances as files, written durably, and their index rows.
 
 `Spool.ingest()` is the whole C-STORE path from received bytes to an indexed file:
-write to a temp name and fsync, and hash, in helper threads while the header is parsed (from
-the received bytes, never re-encoded); then rename into place, fsync the directory, commit the
-index and audit rows (group commit with other associations). Only when it returns
+write to a temp name and fsync (in a helper thread while the bytes are hashed and the header
+parsed from them, never re-encoded), rename into place, fsync the directory, commit the index
+and audit rows (group commit with other associations). Only when it returns
 SUCCESS may the SCP answer success. Anything that cannot be kept goes to quarantine
 with its raw bytes and the reason.
 
@@ -329,6 +329,7 @@ def content_hash(transfer_syntax: str, dataset: bytes) -> str:
 
 
 def index_entry(ds: pydicom.Dataset, patient_key: str | None, received: Received) -> IndexEntry:
+    """The index rows of one received instance, from its parsed header."""
     row = header_row(ds)
     row.update(sop_uid=str(ds.SOPInstanceUID), series_uid=str(ds.SeriesInstanceUID),
                study_uid=str(ds.StudyInstanceUID), sop_class_uid=str(ds.SOPClassUID),
@@ -387,7 +388,7 @@ _HELPERS_LOCK = threading.Lock()
 
 
 def _helpers() -> ThreadPoolExecutor:
-    """Threads that write, fsync and hash received data while the receiving thread parses it
+    """Threads that fsync received files while the receiving thread hashes and parses them
     (this process's own: a forked worker does not inherit threads)."""
     global _HELPERS
     with _HELPERS_LOCK:
@@ -517,8 +518,7 @@ class Spool:
             placed = False
             try:
                 entry = index_entry(ds, self.store.patient_key(_text(ds, "PatientID"), _text(ds, "IssuerOfPatientID")),
-                                    Received(str(rel), size, digest, transfer_syntax,
-                                             calling_ae))
+                                    Received(str(rel), size, digest, transfer_syntax, calling_ae))
                 self._ensure_dir(final.parent)
                 existed = final.exists()
                 if existed:  # indexed already, or left by a crash: replaced only by a durable file
