@@ -1,19 +1,24 @@
-"""Ingest benchmark: the node against pynetdicom's bare storescp, in the same run.
+"""Ingest benchmark (issue 18): the node against the durable minimum and Orthanc, in the same run.
 
-Generates 300 CT instances of 512x512 (about 150 MB), sends them with dcmtk's storescu over
-loopback to (a) the node (which fsyncs and indexes every instance before answering) and
-(b) pynetdicom's storescp application (which writes files without fsync), alternating,
-3 rounds each, each round into a fresh, empty data directory. Prints the median images/s of
-both, the ratio node/bare (target >= 0.9) and the node's peak RSS (target < 300 MB).
+Generates 300 CT instances of 512x512 (about 160 MB) and sends them with dcmtk's storescu over
+loopback to three receivers, each started fresh on an empty folder for every measurement:
+  - the node (`hccnode serve` on its defaults: fsync of file and directory, index, audit row);
+  - the durable minimum (`bench/durable_scp.py`: the bytes to a temp file, fsync, rename, fsync
+    of the directory, one SQLite row committed in WAL mode with synchronous=FULL);
+  - Orthanc (one association only).
+With one association, then 4 and 8 concurrent ones (the instances split between them). The
+receivers alternate within each round (the order rotates from round to round). Prints every
+round, then the medians and the targets:
+  node / durable minimum >= 0.9 (one association), node / Orthanc >= 4,
+  node >= durable minimum with 4 and with 8 associations, node peak RSS < 300 MB.
 
-    python bench/ingest.py [--instances 300] [--rounds 3]
+    python bench/ingest.py [--instances 300] [--rounds 3] [--size 512]
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -24,23 +29,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+from conftest import NodeProcess, Orthanc, free_port, wait_until  # noqa: E402
 from dicomgen import ct_series  # noqa: E402
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port}")
+CONCURRENCY = (1, 4, 8)
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -50,72 +42,112 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def send(port: int, files: list[Path]) -> float:
+def send(port: int, files: list[Path], associations: int) -> float:
+    """Images per second: `files` split into `associations` storescu runs at once."""
+    chunks = [files[i::associations] for i in range(associations)]
     t = time.perf_counter()
-    subprocess.run(["storescu", "-aec", "ANY-SCP", "127.0.0.1", str(port), *map(str, files)], check=True,
-                   capture_output=True)
-    return len(files) / (time.perf_counter() - t)
+    procs = [subprocess.Popen(["storescu", "-aec", "ANY-SCP", "127.0.0.1", str(port), *map(str, chunk)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for chunk in chunks]
+    errors = [p.communicate()[1] for p in procs]
+    elapsed = time.perf_counter() - t
+    for p, err in zip(procs, errors):
+        if p.returncode != 0:
+            raise RuntimeError(f"storescu failed: {err.decode(errors='replace')[-500:]}")
+    return len(files) / elapsed
 
 
-def round_node(work: Path, files: list[Path]) -> tuple[float, float]:
-    port = free_port()
-    cfg = work / "hccnode.toml"
-    cfg.write_text(f'[node]\nport = {port}\ndata_dir = "{work / "data"}"\n[study]\nstable_seconds = 600.0\n'
-                   '[hl7]\nenabled = false\n[log]\nlevel = "WARNING"\n')
-    proc = subprocess.Popen([sys.executable, "-m", "hccnode", "-c", str(cfg), "serve"], cwd=work)
+def echo_ok(port: int) -> bool:
+    return subprocess.run(["echoscu", "-aec", "ANY-SCP", "127.0.0.1", str(port)], capture_output=True).returncode == 0
+
+
+def run_node(work: Path, files: list[Path], associations: int) -> tuple[float, float]:
+    node = NodeProcess(work, study={"stable_seconds": 600.0}, worker={"processes": 1},
+                       log={"file": str(work / "node-events.log")})
+    node.start()
     try:
-        wait_port(port)
-        rate = send(port, files)
-        with sqlite3.connect(work / "data" / "hccnode.db") as db:
+        rate = send(node.port, files, associations)
+        rss = peak_rss_mb(node.proc.pid)
+        with sqlite3.connect(node.data_dir / "hccnode.db") as db:
             indexed = db.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
         if indexed != len(files):
             raise RuntimeError(f"node indexed {indexed} of {len(files)}")
-        return rate, peak_rss_mb(proc.pid)
+        return rate, rss
     finally:
-        proc.terminate()
-        proc.wait(30)
+        node.stop()
 
 
-def round_bare(work: Path, files: list[Path]) -> float:
-    port = free_port()
-    out = work / "bare"
-    out.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "pynetdicom", "storescp", "-od", str(out), str(port)], cwd=work)
+def run_durable(work: Path, files: list[Path], associations: int) -> float:
+    port, out = free_port(), work / "out"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "durable_scp.py"), str(out), str(port)])
     try:
-        wait_port(port)
-        rate = send(port, files)
-        if len(list(out.iterdir())) != len(files):
-            raise RuntimeError("bare storescp did not store every instance")
+        wait_until(lambda: echo_ok(port), 30, what="durable minimum SCP")
+        rate = send(port, files, associations)
+        if len(list(out.glob("*.dcm"))) != len(files):
+            raise RuntimeError("durable minimum did not store every instance")
         return rate
     finally:
         proc.terminate()
         proc.wait(30)
 
 
+def run_orthanc(work: Path, files: list[Path], associations: int) -> float:
+    orthanc = Orthanc(work, extra={"DicomAlwaysAllowStore": True, "DicomCheckCalledAet": False,
+                                   "DicomCheckModalityHost": False}).start()
+    try:
+        rate = send(orthanc.dicom_port, files, associations)
+        stored = orthanc.get("/statistics")["CountInstances"]
+        if stored != len(files):
+            raise RuntimeError(f"Orthanc stored {stored} of {len(files)}")
+        return rate
+    finally:
+        orthanc.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--instances", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--size", type=int, default=512)
     args = ap.parse_args(argv)
+    runs = [("node", n) for n in CONCURRENCY] + [("durable", n) for n in CONCURRENCY] + [("orthanc", 1)]
+    rates: dict[tuple[str, int], list[float]] = {r: [] for r in runs}
+    rss: list[float] = []
     with tempfile.TemporaryDirectory(prefix="hccnode-bench-") as tmp:
         tmp = Path(tmp)
-        files = ct_series(tmp / "in", n=args.instances, size=512)
+        files = ct_series(tmp / "in", n=args.instances, size=args.size)
         mb = sum(f.stat().st_size for f in files) / 1e6
-        print(f"{len(files)} CT instances 512x512, {mb:.0f} MB")
-        node, bare, rss = [], [], []
+        print(f"{len(files)} CT instances {args.size}x{args.size}, {mb:.0f} MB; storescu over loopback", flush=True)
         for r in range(args.rounds):
-            w = tmp / f"round{r}"
-            (w / "node").mkdir(parents=True)
-            (w / "bare").mkdir()
-            rate, peak = round_node(w / "node", files)
-            node.append(rate)
-            rss.append(peak)
-            bare.append(round_bare(w / "bare", files))
-            print(f"round {r + 1}: node {node[-1]:.1f} img/s (peak RSS {peak:.0f} MB), bare storescp {bare[-1]:.1f} img/s")
-            shutil.rmtree(w)
-        n, b = statistics.median(node), statistics.median(bare)
-        print(f"median: node {n:.1f} img/s, bare storescp {b:.1f} img/s, ratio {n / b:.2f} (target >= 0.90)")
-        print(f"node peak RSS: {max(rss):.0f} MB (target < 300 MB)")
+            # Alternate: node and durable minimum interleaved per concurrency, order rotated per round.
+            order = [(who, n) for n in CONCURRENCY for who in ("node", "durable")] + [("orthanc", 1)]
+            order = order[r % len(order):] + order[:r % len(order)]
+            line = []
+            for who, n in order:
+                work = tmp / f"r{r}-{who}-{n}"
+                work.mkdir()
+                if who == "node":
+                    rate, peak = run_node(work, files, n)
+                    rss.append(peak)
+                elif who == "durable":
+                    rate = run_durable(work, files, n)
+                else:
+                    rate = run_orthanc(work, files, n)
+                rates[(who, n)].append(rate)
+                line.append(f"{who}x{n} {rate:.0f}")
+                shutil.rmtree(work)
+            print(f"round {r + 1} (img/s): " + ", ".join(line), flush=True)
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    print(f"medians of {args.rounds} rounds (img/s): " + ", ".join(f"{w}x{n} {med[(w, n)]:.1f}" for w, n in runs))
+    checks = [
+        ("node / durable minimum, 1 association", med[("node", 1)] / med[("durable", 1)], 0.9),
+        ("node / Orthanc, 1 association", med[("node", 1)] / med[("orthanc", 1)], 4.0),
+        ("node / durable minimum, 4 associations", med[("node", 4)] / med[("durable", 4)], 1.0),
+        ("node / durable minimum, 8 associations", med[("node", 8)] / med[("durable", 8)], 1.0),
+    ]
+    for name, ratio, target in checks:
+        print(f"{name}: {ratio:.2f} (target >= {target:.1f}) {'met' if ratio >= target else 'NOT MET'}")
+    peak = max(rss)
+    print(f"node peak RSS: {peak:.0f} MB (target < 300 MB) {'met' if peak < 300 else 'NOT MET'}")
     return 0
 
 

@@ -23,3 +23,53 @@ print(known, len(db._SCHEMAS))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[0] == out[1], "a module registers a schema but is not in hccnode.store.db.SCHEMA_MODULES"
+
+
+def test_group_commit_commits_each_callers_work_and_undoes_only_the_one_that_fails(tmp_path):
+    """Callers arriving while a commit runs are committed together in the next transaction; one
+    whose work raises gets its exception and leaves no row, the others' rows are kept."""
+    import threading
+    import time
+
+    from hccnode.store.db import Store
+
+    store = Store(tmp_path / "data")
+    store.conn().execute("CREATE TABLE g (k INTEGER PRIMARY KEY)")
+    leading, release = threading.Event(), threading.Event()
+    results: dict[int, object] = {}
+
+    def work(k):
+        def run(c):
+            c.execute("INSERT INTO g VALUES (?)", (k,))
+            if k == 0:            # the first leader holds its batch open until the others queue
+                leading.set()
+                release.wait(30)
+            if k == 3:
+                raise ValueError("bad instance")
+            return k * 10
+        return run
+
+    def call(k):
+        try:
+            results[k] = store.grouped(work(k))
+        except ValueError as exc:
+            results[k] = exc
+
+    threads = [threading.Thread(target=call, args=(0,))]
+    threads[0].start()
+    assert leading.wait(30)
+    threads += [threading.Thread(target=call, args=(k,)) for k in range(1, 8)]
+    for t in threads[1:]:
+        t.start()
+    for _ in range(3000):          # bounded: until the seven wait as one batch behind the leader
+        if len(store._group.pending) == 7:
+            break
+        time.sleep(0.01)
+    assert len(store._group.pending) == 7
+    release.set()
+    for t in threads:
+        t.join(30)
+    assert {k: v for k, v in results.items() if k != 3} == {k: k * 10 for k in range(8) if k != 3}
+    assert isinstance(results[3], ValueError)
+    assert [r["k"] for r in store.query("SELECT k FROM g ORDER BY k")] == [0, 1, 2, 4, 5, 6, 7]
+    assert not store.conn().in_transaction

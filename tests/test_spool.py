@@ -147,3 +147,22 @@ def test_the_small_filesystem_is_unmounted_even_when_the_test_fails(tmp_path):
             assert mounted and os.path.ismount(mnt)
             raise RuntimeError("the test failed")
     assert not os.path.ismount(mnt)
+
+
+def test_a_file_left_at_the_instance_name_by_a_crash_is_replaced_by_the_received_content(spool, tmp_path):
+    """A crash can leave an unindexed, partly written file at an instance's spool name (the file
+    is renamed there while its fsync runs); a resend replaces it with the content received."""
+    from hccnode.store.spool import content_hash
+
+    f = ct_series(tmp_path / "in", n=1)[0]
+    sop_class, sop_uid, syntax, data = received(f)
+    ds = pydicom.dcmread(f)
+    final = (spool.root / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID)
+             / f"{sop_uid}.{content_hash(syntax, data)[:12]}.dcm")
+    final.parent.mkdir(parents=True)
+    final.write_bytes(b"\0" * 100)                       # what a cut write leaves
+    res = spool.ingest(sop_class, sop_uid, syntax, data)
+    assert res.outcome == "stored"
+    row = spool.store.query("SELECT path FROM instances")[0]
+    assert spool.store.data_dir / row["path"] == final
+    assert received(final)[3] == data

@@ -11,6 +11,7 @@ import ipaddress
 import socket
 import ssl
 import threading
+from collections import Counter
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
@@ -66,6 +67,7 @@ class StorageSCP:
         self.tls_server: ThreadedAssociationServer | None = None   # TLS listener
         self._open: set[int] = set()          # connections now open (ids of their associations)
         self._open_lock = threading.Lock()
+        self._outcomes: dict[int, Counter] = {}  # per open association: C-STORE outcomes, logged at its end
 
     def _ae(self) -> AE:
         ae = AE(ae_title=self.cfg.ae_title)
@@ -137,6 +139,7 @@ class StorageSCP:
     def on_conn_close(self, event) -> None:
         with self._open_lock:
             self._open.discard(id(event.assoc))
+            self._outcomes.pop(id(event.assoc), None)
 
     def on_requested(self, event) -> None:
         """Reject, before negotiation, a calling AE (or AE@host) not on the allow-list, and
@@ -180,8 +183,12 @@ class StorageSCP:
         self._audit("association.rejected", f"AE:{a.requestor.ae_title.strip()}", peer=a.requestor.address, **fields)
 
     def on_closed(self, event, how: str) -> None:
+        """One line per association, with how many instances it stored, replaced, resent or had refused."""
         a = event.assoc
-        log.event(f"association.{how}", calling_ae=a.requestor.ae_title, peer=a.requestor.address)
+        with self._open_lock:
+            outcomes = self._outcomes.pop(id(a), Counter())
+        log.event(f"association.{how}", calling_ae=a.requestor.ae_title, peer=a.requestor.address,
+                  **{k: outcomes[k] for k in ("stored", "replaced", "duplicate", "quarantined", "failed") if outcomes[k]})
 
     def on_echo(self, event) -> int:
         log.event("echo", calling_ae=event.assoc.requestor.ae_title)
@@ -198,6 +205,8 @@ class StorageSCP:
             log.event("instance.failed", level=40, calling_ae=calling, sop=str(req.AffectedSOPInstanceUID),
                       error=type(exc).__name__, exc_info=True)
             return _status(status.OUT_OF_RESOURCES, "internal error: not stored (the node's log says where)")
+        with self._open_lock:
+            self._outcomes.setdefault(id(event.assoc), Counter())[result.outcome or "failed"] += 1
         if result.status == status.SUCCESS:
             return status.SUCCESS
         return _status(result.status, result.comment)

@@ -21,9 +21,10 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
 
@@ -195,6 +196,7 @@ class Store:
         self.read_only = read_only
         self._local = threading.local()
         self._secret: bytes | None = None
+        self._group = _GroupCommit()
         if self.engine == engine.POSTGRESQL:
             if not read_only:
                 self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -307,6 +309,15 @@ class Store:
         with engine.write_transaction(self.conn()) as c:
             yield c
 
+    def grouped(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run `work(c)` in a write transaction shared with the threads that call at the same
+        time (group commit), and return its result once that transaction is durable. One commit,
+        so one fsync, serves them all; a caller alone commits at once, never waiting for company.
+        `work` runs in a savepoint: if it raises, its own changes are undone, the exception is
+        raised to its caller, and the others' work still commits. A failed COMMIT (disk full, I/O
+        error) raises in every caller of the batch: nothing of it was kept."""
+        return self._group.run(self, work)
+
     def query(self, sql: str, params: tuple | dict = ()) -> list[dict]:
         return [dict(r) for r in self.conn().execute(sql, params)]
 
@@ -325,6 +336,86 @@ class Store:
             self._secret = _load_secret(self.data_dir / "secret.key")
         msg = f"{issuer or ''}\x00{patient_id}".encode()
         return hmac.new(self._secret, msg, hashlib.sha256).hexdigest()[:16]
+
+
+class _Grouped:
+    """One caller's work in a group commit: what it returned or raised, and when it is settled."""
+
+    def __init__(self, work: Callable[[sqlite3.Connection], Any]):
+        self.work = work
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.done = False
+        self.wake = threading.Event()   # set when settled, or when this caller is to lead the next batch
+
+
+class _GroupCommit:
+    """Leader/follower group commit. The first caller with nobody committing leads: it takes
+    every pending work item, runs them in one transaction in its own thread and commits. Callers
+    arriving meanwhile wait; when the batch is durable the leader wakes them, hands the lead to the
+    oldest still pending (whose batch takes all pending then) and returns: nobody commits work
+    that arrived after its own, and a single sender never waits."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.pending: list[_Grouped] = []
+        self.busy = False
+
+    def run(self, store: Store, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        item = _Grouped(work)
+        with self.lock:
+            self.pending.append(item)
+            lead = not self.busy
+            self.busy = True
+        if not lead:
+            item.wake.wait()
+        if not item.done:  # leading
+            with self.lock:
+                batch, self.pending = self.pending, []
+            try:
+                _commit_batch(store.conn(), batch)
+            finally:
+                for other in batch:
+                    other.done = True
+                    if other is not item:
+                        other.wake.set()
+                with self.lock:
+                    if self.pending:
+                        self.pending[0].wake.set()
+                    else:
+                        self.busy = False
+        if item.error is not None:
+            raise item.error
+        return item.value
+
+
+def _commit_batch(c, batch: list[_Grouped]) -> None:
+    """Run each item's work in a savepoint of one write transaction (engine.begin_write), then
+    commit; settle every item."""
+    try:
+        engine.begin_write(c)
+        for item in batch:
+            c.execute("SAVEPOINT grouped")
+            try:
+                item.value = item.work(c)
+            except Exception as exc:
+                if not c.in_transaction:  # the engine rolled the whole transaction back (SQLite: disk full, I/O)
+                    raise
+                c.execute("ROLLBACK TO SAVEPOINT grouped")
+                item.error = exc
+            c.execute("RELEASE SAVEPOINT grouped")
+        c.execute("COMMIT")
+    except BaseException as exc:
+        if c.in_transaction:
+            c.execute("ROLLBACK")
+        for item in batch:   # nothing of the batch was kept: each caller gets the failure
+            if item.error is None:
+                item.value, item.error = None, exc
+        if not isinstance(exc, Exception):
+            raise
+    finally:
+        if engine.is_pg(c):
+            c.write_locked = False
 
 
 _SECRET_LOCK = threading.Lock()

@@ -1,8 +1,9 @@
 """The spool: received instances as files, written durably, and their index rows.
 
 `Spool.ingest()` is the whole C-STORE path from received bytes to an indexed file:
-hash, write to a temp name, fsync, parse the header (from the file, never re-encoded),
-rename into place, fsync the directory, commit the index row. Only when it returns
+write to a temp name and fsync (in a helper thread while the bytes are hashed and the header
+parsed from them, never re-encoded), rename into place, fsync the directory, commit the index
+and audit rows (group commit with other associations). Only when it returns
 SUCCESS may the SCP answer success. Anything that cannot be kept goes to quarantine
 with its raw bytes and the reason.
 
@@ -17,13 +18,16 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import itertools
 import json
+import logging
 import os
 import re
 import struct
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,8 +75,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_durably(path: Path, *chunks: bytes) -> int:
-    """Write `chunks` to a new file and fsync it; returns the size."""
+def _write_file(path: Path, *chunks: bytes) -> tuple[int, int]:
+    """Write `chunks` to a new file, not yet fsynced; returns its open descriptor and size."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     size = 0
     try:
@@ -82,9 +86,23 @@ def _write_durably(path: Path, *chunks: bytes) -> int:
                 n = os.write(fd, view)
                 view = view[n:]
                 size += n
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, size
+
+
+def _sync_close(fd: int) -> None:
+    try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_durably(path: Path, *chunks: bytes) -> int:
+    """Write `chunks` to a new file and fsync it; returns the size."""
+    fd, size = _write_file(path, *chunks)
+    _sync_close(fd)
     return size
 
 
@@ -261,12 +279,13 @@ def _walk_sequences(ds: pydicom.Dataset) -> None:
                 _walk_sequences(item)
 
 
-def parse_header(path: Path) -> pydicom.Dataset:
-    """Read a spooled file, parse its structure (sequences included), check the pixel
-    data is whole; raise RejectedDataset otherwise. Pixel values are not decoded.
+def parse_header(part10: bytes) -> pydicom.Dataset:
+    """Parse a received instance as it is written to the spool (preamble, file meta, data set, in
+    memory: the bytes, not a re-encoding), its structure too (sequences included), and check its
+    pixel data is whole; raise RejectedDataset otherwise. Pixel values are not decoded.
     """
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(io.BytesIO(part10))
         _walk_sequences(ds)
     except Exception as exc:  # pydicom raises many types for broken streams
         raise RejectedDataset(status.CANNOT_UNDERSTAND, "unreadable data set: broken encoding") from exc
@@ -278,6 +297,113 @@ def parse_header(path: Path) -> pydicom.Dataset:
             raise RejectedDataset(status.CANNOT_UNDERSTAND, f"invalid {kw}")
     _check_pixels(ds)
     return ds
+
+
+@dataclass
+class Received:
+    """How an instance arrived and where it is kept."""
+    path: str            # relative to the data directory
+    size: int
+    sha256: str          # content_hash()
+    transfer_syntax: str
+    calling_ae: str
+
+
+@dataclass
+class IndexEntry:
+    """The rows one received instance adds to the index, taken from its header before the write
+    lock (`index_instance` only executes them)."""
+    instance: dict       # the instances row
+    study: tuple         # study_uid, patient_key, study_date, study_time, study_description
+    series_number: int | None
+    patient_key: str | None
+
+
+def content_hash(transfer_syntax: str, dataset: bytes) -> str:
+    """SHA-256 of the transfer syntax and the data set as received: same content, same hash."""
+    h = hashlib.sha256(transfer_syntax.encode())
+    h.update(b"\0")
+    h.update(dataset)
+    return h.hexdigest()
+
+
+def index_entry(ds: pydicom.Dataset, patient_key: str | None, received: Received) -> IndexEntry:
+    """The index rows of one received instance, from its parsed header."""
+    row = header_row(ds)
+    row.update(sop_uid=str(ds.SOPInstanceUID), series_uid=str(ds.SeriesInstanceUID),
+               study_uid=str(ds.StudyInstanceUID), sop_class_uid=str(ds.SOPClassUID),
+               transfer_syntax=received.transfer_syntax, path=received.path, size=received.size,
+               sha256=received.sha256, received_at=None, calling_ae=received.calling_ae)
+    return IndexEntry(row, (row["study_uid"], patient_key, _text(ds, "StudyDate"), _text(ds, "StudyTime"),
+                            _text(ds, "StudyDescription")), _int(ds, "SeriesNumber"), patient_key)
+
+
+def index_instance(c, entry: IndexEntry) -> str:
+    """In write transaction `c`: insert or replace the instance row, its study and series, its
+    version and its audit row; returns the outcome (stored | replaced | duplicate)."""
+    row = entry.instance
+    t = row["received_at"] = now()
+    sop_uid, series_uid, study_uid, digest = row["sop_uid"], row["series_uid"], row["study_uid"], row["sha256"]
+    calling_ae, size, path = row["calling_ae"], row["size"], row["path"]
+    old = c.execute("SELECT sha256, path FROM instances WHERE sop_uid = ?", (sop_uid,)).fetchone()
+    if old and old["sha256"] == digest:
+        c.execute("INSERT INTO instance_versions (sop_uid, sha256, path, size, received_at, calling_ae, outcome)"
+                  " VALUES (?,?,?,?,?,?, 'duplicate')", (sop_uid, digest, old["path"], size, t, calling_ae))
+        audit.append(c, "instance.duplicate", f"AE:{calling_ae}", study_uid=study_uid, patient_key=entry.patient_key,
+                     input_hashes=[digest], sop=sop_uid, series=series_uid)
+        return "duplicate"
+    c.execute(
+        """INSERT INTO studies (study_uid, patient_key, study_date, study_time, study_description,
+                                first_received, last_received, seq)
+           VALUES (?,?,?,?,?,?,?,1)
+           ON CONFLICT(study_uid) DO UPDATE SET last_received = excluded.last_received,
+               seq = studies.seq + 1,
+               patient_key = COALESCE(studies.patient_key, excluded.patient_key)""",
+        (*entry.study, t, t))
+    c.execute(
+        """INSERT INTO series (series_uid, study_uid, modality, series_number, series_description,
+                               image_type, manufacturer, first_received, last_received)
+           VALUES (?,?,?,?,?,?,?,?,?)
+           ON CONFLICT(series_uid) DO UPDATE SET last_received = excluded.last_received""",
+        (series_uid, study_uid, row["modality"], entry.series_number, row["series_description"],
+         row["image_type"], row["manufacturer"], t, t))
+    c.execute(f"INSERT INTO instances ({', '.join(row)}) VALUES ({', '.join('?' * len(row))}) ON CONFLICT (sop_uid)"
+              " DO UPDATE SET " + ", ".join(f"{k} = excluded.{k}" for k in row if k != "sop_uid"), tuple(row.values()))
+    if old:
+        c.execute("UPDATE instance_versions SET outcome = 'replaced' WHERE sop_uid = ? AND sha256 = ?"
+                  " AND outcome = 'stored'", (sop_uid, old["sha256"]))
+    c.execute("INSERT INTO instance_versions (sop_uid, sha256, path, size, received_at, calling_ae, outcome)"
+              " VALUES (?,?,?,?,?,?, 'stored')", (sop_uid, digest, path, size, t, calling_ae))
+    # In the same transaction: no instance is acknowledged without its audit row.
+    audit.append(c, "instance.replaced" if old else "instance.stored", f"AE:{calling_ae}",
+                 study_uid=study_uid, patient_key=entry.patient_key, input_hashes=[digest], sop=sop_uid,
+                 series=series_uid, sop_class=row["sop_class_uid"], bytes=size, path=path,
+                 replaced_sha256=old["sha256"] if old else None)
+    return "replaced" if old else "stored"
+
+
+_HELPERS: tuple[int, ThreadPoolExecutor] | None = None
+_HELPERS_LOCK = threading.Lock()
+
+
+def _helpers() -> ThreadPoolExecutor:
+    """Threads that fsync received files while the receiving thread hashes and parses them
+    (this process's own: a forked worker does not inherit threads)."""
+    global _HELPERS
+    with _HELPERS_LOCK:
+        if _HELPERS is None or _HELPERS[0] != os.getpid():
+            _HELPERS = (os.getpid(), ThreadPoolExecutor(max_workers=32, thread_name_prefix="spool-io"))
+        return _HELPERS[1]
+
+
+def _done_now(fn, *args) -> Future:
+    """`fn(*args)` run in this thread, as a settled Future."""
+    future: Future = Future()
+    try:
+        future.set_result(fn(*args))
+    except Exception as exc:
+        future.set_exception(exc)
+    return future
 
 
 class Spool:
@@ -294,6 +420,8 @@ class Spool:
         self._dirs_lock = threading.Lock()
         self._counter = itertools.count()
         self._sop_locks = [threading.Lock() for _ in range(64)]
+        self._receiving = 0                    # ingest() calls now running, all threads
+        self._receiving_lock = threading.Lock()
 
     def clean_tmp(self) -> int:
         """Remove in-flight files left by a crash: none of them was ever acknowledged."""
@@ -327,26 +455,45 @@ class Spool:
 
     def ingest(self, sop_class: str, sop_uid: str, transfer_syntax: str, dataset: bytes,
                calling_ae: str = "") -> Result:
-        """Keep one received dataset (the C-STORE Data Set as sent, without file meta)."""
+        """Keep one received dataset (the C-STORE Data Set as sent, without file meta).
+
+        The file is written to a temporary name, and a helper thread fsyncs it while this thread
+        hashes the bytes and parses the header from them in memory. The file is renamed to its
+        content-addressed name (for a name not yet taken, during that fsync: the file there is
+        neither indexed nor acknowledged before it is durable) and the directory fsynced, so the
+        file's and the directory's flushes overlap. Only when both are durable are the index and
+        audit rows committed (in one transaction with other associations' rows when they commit
+        at the same moment), and then the caller may answer success.
+
+        With other instances arriving at the same time, the fsync runs in this thread before the
+        rename instead: the associations already keep the disk and the processor busy together, and
+        a hand-off to a helper thread would only wait for the interpreter lock.
+        """
+        with self._receiving_lock:
+            self._receiving += 1
+            alone = self._receiving == 1
+        try:
+            return self._ingest(sop_class, sop_uid, transfer_syntax, dataset, calling_ae, alone)
+        finally:
+            with self._receiving_lock:
+                self._receiving -= 1
+
+    def _ingest(self, sop_class: str, sop_uid: str, transfer_syntax: str, dataset: bytes, calling_ae: str,
+                alone: bool) -> Result:
         if not valid_uid(sop_uid):
             return self._quarantine(dataset, sop_class, sop_uid, calling_ae, status.CANNOT_UNDERSTAND,
                                     "invalid Affected SOP Instance UID", preamble=b"")
-        digest = hashlib.sha256(transfer_syntax.encode() + b"\0" + dataset).hexdigest()
-        existing = self.store.conn().execute(
-            "SELECT sha256, study_uid FROM instances WHERE sop_uid = ?", (sop_uid,)).fetchone()
-        if existing and existing["sha256"] == digest:
-            self._record_duplicate(sop_uid, digest, calling_ae, existing["study_uid"])
-            return Result(status.SUCCESS, outcome="duplicate", sop_uid=sop_uid, study_uid=existing["study_uid"])
-
         preamble = file_preamble(sop_class, sop_uid, transfer_syntax, calling_ae)
         tmp = self.tmp / self._unique(".part")
         try:
-            size = _write_durably(tmp, preamble, dataset)
+            fd, size = _write_file(tmp, preamble, dataset)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             return self._failed(exc, sop_uid, sop_class, calling_ae)
+        synced = _helpers().submit(_sync_close, fd) if alone else _done_now(_sync_close, fd)
+        digest = content_hash(transfer_syntax, dataset)
         try:
-            ds = parse_header(tmp)
+            ds = parse_header(preamble + dataset)
             if str(ds.SOPClassUID) != sop_class:
                 raise RejectedDataset(status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
                                       "SOP Class UID differs from the request")
@@ -354,6 +501,11 @@ class Spool:
                 raise RejectedDataset(status.CANNOT_UNDERSTAND,
                                       "SOP Instance UID differs from the request")
         except RejectedDataset as exc:
+            try:
+                synced.result()
+            except OSError as sync_exc:
+                tmp.unlink(missing_ok=True)
+                return self._failed(sync_exc, sop_uid, sop_class, calling_ae)
             return self._quarantine_file(tmp, size, sop_class, sop_uid, calling_ae, exc.status, exc.comment)
 
         study_uid, series_uid = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
@@ -364,84 +516,29 @@ class Spool:
         with self._sop_locks[hash(sop_uid) % len(self._sop_locks)]:
             placed = False
             try:
+                entry = index_entry(ds, self.store.patient_key(_text(ds, "PatientID"), _text(ds, "IssuerOfPatientID")),
+                                    Received(str(rel), size, digest, transfer_syntax, calling_ae))
                 self._ensure_dir(final.parent)
                 existed = final.exists()
+                if existed:  # indexed already, or left by a crash: replaced only by a durable file
+                    synced.result()
                 os.rename(tmp, final)
                 placed = not existed
                 _fsync_dir(final.parent)
-                outcome = self._index(ds, rel, size, digest, transfer_syntax, calling_ae)
+                synced.result()
+                outcome = self.store.grouped(lambda c: index_instance(c, entry))
             except (OSError, *engine.ERRORS) as exc:
+                wait([synced])   # the helper is done with the file before it is removed
                 tmp.unlink(missing_ok=True)
                 if placed:
                     final.unlink(missing_ok=True)
                 return self._failed(exc, sop_uid, sop_class, calling_ae)
-        # "duplicate" here: another association stored the same content meanwhile; the file
-        # name is content-addressed, so our rename landed on an identical file.
-        log.event("instance." + outcome, study=study_uid, series=series_uid, sop=sop_uid,
+        # "duplicate": this content was indexed already (a resend, or another association stored it
+        # meanwhile); the file name is content-addressed, so the rename landed on an identical file.
+        # DEBUG: the audit row records every instance; the SCP logs each association's counts.
+        log.event("instance." + outcome, level=logging.DEBUG, study=study_uid, series=series_uid, sop=sop_uid,
                   bytes=size, calling_ae=calling_ae)
         return Result(status.SUCCESS, outcome=outcome, sop_uid=sop_uid, study_uid=study_uid)
-
-    def _index(self, ds: pydicom.Dataset, rel: Path, size: int, digest: str, transfer_syntax: str,
-               calling_ae: str) -> str:
-        """Insert or replace the instance row, and its study and series; returns the outcome."""
-        t = now()
-        study_uid, series_uid, sop_uid = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
-        issuer = _text(ds, "IssuerOfPatientID")
-        row = header_row(ds)
-        row.update(sop_uid=sop_uid, series_uid=series_uid, study_uid=study_uid,
-                   sop_class_uid=str(ds.SOPClassUID), transfer_syntax=transfer_syntax,
-                   path=str(rel), size=size, sha256=digest, received_at=t, calling_ae=calling_ae)
-        patient_key = self.store.patient_key(_text(ds, "PatientID"), issuer)
-        with self.store.tx() as c:
-            old = c.execute("SELECT sha256, path, size, received_at, calling_ae FROM instances WHERE sop_uid = ?",
-                            (sop_uid,)).fetchone()
-            if old and old["sha256"] == digest:
-                c.execute("INSERT INTO instance_versions (sop_uid, sha256, path, size, received_at, calling_ae, outcome)"
-                          " VALUES (?,?,?,?,?,?, 'duplicate')", (sop_uid, digest, old["path"], size, t, calling_ae))
-                audit.append(c, "instance.duplicate", f"AE:{calling_ae}", study_uid=study_uid, patient_key=patient_key,
-                             input_hashes=[digest], sop=sop_uid, series=series_uid)
-                return "duplicate"
-            c.execute(
-                """INSERT INTO studies (study_uid, patient_key, study_date, study_time, study_description,
-                                        first_received, last_received, seq)
-                   VALUES (?,?,?,?,?,?,?,1)
-                   ON CONFLICT(study_uid) DO UPDATE SET last_received = excluded.last_received,
-                       seq = studies.seq + 1,
-                       patient_key = COALESCE(studies.patient_key, excluded.patient_key)""",
-                (study_uid, patient_key, _text(ds, "StudyDate"), _text(ds, "StudyTime"),
-                 _text(ds, "StudyDescription"), t, t))
-            c.execute(
-                """INSERT INTO series (series_uid, study_uid, modality, series_number, series_description,
-                                       image_type, manufacturer, first_received, last_received)
-                   VALUES (?,?,?,?,?,?,?,?,?)
-                   ON CONFLICT(series_uid) DO UPDATE SET last_received = excluded.last_received""",
-                (series_uid, study_uid, row["modality"],
-                 _int(ds, "SeriesNumber"),
-                 row["series_description"], row["image_type"], row["manufacturer"], t, t))
-            cols = ", ".join(row)
-            marks = ", ".join("?" * len(row))
-            c.execute(f"INSERT INTO instances ({cols}) VALUES ({marks}) ON CONFLICT (sop_uid) DO UPDATE SET "
-                      + ", ".join(f"{k} = excluded.{k}" for k in row if k != "sop_uid"), tuple(row.values()))
-            if old:
-                c.execute("UPDATE instance_versions SET outcome = 'replaced' WHERE sop_uid = ? AND sha256 = ?"
-                          " AND outcome = 'stored'", (sop_uid, old["sha256"]))
-            c.execute("INSERT INTO instance_versions (sop_uid, sha256, path, size, received_at, calling_ae, outcome)"
-                      " VALUES (?,?,?,?,?,?, 'stored')", (sop_uid, digest, str(rel), size, t, calling_ae))
-            # In the same transaction: no instance is acknowledged without its audit row.
-            audit.append(c, "instance.replaced" if old else "instance.stored", f"AE:{calling_ae}",
-                         study_uid=study_uid, patient_key=patient_key, input_hashes=[digest], sop=sop_uid,
-                         series=series_uid, sop_class=row["sop_class_uid"], bytes=size, path=str(rel),
-                         replaced_sha256=old["sha256"] if old else None)
-        return "replaced" if old else "stored"
-
-    def _record_duplicate(self, sop_uid: str, digest: str, calling_ae: str, study_uid: str) -> None:
-        with self.store.tx() as c:
-            c.execute("INSERT INTO instance_versions (sop_uid, sha256, path, size, received_at, calling_ae, outcome)"
-                      " SELECT sop_uid, sha256, path, size, ?, ?, 'duplicate' FROM instances WHERE sop_uid = ?",
-                      (now(), calling_ae, sop_uid))
-            audit.append(c, "instance.duplicate", f"AE:{calling_ae}", study_uid=study_uid, input_hashes=[digest],
-                         sop=sop_uid)
-        log.event("instance.duplicate", sop=sop_uid, calling_ae=calling_ae)
 
     def _failed(self, exc: Exception, sop_uid: str, sop_class: str, calling_ae: str) -> Result:
         """A failure to keep a good dataset (disk, permissions, database): Out of Resources."""
