@@ -1,6 +1,7 @@
 """`hccnode store migrate --to postgresql://...`: a SQLite store copied into an empty PostgreSQL
 database (tests/pg_support.py), every table, audit chain verified before and after; then the node
-serves from PostgreSQL. Costs about 4 s (one node start and stop, no analysis)."""
+serves from PostgreSQL. Costs about 20 s on 2 cores (two node starts and stops, six CLI runs, no
+analysis)."""
 
 from __future__ import annotations
 
