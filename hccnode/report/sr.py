@@ -6,7 +6,7 @@ The ROI document (template `title`, DCM 126000) holds, per ROI, two measurement 
 same tracking identifier and UID:
 - TID 1411: finding type / category / site, the SEG segment it is drawn in (ReferencedSegment of
   the node's SEG, on the reference series), its level (images, z) and, for a tumour ROI, its
-  lesion; its measurements (TID 300, coded names and UCUM units from sr_templates/, one unit per
+  lesion; its measurements that used no contrast phase (TID 300, coded names and UCUM units from sr_templates/, one unit per
   concept: ECV and NIC in %), each with the contrast phase(s) it used as a coded concept modifier,
   the delay after contrast start (DCM 122665) and a TID 4019 algorithm identification: the formula
   id, software version and, as parameters, the marker, the series and phases, the lab value used
@@ -15,6 +15,9 @@ same tracking identifier and UID:
 - TID 1410: the ROI's outline on its largest section, a closed SCOORD POLYLINE selected from that
   image (hccnode.report.outline). highdicom allows one kind of ROI reference per group, so outline
   and segment are two groups of one tracked region; OHIF merges groups by tracking UID.
+The measurements that used contrast phases are not in the TID 1411 group but in one TID 1410 group
+per set of phases used (tracking identifier "<ROI>, <phases>", its own UID, the same outline), so
+a viewer that labels values by concept name only shows each phase set in its own box (by_phases).
 
 The results document (template `results_title`, DCM 126001), listed in the ROI document's
 evidence, holds what has no image coordinates (TID 1501 groups):
@@ -170,6 +173,24 @@ def not_measured(m: Measurement) -> str:
     return text
 
 
+def by_phases(pairs: Sequence[tuple[Measurement, hd.sr.Measurement]]
+              ) -> tuple[list[hd.sr.Measurement], list[tuple[tuple[str, ...], list[hd.sr.Measurement]]]]:
+    """An ROI's SR measurements split by the contrast phases each used: (those that used none,
+    [(phases, those that used exactly these phases)] in order of first use). A viewer that labels a
+    value by its concept name only (OHIF 3.12: "Attenuation Coefficient: 41.47 [hnsf'U]", at most
+    five lines per measurement group) then shows one phase set per box: the unenhanced HU apart
+    from the equilibrium HU, and no value cut off."""
+    whole: list[hd.sr.Measurement] = []
+    phased: dict[tuple[str, ...], list[hd.sr.Measurement]] = {}
+    for m, item in pairs:
+        phases = tuple(p for p, _ in phases_of(m))
+        if phases:
+            phased.setdefault(phases, []).append(item)
+        else:
+            whole.append(item)
+    return whole, list(phased.items())
+
+
 @dataclass(frozen=True)
 class Document:
     """Where one SR document goes: its series, SOP Instance UID and series number."""
@@ -214,7 +235,7 @@ def build_sr(
     `lab_codes` maps a lab name to its code."""
     notes_t = template.notes
     notes: list[str] = list(missing)
-    by_roi: dict[int, list[hd.sr.Measurement]] = defaultdict(list)
+    by_roi: dict[int, list[tuple[Measurement, hd.sr.Measurement]]] = defaultdict(list)
     by_role: dict[tuple[str, str, str | None], list[hd.sr.Measurement]] = defaultdict(list)
     study_level: list[hd.sr.Measurement] = []
     role_refs: dict[tuple[str, str, str | None], RoiRef] = {}
@@ -235,7 +256,7 @@ def build_sr(
         if m.roi is None:
             study_level.append(item)
         elif m.roi in index:
-            by_roi[index[m.roi]].append(item)
+            by_roi[index[m.roi]].append((m, item))
         else:
             key = (m.roi.name, m.roi.source, earlier_study(m))
             by_role[key].append(item)
@@ -251,14 +272,17 @@ def build_sr(
                 sop_class_uid=SEG_SOP_CLASS, sop_instance_uid=str(seg.SOPInstanceUID), segment_number=track.segment_number,
                 source_series=hd.sr.SourceSeriesForSegmentation(reference.series_uid))
         where = dict(finding_type=role.type, finding_category=role.category, finding_sites=[hd.sr.FindingSite(role.site)])
-        # The ROI as a whole: its SEG segment and measurements (TID 1411) and, with the same
-        # tracking identifier and UID, its outline on its largest section (TID 1410).
-        # highdicom allows one kind of ROI reference per group, so the two are two groups of one
-        # tracked region; OHIF 3.12 merges groups by tracking UID and draws the outline.
+        # The ROI as a whole: its SEG segment and the measurements that used no contrast phase
+        # (size; MR values) (TID 1411) and, with the same tracking identifier and UID, its outline
+        # on its largest section (TID 1410). highdicom allows one kind of ROI reference per group,
+        # so the two are two groups of one tracked region; OHIF 3.12 merges groups by tracking UID
+        # and draws the outline. The measurements read from contrast phases follow in one TID 1410
+        # group per set of phases used (see by_phases).
+        whole, phased = by_phases(by_roi.get(i, []))
         volume = dict(referenced_segment=segment) if segment is not None else dict(referenced_regions=[
             section(roi, reference)])
         group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=identifier, measurements=by_roi.get(i) or None, **volume, **where)
+            tracking_identifier=identifier, measurements=whole or None, **volume, **where)
         level = [_text(template.context["level"], roi_level(roi, reference))]
         lesion = lesion_of(roi, rois)
         if lesion:
@@ -267,6 +291,12 @@ def build_sr(
         on_images.append(group)
         on_images.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=identifier, referenced_region=section(roi, reference), **where))
+        for phases, items in phased:
+            name = f"{track.identifier}, {' + '.join(p.replace('_', ' ') for p in phases)}"
+            on_images.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=uid_from("tracking", track.uid, *phases),
+                                                             identifier=name[:64]),
+                referenced_region=section(roi, reference), measurements=items, **where))
     other: list = []
     for (role_name, source, earlier), items in sorted(by_role.items()):
         role = template.roles[role_name]

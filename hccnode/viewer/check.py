@@ -234,7 +234,9 @@ var v = document.querySelector('[data-cy=viewport-pane]');
 var next = v && Array.from(v.querySelectorAll('svg.rotate-180')).find(function (g) {
   var t = g.querySelector('title'); return t && t.textContent === 'arrow-left'; });
 if (!next) return false;
-next.parentElement.click();
+// React's handler is on the <svg> itself (ViewportActionArrows: Icons.ArrowRightBold onClick), so the
+// click is dispatched there; a click on its <div> never reaches it (an event does not go down).
+next.dispatchEvent(new MouseEvent('click', {bubbles: true, cancelable: true, view: window}));
 return true;
 """
 
