@@ -15,6 +15,7 @@ from report_support import analysis_sr, dciodvfy, shared_case, shared_outputs, w
 import hccnode
 from hccnode.imaging.measure import READER, Measurement, RoiRef
 from hccnode.report import build_outputs
+from hccnode.report.reading import contrast_phase
 from hccnode.report.sr import dicom_datetime, measurement_item, offset_text
 from hccnode.report.templates import load_template
 
@@ -67,13 +68,17 @@ def test_sr_documents_are_valid_dicom_and_dsrdump_prints_them_without_warning(ou
 
 
 def test_roi_measurements_read_back_with_codes_values_and_units(case, outputs):
+    # an ROI's values that used contrast phases sit in a planar group named by the ROI and those
+    # phases, the others in the ROI's volumetric group (with its SEG segment)
     template = load_template()
     report = hd.sr.srread(outputs["sr"]).content
-    groups = {g.tracking_identifier: g for g in report.get_volumetric_roi_measurement_groups()}
-    assert len(groups) == len(case.rois)
+    volumetric = {g.tracking_identifier: g for g in report.get_volumetric_roi_measurement_groups()}
+    assert len(volumetric) == len(case.rois)
+    groups = {**volumetric, **{g.tracking_identifier: g for g in report.get_planar_roi_measurement_groups()}}
     labels = {r.ref: item.SegmentLabel for r, item in zip(case.rois, pydicom.dcmread(outputs["seg"]).SegmentSequence)}
     for m in (m for m in case.measurements if m.value is not None):
-        g = groups[labels[m.roi]]
+        phases = [p for p in dict.fromkeys(contrast_phase(s) for s in m.series) if p]
+        g = groups[labels[m.roi] + (", " + " + ".join(p.replace("_", " ") for p in phases) if phases else "")]
         entry = template.measurements[m.formula]
         found = [x for x in g.get_measurements(name=entry.name) if x.unit.value == m.unit]
         assert len(found) == 1, m.marker
@@ -298,23 +303,29 @@ def _groups_by_tracking_uid(ds) -> dict[str, list]:
 
 def test_every_roi_is_drawn_on_its_largest_section_with_the_image_selected_from(case, outputs):
     # Issue 17: OHIF draws a measurement group only with image coordinates, and stops at a group
-    # without: every tracked region of the ROI SR carries a SCOORD on a reference image.
+    # without: every tracked region of the ROI SR carries a SCOORD on a reference image. The ROI's
+    # own region is drawn on its largest section, each of its phase sets on the next largest (a
+    # viewer places a group's text by its outline: on one outline the boxes would overlap).
     from matplotlib.path import Path as Polygon
 
     ds = pydicom.dcmread(outputs["sr"])
     merged = _groups_by_tracking_uid(ds)
-    assert len(merged) == len(case.rois)
     by_label = {item.SegmentLabel: r for r, item in zip(case.rois, pydicom.dcmread(outputs["seg"]).SegmentSequence)}
-    for items in merged.values():
-        label = next(i.TextValue for i in items if meaning(i) == "Tracking Identifier")
+    names = [next(i.TextValue for i in items if meaning(i) == "Tracking Identifier") for items in merged.values()]
+    assert set(by_label) <= set(names) and len(names) == len(set(names))
+    for name, items in zip(names, merged.values()):
+        label = name.split(", ")[0]
         roi = by_label[label]
+        same_roi = [n for n in names if n.split(", ")[0] == label]
+        rank = same_roi.index(name)                # 0: the ROI itself, written first
+        order = [k for k in np.argsort(-roi.areas, kind="stable") if roi.areas[k] > 0]
+        k = int(order[rank] if rank < len(order) else order[0])
         (scoord,) = [i for i in items if i.ValueType == "SCOORD"]
         assert meaning(scoord) == "Image Region" and scoord.GraphicType == "POLYLINE"
         points = np.asarray(scoord.GraphicData, float).reshape(-1, 2)
         assert np.array_equal(points[0], points[-1])  # closed
         (source,) = scoord.ContentSequence
         assert source.RelationshipType == "SELECTED FROM"
-        k = int(np.argmax(roi.areas))
         ref = source.ReferencedSOPSequence[0]
         assert ref.ReferencedSOPInstanceUID == case.reference[k].SOPInstanceUID
         assert ref.ReferencedSOPClassUID == case.reference[k].SOPClassUID

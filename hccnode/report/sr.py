@@ -200,10 +200,13 @@ class Document:
     series_number: int
 
 
-def section(roi: ReportRoi, reference: Reference) -> hd.sr.ImageRegion:
-    """The ROI's outline on its largest section (TID 1410 Image Region, SCOORD closed POLYLINE)
+def section(roi: ReportRoi, reference: Reference, rank: int = 0) -> hd.sr.ImageRegion:
+    """The ROI's outline on its largest section, or with `rank` n on its (n+1)-th largest (the
+    largest again when it has fewer sections), as a TID 1410 Image Region (SCOORD closed POLYLINE)
     with the image (and frame) it is drawn on as SELECTED FROM."""
-    k = int(np.argmax(roi.areas))
+    areas = roi.areas
+    covered = [int(k) for k in np.argsort(-areas, kind="stable") if areas[k] > 0]
+    k = covered[rank] if rank < len(covered) else covered[0]
     ds, frame = reference.source_of(k)
     return hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline(roi.mask[k]),
@@ -291,12 +294,16 @@ def build_sr(
         on_images.append(group)
         on_images.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=identifier, referenced_region=section(roi, reference), **where))
-        for phases, items in phased:
+        # Each set of phases on the next largest section: a viewer places a group's text by its
+        # outline, so boxes on one outline would overlap (OHIF 3.12: at the first two vertices).
+        # The finding site is the ROI group's: OHIF prints it as one more line per box.
+        for rank, (phases, items) in enumerate(phased, start=1):
             name = f"{track.identifier}, {' + '.join(p.replace('_', ' ') for p in phases)}"
             on_images.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(uid=uid_from("tracking", track.uid, *phases),
                                                              identifier=name[:64]),
-                referenced_region=section(roi, reference), measurements=items, **where))
+                referenced_region=section(roi, reference, rank), measurements=items,
+                finding_type=role.type, finding_category=role.category))
     other: list = []
     for (role_name, source, earlier), items in sorted(by_role.items()):
         role = template.roles[role_name]
