@@ -355,6 +355,36 @@ def test_the_roi_sr_holds_only_groups_with_image_coordinates_and_lists_the_resul
     assert not any(i.ValueType == "SCOORD" for i in walk(results.ContentSequence))
 
 
+def test_no_tracked_region_has_more_lines_than_ohif_draws(case, tmp_path):
+    # OHIF 3.12 draws a merged group as one text box of at most five lines: one per NUM, then one
+    # for the first finding site (DICOMSRDisplayTool._getTextBoxLinesFromLabels); a sixth is cut
+    # off. A tumour with six values, as in the viewer's phantom (the Volume was the one not drawn):
+    # its unenhanced, equilibrium and two-phase values in boxes of their own, none over five lines.
+    tumor = next(r.ref for r in case.rois if r.ref.name == "tumor")
+    un, eq = case.measurements[0].series
+    both = (un, eq)
+    ms = [Measurement("hu_tumor_unenhanced", 41.5, "[hnsf'U]", "roi.mean_hu", roi=tumor, series=(un,)),
+          Measurement("hu_tumor_equilibrium", 107.6, "[hnsf'U]", "roi.mean_hu", roi=tumor, series=(eq,)),
+          Measurement("dhu_tumor", 66.1, "[hnsf'U]", "roi.delta_hu", roi=tumor, series=both),
+          Measurement.of("paper001.ecv_cect", "ecv_tumor", 34.0, roi=tumor, series=both, lab=case.labs[0]),
+          Measurement.of("size.max_inplane_diameter", "tumor_diameter", 43.5, roi=tumor, series=(eq,)),
+          Measurement.of("size.volume", "tumor_volume", 33.5, roi=tumor, series=(eq,))]
+    build_outputs(out_dir=tmp_path, **case.kwargs(measurements=ms))
+    merged = _groups_by_tracking_uid(pydicom.dcmread(tmp_path / "sr.dcm"))
+
+    def lines(items) -> list:   # what OHIF prints: each NUM, then the finding site
+        return (sorted(float(i.MeasuredValueSequence[0].NumericValue) for i in items if i.ValueType == "NUM")
+                + [i.ConceptCodeSequence[0].CodeMeaning for i in items if meaning(i) == "Finding Site"][:1])
+
+    boxes = {next(i.TextValue for i in items if meaning(i) == "Tracking Identifier"): lines(items)
+             for items in merged.values()}
+    assert boxes["Tumor (reader), unenhanced"] == [41.5]
+    assert boxes["Tumor (reader), equilibrium"] == [33.5, 43.5, 107.6]
+    assert boxes["Tumor (reader), unenhanced + equilibrium"] == [34.0, 66.1]
+    assert boxes["Tumor (reader)"] == ["Liver"]                  # the ROI itself: its SEG segment and site
+    assert max(len(lines) for lines in boxes.values()) <= 5
+
+
 def test_outline_runs_along_the_pixel_edges_of_the_largest_part():
     from hccnode.report.outline import outline
 

@@ -228,6 +228,14 @@ class Page:
         ActionChains(self.d).double_click(labels[0]).perform()
         return True
 
+    def hover(self, css: str) -> bool:
+        from selenium.webdriver.common.action_chains import ActionChains
+        found = [e for e in self.d.find_elements("css selector", css) if e.is_displayed()]
+        if found:
+            ActionChains(self.d).move_to_element(found[0]).perform()
+            time.sleep(1)
+        return bool(found)
+
     def panel(self, button: str) -> str:
         """Open a right-hand panel (data-cy of its tab button) and return its text."""
         for b in self.d.find_elements("css selector", f'[data-cy="{button}"]'):
@@ -358,6 +366,7 @@ def check_map(page: Page, exp: Expected, pmap_series: str) -> dict:
     # Color bar" turns on) drawn for the map, as a reader would ask for it
     colorbar = page.js(COLORBAR_JS, pmap_series) if probe and probe.get("state") == "loaded" else {"shown": False}
     time.sleep(2)
+    colorbar["ticks_hovered"] = page.hover('[id^="colorbar-container-"]')   # its values show under the pointer
     page.shot("04-map", "the ECV map opened from its thumbnail (OHIF fuses it over its referenced series), "
                         "with OHIF's colour bar turned on for it")
     drew = bool(probe and probe.get("state") == "loaded" and probe.get("in_viewport"))
