@@ -6,18 +6,20 @@ The ROI document (template `title`, DCM 126000) holds, per ROI, two measurement 
 same tracking identifier and UID:
 - TID 1411: finding type / category / site, the SEG segment it is drawn in (ReferencedSegment of
   the node's SEG, on the reference series), its level (images, z) and, for a tumour ROI, its
-  lesion; its measurements that used no contrast phase (TID 300, coded names and UCUM units from sr_templates/, one unit per
-  concept: ECV and NIC in %), each with the contrast phase(s) it used as a coded concept modifier,
-  the delay after contrast start (DCM 122665) and a TID 4019 algorithm identification: the formula
-  id, software version and, as parameters, the marker, the series and phases, the lab value used
-  (time, source), the registration quality and, for an ADC map, the unit its values were read in
-  and why ("input unit ...");
+  lesion; its measurements that used no contrast phase (size, MR values);
 - TID 1410: the ROI's outline on its largest section, a closed SCOORD POLYLINE selected from that
   image (hccnode.report.outline). highdicom allows one kind of ROI reference per group, so outline
   and segment are two groups of one tracked region; OHIF merges groups by tracking UID.
 The measurements that used contrast phases are not in the TID 1411 group but in one TID 1410 group
-per set of phases used (tracking identifier "<ROI>, <phases>", its own UID, the same outline), so
-a viewer that labels values by concept name only shows each phase set in its own box (by_phases).
+per set of phases used (tracking identifier "<ROI>, <phases>", its own UID, the ROI's outline on its
+next largest section), so a viewer that labels values by concept name only shows each phase set in
+a box of its own (by_phases; OHIF 3.12 draws at most five lines per box, placed by the outline).
+Each measurement is a TID 300 item (coded names and UCUM units from sr_templates/, one unit per
+concept: ECV and NIC in %) with the contrast phase(s) it used as coded concept modifiers, the delay
+after contrast start (DCM 122665) and a TID 4019 algorithm identification: the formula id, software
+version and, as parameters, the marker, the series and phases, the lab value used (time, source),
+the registration quality and, for an ADC map, the unit its values were read in and why ("input
+unit ...").
 
 The results document (template `results_title`, DCM 126001), listed in the ROI document's
 evidence, holds what has no image coordinates (TID 1501 groups):
