@@ -63,6 +63,7 @@ class Expected:
     not_on_images: list[dict] = field(default_factory=list)  # the same, of groups with no image reference
     sr_tracked: int = 0                                        # measurements OHIF makes of the SR (tracking UIDs)
     series: dict[str, str] = field(default_factory=dict)      # {"sr"|"seg"|"pmap"|"pdf": series description}
+    map_real: float | None = None                              # map_value through the map's RWVM, in map_unit
 
 
 # -- what we wrote -----------------------------------------------------------------------------
@@ -375,7 +376,7 @@ def check_map(page: Page, exp: Expected, pmap_series: str) -> dict:
     agree = (drew and ohif is not None and exp.map_value is not None
              and abs(ohif / ohif_scale - exp.map_value) <= 1e-3 * max(1.0, abs(exp.map_value)))
     return {"thumbnail_found": opened, "probe": probe, "point_mm": exp.map_point_mm, "ours": exp.map_value,
-            "unit": exp.map_unit, "ohif_value": ohif, "ohif_scale": ohif_scale,
+            "ours_real": exp.map_real, "unit": exp.map_unit, "ohif_value": ohif, "ohif_scale": ohif_scale,
             "ohif_value_unscaled": None if ohif is None else ohif / ohif_scale, "notifications": notes,
             "colorbar": colorbar,
             "displayed": drew, "values_agree": bool(agree), "console": page.console()}
@@ -418,13 +419,14 @@ def expected_from(stack, study) -> Expected:
     pdf = pydicom.dcmread(stack.instance_file(study.results["pdf"]), stop_before_pixels=True)
     truth = json.loads((study.folder / "truth.json").read_text())
     point = truth["studies"][0]["rois"]["liver"]["roi_centers_patient_mm"][0]
-    unit = pmap.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0] \
-        .MeasurementUnitsCodeSequence[0].CodeValue
+    rwvm = pmap.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
     value, voxel = map_value_at(pmap, point)
-    return Expected([x for x in measurements if x["on_image"]], segment_labels(seg), voxel, value, str(unit),
+    real = value * float(rwvm.get("RealWorldValueSlope", 1)) + float(rwvm.get("RealWorldValueIntercept", 0))
+    return Expected([x for x in measurements if x["on_image"]], segment_labels(seg), voxel, value,
+                    str(rwvm.MeasurementUnitsCodeSequence[0].CodeValue),
                     [x for x in measurements if not x["on_image"]] + others, len(tracking_uids(sr)),
                     {k: str(ds.get("SeriesDescription", "")) for k, ds in
-                     (("sr", sr), ("seg", seg), ("pmap", pmap), ("pdf", pdf))})
+                     (("sr", sr), ("seg", seg), ("pmap", pmap), ("pdf", pdf))}, real)
 
 
 def run(stack, study, out: Path) -> dict:
@@ -475,8 +477,8 @@ def summary(result: dict) -> list[str]:
         f"({sr.get('panel_count')})', {sr.get('shown')} of our {sr.get('ours')} values found on the page",
         f"SEG:  {'displayed' if seg.get('displayed') else 'NOT displayed'}: listed {seg.get('listed')} of {seg.get('ours')}",
         f"Map:  {'displayed' if mp.get('displayed') else 'NOT displayed'} ({(mp.get('probe') or {}).get('state')}): "
-        f"OHIF {mp.get('ohif_value')} (/{mp.get('ohif_scale'):g} = {mp.get('ohif_value_unscaled')}) vs ours "
-        f"{mp.get('ours')} {mp.get('unit')} at {mp.get('point_mm')} mm",
+        f"OHIF {mp.get('ohif_value')} (/{mp.get('ohif_scale'):g} = {mp.get('ohif_value_unscaled')}) vs our stored "
+        f"{mp.get('ours')} (= {mp.get('ours_real')} {mp.get('unit')} through its RWVM) at {mp.get('point_mm')} mm",
         f"PDF:  {'displayed' if pdf.get('displayed') else 'NOT displayed'} ({pdf.get('tag')}, {pdf.get('bytes')} bytes)",
         "console errors: " + ", ".join(f"{k} {len(result.get(k, {}).get('console', {}).get('errors', []))}"
                                        for k in ("study", "sr", "seg", "map", "pdf")),
