@@ -232,7 +232,7 @@ def test_mr_follow_up_paired_with_baseline_and_nomogram():
         # (the baseline's ROIs are not in this SR's SEG)
         base_t2 = by_marker(b, "t2_sir_tumor_baseline")
         assert base_t2.notes[0].startswith("baseline study: lesion 1 of 1 (") and "ROI level series " in base_t2.notes[0]
-        sr = pydicom.dcmread(b.out_dir / "sr.dcm")
+        sr = analysis_sr(b.out_dir / "sr.dcm")      # the role groups are in the results SR
         idents = [i.TextValue for i in _walk(sr.ContentSequence)
                   if i.ValueType == "TEXT" and i.ConceptNameCodeSequence[0].CodeMeaning == "Tracking Identifier"]
         assert "Tumor, baseline study (reader ROIs)" in idents and "Tumor (reader)" in idents

@@ -96,6 +96,12 @@ def test_masks_read_back_whether_or_not_rois_overlap(case, tmp_path, overlap):
         source_sop_instance_uids=uids, segment_numbers=[1, 2, 3], assert_missing_frames_are_empty=True)
     for i, roi in enumerate(rois):
         np.testing.assert_array_equal(pixels[..., i].astype(bool), roi.mask[covered], err_msg=roi.describe())
+    # each segment carries its role's display colour from the template (viewers otherwise pick their own)
+    template = load_template()
+    for roi, segment in zip(rois, hd.seg.segread(path).SegmentSequence):
+        want = template.roles[roi.ref.name].color
+        got = hd.color.CIELabColor.from_dicom_value(segment.RecommendedDisplayCIELabValue).to_rgb()
+        assert max(abs(a - b) for a, b in zip(got, want)) <= 1, (roi.describe(), got, want)
 
 
 def test_run_of_gives_a_slice_only_for_consecutive_indices():

@@ -15,6 +15,7 @@ from report_support import analysis_sr, dciodvfy, shared_case, shared_outputs, w
 import hccnode
 from hccnode.imaging.measure import READER, Measurement, RoiRef
 from hccnode.report import build_outputs
+from hccnode.report.reading import contrast_phase
 from hccnode.report.sr import dicom_datetime, measurement_item, offset_text
 from hccnode.report.templates import load_template
 
@@ -67,13 +68,17 @@ def test_sr_documents_are_valid_dicom_and_dsrdump_prints_them_without_warning(ou
 
 
 def test_roi_measurements_read_back_with_codes_values_and_units(case, outputs):
+    # an ROI's values that used contrast phases sit in a planar group named by the ROI and those
+    # phases, the others in the ROI's volumetric group (with its SEG segment)
     template = load_template()
     report = hd.sr.srread(outputs["sr"]).content
-    groups = {g.tracking_identifier: g for g in report.get_volumetric_roi_measurement_groups()}
-    assert len(groups) == len(case.rois)
+    volumetric = {g.tracking_identifier: g for g in report.get_volumetric_roi_measurement_groups()}
+    assert len(volumetric) == len(case.rois)
+    groups = {**volumetric, **{g.tracking_identifier: g for g in report.get_planar_roi_measurement_groups()}}
     labels = {r.ref: item.SegmentLabel for r, item in zip(case.rois, pydicom.dcmread(outputs["seg"]).SegmentSequence)}
     for m in (m for m in case.measurements if m.value is not None):
-        g = groups[labels[m.roi]]
+        phases = [p for p in dict.fromkeys(contrast_phase(s) for s in m.series) if p]
+        g = groups[labels[m.roi] + (", " + " + ".join(p.replace("_", " ") for p in phases) if phases else "")]
         entry = template.measurements[m.formula]
         found = [x for x in g.get_measurements(name=entry.name) if x.unit.value == m.unit]
         assert len(found) == 1, m.marker
@@ -298,23 +303,29 @@ def _groups_by_tracking_uid(ds) -> dict[str, list]:
 
 def test_every_roi_is_drawn_on_its_largest_section_with_the_image_selected_from(case, outputs):
     # Issue 17: OHIF draws a measurement group only with image coordinates, and stops at a group
-    # without: every tracked region of the ROI SR carries a SCOORD on a reference image.
+    # without: every tracked region of the ROI SR carries a SCOORD on a reference image. The ROI's
+    # own region is drawn on its largest section, each of its phase sets on the next largest (a
+    # viewer places a group's text by its outline: on one outline the boxes would overlap).
     from matplotlib.path import Path as Polygon
 
     ds = pydicom.dcmread(outputs["sr"])
     merged = _groups_by_tracking_uid(ds)
-    assert len(merged) == len(case.rois)
     by_label = {item.SegmentLabel: r for r, item in zip(case.rois, pydicom.dcmread(outputs["seg"]).SegmentSequence)}
-    for items in merged.values():
-        label = next(i.TextValue for i in items if meaning(i) == "Tracking Identifier")
+    names = [next(i.TextValue for i in items if meaning(i) == "Tracking Identifier") for items in merged.values()]
+    assert set(by_label) <= set(names) and len(names) == len(set(names))
+    for name, items in zip(names, merged.values()):
+        label = name.split(", ")[0]
         roi = by_label[label]
+        same_roi = [n for n in names if n.split(", ")[0] == label]
+        rank = same_roi.index(name)                # 0: the ROI itself, written first
+        order = [k for k in np.argsort(-roi.areas, kind="stable") if roi.areas[k] > 0]
+        k = int(order[rank] if rank < len(order) else order[0])
         (scoord,) = [i for i in items if i.ValueType == "SCOORD"]
         assert meaning(scoord) == "Image Region" and scoord.GraphicType == "POLYLINE"
         points = np.asarray(scoord.GraphicData, float).reshape(-1, 2)
         assert np.array_equal(points[0], points[-1])  # closed
         (source,) = scoord.ContentSequence
         assert source.RelationshipType == "SELECTED FROM"
-        k = int(np.argmax(roi.areas))
         ref = source.ReferencedSOPSequence[0]
         assert ref.ReferencedSOPInstanceUID == case.reference[k].SOPInstanceUID
         assert ref.ReferencedSOPClassUID == case.reference[k].SOPClassUID
@@ -342,6 +353,36 @@ def test_the_roi_sr_holds_only_groups_with_image_coordinates_and_lists_the_resul
     idents = {i.TextValue for i in walk(results.ContentSequence) if meaning(i) == "Tracking Identifier"}
     assert {"Laboratory values", "Notes"} <= idents
     assert not any(i.ValueType == "SCOORD" for i in walk(results.ContentSequence))
+
+
+def test_no_tracked_region_has_more_lines_than_ohif_draws(case, tmp_path):
+    # OHIF 3.12 draws a merged group as one text box of at most five lines: one per NUM, then one
+    # for the first finding site (DICOMSRDisplayTool._getTextBoxLinesFromLabels); a sixth is cut
+    # off. A tumour with six values, as in the viewer's phantom (the Volume was the one not drawn):
+    # its unenhanced, equilibrium and two-phase values in boxes of their own, none over five lines.
+    tumor = next(r.ref for r in case.rois if r.ref.name == "tumor")
+    un, eq = case.measurements[0].series
+    both = (un, eq)
+    ms = [Measurement("hu_tumor_unenhanced", 41.5, "[hnsf'U]", "roi.mean_hu", roi=tumor, series=(un,)),
+          Measurement("hu_tumor_equilibrium", 107.6, "[hnsf'U]", "roi.mean_hu", roi=tumor, series=(eq,)),
+          Measurement("dhu_tumor", 66.1, "[hnsf'U]", "roi.delta_hu", roi=tumor, series=both),
+          Measurement.of("paper001.ecv_cect", "ecv_tumor", 34.0, roi=tumor, series=both, lab=case.labs[0]),
+          Measurement.of("size.max_inplane_diameter", "tumor_diameter", 43.5, roi=tumor, series=(eq,)),
+          Measurement.of("size.volume", "tumor_volume", 33.5, roi=tumor, series=(eq,))]
+    build_outputs(out_dir=tmp_path, **case.kwargs(measurements=ms))
+    merged = _groups_by_tracking_uid(pydicom.dcmread(tmp_path / "sr.dcm"))
+
+    def lines(items) -> list:   # what OHIF prints: each NUM, then the finding site
+        return (sorted(float(i.MeasuredValueSequence[0].NumericValue) for i in items if i.ValueType == "NUM")
+                + [i.ConceptCodeSequence[0].CodeMeaning for i in items if meaning(i) == "Finding Site"][:1])
+
+    boxes = {next(i.TextValue for i in items if meaning(i) == "Tracking Identifier"): lines(items)
+             for items in merged.values()}
+    assert boxes["Tumor (reader), unenhanced"] == [41.5]
+    assert boxes["Tumor (reader), equilibrium"] == [33.5, 43.5, 107.6]
+    assert boxes["Tumor (reader), unenhanced + equilibrium"] == [34.0, 66.1]
+    assert boxes["Tumor (reader)"] == ["Liver"]                  # the ROI itself: its SEG segment and site
+    assert max(len(lines) for lines in boxes.values()) <= 5
 
 
 def test_outline_runs_along_the_pixel_edges_of_the_largest_part():

@@ -65,6 +65,7 @@ def build_seg(reference: Reference, rois: Sequence[ReportRoi], tracks: Sequence[
             tracking_uid=t.uid,
             tracking_id=t.identifier,
             anatomic_regions=[role.site],
+            display_color=hd.color.CIELabColor.from_rgb(*role.color) if role.color else None,
         ))
     return hd.seg.Segmentation(
         source_images=sources,

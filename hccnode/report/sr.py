@@ -6,15 +6,20 @@ The ROI document (template `title`, DCM 126000) holds, per ROI, two measurement 
 same tracking identifier and UID:
 - TID 1411: finding type / category / site, the SEG segment it is drawn in (ReferencedSegment of
   the node's SEG, on the reference series), its level (images, z) and, for a tumour ROI, its
-  lesion; its measurements (TID 300, coded names and UCUM units from sr_templates/, one unit per
-  concept: ECV and NIC in %), each with the contrast phase(s) it used as a coded concept modifier,
-  the delay after contrast start (DCM 122665) and a TID 4019 algorithm identification: the formula
-  id, software version and, as parameters, the marker, the series and phases, the lab value used
-  (time, source), the registration quality and, for an ADC map, the unit its values were read in
-  and why ("input unit ...");
+  lesion; its measurements that used no contrast phase (size, MR values);
 - TID 1410: the ROI's outline on its largest section, a closed SCOORD POLYLINE selected from that
   image (hccnode.report.outline). highdicom allows one kind of ROI reference per group, so outline
   and segment are two groups of one tracked region; OHIF merges groups by tracking UID.
+The measurements that used contrast phases are not in the TID 1411 group but in one TID 1410 group
+per set of phases used (tracking identifier "<ROI>, <phases>", its own UID, the ROI's outline on its
+next largest section), so a viewer that labels values by concept name only shows each phase set in
+a box of its own (by_phases; OHIF 3.12 draws at most five lines per box, placed by the outline).
+Each measurement is a TID 300 item (coded names and UCUM units from sr_templates/, one unit per
+concept: ECV and NIC in %) with the contrast phase(s) it used as coded concept modifiers, the delay
+after contrast start (DCM 122665) and a TID 4019 algorithm identification: the formula id, software
+version and, as parameters, the marker, the series and phases, the lab value used (time, source),
+the registration quality and, for an ADC map, the unit its values were read in and why ("input
+unit ...").
 
 The results document (template `results_title`, DCM 126001), listed in the ROI document's
 evidence, holds what has no image coordinates (TID 1501 groups):
@@ -170,6 +175,24 @@ def not_measured(m: Measurement) -> str:
     return text
 
 
+def by_phases(pairs: Sequence[tuple[Measurement, hd.sr.Measurement]]
+              ) -> tuple[list[hd.sr.Measurement], list[tuple[tuple[str, ...], list[hd.sr.Measurement]]]]:
+    """An ROI's SR measurements split by the contrast phases each used: (those that used none,
+    [(phases, those that used exactly these phases)] in order of first use). A viewer that labels a
+    value by its concept name only (OHIF 3.12: "Attenuation Coefficient: 41.47 [hnsf'U]", at most
+    five lines per measurement group) then shows one phase set per box: the unenhanced HU apart
+    from the equilibrium HU, and no value cut off."""
+    whole: list[hd.sr.Measurement] = []
+    phased: dict[tuple[str, ...], list[hd.sr.Measurement]] = {}
+    for m, item in pairs:
+        phases = tuple(p for p, _ in phases_of(m))
+        if phases:
+            phased.setdefault(phases, []).append(item)
+        else:
+            whole.append(item)
+    return whole, list(phased.items())
+
+
 @dataclass(frozen=True)
 class Document:
     """Where one SR document goes: its series, SOP Instance UID and series number."""
@@ -179,10 +202,13 @@ class Document:
     series_number: int
 
 
-def section(roi: ReportRoi, reference: Reference) -> hd.sr.ImageRegion:
-    """The ROI's outline on its largest section (TID 1410 Image Region, SCOORD closed POLYLINE)
+def section(roi: ReportRoi, reference: Reference, rank: int = 0) -> hd.sr.ImageRegion:
+    """The ROI's outline on its largest section, or with `rank` n on its (n+1)-th largest (the
+    largest again when it has fewer sections), as a TID 1410 Image Region (SCOORD closed POLYLINE)
     with the image (and frame) it is drawn on as SELECTED FROM."""
-    k = int(np.argmax(roi.areas))
+    areas = roi.areas
+    covered = [int(k) for k in np.argsort(-areas, kind="stable") if areas[k] > 0]
+    k = covered[rank] if rank < len(covered) else covered[0]
     ds, frame = reference.source_of(k)
     return hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline(roi.mask[k]),
@@ -214,7 +240,7 @@ def build_sr(
     `lab_codes` maps a lab name to its code."""
     notes_t = template.notes
     notes: list[str] = list(missing)
-    by_roi: dict[int, list[hd.sr.Measurement]] = defaultdict(list)
+    by_roi: dict[int, list[tuple[Measurement, hd.sr.Measurement]]] = defaultdict(list)
     by_role: dict[tuple[str, str, str | None], list[hd.sr.Measurement]] = defaultdict(list)
     study_level: list[hd.sr.Measurement] = []
     role_refs: dict[tuple[str, str, str | None], RoiRef] = {}
@@ -235,7 +261,7 @@ def build_sr(
         if m.roi is None:
             study_level.append(item)
         elif m.roi in index:
-            by_roi[index[m.roi]].append(item)
+            by_roi[index[m.roi]].append((m, item))
         else:
             key = (m.roi.name, m.roi.source, earlier_study(m))
             by_role[key].append(item)
@@ -251,14 +277,17 @@ def build_sr(
                 sop_class_uid=SEG_SOP_CLASS, sop_instance_uid=str(seg.SOPInstanceUID), segment_number=track.segment_number,
                 source_series=hd.sr.SourceSeriesForSegmentation(reference.series_uid))
         where = dict(finding_type=role.type, finding_category=role.category, finding_sites=[hd.sr.FindingSite(role.site)])
-        # The ROI as a whole: its SEG segment and measurements (TID 1411) and, with the same
-        # tracking identifier and UID, its outline on its largest section (TID 1410).
-        # highdicom allows one kind of ROI reference per group, so the two are two groups of one
-        # tracked region; OHIF 3.12 merges groups by tracking UID and draws the outline.
+        # The ROI as a whole: its SEG segment and the measurements that used no contrast phase
+        # (size; MR values) (TID 1411) and, with the same tracking identifier and UID, its outline
+        # on its largest section (TID 1410). highdicom allows one kind of ROI reference per group,
+        # so the two are two groups of one tracked region; OHIF 3.12 merges groups by tracking UID
+        # and draws the outline. The measurements read from contrast phases follow in one TID 1410
+        # group per set of phases used (see by_phases).
+        whole, phased = by_phases(by_roi.get(i, []))
         volume = dict(referenced_segment=segment) if segment is not None else dict(referenced_regions=[
             section(roi, reference)])
         group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=identifier, measurements=by_roi.get(i) or None, **volume, **where)
+            tracking_identifier=identifier, measurements=whole or None, **volume, **where)
         level = [_text(template.context["level"], roi_level(roi, reference))]
         lesion = lesion_of(roi, rois)
         if lesion:
@@ -267,6 +296,16 @@ def build_sr(
         on_images.append(group)
         on_images.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=identifier, referenced_region=section(roi, reference), **where))
+        # Each set of phases on the next largest section: a viewer places a group's text by its
+        # outline, so boxes on one outline would overlap (OHIF 3.12: at the first two vertices).
+        # The finding site is the ROI group's: OHIF prints it as one more line per box.
+        for rank, (phases, items) in enumerate(phased, start=1):
+            name = f"{track.identifier}, {' + '.join(p.replace('_', ' ') for p in phases)}"
+            on_images.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=uid_from("tracking", track.uid, *phases),
+                                                             identifier=name[:64]),
+                referenced_region=section(roi, reference, rank), measurements=items,
+                finding_type=role.type, finding_category=role.category))
     other: list = []
     for (role_name, source, earlier), items in sorted(by_role.items()):
         role = template.roles[role_name]

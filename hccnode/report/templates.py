@@ -61,6 +61,7 @@ class Role:
     category: CodedConcept
     type: CodedConcept
     site: CodedConcept
+    color: tuple[int, int, int] | None = None   # sRGB 0-255: the SEG's recommended display colour
 
 
 @dataclass
@@ -125,7 +126,12 @@ def load_template(directory: str | Path | None = None) -> Template:
         for k in ROLE_KEYS:
             if k not in spec:
                 raise TemplateError(f"{where}: {what}: '{k}' is missing")
-        roles[role] = Role(spec["label"], *(code(spec[k], f"{what} {k}") for k in ROLE_KEYS))
+        color = spec.get("color")
+        if color is not None and not (isinstance(color, list) and len(color) == 3
+                                      and all(isinstance(v, int) and 0 <= v <= 255 for v in color)):
+            raise TemplateError(f"{where}: {what}: 'color' must be three integers 0-255 (sRGB), got {color!r}")
+        roles[role] = Role(spec["label"], *(code(spec[k], f"{what} {k}") for k in ROLE_KEYS),
+                           color=tuple(color) if color else None)
     missing_roles = [r for r in ROLES if r not in roles]
     if missing_roles:
         raise TemplateError(f"{where}: no [roles.X] table for {', '.join(missing_roles)}")

@@ -7,7 +7,8 @@ page shows is read back and set against what the node wrote:
 - SR: the measurement panel's count and rows, and the text OHIF draws on the images (SVG; the
   viewport's arrows step through the measurements), against every NUM of our SR's measurement
   groups that refer to an image (label, value, unit; the other groups are listed). A value counts
-  as shown when a number on the page equals it to the decimals the page prints.
+  as shown when a line on the page names its label and a number on it equals the value to the
+  decimals the page prints.
 - SEG: the segment names in the segmentation panel against our SEG's segment labels.
 - Map: whether OHIF loaded it and added it to the viewport, and the value OHIF holds at a probed
   point in the liver (the phantom's liver ROI centre) against our map's value there. OHIF 3.12
@@ -43,6 +44,7 @@ CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-
                   "--use-gl=angle", "--use-angle=swiftshader", "--enable-unsafe-swiftshader")
 MEASUREMENT_GROUP = "125007"      # DCM "Measurement Group" (TID 1501)
 TRACKING_ID = "112039"            # DCM "Tracking Identifier"
+TRACKING_UID = "112040"           # DCM "Tracking Unique Identifier": OHIF makes one measurement per UID
 STEP_SECONDS = 45                 # how long one object may take to appear on a loaded machine
 
 
@@ -59,7 +61,9 @@ class Expected:
     map_value: float | None = None
     map_unit: str | None = None
     not_on_images: list[dict] = field(default_factory=list)  # the same, of groups with no image reference
+    sr_tracked: int = 0                                        # measurements OHIF makes of the SR (tracking UIDs)
     series: dict[str, str] = field(default_factory=dict)      # {"sr"|"seg"|"pmap"|"pdf": series description}
+    map_real: float | None = None                              # map_value through the map's RWVM, in map_unit
 
 
 # -- what we wrote -----------------------------------------------------------------------------
@@ -83,6 +87,22 @@ def sr_measurements(ds) -> list[dict]:
                                     "value": float(mv.NumericValue),
                                     "unit": str(mv.MeasurementUnitsCodeSequence[0].CodeValue),
                                     "on_image": on_image})
+            walk(item.get("ContentSequence"))
+
+    walk(ds.get("ContentSequence"))
+    return out
+
+
+def tracking_uids(ds) -> set[str]:
+    """The Tracking Unique Identifiers of the SR's measurement groups (OHIF 3.12 merges groups by
+    this UID into one measurement, and its viewport arrows step through those)."""
+    out = set()
+
+    def walk(items):
+        for item in items or []:
+            if item.get("ValueType") == "CONTAINER" and _code(item) == MEASUREMENT_GROUP:
+                out.update(str(c.UID) for c in item.get("ContentSequence", [])
+                           if c.get("ValueType") == "UIDREF" and _code(c) == TRACKING_UID)
             walk(item.get("ContentSequence"))
 
     walk(ds.get("ContentSequence"))
@@ -209,6 +229,14 @@ class Page:
         ActionChains(self.d).double_click(labels[0]).perform()
         return True
 
+    def hover(self, css: str) -> bool:
+        from selenium.webdriver.common.action_chains import ActionChains
+        found = [e for e in self.d.find_elements("css selector", css) if e.is_displayed()]
+        if found:
+            ActionChains(self.d).move_to_element(found[0]).perform()
+            time.sleep(1)
+        return bool(found)
+
     def panel(self, button: str) -> str:
         """Open a right-hand panel (data-cy of its tab button) and return its text."""
         for b in self.d.find_elements("css selector", f'[data-cy="{button}"]'):
@@ -234,7 +262,9 @@ var v = document.querySelector('[data-cy=viewport-pane]');
 var next = v && Array.from(v.querySelectorAll('svg.rotate-180')).find(function (g) {
   var t = g.querySelector('title'); return t && t.textContent === 'arrow-left'; });
 if (!next) return false;
-next.parentElement.click();
+// React's handler is on the <svg> itself (ViewportActionArrows: Icons.ArrowRightBold onClick), so the
+// click is dispatched there; a click on its <div> never reaches it (an event does not go down).
+next.dispatchEvent(new MouseEvent('click', {bubbles: true, cancelable: true, view: window}));
 return true;
 """
 
@@ -246,11 +276,18 @@ def check_sr(page: Page, exp: Expected) -> dict:
     page.wait(lambda: "Measurements (" in page.panel("trackedMeasurements-btn"), 20)
     page.wait(lambda: page.viewport_text(), 15)
     lines = set(page.viewport_text())
-    for _ in range(len({m["group"] for m in exp.measurements})):
+    shot = "the SR opened from its thumbnail, measurement panel open: the image with the most SR text"
+    most = len(lines)
+    page.shot("02-sr", shot)
+    for _ in range(exp.sr_tracked):
         if not page.js(NEXT_MEASUREMENT_JS):
             break
         time.sleep(1.5)
-        lines |= set(page.viewport_text())
+        now = page.viewport_text()
+        lines |= set(now)
+        if len(now) > most:
+            most = len(now)
+            page.shot("02-sr", shot)
     panel = page.panel("trackedMeasurements-btn")
     m = re.search(r"Measurements \((\d+)\)", panel)
     shown_count = int(m.group(1)) if m else None
@@ -258,10 +295,9 @@ def check_sr(page: Page, exp: Expected) -> dict:
     texts = sorted(lines) + rows
     compared = []
     for e in exp.measurements:
-        line = next((t for t in texts if number_shown(e["value"], NUMBER.findall(t))), None)
+        line = next((t for t in texts if e["label"] in t and number_shown(e["value"], NUMBER.findall(t))), None)
         compared.append({**e, "shown": number_shown(e["value"], NUMBER.findall(line)) if line else None,
                          "page_line": line})
-    page.shot("02-sr", "the SR opened from its thumbnail, measurement panel open")
     agree = bool(compared) and all(c["shown"] is not None for c in compared)
     return {"thumbnail_found": opened, "panel_count": shown_count, "panel_rows": rows,
             "viewport_text": sorted(lines), "measurements": compared, "ours": len(compared),
@@ -304,6 +340,22 @@ return {state: 'loaded', loading: loading, in_viewport: inViewport, ijk: ijk, va
 """
 
 
+COLORBAR_JS = """
+var uid = arguments[0], s = window.services;
+var ds = s.displaySetService.getActiveDisplaySets().filter(function (d) { return d.SeriesInstanceUID === uid; })[0];
+var vp = s.viewportGridService.getActiveViewportId();
+if (!ds || !vp) return {shown: false};
+var props = s.customizationService.getCustomization('cornerstone.colorbar') || {};
+if (!s.colorbarService.hasColorbar(vp))
+  window.commandsManager.run('toggleViewportColorbar', {viewportId: vp, displaySetInstanceUIDs: [ds.displaySetInstanceUID],
+    options: {viewportId: vp, colormaps: props.colormaps || {}, width: props.width, position: 'bottom',
+              ticks: {position: 'top'}, activeColormapName: props.colorbarInitialColormap || 'Grayscale'}});
+var bars = s.colorbarService.getViewportColorbar ? s.colorbarService.getViewportColorbar(vp) : null;
+return {shown: s.colorbarService.hasColorbar(vp),
+        colormaps: (bars || []).map(function (b) { return b.colorbar && b.colorbar.activeColormapName; })};
+"""
+
+
 def check_map(page: Page, exp: Expected, pmap_series: str) -> dict:
     opened = page.open_thumbnail(exp.series["pmap"])
     probe = page.wait(lambda: (lambda r: r if r and r.get("state") == "loaded" and not r.get("loading") else None)(
@@ -311,15 +363,22 @@ def check_map(page: Page, exp: Expected, pmap_series: str) -> dict:
     time.sleep(3)
     notes = page.js("return Array.from(document.querySelectorAll('[data-sonner-toast], .toast, [role=status]'))"
                     ".map(function (e) { return e.innerText; })") or []
-    page.shot("04-map", "the ECV map opened from its thumbnail (OHIF fuses it over its referenced series)")
+    # OHIF shows no legend of its own; its viewport colour bar (what the viewport menu's "Display
+    # Color bar" turns on) drawn for the map, as a reader would ask for it
+    colorbar = page.js(COLORBAR_JS, pmap_series) if probe and probe.get("state") == "loaded" else {"shown": False}
+    time.sleep(2)
+    colorbar["ticks_hovered"] = page.hover('[id^="colorbar-container-"]')   # its values show under the pointer
+    page.shot("04-map", "the ECV map opened from its thumbnail (OHIF fuses it over its referenced series), "
+                        "with OHIF's colour bar turned on for it")
     drew = bool(probe and probe.get("state") == "loaded" and probe.get("in_viewport"))
     ohif = probe.get("value") if probe else None
     ohif_scale = 100.0   # OHIF 3.12 _loadParametricMap: newPixelData[i] = pixelData[i] * 100
     agree = (drew and ohif is not None and exp.map_value is not None
              and abs(ohif / ohif_scale - exp.map_value) <= 1e-3 * max(1.0, abs(exp.map_value)))
     return {"thumbnail_found": opened, "probe": probe, "point_mm": exp.map_point_mm, "ours": exp.map_value,
-            "unit": exp.map_unit, "ohif_value": ohif, "ohif_scale": ohif_scale,
+            "ours_real": exp.map_real, "unit": exp.map_unit, "ohif_value": ohif, "ohif_scale": ohif_scale,
             "ohif_value_unscaled": None if ohif is None else ohif / ohif_scale, "notifications": notes,
+            "colorbar": colorbar,
             "displayed": drew, "values_agree": bool(agree), "console": page.console()}
 
 
@@ -360,13 +419,14 @@ def expected_from(stack, study) -> Expected:
     pdf = pydicom.dcmread(stack.instance_file(study.results["pdf"]), stop_before_pixels=True)
     truth = json.loads((study.folder / "truth.json").read_text())
     point = truth["studies"][0]["rois"]["liver"]["roi_centers_patient_mm"][0]
-    unit = pmap.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0] \
-        .MeasurementUnitsCodeSequence[0].CodeValue
+    rwvm = pmap.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
     value, voxel = map_value_at(pmap, point)
-    return Expected([x for x in measurements if x["on_image"]], segment_labels(seg), voxel, value, str(unit),
-                    [x for x in measurements if not x["on_image"]] + others,
+    real = value * float(rwvm.get("RealWorldValueSlope", 1)) + float(rwvm.get("RealWorldValueIntercept", 0))
+    return Expected([x for x in measurements if x["on_image"]], segment_labels(seg), voxel, value,
+                    str(rwvm.MeasurementUnitsCodeSequence[0].CodeValue),
+                    [x for x in measurements if not x["on_image"]] + others, len(tracking_uids(sr)),
                     {k: str(ds.get("SeriesDescription", "")) for k, ds in
-                     (("sr", sr), ("seg", seg), ("pmap", pmap), ("pdf", pdf))})
+                     (("sr", sr), ("seg", seg), ("pmap", pmap), ("pdf", pdf))}, real)
 
 
 def run(stack, study, out: Path) -> dict:
@@ -417,8 +477,8 @@ def summary(result: dict) -> list[str]:
         f"({sr.get('panel_count')})', {sr.get('shown')} of our {sr.get('ours')} values found on the page",
         f"SEG:  {'displayed' if seg.get('displayed') else 'NOT displayed'}: listed {seg.get('listed')} of {seg.get('ours')}",
         f"Map:  {'displayed' if mp.get('displayed') else 'NOT displayed'} ({(mp.get('probe') or {}).get('state')}): "
-        f"OHIF {mp.get('ohif_value')} (/{mp.get('ohif_scale'):g} = {mp.get('ohif_value_unscaled')}) vs ours "
-        f"{mp.get('ours')} {mp.get('unit')} at {mp.get('point_mm')} mm",
+        f"OHIF {mp.get('ohif_value')} (/{mp.get('ohif_scale'):g} = {mp.get('ohif_value_unscaled')}) vs our stored "
+        f"{mp.get('ours')} (= {mp.get('ours_real')} {mp.get('unit')} through its RWVM) at {mp.get('point_mm')} mm",
         f"PDF:  {'displayed' if pdf.get('displayed') else 'NOT displayed'} ({pdf.get('tag')}, {pdf.get('bytes')} bytes)",
         "console errors: " + ", ".join(f"{k} {len(result.get(k, {}).get('console', {}).get('errors', []))}"
                                        for k in ("study", "sr", "seg", "map", "pdf")),
