@@ -181,7 +181,7 @@ def test_kill9_during_analysis_completes_the_job_after_restart_with_each_output_
     assert job()["attempts"] == at_kill["attempts"] + mid_job   # a cut attempt is run again, once
     wait_until(lambda: set(outbox.counts(store)) == {"sent"}, 60, what="the outputs sent")
     queued = {r["sop_uid"] for r in store.query("SELECT sop_uid FROM outbox")}
-    assert len(queued) == 3                             # SEG, SR, summary (no hematocrit: no ECV map)
+    assert len(queued) == 4           # SEG, ROI SR, results SR, summary (no hematocrit: no ECV map)
     sops = [orthanc.get(f"/instances/{i}/simplified-tags")["SOPInstanceUID"] for i in orthanc.get("/instances")]
     assert sorted(sops) == sorted(queued)               # each output exactly once
     log = node.log()
