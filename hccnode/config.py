@@ -40,6 +40,8 @@ class NodeSection:
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0
     network_timeout: float = 60.0
+    # Largest P-DATA-TF PDU we accept, in bytes (0: no limit); senders fragment to it.
+    max_pdu: int = 131072
 
 
 @dataclass
