@@ -6,7 +6,7 @@ the output folder, fsyncs that folder, and commits one row to SQLite (WAL, synch
 before it answers success. No parsing, no checks, no audit: the floor under the node's ingest
 (issue 18), which `bench/ingest.py` measures the node against.
 
-    python bench/durable_scp.py OUT_DIR PORT
+    python bench/durable_scp.py OUT_DIR PORT [MAX_PDU]   (MAX_PDU as the node's [node] max_pdu; default 131072)
 """
 
 from __future__ import annotations
@@ -77,9 +77,10 @@ class DurableMinimum:
 
 def main(argv: list[str]) -> int:
     out, port = Path(argv[0]), int(argv[1])
+    max_pdu = int(argv[2]) if len(argv) > 2 else 131072
     scp = DurableMinimum(out)
     ae = AE(ae_title="DURABLE")
-    ae.maximum_pdu_size = 131072  # as the node asks
+    ae.maximum_pdu_size = max_pdu  # the same as the node's in a comparison
     ae.maximum_associations = 16
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     for cx in AllStoragePresentationContexts:

@@ -44,6 +44,8 @@ class NodeSection:
     # "worker" (the stable-study watcher and the analysis workers), "forwarder" (the outbox), or
     # "all" of them. The status page runs in every role.
     role: str = "all"
+    # Largest P-DATA-TF PDU we accept, in bytes (0: no limit); senders fragment to it.
+    max_pdu: int = 131072
 
 
 ROLES = ("all", "receiver", "worker", "forwarder")

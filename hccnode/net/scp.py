@@ -25,8 +25,6 @@ from hccnode.net import tls
 from hccnode.store import audit
 from hccnode.store.spool import Spool
 
-MAX_PDU = 131072  # what we ask senders to use; larger PDUs mean fewer fragments to reassemble
-
 
 def parse_allowed(entries: list[str]) -> list[tuple[str, str | None]]:
     """'AE' or 'AE@host' -> (ae_title, host or None)."""
@@ -76,7 +74,7 @@ class StorageSCP:
         # timeout: with a small limit there, a burst of broken connections would lock out real
         # senders for acse_timeout seconds. Its limit is only a backstop against runaway threads.
         ae.maximum_associations = max(1024, self.cfg.max_associations)
-        ae.maximum_pdu_size = MAX_PDU
+        ae.maximum_pdu_size = self.cfg.max_pdu  # larger PDUs: fewer fragments to reassemble
         ae.acse_timeout = self.cfg.acse_timeout
         ae.dimse_timeout = self.cfg.dimse_timeout
         ae.network_timeout = self.cfg.network_timeout

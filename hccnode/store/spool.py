@@ -1,8 +1,8 @@
 """The spool: received instances as files, written durably, and their index rows.
 
 `Spool.ingest()` is the whole C-STORE path from received bytes to an indexed file:
-write to a temp name and fsync (in a helper thread while the bytes are hashed and the header
-parsed from them, never re-encoded), rename into place, fsync the directory, commit the index
+write to a temp name, fsync and hash (in helper threads while the header is parsed from the
+bytes, never re-encoded), rename into place, fsync the directory, commit the index
 and audit rows (group commit with other associations). Only when it returns
 SUCCESS may the SCP answer success. Anything that cannot be kept goes to quarantine
 with its raw bytes and the reason.
@@ -387,7 +387,7 @@ _HELPERS_LOCK = threading.Lock()
 
 
 def _helpers() -> ThreadPoolExecutor:
-    """Threads that fsync received files while the receiving thread hashes and parses them
+    """Threads that fsync and hash received files while the receiving thread parses them
     (this process's own: a forked worker does not inherit threads)."""
     global _HELPERS
     with _HELPERS_LOCK:
@@ -457,16 +457,17 @@ class Spool:
                calling_ae: str = "") -> Result:
         """Keep one received dataset (the C-STORE Data Set as sent, without file meta).
 
-        The file is written to a temporary name, and a helper thread fsyncs it while this thread
-        hashes the bytes and parses the header from them in memory. The file is renamed to its
+        The file is written to a temporary name, and helper threads fsync it and hash the bytes
+        (hashlib lets go of the interpreter lock) while this thread parses the header from them in
+        memory. The file is renamed to its
         content-addressed name (for a name not yet taken, during that fsync: the file there is
         neither indexed nor acknowledged before it is durable) and the directory fsynced, so the
         file's and the directory's flushes overlap. Only when both are durable are the index and
         audit rows committed (in one transaction with other associations' rows when they commit
         at the same moment), and then the caller may answer success.
 
-        With other instances arriving at the same time, the fsync runs in this thread before the
-        rename instead: the associations already keep the disk and the processor busy together, and
+        With other instances arriving at the same time, the hash and the fsync run in this thread
+        before the rename instead: the associations already keep the disk and the processor busy together, and
         a hand-off to a helper thread would only wait for the interpreter lock.
         """
         with self._receiving_lock:
@@ -490,8 +491,11 @@ class Spool:
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             return self._failed(exc, sop_uid, sop_class, calling_ae)
-        synced = _helpers().submit(_sync_close, fd) if alone else _done_now(_sync_close, fd)
-        digest = content_hash(transfer_syntax, dataset)
+        if alone:  # hashlib lets go of the interpreter lock: the hash runs beside the parse
+            hashed = _helpers().submit(content_hash, transfer_syntax, dataset)
+            synced = _helpers().submit(_sync_close, fd)
+        else:
+            synced, hashed = _done_now(_sync_close, fd), _done_now(content_hash, transfer_syntax, dataset)
         try:
             ds = parse_header(preamble + dataset)
             if str(ds.SOPClassUID) != sop_class:
@@ -508,6 +512,7 @@ class Spool:
                 return self._failed(sync_exc, sop_uid, sop_class, calling_ae)
             return self._quarantine_file(tmp, size, sop_class, sop_uid, calling_ae, exc.status, exc.comment)
 
+        digest = hashed.result()
         study_uid, series_uid = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
         rel = Path("spool") / study_uid / series_uid / f"{sop_uid}.{digest[:12]}.dcm"
         final = self.store.data_dir / rel
