@@ -243,7 +243,7 @@ class LiverMap:
     deviation: np.ndarray
     median_hu: float
     threshold_hu: float
-    values: list[np.ndarray] = field(default_factory=list)   # HU (and enhancement) for ROI means
+    values: list = field(default_factory=list)   # per slice k: HU (and enhancement) for ROI means
     fat: np.ndarray | None = None                             # fat and air (for WALL_MM), when found here
 
     def clear(self, k: int, t: float = DEVIATION_NOISE_SD) -> np.ndarray:
@@ -256,7 +256,10 @@ def _deviation(smooth: np.ndarray, sample: np.ndarray, region: np.ndarray) -> tu
     (robust SD, at least DEVIATION_HU / DEVIATION_NOISE_SD) of `smooth` over `sample`."""
     median, threshold = _parenchyma(smooth[sample])
     scale = threshold / DEVIATION_NOISE_SD
-    return np.where(region, np.abs(smooth - median) / scale, np.inf).astype(np.float32), median, scale
+    dev = np.abs(smooth - np.float32(median))
+    dev /= np.float32(scale)
+    dev[~region] = np.inf
+    return dev, median, scale
 
 
 def liver_map(hu: np.ndarray, spacing, body: np.ndarray, spine: Spine, avoid: np.ndarray | None = None,
@@ -275,12 +278,17 @@ def liver_map(hu: np.ndarray, spacing, body: np.ndarray, spine: Spine, avoid: np
     organ = found.organ & body
     organ_clear = organ if avoid is None else organ & ~avoid
     smooth = _smooth(hu, spacing, SMOOTH_MM)
-    deviation, median, scale = _deviation(smooth, found.sample, organ_clear)
-    values = [hu]
+    # worked in the organ's box (widened by the smoothing's reach); infinite deviation outside it
+    _, dy, dx = spacing
+    box = bounding_box(organ, (0, int(np.ceil(3 * SMOOTH_MM / dy)) + 1, int(np.ceil(3 * SMOOTH_MM / dx)) + 1))
+    deviation = np.full(hu.shape, np.inf, np.float32)
+    deviation[box], median, scale = _deviation(smooth[box], found.sample[box], organ_clear[box])
+    values = [lambda k: hu[k]]
     if unenhanced is not None:
-        enh, _, _ = _deviation(smooth - _smooth(unenhanced, spacing, SMOOTH_MM), found.sample, organ_clear)
-        np.maximum(deviation, enh, out=deviation)
-        values.append(hu - unenhanced)
+        enh, _, _ = _deviation(smooth[box] - _smooth(unenhanced[box], spacing, SMOOTH_MM), found.sample[box],
+                               organ_clear[box])
+        np.maximum(deviation[box], enh, out=deviation[box])
+        values.append(lambda k: hu[k] - unenhanced[k])
     return LiverMap(organ, deviation, median, DEVIATION_NOISE_SD * scale, values, smooth < FAT_HU), []
 
 
@@ -336,11 +344,20 @@ def _place_liver_rois(lm: LiverMap, k0: int, x_mid: float, spacing, guard: int =
     nz = lm.organ.shape[0]
     depth_cache = {} if depth_cache is None else depth_cache
 
+    reach = ROI_RADIUS_MM + LIVER_MARGIN_MM
+    wall = (0, int(np.ceil((WALL_MM + reach) / dy)) + 1, int(np.ceil((WALL_MM + reach) / dx)) + 1)
+
     def depth(k: int, t: float) -> np.ndarray:
         if (k, t) not in depth_cache:
-            depth_cache[k, t] = _depth(lm.clear(k, t), dy, dx)
-            if lm.fat is not None:  # inside the abdominal wall and diaphragm
-                depth_cache[k, t] = np.where(_depth(~lm.fat[k], dy, dx) >= WALL_MM + reach, depth_cache[k, t], 0.0)
+            d = _depth_boxed(lm.clear(k, t), dy, dx)
+            if lm.fat is not None and lm.organ[k].any():  # inside the abdominal wall and diaphragm
+                if ("wall", k) not in depth_cache:  # far enough from fat, within reach of the organ
+                    box = bounding_box(lm.organ[k][None], wall)[1:]
+                    far = np.zeros(d.shape, bool)
+                    far[box] = _depth(~lm.fat[k][box], dy, dx) >= WALL_MM + reach
+                    depth_cache["wall", k] = far
+                d = np.where(depth_cache["wall", k], d, 0.0)
+            depth_cache[k, t] = d
         return depth_cache[k, t]
 
     side = (1, max(1, int(round(np.sqrt(ROI_AREA_MM2) / dy))), max(1, int(round(np.sqrt(ROI_AREA_MM2) / dx))))
@@ -351,7 +368,7 @@ def _place_liver_rois(lm: LiverMap, k0: int, x_mid: float, spacing, guard: int =
         for i, v in enumerate(lm.values):
             for k in range(lo, hi + 1):
                 if ("mean", i, k) not in depth_cache:
-                    depth_cache["mean", i, k] = ndimage.uniform_filter(v[k:k + 1], side)[0]
+                    depth_cache["mean", i, k] = ndimage.uniform_filter(v(k)[None], side)[0]
             out.append(np.mean([depth_cache["mean", i, k] for k in range(lo, hi + 1)], axis=0))
         return out
 
@@ -368,7 +385,6 @@ def _place_liver_rois(lm: LiverMap, k0: int, x_mid: float, spacing, guard: int =
     placed: list[PlacedMask] = []
     centres: list[tuple[int, int]] = []
     notes: list[str] = []
-    reach = ROI_RADIUS_MM + LIVER_MARGIN_MM
     for label in LIVER_LABELS:
         if label not in targets:
             notes.append(f"{label} not placed: no liver on that side of the midline at the level chosen")
@@ -458,21 +474,26 @@ def ct_roi_masks(hu: np.ndarray, spacing, avoid: np.ndarray | None = None, unenh
                                None if unenhanced is None else grid.reduce(unenhanced),
                                z_guard(LIVER_MARGIN_MM, spacing[0], grid.zstep))
     placed = []
-    cache: dict[tuple[int, bool], np.ndarray] = {}
+    cache: dict[int, np.ndarray] = {}
 
-    def smooth(k: int, before: bool = False) -> np.ndarray:
+    def smooth(k: int) -> np.ndarray:
         # lighter smoothing than the search (and none forced on coarse pixels): the clearance
-        # disk must not see through its own rim; the band widens with the noise left.
-        # `before`: the registered unenhanced phase (None when there is none)
-        if before and unenhanced is None:
+        # disk must not see through its own rim; the band widens with the noise left
+        if k not in cache:
+            cache[k] = _smooth(hu[k:k + 1], spacing, SMOOTH_MM / 2.0, min_px=0.0)[0]
+        return cache[k]
+
+    def before(k: int, ys: slice, xs: slice) -> np.ndarray | None:
+        # the unenhanced phase around (ys, xs) on slice k, smoothed as `smooth` (None without one)
+        if unenhanced is None:
             return None
-        if (k, before) not in cache:
-            src = unenhanced if before else hu
-            cache[k, before] = _smooth(src[k:k + 1], spacing, SMOOTH_MM / 2.0, min_px=0.0)[0]
-        return cache[k, before]
+        pad = 4 * int(np.ceil(SMOOTH_MM / 2.0 / min(spacing[1:]))) + 1
+        y0, x0 = max(0, ys.start - pad), max(0, xs.start - pad)
+        win = _smooth(unenhanced[k:k + 1, y0:ys.stop + pad, x0:xs.stop + pad], spacing, SMOOTH_MM / 2.0, min_px=0.0)[0]
+        return win[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0]
 
     for p in coarse:
-        fine = _paint_fine(p, grid, hu.shape, spacing, smooth, avoid)
+        fine = _paint_fine(p, grid, hu.shape, spacing, smooth, avoid, before)
         if fine is None:
             notes.append(f"{p.label} not placed: its place found on the reduced image is not clear at full resolution")
         else:
@@ -525,7 +546,7 @@ class _Reduced:
         return int(round(cy * f + (f - 1) / 2.0)), int(round(cx * f + (f - 1) / 2.0))
 
 
-def _paint_fine(p: PlacedMask, grid: _Reduced, shape, spacing, smooth, avoid) -> PlacedMask | None:
+def _paint_fine(p: PlacedMask, grid: _Reduced, shape, spacing, smooth, avoid, before=None) -> PlacedMask | None:
     """`p` (placed on the reduced grid) painted at full resolution on each slice of its slab where
     the disk of radius + clearance lies in the HU band of its tissue and clear of `avoid`."""
     _, dy, dx = spacing
@@ -552,8 +573,8 @@ def _paint_fine(p: PlacedMask, grid: _Reduced, shape, spacing, smooth, avoid) ->
         ys, xs, m = around[k]
         if avoid is not None and avoid[k][ys, xs][m].any():
             continue
-        before = smooth(k, True) if p.role == "aorta" else None
-        if before is not None and before[ys, xs][m].max() >= CALCIUM_UNENHANCED_HU:
+        pre = before(k, ys, xs) if p.role == "aorta" and before is not None else None
+        if pre is not None and pre[m].max() >= CALCIUM_UNENHANCED_HU:
             continue  # calcium (or what is not blood) near the aortic ROI, seen before contrast
         values = smooth(k)[ys, xs][m]
         # a slice the search saw at full resolution is placed as the search placed it
@@ -774,7 +795,7 @@ def _liver_map_in_mask(hu: np.ndarray, spacing, liver: np.ndarray, avoid: np.nda
             core[k] = _depth_boxed(liver[k], dy, dx) >= LIVER_MARGIN_MM
     deviation, median, scale = _deviation(smooth, core if core.any() else liver,
                                           liver if avoid is None else liver & ~avoid)
-    return LiverMap(organ, deviation, median, DEVIATION_NOISE_SD * scale, [hu])
+    return LiverMap(organ, deviation, median, DEVIATION_NOISE_SD * scale, [lambda k: hu[k]])
 
 
 def _liver_level(lm: LiverMap, lumen: dict, x_mid, spacing, guard: int = 0
