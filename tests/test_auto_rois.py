@@ -376,3 +376,18 @@ def test_reduced_search_grid_covers_every_slice_and_voxel():
         r = grid.fine_slices(kc)
         assert grid.reduce(hu)[kc, 1, 2] == pytest.approx(hu[r.start:r.stop, 2:4, 4:6].mean())
     assert grid.fine_centre(1, 3) == (2, 6) or grid.fine_centre(1, 3) == (3, 7)
+
+
+@pytest.mark.parametrize("dz", [0.6, 1.0, 1.25, 2.0, 2.5, 3.0, 5.0])
+def test_z_guard_covers_the_margin_beyond_a_rois_slices(dz):
+    # Every fine slice within the clearance of a ROI's painted slices lies between checked search
+    # slices, so the 3-D clearance is known (the guard's worked formula against brute force).
+    grid = AR._Reduced((200, 8, 8), (dz, 1.0, 1.0))
+    guard = AR.z_guard(AR.LIVER_MARGIN_MM, dz, grid.zstep)
+    lo, hi = 10, 13                                        # the ROI's search slices
+    painted = [k for kc in range(lo, hi + 1) for k in grid.fine_slices(kc)]
+    known = range((lo - guard) * grid.zstep, (hi + guard) * grid.zstep + 1)
+    near = [j for j in range(200) if min(abs(j - k) for k in painted) * dz < AR.LIVER_MARGIN_MM]
+    assert set(near) <= set(known), (dz, grid.zstep, guard)
+    # and no more than one search slice of surplus
+    assert guard == 0 or not set(near) <= set(range((lo - guard + 1) * grid.zstep, (hi + guard - 1) * grid.zstep + 1))

@@ -322,11 +322,12 @@ def z_guard(margin_mm: float, dz_fine: float, zstep: int) -> int:
     """Search slices to check beyond each end of a ROI's slab so that every voxel within
     `margin_mm` of its painted slices (3-D, along z) lies between checked slices.
 
-    A search slice k stands for the fine slices k*zstep - (zstep-1)//2 ... (zstep fine slices of
-    `dz_fine` mm; what lies between two checked search slices is taken as they are: organs do not
-    end and restart within one search step). The first unchecked fine slice beyond the slab then
-    lies (e*zstep - (zstep-1)//2 + 1) fine slices from the painted end, which must be >= the margin."""
-    need = margin_mm / dz_fine - 1.0 + (zstep - 1) // 2
+    A search slice k stands for the fine slices k*zstep - (zstep-1)//2 ... k*zstep + zstep//2
+    (zstep fine slices of `dz_fine` mm; what lies between two checked search slices is taken as
+    they are: organs do not end and restart within one search step). The first unchecked fine
+    slice beyond the slab then lies at least (e*zstep - zstep//2 + 1) fine slices from the painted
+    end, which must be >= the margin."""
+    need = margin_mm / dz_fine - 1.0 + zstep // 2
     return max(0, int(np.ceil(need / zstep - 1e-9)))
 
 
