@@ -12,7 +12,8 @@ from scipy import ndimage
 
 from hccnode.imaging.anatomy import image_lps_order
 from hccnode.phantom.bodies import PHASES, L, generate_body, hu_table
-from hccnode.phantom.bodies_eval import ECV_TOLERANCE_PP, evaluate, roi_check
+from hccnode.imaging.anatomy import aortic_lumen, body_mask, find_spine
+from hccnode.phantom.bodies_eval import ECV_TOLERANCE_PP, ecv_floor_sd, evaluate, measured_noise, roi_check
 
 SMALL = {"max_matrix": 96, "max_slices": 40}
 
@@ -239,6 +240,51 @@ def test_misregistration_moves_only_the_other_phases():
     assert np.array_equal(still.hu["equilibrium"], moved.hu["equilibrium"])
     assert not np.array_equal(still.hu["unenhanced"], moved.hu["unenhanced"])
 
+
+
+def test_measured_noise_is_the_stated_noise(small_bodies):
+    # the bench's sigma (from the images: half the variance of equilibrium - unenhanced over deep
+    # parenchyma) is the generator's stated SD; the correlation cell is at least one voxel
+    for b in list(small_bodies.values())[:4]:
+        sigma, cell = measured_noise(b)
+        assert sigma == pytest.approx(b.noise_sd, rel=0.15)
+        assert cell >= 1.0
+
+
+def test_ecv_floor_sd_is_the_spread_of_noisy_ecvs():
+    # Monte Carlo of paper 001's ECV with white noise (cell 1): three liver ROIs and one aortic ROI
+    rng = np.random.default_rng(0)
+    hct, d_liver, d_aorta, sigma = 0.4, 30.0, 100.0, 20.0
+    n_liver, n_aorta = [150, 200, 250], 120
+    ecv_true = 100 * (1 - hct) * d_liver / d_aorta
+    runs = 4000
+    noise = lambda n: rng.normal(0, sigma, (runs, n)).mean(axis=1) - rng.normal(0, sigma, (runs, n)).mean(axis=1)
+    dl = d_liver + np.mean([noise(n) for n in n_liver], axis=0)
+    da = d_aorta + noise(n_aorta)
+    sim = np.std(100 * (1 - hct) * dl / da)
+    assert ecv_floor_sd(ecv_true, d_liver, d_aorta, n_liver, n_aorta, sigma, 1.0) == pytest.approx(sim, rel=0.08)
+
+
+def test_aortic_lumen_and_roi_keep_out_calcium_seen_before_contrast():
+    # a calcified aorta: with the unenhanced phase no lumen voxel is calcium (>= 130 HU before
+    # contrast: Agatston), and the aortic ROI neither holds calcium nor touches it
+    from hccnode.imaging.auto_rois import ct_roi_masks
+
+    b = generate_body(3, max_matrix=160, max_slices=40, calcified_aorta=True)
+    eq, un = b.hu["equilibrium"], b.hu["unenhanced"]
+    body = body_mask(eq)
+    lumen = aortic_lumen(eq, b.spacing, body, find_spine(eq, b.spacing, body), un)
+    assert len(lumen) >= 10
+    calcium = b.labels == L.AORTIC_CALCIUM
+    assert calcium.any()
+    for k, lu in lumen.items():
+        assert not (lu.mask & calcium[k]).any(), k
+    placed, _ = ct_roi_masks(eq, b.spacing, unenhanced=un)
+    roi = next(p.mask for p in placed if p.role == "aorta")
+    st = np.zeros((3, 3, 3), bool)
+    st[1] = True
+    assert roi.any() and not (roi & ndimage.binary_dilation(calcium, st)).any()
+    assert (b.labels[roi] == L.AORTA).all()
 
 
 def test_unknown_option_is_named():

@@ -302,7 +302,8 @@ def aortic_lumen(hu: np.ndarray, spacing, body: np.ndarray | None = None,
     track (an IVC or bowel picked on a few slices) are dropped. Calcium (> 100 HU above the
     lumen's median) is cut out of the mask. With `unenhanced`, the unenhanced phase registered
     onto the same grid: a candidate whose median reads CALCIUM_UNENHANCED_HU or more before
-    contrast is not blood and is dropped, and voxels reaching it (calcium) are cut out too."""
+    contrast is not blood and is dropped, and voxels reaching it (calcium; unsmoothed, as Agatston
+    applies it) are cut out too."""
     dz, dy, dx = spacing
     body = body_mask(hu) if body is None else body
     spine = find_spine(hu, spacing, body) if spine is None else spine
@@ -352,7 +353,7 @@ def aortic_lumen(hu: np.ndarray, spacing, body: np.ndarray | None = None,
         if not outer:
             continue
         best = max(outer, key=lambda c: c[5] / BRIGHTNESS_HU_PER_MM - c[6])
-        hits[k] = (best, ylo, xlo, win, pre)
+        hits[k] = (best, ylo, xlo, win)
     quorum = len(ks) / 3.0
     if unenhanced is not None:  # candidates confirmed as blood before contrast: a shorter track will do
         quorum = min(quorum, AORTA_MIN_TRACK_MM / dz)
@@ -362,12 +363,12 @@ def aortic_lumen(hu: np.ndarray, spacing, body: np.ndarray | None = None,
     mx = np.median([h[0][3] for h in hits.values()])
     radius = np.median([h[0][4] for h in hits.values()]) / 2.0
     out: dict[int, Lumen] = {}
-    for k, ((_, comp, cy, cx, diam, med, _), ylo, xlo, win, pre) in hits.items():
+    for k, ((_, comp, cy, cx, diam, med, _), ylo, xlo, win) in hits.items():
         if np.hypot((cy - my) * dy, (cx - mx) * dx) > max(10.0, radius):
             continue
         dense = win > med + CALCIUM_ABOVE_LUMEN_HU
-        if pre is not None:
-            dense |= pre >= CALCIUM_UNENHANCED_HU
+        if unenhanced is not None:  # on the unsmoothed pixels, as Agatston's threshold is applied
+            dense |= unenhanced[k, ylo:ylo + comp.shape[0], xlo:xlo + comp.shape[1]] >= CALCIUM_UNENHANCED_HU
         calcium = ndimage.binary_dilation(comp & dense, iterations=1)
         lumen = comp & ~calcium
         if not lumen.any():
