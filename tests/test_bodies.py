@@ -310,9 +310,20 @@ def test_anatomy_sample_places_liver_rois_and_none_outside_the_liver(anatomy_sam
 
 @pytest.mark.xfail(strict=False, reason="issue 15: |liver ECV error| <= 1.0 pp in 95 % is not met; with paper 001's "
                                         "~100 mm^2 ROIs the noise of these bodies (8-30 HU, correlated) alone gives "
-                                        "errors of 1-2 pp SD (closing note of the session that added this test)")
+                                        "errors of 1-2 pp SD (bench/anatomy.py prints each body's noise floor; "
+                                        "the next test checks the errors against it)")
 def test_anatomy_sample_liver_ecv_within_one_point(anatomy_sample):
     """Issue 15 target scaled to 20 bodies: >= 19 with |liver ECV error| <= 1.0 pp."""
     within = sum(r["ecv_error_pp"] is not None and abs(r["ecv_error_pp"]) <= ECV_TOLERANCE_PP for r in anatomy_sample)
     assert within >= 19, within
+
+
+def test_anatomy_sample_liver_ecv_error_is_at_the_noise_floor(anatomy_sample):
+    """What the 1 pp target runs into: each body's ECV error lies within 3 SD of what its image
+    noise alone gives paper 001's ROIs (bodies_eval.ecv_floor_sd from the noise measured on the
+    images), or within 1 pp; 19 of 20 (noise alone: 99.7 % within 3 SD)."""
+    rs = [r for r in anatomy_sample if r["ecv_error_pp"] is not None]
+    assert len(rs) >= 18
+    within = [abs(r["ecv_error_pp"]) <= max(ECV_TOLERANCE_PP, 3.0 * r["ecv_floor_sd_pp"]) for r in rs]
+    assert sum(within) >= len(rs) - 1, [(r["seed"], r["ecv_error_pp"], r["ecv_floor_sd_pp"]) for r in rs]
 
