@@ -367,9 +367,27 @@ def test_reduced_search_grid_covers_every_slice_and_voxel():
     covered = [k for kc in range(len(range(0, 10, grid.zstep))) for k in grid.fine_slices(kc)]
     assert covered == list(range(10))                      # each slice stands for exactly once
     mask = np.zeros((10, 9, 9), bool)
-    mask[5, 3, 6] = True                                    # a voxel on a slice the search does not sample
+    mask[5, 3, 6] = True                                    # a voxel off the search slices' centres
     reduced = grid.reduce_mask(mask)
     assert reduced.shape == (3, 4, 4) and reduced.sum() == 1 and reduced[1, 1, 3]
     hu = np.arange(10 * 9 * 9, dtype=np.float32).reshape(10, 9, 9)
-    assert grid.reduce(hu)[0, 0, 0] == pytest.approx(hu[0, :2, :2].mean())
+    # each search voxel is the mean of the voxels it stands for (noise drops by sqrt of their number)
+    for kc in range(3):
+        r = grid.fine_slices(kc)
+        assert grid.reduce(hu)[kc, 1, 2] == pytest.approx(hu[r.start:r.stop, 2:4, 4:6].mean())
     assert grid.fine_centre(1, 3) == (2, 6) or grid.fine_centre(1, 3) == (3, 7)
+
+
+@pytest.mark.parametrize("dz", [0.6, 1.0, 1.25, 2.0, 2.5, 3.0, 5.0])
+def test_z_guard_covers_the_margin_beyond_a_rois_slices(dz):
+    # Every fine slice within the clearance of a ROI's painted slices lies between checked search
+    # slices, so the 3-D clearance is known (the guard's worked formula against brute force).
+    grid = AR._Reduced((200, 8, 8), (dz, 1.0, 1.0))
+    guard = AR.z_guard(AR.LIVER_MARGIN_MM, dz, grid.zstep)
+    lo, hi = 10, 13                                        # the ROI's search slices
+    painted = [k for kc in range(lo, hi + 1) for k in grid.fine_slices(kc)]
+    known = range((lo - guard) * grid.zstep, (hi + guard) * grid.zstep + 1)
+    near = [j for j in range(200) if min(abs(j - k) for k in painted) * dz < AR.LIVER_MARGIN_MM]
+    assert set(near) <= set(known), (dz, grid.zstep, guard)
+    # and no more than one search slice of surplus
+    assert guard == 0 or not set(near) <= set(range((lo - guard + 1) * grid.zstep, (hi + guard - 1) * grid.zstep + 1))

@@ -12,7 +12,8 @@ from scipy import ndimage
 
 from hccnode.imaging.anatomy import image_lps_order
 from hccnode.phantom.bodies import PHASES, L, generate_body, hu_table
-from hccnode.phantom.bodies_eval import ECV_TOLERANCE_PP, evaluate, roi_check
+from hccnode.imaging.anatomy import aortic_lumen, body_mask, find_spine
+from hccnode.phantom.bodies_eval import ECV_TOLERANCE_PP, ecv_floor_sd, evaluate, measured_noise, roi_check
 
 SMALL = {"max_matrix": 96, "max_slices": 40}
 
@@ -241,6 +242,51 @@ def test_misregistration_moves_only_the_other_phases():
 
 
 
+def test_measured_noise_is_the_stated_noise(small_bodies):
+    # the bench's sigma (from the images: half the variance of equilibrium - unenhanced over deep
+    # parenchyma) is the generator's stated SD; the correlation cell is at least one voxel
+    for b in list(small_bodies.values())[:4]:
+        sigma, cell = measured_noise(b)
+        assert sigma == pytest.approx(b.noise_sd, rel=0.15)
+        assert cell >= 1.0
+
+
+def test_ecv_floor_sd_is_the_spread_of_noisy_ecvs():
+    # Monte Carlo of paper 001's ECV with white noise (cell 1): three liver ROIs and one aortic ROI
+    rng = np.random.default_rng(0)
+    hct, d_liver, d_aorta, sigma = 0.4, 30.0, 100.0, 20.0
+    n_liver, n_aorta = [150, 200, 250], 120
+    ecv_true = 100 * (1 - hct) * d_liver / d_aorta
+    runs = 4000
+    noise = lambda n: rng.normal(0, sigma, (runs, n)).mean(axis=1) - rng.normal(0, sigma, (runs, n)).mean(axis=1)
+    dl = d_liver + np.mean([noise(n) for n in n_liver], axis=0)
+    da = d_aorta + noise(n_aorta)
+    sim = np.std(100 * (1 - hct) * dl / da)
+    assert ecv_floor_sd(ecv_true, d_liver, d_aorta, n_liver, n_aorta, sigma, 1.0) == pytest.approx(sim, rel=0.08)
+
+
+def test_aortic_lumen_and_roi_keep_out_calcium_seen_before_contrast():
+    # a calcified aorta: with the unenhanced phase no lumen voxel is calcium (>= 130 HU before
+    # contrast: Agatston), and the aortic ROI neither holds calcium nor touches it
+    from hccnode.imaging.auto_rois import ct_roi_masks
+
+    b = generate_body(3, max_matrix=160, max_slices=40, calcified_aorta=True)
+    eq, un = b.hu["equilibrium"], b.hu["unenhanced"]
+    body = body_mask(eq)
+    lumen = aortic_lumen(eq, b.spacing, body, find_spine(eq, b.spacing, body), un)
+    assert len(lumen) >= 10
+    calcium = b.labels == L.AORTIC_CALCIUM
+    assert calcium.any()
+    for k, lu in lumen.items():
+        assert not (lu.mask & calcium[k]).any(), k
+    placed, _ = ct_roi_masks(eq, b.spacing, unenhanced=un)
+    roi = next(p.mask for p in placed if p.role == "aorta")
+    st = np.zeros((3, 3, 3), bool)
+    st[1] = True
+    assert roi.any() and not (roi & ndimage.binary_dilation(calcium, st)).any()
+    assert (b.labels[roi] == L.AORTA).all()
+
+
 def test_unknown_option_is_named():
     with pytest.raises(ValueError, match="unknown body options: max_matrx"):
         generate_body(0, max_matrx=64)
@@ -264,9 +310,20 @@ def test_anatomy_sample_places_liver_rois_and_none_outside_the_liver(anatomy_sam
 
 @pytest.mark.xfail(strict=False, reason="issue 15: |liver ECV error| <= 1.0 pp in 95 % is not met; with paper 001's "
                                         "~100 mm^2 ROIs the noise of these bodies (8-30 HU, correlated) alone gives "
-                                        "errors of 1-2 pp SD (closing note of the session that added this test)")
+                                        "errors of 1-2 pp SD (bench/anatomy.py prints each body's noise floor; "
+                                        "the next test checks the errors against it)")
 def test_anatomy_sample_liver_ecv_within_one_point(anatomy_sample):
     """Issue 15 target scaled to 20 bodies: >= 19 with |liver ECV error| <= 1.0 pp."""
     within = sum(r["ecv_error_pp"] is not None and abs(r["ecv_error_pp"]) <= ECV_TOLERANCE_PP for r in anatomy_sample)
     assert within >= 19, within
+
+
+def test_anatomy_sample_liver_ecv_error_is_at_the_noise_floor(anatomy_sample):
+    """What the 1 pp target runs into: each body's ECV error lies within 3 SD of what its image
+    noise alone gives paper 001's ROIs (bodies_eval.ecv_floor_sd from the noise measured on the
+    images), or within 1 pp; 19 of 20 (noise alone: 99.7 % within 3 SD)."""
+    rs = [r for r in anatomy_sample if r["ecv_error_pp"] is not None]
+    assert len(rs) >= 18
+    within = [abs(r["ecv_error_pp"]) <= max(ECV_TOLERANCE_PP, 3.0 * r["ecv_floor_sd_pp"]) for r in rs]
+    assert sum(within) >= len(rs) - 1, [(r["seed"], r["ecv_error_pp"], r["ecv_floor_sd_pp"]) for r in rs]
 

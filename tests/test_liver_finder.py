@@ -7,9 +7,11 @@ import pytest
 from abdomen_no_fat import HU, bowel_loops, scene
 from hccnode.imaging import anatomy, ecv, liver
 from hccnode.imaging.auto_rois import LIVER_LABELS, ct_roi_masks
+from hccnode.phantom.bodies_eval import ecv_floor_sd
 
 CASES = ["standard", "fatty", "cirrhotic", "big"]
 HCT = 0.40
+NOISE_HU = 12.0   # abdomen_no_fat.scene's default: white noise added to every phase
 
 
 def _extent(s, unenhanced):
@@ -54,7 +56,11 @@ def test_liver_rois_lie_inside_the_true_liver_and_give_its_ecv(case, unenhanced)
         HU["equilibrium"]["blood"] - HU["unenhanced"]["blood"]) * 100.0
     r = ecv.cect_ecv([float(un[p.mask].mean()) for p in livers], [float(eq[p.mask].mean()) for p in livers],
                      float(un[aorta.mask].mean()), float(eq[aorta.mask].mean()), HCT)
-    assert r.ecv_percent == pytest.approx(truth, abs=1.0)
+    # within 1 pp, or 3 SD of what the scene's white noise (NOISE_HU per voxel) alone gives these ROIs
+    floor = ecv_floor_sd(truth, HU["equilibrium"][kind] - HU["unenhanced"][kind],
+                         HU["equilibrium"]["blood"] - HU["unenhanced"]["blood"],
+                         [int(p.mask.sum()) for p in livers], int(aorta.mask.sum()), NOISE_HU, 1.0)
+    assert r.ecv_percent == pytest.approx(truth, abs=max(1.0, 3.0 * floor))
 
 
 def test_sample_reads_the_liver_attenuation_in_every_phase(case):

@@ -45,10 +45,26 @@ ROI_RADIUS_MM = 5.0
 RIM_EXCESS_HU = 50.0
 # Calcified plaque is denser than contrast-filled blood by far more than noise can reach
 # (plaque several hundred HU; Agatston's 130 HU threshold is for unenhanced blood at ~40 HU).
+# On a portal venous / equilibrium phase (lumen 130-200 HU) lumen + 100 HU lies at or below the
+# fixed 300 HU threshold that best reproduced the unenhanced Agatston score of the aorta in the
+# venous phase of 1125 triphasic CT angiograms ("Improving aortic calcium assessment in
+# contrast-enhanced CT: exploring Hounsfield Unit thresholds for cardiovascular scoring", 2026,
+# PubMed; 800-900 HU were needed in the arterial phase, where the lumen itself reaches 300-400 HU).
 CALCIUM_ABOVE_LUMEN_HU = 100.0
+# On a registered unenhanced phase calcium is what reaches Agatston's threshold, 130 HU (Agatston
+# AS et al., J Am Coll Cardiol 1990;15:827-832; unenhanced blood reads 30-60 HU). Low-density
+# calcified plaque (means near 180-210 HU unenhanced: PLoS One 2015;10:e0131254) reads within the
+# enhanced lumen's range and only the unenhanced phase shows it. A "lumen" brighter than this
+# before contrast is not blood (oral contrast in bowel, bone).
+CALCIUM_UNENHANCED_HU = 130.0
 # Between aorta candidates, distance from the expected position decides; 20 HU of brightness
 # weigh like 1 mm, so only near-ties go to the brighter (arterial) structure.
 BRIGHTNESS_HU_PER_MM = 20.0
+# The lumen must be found on a third of the slices with a spine (a structure found on a few slices
+# is something else: bowel, a vessel crossing); with a registered unenhanced phase, whose blood
+# attenuation confirms every candidate, 40 mm of found slices suffice (some 2-3 vertebral levels
+# of a tube that runs the whole abdomen).
+AORTA_MIN_TRACK_MM = 40.0
 # Vertebral bodies are 25-35 mm deep (thoracolumbar); their middle is about 20 mm behind the
 # anterior cortex. The liver's centroid lies in front of it, the erector spinae's far behind.
 VERTEBRAL_MID_MM = 20.0
@@ -271,7 +287,7 @@ def _rim_brighter_than_core(win: np.ndarray, comp: np.ndarray, radius_px: float)
 
 
 def aortic_lumen(hu: np.ndarray, spacing, body: np.ndarray | None = None,
-                 spine: Spine | None = None) -> dict[int, Lumen]:
+                 spine: Spine | None = None, unenhanced: np.ndarray | None = None) -> dict[int, Lumen]:
     """Per slice index, the enhanced aortic lumen; empty when there is no spine or no enhanced lumen
     on at least a third of the slices with a spine.
 
@@ -280,9 +296,14 @@ def aortic_lumen(hu: np.ndarray, spacing, body: np.ndarray | None = None,
     than inside (bone cortex, calcified wall), and anything inside them. Of nested candidates
     only the outermost is kept, so a plaque or a bright jet inside a lumen never replaces it.
     The candidate nearest the expected position wins; brightness breaks near-ties (20 HU count
-    as 1 mm), so an IVC or bowel farther away loses even when brighter. Slices off the median
+    as 1 mm), so an IVC or bowel farther away loses even when brighter. Found on fewer than a
+    third of the slices with a spine (with `unenhanced`: nor over AORTA_MIN_TRACK_MM), the
+    aorta counts as not found. Slices off the median
     track (an IVC or bowel picked on a few slices) are dropped. Calcium (> 100 HU above the
-    lumen's median) is cut out of the mask."""
+    lumen's median) is cut out of the mask. With `unenhanced`, the unenhanced phase registered
+    onto the same grid: a candidate whose median reads CALCIUM_UNENHANCED_HU or more before
+    contrast is not blood and is dropped, and voxels reaching it (calcium; unsmoothed, as Agatston
+    applies it) are cut out too."""
     dz, dy, dx = spacing
     body = body_mask(hu) if body is None else body
     spine = find_spine(hu, spacing, body) if spine is None else spine
@@ -302,6 +323,8 @@ def aortic_lumen(hu: np.ndarray, spacing, body: np.ndarray | None = None,
         # bolus the aorta touches structures of similar attenuation (liver, crus, IVC) and only
         # separates from them above their level.
         win = ndimage.gaussian_filter(hu[k, ylo:yhi, xlo:xhi].astype(float), sigma=0.7)
+        pre = (None if unenhanced is None
+               else ndimage.gaussian_filter(unenhanced[k, ylo:yhi, xlo:xhi].astype(float), sigma=0.7))
         keep = ~spine.mask[k, ylo:yhi, xlo:xhi] & body[k, ylo:yhi, xlo:xhi]
         cands = []  # (threshold index, comp, cy, cx, diameter, median, distance)
         shells = []  # components that are bone or calcified shells, and everything inside them
@@ -319,6 +342,8 @@ def aortic_lumen(hu: np.ndarray, spacing, body: np.ndarray | None = None,
                 if filled.sum() > 1.15 * comp.sum() or _rim_brighter_than_core(win, comp, diam / 2.0 / min(dy, dx)):
                     shells.append(filled)
                     continue
+                if pre is not None and float(np.median(pre[comp])) >= CALCIUM_UNENHANCED_HU:
+                    continue  # not blood before contrast: bowel with oral contrast, bone
                 cy, cx = np.argwhere(comp).mean(axis=0) + (ylo, xlo)
                 d = float(np.hypot((cx - x0) * dx - ex, (y0 - cy) * dy - ey))
                 cands.append((ti, comp, cy, cx, diam, float(np.median(win[comp])), d))
@@ -329,7 +354,10 @@ def aortic_lumen(hu: np.ndarray, spacing, body: np.ndarray | None = None,
             continue
         best = max(outer, key=lambda c: c[5] / BRIGHTNESS_HU_PER_MM - c[6])
         hits[k] = (best, ylo, xlo, win)
-    if len(hits) < max(1, len(ks) / 3):
+    quorum = len(ks) / 3.0
+    if unenhanced is not None:  # candidates confirmed as blood before contrast: a shorter track will do
+        quorum = min(quorum, AORTA_MIN_TRACK_MM / dz)
+    if len(hits) < max(1.0, quorum):
         return {}
     my = np.median([h[0][2] for h in hits.values()])
     mx = np.median([h[0][3] for h in hits.values()])
@@ -338,7 +366,10 @@ def aortic_lumen(hu: np.ndarray, spacing, body: np.ndarray | None = None,
     for k, ((_, comp, cy, cx, diam, med, _), ylo, xlo, win) in hits.items():
         if np.hypot((cy - my) * dy, (cx - mx) * dx) > max(10.0, radius):
             continue
-        calcium = ndimage.binary_dilation(comp & (win > med + CALCIUM_ABOVE_LUMEN_HU), iterations=1)
+        dense = win > med + CALCIUM_ABOVE_LUMEN_HU
+        if unenhanced is not None:  # on the unsmoothed pixels, as Agatston's threshold is applied
+            dense |= unenhanced[k, ylo:ylo + comp.shape[0], xlo:xlo + comp.shape[1]] >= CALCIUM_UNENHANCED_HU
+        calcium = ndimage.binary_dilation(comp & dense, iterations=1)
         lumen = comp & ~calcium
         if not lumen.any():
             continue

@@ -34,8 +34,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from hccnode.imaging.anatomy import (CALCIUM_ABOVE_LUMEN_HU, VERTEBRAL_MID_MM, Lumen, Spine, aortic_lumen,
-                                     body_mask, disk_mask, fill_holes_2d, find_spine, image_lps_order)
+from hccnode.imaging.anatomy import (CALCIUM_ABOVE_LUMEN_HU, CALCIUM_UNENHANCED_HU, VERTEBRAL_MID_MM, Lumen, Spine,
+                                     aortic_lumen, body_mask, disk_mask, fill_holes_2d, find_spine, image_lps_order)
 from hccnode.imaging import liver
 from hccnode.imaging.measure import AUTOMATIC, RoiRef
 from hccnode.imaging.roi_stats import bounding_box
@@ -62,6 +62,32 @@ SMOOTH_MM = 2.0
 # visibly lower (our choice of 10 HU for "visibly"; the papers leave it to the reader's eye).
 DEVIATION_HU = 10.0
 DEVIATION_NOISE_SD = 4.0
+# A liver ROI goes where the parenchyma is cleanest: its neighbourhood is first required to stay
+# within the stricter of these deviations (in robust SDs, each at least DEVIATION_HU / 4 HU), then
+# the laxer. A small vessel at high noise reads only 2-3 SD above parenchyma; noise alone keeps a
+# ROI's whole neighbourhood (some 50 independent smoothed samples) within 2.5 SD about half the
+# time, so a spot clean at the strict level exists in most livers (our choice).
+DEVIATION_LEVELS = (2.5, 3.0, DEVIATION_NOISE_SD)
+# ... but a cleaner spot is taken only within this detour (mm) of the nearest spot to the target at
+# any level, so that the ROI stays in its segment (Couinaud segments are several cm across).
+CLEANER_DETOUR_MM = 20.0
+# A ROI's own mean is a far quieter judge than its voxels: over 100 mm^2 and its slab, tissue
+# that is not parenchyma (muscle against a thin left lobe, a vessel's partial volume) shifts the
+# mean by several of its standard errors while single voxels stay within noise. A spot whose
+# ROI-sized mean (HU and, with an unenhanced phase, enhancement) departs from the median of such
+# means over the liver's other clear spots by more than this many of their robust SDs is not
+# taken (our choice).
+ROI_MEAN_SD = 3.0
+# ... judged only where the liver has at least this many clear spots to compare with.
+ROI_MEAN_MIN_SPOTS = 30
+# The liver lies inside the abdominal wall, whose muscles (rectus abdominis about 10 mm thick, the
+# three lateral muscles together more; the diaphragm 3-5 mm) may touch it with no fat between and,
+# at portal venous / equilibrium phase, read like a cirrhotic liver in both HU and enhancement, so
+# the found edge may be the muscle's outer one, against subcutaneous fat. A ROI's clearance disk
+# therefore keeps this far (mm) from fat (below -30 HU) and air as well (our choice, from those
+# thicknesses): parenchyma against visceral fat loses only room, never a ROI's purity.
+WALL_MM = 12.0
+FAT_HU = -30.0
 # Aortic ROI: at least this far from the wall or calcium (partial volume of the wall).
 AORTA_WALL_MARGIN_MM = 2.0
 # The left lateral segment lies left of the falciform ligament, near the body midline; its ROI
@@ -207,30 +233,63 @@ def _smooth(img: np.ndarray, spacing, mm: float, min_px: float = 1.0) -> np.ndar
 
 @dataclass
 class LiverMap:
-    """Liver at every slice: `organ` its extent (holes filled), `clear` parenchyma that is not a
-    vessel, lesion or avoided voxel; the parenchyma median and the deviation threshold (HU)."""
+    """Liver at every slice: `organ` its extent (holes filled); `deviation` how far each voxel of
+    it departs from parenchyma, in robust SDs (the larger of its smoothed HU's and, with an
+    unenhanced phase, its enhancement's; infinite where avoided): `clear(t)` is the parenchyma
+    within t of them; the parenchyma median and the deviation threshold (HU) at
+    DEVIATION_NOISE_SD."""
 
     organ: np.ndarray
-    clear: np.ndarray
+    deviation: np.ndarray
     median_hu: float
     threshold_hu: float
+    values: list = field(default_factory=list)   # per slice k: HU (and enhancement) for ROI means
+    fat: np.ndarray | None = None                             # fat and air (for WALL_MM), when found here
+
+    def clear(self, k: int, t: float = DEVIATION_NOISE_SD) -> np.ndarray:
+        """Parenchyma on slice `k` within `t` robust SDs (not a vessel, lesion or avoided voxel)."""
+        return self.deviation[k] <= t
+
+
+def _deviation(smooth: np.ndarray, sample: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """(|smooth - median| / scale over `region` (inf elsewhere), median, scale): median and scale
+    (robust SD, at least DEVIATION_HU / DEVIATION_NOISE_SD) of `smooth` over `sample`."""
+    median, threshold = _parenchyma(smooth[sample])
+    scale = threshold / DEVIATION_NOISE_SD
+    dev = np.abs(smooth - np.float32(median))
+    dev /= np.float32(scale)
+    dev[~region] = np.inf
+    return dev, median, scale
 
 
 def liver_map(hu: np.ndarray, spacing, body: np.ndarray, spine: Spine, avoid: np.ndarray | None = None,
               unenhanced: np.ndarray | None = None, enhanced: bool = False) -> tuple[LiverMap | None, list[str]]:
     """The liver's extent found by hccnode.imaging.liver (separated from touching organs of
     similar attenuation) and its parenchyma: voxels of the extent whose smoothed HU is within the
-    deviation threshold of the liver's median. (None, what was found instead) when no liver is
-    found."""
+    deviation threshold of the liver's median and, with a registered `unenhanced` phase, whose
+    smoothed enhancement is within the same rule of the liver's median enhancement: vessels
+    enhance by the blood's whole dHU, the parenchyma by only its extracellular share of it (a
+    quarter to a half: ECV / (1 - HCT), paper 001), so a vessel stands out more in the
+    enhancement than in the enhanced phase; muscle (diaphragm, abdominal wall) enhances far less
+    and a lesion differently. (None, what was found instead) when no liver is found."""
     found, why = liver.find_liver_extent(hu, spacing, body, spine.x, spine.anterior_y, unenhanced, enhanced)
     if found is None:
         return None, why
     organ = found.organ & body
+    organ_clear = organ if avoid is None else organ & ~avoid
     smooth = _smooth(hu, spacing, SMOOTH_MM)
-    median, threshold = _parenchyma(smooth[found.sample])
-    parenchyma = organ & (np.abs(smooth - median) <= threshold)
-    clear = parenchyma if avoid is None else parenchyma & ~avoid
-    return LiverMap(organ, clear, median, threshold), []
+    # worked in the organ's box (widened by the smoothing's reach); infinite deviation outside it
+    _, dy, dx = spacing
+    box = bounding_box(organ, (0, int(np.ceil(3 * SMOOTH_MM / dy)) + 1, int(np.ceil(3 * SMOOTH_MM / dx)) + 1))
+    deviation = np.full(hu.shape, np.inf, np.float32)
+    deviation[box], median, scale = _deviation(smooth[box], found.sample[box], organ_clear[box])
+    values = [lambda k: hu[k]]
+    if unenhanced is not None:
+        enh, _, _ = _deviation(smooth[box] - _smooth(unenhanced[box], spacing, SMOOTH_MM), found.sample[box],
+                               organ_clear[box])
+        np.maximum(deviation[box], enh, out=deviation[box])
+        values.append(lambda k: hu[k] - unenhanced[k])
+    return LiverMap(organ, deviation, median, DEVIATION_NOISE_SD * scale, values, smooth < FAT_HU), []
 
 
 def _liver_targets(organ2d: np.ndarray, x_mid: float, spacing) -> dict[str, tuple]:
@@ -259,15 +318,68 @@ def _liver_targets(organ2d: np.ndarray, x_mid: float, spacing) -> dict[str, tupl
     return out
 
 
-def _place_liver_rois(lm: LiverMap, k0: int, x_mid: float, spacing) -> tuple[list[PlacedMask], list[str]]:
+def z_guard(margin_mm: float, dz_fine: float, zstep: int) -> int:
+    """Search slices to check beyond each end of a ROI's slab so that every voxel within
+    `margin_mm` of its painted slices (3-D, along z) lies between checked slices.
+
+    A search slice k stands for the fine slices k*zstep - (zstep-1)//2 ... k*zstep + zstep//2
+    (zstep fine slices of `dz_fine` mm; what lies between two checked search slices is taken as
+    they are: organs do not end and restart within one search step). The first unchecked fine
+    slice beyond the slab then lies at least (e*zstep - zstep//2 + 1) fine slices from the painted
+    end, which must be >= the margin."""
+    need = margin_mm / dz_fine - 1.0 + zstep // 2
+    return max(0, int(np.ceil(need / zstep - 1e-9)))
+
+
+def _place_liver_rois(lm: LiverMap, k0: int, x_mid: float, spacing, guard: int = 0,
+                      depth_cache: dict | None = None) -> tuple[list[PlacedMask], list[str]]:
+    """Paper 001's three liver ROIs at level `k0`: each the spot nearest its target (see
+    `_liver_targets`) whose disk of ROI_RADIUS_MM keeps LIVER_MARGIN_MM from the liver's found
+    edge, vessels and lesions in 3-D: on every slice of its slab and on `guard` slices beyond each
+    end (see `z_guard`), the disk's centre lies ROI_RADIUS_MM + LIVER_MARGIN_MM inside the clear
+    parenchyma. Preferred in this order: the cleanest parenchyma (DEVIATION_LEVELS), then the
+    widest slab (+/- 10, 5, 0 mm). A spot whose ROI-sized mean is unlike the rest of the liver's
+    (ROI_MEAN_SD) is not taken. The clearance is never reduced (a ROI touching a vessel or the
+    edge biases the ECV more than a missing one does)."""
     dz, dy, dx = spacing
     nz = lm.organ.shape[0]
-    depth_cache: dict[int, np.ndarray] = {}
+    depth_cache = {} if depth_cache is None else depth_cache
 
-    def depth(k: int) -> np.ndarray:
-        if k not in depth_cache:
-            depth_cache[k] = _depth(lm.clear[k], dy, dx)
-        return depth_cache[k]
+    reach = ROI_RADIUS_MM + LIVER_MARGIN_MM
+    wall = (0, int(np.ceil((WALL_MM + reach) / dy)) + 1, int(np.ceil((WALL_MM + reach) / dx)) + 1)
+
+    def depth(k: int, t: float) -> np.ndarray:
+        if (k, t) not in depth_cache:
+            d = _depth_boxed(lm.clear(k, t), dy, dx)
+            if lm.fat is not None and lm.organ[k].any():  # inside the abdominal wall and diaphragm
+                if ("wall", k) not in depth_cache:  # far enough from fat, within reach of the organ
+                    box = bounding_box(lm.organ[k][None], wall)[1:]
+                    far = np.zeros(d.shape, bool)
+                    far[box] = _depth(~lm.fat[k][box], dy, dx) >= WALL_MM + reach
+                    depth_cache["wall", k] = far
+                d = np.where(depth_cache["wall", k], d, 0.0)
+            depth_cache[k, t] = d
+        return depth_cache[k, t]
+
+    side = (1, max(1, int(round(np.sqrt(ROI_AREA_MM2) / dy))), max(1, int(round(np.sqrt(ROI_AREA_MM2) / dx))))
+
+    def roi_means(lo: int, hi: int) -> list[np.ndarray]:
+        # per value map, the mean over a ROI-sized square on each slice, averaged over the slab
+        out = []
+        for i, v in enumerate(lm.values):
+            for k in range(lo, hi + 1):
+                if ("mean", i, k) not in depth_cache:
+                    depth_cache["mean", i, k] = ndimage.uniform_filter(v(k)[None], side)[0]
+            out.append(np.mean([depth_cache["mean", i, k] for k in range(lo, hi + 1)], axis=0))
+        return out
+
+    def like_the_liver(ok: np.ndarray, clear_spots: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        if clear_spots.sum() < ROI_MEAN_MIN_SPOTS:
+            return ok
+        for m in roi_means(lo, hi):
+            ref = m[clear_spots]
+            ok = ok & (np.abs(m - np.median(ref)) <= ROI_MEAN_SD * max(liver.robust_sd(ref), 1e-6))
+        return ok
 
     targets = _liver_targets(lm.organ[k0], x_mid, spacing)
     yy, xx = np.mgrid[:lm.organ.shape[1], :lm.organ.shape[2]]
@@ -279,39 +391,41 @@ def _place_liver_rois(lm: LiverMap, k0: int, x_mid: float, spacing) -> tuple[lis
             notes.append(f"{label} not placed: no liver on that side of the midline at the level chosen")
             continue
         (ty, tx), allowed = targets[label]
-        done = False
-        for margin in (LIVER_MARGIN_MM, LIVER_MARGIN_MM / 2.0):
+        for cy, cx in centres:  # keep ROIs apart by a margin
+            allowed = allowed & (np.hypot((yy - cy) * dy, (xx - cx) * dx) >= 2 * ROI_RADIUS_MM + LIVER_MARGIN_MM)
+        d2 = ((yy - ty) * dy) ** 2 + ((xx - tx) * dx) ** 2
+        found = []  # per deviation level: (distance to the target, level, slab, centre)
+        for t in DEVIATION_LEVELS:
             for half in (SLAB_HALF_MM, SLAB_HALF_MM / 2.0, 0.0):
                 ks = [k for k in _slab(k0, nz, dz, half) if lm.organ[k].any()]
                 if k0 not in ks:
                     continue
-                ok = allowed.copy()
-                for k in ks:
-                    ok &= depth(k) >= ROI_RADIUS_MM + margin
-                for cy, cx in centres:  # keep ROIs apart by a margin
-                    ok &= np.hypot((yy - cy) * dy, (xx - cx) * dx) >= 2 * ROI_RADIUS_MM + margin
-                if not ok.any():
-                    continue
-                d2 = ((yy - ty) * dy) ** 2 + ((xx - tx) * dx) ** 2
-                d2 = np.where(ok, d2, np.inf)
-                cy, cx = np.unravel_index(int(np.argmin(d2)), d2.shape)
-                mask = np.zeros(lm.organ.shape, bool)
-                sl = disk_mask(mask.shape[1:], cy, cx, ROI_RADIUS_MM, dy, dx)
-                for k in ks:
-                    mask[k] = sl & lm.clear[k]
-                placed.append(PlacedMask("liver", label, mask, ROI_RADIUS_MM, {k: (cy, cx) for k in ks}, margin,
-                                         ref_hu=lm.median_hu))
-                centres.append((cy, cx))
-                if margin < LIVER_MARGIN_MM:
-                    notes.append(f"{label}: clearance from edge, vessels and lesions reduced to {margin:g} mm "
-                                 f"(the full {LIVER_MARGIN_MM:g} mm fits nowhere in that part of the liver)")
-                done = True
-                break
-            if done:
-                break
-        if not done:
-            notes.append(f"{label} not placed: no spot of {ROI_AREA_MM2:g} mm^2 in that part of the liver clear of "
-                         f"its edge, vessels and lesions at the level chosen")
+                lo, hi = min(ks), max(ks)
+                spots = np.ones(lm.organ.shape[1:], bool)
+                for k in range(max(0, lo - guard), min(nz, hi + guard + 1)):
+                    spots &= depth(k, t) >= reach
+                    if not spots.any():
+                        break
+                ok = spots & allowed
+                if ok.any():
+                    ok = like_the_liver(ok, spots, lo, hi)
+                if ok.any():
+                    i = int(np.argmin(np.where(ok, d2, np.inf)))
+                    found.append((float(np.sqrt(d2.flat[i])), t, lo, hi, np.unravel_index(i, d2.shape)))
+                    break
+        if not found:
+            notes.append(f"{label} not placed: no spot of {ROI_AREA_MM2:g} mm^2 in that part of the liver "
+                         f"{LIVER_MARGIN_MM:g} mm clear of its edge, vessels and lesions (3-D) near the level chosen")
+            continue
+        nearest = min(f[0] for f in found)
+        _, t, lo, hi, (cy, cx) = next(f for f in found if f[0] <= nearest + CLEANER_DETOUR_MM)
+        mask = np.zeros(lm.organ.shape, bool)
+        sl = disk_mask(mask.shape[1:], cy, cx, ROI_RADIUS_MM, dy, dx)
+        for k in range(lo, hi + 1):
+            mask[k] = sl & lm.clear(k, t)
+        placed.append(PlacedMask("liver", label, mask, ROI_RADIUS_MM, {k: (cy, cx) for k in range(lo, hi + 1)},
+                                 LIVER_MARGIN_MM, ref_hu=lm.median_hu))
+        centres.append((cy, cx))
     return placed, notes
 
 
@@ -350,14 +464,16 @@ def ct_roi_masks(hu: np.ndarray, spacing, avoid: np.ndarray | None = None, unenh
     The search runs on a reduced copy (slices about 5 mm apart, pixels of at least 1.5 mm, block
     means), which is enough to find organs and places; each ROI is then painted on every slice of
     its slab at full resolution where its clearance disk is still in the expected tissue (liver
-    parenchyma, blood, muscle) and clear of `avoid`."""
+    parenchyma, blood, muscle) and clear of `avoid`; with `unenhanced`, no aortic ROI slice has
+    calcium (anatomy.CALCIUM_UNENHANCED_HU before contrast) within its clearance."""
     if avoid is not None and avoid.shape != hu.shape:
         raise ValueError(f"avoid mask shape {avoid.shape} differs from the volume's {hu.shape}")
     grid = _Reduced(hu.shape, spacing)
     if unenhanced is not None and unenhanced.shape != hu.shape:
         raise ValueError(f"unenhanced shape {unenhanced.shape} differs from the volume's {hu.shape}")
     coarse, notes = _search_ct(grid.reduce(hu), grid.spacing, None if avoid is None else grid.reduce_mask(avoid),
-                               None if unenhanced is None else grid.reduce(unenhanced))
+                               None if unenhanced is None else grid.reduce(unenhanced),
+                               z_guard(LIVER_MARGIN_MM, spacing[0], grid.zstep))
     placed = []
     cache: dict[int, np.ndarray] = {}
 
@@ -368,8 +484,17 @@ def ct_roi_masks(hu: np.ndarray, spacing, avoid: np.ndarray | None = None, unenh
             cache[k] = _smooth(hu[k:k + 1], spacing, SMOOTH_MM / 2.0, min_px=0.0)[0]
         return cache[k]
 
+    def before(k: int, ys: slice, xs: slice) -> np.ndarray | None:
+        # the unenhanced phase around (ys, xs) on slice k, smoothed as `smooth` (None without one)
+        if unenhanced is None:
+            return None
+        pad = 4 * int(np.ceil(SMOOTH_MM / 2.0 / min(spacing[1:]))) + 1
+        y0, x0 = max(0, ys.start - pad), max(0, xs.start - pad)
+        win = _smooth(unenhanced[k:k + 1, y0:ys.stop + pad, x0:xs.stop + pad], spacing, SMOOTH_MM / 2.0, min_px=0.0)[0]
+        return win[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0]
+
     for p in coarse:
-        fine = _paint_fine(p, grid, hu.shape, spacing, smooth, avoid)
+        fine = _paint_fine(p, grid, hu.shape, spacing, smooth, avoid, before)
         if fine is None:
             notes.append(f"{p.label} not placed: its place found on the reduced image is not clear at full resolution")
         else:
@@ -378,7 +503,9 @@ def ct_roi_masks(hu: np.ndarray, spacing, avoid: np.ndarray | None = None, unenh
 
 
 class _Reduced:
-    """The reduced search grid: every `zstep`-th slice, `f` x `f` pixel block means."""
+    """The reduced search grid: means of `zstep` slices (about SEARCH_SLICE_MM: image noise, which
+    is independent from slice to slice, drops by sqrt(zstep) while organs and vessels several mm
+    across stay) and of `f` x `f` pixel blocks."""
 
     def __init__(self, shape, spacing):
         dz, dy, dx = spacing
@@ -387,17 +514,18 @@ class _Reduced:
         self.f = max(1, int(np.floor(SEARCH_PIXEL_MM / max(dy, dx))))
         self.spacing = (dz * self.zstep, dy * self.f, dx * self.f)
 
-    def _blocks(self, a: np.ndarray) -> np.ndarray:
+    def reduce(self, hu: np.ndarray) -> np.ndarray:
         f = self.f
-        a = a[::self.zstep]
+        if self.zstep == 1:
+            a = hu
+        else:
+            nzc = len(range(0, self.shape[0], self.zstep))
+            a = np.stack([hu[r.start:r.stop].mean(axis=0, dtype=np.float32)
+                          for r in map(self.fine_slices, range(nzc))])
         if f == 1:
             return a
         ny, nx = (a.shape[1] // f) * f, (a.shape[2] // f) * f
-        return a[:, :ny, :nx].reshape(a.shape[0], ny // f, f, nx // f, f)
-
-    def reduce(self, hu: np.ndarray) -> np.ndarray:
-        b = self._blocks(hu)
-        return b if self.f == 1 else b.mean(axis=(2, 4), dtype=np.float32)
+        return a[:, :ny, :nx].reshape(a.shape[0], ny // f, f, nx // f, f).mean(axis=(2, 4), dtype=np.float32)
 
     def reduce_mask(self, mask: np.ndarray) -> np.ndarray:
         """True where any voxel of the block (the slices a reduced slice stands for, f x f pixels) is."""
@@ -419,7 +547,7 @@ class _Reduced:
         return int(round(cy * f + (f - 1) / 2.0)), int(round(cx * f + (f - 1) / 2.0))
 
 
-def _paint_fine(p: PlacedMask, grid: _Reduced, shape, spacing, smooth, avoid) -> PlacedMask | None:
+def _paint_fine(p: PlacedMask, grid: _Reduced, shape, spacing, smooth, avoid, before=None) -> PlacedMask | None:
     """`p` (placed on the reduced grid) painted at full resolution on each slice of its slab where
     the disk of radius + clearance lies in the HU band of its tissue and clear of `avoid`."""
     _, dy, dx = spacing
@@ -441,11 +569,14 @@ def _paint_fine(p: PlacedMask, grid: _Reduced, shape, spacing, smooth, avoid) ->
         lo, hi = p.ref_hu - width, p.ref_hu + (p.band_above_hu if p.band_above_hu is not None else width)
     mask = np.zeros(shape, bool)
     centres = {}
-    searched = {kc * grid.zstep for kc in p.centres} if grid.f == 1 else set()
+    searched = set(p.centres) if grid.f == 1 and grid.zstep == 1 else set()
     for k, (cy, cx) in slices.items():
         ys, xs, m = around[k]
         if avoid is not None and avoid[k][ys, xs][m].any():
             continue
+        pre = before(k, ys, xs) if p.role == "aorta" and before is not None else None
+        if pre is not None and pre[m].max() >= CALCIUM_UNENHANCED_HU:
+            continue  # calcium (or what is not blood) near the aortic ROI, seen before contrast
         values = smooth(k)[ys, xs][m]
         # a slice the search saw at full resolution is placed as the search placed it
         if k not in searched and (values.min() < lo or values.max() > hi):
@@ -457,16 +588,16 @@ def _paint_fine(p: PlacedMask, grid: _Reduced, shape, spacing, smooth, avoid) ->
     return PlacedMask(p.role, p.label, mask, p.radius_mm, centres, p.clearance_mm, p.band, p.ref_hu, p.band_above_hu)
 
 
-def _search_ct(hu: np.ndarray, spacing, avoid: np.ndarray | None, unenhanced: np.ndarray | None = None
-               ) -> tuple[list[PlacedMask], list[str]]:
-    """The placement itself (on the reduced grid): see `ct_roi_masks`."""
+def _search_ct(hu: np.ndarray, spacing, avoid: np.ndarray | None, unenhanced: np.ndarray | None = None,
+               guard: int = 0) -> tuple[list[PlacedMask], list[str]]:
+    """The placement itself (on the reduced grid): see `ct_roi_masks`; `guard`: see `z_guard`."""
     notes: list[str] = []
     placed: list[PlacedMask] = []
     body = body_mask(hu)
     if not body.any():
         return [], ["no ROI placed: no body in the image (nothing above -500 HU)"]
     spine = find_spine(hu, spacing, body)
-    lumen = aortic_lumen(hu, spacing, body, spine) if spine.found else {}
+    lumen = aortic_lumen(hu, spacing, body, spine, unenhanced) if spine.found else {}
     if not spine.found:
         notes.append("aorta not placed: no vertebral body found (the aorta is searched anterior-left of it)")
     elif not lumen:
@@ -489,7 +620,7 @@ def _search_ct(hu: np.ndarray, spacing, avoid: np.ndarray | None, unenhanced: np
 
     level = None
     if lm is not None:
-        got, why, level = _liver_level(lm, lumen, x_mid, spacing)
+        got, why, level = _liver_level(lm, lumen, x_mid, spacing, guard)
         placed.extend(got)
         notes.extend(why)
     if level is not None:
@@ -596,7 +727,8 @@ def ct_roi_masks_in_organs(hu: np.ndarray, spacing, organs: dict[str, np.ndarray
     k0 = None
     if "liver" in parts:
         lm = _liver_map_in_mask(sub, spacing, parts["liver"], sub_avoid)
-        got, why, k0 = _liver_level(lm, lumen, lambda k: _midline(hu[box[0]][k], spacing) - box[2].start, spacing)
+        got, why, k0 = _liver_level(lm, lumen, lambda k: _midline(hu[box[0]][k], spacing) - box[2].start, spacing,
+                                    z_guard(LIVER_MARGIN_MM, spacing[0], 1))
         placed += got
         notes += why
     if k0 is None:
@@ -653,7 +785,7 @@ def _parenchyma(values: np.ndarray) -> tuple[float, float]:
 def _liver_map_in_mask(hu: np.ndarray, spacing, liver: np.ndarray, avoid: np.ndarray | None) -> LiverMap:
     """A LiverMap from a liver mask: organ = the mask with holes filled per slice; median and
     threshold from the smoothed mask at least LIVER_MARGIN_MM inside its edge (the whole mask if
-    none is); clear = the mask within the threshold of the median, minus `avoid`."""
+    none is); deviation from it over the mask, minus `avoid`."""
     _, dy, dx = spacing
     smooth = _smooth(hu, spacing, SMOOTH_MM)
     organ = np.zeros_like(liver)
@@ -662,14 +794,13 @@ def _liver_map_in_mask(hu: np.ndarray, spacing, liver: np.ndarray, avoid: np.nda
         if liver[k].any():
             organ[k] = fill_holes_2d(liver[k])
             core[k] = _depth_boxed(liver[k], dy, dx) >= LIVER_MARGIN_MM
-    median, threshold = _parenchyma(smooth[core if core.any() else liver])
-    clear = liver & (np.abs(smooth - median) <= threshold)
-    if avoid is not None:
-        clear &= ~avoid
-    return LiverMap(organ, clear, median, threshold)
+    deviation, median, scale = _deviation(smooth, core if core.any() else liver,
+                                          liver if avoid is None else liver & ~avoid)
+    return LiverMap(organ, deviation, median, DEVIATION_NOISE_SD * scale, [lambda k: hu[k]])
 
 
-def _liver_level(lm: LiverMap, lumen: dict, x_mid, spacing) -> tuple[list[PlacedMask], list[str], int | None]:
+def _liver_level(lm: LiverMap, lumen: dict, x_mid, spacing, guard: int = 0
+                 ) -> tuple[list[PlacedMask], list[str], int | None]:
     """The three liver ROIs at the level `ct_roi_masks` would take: of the largest liver
     cross-sections, those with an aortic lumen first (paper 001: the aorta "at the same level"),
     the first where all three fit, else the one where most do. (ROIs, notes, level)."""
@@ -678,8 +809,9 @@ def _liver_level(lm: LiverMap, lumen: dict, x_mid, spacing) -> tuple[list[Placed
     order = [k for k in order if k in lumen] + [k for k in order if k not in lumen]
     best: tuple[list[PlacedMask], list[str], int | None] = ([], ["liver ROIs not placed: the liver mask is empty"],
                                                             None)
+    cache: dict[int, np.ndarray] = {}
     for k0 in order[:LEVEL_CANDIDATES]:
-        got, why = _place_liver_rois(lm, k0, x_mid(k0), spacing)
+        got, why = _place_liver_rois(lm, k0, x_mid(k0), spacing, guard, cache)
         if best[2] is None or len(got) > len(best[0]):
             best = (got, why, k0)
         if len(got) == len(LIVER_LABELS):

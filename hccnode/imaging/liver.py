@@ -136,6 +136,9 @@ REGAIN_MM = 3.0
 # bowel) stays at 0-20 HU, while even a severely fatty liver (down to about 0 HU unenhanced) gains
 # tens of HU at portal venous and equilibrium phase (its extracellular space fills with contrast).
 LIVER_MIN_ENHANCED_HU = 30.0
+# With a registered unenhanced phase the enhancement itself tells fluid (none) from a liver, and a
+# severely fatty liver (about 0 HU before contrast, 25 HU more at equilibrium) may read below this
+# value: the rule then applies only without one (ENHANCED_MIN_HU decides instead).
 # Histogram peaks tried as the liver's attenuation, strongest first.
 PEAKS_TRIED = 3
 # The sample for phase confirmation: this deep inside the liver's extent (mm), trimmed to the
@@ -412,7 +415,7 @@ def find_liver_extent(hu: np.ndarray, spacing, body: np.ndarray, spine_x: np.nda
             tried.append(f"tissue of {centre:.0f} HU: brighter than liver parenchyma (blood, kidney, oral contrast)")
             continue
         (mid, half), enh_band = _band(smooth[qbox], centre, sd, q_soft[qbox], sp, None if enh is None else enh[qbox])
-        if enhanced and mid < LIVER_MIN_ENHANCED_HU:
+        if enhanced and enh is None and mid < LIVER_MIN_ENHANCED_HU:
             tried.append(f"tissue of {mid:.0f} HU: water-like in a contrast-enhanced phase (ascites, fluid)")
             continue
         if enh is not None and enh_band is None:

@@ -143,6 +143,7 @@ class Body:
     noise_grain_px: int                       # grain of the blotchy noise component (pixels)
     liver_volume_ml: float                    # whole organ (parenchyma + vessels + tumours)
     features: dict = field(default_factory=dict)
+    overrides: dict = field(default_factory=dict)   # as given to generate_body (to render it again)
 
     @property
     def liver_ecv_percent(self) -> float:
@@ -1125,7 +1126,8 @@ def generate_body(seed: int, **overrides) -> Body:
         feet_first=bool(o.get("feet_first", u() < 0.3)), hct=truth["hct"], liver_ecv=truth["liver_ecv"],
         aorta_hu={p: float(v) for p, v in truth["aorta"].items()},
         liver_hu={p: float(v) for p, v in truth["liver"].items()}, tumours=anat.tumours,
-        noise_sd=noise_sd, noise_sigma_px=float(sigma_px), noise_grain_px=blotch_px, liver_volume_ml=vol, features=features)
+        noise_sd=noise_sd, noise_sigma_px=float(sigma_px), noise_grain_px=blotch_px, liver_volume_ml=vol, features=features,
+        overrides=dict(overrides))
 
 
 def g_spacing(g: _Grid):

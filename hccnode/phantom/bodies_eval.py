@@ -9,7 +9,11 @@ takes it) and checks every ROI against the truth label map:
   `CLEARANCE_MM` from anything else (edge, vessel, lesion, gallbladder), 3-D distance;
 * liver ECV by paper 001 (hccnode.imaging.ecv.cect_ecv: the liver ROIs' mean HU averaged per
   phase, the aorta ROI's mean HU, the body's hematocrit) against the truth, in percentage points;
-* the aorta ROI: inside the true lumen, and its dHU (equilibrium - unenhanced) against the truth.
+* the aorta ROI: inside the true lumen, and its dHU (equilibrium - unenhanced) against the truth;
+* the noise floor of that ECV: the SD the image noise alone gives the estimate with these ROIs
+  (`ecv_floor_sd_pp`, formula in bench/anatomy.py and `ecv_floor_sd`), from the noise measured on
+  the image (`measured_noise`), and, with `noise_free=True`, the ECV the same ROIs give on the
+  body rendered without noise (what is left there is not noise: placement, partial volume).
 
 `summarise(results)` gives the rates the bench prints against the issue's targets (>= 98 %
 placed, 0 ROIs outside the liver, |liver ECV error| <= 1.0 pp in >= 95 %).
@@ -71,6 +75,49 @@ def roi_check(body: Body, mask: np.ndarray) -> dict:
             "clearance_mm": round(clearance, 2), "labels": hit}
 
 
+# Noise is measured on the difference of the registered phases (equilibrium - unenhanced), where
+# the parenchyma's texture cancels, over liver parenchyma at least this far (mm) from anything
+# else, in square blocks of this side (pixels) for its correlation.
+NOISE_REGION_MM = 6.0
+NOISE_BLOCK_PX = 8
+
+
+def measured_noise(body: Body) -> tuple[float, float]:
+    """(sigma HU, correlation cell in voxels) of the image noise, measured on the body's images.
+
+    sigma^2 = var(d) / 2 with d = equilibrium - unenhanced over deep parenchyma (each phase
+    carries its own independent noise; texture and ECV are common, so d is flat but for noise);
+    the cell c = b^2 var(mean of b x b blocks of d) / var(d), so that a mean over N voxels has the
+    variance sigma^2 c / N (noise is correlated in-plane by the point spread and the grain of
+    iterative reconstruction, independent between slices)."""
+    d = body.hu["equilibrium"].astype(np.float64) - body.hu["unenhanced"]
+    deep = ndimage.distance_transform_edt(body.labels == L.LIVER, sampling=body.spacing) >= NOISE_REGION_MM
+    if deep.sum() < 100:
+        return float("nan"), float("nan")
+    var = float(np.var(d[deep]))
+    b = NOISE_BLOCK_PX
+    means = []
+    for k in np.nonzero(deep.any(axis=(1, 2)))[0]:
+        full = ndimage.uniform_filter(deep[k].astype(float), b) > 0.999
+        avg = ndimage.uniform_filter(d[k], b)
+        means.append(avg[b // 2::b, b // 2::b][full[b // 2::b, b // 2::b]])
+    means = np.concatenate(means) if means else np.array([])
+    cell = b * b * float(np.var(means)) / var if means.size >= 20 else 1.0
+    return float(np.sqrt(var / 2.0)), max(cell, 1.0)
+
+
+def ecv_floor_sd(ecv_pct: float, d_liver: float, d_aorta: float, liver_voxels: list[int], aorta_voxels: int,
+                 sigma: float, cell: float) -> float:
+    """SD (pp) of paper 001's ECV = (1 - HCT) dHU_liver / dHU_aorta from image noise alone,
+    first-order propagation: the liver dHU is the mean over n ROIs of (equilibrium - unenhanced)
+    ROI means, var = 2 sigma^2 c / n^2 sum(1 / N_i); the aortic dHU's var = 2 sigma^2 c / N_a;
+    SD(ECV) = ECV sqrt(var_L / dHU_liver^2 + var_A / dHU_aorta^2)."""
+    n = len(liver_voxels)
+    var_l = 2.0 * sigma ** 2 * cell * sum(1.0 / v for v in liver_voxels) / (n * n)
+    var_a = 2.0 * sigma ** 2 * cell / aorta_voxels
+    return abs(ecv_pct) * float(np.sqrt(var_l / d_liver ** 2 + var_a / d_aorta ** 2))
+
+
 def describe(body: Body) -> str:
     """What the body has, in a few words (for failure lines)."""
     f = body.features
@@ -86,8 +133,10 @@ def describe(body: Body) -> str:
     return ", ".join(words)
 
 
-def evaluate(body: Body, placer=None) -> dict:
-    """One body through the automatic placement; the checks described in the module docstring."""
+def evaluate(body: Body, placer=None, noise_free: bool = False) -> dict:
+    """One body through the automatic placement; the checks described in the module docstring.
+    `noise_free`: also render the body without noise (same seed, same anatomy and contrast) and
+    measure the ECV with the same ROIs on it."""
     t0 = time.perf_counter()
     out: dict = {"seed": body.seed, "body": describe(body), "features": _plain(body.features),
                  "truth_ecv_pct": round(body.liver_ecv_percent, 3), "error": None}
@@ -130,9 +179,30 @@ def evaluate(body: Body, placer=None) -> dict:
             if r.ecv_percent is not None:
                 out["ecv_pct"] = round(r.ecv_percent, 3)
                 out["ecv_error_pp"] = round(r.ecv_percent - body.liver_ecv_percent, 3)
+                sigma, cell = measured_noise(body)
+                out["noise_measured_hu"] = round(sigma, 2)
+                out["noise_cell_voxels"] = round(cell, 2)
+                out["ecv_floor_sd_pp"] = round(ecv_floor_sd(
+                    r.ecv_percent, r.delta_hu_tissue, r.delta_hu_aorta, [c["voxels"] for c in out["liver_rois"]],
+                    int(am.sum()), sigma, cell), 3)
+                if noise_free:
+                    out["ecv_noise_free_error_pp"] = round(_noise_free_ecv(body, livers, am) - body.liver_ecv_percent,
+                                                           3)
     out["ok"] = (out["liver_found"] and out["rois_outside"] == 0 and out["ecv_error_pp"] is not None
                  and abs(out["ecv_error_pp"]) <= ECV_TOLERANCE_PP)
     return out
+
+
+def _noise_free_ecv(body: Body, livers, aorta_mask: np.ndarray) -> float:
+    """Paper 001's liver ECV with the placed ROIs on the body rendered without noise."""
+    from hccnode.phantom.bodies import generate_body
+
+    clean = generate_body(body.seed, **{**body.overrides, "noise_sd": 0.0, "feet_first": body.feet_first})
+    un, eq = clean.hu["unenhanced"], clean.hu["equilibrium"]
+    ms = [np.asarray(p.mask, bool) for p in livers]
+    r = cect_ecv([float(un[m].mean()) for m in ms], [float(eq[m].mean()) for m in ms],
+                 float(un[aorta_mask].mean()), float(eq[aorta_mask].mean()), clean.hct)
+    return float("nan") if r.ecv_percent is None else r.ecv_percent
 
 
 def _plain(d):
@@ -169,11 +239,49 @@ def summarise(results: list[dict]) -> dict:
         "aorta_inside": sum(bool(r["aorta_inside"]) for r in results),
         "aorta_abs_delta_error_median_hu": float(np.median(aerr)) if len(aerr) else None,
         "aorta_abs_delta_error_p95_hu": float(np.percentile(aerr, 95)) if len(aerr) else None,
+        **_floor_summary(results),
         "errors": sum(r["error"] is not None for r in results),
         "targets_met": bool(n and sum(r["liver_found"] for r in results) >= TARGET_PLACED * n
                             and sum(r["rois_outside"] for r in results) == 0
                             and within >= TARGET_ECV_SHARE * n),
     }
+
+
+# Noise bands (HU, the generator's stated noise SD) for the error split.
+NOISE_BANDS = ((8.0, 14.0), (14.0, 20.0), (20.0, 26.0), (26.0, 31.0))
+
+
+def _floor_summary(results: list[dict]) -> dict:
+    """ECV error against its noise floor: within max(1 pp, 2 floor SD), |error| / floor SD, the
+    noise-free error, and the split by noise band."""
+    rs = [r for r in results if r["ecv_error_pp"] is not None and r.get("ecv_floor_sd_pp") is not None]
+    out: dict = {"ecv_with_floor": len(rs)}
+    if not rs:
+        return out
+    err = np.array([abs(r["ecv_error_pp"]) for r in rs])
+    floor = np.array([r["ecv_floor_sd_pp"] for r in rs])
+    out["ecv_within_floor"] = int((err <= np.maximum(ECV_TOLERANCE_PP, 2.0 * floor)).sum())
+    out["ecv_floor_sd_median_pp"] = float(np.median(floor))
+    out["ecv_floor_sd_above_half_pp"] = int((floor > ECV_TOLERANCE_PP / 2.0).sum())
+    out["ecv_z_median"] = float(np.median(err / floor))
+    out["ecv_z_p95"] = float(np.percentile(err / floor, 95))
+    nf = np.array([abs(r["ecv_noise_free_error_pp"]) for r in rs if r.get("ecv_noise_free_error_pp") is not None])
+    nf = nf[np.isfinite(nf)]
+    if nf.size:
+        out["ecv_noise_free"] = int(nf.size)
+        out["ecv_noise_free_within"] = int((nf <= ECV_TOLERANCE_PP).sum())
+        out["ecv_noise_free_abs_median_pp"] = float(np.median(nf))
+        out["ecv_noise_free_abs_p95_pp"] = float(np.percentile(nf, 95))
+    bands = []
+    for lo, hi in NOISE_BANDS:
+        sel = np.array([lo <= r["features"].get("noise_sd", 0.0) < hi for r in rs])
+        if sel.any():
+            bands.append({"noise_hu": (lo, hi), "n": int(sel.sum()), "abs_error_median_pp": float(np.median(err[sel])),
+                          "within_1pp": int((err[sel] <= ECV_TOLERANCE_PP).sum()),
+                          "within_floor": int((err[sel] <= np.maximum(ECV_TOLERANCE_PP, 2.0 * floor[sel])).sum()),
+                          "floor_sd_median_pp": float(np.median(floor[sel]))})
+    out["ecv_bands"] = bands
+    return out
 
 
 def report_lines(results: list[dict]) -> list[str]:
@@ -199,6 +307,7 @@ def report_lines(results: list[dict]) -> list[str]:
         f"signed median {num(s['ecv_error_median_pp'], 'pp')}",
         f"|liver ECV error| <= {ECV_TOLERANCE_PP:g} pp: {pct('ecv_within_tolerance')}   target >= "
         f"{100 * TARGET_ECV_SHARE:.0f} %",
+        *_floor_lines(s),
         f"aorta found: {pct('aorta_found')}; inside the true lumen: {pct('aorta_inside')}; |dHU error| median "
         f"{num(s['aorta_abs_delta_error_median_hu'], 'HU')}, 95th percentile {num(s['aorta_abs_delta_error_p95_hu'], 'HU')}",
         f"placer errors: {s['errors']}",
@@ -217,11 +326,39 @@ def report_lines(results: list[dict]) -> list[str]:
             if not c["clean"]:
                 what.append(f"{c['label']} in {'+'.join(c['labels'])} (clearance {c['clearance_mm']:.1f} mm)")
         if r["ecv_error_pp"] is not None:
-            what.append(f"ECV {r['ecv_pct']:.1f} % vs true {r['truth_ecv_pct']:.1f} % ({r['ecv_error_pp']:+.1f} pp)")
+            what.append(f"ECV {r['ecv_pct']:.1f} % vs true {r['truth_ecv_pct']:.1f} % ({r['ecv_error_pp']:+.1f} pp"
+                        + (f", noise floor SD {r['ecv_floor_sd_pp']:.1f} pp" if r.get("ecv_floor_sd_pp") is not None else "")
+                        + (f", without noise {r['ecv_noise_free_error_pp']:+.1f} pp"
+                           if r.get("ecv_noise_free_error_pp") is not None else "") + ")")
         if not r["aorta_found"]:
             what.append("no aorta ROI")
         elif not r["aorta_inside"]:
             what.append("aorta ROI leaves the lumen")
         lines.append(f"  seed {r['seed']}: [{r['body']}] placed {r['placed'] or 'nothing'}; {'; '.join(what)}"
                      f"; notes: {' | '.join(r['notes']) or '-'}")
+    return lines
+
+
+def _floor_lines(s: dict) -> list[str]:
+    if not s.get("ecv_with_floor"):
+        return []
+    n = s["ecv_with_floor"]
+    lines = [
+        f"ECV noise floor (SD the image noise alone gives, per body): median {s['ecv_floor_sd_median_pp']:.2f} pp; "
+        f"above {ECV_TOLERANCE_PP / 2:g} pp (so that 95 % within {ECV_TOLERANCE_PP:g} pp is out of reach) in "
+        f"{s['ecv_floor_sd_above_half_pp']}/{n}",
+        f"|liver ECV error| <= max({ECV_TOLERANCE_PP:g} pp, 2 x floor SD): {s['ecv_within_floor']}/{n} "
+        f"({100.0 * s['ecv_within_floor'] / n:.1f} %); |error| / floor SD median {s['ecv_z_median']:.2f}, "
+        f"95th percentile {s['ecv_z_p95']:.2f} (noise alone: 0.67 and 1.96)",
+    ]
+    if s.get("ecv_noise_free"):
+        m = s["ecv_noise_free"]
+        lines.append(f"same ROIs on the body rendered without noise: |ECV error| median "
+                     f"{s['ecv_noise_free_abs_median_pp']:.2f} pp, 95th percentile {s['ecv_noise_free_abs_p95_pp']:.2f} pp, "
+                     f"<= {ECV_TOLERANCE_PP:g} pp in {s['ecv_noise_free_within']}/{m} ({100.0 * s['ecv_noise_free_within'] / m:.1f} %)")
+    for b in s["ecv_bands"]:
+        lo, hi = b["noise_hu"]
+        lines.append(f"  noise {lo:g}-{hi:g} HU: {b['n']} bodies, |error| median {b['abs_error_median_pp']:.2f} pp, "
+                     f"floor SD median {b['floor_sd_median_pp']:.2f} pp, <= {ECV_TOLERANCE_PP:g} pp {b['within_1pp']}, "
+                     f"<= max({ECV_TOLERANCE_PP:g}, 2 floor) {b['within_floor']}")
     return lines
