@@ -1,8 +1,9 @@
 """`hccnode serve --role ...` on one PostgreSQL (tests/pg_support.py) and one shared data directory:
 1 receiver, 2 workers and 1 forwarder as separate processes on loopback; a phantom CECT study
 (4 series of 10 slices of 64² pixels) sent by dcmtk storescu to the receiver, analysed once by one
-of the workers, its outputs (those the job records) forwarded by the forwarder to a real Orthanc. Each test costs about
-40 s on 2 cores (PostgreSQL database, Orthanc, four node starts, one or two analyses)."""
+of the workers, its outputs (those the job records) forwarded by the forwarder to a real Orthanc; then
+two receivers on the same spool. Each test costs about 30-40 s on 2 cores (PostgreSQL database, Orthanc,
+four or five node starts, one or two analyses)."""
 
 from __future__ import annotations
 
@@ -202,6 +203,60 @@ def test_two_receivers_on_one_spool_take_concurrent_senders_and_each_study_is_an
         for n in nodes.values():
             n.stop()
         verified = receivers[0].cli("audit", "verify")
+        assert verified.returncode == 0 and "audit log intact" in verified.stdout, verified.stdout + verified.stderr
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_receiver_killed_mid_association_loses_nothing_acknowledged_and_the_retry_to_the_other_completes(
+        node_factory, pg_url, orthanc, kill_landed):
+    """kill -9 of receiver 1 while a study arrives; the sender then sends the whole study to
+    receiver 2. Restarting receiver 1 removes the dead process's temporary files and none of the
+    live receiver's. Costs about 40 s."""
+    root = scratch_dir("roles-receiver-kill")
+    try:
+        nodes = _site(node_factory, pg_url, orthanc, root / "shared",
+                      names=("receiver1", "receiver2", "worker1", "forwarder"))
+        first, second = _start(nodes["receiver1"], "receiver"), _start(nodes["receiver2"], "receiver")
+        generate(StudySpec(kind="cect", seed=33, slices=16, matrix=64, noise_sd=2.0, seg_phase="equilibrium"),
+                 root / "phantom")
+        files = sorted(str(p) for p in (root / "phantom").rglob("*.dcm"))
+        sops = {f: str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+        store = first.store()
+        sender = _storescu(first, files, root / "send0.log")
+        wait_until(lambda: store.query("SELECT COUNT(*) AS n FROM instances")[0]["n"] >= 10, 60, interval=0.02,
+                   what="some instances stored")
+        dead_pid = first.proc.pid
+        first.kill9()
+        sender.wait(60)
+        acked = [sops[f] for f, answer in store_responses((root / "send0.log").read_text()) if answer == "Success"]
+        kill_landed(f"{len(acked)} of {len(files)} instances acknowledged by the killed receiver, "
+                    f"{'after the send had ended' if sender.returncode == 0 else 'the send cut short'}")
+        indexed = {r["sop_uid"] for r in store.query("SELECT sop_uid FROM instances")}
+        assert not [s for s in acked if s not in indexed], "an acknowledged instance was lost"
+
+        retry = _storescu(second, files, root / "send1.log")       # the sender's retry, whole study
+        assert retry.wait(180) == 0, (root / "send1.log").read_text()[-600:]
+        rows = store.query("SELECT sop_uid FROM instances")
+        assert len(rows) == len(files) and {r["sop_uid"] for r in rows} == set(sops.values())
+
+        tmp = root / "shared" / "spool" / ".tmp"
+        nodes["receiver1"].start(role="receiver")   # same host: the dead pid's directory goes, the live one stays
+        assert not [d for d in tmp.iterdir() if d.name.endswith(f".{dead_pid}")]
+        assert [d for d in tmp.iterdir() if d.name.endswith(f".{second.proc.pid}")]
+
+        _start(nodes["worker1"], "worker")
+        _start(nodes["forwarder"], "forwarder")
+        delivered = _outputs_delivered(store, orthanc)
+        jobs = store.query("SELECT j.*, s.seq FROM jobs j JOIN studies s ON s.study_uid = j.study_uid")
+        assert len(jobs) == 1 and jobs[0]["state"] == "done" and jobs[0]["study_seq"] == jobs[0]["seq"]
+        outputs = set(json.loads(jobs[0]["result"])["output_uids"])
+        assert outputs and delivered == outputs == orthanc.sop_uids() and len(orthanc.get("/instances")) == len(outputs)
+        store.close()
+
+        for n in nodes.values():
+            n.stop()
+        verified = second.cli("audit", "verify")
         assert verified.returncode == 0 and "audit log intact" in verified.stdout, verified.stdout + verified.stderr
     finally:
         shutil.rmtree(root, ignore_errors=True)
