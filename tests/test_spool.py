@@ -192,7 +192,12 @@ def test_a_receiver_starting_removes_only_temporary_files_that_cannot_be_in_flig
     (dirs["other_fresh"] / "b.part").write_bytes(b"x")
     os.utime(dirs["other_fresh"] / "b.part", (old, old))   # an old file beside a fresh one: only it goes
 
-    assert spool.clean_tmp() == 4      # own, dead, other_old and the old file of other_fresh
+    (spool.tmp_root / "fresh.part").write_bytes(b"x")     # the former layout: files in .tmp itself
+    (spool.tmp_root / "old.part").write_bytes(b"x")
+    os.utime(spool.tmp_root / "old.part", (old, old))
+
+    assert spool.clean_tmp() == 5      # own, dead, other_old, the old file of other_fresh, old.part
+    assert (spool.tmp_root / "fresh.part").exists() and not (spool.tmp_root / "old.part").exists()
     assert dirs["own"].is_dir() and not list(dirs["own"].iterdir())
     assert not dirs["dead"].exists() and not dirs["other_old"].exists()
     assert list(dirs["live"].iterdir()) == [dirs["live"] / "a.part"]       # a live receiver's store in flight

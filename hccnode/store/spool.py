@@ -453,30 +453,31 @@ class Spool:
         self._receiving = 0                    # ingest() calls now running, all threads
         self._receiving_lock = threading.Lock()
 
-    def clean_tmp(self, now_s: float | None = None) -> int:
+    def clean_tmp(self) -> int:
         """Remove in-flight files left by a crash (none of them was ever acknowledged); returns how
         many. Several receivers may share the spool, so only what cannot be in flight goes:
         this process's own directory (a previous process with the same pid, as in a container),
         a directory of this host whose process is gone, and elsewhere files older than
         STALE_TMP_SECONDS (and such a directory once empty: a live owner makes it again)."""
-        host, cutoff, n = _host(), (time.time() if now_s is None else now_s) - STALE_TMP_SECONDS, 0
+        host, cutoff, n = _host(), time.time() - STALE_TMP_SECONDS, 0
         for d in self.tmp_root.iterdir():
-            if not d.is_dir():    # a file of the former layout (one shared .tmp), from before an upgrade
-                d.unlink(missing_ok=True)
-                n += 1
+            if not d.is_dir():    # the former layout (one shared .tmp): its writer may still run elsewhere
+                if _mtime(d) < cutoff:
+                    d.unlink(missing_ok=True)
+                    n += 1
                 continue
             owner, _, pid = d.name.rpartition(".")
             mine = owner == host and pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid)))
             stale = mine or _mtime(d) < cutoff     # before its files go (which touches it)
-            for p in list(d.iterdir()):
-                if mine or _mtime(p) < cutoff:
-                    p.unlink(missing_ok=True)
-                    n += 1
-            if d != self.tmp and stale:
-                try:
+            try:
+                for p in list(d.iterdir()):
+                    if mine or _mtime(p) < cutoff:
+                        p.unlink(missing_ok=True)
+                        n += 1
+                if d != self.tmp and stale:
                     d.rmdir()     # fails when a live owner wrote a file meanwhile: then it stays
-                except OSError:
-                    pass
+            except OSError:       # removed meanwhile by another receiver starting, or not empty
+                continue
         return n
 
     def _unique(self, suffix: str) -> str:
