@@ -152,7 +152,7 @@ def _storescu(receiver, files, log_path) -> subprocess.Popen:
 def test_two_receivers_on_one_spool_take_concurrent_senders_and_each_study_is_analysed_once(
         node_factory, pg_url, orthanc):
     """Two senders at once, one per receiver: study A through receiver 1 only, study B's series
-    split between both receivers (one study assembled from two hosts' stores). Costs about 60 s."""
+    split between both receivers (one study assembled from two hosts' stores). Costs about 40 s."""
     root = scratch_dir("roles-receivers")
     try:
         nodes = _site(node_factory, pg_url, orthanc, root / "shared",
