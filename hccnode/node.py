@@ -59,8 +59,7 @@ class Node:
 
     def start(self) -> None:
         self._held.enter_context(running.serving(self.cfg.data_dir))
-        # Only a receiver writes into spool/.tmp: another role must not empty it under a receiver
-        # that shares the spool.
+        # Only a receiver removes stale temporary files (spool/.tmp/<host>.<pid>, never a live one).
         cleaned = self.spool.clean_tmp() if self.scp else 0
         log.event("node.starting", version=__version__, role=self.role, data_dir=self.cfg.data_dir,
                   config=self.cfg.source, unacknowledged_tmp_removed=cleaned)

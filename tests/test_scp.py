@@ -147,7 +147,7 @@ def test_kill9_while_receiving_loses_nothing_acknowledged_and_runs_the_job_once(
         sender.wait(60)
     acked = [sops[f] for f, answer in store_responses(log_path.read_text()) if answer == "Success"]
     tmp = node.data_dir / "spool" / ".tmp"
-    partials = len(list(tmp.iterdir())) if tmp.is_dir() else 0
+    partials = len(list(tmp.rglob("*.part"))) if tmp.is_dir() else 0
     kill_landed(f"{len(acked)} of {len(files)} instances acknowledged, "
                 f"{'after the send had ended' if sender.returncode == 0 else 'the send cut short'}, "
                 f"{partials} partial file(s) in the spool")
@@ -162,7 +162,7 @@ def test_kill9_while_receiving_loses_nothing_acknowledged_and_runs_the_job_once(
     assert not missing, f"{len(missing)} acknowledged instances lost"
     for s in acked:
         assert (node.data_dir / indexed[s]["path"]).exists()
-    assert not list((node.data_dir / "spool" / ".tmp").iterdir())  # unacknowledged partials cleaned
+    assert not list(tmp.rglob("*.part"))   # unacknowledged partials cleaned (the killed process's directory too)
 
     wait_until(lambda: store.query("SELECT * FROM jobs WHERE state = 'done'"), 30, what="stable job")
     jobs = store.query("SELECT * FROM jobs")

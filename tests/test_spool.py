@@ -166,3 +166,44 @@ def test_a_file_left_at_the_instance_name_by_a_crash_is_replaced_by_the_received
     row = spool.store.query("SELECT path FROM instances")[0]
     assert spool.store.data_dir / row["path"] == final
     assert received(final)[3] == data
+
+
+def test_a_receiver_starting_removes_only_temporary_files_that_cannot_be_in_flight(spool, tmp_path):
+    """Receivers on several hosts share spool/.tmp, one directory per process (<host>.<pid>)."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    from hccnode.store.spool import STALE_TMP_SECONDS, _host
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)   # a process of this host that has ended (its pid not reused: checked below)
+    assert not Path(f"/proc/{dead_pid}").exists()
+    old = time.time() - STALE_TMP_SECONDS - 60
+    dirs = {"own": spool.tmp, "dead": spool.tmp_root / f"{_host()}.{dead_pid}",
+            "live": spool.tmp_root / f"{_host()}.{os.getppid()}",
+            "other_fresh": spool.tmp_root / "other-host.example.7", "other_old": spool.tmp_root / "old-host.9"}
+    for name, d in dirs.items():
+        d.mkdir(parents=True)
+        (d / "a.part").write_bytes(b"x")
+    os.utime(dirs["other_old"] / "a.part", (old, old))
+    os.utime(dirs["other_old"], (old, old))
+    (dirs["other_fresh"] / "b.part").write_bytes(b"x")
+    os.utime(dirs["other_fresh"] / "b.part", (old, old))   # an old file beside a fresh one: only it goes
+
+    (spool.tmp_root / "fresh.part").write_bytes(b"x")     # the former layout: files in .tmp itself
+    (spool.tmp_root / "old.part").write_bytes(b"x")
+    os.utime(spool.tmp_root / "old.part", (old, old))
+
+    assert spool.clean_tmp() == 5      # own, dead, other_old, the old file of other_fresh, old.part
+    assert (spool.tmp_root / "fresh.part").exists() and not (spool.tmp_root / "old.part").exists()
+    assert dirs["own"].is_dir() and not list(dirs["own"].iterdir())
+    assert not dirs["dead"].exists() and not dirs["other_old"].exists()
+    assert list(dirs["live"].iterdir()) == [dirs["live"] / "a.part"]       # a live receiver's store in flight
+    assert list(dirs["other_fresh"].iterdir()) == [dirs["other_fresh"] / "a.part"]
+
+    shutil.rmtree(dirs["own"])            # removed as stale by another host: the next store makes it again
+    f = ct_series(tmp_path / "in", n=1)[0]
+    assert spool.ingest(*received(f)).status == status.SUCCESS
+    assert dirs["own"].is_dir() and not list(dirs["own"].iterdir())

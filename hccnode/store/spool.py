@@ -10,7 +10,9 @@ with its raw bytes and the reason.
 Layout under the data directory:
     spool/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.<sha12>.dcm   (content-addressed suffix, so a
                                                                replacement never overwrites)
-    spool/.tmp/                                                (in-flight writes; emptied at start)
+    spool/.tmp/<host>.<pid>/                                   (in-flight writes, one directory per process,
+                                                               so receivers on several hosts share a spool;
+                                                               stale ones removed at a receiver's start)
     quarantine/<time>-<n>.dcm                                  (raw bytes we refused)
 """
 
@@ -24,6 +26,7 @@ import json
 import logging
 import os
 import re
+import socket
 import struct
 import threading
 import time
@@ -43,6 +46,9 @@ UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 IMPLEMENTATION_CLASS_UID = "2.25.293018322262423898304801851030077679834"  # UUID-derived (PS3.5 B.2), fixed for hccnode
 IMPLEMENTATION_VERSION = f"HCCNODE_{__version__}"[:16]
 SQLITE_FULL = 13  # sqlite3 result code: "database or disk is full"
+# A temporary file of another host (or of a live process) older than this cannot be in flight: a
+# store writes and renames it within one C-STORE, bounded by the association's timeouts.
+STALE_TMP_SECONDS = 24 * 3600
 
 
 def valid_uid(uid: object) -> bool:
@@ -65,6 +71,28 @@ class RejectedDataset(Exception):
         super().__init__(comment)
         self.status = status_code
         self.comment = comment
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "host"
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process `pid` runs on this host (one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")   # gone already
 
 
 def _fsync_dir(path: Path) -> None:
@@ -412,9 +440,11 @@ class Spool:
     def __init__(self, store: Store):
         self.store = store
         self.root = store.data_dir / "spool"
-        self.tmp = self.root / ".tmp"
+        self.tmp_root = self.root / ".tmp"
+        # This process's own: created at its first write (and again if removed as stale meanwhile).
+        self.tmp = self.tmp_root / f"{_host()}.{os.getpid()}"
         self.quarantine_dir = store.data_dir / "quarantine"
-        for d in (self.root, self.tmp, self.quarantine_dir):
+        for d in (self.root, self.tmp_root, self.quarantine_dir):
             d.mkdir(parents=True, exist_ok=True)
         self._dirs_known: set[Path] = set()
         self._dirs_lock = threading.Lock()
@@ -424,11 +454,30 @@ class Spool:
         self._receiving_lock = threading.Lock()
 
     def clean_tmp(self) -> int:
-        """Remove in-flight files left by a crash: none of them was ever acknowledged."""
-        n = 0
-        for p in self.tmp.iterdir():
-            p.unlink(missing_ok=True)
-            n += 1
+        """Remove in-flight files left by a crash (none of them was ever acknowledged); returns how
+        many. Several receivers may share the spool, so only what cannot be in flight goes:
+        this process's own directory (a previous process with the same pid, as in a container),
+        a directory of this host whose process is gone, and elsewhere files older than
+        STALE_TMP_SECONDS (and such a directory once empty: a live owner makes it again)."""
+        host, cutoff, n = _host(), time.time() - STALE_TMP_SECONDS, 0
+        for d in self.tmp_root.iterdir():
+            if not d.is_dir():    # the former layout (one shared .tmp): its writer may still run elsewhere
+                if _mtime(d) < cutoff:
+                    d.unlink(missing_ok=True)
+                    n += 1
+                continue
+            owner, _, pid = d.name.rpartition(".")
+            mine = owner == host and pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid)))
+            stale = mine or _mtime(d) < cutoff     # before its files go (which touches it)
+            try:
+                for p in list(d.iterdir()):
+                    if mine or _mtime(p) < cutoff:
+                        p.unlink(missing_ok=True)
+                        n += 1
+                if d != self.tmp and stale:
+                    d.rmdir()     # fails when a live owner wrote a file meanwhile: then it stays
+            except OSError:       # removed meanwhile by another receiver starting, or not empty
+                continue
         return n
 
     def _unique(self, suffix: str) -> str:
@@ -487,7 +536,11 @@ class Spool:
         preamble = file_preamble(sop_class, sop_uid, transfer_syntax, calling_ae)
         tmp = self.tmp / self._unique(".part")
         try:
-            fd, size = _write_file(tmp, preamble, dataset)
+            try:
+                fd, size = _write_file(tmp, preamble, dataset)
+            except FileNotFoundError:   # first write of this process, or its directory removed as stale
+                self.tmp.mkdir(parents=True, exist_ok=True)
+                fd, size = _write_file(tmp, preamble, dataset)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             return self._failed(exc, sop_uid, sop_class, calling_ae)
