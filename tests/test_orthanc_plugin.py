@@ -60,7 +60,7 @@ def test_stable_liver_study_is_routed_to_the_node_and_others_are_not(node_factor
 
 def test_study_stored_in_orthanc_is_analysed_and_its_sr_comes_back_once(node_factory, tmp_path):
     """Issue 9 deploy: a phantom CECT study stored into Orthanc is routed by the plugin, analysed by
-    the node, and the node's SR lands in the same study in Orthanc. The results arriving make the
+    the node, and the node's SRs (ROI SR and results SR) land in the same study in Orthanc. The results arriving make the
     study stable again; its images are not routed a second time, so it is analysed once."""
     from hccnode.phantom import StudySpec, generate
 
@@ -93,10 +93,10 @@ def test_study_stored_in_orthanc_is_analysed_and_its_sr_comes_back_once(node_fac
             return [i for i in orthanc.get(f"/studies/{sid}/instances")
                     if orthanc.get(f"/instances/{i['ID']}/tags?simplify")["SOPClassUID"] == "1.2.840.10008.5.1.4.1.1.88.34"]
 
-        wait_until(lambda: srs(), 150, interval=0.5, what="the node's SR back in Orthanc")
+        wait_until(lambda: len(srs()) == 2, 150, interval=0.5, what="the node's two SRs back in Orthanc")
         wait_until(lambda: "not sent again" in orthanc.log_path.read_text(), 30,
                    what="the study, stable again with the results, to be judged")
         assert [j["study_uid"] for j in store.query("SELECT study_uid FROM jobs")] == [study_uid]
-        assert len(srs()) == 1
+        assert len(srs()) == 2        # the ROI SR and its results SR (hccnode.report.sr), each once
     finally:
         orthanc.stop()
