@@ -154,6 +154,13 @@ def analysis_sr(path) -> pydicom.Dataset:
     return ds
 
 
+def walk(items):
+    """Every content item of an SR content sequence, depth first."""
+    for item in items or []:
+        yield item
+        yield from walk(item.get("ContentSequence"))
+
+
 _CACHE: dict[str, object] = {}
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 from pipeline_support import add_labs, by_marker, phantom_store, scratch_dir
-from report_support import analysis_sr, dciodvfy
+from report_support import analysis_sr, dciodvfy, walk
 
 from hccnode.imaging.measure import READER
 from hccnode.phantom import Motion, StudySpec
@@ -69,7 +69,7 @@ def test_missing_hct_reports_ecv_missing_with_the_reason(cect_runs):
         assert m.value is None and "hct" in m.reason and "no hct result" in m.lab_missing_reason
     assert by_marker(a, "tumor_delta_hu").value is not None  # what could be measured still is
     sr = analysis_sr(a.out_dir / "sr.dcm")
-    texts = [str(i.get("TextValue", "")) for i in _walk(sr.ContentSequence)]
+    texts = [str(i.get("TextValue", "")) for i in walk(sr.ContentSequence)]
     assert any("ecv_tumor" in t and "not measured" in t and "hct" in t for t in texts)
     assert not (a.out_dir / "ecv_map.dcm").exists()
 
@@ -94,7 +94,7 @@ def test_cect_outputs_validate_and_read_back(cect, cect_runs):
         assert errors == [], (p.name, errors)
         assert pydicom.dcmread(p).StudyInstanceUID == study
     sr = hd.sr.srread(a.out_dir / "sr.dcm")
-    values = [float(i.MeasuredValueSequence[0].NumericValue) for i in _walk(sr.ContentSequence)
+    values = [float(i.MeasuredValueSequence[0].NumericValue) for i in walk(sr.ContentSequence)
               if i.get("ValueType") == "NUM" and i.get("MeasuredValueSequence")]
     assert any(v == pytest.approx(by_marker(a, "ecv_tumor").value, abs=1e-3) for v in values)
     # the map over the liver: its median is the liver's ECV
@@ -233,7 +233,7 @@ def test_mr_follow_up_paired_with_baseline_and_nomogram():
         base_t2 = by_marker(b, "t2_sir_tumor_baseline")
         assert base_t2.notes[0].startswith("baseline study: lesion 1 of 1 (") and "ROI level series " in base_t2.notes[0]
         sr = analysis_sr(b.out_dir / "sr.dcm")      # the role groups are in the results SR
-        idents = [i.TextValue for i in _walk(sr.ContentSequence)
+        idents = [i.TextValue for i in walk(sr.ContentSequence)
                   if i.ValueType == "TEXT" and i.ConceptNameCodeSequence[0].CodeMeaning == "Tracking Identifier"]
         assert "Tumor, baseline study (reader ROIs)" in idents and "Tumor (reader)" in idents
         for p in b.files:
@@ -266,11 +266,6 @@ def test_mr_follow_up_outside_paper_003s_window_is_not_paired():
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
-
-def _walk(items):
-    for item in items or []:
-        yield item
-        yield from _walk(item.get("ContentSequence"))
 
 
 def test_analyze_cli_stores_a_folder_and_writes_the_outputs(tmp_path):

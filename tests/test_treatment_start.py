@@ -15,7 +15,7 @@ import pydicom
 import pytest
 from conftest import NodeProcess
 from pipeline_support import add_labs, phantom_store, scratch_dir
-from report_support import analysis_sr
+from report_support import analysis_sr, walk
 
 from hccnode.phantom import StudySpec
 from hccnode.store import analyses, studies
@@ -107,11 +107,11 @@ def test_the_worker_analysis_uses_the_stored_date_and_reverify_the_recorded_one(
         (job,) = store.query("SELECT id FROM jobs WHERE study_uid = ? AND reason = 'treatment_start'", (follow,))
         record = run_job(str(store.data_dir), job["id"])   # the node's worker: no date handed to it
         sr = analysis_sr(f"{record['out_dir']}/sr.dcm")
-        params = [i.TextValue for i in _walk(sr.ContentSequence) if i.ValueType == "TEXT"
+        params = [i.TextValue for i in walk(sr.ContentSequence) if i.ValueType == "TEXT"
                   and i.ConceptNameCodeSequence[0].CodeMeaning == "Algorithm Parameters" and i.TextValue.startswith("nlr = ")]
         assert params and params[0].startswith("nlr = 4.0 1 ") and f"before treatment start ({start})" in params[0]
         assert analyses.latest(store, follow)["inputs"]["treatment_start"] == f"{start}T00:00:00"
-        texts = " ".join(i.TextValue for i in _walk(sr.ContentSequence) if i.ValueType == "TEXT")
+        texts = " ".join(i.TextValue for i in walk(sr.ContentSequence) if i.ValueType == "TEXT")
         assert "does not fit paper 003's time points" not in texts    # 7 days after the baseline MRI: fits
 
         # the date is changed afterwards: the SR written with the first date is still reproduced
@@ -124,8 +124,3 @@ def test_the_worker_analysis_uses_the_stored_date_and_reverify_the_recorded_one(
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
-
-def _walk(items):
-    for item in items or []:
-        yield item
-        yield from _walk(item.get("ContentSequence"))
