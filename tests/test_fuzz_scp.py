@@ -18,7 +18,7 @@ from dicomgen import ct_series
 
 pytestmark = pytest.mark.network
 
-N_DATASETS, N_ASSOCIATIONS = 500, 500
+N_DATASETS, N_ASSOCIATIONS = 250, 250
 # A hang guard, not a measure: longer than the node's own network timeout (60 s), so only a node
 # that never answers or closes reaches it, however loaded the machine.
 HANG_GUARD_SECONDS = 120
