@@ -48,8 +48,9 @@ viewer: viewer-deps
 viewer-check: viewer-deps
 	$(VENV)/bin/hccnode viewer check --dir $(VIEWER_DIR) --out viewer-check
 
+# Two test processes, each module's tests in one of them (module fixtures are built once).
 test: viewer-deps
-	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -p no:cacheprovider -n 2 --dist loadfile $(PYTEST_ARGS)
 
 bench: venv
 	$(PY) bench/ingest.py
