@@ -311,21 +311,20 @@ def orthanc(tmp_path):
     o.stop()
 
 
-_KILLS: list[tuple[str, str]] = []
-
-
 @pytest.fixture
 def kill_landed(request):
     """`kill_landed(where)` records where a test's kill -9 landed: in the test's report
-    (user_properties) and in a section at the end of the run."""
+    (user_properties), which a section at the end of the run lists (also from xdist workers)."""
     def record(where: str) -> None:
         request.node.user_properties.append(("kill landed", where))
-        _KILLS.append((request.node.nodeid, where))
     return record
 
 
 def pytest_terminal_summary(terminalreporter):
-    if _KILLS:
+    kills = [(r.nodeid, value) for reports in terminalreporter.stats.values() for r in reports
+             if getattr(r, "when", None) == "call"
+             for name, value in getattr(r, "user_properties", ()) if name == "kill landed"]
+    if kills:
         terminalreporter.section("where each kill -9 landed")
-        for nodeid, where in _KILLS:
+        for nodeid, where in sorted(kills):
             terminalreporter.write_line(f"{nodeid}: {where}")
