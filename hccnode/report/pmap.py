@@ -29,7 +29,7 @@ from pydicom.sr.codedict import codes
 import hccnode
 from hccnode.imaging.boxed import BoxedArray
 from hccnode.imaging.roi_stats import bounding_box
-from hccnode.report.inputs import Reference
+from hccnode.report.inputs import Reference, run_of
 
 SLOPE = 100.0           # stored fraction x 100 = ECV in %
 PADDING_MARGIN = 0.01   # padding: one percentage point of ECV below the lowest stored value (or below 0)
@@ -62,10 +62,12 @@ def frames_up_the_normal(pm: Dataset) -> None:
     pm.PerFrameFunctionalGroupsSequence = [items[k] for k in order]
 
 
-def masked_map(ecv_fraction: np.ndarray, liver: np.ndarray, padding: float) -> np.ndarray:
-    """float32 map: the value inside the liver where finite, `padding` elsewhere."""
+def masked_map(ecv_fraction: np.ndarray, liver: np.ndarray, padding: float, out: np.ndarray | None = None) -> np.ndarray:
+    """float32 map: the value inside the liver where finite, `padding` elsewhere; written into
+    `out` (float32, already holding `padding`) when given, else into one new array."""
     values = np.asarray(ecv_fraction, dtype=np.float32)
-    out = np.full(values.shape, padding, np.float32)  # one new array (np.where + astype made two)
+    if out is None:
+        out = np.full(values.shape, padding, np.float32)
     np.copyto(out, values, where=np.asarray(liver, dtype=bool) & np.isfinite(values))
     return out
 
@@ -90,8 +92,9 @@ def build_ecv_map(reference: Reference, ecv_percent: np.ndarray | BoxedArray, li
     high = float(fraction.max(where=valid, initial=-np.inf))
     padding = padding_for(low)
     volume = np.full(reference.shape, padding, np.float32)
-    volume[span] = masked_map(fraction, liver[span], padding)
+    masked_map(fraction, liver[span], padding, out=volume[span])   # in place: no second map-sized array
     sources, idx = reference.sources_for(np.ones(reference.shape[0], bool))
+    run = run_of(idx)   # consecutive slices (single-frame sources): a view of the volume, not a copy
     mapping = hd.pm.RealWorldValueMapping(
         lut_label=LUT_LABEL,
         lut_explanation="Extracellular volume fraction (%)",
@@ -104,7 +107,7 @@ def build_ecv_map(reference: Reference, ecv_percent: np.ndarray | BoxedArray, li
     center, width, explanation = WINDOW
     pm = hd.pm.ParametricMap(
         source_images=sources,
-        pixel_array=volume[idx],
+        pixel_array=volume[run] if run is not None else volume[idx],
         series_instance_uid=series_uid,
         series_number=series_number,
         sop_instance_uid=sop_uid,
