@@ -46,6 +46,10 @@ class NodeSection:
     role: str = "all"
     # Largest P-DATA-TF PDU we accept, in bytes (0: no limit); senders fragment to it.
     max_pdu: int = 131072
+    # Processes accepting DICOM associations (sharing the listening sockets): concurrent senders
+    # use that many cores. 2: the two cores of the smallest host the node is sized for; one
+    # association gains nothing from more, and each process adds about 60 MB.
+    receiver_processes: int = 2
 
 
 ROLES = ("all", "receiver", "worker", "forwarder")
@@ -303,6 +307,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("status.lab_silent_hours: must not be negative")
     if cfg.node.max_associations < 1:
         raise ConfigError("node.max_associations: must be at least 1")
+    if cfg.node.receiver_processes < 1:
+        raise ConfigError("node.receiver_processes: must be at least 1")
     if cfg.study.stable_seconds < 0:
         raise ConfigError("study.stable_seconds: must not be negative")
     if cfg.priors.pacs:

@@ -1,7 +1,8 @@
 """One process runs the node, or one role of it (`[node] role`, `hccnode serve --role`):
 
-- receiver: the DICOM listener (SCP, plain and TLS) and the HL7 (MLLP) listener: everything that
-  accepts data from outside and must answer it at once;
+- receiver: the DICOM listener (SCP, plain and TLS; in `[node] receiver_processes` processes sharing
+  its ports, hccnode.net.receivers) and the HL7 (MLLP) listener: everything that accepts data from
+  outside and must answer it at once;
 - worker: the stable-study watcher and the analysis workers (the queue's producer from the index,
   and its consumers);
 - forwarder: the outbox sender;
@@ -23,6 +24,7 @@ from hccnode.config import Config
 from hccnode.labs import requeue
 from hccnode.labs.mllp import MllpListener
 from hccnode.net.forward import Forwarder, client_tls
+from hccnode.net.receivers import ReceiverProcesses
 from hccnode.net.scp import StorageSCP
 from hccnode.status.server import StatusServer
 from hccnode.store import audit, running
@@ -43,7 +45,9 @@ class Node:
         self.store = Store.of(cfg)
         self.spool = Spool(self.store)
         receiver = "receiver" in parts
-        self.scp = StorageSCP(cfg.node, self.spool, cfg.tls) if receiver else None
+        n = cfg.node.receiver_processes
+        self.scp = StorageSCP(cfg.node, self.spool, cfg.tls, processes=n) if receiver else None
+        self.receivers: ReceiverProcesses | None = None   # the other n - 1, once listening
         self.mllp = (MllpListener.from_config(cfg, self.store, on_stored=self.on_labs)
                      if receiver and cfg.hl7.enabled else None)
         self.workers = WorkerPool(cfg, self.stop_event) if "worker" in parts else None
@@ -71,14 +75,19 @@ class Node:
         for part in (self.scp, self.mllp, self.watcher, self.workers, self.forwarder, self.status):
             if part:
                 part.start()
+        if self.scp and self.cfg.node.receiver_processes > 1:
+            self.receivers = ReceiverProcesses(self.cfg, self.scp.shared, self.cfg.node.receiver_processes,
+                                               self.stop_event)
+            self.receivers.start()
         log.event("node.ready", role=self.role, ae=self.cfg.node.ae_title,
                   port=self.scp.port if self.scp and self.scp.server else None,
-                  tls_port=self.scp.tls_port if self.scp else None, workers=self.workers.n if self.workers else 0)
+                  tls_port=self.scp.tls_port if self.scp else None, workers=self.workers.n if self.workers else 0,
+                  receiver_processes=self.cfg.node.receiver_processes if self.scp else 0)
 
     def stop(self) -> None:
         log.event("node.stopping", role=self.role)
         self.stop_event.set()
-        for part in (self.status, self.scp, self.mllp):
+        for part in (self.status, self.scp, self.mllp, self.receivers):
             if part:
                 part.stop()
         for part, timeout in ((self.watcher, 5), (self.forwarder, 10), (self.workers, 10)):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 
 import pydicom
@@ -240,3 +242,44 @@ def test_a_ninth_association_gets_a_transient_rejection_until_one_closes(node_fa
     for a in held:
         a.release()
     assert re.search(r"association\.rejected .*calling_ae=NINTH .*association limit \(8\)", node.log())
+
+
+def test_two_receiver_processes_share_the_port_and_concurrent_senders_store_each_instance_once(node_factory, tmp_path):
+    """[node] receiver_processes = 2: six storescu senders at once, then one while the node's own
+    process is stopped (SIGSTOP: only the other receiver process can accept), then the other one
+    killed -9 and started again by the node. Every acknowledged instance is indexed once, with one
+    audit row, and the chain verifies. Costs about 15 s."""
+    node = node_factory(node={"receiver_processes": 2}, study=WATCHER_HELD).start()
+    other = lambda: [int(p) for p in re.findall(r"receiver\.started pid=(\d+)", node.log())]  # noqa: E731
+    wait_until(lambda: len(other()) == 1, 60, what="the second receiver process")
+    series = [ct_series(tmp_path / f"in{i}", n=15, seed=i) for i in range(7)]
+    senders = [subprocess.Popen([need("storescu"), "-v", "-aet", f"SCU{i}", "-aec", "HCCNODE", "127.0.0.1",
+                                 str(node.port), *map(str, files)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True) for i, files in enumerate(series[:6])]
+    outputs = [s.communicate(timeout=120)[0] for s in senders]
+    os.kill(node.proc.pid, signal.SIGSTOP)
+    try:
+        alone = storescu(node, series[6], aet="SCU6")   # answered by the other process, on the same port
+    finally:
+        os.kill(node.proc.pid, signal.SIGCONT)
+    outputs.append(alone.stdout + alone.stderr)
+    acked = [f for out in outputs for f, response in store_responses(out) if response == "Success"]
+    assert len(acked) == 7 * 15, "every instance acknowledged"
+
+    first = other()[0]
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: len(other()) == 2, 30, what="the killed receiver process started again")
+    assert re.search(rf"receiver\.exited .*pid={first} ", node.log())
+    assert storescu(node, series[0][:1], aet="AGAIN").returncode == 0   # a resend: a duplicate, kept once
+
+    store = node.store()
+    indexed = {r["sop_uid"]: r["n"] for r in store.query("SELECT sop_uid, COUNT(*) AS n FROM instances GROUP BY sop_uid")}
+    assert indexed == {sop_of(f): 1 for f in acked}
+    versions = store.query("SELECT outcome, COUNT(*) AS n FROM instance_versions GROUP BY outcome")
+    assert {r["outcome"]: r["n"] for r in versions} == {"stored": 105, "duplicate": 1}
+    audited = store.query("SELECT event, COUNT(*) AS n FROM audit WHERE event LIKE 'instance.%' GROUP BY event")
+    assert {r["event"]: r["n"] for r in audited} == {"instance.stored": 105, "instance.duplicate": 1}
+    assert "instance.failed" not in node.log()
+    node.stop()
+    verified = node.cli("audit", "verify")
+    assert verified.returncode == 0 and "audit log intact" in verified.stdout, verified.stdout + verified.stderr
