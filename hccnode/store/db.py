@@ -13,6 +13,7 @@ are applied once each and recorded in the `schema_version` table.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import importlib
@@ -197,6 +198,8 @@ class Store:
         self._local = threading.local()
         self._secret: bytes | None = None
         self._group = _GroupCommit()
+        self._turn_lock = threading.Lock()
+        self._turn_fd: int | None = None
         if self.engine == engine.POSTGRESQL:
             if not read_only:
                 self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -318,6 +321,26 @@ class Store:
         error) raises in every caller of the batch: nothing of it was kept."""
         return self._group.run(self, work)
 
+    @contextmanager
+    def commit_turn(self) -> Iterator[None]:
+        """Held by a group commit's leader around its transaction: on SQLite, an flock(2) on
+        `<database>-commit.lock`, so the leaders of several processes (receiver processes) take turns
+        waking at once when the lock is free, where SQLite's busy handler would sleep 1, 2, 5, 10 ms
+        ... between tries (about 8 ms per wait measured with two processes). On PostgreSQL nothing:
+        its advisory lock already queues the writers."""
+        if self.engine == engine.POSTGRESQL:
+            yield
+            return
+        with self._turn_lock:   # one descriptor per process: the leaders of this Store take turns here
+            if self._turn_fd is None:
+                self._turn_fd = os.open(self.path.with_name(self.path.name + "-commit.lock"),
+                                        os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(self._turn_fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._turn_fd, fcntl.LOCK_UN)
+
     def query(self, sql: str, params: tuple | dict = ()) -> list[dict]:
         return [dict(r) for r in self.conn().execute(sql, params)]
 
@@ -373,7 +396,13 @@ class _GroupCommit:
             with self.lock:
                 batch, self.pending = self.pending, []
             try:
-                _commit_batch(store.conn(), batch)
+                with store.commit_turn():
+                    with self.lock:   # what arrived while another process committed joins this batch
+                        batch, self.pending = batch + self.pending, []
+                    _commit_batch(store.conn(), batch)
+            except Exception as exc:  # the turn could not be taken (its lock file): nothing was kept
+                for other in batch:
+                    other.value, other.error = None, exc
             finally:
                 for other in batch:
                     other.done = True
