@@ -73,3 +73,19 @@ def test_group_commit_commits_each_callers_work_and_undoes_only_the_one_that_fai
     assert isinstance(results[3], ValueError)
     assert [r["k"] for r in store.query("SELECT k FROM g ORDER BY k")] == [0, 1, 2, 4, 5, 6, 7]
     assert not store.conn().in_transaction
+
+
+def test_a_patient_key_secret_made_by_another_process_meanwhile_is_the_one_used(tmp_path, monkeypatch):
+    """Receiver processes starting at once on a fresh data directory: each finds no key and makes
+    one; the first in place is the one every process uses (else patient keys would differ)."""
+    from hccnode.store import db
+
+    key, theirs = tmp_path / "secret.key", b"t" * 32
+
+    def token_bytes(n: int) -> bytes:
+        key.write_bytes(theirs)      # the other process links its key in while this one makes its own
+        return b"m" * n
+
+    monkeypatch.setattr(db.secrets, "token_bytes", token_bytes)
+    assert db._load_secret(key) == theirs
+    assert [p.name for p in tmp_path.iterdir()] == ["secret.key"]   # no temporary file left

@@ -454,12 +454,20 @@ def _load_secret(path: Path) -> bytes:
     """The node's hashing key, created once (0600) on first use."""
     with _SECRET_LOCK:
         if not path.exists():
-            tmp = path.with_suffix(".tmp")
+            # Processes starting at once (receiver processes, roles) each make a key under a name
+            # of their own and link it into place: the first link wins and every process reads that
+            # one (a shared temporary name and a replace let one fail, or two use different keys).
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 os.write(fd, secrets.token_bytes(32))
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, path)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
         return path.read_bytes()
