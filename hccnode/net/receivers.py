@@ -7,7 +7,7 @@ others (spawned: the node has threads, which a fork would copy half-way); each a
 same sockets, so an association is served whole by the process that accepts it, and each keeps the
 spool's guarantees on its own (its own temporary directory spool/.tmp/<host>.<pid>, its own
 database connections, the node.lock share). A process that dies is started again; one left without
-its parent (kill -9 of the node) stops within a second.
+its parent (kill -9 of the node) notices within a second and stops.
 """
 
 from __future__ import annotations
