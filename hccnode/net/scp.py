@@ -20,8 +20,8 @@ import ssl
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pydicom
