@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import subprocess
 import threading
+from copy import deepcopy
 from pathlib import Path
 
+import pydicom
 import pytest
 from conftest import free_port, need, port_open, wait_until
 from node_support import sop_of, store_responses, study_seqs
@@ -43,6 +46,34 @@ def _ready(node, role: str):
     wait_until(lambda: "node.ready" in node.log() or node.proc.poll() is not None, 90, what=f"{role} ready")
     assert node.proc.poll() is None, node.log()[-3000:]
     return node
+
+
+def _studies(root: Path, n: int) -> list[list[str]]:
+    """`n` small studies of `n` patients (each: 4 CT phases of 4 slices at 32x32 and a reader's SEG),
+    the files of each sorted: one phantom study written again under new UIDs (every 2.25 UID, the
+    SEG's references included) and a new patient ID per copy."""
+    generate(StudySpec(kind="cect", seed=100, slices=4, matrix=32, noise_sd=2.0, seg_phase="equilibrium"),
+             root / "phantom")
+    sources = [pydicom.dcmread(p) for p in sorted((root / "phantom").rglob("*.dcm"))]
+    studies = []
+    for k in range(n):
+        new_uids: dict[str, str] = {}
+
+        def renew(ds, element):
+            if element.VR == "UI" and isinstance(element.value, str) and element.value.startswith("2.25."):
+                element.value = new_uids.setdefault(element.value, pydicom.uid.generate_uid(prefix="2.25."))
+
+        files = []
+        for i, ds in enumerate(sources):
+            copy = deepcopy(ds)
+            copy.walk(renew)
+            copy.file_meta.walk(renew)
+            copy.PatientID = f"ROLES{k:03d}"
+            files.append(root / f"study{k}" / f"{i:03d}.dcm")
+            files[-1].parent.mkdir(parents=True, exist_ok=True)
+            copy.save_as(files[-1], enforce_file_format=True)
+        studies.append([str(f) for f in files])
+    return studies
 
 
 def _storescu(receiver, files, log_path, aet: str = "STORESCU") -> subprocess.Popen:
@@ -124,11 +155,7 @@ def test_two_receivers_three_workers_one_forwarder_take_twenty_studies_through_a
             if name != "receiver1":
                 nodes[name].start(wait=False, role=role)
 
-        studies = []                                 # small studies: 4 phases of 4 slices at 32x32, and a SEG
-        for k in range(SENDERS * STUDIES_PER_SENDER):
-            generate(StudySpec(kind="cect", seed=100 + k, slices=4, matrix=32, noise_sd=2.0, seg_phase="equilibrium"),
-                     root / f"study{k}")
-            studies.append(sorted(str(p) for p in (root / f"study{k}").rglob("*.dcm")))
+        studies = _studies(root, SENDERS * STUDIES_PER_SENDER)
         sops = {f: sop_of(Path(f)) for files in studies for f in files}
         for name, role in roles.items():
             _ready(nodes[name], role)
@@ -218,6 +245,8 @@ def test_two_receivers_three_workers_one_forwarder_take_twenty_studies_through_a
         assert "outbox.sent" in forwarder.log() and not any("outbox.sent" in n.log() for n in (*receivers, *workers))
         store.close()
 
+        for n in nodes.values():             # all asked to stop at once, then waited for
+            n.proc.send_signal(signal.SIGTERM)
         for n in nodes.values():
             n.stop()
         verified = second.cli("audit", "verify")
