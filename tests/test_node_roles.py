@@ -41,9 +41,11 @@ def _site(node_factory, pg_url, orthanc, shared, names):
     return nodes
 
 
-def _ready(node, role: str):
-    """Wait for a node started with `start(wait=False, role=role)` to say it is ready."""
-    wait_until(lambda: "node.ready" in node.log() or node.proc.poll() is not None, 90, what=f"{role} ready")
+def _ready(node, role: str, starts: int = 1):
+    """Wait for a node started with `start(wait=False, role=role)` to say it is ready (its log is
+    appended to: for the `starts`-th time)."""
+    wait_until(lambda: node.log().count("node.ready") >= starts or node.proc.poll() is not None, 90,
+               what=f"{role} ready")
     assert node.proc.poll() is None, node.log()[-3000:]
     return node
 
@@ -107,7 +109,8 @@ class Sender(threading.Thread):
                 code = proc.wait(180)
                 self.current = None
                 acked = [self.sops[f] for f, answer in store_responses(log_path.read_text()) if answer == "Success"]
-                self.attempts.append({"receiver": receiver.workdir.name, "study": i, "code": code, "acked": acked})
+                self.attempts.append({"receiver": receiver.workdir.name, "log": log_path, "code": code, "acked": acked,
+                                      "files": len(files)})
                 if code == 0 and len(acked) == len(files):
                     break
                 indexed = {r["sop_uid"] for r in self.store.query("SELECT sop_uid FROM instances")}
@@ -116,16 +119,16 @@ class Sender(threading.Thread):
                 self.unsent.append(i)
 
 
-def _mid_association(senders, receiver) -> bool:
-    """A sender is in an association with `receiver` that has had instances acknowledged and is
-    not being released."""
+def _mid_association(senders, receiver) -> Path | None:
+    """The log of a sender's association with `receiver` that has had instances acknowledged and
+    is not being released, or None."""
     for s in senders:
         current = s.current
         if current and current[0] is receiver:
             text = current[1].read_text(errors="replace")
             if text.count("Received Store Response") >= 2 and "Releasing Association" not in text:
-                return True
-    return False
+                return current[1]
+    return None
 
 
 def _settled(store, n_studies: int) -> bool:
@@ -174,8 +177,8 @@ def test_two_receivers_three_workers_one_forwarder_take_twenty_studies_through_a
         # kill -9 of receiver 1 while one of its senders is mid-association
         wait_until(lambda: _mid_association(senders[:2], first) or not any(s.is_alive() for s in senders[:2]), 120,
                    interval=0.01, what="a sender in an association with receiver 1")
-        dead_pid = first.proc.pid
-        assert _mid_association(senders[:2], first), "receiver 1's senders finished before it could be killed"
+        dead_pid, cut_log = first.proc.pid, _mid_association(senders[:2], first)
+        assert cut_log, "receiver 1's senders finished before it could be killed"
         first.kill9()
 
         # kill -9 of a worker once it holds a job (per the store)
@@ -188,19 +191,22 @@ def test_two_receivers_three_workers_one_forwarder_take_twenty_studies_through_a
         at_kill = store.query("SELECT state FROM jobs WHERE id = ?", (held["id"],))[0]["state"]
         survivors = [w for w in workers if w is not victim]
 
-        tmp = shared / "spool" / ".tmp"             # receiver 1 back on the same host: the dead pid's
-        first.start(role="receiver")                 # temporary directory goes, the live receiver's stays
+        # receiver 1 back on the same host: the dead pid's temporary directory goes, the live receiver's stays
+        tmp = shared / "spool" / ".tmp"
+        _ready(first.start(wait=False, role="receiver"), "receiver", starts=2)
         assert not [d for d in tmp.iterdir() if d.name.endswith(f".{dead_pid}")]
         assert [d for d in tmp.iterdir() if d.name.endswith(f".{second.proc.pid}")]
 
         for s in senders:
             s.join(300)
             assert not s.is_alive(), f"{s.name} still sending"
-        cut = [a for s in senders[:2] for a in s.attempts if a["receiver"] == "receiver1" and a["code"] != 0]
-        kill_landed(f"receiver: {len(cut[0]['acked']) if cut else 0} instances of the cut study acknowledged "
-                    f"by the killed receiver, {len(cut)} studies sent again to receiver 2; worker: job {at_kill} when "
-                    f"killed, its analysis {'' if 'pipeline.done' in victim.log() else 'not '}finished")
-        assert cut and all(s.lost == [] for s in senders), "an instance acknowledged by a receiver was lost"
+        (cut,) = [a for s in senders for a in s.attempts if a["log"] == cut_log]
+        rerouted = [a for s in senders[:2] for a in s.attempts if a["receiver"] == "receiver2"]
+        kill_landed(f"receiver: {len(cut['acked'])} of {cut['files']} instances acknowledged in the association it "
+                    f"cut (storescu exit {cut['code']}), {len(rerouted)} of receiver 1's studies then sent to "
+                    f"receiver 2; worker: job {at_kill} when killed, its analysis "
+                    f"{'' if 'pipeline.done' in victim.log() else 'not '}finished")
+        assert all(s.lost == [] for s in senders), "an instance acknowledged by a receiver was lost"
         assert all(s.unsent == [] for s in senders), [a for s in senders for a in s.attempts]
         assert all("instance.failed" not in n.log() for n in (first, second))
 
