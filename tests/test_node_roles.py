@@ -1,8 +1,10 @@
-"""`hccnode serve --role ...` at full scale on one PostgreSQL (tests/pg_support.py) and one shared
-data directory: 2 receivers, 3 workers and 1 forwarder as separate processes on loopback; 20 phantom
-CECT studies sent by 4 concurrent dcmtk storescu senders; kill -9 of a receiver mid-association and
-of a worker holding a job; the outputs forwarded to a real Orthanc. Costs about 60-90 s on 2 cores
-(PostgreSQL database, Orthanc, seven node starts, 20 small analyses)."""
+"""`hccnode serve --role ...` at full scale on one PostgreSQL (tests/pg_support.py) and one shared data
+directory: 2 receivers, 3 workers and 1 forwarder as separate processes on loopback; 20 phantom CECT
+studies sent by 4 concurrent dcmtk storescu senders; kill -9 of a receiver mid-association and of a
+worker holding a job; the outputs forwarded to a real Orthanc. Costs about 70 s of CPU (20 small
+analyses, seven node starts, PostgreSQL, Orthanc): 95-120 s on the shared 2-core machine at a load
+average of 8-11, where the three smaller tests it replaced took 147 s together in the same
+conditions."""
 
 from __future__ import annotations
 
