@@ -92,7 +92,7 @@ class Job:
     lease_owner: str
 
     @classmethod
-    def from_row(cls, r: sqlite3.Row) -> "Job":
+    def from_row(cls, r: sqlite3.Row | dict) -> "Job":
         return cls(r["id"], r["kind"], r["study_uid"], r["study_seq"], r["attempts"], r["lease_owner"])
 
 
@@ -282,6 +282,12 @@ def listing(store: Store, state: str | None = None, limit: int = 50) -> list[dic
 def get(store: Store, job_id: int) -> dict | None:
     rows = store.query("SELECT * FROM jobs WHERE id = ?", (job_id,))
     return rows[0] if rows else None
+
+
+def load(store: Store, job_id: int) -> Job | None:
+    """Job `job_id` as a worker runs it (its study and the study's seq it analyses), or None."""
+    row = get(store, job_id)
+    return Job.from_row(row) if row else None
 
 
 STATUS_COLUMNS = "id, state, reason, study_seq, attempts, max_attempts, created_at, started_at, finished_at, error"
