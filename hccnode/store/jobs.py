@@ -273,33 +273,13 @@ def _claim_pg(store: Store, owner: str, lease_seconds: float) -> Job | None:
     t = now()
     read = store.conn()
     dead = lease.dead_holders(read, "jobs", "running")
-    if not dead and not pgqueue.pending(read, pgqueue.JOBS_QUEUE, lease_seconds) \
-            and not read.execute(_ADRIFT_SQL, (t,)).fetchone():   # idle: no write lock taken
-        return None
+    adrift = read.execute(_ADRIFT_SQL, (t,)).fetchone() is not None
+    if not dead and not adrift and not pgqueue.pending(read, pgqueue.JOBS_QUEUE, lease_seconds):
+        return None   # idle: no write lock taken
     with store.tx() as c:
-        pgqueue.prune(c)
-        for holder in dead:  # its process is gone (kill -9, crash): no need to wait out the heartbeat
-            pgqueue.forget(c, holder)
-            log.event("job.lease_taken_back", level=30, owner=holder, reason="holder gone")
         lost = pgqueue.stalled(c, pgqueue.JOBS_QUEUE, lease_seconds)
-        for r in c.execute(f"SELECT * FROM jobs WHERE state = 'running' AND (lease_expires < ?"
-                           f" OR lease_owner IN {engine.in_list(len(dead))} OR queue_job = ANY(?::bigint[]))"
-                           " ORDER BY id", (t, *dead, lost)).fetchall():
-            if r["attempts"] >= r["max_attempts"]:
-                _lost_for_good(c, r, t)
-                if r["queue_job"] is not None and pgqueue.status(c, r["queue_job"]) == "doing":
-                    pgqueue.finish(c, r["queue_job"], succeeded=False)
-            elif _back_in_queue(c, r):
-                c.execute("UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires = NULL WHERE id = ?", (r["id"],))
-                log.event("job.lease_expired", level=30, job=r["id"], owner=r["lease_owner"])
-            else:
-                c.execute("UPDATE jobs SET state = 'failed', finished_at = ?, error = ?, lease_owner = NULL"
-                          " WHERE id = ?", (t, "worker lost (lease expired)" + SUPERSEDED, r["id"]))
-                audit.append(c, "job.failed", "jobs", study_uid=r["study_uid"], job=r["id"], attempt=r["attempts"],
-                             state="failed", error="lease expired" + SUPERSEDED)
-        for r in c.execute("SELECT id, kind, study_uid FROM jobs WHERE state = 'queued' AND queue_job IS NULL"
-                           " ORDER BY id").fetchall():
-            _defer(c, r["id"], r["kind"], r["study_uid"])
+        if dead or adrift or lost:
+            _recover_pg(c, t, dead, lost)
         worker_id = pgqueue.worker(c, owner)
         for _ in range(100):  # bounded: a fetched job whose row is not queued is left to its holder
             got = pgqueue.fetch(c, pgqueue.JOBS_QUEUE, worker_id)
@@ -310,12 +290,38 @@ def _claim_pg(store: Store, owner: str, lease_seconds: float) -> Job | None:
     return None
 
 
+def _recover_pg(c, t: float, dead: list[str], lost: list[int]) -> None:
+    """Queue again (or fail, attempts used up) the running jobs of holders that are gone (`dead`),
+    whose procrastinate job is stalled (`lost`) or whose lease expired; queue the rows that have
+    no procrastinate job."""
+    pgqueue.prune(c)
+    for holder in dead:  # its process is gone (kill -9, crash): no need to wait out the heartbeat
+        pgqueue.forget(c, holder)
+        log.event("job.lease_taken_back", level=30, owner=holder, reason="holder gone")
+    for r in c.execute(f"SELECT * FROM jobs WHERE state = 'running' AND (lease_expires < ?"
+                       f" OR lease_owner IN {engine.in_list(len(dead))} OR queue_job = ANY(?::bigint[]))"
+                       " ORDER BY id", (t, *dead, lost)).fetchall():
+        if r["attempts"] >= r["max_attempts"]:
+            _lost_for_good(c, r, t)
+            _queue_finished(c, r["id"], succeeded=False)
+        elif _back_in_queue(c, r):
+            c.execute("UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires = NULL WHERE id = ?", (r["id"],))
+            log.event("job.lease_expired", level=30, job=r["id"], owner=r["lease_owner"])
+        else:
+            c.execute("UPDATE jobs SET state = 'failed', finished_at = ?, error = ?, lease_owner = NULL"
+                      " WHERE id = ?", (t, "worker lost (lease expired)" + SUPERSEDED, r["id"]))
+            audit.append(c, "job.failed", "jobs", study_uid=r["study_uid"], job=r["id"], attempt=r["attempts"],
+                         state="failed", error="lease expired" + SUPERSEDED)
+            log.event("job.failed", level=30, job=r["id"], study=r["study_uid"], reason="lease expired" + SUPERSEDED)
+    for r in c.execute("SELECT id, kind, study_uid FROM jobs WHERE state = 'queued' AND queue_job IS NULL"
+                       " ORDER BY id").fetchall():
+        _defer(c, r["id"], r["kind"], r["study_uid"])
+
+
 def _queue_finished(c, job_id: int, succeeded: bool) -> None:
     """On PostgreSQL: end the job's procrastinate job too."""
     if engine.is_pg(c):
-        queue_job = c.execute("SELECT queue_job FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
-        if queue_job is not None and pgqueue.status(c, queue_job) in ("todo", "doing"):
-            pgqueue.finish(c, queue_job, succeeded)
+        pgqueue.finish_open(c, "jobs", job_id, succeeded)
 
 
 def worker_owner(index: int) -> str:

@@ -169,25 +169,15 @@ def _claim_due_pg(store: Store, limit: int, ids: list[int] | None) -> dict[str, 
     t = now()
     read = store.conn()
     dead = lease.dead_holders(read, "outbox", "sending")
+    adrift = read.execute(_ADRIFT_SQL, (t,)).fetchone() is not None
     groups: dict[str, list[Item]] = {}
-    if not dead and not pgqueue.pending(read, pgqueue.OUTBOX_QUEUE, SEND_LEASE_SECONDS) \
-            and not read.execute(_ADRIFT_SQL, (t,)).fetchone():   # idle: no write lock taken
-        return groups
+    if not dead and not adrift and not pgqueue.pending(read, pgqueue.OUTBOX_QUEUE, SEND_LEASE_SECONDS):
+        return groups   # idle: no write lock taken
     owner = lease.owner_id()
     with store.tx() as c:
-        pgqueue.prune(c)
-        for holder in dead:
-            pgqueue.forget(c, holder)
         lost = pgqueue.stalled(c, pgqueue.OUTBOX_QUEUE, SEND_LEASE_SECONDS)
-        for r in c.execute(f"SELECT * FROM outbox WHERE state = 'sending' AND (lease_expires < ?"
-                           f" OR lease_owner IN {engine.in_list(len(dead))} OR queue_job = ANY(?::bigint[]))"
-                           " ORDER BY id", (t, *dead, lost)).fetchall():
-            _taken_back(r, dead)
-            c.execute("UPDATE outbox SET state = 'pending', next_attempt_at = ?, lease_expires = NULL,"
-                      " lease_owner = NULL WHERE id = ?", (t, r["id"]))
-            _again(c, r, t)
-        for r in c.execute("SELECT * FROM outbox WHERE state = 'pending' AND queue_job IS NULL ORDER BY id").fetchall():
-            _defer(c, r["id"], r["destination"], r["sop_uid"], r["path"], r["next_attempt_at"])
+        if dead or adrift or lost:
+            _recover_pg(c, t, dead, lost)
         queue = pgqueue.OUTBOX_QUEUE
         if ids is not None:  # only these: fetched from a queue of this claim's own, moved back below
             chosen = [r[0] for r in c.execute(f"SELECT queue_job FROM outbox WHERE id IN {engine.in_list(len(ids))}"
@@ -207,6 +197,23 @@ def _claim_due_pg(store: Store, limit: int, ids: list[int] | None) -> dict[str, 
     return groups
 
 
+def _recover_pg(c, t: float, dead: list[str], lost: list[int]) -> None:
+    """Make due again the rows being sent by holders that are gone (`dead`), whose procrastinate job
+    is stalled (`lost`) or whose lease expired; queue the rows that have no procrastinate job."""
+    pgqueue.prune(c)
+    for holder in dead:
+        pgqueue.forget(c, holder)
+    for r in c.execute(f"SELECT * FROM outbox WHERE state = 'sending' AND (lease_expires < ?"
+                       f" OR lease_owner IN {engine.in_list(len(dead))} OR queue_job = ANY(?::bigint[]))"
+                       " ORDER BY id", (t, *dead, lost)).fetchall():
+        _taken_back(r, dead)
+        c.execute("UPDATE outbox SET state = 'pending', next_attempt_at = ?, lease_expires = NULL,"
+                  " lease_owner = NULL WHERE id = ?", (t, r["id"]))
+        _again(c, r, t)
+    for r in c.execute("SELECT * FROM outbox WHERE state = 'pending' AND queue_job IS NULL ORDER BY id").fetchall():
+        _defer(c, r["id"], r["destination"], r["sop_uid"], r["path"], r["next_attempt_at"])
+
+
 def _sender_alive(c) -> None:
     """On PostgreSQL: this sender's heartbeat (it records a result, so it is alive)."""
     if engine.is_pg(c):
@@ -215,9 +222,7 @@ def _sender_alive(c) -> None:
 
 def _queue_finished(c, row_id: int, sent: bool) -> None:
     if engine.is_pg(c):
-        queue_job = c.execute("SELECT queue_job FROM outbox WHERE id = ?", (row_id,)).fetchone()[0]
-        if queue_job is not None and pgqueue.status(c, queue_job) in ("todo", "doing"):
-            pgqueue.finish(c, queue_job, sent)
+        pgqueue.finish_open(c, "outbox", row_id, sent)
 
 
 def mark_sent(store: Store, item: Item, status: int) -> None:

@@ -149,6 +149,14 @@ def finish(c, job_id: int, succeeded: bool) -> None:
     c.execute("SELECT procrastinate_finish_job_v1(?, ?, false)", (job_id, "succeeded" if succeeded else "failed"))
 
 
+def finish_open(c, table: str, row_id: int, succeeded: bool) -> None:
+    """End the procrastinate job of row `row_id` of `table` (jobs, outbox) if it waits or runs."""
+    r = c.execute(f"SELECT p.id FROM {table} t JOIN procrastinate_jobs p ON p.id = t.queue_job"
+                  " WHERE t.id = ? AND p.status IN ('todo', 'doing')", (row_id,)).fetchone()
+    if r is not None:
+        finish(c, r[0], succeeded)
+
+
 def retry(c, job_id: int, at: float | None = None, queue: str | None = None) -> None:
     """Make a running or failed job wait again, due at `at` (epoch seconds; now when None), in
     `queue` when given."""
