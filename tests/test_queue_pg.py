@@ -90,10 +90,10 @@ def test_a_worker_killed_on_another_host_loses_its_job_when_its_heartbeat_goes_s
     assert events == ["job.queued", "job.started", "job.started", "job.done"]
 
 
-def test_one_study_never_has_two_jobs_running_and_every_change_is_analysed(pg_store):
+def test_one_study_never_has_two_jobs_running_and_every_change_is_analysed(store):
     """4 worker threads (each its own connection) and a thread that changes studies while they run:
-    never two running jobs of one study, never two waiting, and each study's last change analysed."""
-    store = pg_store
+    never two running jobs of one study, never two waiting, and each study's last change analysed.
+    On both engines."""
     studies = ["1.1", "1.2", "1.3"]
     for uid in studies:
         add_study(store, uid)
@@ -156,9 +156,9 @@ def test_one_study_never_has_two_jobs_running_and_every_change_is_analysed(pg_st
         done = store.query("SELECT MAX(study_seq) AS s FROM jobs WHERE study_uid = ? AND state = 'done'", (uid,))[0]["s"]
         assert seq == 5 and done == seq                # 1 + 4 changes each; the last one analysed
     assert set(jobs.counts(store)) == {"done"}
-    # procrastinate agrees: every job succeeded, none waits or runs
-    statuses = {r[0] for r in store.conn().execute("SELECT DISTINCT status FROM procrastinate_jobs")}
-    assert statuses == {"succeeded"}
+    if store.engine == "postgresql":                   # procrastinate agrees: every job succeeded
+        statuses = {r[0] for r in store.conn().execute("SELECT DISTINCT status FROM procrastinate_jobs")}
+        assert statuses == {"succeeded"}
 
 
 def test_a_store_copied_from_sqlite_gets_its_waiting_jobs_and_rows_into_procrastinate(pg_store, tmp_path):

@@ -176,17 +176,21 @@ def queue_stable_studies(store: Store, stable_seconds: float, max_attempts: int 
     return [job_id for q in queued if (job_id := _logged(q)) is not None]
 
 
-_CLAIMABLE_SQL = ("SELECT * FROM jobs WHERE state = 'queued' OR (state = 'running' AND lease_expires < ?)"
-                  " ORDER BY id LIMIT 1")
+# A queued job waits while a job of its study runs on a live lease (one analysis of a study at a
+# time: a change that arrives mid-analysis is analysed after it, not beside it).
+_CLAIMABLE_SQL = ("SELECT * FROM jobs j WHERE (j.state = 'queued' AND NOT EXISTS (SELECT 1 FROM jobs r"
+                  " WHERE r.study_uid = j.study_uid AND r.state = 'running' AND r.lease_expires >= :t))"
+                  " OR (j.state = 'running' AND j.lease_expires < :t) ORDER BY j.id LIMIT 1")
 
 
 def claim(store: Store, owner: str, lease_seconds: float) -> Job | None:
-    """Take the oldest claimable job (queued, or running with an expired lease)."""
+    """Take the oldest claimable job (queued with no job of its study running, or running with an
+    expired lease)."""
     if store.engine == engine.POSTGRESQL:
         return _claim_pg(store, owner, lease_seconds)
     t = now()
     dead = lease.dead_holders(store.conn(), "jobs", "running")
-    if not dead and not store.conn().execute(_CLAIMABLE_SQL, (t,)).fetchone():  # idle: no write lock taken
+    if not dead and not store.conn().execute(_CLAIMABLE_SQL, {"t": t}).fetchone():  # idle: no write lock taken
         return None
     with store.tx() as c:
         for holder in dead:  # its process is gone (kill -9, crash): no need to wait out the lease
@@ -195,7 +199,7 @@ def claim(store: Store, owner: str, lease_seconds: float) -> Job | None:
             if n:
                 log.event("job.lease_taken_back", level=30, owner=holder, jobs=n, reason="holder gone")
         while True:
-            r = c.execute(_CLAIMABLE_SQL, (t,)).fetchone()
+            r = c.execute(_CLAIMABLE_SQL, {"t": t}).fetchone()
             if r is None:
                 return None
             if r["state"] == "running" and r["attempts"] >= r["max_attempts"]:
