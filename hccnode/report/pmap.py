@@ -25,6 +25,8 @@ from typing import Sequence
 import highdicom as hd
 import numpy as np
 from highdicom.sr import CodedConcept
+from pydicom import config
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
@@ -37,6 +39,7 @@ SLOPE = 100.0           # stored fraction x 100 = ECV in %
 PADDING_MARGIN = 0.01   # padding: one percentage point of ECV below the lowest stored value (or below 0)
 LUT_LABEL = "ECV (%)"   # Real World Value Mapping LUT Label (SH, 16 characters at most)
 WINDOW = (0.30, 0.60, "ECV 0-60 %")  # centre, width (stored fractions) and explanation
+FLOAT_PIXEL_DATA = 0x7FE00008  # (7FE0,0008) Float Pixel Data
 
 
 def padding_for(low: float) -> float:
@@ -84,7 +87,10 @@ def frames_up_the_normal(pm: Dataset, planes: np.ndarray, keys: Sequence[tuple[s
     if len(take) != len(planes) or len(set(take.tolist())) != len(take):
         raise ValueError(f"ECV map: {len(take)} frames for {len(planes)} planes")
     in_order = planes if np.array_equal(take, np.arange(len(take))) else planes[take]
-    pm.FloatPixelData = np.ascontiguousarray(in_order, dtype=np.float32).tobytes()
+    # The frames' own memory, not a ~210 MB copy of it: pydicom writes any bytes-like value, and
+    # only its check that an OF value is of type bytes is skipped (the value is float32 data).
+    data = memoryview(np.ascontiguousarray(in_order, dtype=np.float32)).cast("B")
+    pm[FLOAT_PIXEL_DATA] = DataElement(FLOAT_PIXEL_DATA, "OF", data, validation_mode=config.IGNORE)
 
 
 def masked_map(ecv_fraction: np.ndarray, liver: np.ndarray, padding: float, out: np.ndarray | None = None) -> np.ndarray:
