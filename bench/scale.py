@@ -64,13 +64,8 @@ def send(receivers: list[NodeProcess], files: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def analysis_rate(work: Path, tag: str, url: str, files: list[str], studies: int, processes: int) -> float:
-    data = work / f"{tag}-data"
-    receiver = start(node(work, f"{tag}-receiver", data, url, study={"stable_seconds": 3600.0}), "receiver")
-    send([receiver], files)
-    receiver.stop()
-    worker = start(node(work, f"{tag}-worker", data, url, study={"stable_seconds": 0.5},
-                        worker={"processes": processes, "lease_seconds": 60.0}), "worker")
+def jobs_done(worker: NodeProcess, tag: str, studies: int) -> list[dict]:
+    """Wait until the worker has ended `studies` jobs; their rows, every one done."""
     store = worker.store()
     try:
         wait_until(lambda: store.query("SELECT COUNT(*) AS n FROM jobs WHERE state IN ('done', 'failed',"
@@ -78,15 +73,32 @@ def analysis_rate(work: Path, tag: str, url: str, files: list[str], studies: int
         jobs = store.query("SELECT state, started_at, finished_at FROM jobs")
     finally:
         store.close()
-        worker.stop()
     if any(j["state"] != "done" for j in jobs):
         raise RuntimeError(f"{tag}: not every job done: {[j['state'] for j in jobs]}")
+    return jobs
+
+
+def analysis_rate(work: Path, tag: str, url: str, files: list[str], studies: int, processes: int,
+                  data_root: Path | None = None) -> float:
+    """Jobs per minute; the data directory under `data_root` (default: `work`)."""
+    data = (data_root or work) / f"{tag}-data"
+    receiver = start(node(work, f"{tag}-receiver", data, url, study={"stable_seconds": 3600.0}), "receiver")
+    send([receiver], files)
+    receiver.stop()
+    worker = start(node(work, f"{tag}-worker", data, url, study={"stable_seconds": 0.5},
+                        worker={"processes": processes, "lease_seconds": 60.0}), "worker")
+    try:
+        jobs = jobs_done(worker, tag, studies)
+    finally:
+        worker.stop()
     span = max(j["finished_at"] for j in jobs) - min(j["started_at"] for j in jobs)
     return len(jobs) / span * 60
 
 
-def ingest_rate(work: Path, tag: str, url: str, files: list[str], receivers: int) -> float:
-    data = work / f"{tag}-data"
+def ingest_rate(work: Path, tag: str, url: str, files: list[str], receivers: int,
+                data_root: Path | None = None) -> float:
+    """Instances per second; the data directory under `data_root` (default: `work`)."""
+    data = (data_root or work) / f"{tag}-data"
     nodes = [start(node(work, f"{tag}-r{i}", data, url, study={"stable_seconds": 3600.0}), "receiver")
              for i in range(receivers)]
     try:
@@ -100,6 +112,16 @@ def ingest_rate(work: Path, tag: str, url: str, files: list[str], receivers: int
     if indexed != len(files):
         raise RuntimeError(f"{tag}: {indexed} of {len(files)} instances indexed")
     return len(files) / seconds
+
+
+def make_studies(work: Path, studies: int, slices: int, matrix: int) -> list[str]:
+    """The phantom CECT studies' files (4 phases and a reader's SEG each), generated under `work`."""
+    files: list[str] = []
+    for i in range(studies):
+        generate(StudySpec(kind="cect", seed=100 + i, slices=slices, matrix=matrix, noise_sd=2.0,
+                           seg_phase="equilibrium"), work / f"study{i}")
+        files += sorted(str(p) for p in (work / f"study{i}").rglob("*.dcm"))
+    return files
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,11 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="hccnode-scale-"))
     server = start_server(free_port)
     try:
-        files: list[str] = []
-        for i in range(args.studies):
-            generate(StudySpec(kind="cect", seed=100 + i, slices=args.slices, matrix=args.matrix, noise_sd=2.0,
-                               seg_phase="equilibrium"), work / f"study{i}")
-            files += sorted(str(p) for p in (work / f"study{i}").rglob("*.dcm"))
+        files = make_studies(work, args.studies, args.slices, args.matrix)
         print(f"{args.studies} studies, {len(files)} instances ({args.slices} slices of {args.matrix}² per phase)")
         engines = {"sqlite": lambda: "", "postgresql": lambda: server.url(server.create_database())}
         for w in map(int, args.workers.split(",")):

@@ -45,9 +45,18 @@ def event(name: str, level: int = logging.INFO, exc_info: bool = False, **fields
     LOGGER.log(level, " ".join(parts), exc_info=exc_info)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes each event to the `sys.stderr` of the moment, not the one at setup: a thread that
+    logs after its caller swapped or closed stderr (a test harness, a daemoniser) must not fail."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def setup(level: str = "INFO", file: str = "") -> None:
     """Send hccnode's events to `file` (or stderr); quiet pynetdicom, whose debug output can quote datasets."""
-    handler: logging.Handler = logging.FileHandler(file) if file else logging.StreamHandler(sys.stderr)
+    handler: logging.Handler = logging.FileHandler(file) if file else _StderrHandler()
     handler.setFormatter(_Formatter())
     LOGGER.handlers[:] = [handler]
     LOGGER.setLevel(level.upper())

@@ -1,9 +1,10 @@
 """Workers: claim jobs from the durable queue and run them in separate processes.
 
-`run_job(data_dir, job_id)` is the whole contract of a job: it reads everything it needs
-from the store, so a job could run in another process or on another machine. Each worker
-thread holds the job's lease and renews it by heartbeat while a process of the pool does
-the work; if the node dies, the lease expires and the job is claimed again after restart.
+`run_job(job_id, settings)` is the whole contract of a job: given the worker's settings
+(`JobSettings`, built once from the configuration) it reads everything it needs through the
+store, so a job could run in another process or on another machine. Each worker thread holds
+the job's lease and renews it by heartbeat while a process of the pool does the work; if the
+node dies, the lease expires and the job is claimed again after restart.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import multiprocessing
 import threading
 from concurrent.futures import ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from typing import Sequence
+from dataclasses import dataclass, field
 
 from hccnode import log
 from hccnode.config import Config, PriorsSection
@@ -21,33 +22,49 @@ from hccnode.store.db import Store
 from hccnode.store.jobs import NOT_APPLICABLE
 
 
-def run_job(data_dir: str, job_id: int, destinations: Sequence[str] = (), rules_file: str = "",
-            adc_units: dict[str, str] | None = None,
-            baseline_tolerance_days: float = PriorsSection.tolerance_days, store_url: str = "") -> dict:
-    """Run one job: analyse its study (hccnode.pipeline) and return the result record.
+@dataclass(frozen=True)
+class JobSettings:
+    """What a job takes from the worker's configuration, built once per worker pool (`of`) and
+    handed to each job's process (picklable). `destinations`: the forward destinations the outputs
+    are queued for; `rules_file`: a site's phase rules (empty: the packaged ones); `adc_units`: the
+    site's ADC units per Manufacturer ([adc] units); `baseline_tolerance_days`: the site's margin
+    around paper 003's baseline interval ([priors] tolerance_days); `store_url`: the [store] url
+    (empty: SQLite in `data_dir`)."""
 
-    `destinations` are the configured forward destinations the outputs are queued for;
-    `rules_file` a site's phase rules (empty: the packaged ones); `adc_units` the site's ADC
-    units per Manufacturer ([adc] units); `baseline_tolerance_days` the site's margin around paper
-    003's baseline interval ([priors] tolerance_days); `store_url` the [store] url (empty: SQLite). A study the analysis does not apply to
-    gives a record with its reason under "not_applicable"."""
+    data_dir: str
+    store_url: str = ""
+    destinations: tuple[str, ...] = ()
+    rules_file: str = ""
+    adc_units: dict[str, str] = field(default_factory=dict)
+    baseline_tolerance_days: float = PriorsSection.tolerance_days
+
+    @classmethod
+    def of(cls, cfg: Config) -> "JobSettings":
+        return cls(str(cfg.data_dir), cfg.store.url, tuple(cfg.forward.destinations), cfg.phases.rules_file,
+                   dict(cfg.adc.units), cfg.priors.tolerance_days)
+
+
+def run_job(job_id: int, settings: JobSettings) -> dict:
+    """Run job `job_id`: read it from the store (hccnode.store.jobs), analyse its study
+    (hccnode.pipeline, which reads the study through hccnode.store) and return the result record.
+    A study the analysis does not apply to gives a record with its reason under "not_applicable"."""
     from hccnode.imaging.phase_rules import load_rules
     from hccnode.pipeline import NotApplicable, analyze_study
     from hccnode.pipeline.mr import site_adc_units
 
-    store = Store(data_dir, url=store_url)
+    store = Store(settings.data_dir, url=settings.store_url)
     try:
-        job = jobs.get(store, job_id)
+        job = jobs.load(store, job_id)
         if job is None:
             raise LookupError(f"no job {job_id}")
         try:
-            with site_adc_units(adc_units):
-                analysis = analyze_study(store, job["study_uid"], destinations=destinations, job_id=job_id,
-                                         rules=load_rules(rules_file or None),
-                                         baseline_tolerance_days=baseline_tolerance_days)
+            with site_adc_units(settings.adc_units):
+                analysis = analyze_study(store, job.study_uid, destinations=settings.destinations, job_id=job_id,
+                                         rules=load_rules(settings.rules_file or None),
+                                         baseline_tolerance_days=settings.baseline_tolerance_days)
         except NotApplicable as exc:
-            return {"study_uid": job["study_uid"], "study_seq": job["study_seq"], NOT_APPLICABLE: str(exc)}
-        return {**analysis.as_record(), "study_seq": job["study_seq"]}
+            return {"study_uid": job.study_uid, "study_seq": job.study_seq, NOT_APPLICABLE: str(exc)}
+        return {**analysis.as_record(), "study_seq": job.study_seq}
     finally:
         store.close()
 
@@ -73,6 +90,7 @@ class WorkerPool:
         self.cfg = cfg
         self.stop = stop
         self.n = cfg.worker_processes()
+        self.settings = JobSettings.of(cfg)
         self._pool: ProcessPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self.threads = [threading.Thread(target=self._loop, args=(i,), name=f"worker-{i}", daemon=True)
@@ -161,10 +179,7 @@ class WorkerPool:
             if not self._held_until(store, job, owner, lambda s: fetch.join(s) or not fetch.is_alive()):
                 return
         try:
-            future = self._executor().submit(run_job, str(self.cfg.data_dir), job.id,
-                                             list(self.cfg.forward.destinations), self.cfg.phases.rules_file,
-                                             dict(self.cfg.adc.units), self.cfg.priors.tolerance_days,
-                                             self.cfg.store.url)
+            future = self._executor().submit(run_job, job.id, self.settings)
             if not self._held_until(store, job, owner, lambda s: bool(wait([future], timeout=s).done)):
                 return
             result = future.result()

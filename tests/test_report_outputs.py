@@ -36,12 +36,13 @@ def test_rerun_of_the_same_analysis_gives_the_same_uids(case, first, tmp_path):
     assert len({sop for _, sop in uids(again).values()}) == 5  # one UID per object
 
 
-def test_each_file_is_handed_on_when_written_and_the_summary_last(case, tmp_path):
+def test_each_file_is_handed_on_when_written_the_map_first_and_the_summary_last(case, tmp_path):
     handed = []
     files = build_outputs(out_dir=tmp_path, on_written=lambda p: handed.append((p, p.exists(),
                                                                               (tmp_path / "summary.pdf").exists())),
                           **case.kwargs())
-    assert [p for p, _, _ in handed] == files
+    assert sorted(p for p, _, _ in handed) == sorted(files)
+    assert handed[0][0].name == "ecv_map.dcm"  # the largest, longest to send: sent while the rest is made
     assert all(exists for _, exists, _ in handed)
     assert handed[-1][0].name == "summary.dcm"
     assert not any(summary_made for p, _, summary_made in handed if p.name == "sr.dcm")  # the SR did not wait

@@ -21,7 +21,7 @@ from hccnode.phantom import StudySpec
 from hccnode.store import analyses, studies
 from hccnode.store.db import Store
 from hccnode.audit.reverify import REPRODUCED, reverify
-from hccnode.worker import run_job
+from hccnode.worker import JobSettings, run_job
 
 
 @pytest.fixture
@@ -105,7 +105,7 @@ def test_the_worker_analysis_uses_the_stored_date_and_reverify_the_recorded_one(
         assert bad.returncode == 2 and "is not a date (YYYY-MM-DD)" in bad.stderr and "Traceback" not in bad.stderr
 
         (job,) = store.query("SELECT id FROM jobs WHERE study_uid = ? AND reason = 'treatment_start'", (follow,))
-        record = run_job(str(store.data_dir), job["id"])   # the node's worker: no date handed to it
+        record = run_job(job["id"], JobSettings(str(store.data_dir)))   # the node's worker: no date handed to it
         sr = analysis_sr(f"{record['out_dir']}/sr.dcm")
         params = [i.TextValue for i in walk(sr.ContentSequence) if i.ValueType == "TEXT"
                   and i.ConceptNameCodeSequence[0].CodeMeaning == "Algorithm Parameters" and i.TextValue.startswith("nlr = ")]

@@ -78,8 +78,9 @@ def build_outputs(
     SEG, ECV map (when given), SR (the ROIs on their images), the results SR (labs, models,
     notes; when there are ROIs), summary (Encapsulated PDF). summary.pdf and summary.png are
     written beside them for the audit. `on_written(path)` is called as each DICOM file is in
-    place, so it can be sent while the next is made (the summary last: it takes longest and a
-    viewer needs the others). See the package docstring for the other arguments."""
+    place, so it can be sent while the next is made: the map first (the largest, longest to
+    send), then SEG, SRs and the summary last (it takes longest to make and a viewer needs the
+    others). See the package docstring for the other arguments."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     template = template or load_template()
@@ -95,16 +96,12 @@ def build_outputs(
     key = analysis_key(sources, ref, rois, labs_used, model_results, template.digest)
     uids = output_uids(key, ref.study_uid, ref.series_uid)
     tracks = tracking(rois, ref, {k: v.label for k, v in template.roles.items()})
-    written: list[Path] = []
-
-    seg_ds = None
-    if rois:
-        seg_ds = seg.build_seg(ref, rois, tracks, template, *uids["seg"], numbers["seg"])
-        written.append(_write(on_written, seg_ds, out / FILES["seg"]))
-    else:
+    if not rois:
         missing.append("Segmentation not written: no ROI was measured")
 
-    pm_ds = None
+    # The map first: at ~210 MB (200 x 512^2) it takes longest to send, and it needs nothing the
+    # others are made of, so it is sent while the SEG and the SRs are made.
+    pm_ds, pm_path = None, None
     if ecv_map is not None:
         if liver_mask is None:
             livers = [r.mask for r in rois if r.ref.name == "liver"]
@@ -120,7 +117,13 @@ def build_outputs(
             except ValueError as exc:
                 missing.append(f"ECV map not written: {exc}")
             else:
-                written.append(_write(on_written, pm_ds, out / FILES["pm"]))
+                pm_path = _write(on_written, pm_ds, out / FILES["pm"])
+
+    seg_ds, seg_path = None, None
+    if rois:
+        seg_ds = seg.build_seg(ref, rois, tracks, template, *uids["seg"], numbers["seg"])
+        seg_path = _write(on_written, seg_ds, out / FILES["seg"])
+    written = [p for p in (seg_path, pm_path) if p is not None]
 
     previous = []
     if previous_sr is not None and str(previous_sr.SOPInstanceUID) != uids["sr"][1]:

@@ -20,9 +20,13 @@ issue 17):
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import highdicom as hd
 import numpy as np
 from highdicom.sr import CodedConcept
+from pydicom import config
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
@@ -35,6 +39,7 @@ SLOPE = 100.0           # stored fraction x 100 = ECV in %
 PADDING_MARGIN = 0.01   # padding: one percentage point of ECV below the lowest stored value (or below 0)
 LUT_LABEL = "ECV (%)"   # Real World Value Mapping LUT Label (SH, 16 characters at most)
 WINDOW = (0.30, 0.60, "ECV 0-60 %")  # centre, width (stored fractions) and explanation
+FLOAT_PIXEL_DATA = 0x7FE00008  # (7FE0,0008) Float Pixel Data
 
 
 def padding_for(low: float) -> float:
@@ -43,23 +48,49 @@ def padding_for(low: float) -> float:
     return float(np.float32(min(low, 0.0) - PADDING_MARGIN))
 
 
-def frames_up_the_normal(pm: Dataset) -> None:
-    """Reorder the frames of `pm` (float pixel data, per-frame functional groups with their plane
-    positions) by position along the slice normal (row cosines x column cosines), lowest first:
-    the order of OHIF 3.12's volume (cornerstone3D sortImageIdsAndGetSpacing), in which its map
-    loader lays frames out by their index (it computes each frame's place from the image it
-    references, then returns the frames as they were). highdicom writes them the other way."""
+class _ParametricMap(hd.pm.ParametricMap):
+    """highdicom's ParametricMap without its copy of the pixels: highdicom copies each frame into
+    bytes and joins them (two copies of a ~210 MB map), then the frames are sorted anyway;
+    `frames_up_the_normal` writes the Float Pixel Data once, in the final order. This overrides a
+    private highdicom method (0.28): were it renamed, highdicom would encode the frames as before
+    and `frames_up_the_normal` would still replace them, so the map stays the same."""
+
+    def _encode_pixels_native(self, planes: np.ndarray) -> bytes:
+        return b""
+
+
+def frames_up_the_normal(pm: Dataset, planes: np.ndarray, keys: Sequence[tuple[str, int | None]]) -> None:
+    """Order the frames of `pm` by position along the slice normal (row cosines x column cosines),
+    lowest first: the order of OHIF 3.12's volume (cornerstone3D sortImageIdsAndGetSpacing), in
+    which its map loader lays frames out by their index (it computes each frame's place from the
+    image it references, then returns the frames as they were). highdicom writes them the other way.
+    The per-frame functional groups are sorted, and the Float Pixel Data is written from `planes`
+    (float32, plane j on the image `keys[j]` = (SOP Instance UID, frame number or None)), each
+    frame the plane of the image its functional group references."""
     shared = pm.SharedFunctionalGroupsSequence[0]
     iop = np.asarray(shared.PlaneOrientationSequence[0].ImageOrientationPatient, float)
     normal = np.cross(iop[:3], iop[3:])
     items = list(pm.PerFrameFunctionalGroupsSequence)
     along = [float(np.dot(np.asarray(f.PlanePositionSequence[0].ImagePositionPatient, float), normal)) for f in items]
     order = np.argsort(along, kind="stable")
-    if np.array_equal(order, np.arange(len(items))):
-        return
-    frames = np.frombuffer(pm.FloatPixelData, np.float32).reshape(len(items), int(pm.Rows), int(pm.Columns))
-    pm.FloatPixelData = frames[order].tobytes()
-    pm.PerFrameFunctionalGroupsSequence = [items[k] for k in order]
+    if not np.array_equal(order, np.arange(len(items))):
+        items = [items[k] for k in order]
+        pm.PerFrameFunctionalGroupsSequence = items
+    plane_of = {key: j for j, key in enumerate(keys)}
+    source = [f.DerivationImageSequence[0].SourceImageSequence[0] for f in items]
+    try:
+        take = np.array([plane_of[(str(s.ReferencedSOPInstanceUID),
+                                   int(s.ReferencedFrameNumber) if "ReferencedFrameNumber" in s else None)]
+                         for s in source])
+    except KeyError as exc:
+        raise ValueError(f"ECV map: frame on image {exc.args[0]} has no plane in the map") from None
+    if len(take) != len(planes) or len(set(take.tolist())) != len(take):
+        raise ValueError(f"ECV map: {len(take)} frames for {len(planes)} planes")
+    in_order = planes if np.array_equal(take, np.arange(len(take))) else planes[take]
+    # The frames' own memory, not a ~210 MB copy of it: pydicom writes any bytes-like value, and
+    # only its check that an OF value is of type bytes is skipped (the value is float32 data).
+    data = memoryview(np.ascontiguousarray(in_order, dtype=np.float32)).cast("B")
+    pm[FLOAT_PIXEL_DATA] = DataElement(FLOAT_PIXEL_DATA, "OF", data, validation_mode=config.IGNORE)
 
 
 def masked_map(ecv_fraction: np.ndarray, liver: np.ndarray, padding: float, out: np.ndarray | None = None) -> np.ndarray:
@@ -105,9 +136,10 @@ def build_ecv_map(reference: Reference, ecv_percent: np.ndarray | BoxedArray, li
         quantity_definition=quantity,
     )
     center, width, explanation = WINDOW
-    pm = hd.pm.ParametricMap(
+    planes = volume[run] if run is not None else volume[idx]
+    pm = _ParametricMap(
         source_images=sources,
-        pixel_array=volume[run] if run is not None else volume[idx],
+        pixel_array=planes,
         series_instance_uid=series_uid,
         series_number=series_number,
         sop_instance_uid=sop_uid,
@@ -127,7 +159,9 @@ def build_ecv_map(reference: Reference, ecv_percent: np.ndarray | BoxedArray, li
         content_description=f"ECV in the liver mask, fraction x {SLOPE:g} = %; {padding:g} = no value",
         series_description="hccnode ECV map (research)",
     )
-    frames_up_the_normal(pm)
+    keys = ([(str(sources[0].SOPInstanceUID), j + 1) for j in range(len(planes))] if reference.multiframe
+            else [(str(ds.SOPInstanceUID), None) for ds in sources])
+    frames_up_the_normal(pm, planes, keys)
     # A single padding value, given as the range [padding, padding] so the condition on the
     # range limit (PS3.3 C.7.6.24) is unambiguous for validators.
     pm.FloatPixelPaddingValue = padding

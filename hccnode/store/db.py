@@ -29,7 +29,7 @@ from typing import Any
 
 import sqlite_utils
 
-from hccnode.store import engine
+from hccnode.store import engine, pgqueue
 
 _SCHEMAS: list[str] = []
 _PG_SCHEMAS: list[str] = []
@@ -75,11 +75,13 @@ def migration(needed, apply) -> None:
 
 
 # PostgreSQL schema versions (version, what it does, SQL), applied once each, in order, at start-up
-# and recorded in schema_version. Every start also runs the tables' CREATE ... IF NOT EXISTS and
+# and recorded in schema_version; the SQL may be a function, called when the step is applied
+# (procrastinate is imported only then). Every start also runs the tables' CREATE ... IF NOT EXISTS and
 # adds registered columns (both idempotent, as on SQLite); a change that these cannot make (a
 # constraint, a type, moving data) is a new step here.
 PG_STEPS: tuple[tuple[int, str, str], ...] = (
     (1, "baseline: the tables the schema modules declare", ""),
+    (2, "job queue and outbox on procrastinate 3: its schema, and the node's links to it", pgqueue.schema_sql),
 )
 
 CORE = schema(
@@ -258,6 +260,7 @@ class Store:
             done = {r[0] for r in c.execute("SELECT version FROM schema_version")}
             for version, what, sql in PG_STEPS:
                 if version not in done:
+                    sql = sql() if callable(sql) else sql
                     if sql:
                         c.executescript(sql)
                     c.execute("INSERT INTO schema_version (version, name) VALUES (?, ?)", (version, what))

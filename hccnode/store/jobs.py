@@ -9,6 +9,12 @@ quiet for `stable_seconds` into an `analyze` job; a study that changes after it 
 
 The interface (`enqueue`, `claim`, `heartbeat`, `complete`, `not_applicable`, `fail`) is what a distributed
 queue would implement for a multi-node site; a worker needs only a job id and the store.
+
+On PostgreSQL each row is also a procrastinate job (hccnode.store.pgqueue), in the same
+transaction: its queueing lock and lock (the study) keep one job of a study waiting and one running,
+and a worker whose heartbeat went stale, on any host, loses its job to the next claim. A failed or
+lost job is queued again unless a newer job of its study waits already; then it ends failed, and
+the newer one analyses the study's later change.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from hccnode import log
-from hccnode.store import audit, engine, lease
+from hccnode.store import audit, engine, lease, pgqueue
 from hccnode.store.db import Store, migration, now, schema
 
 STATES = ("queued", "running", "done", "failed", "not_applicable")
@@ -92,7 +98,7 @@ class Job:
     lease_owner: str
 
     @classmethod
-    def from_row(cls, r: sqlite3.Row) -> "Job":
+    def from_row(cls, r: sqlite3.Row | dict) -> "Job":
         return cls(r["id"], r["kind"], r["study_uid"], r["study_seq"], r["attempts"], r["lease_owner"])
 
 
@@ -133,6 +139,8 @@ def _enqueue(c: sqlite3.Connection, study_uid: str, reason: str, max_attempts: i
         job_id = engine.insert_id(
             c, "INSERT INTO jobs (kind, study_uid, study_seq, reason, state, max_attempts, created_at)"
             " VALUES (?,?,?,?, 'queued', ?, ?)", (kind, study_uid, seq, reason, max_attempts, now()))
+        if engine.is_pg(c):
+            _defer(c, job_id, kind, study_uid)
     audit.append(c, "job.queued", "jobs", study_uid=study_uid, job=job_id, seq=seq, reason=reason)
     return {"job": job_id, "study": study_uid, "seq": seq, "reason": reason}
 
@@ -168,15 +176,21 @@ def queue_stable_studies(store: Store, stable_seconds: float, max_attempts: int 
     return [job_id for q in queued if (job_id := _logged(q)) is not None]
 
 
-_CLAIMABLE_SQL = ("SELECT * FROM jobs WHERE state = 'queued' OR (state = 'running' AND lease_expires < ?)"
-                  " ORDER BY id LIMIT 1")
+# A queued job waits while a job of its study runs on a live lease (one analysis of a study at a
+# time: a change that arrives mid-analysis is analysed after it, not beside it).
+_CLAIMABLE_SQL = ("SELECT * FROM jobs j WHERE (j.state = 'queued' AND NOT EXISTS (SELECT 1 FROM jobs r"
+                  " WHERE r.study_uid = j.study_uid AND r.state = 'running' AND r.lease_expires >= :t))"
+                  " OR (j.state = 'running' AND j.lease_expires < :t) ORDER BY j.id LIMIT 1")
 
 
 def claim(store: Store, owner: str, lease_seconds: float) -> Job | None:
-    """Take the oldest claimable job (queued, or running with an expired lease)."""
+    """Take the oldest claimable job (queued with no job of its study running, or running with an
+    expired lease)."""
+    if store.engine == engine.POSTGRESQL:
+        return _claim_pg(store, owner, lease_seconds)
     t = now()
     dead = lease.dead_holders(store.conn(), "jobs", "running")
-    if not dead and not store.conn().execute(_CLAIMABLE_SQL, (t,)).fetchone():  # idle: no write lock taken
+    if not dead and not store.conn().execute(_CLAIMABLE_SQL, {"t": t}).fetchone():  # idle: no write lock taken
         return None
     with store.tx() as c:
         for holder in dead:  # its process is gone (kill -9, crash): no need to wait out the lease
@@ -185,27 +199,133 @@ def claim(store: Store, owner: str, lease_seconds: float) -> Job | None:
             if n:
                 log.event("job.lease_taken_back", level=30, owner=holder, jobs=n, reason="holder gone")
         while True:
-            r = c.execute(_CLAIMABLE_SQL, (t,)).fetchone()
+            r = c.execute(_CLAIMABLE_SQL, {"t": t}).fetchone()
             if r is None:
                 return None
             if r["state"] == "running" and r["attempts"] >= r["max_attempts"]:
-                c.execute("UPDATE jobs SET state = 'failed', finished_at = ?, error = ?, lease_owner = NULL"
-                          " WHERE id = ?", (t, f"worker lost {r['attempts']} times (lease expired)", r["id"]))
-                audit.append(c, "job.failed", "jobs", study_uid=r["study_uid"], job=r["id"], attempt=r["attempts"],
-                             state="failed", error="lease expired")
-                log.event("job.failed", level=40, job=r["id"], study=r["study_uid"], reason="lease expired")
+                _lost_for_good(c, r, t)
                 continue
             if r["state"] == "running":
                 log.event("job.lease_expired", level=30, job=r["id"], owner=r["lease_owner"])
-            c.execute(
-                "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = ?, lease_expires = ?,"
-                " heartbeat_at = ?, started_at = ?, error = NULL WHERE id = ?",
-                (owner, t + lease_seconds, t, t, r["id"]))
-            row = c.execute("SELECT * FROM jobs WHERE id = ?", (r["id"],)).fetchone()
-            audit.append(c, "job.started", "worker", study_uid=row["study_uid"], job=row["id"],
-                         attempt=row["attempts"], owner=owner)
-            log.event("job.started", job=row["id"], study=row["study_uid"], attempt=row["attempts"], owner=owner)
-            return Job.from_row(row)
+            return _start(c, r["id"], owner, t, lease_seconds)
+
+
+def _lost_for_good(c, r, t: float) -> None:
+    """Fail a running job whose worker was lost and whose attempts are used up."""
+    c.execute("UPDATE jobs SET state = 'failed', finished_at = ?, error = ?, lease_owner = NULL"
+              " WHERE id = ?", (t, f"worker lost {r['attempts']} times (lease expired)", r["id"]))
+    audit.append(c, "job.failed", "jobs", study_uid=r["study_uid"], job=r["id"], attempt=r["attempts"],
+                 state="failed", error="lease expired")
+    log.event("job.failed", level=40, job=r["id"], study=r["study_uid"], reason="lease expired")
+
+
+def _start(c, job_id: int, owner: str, t: float, lease_seconds: float) -> Job:
+    """Mark a job running for `owner` with a lease of `lease_seconds`; one more attempt."""
+    c.execute(
+        "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = ?, lease_expires = ?,"
+        " heartbeat_at = ?, started_at = ?, error = NULL WHERE id = ?",
+        (owner, t + lease_seconds, t, t, job_id))
+    row = c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    audit.append(c, "job.started", "worker", study_uid=row["study_uid"], job=row["id"],
+                 attempt=row["attempts"], owner=owner)
+    log.event("job.started", job=row["id"], study=row["study_uid"], attempt=row["attempts"], owner=owner)
+    return Job.from_row(row)
+
+
+# -- PostgreSQL: procrastinate ------------------------------------------------------------------
+
+def _study_lock(kind: str, study_uid: str) -> str:
+    """The procrastinate lock and queueing lock of a study's jobs of `kind`."""
+    return f"{kind}:{study_uid}"
+
+
+def _defer(c, job_id: int, kind: str, study_uid: str) -> None:
+    lock = _study_lock(kind, study_uid)
+    queue_job = pgqueue.defer(c, pgqueue.JOBS_QUEUE, kind, lock, lock, job_id)
+    c.execute("UPDATE jobs SET queue_job = ? WHERE id = ?", (queue_job, job_id))
+
+
+def _back_in_queue(c, r) -> bool:
+    """Queue job row `r` (running, or just failed) again in procrastinate; False, and its
+    procrastinate job failed, when a newer job of the study waits already (that one analyses
+    the later change)."""
+    newer = pgqueue.waiting(c, _study_lock(r["kind"], r["study_uid"]))
+    status = pgqueue.status(c, r["queue_job"]) if r["queue_job"] is not None else None
+    if newer is not None and newer != r["queue_job"]:
+        if status in ("todo", "doing"):
+            pgqueue.finish(c, r["queue_job"], succeeded=False)
+        return False
+    if status in ("doing", "failed"):
+        pgqueue.retry(c, r["queue_job"])
+    elif status is None:
+        _defer(c, r["id"], r["kind"], r["study_uid"])
+    return True
+
+
+SUPERSEDED = "; not retried: a newer job of the study waits"
+
+# Rows that procrastinate does not know to be claimable: running with an expired lease, and queued
+# rows without a procrastinate job (copied by `hccnode store migrate`).
+_ADRIFT_SQL = ("SELECT 1 FROM jobs WHERE (state = 'running' AND lease_expires < ?)"
+               " OR (state = 'queued' AND queue_job IS NULL) LIMIT 1")
+
+
+def _claim_pg(store: Store, owner: str, lease_seconds: float) -> Job | None:
+    """Claim on PostgreSQL: recover the jobs of lost workers (heartbeat older than `lease_seconds`,
+    on any host; a process of this host that is gone; an expired lease), then fetch the next job
+    whose study no other job runs for."""
+    t = now()
+    read = store.conn()
+    dead = lease.dead_holders(read, "jobs", "running")
+    adrift = read.execute(_ADRIFT_SQL, (t,)).fetchone() is not None
+    if not dead and not adrift and not pgqueue.pending(read, pgqueue.JOBS_QUEUE, lease_seconds):
+        return None   # idle: no write lock taken
+    with store.tx() as c:
+        lost = pgqueue.stalled(c, pgqueue.JOBS_QUEUE, lease_seconds)
+        if dead or adrift or lost:
+            _recover_pg(c, t, dead, lost)
+        worker_id = pgqueue.worker(c, owner)
+        for _ in range(100):  # bounded: a fetched job whose row is not queued is left to its holder
+            got = pgqueue.fetch(c, pgqueue.JOBS_QUEUE, worker_id)
+            if got is None:
+                return None
+            if c.execute("SELECT 1 FROM jobs WHERE id = ? AND state = 'queued'", (got[1],)).fetchone():
+                return _start(c, got[1], owner, t, lease_seconds)
+    return None
+
+
+def _recover_pg(c, t: float, dead: list[str], lost: list[int]) -> None:
+    """Queue again (or fail, attempts used up) the running jobs of holders that are gone (`dead`),
+    whose procrastinate job is stalled (`lost`) or whose lease expired; queue the rows that have
+    no procrastinate job."""
+    pgqueue.prune(c)
+    for holder in dead:  # its process is gone (kill -9, crash): no need to wait out the heartbeat
+        pgqueue.forget(c, holder)
+        log.event("job.lease_taken_back", level=30, owner=holder, reason="holder gone")
+    for r in c.execute(f"SELECT * FROM jobs WHERE state = 'running' AND (lease_expires < ?"
+                       f" OR lease_owner IN {engine.in_list(len(dead))} OR queue_job = ANY(?::bigint[]))"
+                       " ORDER BY id", (t, *dead, lost)).fetchall():
+        if r["attempts"] >= r["max_attempts"]:
+            _lost_for_good(c, r, t)
+            _queue_finished(c, r["id"], succeeded=False)
+        elif _back_in_queue(c, r):
+            c.execute("UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires = NULL WHERE id = ?", (r["id"],))
+            log.event("job.lease_expired", level=30, job=r["id"], owner=r["lease_owner"])
+        else:
+            c.execute("UPDATE jobs SET state = 'failed', finished_at = ?, error = ?, lease_owner = NULL"
+                      " WHERE id = ?", (t, "worker lost (lease expired)" + SUPERSEDED, r["id"]))
+            audit.append(c, "job.failed", "jobs", study_uid=r["study_uid"], job=r["id"], attempt=r["attempts"],
+                         state="failed", error="lease expired" + SUPERSEDED)
+            log.event("job.failed", level=30, job=r["id"], study=r["study_uid"], reason="lease expired" + SUPERSEDED)
+    for r in c.execute("SELECT id, kind, study_uid FROM jobs WHERE state = 'queued' AND queue_job IS NULL"
+                       " ORDER BY id").fetchall():
+        _defer(c, r["id"], r["kind"], r["study_uid"])
+
+
+def _queue_finished(c, job_id: int, succeeded: bool) -> None:
+    """On PostgreSQL: end the job's procrastinate job too."""
+    if engine.is_pg(c):
+        pgqueue.finish_open(c, "jobs", job_id, succeeded)
 
 
 def worker_owner(index: int) -> str:
@@ -219,6 +339,8 @@ def heartbeat(store: Store, job_id: int, owner: str, lease_seconds: float) -> bo
     with store.tx() as c:
         n = c.execute("UPDATE jobs SET lease_expires = ?, heartbeat_at = ? WHERE id = ? AND lease_owner = ?"
                       " AND state = 'running'", (t + lease_seconds, t, job_id, owner)).rowcount
+        if n and engine.is_pg(c) and not pgqueue.heartbeat(c, owner):
+            n = 0   # the worker was unregistered (its process found gone): its job goes to the next claim
     return n == 1
 
 
@@ -228,6 +350,7 @@ def complete(store: Store, job_id: int, owner: str, result: dict) -> bool:
                       " lease_expires = NULL WHERE id = ? AND lease_owner = ? AND state = 'running'",
                       (now(), json.dumps(result, sort_keys=True), job_id, owner)).rowcount
         if n:
+            _queue_finished(c, job_id, succeeded=True)
             study_uid = c.execute("SELECT study_uid FROM jobs WHERE id = ?", (job_id,)).fetchone()["study_uid"]
             hashes = [r["sha256"] for r in c.execute("SELECT sha256 FROM instances WHERE study_uid = ?", (study_uid,))]
             audit.append(c, "job.done", "worker", study_uid=study_uid, job=job_id,
@@ -247,6 +370,7 @@ def not_applicable(store: Store, job_id: int, owner: str, result: dict) -> bool:
                       " lease_expires = NULL WHERE id = ? AND lease_owner = ? AND state = 'running'",
                       (NOT_APPLICABLE, now(), json.dumps(result, sort_keys=True), reason[:2000], job_id, owner)).rowcount
         if n:
+            _queue_finished(c, job_id, succeeded=True)
             study_uid = c.execute("SELECT study_uid FROM jobs WHERE id = ?", (job_id,)).fetchone()["study_uid"]
             audit.append(c, "job.not_applicable", "worker", study_uid=study_uid, job=job_id, reason=reason[:500])
     if n:
@@ -257,11 +381,16 @@ def not_applicable(store: Store, job_id: int, owner: str, result: dict) -> bool:
 def fail(store: Store, job_id: int, owner: str, error: str) -> str | None:
     """Record a failed attempt: queued again while attempts remain, else failed. Returns the new state."""
     with store.tx() as c:
-        r = c.execute("SELECT attempts, max_attempts, study_uid FROM jobs WHERE id = ? AND lease_owner = ? AND state = 'running'",
+        r = c.execute("SELECT * FROM jobs WHERE id = ? AND lease_owner = ? AND state = 'running'",
                       (job_id, owner)).fetchone()
         if r is None:
             return None
         state = "queued" if r["attempts"] < r["max_attempts"] else "failed"
+        if engine.is_pg(c):
+            if state == "queued" and not _back_in_queue(c, r):
+                state, error = "failed", error + SUPERSEDED
+            elif state == "failed":
+                _queue_finished(c, job_id, succeeded=False)
         audit.append(c, "job.failed", "worker", study_uid=r["study_uid"], job=job_id, attempt=r["attempts"],
                      state=state, error=error[:200])
         c.execute("UPDATE jobs SET state = ?, error = ?, lease_owner = NULL, lease_expires = NULL,"
@@ -282,6 +411,12 @@ def listing(store: Store, state: str | None = None, limit: int = 50) -> list[dic
 def get(store: Store, job_id: int) -> dict | None:
     rows = store.query("SELECT * FROM jobs WHERE id = ?", (job_id,))
     return rows[0] if rows else None
+
+
+def load(store: Store, job_id: int) -> Job | None:
+    """Job `job_id` as a worker runs it (its study and the study's seq it analyses), or None."""
+    row = get(store, job_id)
+    return Job.from_row(row) if row else None
 
 
 STATUS_COLUMNS = "id, state, reason, study_seq, attempts, max_attempts, created_at, started_at, finished_at, error"
