@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -77,11 +78,22 @@ class Arrivals:
         self.seen: set[str] = set()
         self.found: set[str] = set()
 
+    def sop_class(self, iid: str) -> str | None:
+        """The instance's SOP Class UID from Orthanc's index (its `SopClassUid` metadata), not from
+        its tags: those Orthanc reads from the stored file, 210 MB for the map, which would add
+        the time of that read to what is measured."""
+        url = f"http://127.0.0.1:{self.orthanc.http_port}/instances/{iid}/metadata/SopClassUid"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as r:  # plain text, not JSON
+                return r.read().decode().strip()
+        except OSError:  # an Orthanc without that metadata: the file's tags
+            return self.orthanc.get(f"/instances/{iid}/simplified-tags").get("SOPClassUID")
+
     def poll(self) -> set[str]:
         for iid in self.orthanc.get("/instances"):
             if iid not in self.seen:
                 self.seen.add(iid)
-                uid = self.orthanc.get(f"/instances/{iid}/simplified-tags").get("SOPClassUID")
+                uid = self.sop_class(iid)
                 if uid in WANTED:
                     self.found.add(WANTED[uid])
         return self.found
@@ -100,17 +112,20 @@ def timeline(data_dir: Path, t0_wall: float) -> str:
     with sqlite3.connect(data_dir / "hccnode.db") as db:
         job = db.execute("SELECT created_at, started_at, finished_at, result FROM jobs ORDER BY id DESC LIMIT 1").fetchone()
         sent = db.execute("SELECT MAX(sent_at) FROM outbox WHERE path NOT LIKE '%summary%'").fetchone()[0]
+        rows = db.execute("SELECT path, created_at, sent_at FROM outbox ORDER BY id").fetchall()
     if job is None:
         return "no job recorded"
     steps = json.loads(job[3] or "{}").get("seconds", {})
     return (f"queued +{job[0] - t0_wall:.1f} s, started +{job[1] - t0_wall:.1f} s, analysed +{job[2] - t0_wall:.1f} s "
-            f"({', '.join(f'{k} {v:.1f}' for k, v in steps.items())}), SEG/PM/SR sent +{(sent or t0_wall) - t0_wall:.1f} s")
+            f"({', '.join(f'{k} {v:.1f}' for k, v in steps.items())}), SEG/PM/SR sent +{(sent or t0_wall) - t0_wall:.1f} s"
+            "; each output queued -> sent: " + ", ".join(
+                f"{Path(p).stem} +{c - t0_wall:.1f} -> +{(s or t0_wall) - t0_wall:.1f}" for p, c, s in rows))
 
 
-def one_run(work: Path, files: list[str], labs_csv: Path, stable: float) -> tuple[float, float, float]:
+def one_run(work: Path, files: list[str], labs_csv: Path, stable: float, pacs_pdu: int = 0) -> tuple[float, float, float]:
     (work / "orthanc").mkdir(parents=True)
     (work / "node").mkdir()
-    orthanc = Orthanc(work / "orthanc").start()
+    orthanc = Orthanc(work / "orthanc", {"MaximumPduLength": pacs_pdu} if pacs_pdu else None).start()
     node = NodeProcess(work / "node", study={"stable_seconds": stable}, worker={"processes": 0, "lease_seconds": 120.0},
                        forward={"destinations": [orthanc.destination]}, log={"level": "WARNING"})
     try:
@@ -143,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--matrix", type=int, default=512)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--stable", type=float, default=2.0, help="[study] stable_seconds of the node")
+    ap.add_argument("--pacs-pdu", type=int, default=0,
+                    help="Orthanc's MaximumPduLength, the largest PDU the node may send it (0: Orthanc's default, 16384)")
     args = ap.parse_args(argv)
     from hccnode.phantom import StudySpec, generate
 
@@ -161,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{mb:.0f} MB (generated in {time.perf_counter() - t:.0f} s)")
         walls, mains, workers = [], [], []
         for r in range(args.runs):
-            wall, main_rss, worker_rss = one_run(tmp / f"run{r}", files, labs_csv, args.stable)
+            wall, main_rss, worker_rss = one_run(tmp / f"run{r}", files, labs_csv, args.stable, args.pacs_pdu)
             walls.append(wall)
             mains.append(main_rss)
             workers.append(worker_rss)

@@ -96,6 +96,9 @@ class ForwardSection:
     retry_max_seconds: float = 600.0
     max_attempts: int = 50
     poll_seconds: float = 0.5
+    # Loops sending at once, each with its own association to a destination: outputs queued while
+    # a large one is being sent (the SR and SEG behind a 200-frame ECV map) need not wait for it.
+    senders: int = 2
     # Send over TLS (with [tls] certificate/private_key as client certificate when set,
     # verifying the peer against [tls] ca_certificates and its host name).
     tls: bool = False
@@ -309,6 +312,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("node.max_associations: must be at least 1")
     if cfg.node.receiver_processes < 1:
         raise ConfigError("node.receiver_processes: must be at least 1")
+    if cfg.forward.senders < 1:
+        raise ConfigError("forward.senders: must be at least 1")
     if cfg.study.stable_seconds < 0:
         raise ConfigError("study.stable_seconds: must not be negative")
     if cfg.priors.pacs:

@@ -3,6 +3,7 @@ DICOMweb base URL (hccnode.net.stow); same leases, retries and backoff for both.
 
 from __future__ import annotations
 
+import logging
 import ssl
 import threading
 
@@ -43,21 +44,33 @@ def drain_once(store: Store, cfg: ForwardSection, ids: list[int] | None = None,
     return tried
 
 
-class Forwarder(threading.Thread):
-    """Background loop: send what is due, then wait `poll_seconds`."""
+class Forwarder:
+    """`[forward] senders` background loops, each: send what is due (the rows it leased, one
+    association per destination), then wait `poll_seconds`. Several, so that an output queued
+    while a large one is being sent (the SR and SEG behind a 200-frame ECV map) goes out on its own
+    association at once; a row is leased by one loop, so it is sent once."""
 
     def __init__(self, store_dir, cfg: ForwardSection, stop: threading.Event, tls_ctx: ssl.SSLContext | None = None,
                  store_url: str = ""):
-        super().__init__(name="forwarder", daemon=True)
         self.store_dir, self.cfg, self.stop, self.tls_ctx, self.store_url = store_dir, cfg, stop, tls_ctx, store_url
+        self.threads = [threading.Thread(target=self._run, name=f"forwarder-{i}", daemon=True)
+                        for i in range(max(1, cfg.senders))]
 
-    def run(self) -> None:
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        for t in self.threads:
+            t.join(timeout)
+
+    def _run(self) -> None:
         store = Store(self.store_dir, url=self.store_url)
         while not self.stop.is_set():
             try:
                 tried = drain_once(store, self.cfg, tls_ctx=self.tls_ctx)
             except Exception:
-                log.event("forwarder.error", level=40, exc_info=True)
+                log.event("forwarder.error", level=logging.ERROR, exc_info=True)
                 tried = 0
             if not tried:
                 self.stop.wait(self.cfg.poll_seconds)
