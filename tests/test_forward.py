@@ -71,3 +71,56 @@ def test_refused_destination_is_retried_then_failed_with_the_reason(node_factory
     r = node.cli("outbox", "--retry-failed")
     assert "queued again: 1" in r.stdout
     assert node.store().query("SELECT state FROM outbox")[0]["state"] == "pending"
+
+
+def test_an_output_queued_while_a_large_one_is_being_sent_goes_out_beside_it(store, tmp_path):
+    """[forward] senders = 2: a C-STORE peer holds the first instance until it has received the
+    second, which the node queued only after the first was on its way. One sending loop would
+    keep the second behind the first (the peer would give up waiting); two send it beside it.
+    On both engines (the PostgreSQL outbox leases through procrastinate)."""
+    import threading
+
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    from conftest import free_port
+    from hccnode.config import ForwardSection
+    from hccnode.net.forward import Forwarder
+    from hccnode.store import outbox
+
+    first, second = ct_series(store.data_dir / "out" / "a", n=1)[0], ct_series(store.data_dir / "out" / "b", n=1, seed=1)[0]
+    first_uid, second_uid = sops([first]).pop(), sops([second]).pop()
+    holding, second_in = threading.Event(), threading.Event()
+    finished: list[str] = []
+
+    def on_store(event):
+        uid = str(event.request.AffectedSOPInstanceUID)
+        if uid == first_uid:
+            holding.set()
+            second_in.wait(20)                              # bounded (under the sender's 30 s): a failure, not a hang
+        else:
+            second_in.set()
+        finished.append(uid)
+        return 0x0000
+
+    ae = AE(ae_title="PEER")
+    ae.supported_contexts = AllStoragePresentationContexts
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    stop = threading.Event()
+    dest = f"PEER@127.0.0.1:{port}"
+    forwarder = Forwarder(store.data_dir, ForwardSection(destinations=[dest], senders=2, poll_seconds=0.05), stop,
+                          store_url=store.url)
+    try:
+        outbox.enqueue(store, dest, first)
+        forwarder.start()
+        wait_until(holding.is_set, 60, what="the peer to hold the first instance")
+        outbox.enqueue(store, dest, second)
+        wait_until(lambda: {r["state"] for r in store.query("SELECT state FROM outbox")} == {"sent"}, 60,
+                   what="both rows sent")
+    finally:
+        second_in.set()
+        stop.set()
+        forwarder.join(10)
+        server.shutdown()
+    assert finished == [second_uid, first_uid]             # the second was through while the first was held
+    assert len(store.query("SELECT id FROM outbox")) == 2
