@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from hccnode import __version__, config
@@ -71,6 +72,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_ERROR
     except Exception as exc:  # a clean message, not a traceback that could quote a dataset
-        log.event("command.failed", level=10, command=args.command, exc_info=True)  # the type, at DEBUG
+        log.event("command.failed", level=logging.DEBUG, command=args.command, exc_info=True)  # the type, at DEBUG
         print(f"hccnode {args.command}: error: {exc or 'internal error'}", file=sys.stderr)
         return EXIT_ERROR

@@ -9,6 +9,7 @@ node dies, the lease expires and the job is claimed again after restart.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import threading
 from concurrent.futures import ProcessPoolExecutor, wait
@@ -133,7 +134,7 @@ class WorkerPool:
             try:
                 job = jobs.claim(store, owner, wcfg.lease_seconds)
             except Exception:
-                log.event("worker.error", level=40, exc_info=True)
+                log.event("worker.error", level=logging.ERROR, exc_info=True)
                 job = None
             if job is None:
                 self.stop.wait(wcfg.poll_seconds)
@@ -141,7 +142,7 @@ class WorkerPool:
             try:
                 self._run(store, job, owner)
             except Exception:  # e.g. the index is full when recording the outcome: the lease
-                log.event("worker.error", level=40, job=job.id, exc_info=True)  # expires, the job reruns
+                log.event("worker.error", level=logging.ERROR, job=job.id, exc_info=True)  # expires, the job reruns
                 self.stop.wait(wcfg.poll_seconds)
         store.close()
 
@@ -154,7 +155,7 @@ class WorkerPool:
         try:
             result = priors.fetch_baseline(self.cfg, store, job.study_uid)
         except Exception:
-            log.event("job.prior_failed", level=30, job=job.id, study=job.study_uid, exc_info=True)
+            log.event("job.prior_failed", level=logging.WARNING, job=job.id, study=job.study_uid, exc_info=True)
             return
         if result.state != "skipped":
             log.event("job.prior", job=job.id, study=job.study_uid, state=result.state, baseline=result.baseline_uid)
@@ -168,7 +169,7 @@ class WorkerPool:
             if self.stop.is_set():
                 return False
             if not jobs.heartbeat(store, job.id, owner, self.cfg.worker.lease_seconds):
-                log.event("job.lease_lost", level=30, job=job.id)
+                log.event("job.lease_lost", level=logging.WARNING, job=job.id)
                 return False
         return True
 
@@ -188,7 +189,7 @@ class WorkerPool:
             jobs.fail(store, job.id, owner, "worker process died")
             return
         except Exception as exc:  # the job's error is shown to users: the problem, not the exception's type
-            log.event("job.error", level=30, job=job.id, error=type(exc).__name__)
+            log.event("job.error", level=logging.WARNING, job=job.id, error=type(exc).__name__)
             jobs.fail(store, job.id, owner, str(exc) or "internal error in the analysis")
             return
         if NOT_APPLICABLE in result:
@@ -212,6 +213,6 @@ class Watcher(threading.Thread):
             try:
                 jobs.queue_stable_studies(store, self.cfg.study.stable_seconds, self.cfg.worker.max_attempts)
             except Exception:
-                log.event("watcher.error", level=40, exc_info=True)
+                log.event("watcher.error", level=logging.ERROR, exc_info=True)
             self.stop.wait(self.period)
         store.close()

@@ -28,6 +28,7 @@ hold only whether the PACS's Patient ID (and issuer) matched, not the value.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import asdict, dataclass, field
 
 import pydicom
@@ -213,7 +214,7 @@ class _GetStore:
                                   str(event.context.transfer_syntax), event.encoded_dataset(include_meta=False),
                                   self.peer_ae)
         except Exception as exc:
-            log.event("prior.store_failed", level=40, sop=str(req.AffectedSOPInstanceUID), error=type(exc).__name__)
+            log.event("prior.store_failed", level=logging.ERROR, sop=str(req.AffectedSOPInstanceUID), error=type(exc).__name__)
             return status.OUT_OF_RESOURCES
         return r.status
 
@@ -232,7 +233,7 @@ def _retrieve(cfg: Config, store: Store, pacs: Destination, study_uid: str, tls)
     if how == "get":
         return by_get()
     if how == "auto" and _listener_answers(cfg) is False:
-        log.event("prior.move_skipped", level=30, study=study_uid,
+        log.event("prior.move_skipped", level=logging.WARNING, study=study_uid,
                   reason=f"the node's listener ({_own_listener(cfg)}) does not answer; using C-GET")
         return by_get()
     try:
@@ -240,10 +241,10 @@ def _retrieve(cfg: Config, store: Store, pacs: Destination, study_uid: str, tls)
     except scu.QueryFailed as exc:
         if how != "auto" or "does not accept" not in str(exc):
             raise
-        log.event("prior.move_refused", level=30, study=study_uid, reason=str(exc))
+        log.event("prior.move_refused", level=logging.WARNING, study=study_uid, reason=str(exc))
         return by_get()
     if how == "auto" and _nothing_delivered(result):
-        log.event("prior.move_failed", level=30, study=study_uid, status=f"0x{result.status:04X}",
+        log.event("prior.move_failed", level=logging.WARNING, study=study_uid, status=f"0x{result.status:04X}",
                   failed=result.failed, reason="the PACS could not deliver to this node; using C-GET")
         return by_get()
     return "move", result
@@ -288,7 +289,7 @@ def fetch_baseline(cfg: Config, store: Store, study_uid: str, *, even_if_disable
 
     def failed(message: str, **details) -> PriorResult:
         result.state, result.message = "failed", message
-        log.event("prior.failed", level=30, study=study_uid, pacs=str(pacs), reason=message)
+        log.event("prior.failed", level=logging.WARNING, study=study_uid, pacs=str(pacs), reason=message)
         audit.append(store, "prior.failed", ACTOR, study_uid=study_uid, patient_key=patient_key,
                      pacs=str(pacs), reason=message, **details)
         return result

@@ -12,6 +12,7 @@ its parent (kill -9 of the node) notices within a second and stops.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import signal
@@ -71,7 +72,7 @@ class ReceiverProcesses:
         while not self.stop_event.wait(POLL_SECONDS):
             for slot, p in list(self.procs.items()):
                 if not p.is_alive() and not self.stop_event.is_set():
-                    log.event("receiver.exited", level=40, pid=p.pid, slot=slot, exit_code=p.exitcode)
+                    log.event("receiver.exited", level=logging.ERROR, pid=p.pid, slot=slot, exit_code=p.exitcode)
                     self.shared.counts[slot] = 0   # its connections closed with it
                     self._spawn(slot)
 

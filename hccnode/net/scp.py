@@ -13,6 +13,7 @@ them all.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import multiprocessing
 import socket
 import socketserver
@@ -248,7 +249,7 @@ class StorageSCP:
         try:
             audit.append(self.spool.store, event, actor, **details)
         except Exception as exc:
-            log.event("audit.failed", level=40, audit_event=event, error=type(exc).__name__)
+            log.event("audit.failed", level=logging.ERROR, audit_event=event, error=type(exc).__name__)
 
     def _count(self) -> None:
         """This process's open connections, for the association limit and the other processes (under _open_lock)."""
@@ -280,7 +281,7 @@ class StorageSCP:
         n_open = sum(self.shared.counts)   # every receiver process's
         if n_open > self.cfg.max_associations:
             reason = f"association limit ({self.cfg.max_associations}) reached"
-            log.event("association.rejected", level=30, calling_ae=calling, peer=peer, reason=reason)
+            log.event("association.rejected", level=logging.WARNING, calling_ae=calling, peer=peer, reason=reason)
             self._audit("association.rejected", f"AE:{calling}", peer=peer, reason=reason)
             assoc.acse.send_reject(status.REJECTED_TRANSIENT, status.SOURCE_PROVIDER_PRESENTATION,
                                    status.DIAG_LOCAL_LIMIT_EXCEEDED)
@@ -288,7 +289,7 @@ class StorageSCP:
             return
         if not is_allowed(self.allowed, calling, peer):
             reason = "calling AE title not on the allow-list for this host"
-            log.event("association.rejected", level=30, calling_ae=calling, peer=peer, reason=reason)
+            log.event("association.rejected", level=logging.WARNING, calling_ae=calling, peer=peer, reason=reason)
             self._audit("association.rejected", f"AE:{calling}", peer=peer, reason=reason)
             assoc.acse.send_reject(status.REJECTED_PERMANENT, status.SOURCE_SERVICE_USER,
                                    status.DIAG_CALLING_AE_NOT_RECOGNIZED)
@@ -308,7 +309,7 @@ class StorageSCP:
         rj = a.acceptor.primitive
         fields = dict(result=getattr(rj, "result", None), source=getattr(rj, "result_source", None),
                       diagnostic=getattr(rj, "diagnostic", None))
-        log.event("association.rejected", level=30, calling_ae=a.requestor.ae_title, peer=a.requestor.address, **fields)
+        log.event("association.rejected", level=logging.WARNING, calling_ae=a.requestor.ae_title, peer=a.requestor.address, **fields)
         self._audit("association.rejected", f"AE:{a.requestor.ae_title.strip()}", peer=a.requestor.address, **fields)
 
     def on_closed(self, event, how: str) -> None:
@@ -331,7 +332,7 @@ class StorageSCP:
                                        str(event.context.transfer_syntax),
                                        event.encoded_dataset(include_meta=False), calling)
         except Exception as exc:  # never answer success for what we may not have kept
-            log.event("instance.failed", level=40, calling_ae=calling, sop=str(req.AffectedSOPInstanceUID),
+            log.event("instance.failed", level=logging.ERROR, calling_ae=calling, sop=str(req.AffectedSOPInstanceUID),
                       error=type(exc).__name__, exc_info=True)
             return _status(status.OUT_OF_RESOURCES, "internal error: not stored (the node's log says where)")
         with self._open_lock:

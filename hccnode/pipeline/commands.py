@@ -9,6 +9,7 @@ a study could not be analysed or no study was stored, 2 on a usage error."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from hccnode import RESEARCH_USE, log
@@ -94,7 +95,7 @@ def run(args) -> int:
                 status = 1
                 continue
             except Exception:  # noqa: BLE001 - one study's failure never stops the others
-                log.event("analyze.failed", level=10, study=uid, exc_info=True)  # where, at [log] level DEBUG
+                log.event("analyze.failed", level=logging.DEBUG, study=uid, exc_info=True)  # where, at [log] level DEBUG
                 print(f"hccnode analyze: study {uid}: analysis failed (an internal error; [log] level DEBUG says where)")
                 status = 1
                 continue

@@ -12,6 +12,7 @@ itself. Automatic placement (hccnode.imaging.auto_rois, optional) is reached onl
 from __future__ import annotations
 
 import importlib
+import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -255,7 +256,7 @@ def _take_in_organs(regions: Regions, roles: list[str], reference: Volume, avoid
     try:
         placement = place(reference, organs, avoid=avoid)
     except Exception as exc:  # noqa: BLE001 - the node's own finder still has its turn
-        log.event("pipeline.organ_rois_failed", level=30, series=reference.series_uid, error=type(exc).__name__)
+        log.event("pipeline.organ_rois_failed", level=logging.WARNING, series=reference.series_uid, error=type(exc).__name__)
         regions.notes.append(f"organ masks not used: placing ROIs in them failed ({exc})")
         return
     regions.notes.extend(f"in the site's organ masks: {n}" for n in placement.notes)
@@ -293,7 +294,7 @@ def _run(regions: Regions, place: Callable, wanted: list[str], volume: Volume, *
     try:
         return place(volume, **kw)
     except Exception as exc:  # noqa: BLE001 - automatic placement failing leaves the roles unmeasured
-        log.event("pipeline.auto_rois_failed", level=30, series=volume.series_uid, error=type(exc).__name__)
+        log.event("pipeline.auto_rois_failed", level=logging.WARNING, series=volume.series_uid, error=type(exc).__name__)
         regions.notes.extend(f"{r} not measured: automatic ROI placement failed ({exc})" for r in wanted)
         return None
 

@@ -20,6 +20,7 @@ the newer one analyses the study's later change.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sqlite3
 from dataclasses import dataclass
@@ -197,7 +198,7 @@ def claim(store: Store, owner: str, lease_seconds: float) -> Job | None:
             n = c.execute("UPDATE jobs SET lease_expires = ? WHERE state = 'running' AND lease_owner = ?",
                           (t - 1, holder)).rowcount
             if n:
-                log.event("job.lease_taken_back", level=30, owner=holder, jobs=n, reason="holder gone")
+                log.event("job.lease_taken_back", level=logging.WARNING, owner=holder, jobs=n, reason="holder gone")
         while True:
             r = c.execute(_CLAIMABLE_SQL, {"t": t}).fetchone()
             if r is None:
@@ -206,7 +207,7 @@ def claim(store: Store, owner: str, lease_seconds: float) -> Job | None:
                 _lost_for_good(c, r, t)
                 continue
             if r["state"] == "running":
-                log.event("job.lease_expired", level=30, job=r["id"], owner=r["lease_owner"])
+                log.event("job.lease_expired", level=logging.WARNING, job=r["id"], owner=r["lease_owner"])
             return _start(c, r["id"], owner, t, lease_seconds)
 
 
@@ -216,7 +217,7 @@ def _lost_for_good(c, r, t: float) -> None:
               " WHERE id = ?", (t, f"worker lost {r['attempts']} times (lease expired)", r["id"]))
     audit.append(c, "job.failed", "jobs", study_uid=r["study_uid"], job=r["id"], attempt=r["attempts"],
                  state="failed", error="lease expired")
-    log.event("job.failed", level=40, job=r["id"], study=r["study_uid"], reason="lease expired")
+    log.event("job.failed", level=logging.ERROR, job=r["id"], study=r["study_uid"], reason="lease expired")
 
 
 def _start(c, job_id: int, owner: str, t: float, lease_seconds: float) -> Job:
@@ -301,7 +302,7 @@ def _recover_pg(c, t: float, dead: list[str], lost: list[int]) -> None:
     pgqueue.prune(c)
     for holder in dead:  # its process is gone (kill -9, crash): no need to wait out the heartbeat
         pgqueue.forget(c, holder)
-        log.event("job.lease_taken_back", level=30, owner=holder, reason="holder gone")
+        log.event("job.lease_taken_back", level=logging.WARNING, owner=holder, reason="holder gone")
     for r in c.execute(f"SELECT * FROM jobs WHERE state = 'running' AND (lease_expires < ?"
                        f" OR lease_owner IN {engine.in_list(len(dead))} OR queue_job = ANY(?::bigint[]))"
                        " ORDER BY id", (t, *dead, lost)).fetchall():
@@ -310,13 +311,13 @@ def _recover_pg(c, t: float, dead: list[str], lost: list[int]) -> None:
             _queue_finished(c, r["id"], succeeded=False)
         elif _back_in_queue(c, r):
             c.execute("UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires = NULL WHERE id = ?", (r["id"],))
-            log.event("job.lease_expired", level=30, job=r["id"], owner=r["lease_owner"])
+            log.event("job.lease_expired", level=logging.WARNING, job=r["id"], owner=r["lease_owner"])
         else:
             c.execute("UPDATE jobs SET state = 'failed', finished_at = ?, error = ?, lease_owner = NULL"
                       " WHERE id = ?", (t, "worker lost (lease expired)" + SUPERSEDED, r["id"]))
             audit.append(c, "job.failed", "jobs", study_uid=r["study_uid"], job=r["id"], attempt=r["attempts"],
                          state="failed", error="lease expired" + SUPERSEDED)
-            log.event("job.failed", level=30, job=r["id"], study=r["study_uid"], reason="lease expired" + SUPERSEDED)
+            log.event("job.failed", level=logging.WARNING, job=r["id"], study=r["study_uid"], reason="lease expired" + SUPERSEDED)
     for r in c.execute("SELECT id, kind, study_uid FROM jobs WHERE state = 'queued' AND queue_job IS NULL"
                        " ORDER BY id").fetchall():
         _defer(c, r["id"], r["kind"], r["study_uid"])
@@ -396,7 +397,7 @@ def fail(store: Store, job_id: int, owner: str, error: str) -> str | None:
         c.execute("UPDATE jobs SET state = ?, error = ?, lease_owner = NULL, lease_expires = NULL,"
                   " finished_at = CASE WHEN ? = 'failed' THEN ? END WHERE id = ?",
                   (state, error[:2000], state, now(), job_id))
-    log.event("job.failed" if state == "failed" else "job.retry", level=30, job=job_id, error=error[:200])
+    log.event("job.failed" if state == "failed" else "job.retry", level=logging.WARNING, job=job_id, error=error[:200])
     return state
 
 

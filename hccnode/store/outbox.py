@@ -16,6 +16,7 @@ result) for SEND_LEASE_SECONDS loses its rows to the next claim, on any host.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,7 +120,7 @@ def claim_due(store: Store, limit: int = 64, ids: list[int] | None = None) -> di
 
 
 def _taken_back(r, dead: list[str]) -> None:
-    log.event("outbox.lease_taken_back", level=30, id=r["id"], sop=r["sop_uid"], holder=r["lease_owner"],
+    log.event("outbox.lease_taken_back", level=logging.WARNING, id=r["id"], sop=r["sop_uid"], holder=r["lease_owner"],
               reason="holder gone" if r["lease_owner"] in dead else "lease expired")
 
 
@@ -254,7 +255,7 @@ def mark_failed(store: Store, item: Item, error: str, status: int | None, base: 
         audit.append(c, "output.send_failed", "forwarder", study_uid=item.study_uid, output_uids=[item.sop_uid],
                      destination=item.destination, status=None if status is None else f"0x{status:04X}",
                      attempt=item.attempts, state=state, error=error[:200])
-    log.event("outbox.retry" if state == "pending" else "outbox.failed", level=30, id=item.id,
+    log.event("outbox.retry" if state == "pending" else "outbox.failed", level=logging.WARNING, id=item.id,
               destination=item.destination, sop=item.sop_uid, attempt=item.attempts, error=error[:200],
               retry_in=round(delay, 1) if state == "pending" else None)
     return state

@@ -608,7 +608,7 @@ class Spool:
             comment = f"spool not writable: {errno.errorcode.get(exc.errno or 0, 'error')}"
         else:
             comment = "index unavailable"  # the log names the error (type) below
-        log.event("instance.failed", level=40, sop=sop_uid, calling_ae=calling_ae, reason=comment,
+        log.event("instance.failed", level=logging.ERROR, sop=sop_uid, calling_ae=calling_ae, reason=comment,
                   error=type(exc).__name__)
         self._record_quarantine(sop_uid, sop_class, calling_ae, None, None, status.OUT_OF_RESOURCES, comment)
         return Result(status.OUT_OF_RESOURCES, comment[:64], outcome="failed", sop_uid=sop_uid)
@@ -624,7 +624,7 @@ class Spool:
             tmp.unlink(missing_ok=True)
             rel = None
         self._record_quarantine(sop_uid, sop_class, calling_ae, rel, size, code, reason)
-        log.event("instance.quarantined", level=30, sop=sop_uid, calling_ae=calling_ae, status=f"0x{code:04X}",
+        log.event("instance.quarantined", level=logging.WARNING, sop=sop_uid, calling_ae=calling_ae, status=f"0x{code:04X}",
                   reason=reason, path=rel)
         return Result(code, reason[:64], outcome="quarantined", sop_uid=sop_uid)
 
@@ -638,7 +638,7 @@ class Spool:
         except OSError:
             size, rel = len(dataset), None
         self._record_quarantine(sop_uid, sop_class, calling_ae, rel, size, code, reason)
-        log.event("instance.quarantined", level=30, calling_ae=calling_ae, status=f"0x{code:04X}",
+        log.event("instance.quarantined", level=logging.WARNING, calling_ae=calling_ae, status=f"0x{code:04X}",
                   reason=reason, path=rel)
         return Result(code, reason[:64], outcome="quarantined", sop_uid=sop_uid)
 
@@ -653,7 +653,7 @@ class Spool:
                              sop=sop_uid if valid_uid(sop_uid) else None, sop_class=sop_class,
                              status=f"0x{code:04X}", reason=reason, path=rel, bytes=size)
         except engine.ERRORS as exc:  # the refusal itself still goes out; the log keeps the record
-            log.event("quarantine.unrecorded", level=40, error=type(exc).__name__)
+            log.event("quarantine.unrecorded", level=logging.ERROR, error=type(exc).__name__)
 
 
 # What a C-STORE request carries about its data set, from a file's meta information (PS3.10 7.1).
