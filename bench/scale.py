@@ -124,16 +124,23 @@ def make_studies(work: Path, studies: int, slices: int, matrix: int) -> list[str
     return files
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(description: str, workers: str = "1,2,4") -> argparse.ArgumentParser:
+    """The options of the studies sent and of the worker and receiver counts tried (this bench's
+    and bench/sharedfs.py's)."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--studies", type=int, default=6)
     ap.add_argument("--slices", type=int, default=8)
     ap.add_argument("--matrix", type=int, default=64)
-    ap.add_argument("--workers", default="1,2,4")
-    ap.add_argument("--receivers", default="1,4")
-    args = ap.parse_args(argv)
-    if missing():
-        print(f"scale: {missing()}", file=sys.stderr)
+    ap.add_argument("--workers", default=workers, help="worker process counts, comma-separated")
+    ap.add_argument("--receivers", default="1,4", help="receiver counts, comma-separated")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments(__doc__.splitlines()[0]).parse_args(argv)
+    problem = missing()
+    if problem:
+        print(f"scale: {problem}", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="hccnode-scale-"))
     server = start_server(free_port)

@@ -31,7 +31,6 @@ and, as bench/scale.py, PostgreSQL 15's server binaries and dcmtk's storescu.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
@@ -47,7 +46,7 @@ from pathlib import Path
 from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scale import (NodeProcess, analysis_rate, free_port, ingest_rate, jobs_done, make_studies,  # noqa: E402
+from scale import (NodeProcess, analysis_rate, arguments, free_port, ingest_rate, jobs_done, make_studies,  # noqa: E402
                    node, send, start, wait_until)
 from pg_support import missing, start_server  # noqa: E402
 
@@ -280,15 +279,10 @@ def compare(what: str, unit: str, rate, local: Path, mount: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--studies", type=int, default=6)
-    ap.add_argument("--slices", type=int, default=8)
-    ap.add_argument("--matrix", type=int, default=64)
-    ap.add_argument("--workers", default="1,2")
-    ap.add_argument("--receivers", default="1,4")
-    args = ap.parse_args(argv)
-    if _missing():
-        print(f"sharedfs: {_missing()}", file=sys.stderr)
+    args = arguments(__doc__.splitlines()[0], workers="1,2").parse_args(argv)
+    problem = _missing()
+    if problem:
+        print(f"sharedfs: {problem}", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="hccnode-sharedfs-"))
     export = work / "export"
