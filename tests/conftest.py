@@ -66,6 +66,34 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def listening_ports(group: int) -> set[int]:
+    """TCP ports on which a process of process group `group` listens, read from /proc.
+
+    A port number that a node does not listen on can be taken by any other test process at once, so
+    "nothing answers on that port" is not evidence about the node; the node's own sockets are."""
+    inodes = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(proc.name)) != group:
+                continue
+            for fd in (proc / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except (ProcessLookupError, FileNotFoundError, PermissionError):
+            continue                                          # the process ended while being read
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in list(f)[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:     # state LISTEN, owned by the group
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
 class NodeProcess:
     """`hccnode serve` as a real subprocess with its own config and data directory."""
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import free_port, need, port_open, wait_until
+from conftest import free_port, listening_ports, need, port_open, wait_until
 from node_support import sop_of, store_responses, study_seqs
 from pipeline_support import scratch_dir
 
@@ -168,7 +168,7 @@ def test_two_receivers_three_workers_one_forwarder_take_twenty_studies_through_a
         workers = [nodes[n] for n in WORKERS]
         assert all(r.echo_ok() and port_open(r.cfg["hl7"]["port"]) for r in (first, second))   # DICOM and HL7
         for n in (*workers, nodes["forwarder"]):    # no DICOM or HL7 listener outside the receivers
-            assert not port_open(n.port) and not port_open(n.cfg["hl7"]["port"])
+            assert not {n.port, n.cfg["hl7"]["port"]} & listening_ports(n.proc.pid)
 
         store = first.store()
         senders = [Sender(i, studies[i::SENDERS], (first, second) if i < 2 else (second, first), root, store, sops)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, need, port_open, wait_until
+from conftest import free_port, listening_ports, need, port_open, wait_until
 from dicomgen import ct_series
 from node_support import make_pki
 
@@ -57,7 +57,8 @@ def test_tls_only_node_does_not_open_the_plain_port(node_factory, pki):
     node = node_factory(tls=tls)
     node.start(wait=False)
     wait_until(lambda: "node.ready" in node.log(), 30, what="node ready")
-    assert port_open(tls["port"]) and not port_open(node.port)
+    assert port_open(tls["port"]) and node.port not in listening_ports(node.proc.pid)
+    assert tls["port"] in listening_ports(node.proc.pid)
 
 
 def test_forwarder_sends_over_tls_to_dcmtk_storescp(node_factory, pki, tmp_path):
