@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -42,10 +43,46 @@ def need(tool: str) -> str:
     pytest.skip(msg)
 
 
+# Ports for the peers a test starts come from below the kernel's ephemeral range (32768-60999 by
+# default), where neither bind(("", 0)) nor an outgoing connection can take one, and each
+# pytest-xdist worker has its own block of that range: a port handed to a test is not handed to a
+# test of another worker meanwhile, even before the peer it is for has bound it.
+PORT_FLOOR = 10000
+
+
+def _port_block() -> range:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ceiling = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ceiling = 32768
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    count = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1), index + 1)
+    size = (ceiling - PORT_FLOOR) // count
+    return range(PORT_FLOOR + index * size, PORT_FLOOR + (index + 1) * size)
+
+
+_PORTS: dict = {}
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing listens on, from this worker's block (see PORT_FLOOR), in turn from a
+    random start (so concurrent test sessions rarely meet), skipping ports in use."""
+    block = _PORTS.get("block")
+    if block is None:
+        block = _PORTS["block"] = _port_block()
+        _PORTS["next"] = random.randrange(len(block))
+    for _ in range(len(block)):
+        port = block[_PORTS["next"] % len(block)]
+        _PORTS["next"] += 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue                   # in use, or in TIME_WAIT
+            return port
+    raise RuntimeError(f"no free port in {block.start}-{block.stop - 1}")
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):
