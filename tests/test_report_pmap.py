@@ -5,7 +5,7 @@ import pytest
 from report_support import dciodvfy, read_back_map, shared_case, shared_outputs
 
 from hccnode.report import Reference
-from hccnode.report.pmap import LUT_LABEL, SLOPE, build_ecv_map, masked_map, padding_for
+from hccnode.report.pmap import LUT_LABEL, SLOPE, build_ecv_map, padding_for
 from hccnode.report.templates import load_template
 
 
@@ -90,12 +90,6 @@ def test_map_declares_unit_quantity_padding_and_source_series(case, pm_path):
     assert "research" in ds.SeriesDescription.lower()
     anatomy = ds.SharedFunctionalGroupsSequence[0].FrameAnatomySequence[0]
     assert anatomy.AnatomicRegionSequence[0].CodeValue == "10200004" and anatomy.FrameLaterality == "U"
-
-
-def test_masked_map_keeps_only_finite_liver_voxels():
-    values = np.array([[[0.10, np.nan, 0.30, 0.40]]], np.float32)
-    liver = np.array([[[True, True, True, False]]])
-    np.testing.assert_array_equal(masked_map(values, liver, -0.01), np.float32([[[0.10, -0.01, 0.30, -0.01]]]))
 
 
 def test_padding_is_one_point_below_the_lowest_value_or_zero():

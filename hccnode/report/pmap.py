@@ -20,20 +20,20 @@ issue 17):
 
 from __future__ import annotations
 
-from typing import Sequence
+import struct
+from typing import Callable, Iterator, Sequence
 
 import highdicom as hd
 import numpy as np
 from highdicom.sr import CodedConcept
-from pydicom import config
-from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.uid import ExplicitVRLittleEndian
 
 import hccnode
 from hccnode.imaging.boxed import BoxedArray
 from hccnode.imaging.roi_stats import bounding_box
-from hccnode.report.inputs import Reference, run_of
+from hccnode.report.inputs import Reference
 
 SLOPE = 100.0           # stored fraction x 100 = ECV in %
 PADDING_MARGIN = 0.01   # padding: one percentage point of ECV below the lowest stored value (or below 0)
@@ -49,24 +49,46 @@ def padding_for(low: float) -> float:
 
 
 class _ParametricMap(hd.pm.ParametricMap):
-    """highdicom's ParametricMap without its copy of the pixels: highdicom copies each frame into
-    bytes and joins them (two copies of a ~210 MB map), then the frames are sorted anyway;
-    `frames_up_the_normal` writes the Float Pixel Data once, in the final order. This overrides a
-    private highdicom method (0.28): were it renamed, highdicom would encode the frames as before
-    and `frames_up_the_normal` would still replace them, so the map stays the same."""
+    """highdicom's ParametricMap whose Float Pixel Data is written by `save_as` frame by frame,
+    from the liver's slices and one plane of padding: the ~210 MB map (200 x 512^2) never exists
+    as one array (allocating and filling it cost ~0.5 s of page faults before anything was
+    written), nor as highdicom's bytes (it copies each frame and joins them). Frame j is
+    `self._plane(self._order[j])` (`frames_up_the_normal` sets both). `_encode_pixels_native`
+    overrides a private highdicom method (0.28): were it renamed, highdicom would encode the
+    placeholder frames it was given, and `save_as` would still write these instead."""
 
     def _encode_pixels_native(self, planes: np.ndarray) -> bytes:
         return b""
 
+    def save_as(self, filename, *args, **kwargs) -> None:
+        """The header through pydicom, then the Float Pixel Data element (the last in the data
+        set, Explicit VR Little Endian) appended, one frame at a time."""
+        if not hasattr(self, "_order"):
+            return super().save_as(filename, *args, **kwargs)
+        if self.file_meta.TransferSyntaxUID != ExplicitVRLittleEndian or any(t > FLOAT_PIXEL_DATA for t in self.keys()):
+            raise ValueError("ECV map: the frames are appended in Explicit VR Little Endian, after every other element")
+        super().save_as(filename, *args, **kwargs)
+        frame_bytes = int(self.Rows) * int(self.Columns) * 4
+        with open(filename, "ab") as f:
+            f.write(struct.pack("<HH2sHI", FLOAT_PIXEL_DATA >> 16, FLOAT_PIXEL_DATA & 0xFFFF, b"OF", 0,
+                                frame_bytes * len(self._order)))
+            for frame in self._frames():
+                f.write(frame)
 
-def frames_up_the_normal(pm: Dataset, planes: np.ndarray, keys: Sequence[tuple[str, int | None]]) -> None:
+    def _frames(self) -> Iterator[memoryview]:
+        for k in self._order:
+            yield memoryview(np.ascontiguousarray(self._plane(int(k)), dtype="<f4")).cast("B")
+
+
+def frames_up_the_normal(pm: _ParametricMap, plane: Callable[[int], np.ndarray],
+                         keys: Sequence[tuple[str, int | None]]) -> None:
     """Order the frames of `pm` by position along the slice normal (row cosines x column cosines),
     lowest first: the order of OHIF 3.12's volume (cornerstone3D sortImageIdsAndGetSpacing), in
     which its map loader lays frames out by their index (it computes each frame's place from the
     image it references, then returns the frames as they were). highdicom writes them the other way.
-    The per-frame functional groups are sorted, and the Float Pixel Data is written from `planes`
-    (float32, plane j on the image `keys[j]` = (SOP Instance UID, frame number or None)), each
-    frame the plane of the image its functional group references."""
+    The per-frame functional groups are sorted, and each frame will be written (`save_as`) from
+    `plane(j)` (float32, plane j on the image `keys[j]` = (SOP Instance UID, frame number or
+    None)), the plane of the image its functional group references."""
     shared = pm.SharedFunctionalGroupsSequence[0]
     iop = np.asarray(shared.PlaneOrientationSequence[0].ImageOrientationPatient, float)
     normal = np.cross(iop[:3], iop[3:])
@@ -84,23 +106,11 @@ def frames_up_the_normal(pm: Dataset, planes: np.ndarray, keys: Sequence[tuple[s
                          for s in source])
     except KeyError as exc:
         raise ValueError(f"ECV map: frame on image {exc.args[0]} has no plane in the map") from None
-    if len(take) != len(planes) or len(set(take.tolist())) != len(take):
-        raise ValueError(f"ECV map: {len(take)} frames for {len(planes)} planes")
-    in_order = planes if np.array_equal(take, np.arange(len(take))) else planes[take]
-    # The frames' own memory, not a ~210 MB copy of it: pydicom writes any bytes-like value, and
-    # only its check that an OF value is of type bytes is skipped (the value is float32 data).
-    data = memoryview(np.ascontiguousarray(in_order, dtype=np.float32)).cast("B")
-    pm[FLOAT_PIXEL_DATA] = DataElement(FLOAT_PIXEL_DATA, "OF", data, validation_mode=config.IGNORE)
-
-
-def masked_map(ecv_fraction: np.ndarray, liver: np.ndarray, padding: float, out: np.ndarray | None = None) -> np.ndarray:
-    """float32 map: the value inside the liver where finite, `padding` elsewhere; written into
-    `out` (float32, already holding `padding`) when given, else into one new array."""
-    values = np.asarray(ecv_fraction, dtype=np.float32)
-    if out is None:
-        out = np.full(values.shape, padding, np.float32)
-    np.copyto(out, values, where=np.asarray(liver, dtype=bool) & np.isfinite(values))
-    return out
+    if len(take) != len(keys) or len(set(take.tolist())) != len(take):
+        raise ValueError(f"ECV map: {len(take)} frames for {len(keys)} planes")
+    pm._order, pm._plane = take, plane
+    if FLOAT_PIXEL_DATA in pm:          # highdicom's empty placeholder (_encode_pixels_native)
+        del pm[FLOAT_PIXEL_DATA]
 
 
 def build_ecv_map(reference: Reference, ecv_percent: np.ndarray | BoxedArray, liver: np.ndarray, quantity: CodedConcept,
@@ -122,10 +132,15 @@ def build_ecv_map(reference: Reference, ecv_percent: np.ndarray | BoxedArray, li
     low = float(fraction.min(where=valid, initial=np.inf))
     high = float(fraction.max(where=valid, initial=-np.inf))
     padding = padding_for(low)
-    volume = np.full(reference.shape, padding, np.float32)
-    masked_map(fraction, liver[span], padding, out=volume[span])   # in place: no second map-sized array
+    fraction[~valid] = padding          # the liver's slices, masked in place
+    pad_plane = np.full(reference.shape[1:], padding, np.float32)
     sources, idx = reference.sources_for(np.ones(reference.shape[0], bool))
-    run = run_of(idx)   # consecutive slices (single-frame sources): a view of the volume, not a copy
+
+    def plane(j: int) -> np.ndarray:
+        """Plane j of the map (on slice idx[j] of the reference)."""
+        k = int(idx[j]) - span.start
+        return fraction[k] if 0 <= k < len(fraction) else pad_plane
+
     mapping = hd.pm.RealWorldValueMapping(
         lut_label=LUT_LABEL,
         lut_explanation="Extracellular volume fraction (%)",
@@ -136,10 +151,10 @@ def build_ecv_map(reference: Reference, ecv_percent: np.ndarray | BoxedArray, li
         quantity_definition=quantity,
     )
     center, width, explanation = WINDOW
-    planes = volume[run] if run is not None else volume[idx]
     pm = _ParametricMap(
         source_images=sources,
-        pixel_array=planes,
+        # highdicom reads the frames' shape and type from this; the values are written by save_as
+        pixel_array=np.broadcast_to(pad_plane, (len(idx), *pad_plane.shape)),
         series_instance_uid=series_uid,
         series_number=series_number,
         sop_instance_uid=sop_uid,
@@ -159,9 +174,9 @@ def build_ecv_map(reference: Reference, ecv_percent: np.ndarray | BoxedArray, li
         content_description=f"ECV in the liver mask, fraction x {SLOPE:g} = %; {padding:g} = no value",
         series_description="hccnode ECV map (research)",
     )
-    keys = ([(str(sources[0].SOPInstanceUID), j + 1) for j in range(len(planes))] if reference.multiframe
+    keys = ([(str(sources[0].SOPInstanceUID), j + 1) for j in range(len(idx))] if reference.multiframe
             else [(str(ds.SOPInstanceUID), None) for ds in sources])
-    frames_up_the_normal(pm, planes, keys)
+    frames_up_the_normal(pm, plane, keys)
     # A single padding value, given as the range [padding, padding] so the condition on the
     # range limit (PS3.3 C.7.6.24) is unambiguous for validators.
     pm.FloatPixelPaddingValue = padding
