@@ -1,3 +1,4 @@
+import io
 import highdicom as hd
 import numpy as np
 import pydicom
@@ -138,3 +139,16 @@ def test_highdicom_reads_the_map_back_as_a_volume_on_the_reference(case, pm_path
         assert abs(r) < 1e-3 and abs(c) < 1e-3
         inside = case.liver[k] & np.isfinite(case.ecv_map[k])
         np.testing.assert_allclose(volume.array[int(round(s))][inside] * slope, case.ecv_map[k][inside], atol=1e-3)
+
+
+def test_map_written_to_a_buffer_is_the_file_written_to_disk(case, tmp_path):
+    # The frames are appended after pydicom has written the header: to a path or to a buffer alike.
+    t = load_template()
+    ds = build_ecv_map(Reference(case.reference), case.ecv_map, case.liver, t.measurements["paper001.ecv_cect"].name,
+                       t.roles["liver"].site, "2.25.1", "2.25.2", 1)
+    path, buffer = tmp_path / "map.dcm", io.BytesIO()
+    ds.save_as(path, enforce_file_format=True)
+    ds.save_as(buffer, enforce_file_format=True)
+    assert buffer.getvalue() == path.read_bytes()
+    back = pydicom.dcmread(io.BytesIO(buffer.getvalue()))
+    assert len(back.FloatPixelData) == int(back.NumberOfFrames) * int(back.Rows) * int(back.Columns) * 4

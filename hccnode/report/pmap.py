@@ -68,12 +68,18 @@ class _ParametricMap(hd.pm.ParametricMap):
         if self.file_meta.TransferSyntaxUID != ExplicitVRLittleEndian or any(t > FLOAT_PIXEL_DATA for t in self.keys()):
             raise ValueError("ECV map: the frames are appended in Explicit VR Little Endian, after every other element")
         super().save_as(filename, *args, **kwargs)
+        if hasattr(filename, "write"):   # a buffer pydicom wrote the header to
+            self._append_frames(filename)
+        else:
+            with open(filename, "ab") as f:
+                self._append_frames(f)
+
+    def _append_frames(self, f) -> None:
         frame_bytes = int(self.Rows) * int(self.Columns) * 4
-        with open(filename, "ab") as f:
-            f.write(struct.pack("<HH2sHI", FLOAT_PIXEL_DATA >> 16, FLOAT_PIXEL_DATA & 0xFFFF, b"OF", 0,
-                                frame_bytes * len(self._order)))
-            for frame in self._frames():
-                f.write(frame)
+        f.write(struct.pack("<HH2sHI", FLOAT_PIXEL_DATA >> 16, FLOAT_PIXEL_DATA & 0xFFFF, b"OF", 0,
+                            frame_bytes * len(self._order)))
+        for frame in self._frames():
+            f.write(frame)
 
     def _frames(self) -> Iterator[memoryview]:
         for k in self._order:
