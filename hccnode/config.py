@@ -67,6 +67,9 @@ class WorkerSection:
     """The analysis workers and their durable job queue."""
 
     processes: int = 0  # 0: one per core
+    # Added to the analysis processes' nice value: receiving (a scanner waits for each C-STORE
+    # response) and sending outputs come first when they compete for the processors.
+    nice: int = 10
     lease_seconds: float = 60.0
     max_attempts: int = 3
     poll_seconds: float = 0.5
@@ -312,6 +315,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("node.max_associations: must be at least 1")
     if cfg.node.receiver_processes < 1:
         raise ConfigError("node.receiver_processes: must be at least 1")
+    if not 0 <= cfg.worker.nice <= 19:
+        raise ConfigError("worker.nice: must be 0 (the node's own priority) to 19 (the lowest)")
     if cfg.forward.senders < 1:
         raise ConfigError("forward.senders: must be at least 1")
     if cfg.study.stable_seconds < 0:

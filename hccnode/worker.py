@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import threading
 from concurrent.futures import ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -70,6 +71,13 @@ def run_job(job_id: int, settings: JobSettings) -> dict:
         store.close()
 
 
+def _process_started(nice: int, level: str, file: str) -> None:
+    """An analysis process's set-up: its nice value raised by `nice` ([worker] nice), so that the
+    node's receivers and senders come first on a busy host; logging as the node's."""
+    os.nice(nice)
+    log.setup(level, file)
+
+
 def _warm_up() -> None:
     import hccnode.pipeline.driver  # noqa: F401 - the analysis modules (SimpleITK, highdicom, matplotlib)
 
@@ -117,7 +125,8 @@ class WorkerPool:
                 # spawn: the node has many threads; forking them is unsafe.
                 # The workers log as the node does (a spawned process starts unconfigured).
                 self._pool = ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=log.setup, initargs=(self.cfg.log.level, self.cfg.log.file))
+                                                 initializer=_process_started,
+                                                 initargs=(self.cfg.worker.nice, self.cfg.log.level, self.cfg.log.file))
             return self._pool
 
     def _reset_pool(self) -> None:

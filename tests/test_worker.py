@@ -30,3 +30,39 @@ def test_job_settings_carry_what_a_job_takes_from_the_configuration(tmp_path):
     assert pickle.loads(pickle.dumps(settings)) == settings
     defaults = JobSettings.of(Config())
     assert (defaults.store_url, defaults.destinations, defaults.rules_file, defaults.adc_units) == ("", (), "", {})
+
+
+def _niceness(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[16])   # field 19 of proc(5): nice
+
+
+def test_analysis_processes_run_at_the_configured_nice_value_above_the_node(node_factory):
+    """[worker] nice: a running node's analysis processes yield the processors to its receivers
+    and senders (the node's own process stays at its priority)."""
+    import os
+    from pathlib import Path
+
+    from conftest import wait_until
+
+    node = node_factory(worker={"processes": 2, "nice": 7}, node={"receiver_processes": 1})  # no receiver children
+    node.start()
+    own = _niceness(node.proc.pid)
+
+    def analysis_processes() -> list[int]:
+        return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(int(p.name)) == node.proc.pid
+                and b"multiprocessing" in Path(f"/proc/{p.name}/cmdline").read_bytes()
+                and b"resource_tracker" not in Path(f"/proc/{p.name}/cmdline").read_bytes()]
+
+    # A process takes its nice value in its initializer, just after it appears.
+    wait_until(lambda: len(analysis_processes()) == 2 and {_niceness(pid) for pid in analysis_processes()}
+               == {min(own + 7, 19)}, 60, what="2 analysis processes at nice 7 above the node")
+    assert own == os.nice(0) and _niceness(node.proc.pid) == own
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return None
