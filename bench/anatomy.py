@@ -5,7 +5,8 @@
 
 Each seed draws a body with hccnode.phantom.bodies.generate_body (anatomy, scanner, contrast
 timing: see that module) and runs hccnode.imaging.auto_rois.ct_roi_masks on its equilibrium
-phase, tumours avoided (and the unenhanced phase as `unenhanced=` when the placer takes it).
+phase, tumours avoided (the unenhanced phase as `unenhanced=` and the portal venous phase as
+`vessels=` when the placer takes them, as the pipeline gives them).
 hccnode.phantom.bodies_eval checks the ROIs against the truth and prints, against the issue's
 targets: liver found rate (>= 1 liver ROI; all three), liver ROIs outside the true liver and
 ROIs not wholly in parenchyma >= 5 mm from its edge, vessels and lesions, liver ECV error

@@ -327,3 +327,23 @@ def test_anatomy_sample_liver_ecv_error_is_at_the_noise_floor(anatomy_sample):
     within = [abs(r["ecv_error_pp"]) <= max(ECV_TOLERANCE_PP, 3.0 * r["ecv_floor_sd_pp"]) for r in rs]
     assert sum(within) >= len(rs) - 1, [(r["seed"], r["ecv_error_pp"], r["ecv_floor_sd_pp"]) for r in rs]
 
+
+
+@pytest.mark.parametrize("seed", [30, 178])
+def test_liver_rois_keep_clear_of_veins_the_portal_venous_phase_shows(seed):
+    """At equilibrium these bodies' veins read only 13-37 HU above parenchyma against 25-29 HU of
+    noise, and a liver ROI lands on one; with the portal venous phase as `vessels` (the veins
+    47+ HU above parenchyma there) no liver ROI holds a vein voxel (truth labels)."""
+    from hccnode.imaging.auto_rois import ct_roi_masks
+
+    body = generate_body(seed, max_matrix=256, max_slices=120)
+    veins = body.mask(L.LIVER_HEPATIC, L.LIVER_PORTAL)
+    kw = dict(avoid=body.mask("tumours"), unenhanced=body.hu["unenhanced"])
+
+    def on_veins(placed) -> int:
+        return sum(int((veins & np.asarray(p.mask, bool)).sum()) for p in placed if p.label.startswith("liver"))
+
+    without, _ = ct_roi_masks(body.hu["equilibrium"], body.spacing, **kw)
+    with_pv, _ = ct_roi_masks(body.hu["equilibrium"], body.spacing, vessels=body.hu["portal"], **kw)
+    assert on_veins(without) > 0                  # the equilibrium phase alone does not show them
+    assert sum(p.label.startswith("liver") for p in with_pv) >= 2 and on_veins(with_pv) == 0

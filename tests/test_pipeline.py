@@ -161,6 +161,8 @@ def test_without_a_reader_annotation_automatic_liver_and_aorta_rois_give_liver_e
         assert abs(liver.value - 100 * truth.roi("liver")["ecv"]) <= 0.5
         assert not any(m.marker == "ecv_tumor" for m in a.measurements)
         assert (a.out_dir / "ecv_map.dcm").exists()  # over the automatic liver ROIs
+        # the study has a portal venous phase: its veins were avoided too, and the SR's notes say so
+        assert "liver ROIs placed clear of the veins seen in the portal venous phase (registered)" in a.missing
         store.close()
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -147,23 +147,29 @@ class PlacedMask:
 
 # ---------------------------------------------------------------- shells on a Volume
 
-def place_ct_rois(volume: Volume, avoid: sitk.Image | None = None, unenhanced: sitk.Image | None = None) -> Placement:
+def place_ct_rois(volume: Volume, avoid: sitk.Image | None = None, unenhanced: sitk.Image | None = None,
+                  vessels: sitk.Image | None = None) -> Placement:
     """Aorta, three liver ROIs (paper 001) and erector spinae on an enhanced CT phase (portal
     venous or equilibrium); no ROI touches `avoid` (e.g. the reader's tumors). `unenhanced`: the
     unenhanced phase (or a dual-energy virtual unenhanced image) on the volume's grid, whose
-    difference from the volume (the enhancement) helps tell the liver from touching organs."""
+    difference from the volume (the enhancement) helps tell the liver from touching organs.
+    `vessels`: another enhanced phase on the volume's grid in which the intrahepatic vessels
+    stand out more (the portal venous phase, for an equilibrium volume); liver ROIs keep clear of
+    what departs from parenchyma there too."""
     _check_ct(volume)
     arr, spacing, order = _lps_array(volume)
     avoid_lps = None
     if avoid is not None:
         avoid_lps = order.apply(_on_grid(avoid, volume) > 0)
-    unenhanced_lps = None
-    if unenhanced is not None:
-        values = order.apply(sitk.GetArrayViewFromImage(unenhanced).astype(np.float32, copy=False))
-        # no data (outside the other series' field) reads as the volume itself: no enhancement there
-        unenhanced_lps = np.where(np.isfinite(values), values, arr)
-    placed, notes = ct_roi_masks(arr, spacing, avoid_lps, unenhanced_lps)
+    # no data (outside the other series' field) reads as the volume itself: nothing seen there
+    unenhanced_lps, vessels_lps = (None if img is None else _filled(order.apply(
+        sitk.GetArrayViewFromImage(img).astype(np.float32, copy=False)), arr) for img in (unenhanced, vessels))
+    placed, notes = ct_roi_masks(arr, spacing, avoid_lps, unenhanced_lps, vessels_lps)
     return _placement(placed, notes, volume, order)
+
+
+def _filled(values: np.ndarray, arr: np.ndarray) -> np.ndarray:
+    return np.where(np.isfinite(values), values, arr)
 
 
 def place_mr_muscle(volume: Volume) -> Placement:
@@ -263,7 +269,8 @@ def _deviation(smooth: np.ndarray, sample: np.ndarray, region: np.ndarray) -> tu
 
 
 def liver_map(hu: np.ndarray, spacing, body: np.ndarray, spine: Spine, avoid: np.ndarray | None = None,
-              unenhanced: np.ndarray | None = None, enhanced: bool = False) -> tuple[LiverMap | None, list[str]]:
+              unenhanced: np.ndarray | None = None, enhanced: bool = False, vessels: np.ndarray | None = None
+              ) -> tuple[LiverMap | None, list[str]]:
     """The liver's extent found by hccnode.imaging.liver (separated from touching organs of
     similar attenuation) and its parenchyma: voxels of the extent whose smoothed HU is within the
     deviation threshold of the liver's median and, with a registered `unenhanced` phase, whose
@@ -289,6 +296,9 @@ def liver_map(hu: np.ndarray, spacing, body: np.ndarray, spine: Spine, avoid: np
                                organ_clear[box])
         np.maximum(deviation[box], enh, out=deviation[box])
         values.append(lambda k: hu[k] - unenhanced[k])
+    if vessels is not None:
+        in_vessel_phase, _, _ = _deviation(_smooth(vessels[box], spacing, SMOOTH_MM), found.sample[box], organ_clear[box])
+        np.maximum(deviation[box], in_vessel_phase, out=deviation[box])
     return LiverMap(organ, deviation, median, DEVIATION_NOISE_SD * scale, values, smooth < FAT_HU), []
 
 
@@ -453,13 +463,16 @@ def _aorta_roi(lumen: dict[int, Lumen], k0: int, shape, spacing) -> tuple[Placed
                       band_above_hu=CALCIUM_ABOVE_LUMEN_HU), None
 
 
-def ct_roi_masks(hu: np.ndarray, spacing, avoid: np.ndarray | None = None, unenhanced: np.ndarray | None = None
-                 ) -> tuple[list[PlacedMask], list[str]]:
+def ct_roi_masks(hu: np.ndarray, spacing, avoid: np.ndarray | None = None, unenhanced: np.ndarray | None = None,
+                 vessels: np.ndarray | None = None) -> tuple[list[PlacedMask], list[str]]:
     """Automatic CT ROIs on an LPS-ordered HU volume [z, y, x] with spacing (dz, dy, dx) mm:
     aorta, 'liver right anterior', 'liver right posterior', 'liver left lateral', 'erector spinae';
     none touches `avoid` (bool, same shape). `unenhanced`, the unenhanced phase registered onto
-    the same grid, helps tell the liver from touching organs (its enhancement). Returns the masks
-    and notes on what is missing.
+    the same grid, helps tell the liver from touching organs (its enhancement). `vessels`, another
+    enhanced phase on the same grid (the portal venous phase, where the intrahepatic veins are
+    brightest), keeps the liver ROIs clear of what departs from parenchyma there as well: at
+    equilibrium the veins read only 10-40 HU above parenchyma, within a noisy scan's spread.
+    Returns the masks and notes on what is missing.
 
     The search runs on a reduced copy (slices about 5 mm apart, pixels of at least 1.5 mm, block
     means), which is enough to find organs and places; each ROI is then painted on every slice of
@@ -471,9 +484,12 @@ def ct_roi_masks(hu: np.ndarray, spacing, avoid: np.ndarray | None = None, unenh
     grid = _Reduced(hu.shape, spacing)
     if unenhanced is not None and unenhanced.shape != hu.shape:
         raise ValueError(f"unenhanced shape {unenhanced.shape} differs from the volume's {hu.shape}")
+    if vessels is not None and vessels.shape != hu.shape:
+        raise ValueError(f"vessels shape {vessels.shape} differs from the volume's {hu.shape}")
     coarse, notes = _search_ct(grid.reduce(hu), grid.spacing, None if avoid is None else grid.reduce_mask(avoid),
                                None if unenhanced is None else grid.reduce(unenhanced),
-                               z_guard(LIVER_MARGIN_MM, spacing[0], grid.zstep))
+                               z_guard(LIVER_MARGIN_MM, spacing[0], grid.zstep),
+                               None if vessels is None else grid.reduce(vessels))
     placed = []
     cache: dict[int, np.ndarray] = {}
 
@@ -589,7 +605,7 @@ def _paint_fine(p: PlacedMask, grid: _Reduced, shape, spacing, smooth, avoid, be
 
 
 def _search_ct(hu: np.ndarray, spacing, avoid: np.ndarray | None, unenhanced: np.ndarray | None = None,
-               guard: int = 0) -> tuple[list[PlacedMask], list[str]]:
+               guard: int = 0, vessels: np.ndarray | None = None) -> tuple[list[PlacedMask], list[str]]:
     """The placement itself (on the reduced grid): see `ct_roi_masks`; `guard`: see `z_guard`."""
     notes: list[str] = []
     placed: list[PlacedMask] = []
@@ -606,7 +622,7 @@ def _search_ct(hu: np.ndarray, spacing, avoid: np.ndarray | None, unenhanced: np
     if lumen and avoid is not None:
         for lu_k, lu in lumen.items():
             lu.mask &= ~avoid[lu_k]
-    lm, why_not = liver_map(hu, spacing, body, spine, avoid, unenhanced, enhanced=bool(lumen))
+    lm, why_not = liver_map(hu, spacing, body, spine, avoid, unenhanced, enhanced=bool(lumen), vessels=vessels)
     if lm is None:
         notes.append("liver ROIs not placed: no liver found"
                      + (f" ({'; '.join(why_not)})" if why_not else ""))

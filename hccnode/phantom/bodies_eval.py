@@ -36,18 +36,25 @@ TARGET_PLACED = 0.98
 TARGET_ECV_SHARE = 0.95
 
 
+VESSELS_FROM = "portal"   # the phase given as `vessels` (the pipeline gives the portal venous phase)
+
+
 def _placer():
     from hccnode.imaging.auto_rois import ct_roi_masks
     return ct_roi_masks
 
 
 def place(body: Body, placer=None):
-    """(placed masks, notes) of the automatic CT placement on the body's equilibrium phase."""
+    """(placed masks, notes) of the automatic CT placement on the body's equilibrium phase, with
+    its unenhanced phase and its VESSELS_FROM phase (the veins, as the pipeline passes the portal
+    venous phase) when the placer takes them."""
     placer = placer or _placer()
     avoid = body.mask("tumours")
     kwargs = {}
     if "unenhanced" in inspect.signature(placer).parameters:
         kwargs["unenhanced"] = body.hu["unenhanced"]
+    if "vessels" in inspect.signature(placer).parameters and VESSELS_FROM:
+        kwargs["vessels"] = body.hu[VESSELS_FROM]
     return placer(body.hu["equilibrium"], body.spacing, avoid=avoid, **kwargs)
 
 

@@ -155,7 +155,8 @@ def analyze_study(store: Store, study_uid: str, *, destinations: Sequence[str] =
         if kind == "mr":
             complete_mr(regions, reference)
         else:
-            complete_ct(regions, reference, unenhanced=lambda: _unenhanced_on(study, aligner, ref_series))
+            complete_ct(regions, reference, unenhanced=lambda: _unenhanced_on(study, aligner, ref_series),
+                        vessels=lambda: _portal_on(study, aligner, ref_series))
         # the SEG shows where numbers came from: only the roles this kind of study measures
         unused = sorted({r.role for r in regions.rois} - ROLES[kind])
         regions.rois = [r for r in regions.rois if r.role in ROLES[kind]]
@@ -257,6 +258,18 @@ def _unenhanced_on(study: Study, aligner: Aligner, ref_series: Series) -> sitk.I
         if aligned.ok and isinstance(aligned.image, sitk.Image):
             return aligned.image
     return None
+
+
+def _portal_on(study: Study, aligner: Aligner, ref_series: Series) -> sitk.Image | None:
+    """The portal venous phase on the reference grid through its registration, where the liver's
+    veins are brightest (for placing liver ROIs clear of them); None when the reference is that
+    phase, there is none, or its registration is flagged."""
+    series = study.ct("portal_venous")
+    vol = study.volume(series) if series is not None and series.uid != ref_series.uid else None
+    if vol is None:
+        return None
+    aligned = aligner.through(vol)
+    return aligned.image if aligned.ok and isinstance(aligned.image, sitk.Image) else None
 
 
 def _baseline(store: Store, study: Study, patient_key: str | None, f: Findings, rules: RuleSet | None,

@@ -187,14 +187,18 @@ def _automatic(ds: Dataset, roi: RoiMask) -> bool:
 
 
 def complete_ct(regions: Regions, reference: Volume, roles=("aorta", "liver"),
-                unenhanced: Callable[[], sitk.Image | None] | None = None) -> None:
+                unenhanced: Callable[[], sitk.Image | None] | None = None,
+                vessels: Callable[[], sitk.Image | None] | None = None) -> None:
     """Automatic ROIs for the CT roles the reader did not draw (paper 001's aorta and three
     liver ROIs), avoiding the reader's tumors: inside a site's organ mask when the study has one,
     else where the node finds the organ. The CT markers need no muscle ROI.
 
     `unenhanced` gives, when called, the unenhanced phase on the reference grid (or None): when
     the reference phase alone shows no liver, the node's own placement is tried again with the
-    enhancement as a second feature (asked for only then: it waits for that phase's registration)."""
+    enhancement as a second feature (asked for only then: it waits for that phase's registration).
+    `vessels` gives, when called, the portal venous phase on the reference grid (or None), in
+    which the intrahepatic veins stand out most: the liver ROIs keep clear of them there too
+    (asked for only when the node places liver ROIs)."""
     wanted = [r for r in roles if not regions.by_role(r)]
     if not wanted:
         return
@@ -210,16 +214,20 @@ def complete_ct(regions: Regions, reference: Volume, roles=("aorta", "liver"),
         regions.notes.extend(f"{r} not measured: no reader's {r} ROI, and automatic ROI placement is not "
                              "available in this installation" for r in wanted)
         return
-    placement = _run(regions, place, wanted, reference, avoid=avoid)
+    veins = vessels() if vessels is not None and "liver" in wanted else None
+    placement = _run(regions, place, wanted, reference, avoid=avoid, vessels=veins)
     if placement is not None and "liver" in wanted and not placement.by_role("liver") and unenhanced is not None:
         image = unenhanced()
-        second = None if image is None else _run(regions, place, wanted, reference, avoid=avoid, unenhanced=image)
+        second = None if image is None else _run(regions, place, wanted, reference, avoid=avoid, unenhanced=image,
+                                                 vessels=veins)
         if second is not None and second.by_role("liver"):
             second.notes.insert(0, "liver found with its enhancement against the unenhanced phase (the "
                                    "enhanced phase alone did not separate it from touching organs)")
             placement = second
     if placement is not None:
         _add(regions, placement, wanted)
+        if veins is not None and regions.by_role("liver"):
+            regions.notes.append("liver ROIs placed clear of the veins seen in the portal venous phase (registered)")
 
 
 def _tumors(regions: Regions) -> sitk.Image | None:
@@ -287,6 +295,8 @@ def _take(regions: Regions, place: Callable, wanted: list[str], volume: Volume, 
     placement = _run(regions, place, wanted, volume, **kw)
     if placement is not None:
         _add(regions, placement, wanted)
+        if veins is not None and regions.by_role("liver"):
+            regions.notes.append("liver ROIs placed clear of the veins seen in the portal venous phase (registered)")
 
 
 def _run(regions: Regions, place: Callable, wanted: list[str], volume: Volume, **kw):
