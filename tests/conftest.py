@@ -161,7 +161,10 @@ class NodeProcess:
         return self
 
     def start(self, wait: bool = True, role: str | None = None) -> "NodeProcess":
-        """`hccnode serve` (`--role ROLE` when given); `wait`: until it answers C-ECHO."""
+        """`hccnode serve` (`--role ROLE` when given); `wait`: until it answers C-ECHO and says
+        every part has started (its status page, HL7 listener and workers start after the DICOM
+        listener)."""
+        readies = self.events().count("node.ready")
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "hccnode", "-c", str(self.config_path), "serve",
                                       *(["--role", role] if role else [])],
@@ -172,6 +175,9 @@ class NodeProcess:
             # A C-ECHO, not a bare TCP probe: pynetdicom keeps a silent connection as an
             # association until its ACSE timeout, and it would count against the limit.
             wait_until(lambda: self.echo_ok() or self.proc.poll() is not None, 30, what="node to answer C-ECHO")
+            if self.events_logged("INFO"):
+                wait_until(lambda: self.events().count("node.ready") > readies or self.proc.poll() is not None, 30,
+                           what="node.ready")
             assert self.proc.poll() is None, f"node exited: {self.log()}"
         return self
 
@@ -200,6 +206,18 @@ class NodeProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def events(self) -> str:
+        """The node's events: its [log] file when it has one, else its output."""
+        file = self.cfg.get("log", {}).get("file")
+        if not file:
+            return self.log()
+        return Path(file).read_text(errors="replace") if Path(file).exists() else ""
+
+    def events_logged(self, level: str) -> bool:
+        """Whether the node's [log] level lets events of `level` through."""
+        order = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+        return order.index(level) >= order.index(str(self.cfg.get("log", {}).get("level", "INFO")).upper())
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "hccnode", "-c", str(self.config_path), *args],

@@ -295,8 +295,6 @@ def _take(regions: Regions, place: Callable, wanted: list[str], volume: Volume, 
     placement = _run(regions, place, wanted, volume, **kw)
     if placement is not None:
         _add(regions, placement, wanted)
-        if veins is not None and regions.by_role("liver"):
-            regions.notes.append("liver ROIs placed clear of the veins seen in the portal venous phase (registered)")
 
 
 def _run(regions: Regions, place: Callable, wanted: list[str], volume: Volume, **kw):
