@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -216,8 +217,8 @@ class NodeProcess:
 
     def events_logged(self, level: str) -> bool:
         """Whether the node's [log] level lets events of `level` through."""
-        order = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-        return order.index(level) >= order.index(str(self.cfg.get("log", {}).get("level", "INFO")).upper())
+        threshold = str(self.cfg.get("log", {}).get("level", "INFO")).upper()
+        return logging.getLevelName(level) >= logging.getLevelName(threshold)
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "hccnode", "-c", str(self.config_path), *args],

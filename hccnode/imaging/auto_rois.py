@@ -161,15 +161,16 @@ def place_ct_rois(volume: Volume, avoid: sitk.Image | None = None, unenhanced: s
     avoid_lps = None
     if avoid is not None:
         avoid_lps = order.apply(_on_grid(avoid, volume) > 0)
-    # no data (outside the other series' field) reads as the volume itself: nothing seen there
-    unenhanced_lps, vessels_lps = (None if img is None else _filled(order.apply(
-        sitk.GetArrayViewFromImage(img).astype(np.float32, copy=False)), arr) for img in (unenhanced, vessels))
-    placed, notes = ct_roi_masks(arr, spacing, avoid_lps, unenhanced_lps, vessels_lps)
+
+    def other_phase(img: sitk.Image | None) -> np.ndarray | None:
+        if img is None:
+            return None
+        values = order.apply(sitk.GetArrayViewFromImage(img).astype(np.float32, copy=False))
+        # no data (outside the other series' field) reads as the volume itself: nothing seen there
+        return np.where(np.isfinite(values), values, arr)
+
+    placed, notes = ct_roi_masks(arr, spacing, avoid_lps, other_phase(unenhanced), other_phase(vessels))
     return _placement(placed, notes, volume, order)
-
-
-def _filled(values: np.ndarray, arr: np.ndarray) -> np.ndarray:
-    return np.where(np.isfinite(values), values, arr)
 
 
 def place_mr_muscle(volume: Volume) -> Placement:

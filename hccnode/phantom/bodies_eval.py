@@ -53,7 +53,7 @@ def place(body: Body, placer=None):
     kwargs = {}
     if "unenhanced" in inspect.signature(placer).parameters:
         kwargs["unenhanced"] = body.hu["unenhanced"]
-    if "vessels" in inspect.signature(placer).parameters and VESSELS_FROM:
+    if "vessels" in inspect.signature(placer).parameters:
         kwargs["vessels"] = body.hu[VESSELS_FROM]
     return placer(body.hu["equilibrium"], body.spacing, avoid=avoid, **kwargs)
 

@@ -250,7 +250,21 @@ def _unenhanced_on(study: Study, aligner: Aligner, ref_series: Series) -> sitk.I
     register), else the true unenhanced phase through its registration; None when there is none
     or its registration is flagged."""
     vnc = study.first("dect_vnc", ref_series.phase) if ref_series.phase else None
-    for series, register in ((vnc, False), (study.ct("unenhanced"), True)):
+    return _first_on_grid(study, aligner, ref_series, ((vnc, False), (study.ct("unenhanced"), True)))
+
+
+def _portal_on(study: Study, aligner: Aligner, ref_series: Series) -> sitk.Image | None:
+    """The portal venous phase on the reference grid through its registration, where the liver's
+    veins are brightest (for placing liver ROIs clear of them); None when the reference is that
+    phase, there is none, or its registration is flagged."""
+    return _first_on_grid(study, aligner, ref_series, ((study.ct("portal_venous"), True),))
+
+
+def _first_on_grid(study: Study, aligner: Aligner, ref_series: Series,
+                   candidates: Sequence[tuple[Series | None, bool]]) -> sitk.Image | None:
+    """The first of `candidates` (series, registered or in scanner coordinates) other than the
+    reference that reads as a volume and comes onto the reference grid unflagged; None if none."""
+    for series, register in candidates:
         vol = study.volume(series) if series is not None and series.uid != ref_series.uid else None
         if vol is None:
             continue
@@ -258,18 +272,6 @@ def _unenhanced_on(study: Study, aligner: Aligner, ref_series: Series) -> sitk.I
         if aligned.ok and isinstance(aligned.image, sitk.Image):
             return aligned.image
     return None
-
-
-def _portal_on(study: Study, aligner: Aligner, ref_series: Series) -> sitk.Image | None:
-    """The portal venous phase on the reference grid through its registration, where the liver's
-    veins are brightest (for placing liver ROIs clear of them); None when the reference is that
-    phase, there is none, or its registration is flagged."""
-    series = study.ct("portal_venous")
-    vol = study.volume(series) if series is not None and series.uid != ref_series.uid else None
-    if vol is None:
-        return None
-    aligned = aligner.through(vol)
-    return aligned.image if aligned.ok and isinstance(aligned.image, sitk.Image) else None
 
 
 def _baseline(store: Store, study: Study, patient_key: str | None, f: Findings, rules: RuleSet | None,
