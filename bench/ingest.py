@@ -2,7 +2,9 @@
 
 Generates 300 CT instances of 512x512 (about 160 MB) and sends them with dcmtk's storescu over
 loopback to three receivers, each started fresh on an empty folder for every measurement:
-  - the node (`hccnode serve` on its defaults: fsync of file and directory, index, audit row);
+  - the node (`hccnode serve` on its defaults: the file written durably, fsync of its directory,
+    index and audit rows), measured once it has started (its analysis process's start-up imports,
+    a few seconds of a processor, done: `worker.warm`);
   - the durable minimum (`bench/durable_scp.py`: the bytes to a temp file, fsync, rename, fsync
     of the directory, one SQLite row committed in WAL mode with synchronous=FULL);
   - Orthanc (one association only).
@@ -96,12 +98,15 @@ def echo_ok(port: int) -> bool:
 
 def run_node(work: Path, files: list[Path], associations: int, pdu: int, cpu: list[float],
              node_options: dict) -> tuple[float, float]:
+    """The node started (its receiver processes, and its analysis process done with its start-up
+    imports: `worker.warm`), then the send measured."""
     events = work / "node-events.log"
     node = NodeProcess(work, node={"max_pdu": pdu, **node_options}, study={"stable_seconds": 600.0},
                        worker={"processes": 1}, log={"file": str(events)})
     node.start()
     try:
         pids = receiver_pids(node, events)
+        wait_until(lambda: "worker.warm" in events.read_text(), 120, what="the analysis process's start-up")
         rate = timed_send(pids, node.port, files, associations, cpu)
         rss = sum(map(peak_rss_mb, pids))
         with sqlite3.connect(node.data_dir / "hccnode.db") as db:

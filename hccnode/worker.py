@@ -13,6 +13,7 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -79,6 +80,10 @@ def _process_started(nice: int, level: str, file: str) -> None:
 
 
 def _warm_up() -> None:
+    """Import the analysis modules and read highdicom's tables now, not in the first study after a
+    start; `worker.warm` says when an analysis process is done with it (it takes a few seconds of
+    a processor, at the analysis processes' nice value)."""
+    started = time.monotonic()
     import hccnode.pipeline.driver  # noqa: F401 - the analysis modules (SimpleITK, highdicom, matplotlib)
 
     # highdicom reads its tables of the standard's modules (a large JSON file) on the first SEG
@@ -90,6 +95,7 @@ def _warm_up() -> None:
         get_module_attribute_map()
     except (ImportError, AttributeError):
         pass
+    log.event("worker.warm", pid=os.getpid(), seconds=round(time.monotonic() - started, 1))
 
 
 class WorkerPool:

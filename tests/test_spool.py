@@ -102,7 +102,7 @@ def test_header_row_reads_multiframe_functional_groups():
 def test_disk_full_answers_out_of_resources_and_recovers(tmp_path, monkeypatch):
     f = ct_series(tmp_path / "in", n=2, size=256)
     mnt = tmp_path / "small"
-    with tmpfs(mnt, "4m", fallback="os.write monkeypatched to raise ENOSPC") as mounted:
+    with tmpfs(mnt, "4m", fallback="os.writev monkeypatched to raise ENOSPC") as mounted:
         spool = Spool(Store(mnt / "data"))
         spool.store.conn().execute("PRAGMA wal_autocheckpoint=0")
         filler = mnt / "filler"
@@ -114,8 +114,8 @@ def test_disk_full_answers_out_of_resources_and_recovers(tmp_path, monkeypatch):
                 except OSError as exc:
                     assert exc.errno == errno.ENOSPC
         else:         # no permission to mount: inject the same error the kernel would give
-            real_write = os.write
-            monkeypatch.setattr(os, "write", lambda fd, b: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space")))
+            real_write = os.writev
+            monkeypatch.setattr(os, "writev", lambda fd, b: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space")))
         res = spool.ingest(*received(f[0]))
         assert res.status == status.OUT_OF_RESOURCES and res.comment == "spool disk full"
         assert spool.store.query("SELECT COUNT(*) AS n FROM instances")[0]["n"] == 0
@@ -123,7 +123,7 @@ def test_disk_full_answers_out_of_resources_and_recovers(tmp_path, monkeypatch):
         if mounted:
             filler.unlink()
         else:
-            monkeypatch.setattr(os, "write", real_write)
+            monkeypatch.setattr(os, "writev", real_write)
         res = spool.ingest(*received(f[1]))                   # space is back: stored again
         assert res.status == status.SUCCESS
 
@@ -150,8 +150,9 @@ def test_the_small_filesystem_is_unmounted_even_when_the_test_fails(tmp_path):
 
 
 def test_a_file_left_at_the_instance_name_by_a_crash_is_replaced_by_the_received_content(spool, tmp_path):
-    """A crash can leave an unindexed, partly written file at an instance's spool name (the file
-    is renamed there while its fsync runs); a resend replaces it with the content received."""
+    """A crash can leave an unindexed file at an instance's spool name (between the rename and
+    the commit; cut short, from a version that renamed while the flush ran, or by a failing
+    disk); a resend replaces it with the content received."""
     from hccnode.store.spool import content_hash
 
     f = ct_series(tmp_path / "in", n=1)[0]

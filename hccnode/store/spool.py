@@ -1,8 +1,8 @@
 """The spool: received instances as files, written durably, and their index rows.
 
 `Spool.ingest()` is the whole C-STORE path from received bytes to an indexed file:
-write to a temp name, fsync and hash (in helper threads while the header is parsed from the
-bytes, never re-encoded), rename into place, fsync the directory, commit the index
+write to a temp name durably (in a helper thread while the bytes are hashed and the header parsed
+from them, never re-encoded), rename into place, fsync the directory, commit the index
 and audit rows (group commit with other associations). Only when it returns
 SUCCESS may the SCP answer success. Anything that cannot be kept goes to quarantine
 with its raw bytes and the reason.
@@ -103,35 +103,33 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_file(path: Path, *chunks: bytes) -> tuple[int, int]:
-    """Write `chunks` to a new file, not yet fsynced; returns its open descriptor and size."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+def _open_new(path: Path) -> int:
+    """A new file for writing whose every write is durable when it returns (O_DSYNC: the data and
+    the metadata needed to read it back, as an fdatasync would make them), so one writev is one
+    flush, with no return to the interpreter between the write and the flush."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DSYNC, 0o640)
+
+
+def _write_all(fd: int, chunks: tuple[bytes, ...]) -> int:
+    """Write `chunks` to `fd` (one writev, unless the system takes less) and close it; returns the size."""
+    views = [memoryview(c) for c in chunks if len(c)]
     size = 0
     try:
-        for chunk in chunks:
-            view = memoryview(chunk)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-                size += n
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, size
-
-
-def _sync_close(fd: int) -> None:
-    try:
-        os.fsync(fd)
+        while views:
+            n = os.writev(fd, views)
+            size += n
+            while views and n >= len(views[0]):
+                n -= len(views.pop(0))
+            if n:
+                views[0] = views[0][n:]
     finally:
         os.close(fd)
+    return size
 
 
 def _write_durably(path: Path, *chunks: bytes) -> int:
-    """Write `chunks` to a new file and fsync it; returns the size."""
-    fd, size = _write_file(path, *chunks)
-    _sync_close(fd)
-    return size
+    """Write `chunks` to a new file, durably; returns the size."""
+    return _write_all(_open_new(path), chunks)
 
 
 def _meta_element(group_elem: int, vr: bytes, value: bytes) -> bytes:
@@ -415,7 +413,7 @@ _HELPERS_LOCK = threading.Lock()
 
 
 def _helpers() -> ThreadPoolExecutor:
-    """Threads that fsync and hash received files while the receiving thread parses them
+    """Threads that write received files while the receiving thread hashes and parses them
     (this process's own: a forked worker does not inherit threads)."""
     global _HELPERS
     with _HELPERS_LOCK:
@@ -506,18 +504,18 @@ class Spool:
                calling_ae: str = "") -> Result:
         """Keep one received dataset (the C-STORE Data Set as sent, without file meta).
 
-        The file is written to a temporary name, and helper threads fsync it and hash the bytes
-        (hashlib lets go of the interpreter lock) while this thread parses the header from them in
-        memory. The file is renamed to its
-        content-addressed name (for a name not yet taken, during that fsync: the file there is
-        neither indexed nor acknowledged before it is durable) and the directory fsynced, so the
-        file's and the directory's flushes overlap. Only when both are durable are the index and
-        audit rows committed (in one transaction with other associations' rows when they commit
-        at the same moment), and then the caller may answer success.
+        A helper thread writes the file to a temporary name in one durable write (`_open_new`)
+        while this thread hashes the bytes and parses the header from them in memory. The hash
+        comes first: hashlib lets go of the interpreter lock, so the helper gets into its write
+        meanwhile, and the write and its flush then overlap the parse (a thread holding the lock
+        to parse would keep the helper from even starting). The file is renamed to its
+        content-addressed name and the directory fsynced. Only when both are durable are the
+        index and audit rows committed (in one transaction with other associations' rows when
+        they commit at the same moment), and then the caller may answer success.
 
-        With other instances arriving at the same time, the hash and the fsync run in this thread
-        before the rename instead: the associations already keep the disk and the processor busy together, and
-        a hand-off to a helper thread would only wait for the interpreter lock.
+        With other instances arriving at the same time, all of it runs in this thread instead:
+        the associations already keep the disk and the processors busy together, and a hand-off
+        to a helper thread would only wait for the interpreter lock.
         """
         with self._receiving_lock:
             self._receiving += 1
@@ -537,18 +535,15 @@ class Spool:
         tmp = self.tmp / self._unique(".part")
         try:
             try:
-                fd, size = _write_file(tmp, preamble, dataset)
+                fd = _open_new(tmp)
             except FileNotFoundError:   # first write of this process, or its directory removed as stale
                 self.tmp.mkdir(parents=True, exist_ok=True)
-                fd, size = _write_file(tmp, preamble, dataset)
+                fd = _open_new(tmp)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             return self._failed(exc, sop_uid, sop_class, calling_ae)
-        if alone:  # hashlib lets go of the interpreter lock: the hash runs beside the parse
-            hashed = _helpers().submit(content_hash, transfer_syntax, dataset)
-            synced = _helpers().submit(_sync_close, fd)
-        else:
-            synced, hashed = _done_now(_sync_close, fd), _done_now(content_hash, transfer_syntax, dataset)
+        written = (_helpers().submit if alone else _done_now)(_write_all, fd, (preamble, dataset))
+        size = len(preamble) + len(dataset)
+        digest = content_hash(transfer_syntax, dataset)
         try:
             ds = parse_header(preamble + dataset)
             if str(ds.SOPClassUID) != sop_class:
@@ -559,13 +554,12 @@ class Spool:
                                       "SOP Instance UID differs from the request")
         except RejectedDataset as exc:
             try:
-                synced.result()
-            except OSError as sync_exc:
+                written.result()
+            except OSError as write_exc:
                 tmp.unlink(missing_ok=True)
-                return self._failed(sync_exc, sop_uid, sop_class, calling_ae)
+                return self._failed(write_exc, sop_uid, sop_class, calling_ae)
             return self._quarantine_file(tmp, size, sop_class, sop_uid, calling_ae, exc.status, exc.comment)
 
-        digest = hashed.result()
         study_uid, series_uid = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
         rel = Path("spool") / study_uid / series_uid / f"{sop_uid}.{digest[:12]}.dcm"
         final = self.store.data_dir / rel
@@ -577,16 +571,13 @@ class Spool:
                 entry = index_entry(ds, self.store.patient_key(_text(ds, "PatientID"), _text(ds, "IssuerOfPatientID")),
                                     Received(str(rel), size, digest, transfer_syntax, calling_ae))
                 self._ensure_dir(final.parent)
-                existed = final.exists()
-                if existed:  # indexed already, or left by a crash: replaced only by a durable file
-                    synced.result()
+                written.result()   # whole and durable before it takes its name
+                placed = not final.exists()
                 os.rename(tmp, final)
-                placed = not existed
                 _fsync_dir(final.parent)
-                synced.result()
                 outcome = self.store.grouped(lambda c: index_instance(c, entry))
             except (OSError, *engine.ERRORS) as exc:
-                wait([synced])   # the helper is done with the file before it is removed
+                wait([written])   # the helper is done with the file before it is removed
                 tmp.unlink(missing_ok=True)
                 if placed:
                     final.unlink(missing_ok=True)
