@@ -208,3 +208,28 @@ def test_a_receiver_starting_removes_only_temporary_files_that_cannot_be_in_flig
     f = ct_series(tmp_path / "in", n=1)[0]
     assert spool.ingest(*received(f)).status == status.SUCCESS
     assert dirs["own"].is_dir() and not list(dirs["own"].iterdir())
+
+
+def test_index_fields_read_from_raw_bytes_equal_pydicom_s_conversion_on_files_others_wrote(tmp_path, monkeypatch):
+    """header_row reads plain values straight from the raw bytes (spool._plain_value): on every
+    file pydicom (and pydicom-data) ships, and on generated CT, the row is the one pydicom's own
+    conversion gives."""
+    from test_real_files import pydicom_files
+
+    from hccnode.store import spool as spool_module
+
+    files = pydicom_files(tmp_path / "pydicom") + ct_series(tmp_path / "ct", n=2)
+    compared = plain = 0
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f, force=True)
+            fast = header_row(ds)
+        except Exception:  # noqa: BLE001 - a file pydicom cannot read: not what is compared here
+            continue
+        with monkeypatch.context() as m:
+            m.setattr(spool_module, "_plain_value", lambda ds, tag: spool_module._SLOW)
+            slow = header_row(pydicom.dcmread(f, force=True))
+        assert fast == slow, f.name
+        compared += 1
+        plain += any(v is not None for v in fast.values())
+    assert compared > 100 and plain > 100
