@@ -24,7 +24,7 @@ def clock(monkeypatch):
 
 def test_the_loops_one_ms_sleep_is_cut_only_while_instances_arrive(clock):
     polling.sleep(0.001)                       # idle since the start: as pynetdicom has it
-    polling.stored()
+    polling.stored(alone=True)
     clock.now += polling.BUSY_SECONDS / 2
     polling.sleep(0.001)                       # a C-STORE a moment ago: prompt
     clock.now += polling.BUSY_SECONDS
@@ -32,8 +32,17 @@ def test_the_loops_one_ms_sleep_is_cut_only_while_instances_arrive(clock):
     assert clock.slept == [0.001, polling.FAST_SECONDS, 0.001]
 
 
+def test_with_other_associations_open_the_loops_keep_pynetdicom_s_sleep(clock):
+    """Several associations keep the processors busy: prompter loops would only take from them."""
+    polling.stored(alone=True)
+    polling.sleep(0.001)
+    polling.stored(alone=False)                # a second association started sending
+    polling.sleep(0.001)
+    assert clock.slept == [polling.FAST_SECONDS, 0.001]
+
+
 def test_other_sleeps_are_left_as_pynetdicom_has_them(clock):
-    polling.stored()
+    polling.stored(alone=True)
     for seconds in (0.0001, 0.01, 0.1):        # its short waits, its shutdown pauses
         polling.sleep(seconds)
     assert clock.slept == [0.0001, 0.01, 0.1]

@@ -10,9 +10,12 @@ noticing the response queued, the DUL noticing the next request. That is about 1
 instance on average, a quarter of the time of a 512x512 CT instance on loopback (bench/ingest.py).
 
 `install()` gives both loops (in the receiving process) a `time` whose `sleep` is cut to
-FAST_SECONDS while instances arrive, i.e. while a C-STORE was received (`stored()`) within the
-last BUSY_SECONDS. Otherwise the sleeps stay as pynetdicom has them, so an idle open association
-costs what it did. Other sleeps (pynetdicom's 0.1 ms waits, its shutdown pauses) are left alone.
+FAST_SECONDS while instances arrive over one association, i.e. while a C-STORE was received
+(`stored()`) within the last BUSY_SECONDS and its association was the only one open in the
+process. Otherwise the sleeps stay as pynetdicom has them: an idle open association costs what it
+did, and with several associations sending, the processors are busy anyway (prompter loops took
+them from the work: 256 against 283 instances/s over 4 associations, bench/ingest.py alternating).
+Other sleeps (pynetdicom's 0.1 ms waits, its shutdown pauses) are left alone.
 """
 
 from __future__ import annotations
@@ -30,10 +33,12 @@ SLOW_SECONDS = 0.001    # pynetdicom's loop sleep: what is cut
 _last_store = float("-inf")
 
 
-def stored() -> None:
-    """A C-STORE request arrived: keep the loops prompt for the next BUSY_SECONDS."""
+def stored(alone: bool) -> None:
+    """A C-STORE request arrived: keep the loops prompt for the next BUSY_SECONDS when its
+    association is `alone` in this process; with others open, back to pynetdicom's sleep (they
+    keep the processors busy, and prompter loops would only take the processors from them)."""
     global _last_store
-    _last_store = time.monotonic()
+    _last_store = time.monotonic() if alone else float("-inf")
 
 
 def sleep(seconds: float) -> None:

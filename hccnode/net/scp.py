@@ -327,7 +327,7 @@ class StorageSCP:
         return status.SUCCESS
 
     def on_store(self, event):
-        polling.stored()
+        polling.stored(alone=len(self._open) == 1)
         req = event.request
         calling = event.assoc.requestor.ae_title.strip()
         try:
