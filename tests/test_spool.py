@@ -233,3 +233,42 @@ def test_index_fields_read_from_raw_bytes_equal_pydicom_s_conversion_on_files_ot
         compared += 1
         plain += any(v is not None for v in fast.values())
     assert compared > 100 and plain > 100
+
+
+def _with_rows_bytes(path: Path, rows: bytes) -> tuple[str, str, str, bytes]:
+    """`received(path)`, its Rows (US) value replaced by `rows` (Explicit VR Little Endian: the
+    element is tag, 'US', a 16-bit length, the value)."""
+    sop_class, sop_uid, syntax, data = received(path)
+    ds = pydicom.dcmread(path)
+    good = b"\x28\x00\x10\x00US\x02\x00" + int(ds.Rows).to_bytes(2, "little")
+    assert data.count(good) == 1
+    return sop_class, sop_uid, syntax, data.replace(good, b"\x28\x00\x10\x00US" + len(rows).to_bytes(2, "little") + rows)
+
+
+@pytest.mark.parametrize("rows", [b"\x02\x00\x00", b"\x02"], ids=["3 bytes", "1 byte"])
+def test_a_binary_value_of_the_wrong_length_is_stored_with_that_field_empty(spool, tmp_path, rows):
+    """An odd value is never a reason to refuse: a US value of odd length (pydicom refuses to read
+    it) leaves the index field empty, as a malformed number does."""
+    f = ct_series(tmp_path / "in", n=1)[0]
+    res = spool.ingest(*_with_rows_bytes(f, rows))
+    assert res.status == status.SUCCESS
+    assert spool.store.query("SELECT rows, columns FROM instances") == [{"rows": None, "columns": 64}]
+    assert not list(spool.tmp.iterdir())
+
+
+@pytest.mark.parametrize("where", ["parse_header", "index_entry", "index_instance"])
+def test_an_unexpected_error_leaves_no_file_of_the_instance_behind(spool, tmp_path, monkeypatch, where):
+    """Whatever goes wrong unexpectedly, the instance was not acknowledged: neither its temporary
+    file nor a file at its spool name stays (the SCP answers the error)."""
+    from hccnode.store import spool as spool_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("unexpected")
+
+    monkeypatch.setattr(spool_module, where, broken)
+    f = ct_series(tmp_path / "in", n=1)[0]
+    with pytest.raises(RuntimeError):
+        spool.ingest(*received(f))
+    assert not list(spool.tmp.iterdir())
+    assert not [p for p in spool.root.rglob("*.dcm")]
+    assert spool.store.query("SELECT COUNT(*) AS n FROM instances")[0]["n"] == 0

@@ -59,10 +59,11 @@ def test_analysis_processes_run_at_the_configured_nice_value_above_the_node(node
     wait_until(lambda: len(analysis_processes()) == 2 and {_niceness(pid) for pid in analysis_processes()}
                == {min(own + 7, 19)}, 60, what="2 analysis processes at nice 7 above the node")
     assert own == os.nice(0) and _niceness(node.proc.pid) == own
-    # Each says when it has read the analysis modules (so a benchmark can start after the start-up).
+    # Their start-up (one warm-up per process, in the pool: a process may take both) ends with
+    # worker.warm, so a benchmark can start after it.
     wait_until(lambda: len(re.findall(r"worker\.warm pid=(\d+)", node.events())) == 2, 120,
-               what="a worker.warm event from each analysis process")
-    assert {int(p) for p in re.findall(r"worker\.warm pid=(\d+)", node.events())} == set(analysis_processes())
+               what="two worker.warm events")
+    assert {int(p) for p in re.findall(r"worker\.warm pid=(\d+)", node.events())} <= set(analysis_processes())
 
 
 def _parent(pid: int) -> int | None:

@@ -187,8 +187,10 @@ def _plain_value(ds: pydicom.Dataset, tag: int):
     if not raw:
         return None
     if vr == "US":
+        if len(raw) % 2:
+            return _SLOW      # pydicom refuses it (BytesLengthException): so does _value
         n = len(raw) // 2
-        values = list(struct.unpack(("<" if elem.is_little_endian else ">") + "H" * n, raw[:2 * n]))
+        values = list(struct.unpack(("<" if elem.is_little_endian else ">") + "H" * n, raw))
         return values[0] if n == 1 else values
     if not raw.isascii() or b"\x1b" in raw:
         return _SLOW
@@ -209,13 +211,14 @@ def _plain_value(ds: pydicom.Dataset, tag: int):
 
 def _value(ds: pydicom.Dataset, keyword: str):
     """The value of `keyword`, None when absent or not readable as its VR (pydicom converts on
-    access and raises for a malformed number such as IS '1A'): an odd value is never a reason to refuse."""
+    access and raises for a malformed number such as IS '1A', or a binary value of the wrong length):
+    an odd value is never a reason to refuse."""
     value = _plain_value(ds, tag_for_keyword(keyword))
     if value is not _SLOW:
         return value
     try:
         return ds.get(keyword)
-    except (ValueError, TypeError, OverflowError):
+    except (ValueError, TypeError, OverflowError, pydicom.errors.BytesLengthException):
         return None
 
 
@@ -590,8 +593,8 @@ class Spool:
             return self._failed(exc, sop_uid, sop_class, calling_ae)
         written = (_helpers().submit if alone else _done_now)(_write_all, fd, (preamble, dataset))
         size = len(preamble) + len(dataset)
-        digest = content_hash(transfer_syntax, dataset)
         try:
+            digest = content_hash(transfer_syntax, dataset)
             ds = parse_header(preamble + dataset)
             if str(ds.SOPClassUID) != sop_class:
                 raise RejectedDataset(status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -606,6 +609,10 @@ class Spool:
                 tmp.unlink(missing_ok=True)
                 return self._failed(write_exc, sop_uid, sop_class, calling_ae)
             return self._quarantine_file(tmp, size, sop_class, sop_uid, calling_ae, exc.status, exc.comment)
+        except BaseException:   # unexpected: the SCP answers it, and nothing unacknowledged stays behind
+            wait([written])
+            tmp.unlink(missing_ok=True)
+            raise
 
         study_uid, series_uid = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
         rel = Path("spool") / study_uid / series_uid / f"{sop_uid}.{digest[:12]}.dcm"
@@ -623,11 +630,13 @@ class Spool:
                 os.rename(tmp, final)
                 _fsync_dir(final.parent)
                 outcome = self.store.grouped(lambda c: index_instance(c, entry))
-            except (OSError, *engine.ERRORS) as exc:
+            except BaseException as exc:
                 wait([written])   # the helper is done with the file before it is removed
                 tmp.unlink(missing_ok=True)
                 if placed:
                     final.unlink(missing_ok=True)
+                if not isinstance(exc, (OSError, *engine.ERRORS)):
+                    raise         # unexpected: as above
                 return self._failed(exc, sop_uid, sop_class, calling_ae)
         # "duplicate": this content was indexed already (a resend, or another association stored it
         # meanwhile); the file name is content-addressed, so the rename landed on an identical file.
