@@ -65,15 +65,14 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def receiver_pids(node: NodeProcess, events: Path) -> list[int]:
+def receiver_pids(node: NodeProcess) -> list[int]:
     """The node's process and its other receiver processes (their `receiver.started` events),
     once all [node] receiver_processes have started."""
     n = node.cfg["node"].get("receiver_processes", NodeSection.receiver_processes)
     found: list[int] = []
 
     def started() -> bool:
-        text = events.read_text() if events.exists() else ""
-        found[:] = [int(m) for m in re.findall(r"receiver\.started pid=(\d+)", text)]
+        found[:] = [int(m) for m in re.findall(r"receiver\.started pid=(\d+)", node.events())]
         return len(found) >= n - 1
     wait_until(started, 60, what="the node's receiver processes")
     return [node.proc.pid, *found]
@@ -106,8 +105,8 @@ def run_node(work: Path, files: list[Path], associations: int, pdu: int, cpu: li
                        worker={"processes": 1}, log={"file": str(events)})
     node.start()
     try:
-        pids = receiver_pids(node, events)
-        wait_until(lambda: "worker.warm" in events.read_text(), 120, what="the analysis process's start-up")
+        pids = receiver_pids(node)
+        wait_until(lambda: "worker.warm" in node.events(), 120, what="the analysis process's start-up")
         rate = timed_send(pids, node.port, files, associations, cpu)
         rss = sum(map(peak_rss_mb, pids))
         with sqlite3.connect(node.data_dir / "hccnode.db") as db:
