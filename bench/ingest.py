@@ -78,12 +78,17 @@ def receiver_pids(node: NodeProcess) -> list[int]:
     return [node.proc.pid, *found]
 
 
+# Added to storescu's environment (bench/small_instances.py sets TCP_NODELAY here).
+SENDER_ENV: dict[str, str] = {}
+
+
 def send(port: int, files: list[Path], associations: int) -> float:
     """Images per second: `files` split into `associations` storescu runs at once."""
     chunks = [files[i::associations] for i in range(associations)]
     t = time.perf_counter()
     procs = [subprocess.Popen(["storescu", "-aec", "ANY-SCP", "127.0.0.1", str(port), *map(str, chunk)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for chunk in chunks]
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **SENDER_ENV})
+             for chunk in chunks]
     errors = [p.communicate()[1] for p in procs]
     elapsed = time.perf_counter() - t
     for p, err in zip(procs, errors):

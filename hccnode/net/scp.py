@@ -34,7 +34,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from hccnode import log
 from hccnode.config import NodeSection, TLSSection
 from hccnode import dicom_status as status
-from hccnode.net import command_set, polling, tls
+from hccnode.net import command_set, polling, tcp_options, tls
 from hccnode.store import audit
 from hccnode.store.spool import Spool
 
@@ -207,6 +207,7 @@ class StorageSCP:
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
         polling.install()        # pynetdicom's loops prompt while instances arrive
         command_set.install()    # and its C-STORE responses encoded without pydicom's writer
+        tcp_options.install()    # and small PDUs not held back for TCP acknowledgements
         ssl_context = tls.server_context(self.tls_cfg) if self.tls_cfg is not None else None
         if self.shared is None:
             self.shared = Listeners.open(self.cfg, self.tls_cfg, self.processes)

@@ -23,6 +23,7 @@ from pynetdicom.sop_class import (
 
 from hccnode.config import Destination
 from hccnode import dicom_status as status
+from hccnode.net import tcp_options
 
 _config.STORE_SEND_CHUNKED_DATASET = True
 MAX_CONTEXTS = 128  # PS3.8: at most 128 presentation contexts per association
@@ -44,6 +45,7 @@ class SendResult:
 
 
 def _ae(calling_ae: str, timeout: float) -> AE:
+    tcp_options.install()   # small PDUs not held back for TCP acknowledgements
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = timeout
     ae.dimse_timeout = timeout
