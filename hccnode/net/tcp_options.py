@@ -13,8 +13,8 @@ on one association (bench/small_instances.py, medians of 3 alternating rounds):
     to the node: 20 instances/s before this module, 282 with it (300 with the sender's Nagle
     off); to a bare pynetdicom SCP, 22 (220);
   - pynetdicom to Orthanc 1.10 (as the outbox sends): 11 instances/s, 245 with this module
-    installed in the sender (with TCP_NODELAY alone, 20: Orthanc's response then waits for our
-    delayed acknowledgement).
+    installed in the sender (with TCP_NODELAY alone, 20 in a separate run: Orthanc's response then
+    waits for our delayed acknowledgement).
 Large instances (a 512x512 CT slice, 0.5 MB) fill whole segments and are not held: bench/ingest.py
 measured 200 instances/s on one association before this module too.
 
@@ -35,10 +35,12 @@ option (closed meanwhile) is left as it is.
 from __future__ import annotations
 
 import socket
+import threading
 
 from pynetdicom import transport
 
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+_installing = threading.Lock()
 
 
 def _set(sock: socket.socket | None, option: int | None) -> None:
@@ -63,7 +65,11 @@ def no_delay(sock: socket.socket | None) -> None:
 def install() -> None:
     """Wrap pynetdicom's socket reads (each followed by `quick_ack`) and writes (each preceded by
     `no_delay`, once per socket). Installing again changes nothing."""
-    cls = transport.AssociationSocket
+    with _installing:   # the receiver's start and a sender's first association may come at once
+        _wrap(transport.AssociationSocket)
+
+
+def _wrap(cls) -> None:
     if getattr(cls.recv, "_hccnode_tcp", False):
         return
     recv, send = cls.recv, cls.send
