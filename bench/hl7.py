@@ -2,13 +2,17 @@
 
 Starts a listener on 127.0.0.1 (free port) with a fresh data directory, sends N messages (each a
 small panel: HCT, CRP, neutrophils, lymphocytes) one after another, waiting for each ACK as an
-HL7 sender in original mode does, and prints the rate. Not run by the tests.
+HL7 sender in original mode does, and prints the rate. Then N more from a sender that writes each
+frame as three writes (start block, message, end block) with Nagle's algorithm on, as a sender
+writing straight to its socket does, and prints that rate too (the listener acknowledges each
+read at once: hccnode.net.tcp_options). Not run by the tests.
 
     python bench/hl7.py [N]
 """
 
 from __future__ import annotations
 
+import socket
 import sys
 import tempfile
 import time
@@ -52,11 +56,31 @@ def main(n: int = 5000) -> None:
                     if b"MSA|AA" not in ack:
                         raise SystemExit(f"unexpected ACK: {ack[:200]!r}")
                 elapsed = time.perf_counter() - t0
+            pieces = in_three_writes(listener.port, [message(n + i) for i in range(n)])
         finally:
             listener.stop()
         rows = store.query("SELECT count(*) AS n FROM labs")[0]["n"]
-    print(f"{n} ORU^R01 messages ({rows} results) over one connection in {elapsed:.2f} s: "
+    print(f"{n} ORU^R01 messages ({rows // 2} results) over one connection in {elapsed:.2f} s: "
           f"{n / elapsed:.0f} messages/s")
+    print(f"{n} more, each frame written as three writes: {n / pieces:.0f} messages/s")
+
+
+def in_three_writes(port: int, msgs: list[str]) -> float:
+    """Seconds to send `msgs`, each frame as three writes with Nagle on, waiting for each ACK."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        t0 = time.perf_counter()
+        for m in msgs:
+            for part in (b"\x0b", m.encode(), b"\x1c\r"):
+                sock.sendall(part)
+            ack = b""
+            while not ack.endswith(b"\x1c\r"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise SystemExit("connection closed before the ACK")
+                ack += chunk
+            if b"MSA|AA" not in ack:
+                raise SystemExit(f"unexpected ACK: {ack[:200]!r}")
+        return time.perf_counter() - t0
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from hccnode import log
 from hccnode.labs import catalog as catalog_mod
 from hccnode.labs import hl7v2
+from hccnode.net.tcp_options import quick_ack
 from hccnode.store.labs import Stored, save_raw
 from hccnode.store import audit
 from hccnode.store.db import Store
@@ -253,6 +254,7 @@ class MllpListener:
                 sock.settimeout(self.idle_timeout)
             try:
                 data = sock.recv(65536)
+                quick_ack(sock)   # a frame written in pieces is not held for our delayed ACK
             except TimeoutError:
                 if reader.in_frame:
                     self._keep_partial(reader, peer, frame_late if frame_bound else
