@@ -1,5 +1,5 @@
 """Small instances from a sender with Nagle's algorithm on: the node against the same sender with
-Nagle off, in the same run (hccnode.net.quickack).
+Nagle off, in the same run (hccnode.net.tcp_options).
 
 dcmtk's storescu as Debian builds it (3.6.7) leaves Nagle's algorithm on unless TCP_NODELAY=1 is
 in its environment, and writes each PDU as a small header and then its body. A receiver that
