@@ -1,7 +1,7 @@
 """Automatic liver and aorta ROIs on a family of generated bodies (issue 15, point 2).
 
     python bench/anatomy.py [--n 200] [--seeds 0-9,42] [--max-matrix 512] [--max-slices 400]
-                            [--timeout 600] [--noise-free] [--json OUT]
+                            [--timeout 600] [--noise-free] [--fresh-noise K] [--json OUT]
 
 Each seed draws a body with hccnode.phantom.bodies.generate_body (anatomy, scanner, contrast
 timing: see that module) and runs hccnode.imaging.auto_rois.ct_roi_masks on its equilibrium
@@ -32,6 +32,10 @@ noise), |error| / SD, and the split by noise band. Where the floor SD exceeds 0.
 1 pp cannot be reached by any placement of paper 001's ROIs. `--noise-free` also renders each
 body without noise (same seed: same anatomy, contrast and truth) and takes the ECV with the same
 ROIs on it: what error remains there is not noise (placement, partial volume, vessels).
+`--fresh-noise K` adds K new draws of each body's noise to that noise-free body and takes the ECV
+with the same ROIs on each: the placement chose its spots on the first draw, so a choice that
+favours some noise (a selection bias) shows as errors on the image it saw that differ, in mean or
+spread, from those on noise it never saw (both printed divided by the floor SD).
 
 Two worker processes (the machine has two cores), each recycled after a few bodies; a body
 that takes longer than --timeout seconds is recorded as a failure. Wall time per body
@@ -62,8 +66,8 @@ def _alarm(signum, frame):
     raise _Timeout()
 
 
-def run_one(args: tuple[int, dict, int, bool]) -> dict:
-    seed, overrides, timeout, noise_free = args
+def run_one(args: tuple[int, dict, int, bool, int]) -> dict:
+    seed, overrides, timeout, noise_free, fresh_noise = args
     from hccnode.phantom.bodies import generate_body
     from hccnode.phantom.bodies_eval import evaluate
 
@@ -73,7 +77,7 @@ def run_one(args: tuple[int, dict, int, bool]) -> dict:
     try:
         body = generate_body(seed, **overrides)
         t1 = time.perf_counter()
-        result = evaluate(body, noise_free=noise_free)
+        result = evaluate(body, noise_free=noise_free, fresh_noise=fresh_noise)
         result["seconds_generate"] = round(t1 - t0, 2)
     except _Timeout:
         result = _failed(seed, f"timed out after {timeout} s")
@@ -116,6 +120,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--noise-free", action="store_true",
                     help="also measure the ECV with the same ROIs on each body rendered without noise (slower)")
+    ap.add_argument("--fresh-noise", type=int, default=0, metavar="K",
+                    help="also measure the ECV with the same ROIs on K new noise draws per body (slower)")
     ap.add_argument("--json", type=Path, help="write every result and the summary here")
     a = ap.parse_args(argv)
     seeds = parse_seeds(a.seeds) if a.seeds else list(range(a.n))
@@ -130,7 +136,8 @@ def main(argv=None) -> int:
     results = []
     ctx = mp.get_context("fork")
     with ctx.Pool(a.workers, maxtasksperchild=10) as pool:
-        for r in pool.imap_unordered(run_one, [(s, overrides, a.timeout, a.noise_free) for s in seeds]):
+        for r in pool.imap_unordered(run_one, [(s, overrides, a.timeout, a.noise_free, a.fresh_noise)
+                                                    for s in seeds]):
             results.append(r)
             print(f"seed {r['seed']}: {'ok' if r['ok'] else 'FAIL'} ({r['seconds']:.1f} s)", file=sys.stderr, flush=True)
     wall = time.perf_counter() - t0

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from hccnode.imaging.anatomy import image_lps_order
-from hccnode.phantom.bodies import PHASES, L, generate_body, hu_table
+from hccnode.phantom.bodies import PHASES, L, fresh_noise, generate_body, hu_table
 from hccnode.imaging.anatomy import aortic_lumen, body_mask, find_spine
 from hccnode.phantom.bodies_eval import ECV_TOLERANCE_PP, ecv_floor_sd, evaluate, measured_noise, roi_check
 
@@ -98,6 +98,34 @@ def test_equilibrium_reproduces_truth_ecv_exactly_without_noise():
         d_aorta = b.aorta_hu["equilibrium"] - b.aorta_hu["unenhanced"]
         ecv = (1 - b.hct) * d_liver / d_aorta
         assert np.allclose(ecv, b.liver_ecv, atol=1e-4)
+
+
+def test_fresh_noise_is_a_new_draw_of_the_body_s_own_noise():
+    # what bench/anatomy.py --fresh-noise adds to the noise-free body: the stated noise SD, the
+    # same as the image's own noise (noisy - noise-free, where clipping to -1024 HU cannot act),
+    # and independent of it and of another draw
+    for seed in (1, 2):
+        b = generate_body(seed, max_matrix=96, max_slices=30)
+        clean = generate_body(seed, max_matrix=96, max_slices=30, noise_sd=0.0, feet_first=b.feet_first)
+        own = b.hu["equilibrium"] - clean.hu["equilibrium"]
+        rng = np.random.default_rng(5)
+        new, other = fresh_noise(b, rng), fresh_noise(b, rng)
+        unclipped = clean.hu["equilibrium"] > -900
+        assert new.shape == own.shape
+        assert new.std() == pytest.approx(b.noise_sd, rel=0.1)
+        assert new[unclipped].std() == pytest.approx(own[unclipped].std(), rel=0.1)
+        for a in (own, other):
+            assert abs(np.corrcoef(new[unclipped], a[unclipped])[0, 1]) < 0.05
+
+
+def test_evaluate_measures_the_same_rois_on_fresh_noise():
+    b = generate_body(3, max_matrix=128, max_slices=40)
+    r = evaluate(b, fresh_noise=2)
+    assert r["ecv_error_pp"] is not None
+    errors = r["ecv_fresh_noise_errors_pp"]
+    assert len(errors) == 2 and errors[0] != errors[1]
+    # the same ROIs under noise of the same SD: errors of the size of the body's noise floor
+    assert all(abs(e) <= max(ECV_TOLERANCE_PP, 4 * r["ecv_floor_sd_pp"]) for e in errors)
 
 
 def test_equilibrium_reproduces_truth_ecv_within_noise(small_bodies):

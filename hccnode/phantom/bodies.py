@@ -1087,9 +1087,6 @@ def generate_body(seed: int, **overrides) -> Body:
     noise_sd = float(o.get("noise_sd", u(8, 30)))
     sigma_mm = u(0.5, 0.9)
     sigma_px = max(0.5, sigma_mm / dx)
-    ss = _gauss_kernel_ss(sigma_px) ** 2
-    blotch_sd = np.sqrt(0.2) * noise_sd
-    white_sd = np.sqrt(0.8) * noise_sd / np.sqrt(ss)
     blotch_px = max(2, int(round(3.0 / dx)))
     liver_m = labels == L.LIVER
     tex = None
@@ -1109,13 +1106,8 @@ def generate_body(seed: int, **overrides) -> Body:
         if streaks is not None:
             img[streaks[0]] += streaks[1]
         if noise_sd > 0:
-            noise = rng.standard_normal(img.shape, dtype=np.float32)
-            noise *= np.float32(white_sd)
-            img += noise
-            del noise
-            _add_blotches(rng, img, blotch_px, blotch_sd)
-        ndimage.gaussian_filter1d(img, sigma_px, axis=1, output=img, mode="nearest")
-        ndimage.gaussian_filter1d(img, sigma_px, axis=2, output=img, mode="nearest")
+            _add_noise(rng, img, noise_sd, sigma_px, blotch_px)
+        _point_spread(img, sigma_px)
         np.clip(img, -1024, 3071, out=img)
         hu[p] = img
     vol = anat.painted_ml
@@ -1136,6 +1128,34 @@ def g_spacing(g: _Grid):
 
 def _shifted(lab, shift_vox, order=0):
     return ndimage.shift(lab, shift_vox, order=order, mode="nearest")
+
+
+def _add_noise(rng, img: np.ndarray, noise_sd: float, sigma_px: float, grain_px: int) -> None:
+    """Add the scanner's noise to `img` (in place), before the point spread filter
+    (`_point_spread`), so that it reads `noise_sd` HU after it: 80 % of the variance white, 20 %
+    blotchy of `grain_px` grain."""
+    white_sd = np.sqrt(0.8) * noise_sd / _gauss_kernel_ss(sigma_px)
+    noise = rng.standard_normal(img.shape, dtype=np.float32)
+    noise *= np.float32(white_sd)
+    img += noise
+    del noise
+    _add_blotches(rng, img, grain_px, np.sqrt(0.2) * noise_sd)
+
+
+def _point_spread(img: np.ndarray, sigma_px: float) -> None:
+    """The in-plane point spread of the scanner: a Gaussian of `sigma_px` pixels (in place)."""
+    ndimage.gaussian_filter1d(img, sigma_px, axis=1, output=img, mode="nearest")
+    ndimage.gaussian_filter1d(img, sigma_px, axis=2, output=img, mode="nearest")
+
+
+def fresh_noise(body: Body, rng) -> np.ndarray:
+    """A new draw of `body`'s noise as it reads on the image (after the point spread filter):
+    added to the same body rendered without noise (`generate_body(seed, noise_sd=0, ...)`), it
+    gives the body again with noise independent of the first (clipping to -1024..3071 HU aside)."""
+    field = np.zeros(body.hu["equilibrium"].shape, np.float32)
+    _add_noise(rng, field, body.noise_sd, body.noise_sigma_px, body.noise_grain_px)
+    _point_spread(field, body.noise_sigma_px)
+    return field
 
 
 def _add_blotches(rng, img: np.ndarray, grain_px: int, sd: float) -> None:
