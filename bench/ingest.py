@@ -137,9 +137,14 @@ def run_durable(work: Path, files: list[Path], associations: int, pdu: int, cpu:
         proc.wait(30)
 
 
+def open_orthanc(work: Path) -> Orthanc:
+    """An Orthanc started in `work` that stores what any calling AE title from any host sends."""
+    return Orthanc(work, extra={"DicomAlwaysAllowStore": True, "DicomCheckCalledAet": False,
+                                "DicomCheckModalityHost": False}).start()
+
+
 def run_orthanc(work: Path, files: list[Path], associations: int) -> float:
-    orthanc = Orthanc(work, extra={"DicomAlwaysAllowStore": True, "DicomCheckCalledAet": False,
-                                   "DicomCheckModalityHost": False}).start()
+    orthanc = open_orthanc(work)
     try:
         rate = send(orthanc.dicom_port, files, associations)
         stored = orthanc.get("/statistics")["CountInstances"]

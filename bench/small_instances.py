@@ -64,8 +64,7 @@ def pynetdicom_send(port: int, files: list[str], options: bool) -> float:
 
 
 def run_pynetdicom(work: Path, files: list[Path], mode: str) -> float:
-    orthanc = ingest.Orthanc(work, extra={"DicomAlwaysAllowStore": True, "DicomCheckCalledAet": False,
-                                          "DicomCheckModalityHost": False}).start()
+    orthanc = ingest.open_orthanc(work)
     try:
         out = subprocess.run([sys.executable, __file__, "--pynetdicom-to", str(orthanc.dicom_port), mode,
                               *map(str, files)], check=True, capture_output=True, text=True).stdout

@@ -202,10 +202,11 @@ def evaluate(body: Body, placer=None, noise_free: bool = False, fresh_noise: int
                     truth = body.liver_ecv_percent
                     if noise_free:
                         out["ecv_noise_free_error_pp"] = round(_ecv_on(clean.hu, livers, am, clean.hct) - truth, 3)
-                    rng = np.random.default_rng([body.seed, 7919])
-                    out["ecv_fresh_noise_errors_pp"] = [
-                        round(_ecv_on({p: clean.hu[p] + draw_noise(body, rng) for p in ("unenhanced", "equilibrium")},
-                                      livers, am, clean.hct) - truth, 3) for _ in range(fresh_noise)]
+                    if fresh_noise:
+                        rng = np.random.default_rng([body.seed, 7919])
+                        out["ecv_fresh_noise_errors_pp"] = [
+                            round(_ecv_on({p: clean.hu[p] + draw_noise(body, rng) for p in ("unenhanced", "equilibrium")},
+                                          livers, am, clean.hct) - truth, 3) for _ in range(fresh_noise)]
     out["ok"] = (out["liver_found"] and out["rois_outside"] == 0 and out["ecv_error_pp"] is not None
                  and abs(out["ecv_error_pp"]) <= ECV_TOLERANCE_PP)
     return out
